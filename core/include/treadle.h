@@ -1,0 +1,341 @@
+/* treadle: an asynchronous runtime for C, built the way Tokio is built.
+ *
+ * A task is a poll function plus the caller's state, copied into one
+ * allocation. The runtime polls it; the poll returns TREADLE_READY when the
+ * task is done, or TREADLE_PENDING after it has handed its waker
+ * (treadle_cx_waker) to whatever will wake it. Leaf futures (sleep, join, ...)
+ * are poll functions the core provides; C programs compose them in their own
+ * state machines.
+ *
+ * Conventions:
+ * - Functions that can fail return treadle_err_t: 0, or a negative
+ *   TREADLE_E* code (-errno for system errors); treadle_strerror() names it.
+ * - Objects are opaque and library-allocated. "Borrowed" pointers stay
+ *   valid as long as their owner; "takes ownership" means the callee frees.
+ * - Durations and deadlines are nanoseconds of CLOCK_MONOTONIC
+ *   (treadle_now()); TREADLE_FOREVER means "never".
+ * - If a call that takes a callback or waker fails, the callback is never
+ *   called and the waker is never woken. */
+#ifndef TREADLE_H
+#define TREADLE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "treadle/errno.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Everything declared here is exported from the shared library; the rest of
+ * the core is built with hidden visibility. */
+#pragma GCC visibility push(default)
+
+#define TREADLE_VERSION_MAJOR 0
+#define TREADLE_VERSION_MINOR 1
+#define TREADLE_VERSION_PATCH 0
+
+/* 0 on success, or a negative TREADLE_E* code. */
+typedef int treadle_err_t;
+
+typedef enum { TREADLE_PENDING = 0, TREADLE_READY = 1 } treadle_poll_t;
+
+typedef struct treadle_cx_s treadle_cx_t;
+typedef struct treadle_waker_s treadle_waker_t;
+typedef struct treadle_builder_s treadle_builder_t;
+typedef struct treadle_runtime_s treadle_runtime_t;
+typedef struct treadle_handle_s treadle_handle_t;
+typedef struct treadle_join_s treadle_join_t;
+typedef struct treadle_task_vtable_s treadle_task_vtable_t;
+
+/* A task's poll function. `state` is the task's own copy of the state given
+ * to treadle_spawn(); it stays at one address for the task's life. */
+typedef treadle_poll_t (*treadle_poll_fn)(treadle_cx_t *cx, void *state);
+
+/* ---------------------------------------------------------------- errors */
+
+/* A message for any treadle_err_t, including plain -errno values. Never
+ * NULL; the string is static. Example: treadle_strerror(TREADLE_ENOTIME). */
+const char *treadle_strerror(treadle_err_t err);
+
+/* The code's name ("EINVAL", "ENOTIME"), or "UNKNOWN". Static string. */
+const char *treadle_err_name(treadle_err_t err);
+
+/* ------------------------------------------------------------------ time */
+
+#define TREADLE_NSEC_PER_USEC UINT64_C(1000)
+#define TREADLE_NSEC_PER_MSEC UINT64_C(1000000)
+#define TREADLE_NSEC_PER_SEC UINT64_C(1000000000)
+#define TREADLE_FOREVER UINT64_MAX
+
+/* Nanoseconds of CLOCK_MONOTONIC: the clock every treadle deadline uses. */
+uint64_t treadle_now(void);
+
+/* Converts seconds (as the bindings take them) to nanoseconds: negative and
+ * -0.0 become 0, +inf and anything past UINT64_MAX ns become
+ * TREADLE_FOREVER, NaN is TREADLE_EINVAL. */
+treadle_err_t treadle_duration_from_secs(double secs, uint64_t *ns);
+
+/* ---------------------------------------------------------------- wakers */
+
+/* A waker is a counted reference to something that can be woken: a task,
+ * a blocked thread, a binding's event. The vtable is public so that
+ * embedders can make their own (as Rust's RawWakerVTable). Every function
+ * may be called from any thread, any number of times. */
+typedef struct treadle_waker_vtable_s {
+  treadle_waker_t *(*clone)(treadle_waker_t *w); /* new reference */
+  void (*wake)(treadle_waker_t *w);              /* wakes, drops the ref */
+  void (*wake_by_ref)(treadle_waker_t *w);       /* wakes, keeps the ref */
+  void (*drop)(treadle_waker_t *w);              /* drops the ref */
+} treadle_waker_vtable_t;
+
+struct treadle_waker_s {
+  const treadle_waker_vtable_t *vtable;
+};
+
+/* Returns a new reference to `w` (borrowed). */
+treadle_waker_t *treadle_waker_clone(treadle_waker_t *w);
+/* Wakes and releases `w` (takes ownership). A wake during the task's poll
+ * makes the scheduler poll it again; a wake after it completed does
+ * nothing. */
+void treadle_wake(treadle_waker_t *w);
+/* Wakes `w` (borrowed) and keeps the reference. */
+void treadle_wake_by_ref(treadle_waker_t *w);
+/* Releases `w` without waking (takes ownership). NULL is ignored. */
+void treadle_waker_drop(treadle_waker_t *w);
+
+/* --------------------------------------------------------------- builder */
+
+typedef enum {
+  TREADLE_CURRENT_THREAD = 0, /* tasks run on the thread that calls block_on */
+  TREADLE_MULTI_THREAD = 1    /* N worker threads share the tasks */
+} treadle_flavor_t;
+
+typedef void (*treadle_thread_cb)(void *userdata);
+
+/* Called when a task nobody joins fails (its status is an error other than
+ * TREADLE_ECANCELED). `name` may be NULL. Runs on whichever thread dropped
+ * the output. The default prints one line on stderr. */
+typedef void (*treadle_task_error_cb)(uint64_t task_id, const char *name,
+                                      treadle_err_t status, void *userdata);
+
+/* A builder collects a runtime's settings (Tokio's runtime::Builder). It
+ * can build several runtimes. Setters return TREADLE_EINVAL for a NULL
+ * builder or an out-of-range value and leave the builder unchanged. */
+treadle_err_t treadle_builder_new(treadle_flavor_t flavor,
+                                  treadle_builder_t **out);
+void treadle_builder_free(treadle_builder_t *b);
+
+/* Worker threads of a multi_thread runtime, 1..1024 (default: one per
+ * CPU). A current_thread runtime ignores it. */
+treadle_err_t treadle_builder_worker_threads(treadle_builder_t *b,
+                                             unsigned n);
+/* Most threads the blocking pool may start, 1..65536 (default 512). */
+treadle_err_t treadle_builder_max_blocking_threads(treadle_builder_t *b,
+                                                   unsigned n);
+/* How long an idle blocking thread waits for work before it exits
+ * (default 10 s). */
+treadle_err_t treadle_builder_thread_keep_alive(treadle_builder_t *b,
+                                                uint64_t ns);
+/* Enables the I/O driver (epoll). Without it, I/O operations fail with
+ * TREADLE_ENOIO and an idle runtime parks on a condition variable. */
+treadle_err_t treadle_builder_enable_io(treadle_builder_t *b);
+/* Enables the time driver (timer wheel). Without it, sleeps and timeouts
+ * fail with TREADLE_ENOTIME. */
+treadle_err_t treadle_builder_enable_time(treadle_builder_t *b);
+/* Enables every driver. */
+treadle_err_t treadle_builder_enable_all(treadle_builder_t *b);
+/* Name given to threads the runtime starts (copied; at most 15 bytes are
+ * visible to the kernel). Default "treadle-worker". */
+treadle_err_t treadle_builder_thread_name(treadle_builder_t *b,
+                                          const char *name);
+/* Hooks run on every thread the runtime starts, first and last thing. */
+treadle_err_t treadle_builder_on_thread_start(treadle_builder_t *b,
+                                              treadle_thread_cb cb,
+                                              void *userdata);
+treadle_err_t treadle_builder_on_thread_stop(treadle_builder_t *b,
+                                             treadle_thread_cb cb,
+                                             void *userdata);
+/* Scheduler ticks between two polls of the drivers (default 61). */
+treadle_err_t treadle_builder_event_interval(treadle_builder_t *b,
+                                             unsigned n);
+/* Scheduler ticks between two looks at the global queue first (default 31
+ * for current_thread, 61 for multi_thread). */
+treadle_err_t treadle_builder_global_queue_interval(treadle_builder_t *b,
+                                                    unsigned n);
+/* Replaces the report of failed, unjoined tasks (NULL restores stderr). */
+treadle_err_t treadle_builder_on_task_error(treadle_builder_t *b,
+                                            treadle_task_error_cb cb,
+                                            void *userdata);
+/* Builds a runtime from the builder's settings. */
+treadle_err_t treadle_builder_build(const treadle_builder_t *b,
+                                    treadle_runtime_t **out);
+
+/* --------------------------------------------------------------- runtime */
+
+/* Shorthand: a current_thread runtime with every driver enabled. */
+treadle_err_t treadle_runtime_new_current_thread(treadle_runtime_t **out);
+
+/* The runtime's handle (borrowed: valid until treadle_runtime_free; take a
+ * reference with treadle_handle_ref to keep it longer). */
+treadle_handle_t *treadle_runtime_handle(treadle_runtime_t *rt);
+
+/* Spawns a task from `poll` and `state` (see treadle_spawn) and blocks the
+ * calling thread until it completes; on a current_thread runtime the caller
+ * runs the scheduler meanwhile. Returns the task's status and stores its
+ * output value in *value (may be NULL; the value then goes to the vtable's
+ * drop_output). From a thread that is running this or another runtime's
+ * tasks it returns TREADLE_EINRUNTIME at once: nested block_on would
+ * deadlock. */
+treadle_err_t treadle_runtime_block_on(treadle_runtime_t *rt,
+                                       const treadle_task_vtable_t *vt,
+                                       const void *state, size_t state_size,
+                                       void **value);
+
+/* Shuts the runtime down and frees it (takes ownership): new spawns fail
+ * with TREADLE_ESHUTDOWN, every task is cancelled and dropped (each drop
+ * function runs once), the drivers close their fds, every thread the
+ * runtime started is joined. Handles, wakers and join handles that outlive
+ * it stay safe to use and report TREADLE_ESHUTDOWN or "cancelled".
+ * Returns TREADLE_EINRUNTIME (and frees nothing) when called from one of
+ * the runtime's own tasks, and TREADLE_EBUSY when another thread is inside
+ * block_on on it. */
+treadle_err_t treadle_runtime_free(treadle_runtime_t *rt);
+
+/* ---------------------------------------------------------------- handle */
+
+/* The handle of the runtime whose task is running on this thread, or NULL
+ * (borrowed: valid while the task runs). */
+treadle_handle_t *treadle_handle_current(void);
+/* Takes a reference (returns h). Handles are thread-safe. */
+treadle_handle_t *treadle_handle_ref(treadle_handle_t *h);
+/* Drops a reference; NULL is ignored. */
+void treadle_handle_unref(treadle_handle_t *h);
+/* treadle_runtime_block_on through a handle, from any thread that is not
+ * running a runtime's tasks. */
+treadle_err_t treadle_handle_block_on(treadle_handle_t *h,
+                                      const treadle_task_vtable_t *vt,
+                                      const void *state, size_t state_size,
+                                      void **value);
+
+/* ----------------------------------------------------------------- tasks */
+
+/* What a task is made of. The vtable is borrowed for the task's life
+ * (normally a static const). */
+struct treadle_task_vtable_s {
+  treadle_poll_fn poll;            /* required */
+  void (*drop)(void *state);       /* optional: runs exactly once, when the
+                                      task completes or is cancelled */
+  void (*drop_output)(void *value); /* optional: frees an output value that
+                                       nobody took */
+};
+
+/* Spawns a task onto the runtime of `h` (borrowed) from any thread: copies
+ * `state_size` bytes of `state` (or zeroes if state is NULL) into the task.
+ * On success the task owns whatever the state refers to and *join (if join
+ * is not NULL) receives its join handle; with join NULL the task is
+ * detached. On failure nothing is taken and drop is not called:
+ * TREADLE_EINVAL (NULL handle, vtable or poll; state over 1 GiB),
+ * TREADLE_ENOMEM, TREADLE_ESHUTDOWN. From a runtime thread the task goes
+ * to that thread's queue; from elsewhere it is queued and the runtime is
+ * woken. */
+treadle_err_t treadle_spawn(treadle_handle_t *h,
+                            const treadle_task_vtable_t *vt,
+                            const void *state, size_t state_size,
+                            treadle_join_t **join);
+
+/* The running task's waker (borrowed, valid during this poll; clone it to
+ * keep it). */
+treadle_waker_t *treadle_cx_waker(treadle_cx_t *cx);
+/* Asks to be polled again after this poll returns TREADLE_PENDING, behind
+ * the tasks already queued (Tokio's yield_now). */
+void treadle_cx_yield(treadle_cx_t *cx);
+/* The handle of the runtime running this task (borrowed). */
+treadle_handle_t *treadle_cx_handle(treadle_cx_t *cx);
+/* The running task's id (unique in the process, never 0). */
+uint64_t treadle_cx_task_id(treadle_cx_t *cx);
+/* Sets what the task's joiner will receive when this poll returns
+ * TREADLE_READY: a status (0 or a TREADLE_E* code) and a value owned by the
+ * joiner (or by the vtable's drop_output). Default: 0 and NULL. */
+void treadle_cx_set_output(treadle_cx_t *cx, treadle_err_t status,
+                           void *value);
+/* The cooperative budget (DESIGN.md): a leaf future that is about to return
+ * TREADLE_READY calls this first. It returns true and spends one unit, or,
+ * once the task has had 128 ready leaves in this poll, returns false; the
+ * leaf then returns TREADLE_PENDING and the task is polled again later. */
+bool treadle_cx_poll_proceed(treadle_cx_t *cx);
+
+/* ----------------------------------------------------------- join handles */
+
+/* Polls for the task's completion from another task. READY stores the
+ * task's status in *status (TREADLE_ECANCELED if it was aborted or the
+ * runtime shut down) and its value in *value (the caller now owns it; value
+ * may be NULL to let drop_output free it). Once the output was taken, READY
+ * again with TREADLE_EJOINED. A join handle is used by one thread at a
+ * time. */
+treadle_poll_t treadle_join_poll(treadle_join_t *j, treadle_cx_t *cx,
+                                 treadle_err_t *status, void **value);
+/* Blocks the calling thread until the task completes; returns its status
+ * and stores its value as treadle_join_poll does. TREADLE_EINRUNTIME from a
+ * runtime thread (it would block the tasks it waits for). */
+treadle_err_t treadle_join_wait(treadle_join_t *j, void **value);
+/* Cancels the task: not yet polled, it never runs; pending, it is dropped
+ * at the scheduler's next look (its drop runs once) and its joiner sees
+ * TREADLE_ECANCELED; running, it is dropped when this poll returns PENDING.
+ * After completion it does nothing. Any thread. */
+void treadle_join_abort(treadle_join_t *j);
+/* True once the task has completed or been cancelled. */
+bool treadle_join_is_finished(const treadle_join_t *j);
+/* The task's id. */
+uint64_t treadle_join_task_id(const treadle_join_t *j);
+/* Releases the join handle (takes ownership). A running task goes on,
+ * detached; a completed task's untaken output goes to drop_output. NULL is
+ * ignored. */
+void treadle_join_detach(treadle_join_t *j);
+
+/* ----------------------------------------------------------------- sleep */
+
+/* A sleep future, embedded in the caller's state (no allocation). Its
+ * fields are private. Initialise it, poll it from a task, and drop it before
+ * its memory goes away (a task's drop function is the usual place). */
+typedef struct treadle_sleep_s {
+  uint64_t opaque_[8];
+} treadle_sleep_t;
+
+/* Sleep for `duration_ns` from now (TREADLE_FOREVER: never). */
+void treadle_sleep_init(treadle_sleep_t *s, uint64_t duration_ns);
+/* Sleep until a treadle_now() deadline (TREADLE_FOREVER: never). */
+void treadle_sleep_until_init(treadle_sleep_t *s, uint64_t deadline_ns);
+/* READY once the deadline has passed (never early: deadlines round up to
+ * the next 1 ms tick), with *err = 0; READY at once with *err =
+ * TREADLE_ENOTIME on a runtime without enable_time, TREADLE_ESHUTDOWN after
+ * its runtime shut down. A zero or past deadline is READY at once. */
+treadle_poll_t treadle_sleep_poll(treadle_sleep_t *s, treadle_cx_t *cx,
+                                  treadle_err_t *err);
+/* Moves the deadline (cancelling a registered timer); poll it again to
+ * re-arm. Any thread. */
+void treadle_sleep_reset(treadle_sleep_t *s, uint64_t deadline_ns);
+/* The deadline, as a treadle_now() value. */
+uint64_t treadle_sleep_deadline(const treadle_sleep_t *s);
+/* Cancels a registered timer and releases its waker. Any thread;
+ * idempotent; the sleep may be re-initialised afterwards. */
+void treadle_sleep_drop(treadle_sleep_t *s);
+
+/* Wraps any poll function in a deadline (Tokio's timeout): polls
+ * inner(cx, inner_state) first; READY with *err = 0 when it is ready, READY
+ * with *err = TREADLE_ETIMEDOUT once `deadline` (a treadle_sleep_t the
+ * caller initialised) has passed, or the deadline's own error. */
+treadle_poll_t treadle_timeout_poll(treadle_sleep_t *deadline,
+                                    treadle_cx_t *cx, treadle_poll_fn inner,
+                                    void *inner_state, treadle_err_t *err);
+
+#pragma GCC visibility pop
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TREADLE_H */

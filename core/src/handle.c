@@ -1,0 +1,80 @@
+/* The handle: the thread-safe, refcounted face of a runtime. spawn and
+ * block_on go through it from any thread; tasks keep it alive (one
+ * reference each) so that a waker or join handle that outlives the runtime
+ * still finds a scheduler to ask, which then answers "shut down". */
+#include <stdio.h>
+
+#include "internal.h"
+
+treadle_handle_t *treadle_handle_ref(treadle_handle_t *h) {
+  /* Relaxed: made from a reference the caller holds (Arc::clone). */
+  if (h != NULL)
+    atomic_fetch_add_explicit(&h->refs, 1, memory_order_relaxed);
+  return h;
+}
+
+void treadle_handle_unref(treadle_handle_t *h) {
+  if (h == NULL)
+    return;
+  /* acq_rel: the last owner sees every other owner's writes before free. */
+  if (atomic_fetch_sub_explicit(&h->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  h->sched->vt->free(h->sched);
+  treadle__driver_destroy(&h->driver);
+  treadle__free(h);
+}
+
+treadle_err_t treadle_spawn(treadle_handle_t *h,
+                            const treadle_task_vtable_t *vt,
+                            const void *state, size_t state_size,
+                            treadle_join_t **join) {
+  if (join != NULL)
+    *join = NULL;
+  if (h == NULL || vt == NULL || vt->poll == NULL ||
+      state_size > (UINT32_C(1) << 30))
+    return TREADLE_EINVAL;
+  treadle__task_t *t;
+  treadle_err_t err =
+      treadle__task_new(h->sched, vt, state, state_size, join != NULL, &t);
+  if (err != 0)
+    return err;
+  err = h->sched->vt->spawn(h->sched, t);
+  if (err != 0) {
+    treadle__task_discard(t);
+    return err;
+  }
+  if (join != NULL)
+    *join = (treadle_join_t *)t;
+  return 0;
+}
+
+treadle_err_t treadle_handle_block_on(treadle_handle_t *h,
+                                      const treadle_task_vtable_t *vt,
+                                      const void *state, size_t state_size,
+                                      void **value) {
+  if (value != NULL)
+    *value = NULL;
+  if (h == NULL || vt == NULL || vt->poll == NULL)
+    return TREADLE_EINVAL;
+  if (treadle__ctx.sched != NULL)
+    return TREADLE_EINRUNTIME;
+  treadle_join_t *j;
+  treadle_err_t err = treadle_spawn(h, vt, state, state_size, &j);
+  if (err != 0)
+    return err;
+  h->sched->vt->block_on(h->sched, (treadle__task_t *)j);
+  err = treadle_join_wait(j, value);
+  treadle_join_detach(j);
+  return err;
+}
+
+void treadle__handle_report_error(treadle_handle_t *h, treadle__task_t *t) {
+  if (h->cfg.on_task_error != NULL) {
+    h->cfg.on_task_error(t->id, t->name, t->out_err, h->cfg.on_task_error_ud);
+    return;
+  }
+  fprintf(stderr, "treadle: task %llu%s%s%s failed and nobody joined it: %s\n",
+          (unsigned long long)t->id, t->name ? " '" : "",
+          t->name ? t->name : "", t->name ? "'" : "",
+          treadle_strerror(t->out_err));
+}

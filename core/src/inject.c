@@ -1,0 +1,67 @@
+/* The inject (global) queue: tasks spawned or woken from outside a
+ * scheduler's threads, and a multi_thread worker's overflow.
+ *
+ * A mutex-protected intrusive FIFO through the task's `next` link. `len`
+ * is written under the mutex and read without it, so that workers can skip
+ * the lock when the queue is empty; a stale zero is safe because whoever
+ * pushes also unparks (driver.c), and the unpark's seq_cst exchange orders
+ * the push before the parker's next look. */
+#include "internal.h"
+
+void treadle__inject_init(treadle__inject_t *q) {
+  treadle__mutex_init(&q->mu);
+  q->head = NULL;
+  q->tail = NULL;
+  q->closed = false;
+  atomic_init(&q->len, 0);
+}
+
+void treadle__inject_destroy(treadle__inject_t *q) {
+  treadle__mutex_destroy(&q->mu);
+}
+
+bool treadle__inject_push(treadle__inject_t *q, treadle__task_t *t) {
+  treadle__mutex_lock(&q->mu);
+  if (q->closed) {
+    treadle__mutex_unlock(&q->mu);
+    return false;
+  }
+  t->next = NULL;
+  if (q->tail != NULL)
+    q->tail->next = t;
+  else
+    q->head = t;
+  q->tail = t;
+  /* Relaxed: the mutex orders it for lockers; lock-free readers only use
+   * it as a hint (see above). */
+  atomic_store_explicit(&q->len, atomic_load_explicit(&q->len,
+                                                      memory_order_relaxed) +
+                                     1,
+                        memory_order_relaxed);
+  treadle__mutex_unlock(&q->mu);
+  return true;
+}
+
+treadle__task_t *treadle__inject_pop(treadle__inject_t *q) {
+  if (atomic_load_explicit(&q->len, memory_order_relaxed) == 0)
+    return NULL;
+  treadle__mutex_lock(&q->mu);
+  treadle__task_t *t = q->head;
+  if (t != NULL) {
+    q->head = t->next;
+    if (q->head == NULL)
+      q->tail = NULL;
+    t->next = NULL;
+    atomic_store_explicit(
+        &q->len, atomic_load_explicit(&q->len, memory_order_relaxed) - 1,
+        memory_order_relaxed);
+  }
+  treadle__mutex_unlock(&q->mu);
+  return t;
+}
+
+void treadle__inject_close(treadle__inject_t *q) {
+  treadle__mutex_lock(&q->mu);
+  q->closed = true;
+  treadle__mutex_unlock(&q->mu);
+}

@@ -1,0 +1,350 @@
+/* Declarations shared inside the core: the task header, the scheduler and
+ * driver interfaces, the handle. Nothing here is public API. */
+#ifndef TREADLE_INTERNAL_H
+#define TREADLE_INTERNAL_H
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "queue.h"
+#include "sync.h"
+#include "treadle.h"
+
+#define TREADLE_UNREACHABLE() __builtin_unreachable()
+/* Broken internal invariants only: never for bad input (STYLE.md). */
+#define TREADLE_ASSERT(cond)                                                   \
+  do {                                                                         \
+    if (treadle__unlikely(!(cond)))                                            \
+      treadle__abort_invariant(#cond, __FILE__, __LINE__);                     \
+  } while (0)
+void treadle__abort_invariant(const char *what, const char *file, int line)
+    __attribute__((noreturn));
+
+typedef struct treadle__task_s treadle__task_t;
+typedef struct treadle__sched_s treadle__sched_t;
+typedef struct treadle__driver_s treadle__driver_t;
+
+/* ----------------------------------------------------------- alloc.c */
+
+void *treadle__malloc(size_t size);
+void *treadle__calloc(size_t n, size_t size);
+void treadle__free(void *p);
+char *treadle__strdup(const char *s);
+/* Test hook: the allocation after the next `n` fails (n < 0 disables). */
+void treadle__alloc_fail_after(long n);
+
+/* ---------------------------------------------------------- config.c */
+
+typedef struct treadle__config_s {
+  treadle_flavor_t flavor;
+  unsigned worker_threads;        /* multi_thread only */
+  unsigned max_blocking_threads;
+  uint64_t keep_alive_ns;
+  bool enable_io;
+  bool enable_time;
+  char thread_name[32];
+  treadle_thread_cb on_thread_start;
+  void *on_thread_start_ud;
+  treadle_thread_cb on_thread_stop;
+  void *on_thread_stop_ud;
+  unsigned event_interval;
+  unsigned global_queue_interval;
+  treadle_task_error_cb on_task_error;
+  void *on_task_error_ud;
+} treadle__config_t;
+
+struct treadle_builder_s {
+  treadle__config_t cfg;
+};
+
+/* ------------------------------------------------------------ task.c */
+
+/* The task state word (tokio task/state.rs). Low bits are flags, the rest
+ * a reference count. References: one for the scheduler's owned list (until
+ * the task is released), one for the join handle, one held by whoever will
+ * poll the task (the run queue entry, then the poller), one per waker. */
+#define TREADLE__RUNNING (UINT64_C(1) << 0)   /* a thread is polling it */
+#define TREADLE__COMPLETE (UINT64_C(1) << 1)  /* state dropped, output set */
+#define TREADLE__NOTIFIED (UINT64_C(1) << 2)  /* queued, or re-poll asked */
+#define TREADLE__JOIN_INTEREST (UINT64_C(1) << 3) /* a join handle exists */
+#define TREADLE__JOIN_WAKER (UINT64_C(1) << 4)    /* join_waker is set */
+#define TREADLE__CANCELLED (UINT64_C(1) << 5)     /* abort requested */
+#define TREADLE__REF_ONE (UINT64_C(1) << 6)
+#define TREADLE__REF_SHIFT 6
+
+/* Coop budget per poll (DESIGN.md). */
+#define TREADLE__BUDGET 128
+
+/* One allocation per task: this header, then the caller's state at
+ * TREADLE__TASK_HEADER bytes (16-aligned). At most 128 bytes (issue 3). */
+struct treadle__task_s {
+  treadle_waker_t waker;        /* first: &task->waker is its waker */
+  _Atomic uint64_t state;       /* flags + refcount; any thread */
+  const treadle_task_vtable_t *vt;
+  treadle__sched_t *sched;      /* owning scheduler; holds a handle ref */
+  treadle__task_t *next;        /* run/inject queue link; owned by the
+                                   holder of the NOTIFIED reference */
+  treadle__list_t owned;        /* owned list node; guarded by the owner
+                                   list's lock (or its single thread) */
+  treadle_waker_t *join_waker;  /* JOIN_WAKER protocol, see task.c */
+  void *out_value;              /* written before COMPLETE is published */
+  treadle_err_t out_err;
+  uint8_t output_taken;         /* join side only */
+  uint8_t owned_state;          /* scheduler side only: TREADLE__UNBOUND,
+                                   _BOUND or _UNLINKED */
+  uint16_t shard;               /* scheduler side: which owned list */
+  uint64_t id;
+  char *name;                   /* owned copy, or NULL */
+  const char *waits_on;         /* static text for dumps, or NULL */
+  int32_t pinned;               /* worker index, or -1 */
+  int32_t worker;               /* worker that last polled it, or -1 */
+};
+
+/* Where a task stands with its scheduler's owned list. Each task holds
+ * one "owned" reference from spawn on; it is dropped when the task
+ * completes (UNBOUND, BOUND) or handed to the shutdown code (UNLINKED). */
+enum { TREADLE__UNBOUND = 0, TREADLE__BOUND = 1, TREADLE__UNLINKED = 2 };
+
+#define TREADLE__TASK_HEADER \
+  ((sizeof(treadle__task_t) + 15) & ~(size_t)15)
+
+struct treadle_cx_s {
+  treadle__task_t *task;
+  uint32_t budget;
+  bool yielded;
+};
+
+static inline void *treadle__task_state(treadle__task_t *t) {
+  return (char *)t + TREADLE__TASK_HEADER;
+}
+
+/* Allocates a task in its initial state (NOTIFIED, refs: owned list, run
+ * queue, and the join handle when `join`). */
+treadle_err_t treadle__task_new(treadle__sched_t *s,
+                                const treadle_task_vtable_t *vt,
+                                const void *state, size_t state_size,
+                                bool join, treadle__task_t **out);
+/* Frees a task whose spawn failed: no drop function runs. */
+void treadle__task_discard(treadle__task_t *t);
+/* Polls the task; consumes the run-queue reference. */
+void treadle__task_run(treadle__task_t *t);
+/* Shutdown: cancels the task if nobody is polling it, and drops one
+ * reference (the owned list's or a run queue's). */
+void treadle__task_shutdown(treadle__task_t *t);
+/* Drops one reference, freeing the task on the last. */
+void treadle__task_unref(treadle__task_t *t);
+/* Registers `w` as the join waker; false once the task is COMPLETE. */
+bool treadle__task_join_register(treadle__task_t *t, treadle_waker_t *w);
+uint64_t treadle__task_next_id(void);
+
+/* ---------------------------------------------------------- schedulers */
+
+typedef struct treadle__sched_vtable_s {
+  /* Binds a new task and queues it, or returns TREADLE_ESHUTDOWN. */
+  treadle_err_t (*spawn)(treadle__sched_t *s, treadle__task_t *t);
+  /* Queues a task that carries a NOTIFIED reference; `yield`: it asked to
+   * go behind the others. After shutdown the reference is dropped. */
+  void (*schedule)(treadle__sched_t *s, treadle__task_t *t, bool yield);
+  /* Called as a task completes: unlinks it from its owned list and
+   * returns how many owned references to drop (0 if shutdown already took
+   * it off the list, else 1). */
+  int (*release)(treadle__sched_t *s, treadle__task_t *t);
+  /* Runs (current_thread) or waits (multi_thread) until `main` completes. */
+  treadle_err_t (*block_on)(treadle__sched_t *s, treadle__task_t *main);
+  /* Cancels every task and stops the scheduler's threads. */
+  treadle_err_t (*shutdown)(treadle__sched_t *s);
+  /* Frees the scheduler's memory once no task can reach it. */
+  void (*free)(treadle__sched_t *s);
+} treadle__sched_vtable_t;
+
+struct treadle__sched_s {
+  const treadle__sched_vtable_t *vt;
+  treadle_handle_t *handle;
+};
+
+treadle_err_t treadle__ct_new(treadle_handle_t *h, treadle__sched_t **out);
+
+/* ---------------------------------------------------------- context.c */
+
+/* What the current thread is doing for which runtime. */
+typedef struct treadle__context_s {
+  treadle__sched_t *sched; /* scheduler whose tasks this thread runs */
+  void *core;              /* that scheduler's core while held, else NULL */
+  treadle__task_t *task;   /* task being polled, or NULL */
+} treadle__context_t;
+
+extern __thread treadle__context_t treadle__ctx
+    __attribute__((tls_model("initial-exec")));
+
+/* ----------------------------------------------------------- inject.c */
+
+/* The global queue: a locked intrusive FIFO with an atomic length, so that
+ * emptiness checks take no lock (RELIABILITY.md c.3 item 7). */
+typedef struct treadle__inject_s {
+  treadle__mutex_t mu;
+  treadle__task_t *head;   /* guarded by mu */
+  treadle__task_t *tail;   /* guarded by mu */
+  bool closed;             /* guarded by mu */
+  _Atomic size_t len;      /* written under mu; read anywhere */
+} treadle__inject_t;
+
+void treadle__inject_init(treadle__inject_t *q);
+void treadle__inject_destroy(treadle__inject_t *q);
+/* Queues `t`; false (and nothing queued) once the queue is closed. */
+bool treadle__inject_push(treadle__inject_t *q, treadle__task_t *t);
+treadle__task_t *treadle__inject_pop(treadle__inject_t *q);
+/* Refuses further pushes; what is queued stays to be drained. */
+void treadle__inject_close(treadle__inject_t *q);
+static inline size_t treadle__inject_len(treadle__inject_t *q) {
+  return atomic_load_explicit(&q->len, memory_order_relaxed);
+}
+
+/* ------------------------------------------------------------ wheel.c */
+
+#define TREADLE__WHEEL_LEVELS 6
+#define TREADLE__WHEEL_SLOTS 64
+/* Ticks the wheel spans: 64^6 ms, about 795 days. */
+#define TREADLE__WHEEL_SPAN (UINT64_C(1) << 36)
+#define TREADLE__TICK_NEVER UINT64_MAX
+
+typedef enum {
+  TREADLE__TIMER_IDLE = 0,       /* not in any wheel */
+  TREADLE__TIMER_REGISTERED = 1, /* in the wheel, waker set */
+  TREADLE__TIMER_FIRED = 2,      /* deadline reached */
+  TREADLE__TIMER_SHUTDOWN = 3    /* its driver shut down */
+} treadle__timer_state_t;
+
+typedef struct treadle__time_s treadle__time_t;
+
+/* A timer entry: treadle_sleep_t's private layout. */
+typedef struct treadle__timer_s {
+  treadle__list_t node;       /* slot or pending list; guarded by wheel */
+  uint64_t when;              /* deadline tick; guarded by wheel */
+  treadle_waker_t *waker;     /* guarded by the time driver's lock */
+  treadle__time_t *driver;    /* set when registered */
+  uint64_t deadline_ns;       /* owner only */
+  _Atomic uint8_t state;      /* treadle__timer_state_t; any thread */
+  uint8_t level;              /* guarded by wheel */
+} treadle__timer_t;
+
+typedef struct treadle__wheel_s {
+  uint64_t elapsed; /* every timer with when <= elapsed has been handed out */
+  uint64_t occupied[TREADLE__WHEEL_LEVELS]; /* bit per non-empty slot */
+  treadle__list_t slots[TREADLE__WHEEL_LEVELS][TREADLE__WHEEL_SLOTS];
+  treadle__list_t pending; /* expired, not yet handed out */
+} treadle__wheel_t;
+
+void treadle__wheel_init(treadle__wheel_t *w, uint64_t now);
+/* Inserts `t` at t->when, which must be > w->elapsed. O(1). */
+void treadle__wheel_insert(treadle__wheel_t *w, treadle__timer_t *t);
+/* Removes an inserted timer. O(1). */
+void treadle__wheel_remove(treadle__wheel_t *w, treadle__timer_t *t);
+/* Hands out (removing it) one timer with when <= now, cascading entries
+ * down the levels as time passes; NULL once none is left, and then
+ * elapsed == now. */
+treadle__timer_t *treadle__wheel_poll(treadle__wheel_t *w, uint64_t now);
+/* The earliest tick at which a timer may expire, or TREADLE__TICK_NEVER. */
+uint64_t treadle__wheel_next_expiration(const treadle__wheel_t *w);
+/* Removes and returns any timer (for shutdown), or NULL. */
+treadle__timer_t *treadle__wheel_pop_any(treadle__wheel_t *w);
+
+/* ------------------------------------------------------ driver_time.c */
+
+struct treadle__time_s {
+  treadle__mutex_t mu;
+  treadle__wheel_t wheel;         /* guarded by mu */
+  bool shut;                      /* guarded by mu */
+  uint64_t origin_ns;             /* tick 0; constant */
+  _Atomic uint64_t parked_until;  /* tick the driver's owner sleeps until
+                                     (set under mu), 0 while awake */
+  _Atomic uint64_t next_due;      /* wheel's next expiration (set under
+                                     mu); a hint read without it */
+  treadle__driver_t *driver;
+};
+
+void treadle__time_init(treadle__time_t *tm, treadle__driver_t *d);
+void treadle__time_destroy(treadle__time_t *tm);
+/* Nanoseconds until the next timer may fire (0: one is due now;
+ * TREADLE_FOREVER: none), and marks the driver parked until then. */
+uint64_t treadle__time_park_timeout(treadle__time_t *tm);
+/* Fires every timer due by now and marks the driver awake. */
+void treadle__time_process(treadle__time_t *tm);
+/* Fires every timer with TREADLE__TIMER_SHUTDOWN and refuses new ones. */
+void treadle__time_shutdown(treadle__time_t *tm);
+
+/* -------------------------------------------------------- driver_io.c */
+
+typedef struct treadle__io_s {
+  int epfd;  /* epoll instance, -1 when closed */
+  int evfd;  /* eventfd that unparks epoll_wait */
+} treadle__io_t;
+
+treadle_err_t treadle__io_init(treadle__io_t *io);
+/* Waits for events for at most timeout_ns (TREADLE_FOREVER: no limit) and
+ * dispatches them. */
+void treadle__io_park(treadle__io_t *io, uint64_t timeout_ns);
+void treadle__io_unpark(treadle__io_t *io);
+void treadle__io_shutdown(treadle__io_t *io);
+
+/* ----------------------------------------------------------- driver.c */
+
+/* The driver stack: park() goes down (time -> io, or a condition variable
+ * without io); events come back up (io, then timers). One thread at a time
+ * parks in it; any thread may unpark it. */
+struct treadle__driver_s {
+  bool has_time;
+  bool has_io;
+  treadle__time_t time;
+  treadle__io_t io;
+  _Atomic uint32_t park_state;   /* EMPTY / PARKED / NOTIFIED, see driver.c */
+  treadle__mutex_t park_mu;      /* condvar fallback without io */
+  treadle__cond_t park_cv;
+};
+
+treadle_err_t treadle__driver_init(treadle__driver_t *d,
+                                   const treadle__config_t *cfg);
+/* Parks for at most timeout_ns (0: just poll the drivers), then fires what
+ * is ready. Returns early when unparked. */
+void treadle__driver_park(treadle__driver_t *d, uint64_t timeout_ns);
+/* Wakes the thread parked in the driver, or makes its next park return at
+ * once. Any thread. */
+void treadle__driver_unpark(treadle__driver_t *d);
+/* Fires remaining timers with SHUTDOWN, closes fds. The memory stays. */
+void treadle__driver_shutdown(treadle__driver_t *d);
+void treadle__driver_destroy(treadle__driver_t *d);
+
+/* ----------------------------------------------------------- handle.c */
+
+struct treadle_handle_s {
+  _Atomic uint64_t refs;     /* users' refs + the runtime's + one per task */
+  treadle__config_t cfg;     /* constant after build */
+  treadle__sched_t *sched;   /* constant; freed with the handle */
+  treadle__driver_t driver;
+};
+
+void treadle__handle_report_error(treadle_handle_t *h, treadle__task_t *t);
+
+/* ----------------------------------------------------------- waker.c */
+
+extern const treadle_waker_vtable_t treadle__task_waker_vtable;
+
+/* A waker that unblocks one OS thread: refcounted, heap-allocated. */
+typedef struct treadle__parker_s {
+  treadle_waker_t waker;
+  _Atomic uint32_t refs;
+  _Atomic uint32_t notified; /* futex word: 1 once woken */
+} treadle__parker_t;
+
+treadle__parker_t *treadle__parker_new(void);
+/* Blocks until woken (consumes the wake). */
+void treadle__parker_park(treadle__parker_t *p);
+
+/* ------------------------------------------------------------ clock */
+
+static inline uint64_t treadle__now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * TREADLE_NSEC_PER_SEC + (uint64_t)ts.tv_nsec;
+}
+
+#endif /* TREADLE_INTERNAL_H */

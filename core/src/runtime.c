@@ -1,0 +1,95 @@
+/* The runtime: build from a builder, block_on, and the shutdown order.
+ *
+ * Shutdown (treadle_runtime_free):
+ * 1. The scheduler closes its queues to new tasks, cancels and drops every
+ *    task (each drop function once; drop functions that spawn get
+ *    TREADLE_ESHUTDOWN, wakes they make are drained too) and joins the
+ *    threads it started.
+ * 2. The drivers fire what is left with TREADLE_ESHUTDOWN and close their
+ *    fds; no thread uses them any more.
+ * 3. The runtime drops its handle reference. The handle's memory (and the
+ *    scheduler's) goes with the last reference, which may be a waker or
+ *    join handle the user still holds. */
+#include "internal.h"
+
+struct treadle_runtime_s {
+  treadle_handle_t *handle;
+};
+
+treadle_err_t treadle_builder_build(const treadle_builder_t *b,
+                                    treadle_runtime_t **out) {
+  if (out == NULL)
+    return TREADLE_EINVAL;
+  *out = NULL;
+  if (b == NULL)
+    return TREADLE_EINVAL;
+  treadle_runtime_t *rt = treadle__malloc(sizeof *rt);
+  treadle_handle_t *h = treadle__calloc(1, sizeof *h);
+  if (rt == NULL || h == NULL) {
+    treadle__free(rt);
+    treadle__free(h);
+    return TREADLE_ENOMEM;
+  }
+  atomic_init(&h->refs, 1);
+  h->cfg = b->cfg;
+  treadle_err_t err = treadle__driver_init(&h->driver, &h->cfg);
+  if (err == 0) {
+    if (h->cfg.flavor == TREADLE_CURRENT_THREAD)
+      err = treadle__ct_new(h, &h->sched);
+    else
+      err = TREADLE_ENOTSUP;
+    if (err != 0) {
+      treadle__driver_shutdown(&h->driver);
+      treadle__driver_destroy(&h->driver);
+    }
+  }
+  if (err != 0) {
+    treadle__free(rt);
+    treadle__free(h);
+    return err;
+  }
+  rt->handle = h;
+  *out = rt;
+  return 0;
+}
+
+treadle_err_t treadle_runtime_new_current_thread(treadle_runtime_t **out) {
+  treadle_builder_t *b;
+  treadle_err_t err = treadle_builder_new(TREADLE_CURRENT_THREAD, &b);
+  if (err != 0)
+    return err;
+  treadle_builder_enable_all(b);
+  err = treadle_builder_build(b, out);
+  treadle_builder_free(b);
+  return err;
+}
+
+treadle_handle_t *treadle_runtime_handle(treadle_runtime_t *rt) {
+  return rt != NULL ? rt->handle : NULL;
+}
+
+treadle_err_t treadle_runtime_block_on(treadle_runtime_t *rt,
+                                       const treadle_task_vtable_t *vt,
+                                       const void *state, size_t state_size,
+                                       void **value) {
+  if (value != NULL)
+    *value = NULL;
+  if (rt == NULL)
+    return TREADLE_EINVAL;
+  return treadle_handle_block_on(rt->handle, vt, state, state_size, value);
+}
+
+treadle_err_t treadle_runtime_free(treadle_runtime_t *rt) {
+  if (rt == NULL)
+    return 0;
+  treadle_handle_t *h = rt->handle;
+  if (treadle__ctx.sched == h->sched)
+    return TREADLE_EINRUNTIME;
+  treadle_err_t err = h->sched->vt->shutdown(h->sched);
+  if (err != 0)
+    return err;
+  treadle__driver_shutdown(&h->driver);
+  treadle__free(rt);
+  treadle_handle_unref(h);
+  return 0;
+}

@@ -1,0 +1,63 @@
+/* Thread, condition variable and futex helpers behind sync.h. */
+#define _GNU_SOURCE
+#include "sync.h"
+
+#include <errno.h>
+#include <linux/futex.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+void treadle__cond_init(treadle__cond_t *cv) {
+  pthread_condattr_t attr;
+  pthread_condattr_init(&attr);
+  pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+  pthread_cond_init(cv, &attr);
+  pthread_condattr_destroy(&attr);
+}
+
+bool treadle__cond_wait_until(treadle__cond_t *cv, treadle__mutex_t *mu,
+                              uint64_t deadline_ns) {
+  if (deadline_ns == TREADLE_FOREVER) {
+    pthread_cond_wait(cv, mu);
+    return true;
+  }
+  struct timespec ts = {
+      .tv_sec = (time_t)(deadline_ns / TREADLE_NSEC_PER_SEC),
+      .tv_nsec = (long)(deadline_ns % TREADLE_NSEC_PER_SEC),
+  };
+  return pthread_cond_timedwait(cv, mu, &ts) != ETIMEDOUT;
+}
+
+void treadle__futex_wait(_Atomic uint32_t *word, uint32_t expected) {
+  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, expected, NULL,
+          NULL, 0);
+}
+
+void treadle__futex_wake(_Atomic uint32_t *word, int count) {
+  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, count, NULL, NULL,
+          0);
+}
+
+int treadle__thread_start(treadle__thread_t *th, void *(*fn)(void *),
+                          void *arg, const char *name) {
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  /* 2 MiB like Tokio's default; glibc's default follows ulimit -s (8 MiB). */
+  pthread_attr_setstacksize(&attr, 2u << 20);
+  int rc = pthread_create(th, &attr, fn, arg);
+  pthread_attr_destroy(&attr);
+  if (rc != 0)
+    return -rc;
+  if (name != NULL && name[0] != '\0') {
+    char short_name[16];
+    strncpy(short_name, name, sizeof short_name - 1);
+    short_name[sizeof short_name - 1] = '\0';
+    pthread_setname_np(*th, short_name);
+  }
+  return 0;
+}
+
+void treadle__thread_join(treadle__thread_t th) { pthread_join(th, NULL); }

@@ -1,0 +1,57 @@
+/* Shared test harness: cmocka plus the runtime flavor matrix and a leak
+ * audit (fds and threads back to baseline after every test).
+ *
+ * Each test file lists its cases in a `tests[]` array with TEST(name) or
+ * RT_TEST(name); CMake reads those lines and registers one ctest entry per
+ * case (and per flavor for RT_TEST), so each case runs in its own process
+ * with a timeout (libuv test/test-list.h). */
+#ifndef TREADLE_TEST_HARNESS_H
+#define TREADLE_TEST_HARNESS_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+/* cmocka.h needs the four headers above first. */
+#include <cmocka.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "treadle.h"
+
+#define TEST(name) cmocka_unit_test_setup_teardown(name, test_setup, test_teardown)
+/* A runtime test: runs once per flavor in TREADLE_TEST_FLAVOR. */
+#define RT_TEST(name) TEST(name)
+
+int test_setup(void **state);
+int test_teardown(void **state);
+int test_main(int argc, char **argv, const struct CMUnitTest *tests,
+              size_t count);
+
+/* The flavor under test: "ct" (default), "mt1" or "mt4". */
+const char *test_flavor(void);
+/* A runtime of the flavor under test with every driver enabled. */
+treadle_runtime_t *test_runtime(void);
+/* A builder of the flavor under test (no drivers enabled). */
+treadle_builder_t *test_builder(void);
+/* n scaled by TREADLE_TEST_SCALE (at least 1): stress counts shrink under
+ * valgrind and the sanitizers. */
+unsigned long test_scale(unsigned long n);
+/* Seconds since some fixed point, for elapsed-time checks that can't be
+ * flaky: only lower bounds ("never early") are asserted. */
+uint64_t test_now_ms(void);
+
+#define RUN(rt, vt, st) \
+  treadle_runtime_block_on((rt), (vt), &(st), sizeof(st), NULL)
+
+#define TEST_ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+#define TEST_MAIN(tests)                                                       \
+  int main(int argc, char **argv) {                                            \
+    return test_main(argc, argv, tests, TEST_ARRAY_LEN(tests));                \
+  }
+
+#endif
