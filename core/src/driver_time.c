@@ -194,9 +194,10 @@ static void insert_locked(treadle__time_t *tm, treadle__timer_t *t,
                           uint64_t tick) {
   t->when = tick;
   treadle__wheel_insert(&tm->wheel, t);
-  /* Relaxed: readers that see REGISTERED take mu before going further. */
+  /* release: a thread that sees REGISTERED (acquire) may read t->driver
+   * to take its lock (drop, reset from another thread). */
   atomic_store_explicit(&t->state, TREADLE__TIMER_REGISTERED,
-                        memory_order_relaxed);
+                        memory_order_release);
   if (tick < atomic_load_explicit(&tm->next_due, memory_order_relaxed))
     atomic_store_explicit(&tm->next_due, tick, memory_order_relaxed);
   bool unpark =

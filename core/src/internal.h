@@ -216,8 +216,9 @@ typedef enum {
 
 typedef struct treadle__time_s treadle__time_t;
 
-/* A timer entry: treadle_sleep_t's private layout. */
-typedef struct treadle__timer_s {
+/* A timer entry: treadle_sleep_t's private layout. may_alias: the caller's
+ * storage is declared as treadle_sleep_t and accessed through this type. */
+typedef struct __attribute__((__may_alias__)) treadle__timer_s {
   treadle__list_t node;       /* slot or pending list; guarded by wheel */
   uint64_t when;              /* deadline tick; guarded by wheel */
   treadle_waker_t *waker;     /* guarded by the time driver's lock */
