@@ -70,7 +70,7 @@ treadle_err_t treadle_handle_block_on(treadle_handle_t *h,
 
 void treadle__handle_report_error(treadle_handle_t *h, treadle__task_t *t) {
   if (h->cfg.on_task_error != NULL) {
-    h->cfg.on_task_error(t->id, t->name, t->out_err, h->cfg.on_task_error_ud);
+    h->cfg.on_task_error((uint64_t)t->id, t->name, t->out_err, h->cfg.on_task_error_ud);
     return;
   }
   fprintf(stderr, "treadle: task %llu%s%s%s failed and nobody joined it: %s\n",

@@ -75,8 +75,22 @@ struct treadle_builder_s {
 /* Coop budget per poll (DESIGN.md). */
 #define TREADLE__BUDGET 128
 
+/* What a pending task waits on, for dumps: set by leaf futures. */
+#define TREADLE__WAIT_MAP(XX)                                                  \
+  XX(NONE, "-")                                                                \
+  XX(SLEEP, "sleep")                                                           \
+  XX(JOIN, "join")                                                             \
+  XX(YIELD, "yield")
+
+typedef enum {
+#define XX(name, text) TREADLE__WAIT_##name,
+  TREADLE__WAIT_MAP(XX)
+#undef XX
+} treadle__wait_t;
+
 /* One allocation per task: this header, then the caller's state at
- * TREADLE__TASK_HEADER bytes (16-aligned). At most 128 bytes (issue 3). */
+ * TREADLE__TASK_HEADER bytes (16-aligned). 96 bytes: with a small state
+ * the whole task stays within malloc's fast bins (<= 120 bytes). */
 struct treadle__task_s {
   treadle_waker_t waker;        /* first: &task->waker is its waker */
   _Atomic uint64_t state;       /* flags + refcount; any thread */
@@ -88,16 +102,15 @@ struct treadle__task_s {
                                    list's lock (or its single thread) */
   treadle_waker_t *join_waker;  /* JOIN_WAKER protocol, see task.c */
   void *out_value;              /* written before COMPLETE is published */
-  treadle_err_t out_err;
+  treadle_err_t out_err;        /* likewise */
   uint8_t output_taken;         /* join side only */
   uint8_t owned_state;          /* scheduler side only: TREADLE__UNBOUND,
                                    _BOUND or _UNLINKED */
-  uint16_t shard;               /* scheduler side: which owned list */
-  uint64_t id;
-  char *name;                   /* owned copy, or NULL */
-  const char *waits_on;         /* static text for dumps, or NULL */
-  int32_t pinned;               /* worker index, or -1 */
-  int32_t worker;               /* worker that last polled it, or -1 */
+  uint8_t waits_on;             /* treadle__wait_t; the poller only */
+  uint8_t unused_;
+  uint64_t id : 48;             /* constant */
+  uint64_t pinned : 16;         /* worker index + 1, or 0; constant */
+  char *name;                   /* owned copy, or NULL; constant */
 };
 
 /* Where a task stands with its scheduler's owned list. Each task holds

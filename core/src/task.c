@@ -87,12 +87,11 @@ treadle_err_t treadle__task_new(treadle__sched_t *s,
   t->out_err = 0;
   t->output_taken = 0;
   t->owned_state = TREADLE__UNBOUND;
-  t->shard = 0;
+  t->waits_on = TREADLE__WAIT_NONE;
+  t->unused_ = 0;
   t->id = treadle__task_next_id();
+  t->pinned = 0;
   t->name = NULL;
-  t->waits_on = NULL;
-  t->pinned = -1;
-  t->worker = -1;
   if (state_size > 0) {
     if (state != NULL)
       memcpy(treadle__task_state(t), state, state_size);
