@@ -332,6 +332,141 @@ treadle_poll_t treadle_timeout_poll(treadle_sleep_t *deadline,
                                     treadle_cx_t *cx, treadle_poll_fn inner,
                                     void *inner_state, treadle_err_t *err);
 
+
+/* ------------------------------------------------------ synchronisation
+ *
+ * Tokio's tokio::sync for C: Notify, an async Mutex, a Semaphore, oneshot
+ * and bounded mpsc channels. Objects are library-allocated and refcounted
+ * (_new gives one reference; _ref/_unref); every function may be called
+ * from any thread, the _poll functions from a task. Waiting is FIFO and
+ * never loses a wake: a waiter that gives up (treadle_waiter_drop) after it
+ * was handed a notification or permits passes them to the next waiter.
+ * Channel items and oneshot values are pointers; a drop function given at
+ * creation frees those nobody received. */
+
+/* A wait node for Notify, Mutex and Semaphore, embedded in the caller's
+ * state (no allocation). Initialise it once, pass it to the same _poll
+ * function until that returns READY, then it may be reused; drop it if the
+ * task stops waiting before (its drop function is the usual place). Used
+ * by one task at a time. */
+typedef struct treadle_waiter_s {
+  uint64_t opaque_[6];
+} treadle_waiter_t;
+
+void treadle_waiter_init(treadle_waiter_t *w);
+/* Leaves the wait queue it is on, if any (any thread, idempotent). */
+void treadle_waiter_drop(treadle_waiter_t *w);
+
+/* Notify (tokio::sync::Notify): tasks wait until notified. */
+typedef struct treadle_notify_s treadle_notify_t;
+treadle_err_t treadle_notify_new(treadle_notify_t **out);
+treadle_notify_t *treadle_notify_ref(treadle_notify_t *n);
+void treadle_notify_unref(treadle_notify_t *n);
+/* Wakes the first waiter, or, with none, stores one permit that the next
+ * poll consumes at once (permits do not accumulate). */
+void treadle_notify_one(treadle_notify_t *n);
+/* Wakes every task waiting now; stores no permit. */
+void treadle_notify_waiters(treadle_notify_t *n);
+/* READY once this waiter was notified (or consumed the stored permit). */
+treadle_poll_t treadle_notify_poll(treadle_notify_t *n, treadle_cx_t *cx,
+                                   treadle_waiter_t *w);
+
+/* An async Mutex (tokio::sync::Mutex): the lock is held across awaits and
+ * handed to waiters in FIFO order. It guards no data of its own. */
+typedef struct treadle_mutex_s treadle_mutex_t;
+treadle_err_t treadle_mutex_new(treadle_mutex_t **out);
+treadle_mutex_t *treadle_mutex_ref(treadle_mutex_t *m);
+void treadle_mutex_unref(treadle_mutex_t *m);
+/* READY when the caller holds the lock. */
+treadle_poll_t treadle_mutex_lock_poll(treadle_mutex_t *m, treadle_cx_t *cx,
+                                       treadle_waiter_t *w);
+/* True if the lock was free and is now held by the caller. */
+bool treadle_mutex_try_lock(treadle_mutex_t *m);
+/* Releases the lock, handing it to the first waiter. */
+void treadle_mutex_unlock(treadle_mutex_t *m);
+
+/* A counting Semaphore (tokio::sync::Semaphore), fair: a waiter for many
+ * permits is not overtaken by later waiters for few. */
+typedef struct treadle_semaphore_s treadle_semaphore_t;
+#define TREADLE_SEMAPHORE_MAX_PERMITS (SIZE_MAX >> 3)
+/* TREADLE_EINVAL if permits > TREADLE_SEMAPHORE_MAX_PERMITS. */
+treadle_err_t treadle_semaphore_new(size_t permits, treadle_semaphore_t **out);
+treadle_semaphore_t *treadle_semaphore_ref(treadle_semaphore_t *s);
+void treadle_semaphore_unref(treadle_semaphore_t *s);
+/* READY with *err = 0 once `n` permits are the caller's, TREADLE_ECLOSED
+ * once the semaphore is closed, TREADLE_EINVAL for n = 0 or n above the
+ * maximum. */
+treadle_poll_t treadle_semaphore_acquire_poll(treadle_semaphore_t *s,
+                                              treadle_cx_t *cx,
+                                              treadle_waiter_t *w, size_t n,
+                                              treadle_err_t *err);
+/* 0, TREADLE_EAGAIN (not enough now, or others wait first),
+ * TREADLE_ECLOSED, TREADLE_EINVAL. */
+treadle_err_t treadle_semaphore_try_acquire(treadle_semaphore_t *s, size_t n);
+/* Returns `n` permits (TREADLE_EINVAL past the maximum). */
+treadle_err_t treadle_semaphore_release(treadle_semaphore_t *s, size_t n);
+/* Wakes every waiter with TREADLE_ECLOSED; later acquires fail the same. */
+void treadle_semaphore_close(treadle_semaphore_t *s);
+size_t treadle_semaphore_available(treadle_semaphore_t *s);
+
+/* A oneshot channel: one value, once, from any thread to a task. */
+typedef struct treadle_oneshot_tx_s treadle_oneshot_tx_t;
+typedef struct treadle_oneshot_rx_s treadle_oneshot_rx_t;
+/* `drop_value` (may be NULL) frees a value sent but never received. */
+treadle_err_t treadle_oneshot_new(void (*drop_value)(void *value),
+                                  treadle_oneshot_tx_t **tx,
+                                  treadle_oneshot_rx_t **rx);
+/* Sends and releases the sender (takes ownership of tx, always). 0, or
+ * TREADLE_ECLOSED when the receiver is gone: the value is then not taken. */
+treadle_err_t treadle_oneshot_send(treadle_oneshot_tx_t *tx, void *value);
+/* Releases the sender without sending: the receiver sees ECLOSED. */
+void treadle_oneshot_tx_drop(treadle_oneshot_tx_t *tx);
+/* READY with the value (*err = 0), or *err = TREADLE_ECLOSED if the
+ * sender went without sending, TREADLE_EJOINED if it was received. */
+treadle_poll_t treadle_oneshot_recv_poll(treadle_oneshot_rx_t *rx,
+                                         treadle_cx_t *cx, void **value,
+                                         treadle_err_t *err);
+/* Blocks a thread that is not running tasks until the value comes. */
+treadle_err_t treadle_oneshot_recv_wait(treadle_oneshot_rx_t *rx,
+                                        void **value);
+/* Releases the receiver; a value sent and not received is dropped. */
+void treadle_oneshot_rx_drop(treadle_oneshot_rx_t *rx);
+
+/* A bounded multi-producer, single-consumer channel (tokio mpsc). */
+typedef struct treadle_mpsc_tx_s treadle_mpsc_tx_t;
+typedef struct treadle_mpsc_rx_s treadle_mpsc_rx_t;
+/* capacity 1..2^30; `drop_item` (may be NULL) frees items never received. */
+treadle_err_t treadle_mpsc_new(size_t capacity, void (*drop_item)(void *item),
+                               treadle_mpsc_tx_t **tx,
+                               treadle_mpsc_rx_t **rx);
+/* Another sender for the same channel (NULL when out of memory). */
+treadle_mpsc_tx_t *treadle_mpsc_tx_clone(treadle_mpsc_tx_t *tx);
+/* Releases a sender; when the last goes, the receiver drains what is
+ * queued and then sees TREADLE_ECLOSED. */
+void treadle_mpsc_tx_drop(treadle_mpsc_tx_t *tx);
+/* READY with *err = 0 once `item` is queued (the channel owns it), or
+ * *err = TREADLE_ECLOSED (receiver gone; the item was not taken). PENDING
+ * while full: the item was not taken; poll again with it. */
+treadle_poll_t treadle_mpsc_send_poll(treadle_mpsc_tx_t *tx, treadle_cx_t *cx,
+                                      void *item, treadle_err_t *err);
+/* 0, TREADLE_EAGAIN (full), TREADLE_ECLOSED. Any thread. */
+treadle_err_t treadle_mpsc_try_send(treadle_mpsc_tx_t *tx, void *item);
+/* Blocks a thread that is not running tasks until there is room. */
+treadle_err_t treadle_mpsc_send_wait(treadle_mpsc_tx_t *tx, void *item);
+/* READY with an item (*err = 0), or *err = TREADLE_ECLOSED once every
+ * sender is gone and the queue is empty. */
+treadle_poll_t treadle_mpsc_recv_poll(treadle_mpsc_rx_t *rx, treadle_cx_t *cx,
+                                      void **item, treadle_err_t *err);
+/* 0, TREADLE_EAGAIN (empty), TREADLE_ECLOSED. */
+treadle_err_t treadle_mpsc_try_recv(treadle_mpsc_rx_t *rx, void **item);
+/* Blocks a thread that is not running tasks until an item comes. */
+treadle_err_t treadle_mpsc_recv_wait(treadle_mpsc_rx_t *rx, void **item);
+/* Refuses further sends (senders see TREADLE_ECLOSED); queued items can
+ * still be received. */
+void treadle_mpsc_rx_close(treadle_mpsc_rx_t *rx);
+/* Releases the receiver: closes the channel and drops queued items. */
+void treadle_mpsc_rx_drop(treadle_mpsc_rx_t *rx);
+
 #pragma GCC visibility pop
 
 #ifdef __cplusplus

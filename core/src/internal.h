@@ -80,7 +80,14 @@ struct treadle_builder_s {
   XX(NONE, "-")                                                                \
   XX(SLEEP, "sleep")                                                           \
   XX(JOIN, "join")                                                             \
-  XX(YIELD, "yield")
+  XX(YIELD, "yield")                                                           \
+  XX(NOTIFY, "notify")                                                         \
+  XX(MUTEX, "mutex")                                                           \
+  XX(SEMAPHORE, "semaphore")                                                   \
+  XX(ONESHOT, "oneshot recv")                                                  \
+  XX(MPSC_SEND, "mpsc send")                                                   \
+  XX(MPSC_RECV, "mpsc recv")                                                   \
+  XX(BLOCKING, "blocking pool")
 
 typedef enum {
 #define XX(name, text) TREADLE__WAIT_##name,

@@ -199,6 +199,7 @@ void treadle__task_run(treadle__task_t *t) {
   }
 
   treadle_cx_t cx = {.task = t, .budget = TREADLE__BUDGET, .yielded = false};
+  t->waits_on = TREADLE__WAIT_NONE; /* leaf futures say what they wait on */
   treadle__task_t *outer = treadle__ctx.task;
   treadle__ctx.task = t;
   treadle_poll_t r = t->vt->poll(&cx, treadle__task_state(t));
@@ -324,8 +325,10 @@ treadle_waker_t *treadle_cx_waker(treadle_cx_t *cx) {
 }
 
 void treadle_cx_yield(treadle_cx_t *cx) {
-  if (cx != NULL)
+  if (cx != NULL) {
     cx->yielded = true;
+    cx->task->waits_on = TREADLE__WAIT_YIELD;
+  }
 }
 
 treadle_handle_t *treadle_cx_handle(treadle_cx_t *cx) {
@@ -420,8 +423,10 @@ treadle_poll_t treadle_join_poll(treadle_join_t *j, treadle_cx_t *cx,
     *status = TREADLE_EJOINED;
     return TREADLE_READY;
   }
-  if (treadle__task_join_register(t, &cx->task->waker))
+  if (treadle__task_join_register(t, &cx->task->waker)) {
+    cx->task->waits_on = TREADLE__WAIT_JOIN;
     return TREADLE_PENDING;
+  }
   if (!treadle_cx_poll_proceed(cx))
     return TREADLE_PENDING;
   *status = take_output(t, value);
