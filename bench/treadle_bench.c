@@ -6,7 +6,11 @@
  * BENCH: spawn_many (N tasks, default 1,000,000), yield_many (1000 tasks x
  * N yields, default 1000), chained_spawn (N, default 1,000,000), timers (N
  * tasks sleeping 0-100 ms, default 100,000), idle_timers (timers with N =
- * 1000 by default: timer precision on an idle runtime).
+ * 1000 by default: timer precision on an idle runtime), ping_pong (N round
+ * trips between two tasks through two capacity-1 channels, default
+ * 1,000,000), cpu_bound (64 tasks x N xorshift steps, default 4,000,000:
+ * run with --workers 1 and 2 to see the scaling). --metrics prints the
+ * runtime's metrics on stderr at the end.
  *
  * All work starts inside the block_on task, a spawned task like any other
  * (as micro_tokio spawns its root task). */
@@ -20,6 +24,7 @@
 
 static const char *flavor_name = "current";
 static unsigned workers = 2;
+static bool show_metrics = false;
 
 static double secs_since(uint64_t t0) {
   return (double)(treadle_now() - t0) / 1e9;
@@ -320,12 +325,200 @@ static treadle_poll_t timers_poll(treadle_cx_t *cx, void *st) {
   return TREADLE_READY;
 }
 
+/* ------------------------------------------------------------ ping_pong */
+
+/* A sends a number on channel 1, B sends it back + 1 on channel 2, n times;
+ * both channels hold one item (tokio mpsc::channel(1)). Items are numbers
+ * carried in the pointer, offset by one so that none is NULL. */
+#define NUM(p) ((uint64_t)(uintptr_t)(p) - 1)
+#define PTR(n) ((void *)(uintptr_t)((n) + 1))
+
+typedef struct {
+  treadle_mpsc_tx_t *tx;
+  treadle_mpsc_rx_t *rx;
+  size_t left;
+  uint64_t v;
+  bool sending;
+} pinger_t;
+
+static treadle_poll_t pinger_poll(treadle_cx_t *cx, void *st) {
+  pinger_t *p = st;
+  treadle_err_t err;
+  for (;;) {
+    if (p->sending) {
+      if (p->left == 0) {
+        treadle_cx_set_output(cx, 0, PTR(p->v));
+        return TREADLE_READY;
+      }
+      if (treadle_mpsc_send_poll(p->tx, cx, PTR(p->v), &err) ==
+          TREADLE_PENDING)
+        return TREADLE_PENDING;
+      if (err != 0)
+        abort();
+      p->sending = false;
+    }
+    void *item;
+    if (treadle_mpsc_recv_poll(p->rx, cx, &item, &err) == TREADLE_PENDING)
+      return TREADLE_PENDING;
+    if (err != 0)
+      abort();
+    p->v = NUM(item);
+    p->left--;
+    p->sending = true;
+  }
+}
+
+static void pinger_drop(void *st) {
+  pinger_t *p = st;
+  treadle_mpsc_tx_drop(p->tx);
+  treadle_mpsc_rx_drop(p->rx);
+}
+
+static treadle_poll_t ponger_poll(treadle_cx_t *cx, void *st) {
+  pinger_t *p = st;
+  treadle_err_t err;
+  for (;;) {
+    if (p->sending) {
+      if (treadle_mpsc_send_poll(p->tx, cx, PTR(p->v + 1), &err) ==
+          TREADLE_PENDING)
+        return TREADLE_PENDING;
+      if (err != 0)
+        abort();
+      p->sending = false;
+    }
+    void *item;
+    if (treadle_mpsc_recv_poll(p->rx, cx, &item, &err) == TREADLE_PENDING)
+      return TREADLE_PENDING;
+    if (err == TREADLE_ECLOSED)
+      return TREADLE_READY; /* A is done */
+    if (err != 0)
+      abort();
+    p->v = NUM(item);
+    p->sending = true;
+  }
+}
+
+static const treadle_task_vtable_t pinger_vt = {.poll = pinger_poll,
+                                                .drop = pinger_drop};
+static const treadle_task_vtable_t ponger_vt = {.poll = ponger_poll,
+                                                .drop = pinger_drop};
+
+typedef struct {
+  size_t n;
+  uint64_t t0;
+  treadle_join_t *a, *b;
+  int stage;
+} ping_pong_t;
+
+static treadle_poll_t ping_pong_poll(treadle_cx_t *cx, void *st) {
+  ping_pong_t *s = st;
+  treadle_err_t err;
+  void *out;
+  if (s->stage == 0) {
+    treadle_mpsc_tx_t *tx1, *tx2;
+    treadle_mpsc_rx_t *rx1, *rx2;
+    if (treadle_mpsc_new(1, NULL, &tx1, &rx1) != 0 ||
+        treadle_mpsc_new(1, NULL, &tx2, &rx2) != 0)
+      abort();
+    treadle_handle_t *h = treadle_cx_handle(cx);
+    s->t0 = treadle_now();
+    pinger_t b = {.tx = tx2, .rx = rx1};
+    pinger_t a = {.tx = tx1, .rx = rx2, .left = s->n, .sending = true};
+    if (treadle_spawn(h, &ponger_vt, &b, sizeof b, &s->b) != 0 ||
+        treadle_spawn(h, &pinger_vt, &a, sizeof a, &s->a) != 0)
+      abort();
+    s->stage = 1;
+  }
+  if (s->stage == 1) {
+    if (treadle_join_poll(s->a, cx, &err, &out) == TREADLE_PENDING)
+      return TREADLE_PENDING;
+    if (err != 0 || NUM(out) != s->n)
+      abort(); /* the number went round n times */
+    treadle_join_detach(s->a);
+    s->stage = 2;
+  }
+  if (treadle_join_poll(s->b, cx, &err, NULL) == TREADLE_PENDING)
+    return TREADLE_PENDING;
+  treadle_join_detach(s->b);
+  double secs = secs_since(s->t0);
+  json_head("ping_pong");
+  printf(",\"round_trips\":%zu,\"secs\":%.6f,\"round_trips_per_sec\":%.0f,"
+         "\"ns_per_round_trip\":%.1f}\n",
+         s->n, secs, (double)s->n / secs, secs * 1e9 / (double)s->n);
+  return TREADLE_READY;
+}
+
+/* ------------------------------------------------------------ cpu_bound */
+
+/* 64 tasks each do a fixed amount of arithmetic, yielding every 4096
+ * steps; run with 1 and 2 workers to see how the work scales. */
+typedef struct {
+  done_t *done;
+  uint64_t left;
+  uint64_t x;
+  _Atomic uint64_t *sink;
+} cruncher_t;
+
+static treadle_poll_t cruncher_poll(treadle_cx_t *cx, void *st) {
+  cruncher_t *c = st;
+  for (unsigned i = 0; i < 4096 && c->left > 0; i++, c->left--) {
+    c->x ^= c->x << 13;
+    c->x ^= c->x >> 7;
+    c->x ^= c->x << 17;
+  }
+  if (c->left > 0) {
+    treadle_cx_yield(cx);
+    return TREADLE_PENDING;
+  }
+  atomic_fetch_add_explicit(c->sink, c->x, memory_order_relaxed);
+  done_one(c->done);
+  return TREADLE_READY;
+}
+
+static const treadle_task_vtable_t cruncher_vt = {.poll = cruncher_poll};
+
+typedef struct {
+  size_t steps;
+  int stage;
+  uint64_t t0;
+  done_t done;
+  _Atomic uint64_t sink;
+} cpu_bound_t;
+
+static treadle_poll_t cpu_bound_poll(treadle_cx_t *cx, void *st) {
+  cpu_bound_t *s = st;
+  const size_t tasks = 64;
+  if (s->stage == 0) {
+    s->stage = 1;
+    atomic_init(&s->done.left, tasks);
+    done_arm(&s->done, cx);
+    s->t0 = treadle_now();
+    for (size_t i = 0; i < tasks; i++) {
+      cruncher_t c = {&s->done, s->steps, 0x9E3779B97F4A7C15ull + i,
+                      &s->sink};
+      if (treadle_spawn(treadle_cx_handle(cx), &cruncher_vt, &c, sizeof c,
+                        NULL) != 0)
+        abort();
+    }
+  }
+  if (!done_finished(&s->done))
+    return TREADLE_PENDING;
+  double secs = secs_since(s->t0);
+  json_head("cpu_bound");
+  printf(",\"tasks\":%zu,\"steps_per_task\":%zu,\"secs\":%.6f,"
+         "\"steps_per_sec\":%.0f,\"checksum\":%llu}\n",
+         tasks, s->steps, secs, (double)(tasks * s->steps) / secs,
+         (unsigned long long)atomic_load(&s->sink) % 1000);
+  return TREADLE_READY;
+}
+
 /* ------------------------------------------------------------------ main */
 
 static void usage(const char *argv0) {
   fprintf(stderr,
-          "usage: %s spawn_many|yield_many|chained_spawn|timers|idle_timers"
-          " [--flavor current|multi] [--workers N] [N]\n",
+          "usage: %s spawn_many|yield_many|chained_spawn|ping_pong|timers|"
+          "idle_timers|cpu_bound"
+          " [--flavor current|multi] [--workers N] [--metrics] [N]\n",
           argv0);
   exit(2);
 }
@@ -341,6 +534,8 @@ int main(int argc, char **argv) {
       if (strcmp(flavor_name, "current") != 0 &&
           strcmp(flavor_name, "multi") != 0)
         usage(argv[0]);
+    } else if (strcmp(argv[i], "--metrics") == 0) {
+      show_metrics = true;
     } else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc) {
       workers = (unsigned)atoi(argv[++i]);
     } else if (argv[i][0] >= '0' && argv[i][0] <= '9') {
@@ -387,10 +582,37 @@ int main(int argc, char **argv) {
     timers_t s = {.name = bench,
                   .n = n > 0 ? (size_t)n : idle ? 1000 : 100000};
     err = treadle_runtime_block_on(rt, &vt, &s, sizeof s, NULL);
+  } else if (strcmp(bench, "ping_pong") == 0) {
+    static const treadle_task_vtable_t vt = {.poll = ping_pong_poll};
+    ping_pong_t s = {.n = n > 0 ? (size_t)n : 1000000};
+    err = treadle_runtime_block_on(rt, &vt, &s, sizeof s, NULL);
+  } else if (strcmp(bench, "cpu_bound") == 0) {
+    static const treadle_task_vtable_t vt = {.poll = cpu_bound_poll};
+    cpu_bound_t s = {.steps = n > 0 ? (size_t)n : 4000000};
+    err = treadle_runtime_block_on(rt, &vt, &s, sizeof s, NULL);
   } else {
     usage(argv[0]);
   }
   fflush(stdout);
+  if (show_metrics) {
+    treadle_runtime_metrics_t m;
+    treadle_handle_metrics(treadle_runtime_handle(rt), &m);
+    fprintf(stderr, "live %llu, inject %llu\n",
+            (unsigned long long)m.live_tasks,
+            (unsigned long long)m.inject_queue_depth);
+    for (unsigned i = 0; i < m.workers; i++) {
+      treadle_worker_metrics_t w;
+      treadle_handle_worker_metrics(treadle_runtime_handle(rt), i, &w);
+      fprintf(stderr,
+              "worker %u: polls %llu steals %llu (%llu ops) parks %llu "
+              "unparks %llu lifo %llu overflows %llu\n",
+              i, (unsigned long long)w.polls, (unsigned long long)w.steals,
+              (unsigned long long)w.steal_operations,
+              (unsigned long long)w.parks, (unsigned long long)w.unparks,
+              (unsigned long long)w.lifo_hits,
+              (unsigned long long)w.overflows);
+    }
+  }
   if (err != 0) {
     fprintf(stderr, "%s: %s\n", bench, treadle_strerror(err));
     return 1;

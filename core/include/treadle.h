@@ -170,6 +170,11 @@ treadle_err_t treadle_builder_global_queue_interval(treadle_builder_t *b,
 treadle_err_t treadle_builder_on_task_error(treadle_builder_t *b,
                                             treadle_task_error_cb cb,
                                             void *userdata);
+/* Debug option: warn on stderr, naming the task, when one poll takes longer
+ * than threshold_ns (0: the default, 100 ms). Costs two clock reads per
+ * poll. Off unless called. */
+treadle_err_t treadle_builder_warn_slow_polls(treadle_builder_t *b,
+                                              uint64_t threshold_ns);
 /* Builds a runtime from the builder's settings. */
 treadle_err_t treadle_builder_build(const treadle_builder_t *b,
                                     treadle_runtime_t **out);
@@ -204,6 +209,51 @@ treadle_err_t treadle_runtime_block_on(treadle_runtime_t *rt,
  * the runtime's own tasks, and TREADLE_EBUSY when another thread is inside
  * block_on on it. */
 treadle_err_t treadle_runtime_free(treadle_runtime_t *rt);
+
+/* treadle_runtime_free, waiting at most timeout_ns for blocking-pool jobs
+ * that are already running (queued ones are cancelled). Jobs still running
+ * then are left to finish on their own threads, which exit afterwards;
+ * the runtime is freed either way and TREADLE_ETIMEDOUT says so. Same
+ * refusals as treadle_runtime_free. */
+treadle_err_t treadle_runtime_shutdown_timeout(treadle_runtime_t *rt,
+                                               uint64_t timeout_ns);
+
+/* Writes a text dump of the live tasks to `out`, one line each: id, name,
+ * state, worker, and what it waits on, after a line per worker. Any
+ * thread; from outside a busy current_thread runtime the dump is taken by
+ * a task on the runtime's thread. */
+treadle_err_t treadle_runtime_dump(treadle_runtime_t *rt, FILE *out);
+
+/* ------------------------------------------------------------- metrics */
+
+typedef struct treadle_runtime_metrics_s {
+  unsigned workers;              /* 1 for current_thread */
+  uint64_t live_tasks;           /* spawned and not yet finished */
+  uint64_t inject_queue_depth;   /* tasks in the global queue */
+  uint64_t blocking_threads;     /* blocking-pool threads alive */
+  uint64_t blocking_idle;        /* ... of which idle */
+  uint64_t blocking_queue_depth; /* blocking jobs waiting for a thread */
+} treadle_runtime_metrics_t;
+
+typedef struct treadle_worker_metrics_s {
+  uint64_t polls;             /* task polls */
+  uint64_t steals;            /* tasks this worker stole */
+  uint64_t steal_operations;  /* successful steal attempts */
+  uint64_t parks;             /* times it went to sleep */
+  uint64_t unparks;           /* times it woke up */
+  uint64_t lifo_hits;         /* tasks run from the LIFO slot */
+  uint64_t overflows;         /* local queue full: half moved to inject */
+  uint64_t local_queue_depth; /* tasks in its local queue now */
+} treadle_worker_metrics_t;
+
+/* Counters are monotonic; depths are snapshots. Reading takes no lock a
+ * worker needs and may be done from any thread at any time. */
+treadle_err_t treadle_handle_metrics(treadle_handle_t *h,
+                                     treadle_runtime_metrics_t *out);
+/* TREADLE_EINVAL for a worker index past the last. */
+treadle_err_t treadle_handle_worker_metrics(treadle_handle_t *h,
+                                            unsigned worker,
+                                            treadle_worker_metrics_t *out);
 
 /* ---------------------------------------------------------------- handle */
 
@@ -247,6 +297,44 @@ treadle_err_t treadle_spawn(treadle_handle_t *h,
                             const void *state, size_t state_size,
                             treadle_join_t **join);
 
+/* Options for treadle_spawn_with. Start from TREADLE_SPAWN_OPTS_INIT. */
+typedef struct treadle_spawn_opts_s {
+  const char *name; /* copied; shown in dumps and failure reports */
+  int worker;       /* -1: any worker. k >= 0: pinned to worker k, which
+                       alone ever polls it (Tokio's spawn_local); a
+                       current_thread runtime has the one worker 0 */
+} treadle_spawn_opts_t;
+#define TREADLE_SPAWN_OPTS_INIT {NULL, -1}
+
+/* treadle_spawn with options (opts may be NULL). TREADLE_EINVAL for a
+ * worker index past the runtime's last worker. */
+treadle_err_t treadle_spawn_with(treadle_handle_t *h,
+                                 const treadle_task_vtable_t *vt,
+                                 const void *state, size_t state_size,
+                                 const treadle_spawn_opts_t *opts,
+                                 treadle_join_t **join);
+
+/* A job for the blocking pool: plain code that may block its thread. */
+typedef struct treadle_blocking_vtable_s {
+  /* required: runs once on a pool thread; returns the job's status and
+   * may set *value (owned by the joiner, or drop_output) */
+  treadle_err_t (*run)(void *state, void **value);
+  void (*drop)(void *state);        /* optional: once, after run, or when
+                                       the job is cancelled before it ran */
+  void (*drop_output)(void *value); /* optional: frees an untaken value */
+} treadle_blocking_vtable_t;
+
+/* Runs vt->run on a blocking-pool thread (started on demand up to
+ * max_blocking_threads; idle ones exit after the keep-alive) with a copy
+ * of `state`, as treadle_spawn copies it. The join handle works as a
+ * task's: join it from a task (treadle_join_poll) or a thread. Aborting a
+ * queued job cancels it; aborting a running one has no effect. Errors as
+ * treadle_spawn. Both flavors; any thread. */
+treadle_err_t treadle_spawn_blocking(treadle_handle_t *h,
+                                     const treadle_blocking_vtable_t *vt,
+                                     const void *state, size_t state_size,
+                                     treadle_join_t **join);
+
 /* The running task's waker (borrowed, valid during this poll; clone it to
  * keep it). */
 treadle_waker_t *treadle_cx_waker(treadle_cx_t *cx);
@@ -257,6 +345,8 @@ void treadle_cx_yield(treadle_cx_t *cx);
 treadle_handle_t *treadle_cx_handle(treadle_cx_t *cx);
 /* The running task's id (unique in the process, never 0). */
 uint64_t treadle_cx_task_id(treadle_cx_t *cx);
+/* The index of the worker polling this task (0 on current_thread). */
+int treadle_cx_worker(treadle_cx_t *cx);
 /* Sets what the task's joiner will receive when this poll returns
  * TREADLE_READY: a status (0 or a TREADLE_E* code) and a value owned by the
  * joiner (or by the vtable's drop_output). Default: 0 and NULL. */

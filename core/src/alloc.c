@@ -41,6 +41,16 @@ void *treadle__calloc(size_t n, size_t size) {
   return calloc(n, size);
 }
 
+void *treadle__aligned_calloc(size_t align, size_t size) {
+  if (should_fail())
+    return NULL;
+  size = (size + align - 1) & ~(align - 1); /* aligned_alloc's rule */
+  void *p = aligned_alloc(align, size);
+  if (p != NULL)
+    memset(p, 0, size);
+  return p;
+}
+
 void treadle__free(void *p) { free(p); }
 
 char *treadle__strdup(const char *s) {

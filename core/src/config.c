@@ -123,6 +123,15 @@ treadle_err_t treadle_builder_global_queue_interval(treadle_builder_t *b,
   return 0;
 }
 
+treadle_err_t treadle_builder_warn_slow_polls(treadle_builder_t *b,
+                                              uint64_t threshold_ns) {
+  if (b == NULL)
+    return TREADLE_EINVAL;
+  b->cfg.slow_poll_ns =
+      threshold_ns != 0 ? threshold_ns : 100 * TREADLE_NSEC_PER_MSEC;
+  return 0;
+}
+
 treadle_err_t treadle_builder_on_task_error(treadle_builder_t *b,
                                             treadle_task_error_cb cb,
                                             void *userdata) {

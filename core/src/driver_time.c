@@ -232,7 +232,7 @@ static treadle_poll_t sleep_register(treadle__timer_t *t, treadle_cx_t *cx,
   t->waker = treadle_waker_clone(&cx->task->waker);
   t->driver = tm;
   insert_locked(tm, t, tick);
-  cx->task->waits_on = TREADLE__WAIT_SLEEP;
+  treadle__task_waits_on(cx->task, TREADLE__WAIT_SLEEP);
   return TREADLE_PENDING;
 }
 
@@ -264,7 +264,7 @@ treadle_poll_t treadle_sleep_poll(treadle_sleep_t *s, treadle_cx_t *cx,
     treadle__mutex_unlock(&tm->mu);
     treadle_waker_drop(old);
     if (state == TREADLE__TIMER_REGISTERED) {
-      cx->task->waits_on = TREADLE__WAIT_SLEEP;
+      treadle__task_waits_on(cx->task, TREADLE__WAIT_SLEEP);
       return TREADLE_PENDING;
     }
   }

@@ -20,25 +20,76 @@ void treadle_handle_unref(treadle_handle_t *h) {
   if (atomic_fetch_sub_explicit(&h->refs, 1, memory_order_acq_rel) != 1)
     return;
   h->sched->vt->free(h->sched);
+  treadle__blocking_unref(h->blocking);
   treadle__driver_destroy(&h->driver);
   treadle__free(h);
 }
 
-treadle_err_t treadle_spawn(treadle_handle_t *h,
-                            const treadle_task_vtable_t *vt,
-                            const void *state, size_t state_size,
-                            treadle_join_t **join) {
+/* Credits (internal.h): a worker keeps a reserve of handle references so
+ * that spawning and freeing tasks does not bounce the handle's refcount
+ * between cores. The reserve is part of `refs`, so the handle cannot go
+ * while a worker holds one; it is given back when the worker stops. */
+#define CREDIT_BATCH 64
+
+void treadle__handle_ref_task(treadle_handle_t *h) {
+  uint32_t *c = treadle__ctx.handle == h ? treadle__ctx.credits : NULL;
+  if (c == NULL) {
+    treadle_handle_ref(h);
+    return;
+  }
+  if (*c == 0) {
+    /* Relaxed: made from the reference the runtime holds. */
+    atomic_fetch_add_explicit(&h->refs, CREDIT_BATCH, memory_order_relaxed);
+    *c = CREDIT_BATCH;
+  }
+  (*c)--;
+}
+
+void treadle__handle_unref_task(treadle_handle_t *h) {
+  uint32_t *c = treadle__ctx.handle == h ? treadle__ctx.credits : NULL;
+  if (c == NULL) {
+    treadle_handle_unref(h);
+    return;
+  }
+  if (++*c == 2 * CREDIT_BATCH) {
+    /* release: as unref; cannot reach zero, the runtime holds one. */
+    atomic_fetch_sub_explicit(&h->refs, CREDIT_BATCH, memory_order_release);
+    *c -= CREDIT_BATCH;
+  }
+}
+
+void treadle__handle_return_credits(treadle_handle_t *h, uint32_t *credits) {
+  if (*credits == 0)
+    return;
+  /* release: as unref; cannot reach zero, the runtime holds one. */
+  atomic_fetch_sub_explicit(&h->refs, *credits, memory_order_release);
+  *credits = 0;
+}
+
+treadle_err_t treadle_spawn_with(treadle_handle_t *h,
+                                 const treadle_task_vtable_t *vt,
+                                 const void *state, size_t state_size,
+                                 const treadle_spawn_opts_t *opts,
+                                 treadle_join_t **join) {
   if (join != NULL)
     *join = NULL;
   if (h == NULL || vt == NULL || vt->poll == NULL ||
       state_size > (UINT32_C(1) << 30))
+    return TREADLE_EINVAL;
+  if (opts != NULL && (opts->worker < -1 || opts->worker >= 65535))
     return TREADLE_EINVAL;
   treadle__task_t *t;
   treadle_err_t err =
       treadle__task_new(h->sched, vt, state, state_size, join != NULL, &t);
   if (err != 0)
     return err;
-  err = h->sched->vt->spawn(h->sched, t);
+  if (opts != NULL) {
+    t->pinned = (uint16_t)(opts->worker + 1);
+    if (opts->name != NULL && (t->name = treadle__strdup(opts->name)) == NULL)
+      err = TREADLE_ENOMEM;
+  }
+  if (err == 0)
+    err = h->sched->vt->spawn(h->sched, t);
   if (err != 0) {
     treadle__task_discard(t);
     return err;
@@ -46,6 +97,33 @@ treadle_err_t treadle_spawn(treadle_handle_t *h,
   if (join != NULL)
     *join = (treadle_join_t *)t;
   return 0;
+}
+
+treadle_err_t treadle_spawn(treadle_handle_t *h,
+                            const treadle_task_vtable_t *vt,
+                            const void *state, size_t state_size,
+                            treadle_join_t **join) {
+  return treadle_spawn_with(h, vt, state, state_size, NULL, join);
+}
+
+treadle_err_t treadle_handle_metrics(treadle_handle_t *h,
+                                     treadle_runtime_metrics_t *out) {
+  if (h == NULL || out == NULL)
+    return TREADLE_EINVAL;
+  memset(out, 0, sizeof *out);
+  h->sched->vt->metrics(h->sched, out);
+  treadle__blocking_metrics(h->blocking, &out->blocking_threads,
+                            &out->blocking_idle, &out->blocking_queue_depth);
+  return 0;
+}
+
+treadle_err_t treadle_handle_worker_metrics(treadle_handle_t *h,
+                                            unsigned worker,
+                                            treadle_worker_metrics_t *out) {
+  if (h == NULL || out == NULL)
+    return TREADLE_EINVAL;
+  memset(out, 0, sizeof *out);
+  return h->sched->vt->worker_metrics(h->sched, worker, out);
 }
 
 treadle_err_t treadle_handle_block_on(treadle_handle_t *h,
@@ -57,7 +135,7 @@ treadle_err_t treadle_handle_block_on(treadle_handle_t *h,
   if (h == NULL || vt == NULL || vt->poll == NULL)
     return TREADLE_EINVAL;
   if (treadle__ctx.sched != NULL)
-    return TREADLE_EINRUNTIME;
+    return TREADLE_EINRUNTIME; /* running tasks: waiting would deadlock */
   treadle_join_t *j;
   treadle_err_t err = treadle_spawn(h, vt, state, state_size, &j);
   if (err != 0)

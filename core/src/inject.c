@@ -42,6 +42,51 @@ bool treadle__inject_push(treadle__inject_t *q, treadle__task_t *t) {
   return true;
 }
 
+bool treadle__inject_push_batch(treadle__inject_t *q, treadle__task_t *first,
+                                treadle__task_t *last, size_t n) {
+  treadle__mutex_lock(&q->mu);
+  if (q->closed) {
+    treadle__mutex_unlock(&q->mu);
+    return false;
+  }
+  last->next = NULL;
+  if (q->tail != NULL)
+    q->tail->next = first;
+  else
+    q->head = first;
+  q->tail = last;
+  /* Relaxed: as in push. */
+  atomic_store_explicit(
+      &q->len, atomic_load_explicit(&q->len, memory_order_relaxed) + n,
+      memory_order_relaxed);
+  treadle__mutex_unlock(&q->mu);
+  return true;
+}
+
+size_t treadle__inject_pop_batch(treadle__inject_t *q, size_t max,
+                                 treadle__task_t **first) {
+  *first = NULL;
+  if (max == 0 || atomic_load_explicit(&q->len, memory_order_relaxed) == 0)
+    return 0;
+  treadle__mutex_lock(&q->mu);
+  size_t len = atomic_load_explicit(&q->len, memory_order_relaxed);
+  size_t n = len < max ? len : max;
+  treadle__task_t *head = q->head, *last = NULL;
+  for (size_t i = 0; i < n; i++) {
+    last = q->head;
+    q->head = q->head->next;
+  }
+  if (n > 0) {
+    last->next = NULL;
+    if (q->head == NULL)
+      q->tail = NULL;
+    *first = head;
+    atomic_store_explicit(&q->len, len - n, memory_order_relaxed);
+  }
+  treadle__mutex_unlock(&q->mu);
+  return n;
+}
+
 treadle__task_t *treadle__inject_pop(treadle__inject_t *q) {
   if (atomic_load_explicit(&q->len, memory_order_relaxed) == 0)
     return NULL;

@@ -28,6 +28,8 @@ typedef struct treadle__driver_s treadle__driver_t;
 
 void *treadle__malloc(size_t size);
 void *treadle__calloc(size_t n, size_t size);
+/* Zeroed, `align`-aligned (a power of two); freed with treadle__free. */
+void *treadle__aligned_calloc(size_t align, size_t size);
 void treadle__free(void *p);
 char *treadle__strdup(const char *s);
 /* Test hook: the allocation after the next `n` fails (n < 0 disables). */
@@ -51,6 +53,7 @@ typedef struct treadle__config_s {
   unsigned global_queue_interval;
   treadle_task_error_cb on_task_error;
   void *on_task_error_ud;
+  uint64_t slow_poll_ns;          /* warn when a poll takes longer; 0: off */
 } treadle__config_t;
 
 struct treadle_builder_s {
@@ -86,8 +89,7 @@ struct treadle_builder_s {
   XX(SEMAPHORE, "semaphore")                                                   \
   XX(ONESHOT, "oneshot recv")                                                  \
   XX(MPSC_SEND, "mpsc send")                                                   \
-  XX(MPSC_RECV, "mpsc recv")                                                   \
-  XX(BLOCKING, "blocking pool")
+  XX(MPSC_RECV, "mpsc recv")
 
 typedef enum {
 #define XX(name, text) TREADLE__WAIT_##name,
@@ -111,18 +113,23 @@ struct treadle__task_s {
   void *out_value;              /* written before COMPLETE is published */
   treadle_err_t out_err;        /* likewise */
   uint8_t output_taken;         /* join side only */
-  uint8_t owned_state;          /* scheduler side only: TREADLE__UNBOUND,
-                                   _BOUND or _UNLINKED */
-  uint8_t waits_on;             /* treadle__wait_t; the poller only */
+  _Atomic uint8_t owned_state;  /* TREADLE__UNBOUND, _BOUND, _UNLINKED;
+                                   changed under the owned list's lock */
+  _Atomic uint8_t waits_on;     /* treadle__wait_t; the poller writes,
+                                   dumps read (relaxed) */
   uint8_t unused_;
   uint64_t id : 48;             /* constant */
   uint64_t pinned : 16;         /* worker index + 1, or 0; constant */
   char *name;                   /* owned copy, or NULL; constant */
 };
 
-/* Where a task stands with its scheduler's owned list. Each task holds
- * one "owned" reference from spawn on; it is dropped when the task
- * completes (UNBOUND, BOUND) or handed to the shutdown code (UNLINKED). */
+/* Where a task stands with its scheduler's owned list. A task joins the
+ * list ("binds") the first time it is about to wait, so that shutdown can
+ * find it; a task that is queued or running is found in the queues or by
+ * its worker instead, and one that completes without ever waiting never
+ * touches the list. Each task holds one "owned" reference from spawn on;
+ * it is dropped when the task completes (UNBOUND, BOUND) or handed to the
+ * shutdown code that unlinks it (UNLINKED). */
 enum { TREADLE__UNBOUND = 0, TREADLE__BOUND = 1, TREADLE__UNLINKED = 2 };
 
 #define TREADLE__TASK_HEADER \
@@ -137,6 +144,14 @@ struct treadle_cx_s {
 static inline void *treadle__task_state(treadle__task_t *t) {
   return (char *)t + TREADLE__TASK_HEADER;
 }
+
+/* Records what a pending task waits on (TREADLE__WAIT_*), for dumps. */
+static inline void treadle__task_waits_on(treadle__task_t *t, int what) {
+  /* Relaxed: read only by dumps, which show a snapshot. */
+  atomic_store_explicit(&t->waits_on, (uint8_t)what, memory_order_relaxed);
+}
+/* Its text ("sleep", "join", ...). */
+const char *treadle__wait_name(int what);
 
 /* Allocates a task in its initial state (NOTIFIED, refs: owned list, run
  * queue, and the join handle when `join`). */
@@ -160,8 +175,12 @@ uint64_t treadle__task_next_id(void);
 /* ---------------------------------------------------------- schedulers */
 
 typedef struct treadle__sched_vtable_s {
-  /* Binds a new task and queues it, or returns TREADLE_ESHUTDOWN. */
+  /* Queues a new task, or returns TREADLE_ESHUTDOWN (or TREADLE_EINVAL
+   * for a worker index it does not have). */
   treadle_err_t (*spawn)(treadle__sched_t *s, treadle__task_t *t);
+  /* Puts a task that is about to wait on the owned list (the caller holds
+   * RUNNING); false once shut down: the caller then cancels it. */
+  bool (*bind)(treadle__sched_t *s, treadle__task_t *t);
   /* Queues a task that carries a NOTIFIED reference; `yield`: it asked to
    * go behind the others. After shutdown the reference is dropped. */
   void (*schedule)(treadle__sched_t *s, treadle__task_t *t, bool yield);
@@ -175,6 +194,12 @@ typedef struct treadle__sched_vtable_s {
   treadle_err_t (*shutdown)(treadle__sched_t *s);
   /* Frees the scheduler's memory once no task can reach it. */
   void (*free)(treadle__sched_t *s);
+  /* Fills runtime-wide and per-worker metrics (any thread). */
+  void (*metrics)(treadle__sched_t *s, treadle_runtime_metrics_t *m);
+  treadle_err_t (*worker_metrics)(treadle__sched_t *s, unsigned worker,
+                                  treadle_worker_metrics_t *m);
+  /* Writes one line per live task (see dump.c); any thread. */
+  treadle_err_t (*dump)(treadle__sched_t *s, FILE *out);
 } treadle__sched_vtable_t;
 
 struct treadle__sched_s {
@@ -183,14 +208,20 @@ struct treadle__sched_s {
 };
 
 treadle_err_t treadle__ct_new(treadle_handle_t *h, treadle__sched_t **out);
+treadle_err_t treadle__mt_new(treadle_handle_t *h, treadle__sched_t **out);
 
 /* ---------------------------------------------------------- context.c */
 
 /* What the current thread is doing for which runtime. */
 typedef struct treadle__context_s {
-  treadle__sched_t *sched; /* scheduler whose tasks this thread runs */
-  void *core;              /* that scheduler's core while held, else NULL */
-  treadle__task_t *task;   /* task being polled, or NULL */
+  treadle__sched_t *sched;   /* scheduler whose tasks this thread runs */
+  void *core;                /* that scheduler's core while held, else NULL */
+  treadle__task_t *task;     /* task being polled, or NULL */
+  treadle_handle_t *handle;  /* runtime this thread works for: its
+                                workers, its blocking threads, block_on */
+  int worker;                /* worker index while `sched` is set */
+  uint32_t *credits;         /* handle references this thread holds in
+                                reserve for `handle`'s tasks, or NULL */
 } treadle__context_t;
 
 extern __thread treadle__context_t treadle__ctx
@@ -212,12 +243,112 @@ void treadle__inject_init(treadle__inject_t *q);
 void treadle__inject_destroy(treadle__inject_t *q);
 /* Queues `t`; false (and nothing queued) once the queue is closed. */
 bool treadle__inject_push(treadle__inject_t *q, treadle__task_t *t);
+/* Queues the list first..last (linked through next, n tasks) at once;
+ * false (nothing queued) once closed. */
+bool treadle__inject_push_batch(treadle__inject_t *q, treadle__task_t *first,
+                                treadle__task_t *last, size_t n);
 treadle__task_t *treadle__inject_pop(treadle__inject_t *q);
+/* Pops up to `max` tasks as a list linked through next; returns the count. */
+size_t treadle__inject_pop_batch(treadle__inject_t *q, size_t max,
+                                 treadle__task_t **first);
 /* Refuses further pushes; what is queued stays to be drained. */
 void treadle__inject_close(treadle__inject_t *q);
 static inline size_t treadle__inject_len(treadle__inject_t *q) {
   return atomic_load_explicit(&q->len, memory_order_relaxed);
 }
+
+/* ------------------------------------------------------------ deque.c */
+
+#ifdef TREADLE_TEST_SMALL
+#define TREADLE__LOCAL_QUEUE_CAPACITY 4 /* as tokio under loom */
+#else
+#define TREADLE__LOCAL_QUEUE_CAPACITY 256
+#endif
+
+/* A worker's local run queue (deque.c): one owner, many stealers. */
+typedef struct treadle__deque_s {
+  _Atomic uint64_t head; /* steal index (low 32) | real head (high 32) */
+  _Atomic uint32_t tail; /* written by the owner only */
+  treadle__task_t *slots[TREADLE__LOCAL_QUEUE_CAPACITY];
+} treadle__deque_t;
+
+void treadle__deque_init(treadle__deque_t *q);
+/* Owner: appends `t`; when full, moves half the queue and `t` to `inject`
+ * and returns true (an overflow). Tasks refused by a closed inject queue
+ * are unreferenced. */
+bool treadle__deque_push(treadle__deque_t *q, treadle__task_t *t,
+                         treadle__inject_t *inject);
+/* Owner: takes the oldest task, or NULL. */
+treadle__task_t *treadle__deque_pop(treadle__deque_t *q);
+/* Thief: moves half of src into dst (dst's owner calls this) and returns
+ * one of them to run now, or NULL; *stolen says how many moved. */
+treadle__task_t *treadle__deque_steal_into(treadle__deque_t *src,
+                                           treadle__deque_t *dst,
+                                           uint32_t *stolen);
+size_t treadle__deque_len(treadle__deque_t *q);
+bool treadle__deque_has_stealable(treadle__deque_t *q);
+
+/* ------------------------------------------------------------- idle.c */
+
+/* Which workers sleep and how many search (tokio idle.rs). */
+typedef struct treadle__idle_s {
+  _Atomic uint64_t state;  /* unparked workers << 16 | searching workers */
+  unsigned num_workers;
+  treadle__mutex_t mu;
+  unsigned *sleepers;      /* stack of parked worker indices; guarded */
+  unsigned num_sleepers;   /* guarded by mu */
+  bool *is_sleeping;       /* per worker; guarded by mu */
+} treadle__idle_t;
+
+treadle_err_t treadle__idle_init(treadle__idle_t *idle, unsigned workers);
+void treadle__idle_destroy(treadle__idle_t *idle);
+/* A sleeping worker to wake for new work, marked unparked and searching;
+ * false when one is already searching or none sleeps. */
+bool treadle__idle_worker_to_notify(treadle__idle_t *idle, unsigned *index);
+/* Records worker `index` as parked; true if it was the last searcher. */
+bool treadle__idle_transition_to_parked(treadle__idle_t *idle, unsigned index,
+                                        bool searching);
+/* May this worker start searching (at most half of them do)? */
+bool treadle__idle_transition_to_searching(treadle__idle_t *idle);
+/* Stops searching; true if it was the last searcher. */
+bool treadle__idle_transition_from_searching(treadle__idle_t *idle);
+/* Takes `index` off the sleepers (not searching); false if it was not
+ * there (somebody else woke it). */
+bool treadle__idle_unpark_worker_by_id(treadle__idle_t *idle, unsigned index);
+bool treadle__idle_is_parked(treadle__idle_t *idle, unsigned index);
+unsigned treadle__idle_num_searching(treadle__idle_t *idle);
+
+/* ------------------------------------------------------------- park.c */
+
+/* A multi_thread worker's parker (tokio park.rs): it sleeps in the driver
+ * if no other worker does, else on its own condition variable. */
+typedef struct treadle__park_s {
+  _Atomic uint32_t state; /* EMPTY / PARKED_CONDVAR / PARKED_DRIVER /
+                             NOTIFIED, see park.c */
+  treadle__mutex_t mu;
+  treadle__cond_t cv;
+} treadle__park_t;
+
+void treadle__park_init(treadle__park_t *p);
+void treadle__park_destroy(treadle__park_t *p);
+/* Sleeps until unparked. `driver_mu` is tried: its holder parks in the
+ * driver (timers and I/O are served there). */
+void treadle__park_park(treadle__park_t *p, treadle__driver_t *d,
+                        treadle__mutex_t *driver_mu);
+void treadle__park_unpark(treadle__park_t *p, treadle__driver_t *d);
+
+/* ---------------------------------------------------- blocking_pool.c */
+
+typedef struct treadle__blocking_s treadle__blocking_t;
+treadle_err_t treadle__blocking_new(treadle_handle_t *h,
+                                    treadle__blocking_t **out);
+/* Cancels queued jobs, lets running ones finish, waits up to timeout_ns
+ * for the threads; threads still running then are left to exit on their
+ * own (they hold the memory they use). False if some were left. */
+bool treadle__blocking_shutdown(treadle__blocking_t *b, uint64_t timeout_ns);
+void treadle__blocking_unref(treadle__blocking_t *b);
+void treadle__blocking_metrics(treadle__blocking_t *b, uint64_t *threads,
+                               uint64_t *idle, uint64_t *queued);
 
 /* ------------------------------------------------------------ wheel.c */
 
@@ -340,10 +471,20 @@ struct treadle_handle_s {
   _Atomic uint64_t refs;     /* users' refs + the runtime's + one per task */
   treadle__config_t cfg;     /* constant after build */
   treadle__sched_t *sched;   /* constant; freed with the handle */
+  treadle__blocking_t *blocking; /* constant; refcounted separately */
   treadle__driver_t driver;
 };
 
 void treadle__handle_report_error(treadle_handle_t *h, treadle__task_t *t);
+/* A task's reference to its handle: taken from this thread's reserve when
+ * it is a worker of that runtime (no shared atomic), else counted. */
+void treadle__handle_ref_task(treadle_handle_t *h);
+void treadle__handle_unref_task(treadle_handle_t *h);
+/* Gives a worker's reserve back (it stops being a worker). */
+void treadle__handle_return_credits(treadle_handle_t *h, uint32_t *credits);
+/* Writes the dump line of one task (dump.c). `worker` is the worker that
+ * runs or owns it, or -1. */
+void treadle__dump_task(FILE *out, treadle__task_t *t, int worker);
 
 /* ----------------------------------------------------------- waker.c */
 

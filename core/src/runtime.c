@@ -5,11 +5,15 @@
  *    task (each drop function once; drop functions that spawn get
  *    TREADLE_ESHUTDOWN, wakes they make are drained too) and joins the
  *    threads it started.
- * 2. The drivers fire what is left with TREADLE_ESHUTDOWN and close their
- *    fds; no thread uses them any more.
- * 3. The runtime drops its handle reference. The handle's memory (and the
+ * 2. The blocking pool cancels queued jobs and waits (up to the timeout)
+ *    for running ones; threads that outlast it exit on their own later.
+ * 3. The drivers fire what is left with TREADLE_ESHUTDOWN and close their
+ *    fds; no worker uses them any more.
+ * 4. The runtime drops its handle reference. The handle's memory (and the
  *    scheduler's) goes with the last reference, which may be a waker or
  *    join handle the user still holds. */
+#include <stdio.h>
+
 #include "internal.h"
 
 struct treadle_runtime_s {
@@ -33,17 +37,23 @@ treadle_err_t treadle_builder_build(const treadle_builder_t *b,
   atomic_init(&h->refs, 1);
   h->cfg = b->cfg;
   treadle_err_t err = treadle__driver_init(&h->driver, &h->cfg);
+  if (err != 0) {
+    treadle__free(rt);
+    treadle__free(h);
+    return err;
+  }
+  err = treadle__blocking_new(h, &h->blocking);
   if (err == 0) {
     if (h->cfg.flavor == TREADLE_CURRENT_THREAD)
       err = treadle__ct_new(h, &h->sched);
     else
-      err = TREADLE_ENOTSUP;
-    if (err != 0) {
-      treadle__driver_shutdown(&h->driver);
-      treadle__driver_destroy(&h->driver);
-    }
+      err = treadle__mt_new(h, &h->sched);
+    if (err != 0)
+      treadle__blocking_unref(h->blocking);
   }
   if (err != 0) {
+    treadle__driver_shutdown(&h->driver);
+    treadle__driver_destroy(&h->driver);
     treadle__free(rt);
     treadle__free(h);
     return err;
@@ -79,17 +89,36 @@ treadle_err_t treadle_runtime_block_on(treadle_runtime_t *rt,
   return treadle_handle_block_on(rt->handle, vt, state, state_size, value);
 }
 
-treadle_err_t treadle_runtime_free(treadle_runtime_t *rt) {
+treadle_err_t treadle_runtime_shutdown_timeout(treadle_runtime_t *rt,
+                                               uint64_t timeout_ns) {
   if (rt == NULL)
     return 0;
   treadle_handle_t *h = rt->handle;
-  if (treadle__ctx.sched == h->sched)
-    return TREADLE_EINRUNTIME;
+  if (treadle__ctx.handle == h)
+    return TREADLE_EINRUNTIME; /* it would wait for its own thread */
   treadle_err_t err = h->sched->vt->shutdown(h->sched);
   if (err != 0)
     return err;
+  bool all_done = treadle__blocking_shutdown(h->blocking, timeout_ns);
   treadle__driver_shutdown(&h->driver);
   treadle__free(rt);
   treadle_handle_unref(h);
-  return 0;
+  return all_done ? 0 : TREADLE_ETIMEDOUT;
+}
+
+treadle_err_t treadle_runtime_free(treadle_runtime_t *rt) {
+  return treadle_runtime_shutdown_timeout(rt, TREADLE_FOREVER);
+}
+
+treadle_err_t treadle_runtime_dump(treadle_runtime_t *rt, FILE *out) {
+  if (rt == NULL || out == NULL)
+    return TREADLE_EINVAL;
+  treadle_handle_t *h = rt->handle;
+  treadle_err_t err = h->sched->vt->dump(h->sched, out);
+  uint64_t threads, idle, queued;
+  treadle__blocking_metrics(h->blocking, &threads, &idle, &queued);
+  fprintf(out, "blocking pool: %llu threads (%llu idle), %llu jobs queued\n",
+          (unsigned long long)threads, (unsigned long long)idle,
+          (unsigned long long)queued);
+  return err;
 }

@@ -7,8 +7,9 @@
  *    the inject queue and waits for either its task or the core.
  * 2. spawn and wake on the core's thread push to the local FIFO; from any
  *    other thread they push to the inject queue and unpark the driver.
- *    A task from the inject queue joins the owned list when the core first
- *    takes it, so the owned list needs no lock.
+ *    A task joins the owned list when it first waits (internal.h); tasks
+ *    only wait after a poll on the core's thread, so the list needs no
+ *    lock.
  * 3. Each tick runs one task: every global_queue_interval ticks the inject
  *    queue goes first (fairness); every event_interval ticks the drivers
  *    are polled without blocking, so timers fire under load; with nothing
@@ -18,6 +19,7 @@
  *    then cancels owned tasks and drains both queues until all three stay
  *    empty: drop functions may wake or spawn (D2). */
 #include <sched.h>
+#include <stdio.h>
 
 #include "internal.h"
 
@@ -30,10 +32,14 @@ typedef struct treadle__ct_s {
   treadle__list_t owned; /* every bound, unfinished task */
   unsigned until_global; /* ticks until the inject queue goes first */
   bool closed;           /* shutdown began: spawns fail */
+  uint32_t credits;      /* handle references in reserve (handle.c) */
 
   /* Any thread. */
   treadle__inject_t inject;
   _Atomic bool core_taken;
+  _Atomic size_t live;      /* spawned, not finished (metrics) */
+  _Atomic size_t runq_len;  /* written by the core's holder (metrics) */
+  _Atomic uint64_t polls, parks, unparks; /* likewise */
   treadle__mutex_t waiters_mu;
   treadle__list_t waiters; /* block_on callers waiting for the core;
                               guarded by waiters_mu */
@@ -48,6 +54,17 @@ static treadle__ct_t *as_ct(treadle__sched_t *s) {
   return (treadle__ct_t *)s;
 }
 
+/* Counters written only by the core's holder: relaxed load + store. */
+static void add(_Atomic size_t *c, size_t n) {
+  atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                        memory_order_relaxed);
+}
+
+static void bump(_Atomic uint64_t *c) {
+  atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                        memory_order_relaxed);
+}
+
 static void runq_push(treadle__ct_t *ct, treadle__task_t *t) {
   t->next = NULL;
   if (ct->tail != NULL)
@@ -55,6 +72,7 @@ static void runq_push(treadle__ct_t *ct, treadle__task_t *t) {
   else
     ct->head = t;
   ct->tail = t;
+  add(&ct->runq_len, 1);
 }
 
 static treadle__task_t *runq_pop(treadle__ct_t *ct) {
@@ -63,20 +81,33 @@ static treadle__task_t *runq_pop(treadle__ct_t *ct) {
     ct->head = t->next;
     if (ct->head == NULL)
       ct->tail = NULL;
+    add(&ct->runq_len, (size_t)-1);
   }
   return t;
 }
 
-static void bind(treadle__ct_t *ct, treadle__task_t *t) {
-  t->owned_state = TREADLE__BOUND;
+/* Taking and letting go of the core also sets the thread's context. */
+static void enter(treadle__ct_t *ct, treadle__context_t *saved) {
+  *saved = treadle__ctx;
+  treadle__ctx.sched = &ct->base;
+  treadle__ctx.core = ct;
+  treadle__ctx.handle = ct->base.handle;
+  treadle__ctx.worker = 0;
+  treadle__ctx.credits = &ct->credits;
+}
+
+static bool ct_bind(treadle__sched_t *s, treadle__task_t *t) {
+  treadle__ct_t *ct = as_ct(s);
+  if (ct->closed)
+    return false;
+  /* Relaxed: owned_state is the core holder's alone here. */
+  atomic_store_explicit(&t->owned_state, TREADLE__BOUND, memory_order_relaxed);
   treadle__list_push_back(&ct->owned, &t->owned);
+  return true;
 }
 
 static treadle__task_t *inject_pop(treadle__ct_t *ct) {
-  treadle__task_t *t = treadle__inject_pop(&ct->inject);
-  if (t != NULL && t->owned_state == TREADLE__UNBOUND && !ct->closed)
-    bind(ct, t);
-  return t;
+  return treadle__inject_pop(&ct->inject);
 }
 
 static bool take_core(treadle__ct_t *ct) {
@@ -98,15 +129,22 @@ static void release_core(treadle__ct_t *ct) {
 
 static treadle_err_t ct_spawn(treadle__sched_t *s, treadle__task_t *t) {
   treadle__ct_t *ct = as_ct(s);
+  if (t->pinned > 1)
+    return TREADLE_EINVAL; /* one worker: index 0 */
   if (treadle__ctx.core == ct) {
     if (ct->closed)
       return TREADLE_ESHUTDOWN;
-    bind(ct, t);
     runq_push(ct, t);
+    /* Relaxed: a counter for metrics. */
+    atomic_fetch_add_explicit(&ct->live, 1, memory_order_relaxed);
     return 0;
   }
-  if (!treadle__inject_push(&ct->inject, t))
+  /* Counted before it is queued, so that release never goes below 0. */
+  atomic_fetch_add_explicit(&ct->live, 1, memory_order_relaxed);
+  if (!treadle__inject_push(&ct->inject, t)) {
+    atomic_fetch_sub_explicit(&ct->live, 1, memory_order_relaxed);
     return TREADLE_ESHUTDOWN;
+  }
   treadle__driver_unpark(&s->handle->driver);
   return 0;
 }
@@ -126,18 +164,16 @@ static void ct_schedule(treadle__sched_t *s, treadle__task_t *t, bool yield) {
 }
 
 static int ct_release(treadle__sched_t *s, treadle__task_t *t) {
-  (void)s;
-  switch (t->owned_state) {
-  case TREADLE__BOUND:
+  treadle__ct_t *ct = as_ct(s);
+  /* Relaxed: a counter for metrics. */
+  atomic_fetch_sub_explicit(&ct->live, 1, memory_order_relaxed);
+  /* Relaxed: owned_state is the core holder's alone here. */
+  uint8_t st = atomic_load_explicit(&t->owned_state, memory_order_relaxed);
+  atomic_store_explicit(&t->owned_state, TREADLE__UNLINKED,
+                        memory_order_relaxed);
+  if (st == TREADLE__BOUND)
     treadle__list_unlink(&t->owned);
-    t->owned_state = TREADLE__UNLINKED;
-    return 1;
-  case TREADLE__UNBOUND:
-    t->owned_state = TREADLE__UNLINKED;
-    return 1;
-  default:
-    return 0;
-  }
+  return st == TREADLE__UNLINKED ? 0 : 1;
 }
 
 static treadle__task_t *next_task(treadle__ct_t *ct, unsigned interval) {
@@ -159,9 +195,8 @@ static void run_until(treadle__ct_t *ct, treadle__task_t *main) {
   const unsigned event_interval = h->cfg.event_interval;
   const unsigned global_interval = h->cfg.global_queue_interval;
   unsigned until_event = event_interval;
-  treadle__context_t saved = treadle__ctx;
-  treadle__ctx.sched = &ct->base;
-  treadle__ctx.core = ct;
+  treadle__context_t saved;
+  enter(ct, &saved);
   if (ct->until_global == 0 || ct->until_global > global_interval)
     ct->until_global = global_interval;
   /* acquire: main's output is read after this loop. */
@@ -169,10 +204,13 @@ static void run_until(treadle__ct_t *ct, treadle__task_t *main) {
            TREADLE__COMPLETE)) {
     treadle__task_t *t = next_task(ct, global_interval);
     if (t == NULL) {
+      bump(&ct->parks);
       treadle__driver_park(drv, TREADLE_FOREVER);
+      bump(&ct->unparks);
       until_event = event_interval;
       continue;
     }
+    bump(&ct->polls);
     treadle__task_run(t);
     if (--until_event == 0) {
       treadle__driver_park(drv, 0);
@@ -225,9 +263,8 @@ static treadle_err_t ct_shutdown(treadle__sched_t *s) {
   treadle__ct_t *ct = as_ct(s);
   if (!take_core(ct))
     return TREADLE_EBUSY;
-  treadle__context_t saved = treadle__ctx;
-  treadle__ctx.sched = &ct->base;
-  treadle__ctx.core = ct;
+  treadle__context_t saved;
+  enter(ct, &saved);
   ct->closed = true;
   treadle__inject_close(&ct->inject);
   bool any;
@@ -237,7 +274,8 @@ static treadle_err_t ct_shutdown(treadle__sched_t *s) {
     treadle__task_t *t;
     while ((n = treadle__list_pop_front(&ct->owned)) != NULL) {
       t = treadle__container_of(n, treadle__task_t, owned);
-      t->owned_state = TREADLE__UNLINKED;
+      atomic_store_explicit(&t->owned_state, TREADLE__UNLINKED,
+                            memory_order_relaxed);
       treadle__task_shutdown(t);
       any = true;
     }
@@ -250,6 +288,7 @@ static treadle_err_t ct_shutdown(treadle__sched_t *s) {
       any = true;
     }
   } while (any);
+  treadle__handle_return_credits(ct->base.handle, &ct->credits);
   treadle__ctx = saved;
   release_core(ct);
   return 0;
@@ -262,13 +301,95 @@ static void ct_free(treadle__sched_t *s) {
   treadle__free(ct);
 }
 
+static void ct_metrics(treadle__sched_t *s, treadle_runtime_metrics_t *m) {
+  treadle__ct_t *ct = as_ct(s);
+  m->workers = 1;
+  m->live_tasks = atomic_load_explicit(&ct->live, memory_order_relaxed);
+  m->inject_queue_depth = treadle__inject_len(&ct->inject);
+}
+
+static treadle_err_t ct_worker_metrics(treadle__sched_t *s, unsigned worker,
+                                       treadle_worker_metrics_t *m) {
+  treadle__ct_t *ct = as_ct(s);
+  if (worker != 0)
+    return TREADLE_EINVAL;
+  memset(m, 0, sizeof *m);
+  m->polls = atomic_load_explicit(&ct->polls, memory_order_relaxed);
+  m->parks = atomic_load_explicit(&ct->parks, memory_order_relaxed);
+  m->unparks = atomic_load_explicit(&ct->unparks, memory_order_relaxed);
+  m->local_queue_depth =
+      atomic_load_explicit(&ct->runq_len, memory_order_relaxed);
+  return 0;
+}
+
+/* Walks the core's lists; the caller holds the core. */
+static void dump_locked(treadle__ct_t *ct, FILE *out) {
+  fprintf(out, "runtime current_thread, run queue %zu, inject %zu\n",
+          atomic_load_explicit(&ct->runq_len, memory_order_relaxed),
+          treadle__inject_len(&ct->inject));
+  /* Waiting tasks are on the owned list; queued ones in the queues (a
+   * woken task is in both: show it once). */
+  for (treadle__list_t *n = ct->owned.next; n != &ct->owned; n = n->next) {
+    treadle__task_t *t = treadle__container_of(n, treadle__task_t, owned);
+    if (!(atomic_load_explicit(&t->state, memory_order_relaxed) &
+          TREADLE__NOTIFIED))
+      treadle__dump_task(out, t, 0);
+  }
+  for (treadle__task_t *t = ct->head; t != NULL; t = t->next)
+    treadle__dump_task(out, t, 0);
+  treadle__mutex_lock(&ct->inject.mu);
+  for (treadle__task_t *t = ct->inject.head; t != NULL; t = t->next)
+    treadle__dump_task(out, t, 0);
+  treadle__mutex_unlock(&ct->inject.mu);
+}
+
+typedef struct {
+  treadle__ct_t *ct;
+  FILE *out;
+} dump_state_t;
+
+static treadle_poll_t dump_poll(treadle_cx_t *cx, void *state) {
+  (void)cx;
+  dump_state_t *d = state;
+  dump_locked(d->ct, d->out);
+  return TREADLE_READY;
+}
+
+static treadle_err_t ct_dump(treadle__sched_t *s, FILE *out) {
+  treadle__ct_t *ct = as_ct(s);
+  if (treadle__ctx.core == ct) {
+    dump_locked(ct, out);
+    return 0;
+  }
+  if (take_core(ct)) {
+    dump_locked(ct, out);
+    release_core(ct);
+    return 0;
+  }
+  /* Another thread drives the runtime: let a task there write it. */
+  static const treadle_task_vtable_t vt = {.poll = dump_poll};
+  dump_state_t d = {ct, out};
+  treadle_join_t *j;
+  treadle_err_t err =
+      treadle_spawn(s->handle, &vt, &d, sizeof d, &j);
+  if (err != 0)
+    return err;
+  err = treadle_join_wait(j, NULL);
+  treadle_join_detach(j);
+  return err;
+}
+
 static const treadle__sched_vtable_t ct_vtable = {
     .spawn = ct_spawn,
+    .bind = ct_bind,
     .schedule = ct_schedule,
     .release = ct_release,
     .block_on = ct_block_on,
     .shutdown = ct_shutdown,
     .free = ct_free,
+    .metrics = ct_metrics,
+    .worker_metrics = ct_worker_metrics,
+    .dump = ct_dump,
 };
 
 treadle_err_t treadle__ct_new(treadle_handle_t *h, treadle__sched_t **out) {
@@ -280,6 +401,11 @@ treadle_err_t treadle__ct_new(treadle_handle_t *h, treadle__sched_t **out) {
   treadle__list_init(&ct->owned);
   treadle__inject_init(&ct->inject);
   atomic_init(&ct->core_taken, false);
+  atomic_init(&ct->live, 0);
+  atomic_init(&ct->runq_len, 0);
+  atomic_init(&ct->polls, 0);
+  atomic_init(&ct->parks, 0);
+  atomic_init(&ct->unparks, 0);
   treadle__mutex_init(&ct->waiters_mu);
   treadle__list_init(&ct->waiters);
   *out = &ct->base;

@@ -53,6 +53,9 @@ static inline void treadle__mutex_lock(treadle__mutex_t *mu) {
 static inline void treadle__mutex_unlock(treadle__mutex_t *mu) {
   pthread_mutex_unlock(mu);
 }
+static inline bool treadle__mutex_trylock(treadle__mutex_t *mu) {
+  return pthread_mutex_trylock(mu) == 0;
+}
 
 /* Condition variables wait on CLOCK_MONOTONIC, like every treadle deadline. */
 void treadle__cond_init(treadle__cond_t *cv);

@@ -3,22 +3,25 @@
  *
  * The state word (internal.h) follows tokio's task/state.rs. Transitions:
  *
- * 1. Spawn: NOTIFIED | JOIN_INTEREST?, refs = owned list + run queue
- *    (+ join handle). The task is queued.
+ * 1. Spawn: NOTIFIED | JOIN_INTEREST?, refs = owned + run queue (+ join
+ *    handle). The task is queued.
  * 2. Run (treadle__task_run): NOTIFIED -> RUNNING; the run queue's
  *    reference becomes the poller's. A task that is already RUNNING or
  *    COMPLETE (shutdown claimed it) just drops that reference. CANCELLED
  *    means: drop the state without polling.
- * 3. After PENDING: RUNNING -> idle. If NOTIFIED was set meanwhile (a wake
- *    during the poll, or treadle_cx_yield) the poller's reference goes back
- *    to the run queue; otherwise it is dropped. CANCELLED: drop the state.
+ * 3. After PENDING: the task joins its scheduler's owned list if it never
+ *    waited before (it is cancelled instead once the runtime shuts down),
+ *    then RUNNING -> idle. If NOTIFIED was set meanwhile (a wake during the
+ *    poll, or treadle_cx_yield) the poller's reference goes back to the run
+ *    queue; otherwise it is dropped. CANCELLED: drop the state.
  * 4. After READY (or on cancel): the state is dropped and the output
  *    stored, then RUNNING -> COMPLETE in one atomic add (acq_rel, so the
  *    joiner that sees COMPLETE sees the output). The completer then wakes
  *    the join waker, unlinks the task from its owned list and drops the
  *    poller's and the owned list's references.
- * 5. Wake: idle -> NOTIFIED + queue (the waker's reference, or a new one,
- *    becomes the queue's); RUNNING -> set NOTIFIED (the poller requeues);
+ * 5. Wake: idle -> NOTIFIED + queue, with a new reference for the queue
+ *    (the waker keeps its own until the queueing is done: the task may run
+ *    and finish meanwhile); RUNNING -> set NOTIFIED (the poller requeues);
  *    NOTIFIED or COMPLETE -> nothing.
  * 6. Abort: sets CANCELLED, and NOTIFIED + queues the task when idle, so
  *    that the scheduler drops it at its next look (step 2 or 3).
@@ -32,6 +35,8 @@
  * clears the bit; whichever of completer and join handle goes last drops
  * the waker, so a waker never outlives its owner and a join-waker cycle
  * never leaks (tokio #4724). */
+#include <stdio.h>
+
 #include "internal.h"
 
 #define RUNNING TREADLE__RUNNING
@@ -86,8 +91,8 @@ treadle_err_t treadle__task_new(treadle__sched_t *s,
   t->out_value = NULL;
   t->out_err = 0;
   t->output_taken = 0;
-  t->owned_state = TREADLE__UNBOUND;
-  t->waits_on = TREADLE__WAIT_NONE;
+  atomic_init(&t->owned_state, TREADLE__UNBOUND);
+  atomic_init(&t->waits_on, TREADLE__WAIT_NONE);
   t->unused_ = 0;
   t->id = treadle__task_next_id();
   t->pinned = 0;
@@ -98,7 +103,7 @@ treadle_err_t treadle__task_new(treadle__sched_t *s,
     else
       memset(treadle__task_state(t), 0, state_size);
   }
-  treadle_handle_ref(s->handle);
+  treadle__handle_ref_task(s->handle);
   *out = t;
   return 0;
 }
@@ -109,7 +114,7 @@ static void dealloc(treadle__task_t *t) {
     treadle_waker_drop(t->join_waker);
   treadle__free(t->name);
   treadle__free(t);
-  treadle_handle_unref(h);
+  treadle__handle_unref_task(h);
 }
 
 void treadle__task_discard(treadle__task_t *t) { dealloc(t); }
@@ -179,6 +184,18 @@ static void cancel_and_complete(treadle__task_t *t) {
   complete(t);
 }
 
+/* The debug option treadle_builder_warn_slow_polls. */
+static void warn_if_slow(treadle__task_t *t, uint64_t took, uint64_t limit) {
+  if (took <= limit)
+    return;
+  fprintf(stderr,
+          "treadle: task %llu%s%s%s took %.1f ms in one poll (over %.1f ms):"
+          " it blocks its worker\n",
+          (unsigned long long)t->id, t->name ? " '" : "",
+          t->name ? t->name : "", t->name ? "'" : "", (double)took / 1e6,
+          (double)limit / 1e6);
+}
+
 void treadle__task_run(treadle__task_t *t) {
   uint64_t cur = atomic_load_explicit(&t->state, memory_order_relaxed);
   uint64_t next;
@@ -199,10 +216,14 @@ void treadle__task_run(treadle__task_t *t) {
   }
 
   treadle_cx_t cx = {.task = t, .budget = TREADLE__BUDGET, .yielded = false};
-  t->waits_on = TREADLE__WAIT_NONE; /* leaf futures say what they wait on */
+  treadle__task_waits_on(t, TREADLE__WAIT_NONE); /* leaves say what they wait on */
   treadle__task_t *outer = treadle__ctx.task;
   treadle__ctx.task = t;
+  const uint64_t slow = t->sched->handle->cfg.slow_poll_ns;
+  uint64_t t0 = slow != 0 ? treadle__now() : 0;
   treadle_poll_t r = t->vt->poll(&cx, treadle__task_state(t));
+  if (slow != 0)
+    warn_if_slow(t, treadle__now() - t0, slow);
   treadle__ctx.task = outer;
   if (r == TREADLE_READY) {
     drop_state(t); /* the output stays where treadle_cx_set_output put it */
@@ -212,6 +233,15 @@ void treadle__task_run(treadle__task_t *t) {
   /* An output set by a poll that then returned PENDING is not an output. */
   t->out_value = NULL;
   t->out_err = 0;
+  /* About to wait: shutdown must be able to find it (internal.h). A
+   * yielding task goes back to a queue instead. */
+  if (!cx.yielded &&
+      atomic_load_explicit(&t->owned_state, memory_order_relaxed) ==
+          TREADLE__UNBOUND &&
+      !t->sched->vt->bind(t->sched, t)) {
+    cancel_and_complete(t);
+    return;
+  }
 
   /* Step 3. */
   cur = atomic_load_explicit(&t->state, memory_order_relaxed);
@@ -274,16 +304,21 @@ static void task_wake(treadle_waker_t *w) {
       next = cur - REF_ONE;
       action = refcount(next) == 0 ? DEALLOC : NOTHING;
     } else {
-      next = cur | NOTIFIED; /* our reference becomes the queue's */
+      /* A new reference for the queue: ours keeps the task (and so its
+       * runtime) alive until schedule returns, for the task may run and
+       * finish on a worker before then (tokio does the same). */
+      next = (cur | NOTIFIED) + REF_ONE;
       action = SUBMIT;
     }
     /* acq_rel: release what the waker wrote to the next poll; acquire in
      * case we free. */
   } while (!cas(t, &cur, next, memory_order_acq_rel));
-  if (action == SUBMIT)
+  if (action == SUBMIT) {
     t->sched->vt->schedule(t->sched, t, false);
-  else if (action == DEALLOC)
+    treadle__task_unref(t);
+  } else if (action == DEALLOC) {
     dealloc(t);
+  }
 }
 
 static void task_wake_by_ref(treadle_waker_t *w) {
@@ -301,8 +336,10 @@ static void task_wake_by_ref(treadle_waker_t *w) {
       next = (cur | NOTIFIED) + REF_ONE;
       submit = true;
     }
-    /* release: what the waker wrote is visible to the next poll. */
-  } while (!cas(t, &cur, next, memory_order_release));
+    /* acq_rel: release what the waker wrote to the next poll; acquire what
+     * the last poller's worker did with the task (its queue link) before we
+     * queue it. */
+  } while (!cas(t, &cur, next, memory_order_acq_rel));
   if (submit)
     t->sched->vt->schedule(t->sched, t, false);
 }
@@ -327,7 +364,7 @@ treadle_waker_t *treadle_cx_waker(treadle_cx_t *cx) {
 void treadle_cx_yield(treadle_cx_t *cx) {
   if (cx != NULL) {
     cx->yielded = true;
-    cx->task->waits_on = TREADLE__WAIT_YIELD;
+    treadle__task_waits_on(cx->task, TREADLE__WAIT_YIELD);
   }
 }
 
@@ -337,6 +374,10 @@ treadle_handle_t *treadle_cx_handle(treadle_cx_t *cx) {
 
 uint64_t treadle_cx_task_id(treadle_cx_t *cx) {
   return cx != NULL ? cx->task->id : 0;
+}
+
+int treadle_cx_worker(treadle_cx_t *cx) {
+  return cx != NULL && treadle__ctx.sched != NULL ? treadle__ctx.worker : -1;
 }
 
 void treadle_cx_set_output(treadle_cx_t *cx, treadle_err_t status,
@@ -424,7 +465,7 @@ treadle_poll_t treadle_join_poll(treadle_join_t *j, treadle_cx_t *cx,
     return TREADLE_READY;
   }
   if (treadle__task_join_register(t, &cx->task->waker)) {
-    cx->task->waits_on = TREADLE__WAIT_JOIN;
+    treadle__task_waits_on(cx->task, TREADLE__WAIT_JOIN);
     return TREADLE_PENDING;
   }
   if (!treadle_cx_poll_proceed(cx))
@@ -472,8 +513,8 @@ void treadle_join_abort(treadle_join_t *j) {
       next = (next | NOTIFIED) + REF_ONE;
       submit = true;
     }
-    /* release: as a wake. */
-  } while (!cas(t, &cur, next, memory_order_release));
+    /* acq_rel: as a wake by reference. */
+  } while (!cas(t, &cur, next, memory_order_acq_rel));
   if (submit)
     t->sched->vt->schedule(t->sched, t, false);
 }

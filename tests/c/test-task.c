@@ -186,22 +186,53 @@ static void many_wakes_one_poll(void **state) {
   assert_int_equal(treadle_runtime_free(rt), 0);
 }
 
+/* Spawns the probe pinned to the worker running this poll, and aborts it
+ * before this poll returns: it cannot have run (only this worker may poll
+ * it, and it is busy here), on any flavor. */
+static bool abort_before_run_step(main_t *m, treadle_cx_t *cx) {
+  if (m->stage == 0) {
+    probe_state_t st = {m->arg};
+    treadle_spawn_opts_t opts = TREADLE_SPAWN_OPTS_INIT;
+    opts.worker = treadle_cx_worker(cx);
+    assert_int_equal(treadle_spawn_with(treadle_cx_handle(cx), &probe_vt, &st,
+                                        sizeof st, &opts, &m->join),
+                     0);
+    treadle_join_abort(m->join);
+    treadle_join_abort(m->join); /* twice: no effect */
+    m->stage = 1;
+  }
+  return join_step(m, cx);
+}
+
 static void abort_before_run(void **state) {
   (void)state;
-  /* Spawned from outside with nobody driving: still queued. Aborted now,
-   * it must never be polled; its drop runs once; the joiner sees
-   * cancelled. */
+  treadle_runtime_t *rt = test_runtime();
+  probe_t p = {.ready_after = 1};
+  main_t m = {.step = abort_before_run_step, .arg = &p};
+  run_main(rt, &m);
+  assert_int_equal(m.status, TREADLE_ECANCELED);
+  assert_int_equal(atomic_load(&p.polls), 0);
+  assert_int_equal(atomic_load(&p.drops), 1);
+  assert_true(treadle_join_is_finished(m.join));
+  treadle_join_detach(m.join);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+}
+
+/* A task spawned from outside onto an idle current_thread runtime waits in
+ * the queue until someone drives it: aborted there, it never runs. */
+static void abort_queued_before_anyone_drives(void **state) {
+  (void)state;
+  if (strcmp(test_flavor(), "ct") != 0)
+    skip(); /* workers run it at once */
   treadle_runtime_t *rt = test_runtime();
   probe_t p = {.ready_after = 1};
   treadle_join_t *j = spawn_probe(rt, &p);
   treadle_join_abort(j);
-  treadle_join_abort(j); /* twice: no effect */
   main_t m = {.step = join_step, .join = j};
   run_main(rt, &m);
   assert_int_equal(m.status, TREADLE_ECANCELED);
   assert_int_equal(atomic_load(&p.polls), 0);
   assert_int_equal(atomic_load(&p.drops), 1);
-  assert_true(treadle_join_is_finished(j));
   treadle_join_detach(j);
   assert_int_equal(treadle_runtime_free(rt), 0);
 }
@@ -239,14 +270,19 @@ static void abort_while_pending(void **state) {
 /* Aborts itself during its poll: dropped when the poll returns PENDING;
  * if it returns READY instead, it completes normally. */
 typedef struct {
-  treadle_join_t **self;
+  _Atomic(treadle_join_t *) *self; /* published after spawn returns */
   bool finish;
   _Atomic int *drops;
 } self_abort_t;
 
 static treadle_poll_t self_abort_poll(treadle_cx_t *cx, void *st) {
   self_abort_t *s = st;
-  treadle_join_abort(*s->self);
+  treadle_join_t *me = atomic_load(s->self);
+  if (me == NULL) { /* running before spawn returned: come back later */
+    treadle_cx_yield(cx);
+    return TREADLE_PENDING;
+  }
+  treadle_join_abort(me);
   if (s->finish) {
     treadle_cx_set_output(cx, 7, NULL);
     return TREADLE_READY;
@@ -266,11 +302,13 @@ static void abort_while_running(void **state) {
   for (int finish = 0; finish <= 1; finish++) {
     treadle_runtime_t *rt = test_runtime();
     _Atomic int drops = 0;
+    _Atomic(treadle_join_t *) self = NULL;
     treadle_join_t *j = NULL;
-    self_abort_t st = {.self = &j, .finish = finish, .drops = &drops};
+    self_abort_t st = {.self = &self, .finish = finish, .drops = &drops};
     assert_int_equal(treadle_spawn(treadle_runtime_handle(rt), &self_abort_vt,
                                    &st, sizeof st, &j),
                      0);
+    atomic_store(&self, j);
     main_t m = {.step = join_step, .join = j};
     run_main(rt, &m);
     assert_int_equal(m.status, finish ? 7 : TREADLE_ECANCELED);
@@ -776,6 +814,7 @@ static const struct CMUnitTest tests[] = {
     RT_TEST(wake_after_complete),
     RT_TEST(many_wakes_one_poll),
     RT_TEST(abort_before_run),
+    RT_TEST(abort_queued_before_anyone_drives),
     RT_TEST(abort_while_pending),
     RT_TEST(abort_while_running),
     RT_TEST(join_after_complete),
