@@ -3,7 +3,10 @@
 (A B A B ...), and prints medians and ratios as a Markdown table.
 
     bench/compare.py [--reps 5] [--benches spawn_many,yield_many,...]
-                     [--flavors current,multi] [--workers 2]
+                     [--flavors current,multi] [--workers 2] [--scaling]
+
+--scaling adds treadle's cpu_bound run on 1 and on --workers workers
+(Tokio has no such benchmark) and prints the speed-up.
 
 Builds treadle in release mode (cmake --preset release) and micro_tokio from
 a copy of ../shared/bench/rust (cargo, offline, Debian's vendored crates)
@@ -69,10 +72,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--benches",
-                    default="spawn_many,yield_many,chained_spawn,timers,"
-                            "idle_timers")
+                    default="spawn_many,yield_many,chained_spawn,ping_pong,"
+                            "timers,idle_timers")
     ap.add_argument("--flavors", default="current")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--scaling", action="store_true")
     args = ap.parse_args()
     build()
     rows = []
@@ -92,6 +96,22 @@ def main():
             rows.append((flavor, bench, unit, tm, km, ratio, ts, ks))
             print(f"{flavor} {bench}: treadle {tm:,.1f} tokio {km:,.1f} "
                   f"ratio {ratio:.2f}", file=sys.stderr)
+    scaling = None
+    if args.scaling:
+        one = [TREADLE, "cpu_bound", "--flavor", "multi", "--workers", "1"]
+        many = [TREADLE, "cpu_bound", "--flavor", "multi", "--workers",
+                str(args.workers)]
+        s1, sn = [], []
+        for rep in range(args.reps):
+            pair = [(one, s1), (many, sn)]
+            if rep % 2:
+                pair.reverse()
+            for cmd, acc in pair:
+                acc.append(run(cmd)["secs"])
+        scaling = (statistics.median(s1), statistics.median(sn))
+        print(f"cpu_bound: 1 worker {scaling[0]:.3f}s, {args.workers} workers "
+              f"{scaling[1]:.3f}s, speed-up {scaling[0] / scaling[1]:.2f}",
+              file=sys.stderr)
     print(f"| flavor | benchmark | unit | treadle (median of {args.reps}) "
           f"| Tokio (median of {args.reps}) | treadle / Tokio |")
     print("|---|---|---|---:|---:|---:|")
@@ -100,6 +120,11 @@ def main():
         better = "" if HEADLINES[bench][1] else " (lower is better; ratio = Tokio / treadle)"
         print(f"| {fl} | {bench} | {unit}{better} | {tm:,.0f} | {km:,.0f} "
               f"| {ratio:.2f}x |")
+    if scaling:
+        print(f"\ncpu_bound (64 tasks of pure arithmetic), medians of "
+              f"{args.reps}: 1 worker {scaling[0]:.3f} s, {args.workers} "
+              f"workers {scaling[1]:.3f} s: {scaling[0] / scaling[1]:.2f}x "
+              f"as fast")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,35 @@
-/* Allocation wrappers, with a fail-next hook for tests.
+/* Allocation wrappers, with a fail-next hook for tests, and a per-thread
+ * cache of task blocks.
  *
  * Every allocation the core makes goes through here, so a test can make the
  * N-th one fail and check that the caller returns TREADLE_ENOMEM and loses
  * nothing (STYLE.md "fail-next allocator"). The hook costs one relaxed load
- * on the allocation path. */
+ * on the allocation path.
+ *
+ * Task blocks: a task is freed, most often, on the thread that allocated
+ * its successor (a chain of spawns, a ping-pong, a worker's steady state).
+ * Each thread keeps up to CACHE_MAX freed blocks per size class (multiples
+ * of 32 bytes up to 512) in a plain free list, which makes the pair
+ * malloc/free a pop/push. A block freed on another thread joins that
+ * thread's cache. The lists go back to malloc when a thread exits (a
+ * pthread key destructor) and when treadle_runtime_free trims the calling
+ * thread. Under AddressSanitizer or valgrind the cache is off, so that a
+ * use after free of a task is still caught. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define NO_TASK_CACHE 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define NO_TASK_CACHE 1
+#endif
+#endif
+#if !defined(NO_TASK_CACHE) && __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define HAVE_VALGRIND_H 1
+#endif
 
 #include "internal.h"
 
@@ -60,3 +84,84 @@ char *treadle__strdup(const char *s) {
     memcpy(copy, s, n);
   return copy;
 }
+
+/* ----------------------------------------------------------- task blocks */
+
+#define CLASS_BYTES 32
+#define CLASSES 16 /* up to 512 bytes */
+#define CACHE_MAX 256
+
+typedef struct block_s {
+  struct block_s *next;
+} block_t;
+
+typedef struct {
+  block_t *head[CLASSES];
+  unsigned count[CLASSES];
+  bool registered; /* the exit destructor knows about this cache */
+} cache_t;
+
+static __thread cache_t cache __attribute__((tls_model("initial-exec")));
+static pthread_key_t cache_key;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+static bool cache_off;
+
+static void cache_drain(cache_t *c) {
+  for (unsigned k = 0; k < CLASSES; k++) {
+    while (c->head[k] != NULL) {
+      block_t *b = c->head[k];
+      c->head[k] = b->next;
+      free(b);
+    }
+    c->count[k] = 0;
+  }
+}
+
+static void cache_exit(void *arg) { cache_drain(arg); }
+
+static void cache_setup(void) {
+  pthread_key_create(&cache_key, cache_exit);
+#ifdef NO_TASK_CACHE
+  cache_off = true;
+#elif defined(HAVE_VALGRIND_H)
+  cache_off = RUNNING_ON_VALGRIND;
+#endif
+}
+
+void *treadle__task_alloc(size_t size, uint8_t *size_class) {
+  unsigned k = (unsigned)((size + CLASS_BYTES - 1) / CLASS_BYTES) - 1;
+  if (k >= CLASSES) {
+    *size_class = UINT8_MAX;
+    return treadle__malloc(size);
+  }
+  *size_class = (uint8_t)k;
+  block_t *b = cache.head[k];
+  if (b != NULL && !should_fail()) {
+    cache.head[k] = b->next;
+    cache.count[k]--;
+    return b;
+  }
+  return treadle__malloc((size_t)(k + 1) * CLASS_BYTES);
+}
+
+void treadle__task_free(void *p, uint8_t size_class) {
+  if (size_class >= CLASSES || cache.count[size_class] >= CACHE_MAX) {
+    free(p);
+    return;
+  }
+  if (treadle__unlikely(!cache.registered)) {
+    pthread_once(&cache_once, cache_setup);
+    if (cache_off) {
+      free(p);
+      return;
+    }
+    pthread_setspecific(cache_key, &cache);
+    cache.registered = true;
+  }
+  block_t *b = p;
+  b->next = cache.head[size_class];
+  cache.head[size_class] = b;
+  cache.count[size_class]++;
+}
+
+void treadle__alloc_trim(void) { cache_drain(&cache); }

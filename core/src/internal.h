@@ -34,6 +34,12 @@ void treadle__free(void *p);
 char *treadle__strdup(const char *s);
 /* Test hook: the allocation after the next `n` fails (n < 0 disables). */
 void treadle__alloc_fail_after(long n);
+/* Task blocks, from a per-thread cache (alloc.c); *size_class is what
+ * treadle__task_free needs back. */
+void *treadle__task_alloc(size_t size, uint8_t *size_class);
+void treadle__task_free(void *p, uint8_t size_class);
+/* Gives the calling thread's cached blocks back to malloc. */
+void treadle__alloc_trim(void);
 
 /* ---------------------------------------------------------- config.c */
 
@@ -117,7 +123,7 @@ struct treadle__task_s {
                                    changed under the owned list's lock */
   _Atomic uint8_t waits_on;     /* treadle__wait_t; the poller writes,
                                    dumps read (relaxed) */
-  uint8_t unused_;
+  uint8_t size_class;           /* for treadle__task_free; constant */
   uint64_t id : 48;             /* constant */
   uint64_t pinned : 16;         /* worker index + 1, or 0; constant */
   char *name;                   /* owned copy, or NULL; constant */

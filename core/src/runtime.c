@@ -103,6 +103,7 @@ treadle_err_t treadle_runtime_shutdown_timeout(treadle_runtime_t *rt,
   treadle__driver_shutdown(&h->driver);
   treadle__free(rt);
   treadle_handle_unref(h);
+  treadle__alloc_trim(); /* the blocks this thread freed while shutting down */
   return all_done ? 0 : TREADLE_ETIMEDOUT;
 }
 

@@ -31,13 +31,15 @@
  *    pinned tasks), each behind a mutex. A task binds the first time it
  *    waits (internal.h), completion unlinks it, shutdown walks them; tasks
  *    that complete without waiting (most short ones) never lock a shard.
- * 7. Shutdown: set `shutdown`, close the inject queue, the inboxes and the
- *    shards (spawns fail), unpark every worker. Each worker leaves its
- *    loop, cancels its pinned tasks on its own thread (a Lua state lives
- *    there) and helps cancel the shared shards; tasks running elsewhere see
- *    CANCELLED when their poll returns. The shutdown thread joins the
- *    workers, then, alone, drains everything left until all stays empty
- *    (drop functions may wake and spawn). */
+ * 7. Shutdown: refuse spawns and close the shards (a task about to wait
+ *    is cancelled instead of bound), set `shutdown`, unpark every worker.
+ *    Each worker leaves its loop, cancels its pinned tasks on its own
+ *    thread (a Lua state lives there) and helps cancel the shared shards;
+ *    tasks running elsewhere see CANCELLED when their poll returns. The
+ *    queues stay open until the workers are joined, so that no task a
+ *    worker queues on its way out is lost. Then the shutdown thread closes
+ *    them and, alone, drains everything left until all stays empty (drop
+ *    functions may wake and spawn). */
 #include <stdio.h>
 
 #include "internal.h"
@@ -319,7 +321,7 @@ static treadle_err_t mt_spawn(treadle__sched_t *s, treadle__task_t *t) {
   treadle__mt_t *mt = as_mt(s);
   if (t->pinned > mt->nworkers)
     return TREADLE_EINVAL;
-  /* acquire: pairs with close_all's release. A spawn that slips in just
+  /* acquire: pairs with close_spawns' release. A spawn that slips in just
    * before shutdown is queued and drained like any other task. */
   if (atomic_load_explicit(&mt->closed, memory_order_acquire))
     return TREADLE_ESHUTDOWN;
@@ -595,17 +597,26 @@ static treadle_err_t mt_block_on(treadle__sched_t *s, treadle__task_t *main) {
   return 0;
 }
 
-static void close_all(treadle__mt_t *mt) {
-  /* release: a spawn that sees it sees the closed queues too. */
+/* Step 7, first half: no more spawns, no more binding (a task about to
+ * wait is cancelled instead). The queues stay open while workers run:
+ * a worker whose ring overflows, or that wakes a task pinned elsewhere,
+ * must not lose the task. */
+static void close_spawns(treadle__mt_t *mt) {
+  /* release: pairs with mt_spawn's acquire. */
   atomic_store_explicit(&mt->closed, true, memory_order_release);
-  treadle__inject_close(&mt->inject);
-  for (unsigned i = 0; i < mt->nworkers; i++)
-    treadle__inject_close(&mt->workers[i].inbox);
   for (unsigned i = 0; i < mt->nshards + mt->nworkers; i++) {
     treadle__mutex_lock(&mt->shards[i].mu);
     mt->shards[i].closed = true;
     treadle__mutex_unlock(&mt->shards[i].mu);
   }
+}
+
+/* Second half, once the workers are joined: what is queued now is drained
+ * below; what a stray waker queues later is refused (and was bound). */
+static void close_queues(treadle__mt_t *mt) {
+  treadle__inject_close(&mt->inject);
+  for (unsigned i = 0; i < mt->nworkers; i++)
+    treadle__inject_close(&mt->workers[i].inbox);
 }
 
 /* Stops and joins the workers that started. */
@@ -625,8 +636,9 @@ static void stop_workers(treadle__mt_t *mt) {
 
 static treadle_err_t mt_shutdown(treadle__sched_t *s) {
   treadle__mt_t *mt = as_mt(s);
-  close_all(mt);
+  close_spawns(mt);
   stop_workers(mt);
+  close_queues(mt);
   /* Alone now (the joins ordered every worker's writes before us). */
   bool any;
   do {
@@ -801,8 +813,9 @@ treadle_err_t treadle__mt_new(treadle_handle_t *h, treadle__sched_t **out) {
     w->started = err == 0;
   }
   if (err != 0) {
-    close_all(mt);
+    close_spawns(mt);
     stop_workers(mt);
+    close_queues(mt);
     mt_free(&mt->base);
     return err;
   }

@@ -76,9 +76,12 @@ treadle_err_t treadle__task_new(treadle__sched_t *s,
                                 const treadle_task_vtable_t *vt,
                                 const void *state, size_t state_size,
                                 bool join, treadle__task_t **out) {
-  treadle__task_t *t = treadle__malloc(TREADLE__TASK_HEADER + state_size);
+  uint8_t size_class;
+  treadle__task_t *t =
+      treadle__task_alloc(TREADLE__TASK_HEADER + state_size, &size_class);
   if (t == NULL)
     return TREADLE_ENOMEM;
+  t->size_class = size_class;
   uint64_t refs = join ? 3 : 2;
   t->waker.vtable = &treadle__task_waker_vtable;
   atomic_init(&t->state,
@@ -93,7 +96,6 @@ treadle_err_t treadle__task_new(treadle__sched_t *s,
   t->output_taken = 0;
   atomic_init(&t->owned_state, TREADLE__UNBOUND);
   atomic_init(&t->waits_on, TREADLE__WAIT_NONE);
-  t->unused_ = 0;
   t->id = treadle__task_next_id();
   t->pinned = 0;
   t->name = NULL;
@@ -113,7 +115,7 @@ static void dealloc(treadle__task_t *t) {
   if (t->join_waker != NULL)
     treadle_waker_drop(t->join_waker);
   treadle__free(t->name);
-  treadle__free(t);
+  treadle__task_free(t, t->size_class);
   treadle__handle_unref_task(h);
 }
 

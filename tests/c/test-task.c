@@ -109,13 +109,14 @@ static void wake_during_poll(void **state) {
 static bool wake_after_complete_step(main_t *m, treadle_cx_t *cx) {
   probe_t *p = m->arg;
   if (m->stage == 0) {
-    /* Let the probe park once, keep a clone of its waker, wake it; its
-     * second poll is READY. */
-    if (atomic_load(&p->polls) == 0) {
+    /* Let the probe park once (its waker is out), keep a clone of its
+     * waker, wake it; its second poll is READY. */
+    treadle_waker_t *w = atomic_exchange(&p->waker, NULL);
+    if (w == NULL) {
       treadle_cx_yield(cx);
       return false;
     }
-    m->kept = treadle_waker_clone(atomic_load(&p->waker));
+    m->kept = w;
     treadle_wake_by_ref(m->kept);
     m->stage = 1;
   }
