@@ -9,7 +9,8 @@
  * 1000 by default: timer precision on an idle runtime), ping_pong (N round
  * trips between two tasks through two capacity-1 channels, default
  * 1,000,000), cpu_bound (64 tasks x N xorshift steps, default 4,000,000:
- * run with --workers 1 and 2 to see the scaling). --metrics prints the
+ * run with --workers 1 and 2 to see the scaling), sleepers_rss (the
+ * resident memory of N tasks asleep, default 1,000,000). --metrics prints the
  * runtime's metrics on stderr at the end.
  *
  * All work starts inside the block_on task, a spawned task like any other
@@ -512,12 +513,82 @@ static treadle_poll_t cpu_bound_poll(treadle_cx_t *cx, void *st) {
   return TREADLE_READY;
 }
 
+/* ---------------------------------------------------------- sleepers_rss */
+
+/* N tasks (default 1,000,000) each sleeping an hour: the resident memory
+ * they take, read from /proc/self/status before and after. */
+static long rss_kib(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  long kib = -1;
+  while (f != NULL && fgets(line, sizeof line, f) != NULL)
+    if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+      break;
+  if (f != NULL)
+    fclose(f);
+  return kib;
+}
+
+typedef struct {
+  treadle_sleep_t nap;
+  done_t *started;
+  bool armed;
+} napper_t;
+
+static treadle_poll_t napper_poll(treadle_cx_t *cx, void *st) {
+  napper_t *n = st;
+  if (!n->armed) {
+    n->armed = true;
+    treadle_sleep_init(&n->nap, 3600 * TREADLE_NSEC_PER_SEC);
+    treadle_sleep_poll(&n->nap, cx, NULL);
+    done_one(n->started);
+    return TREADLE_PENDING;
+  }
+  return treadle_sleep_poll(&n->nap, cx, NULL);
+}
+
+static void napper_drop(void *st) { treadle_sleep_drop(&((napper_t *)st)->nap); }
+
+static const treadle_task_vtable_t napper_vt = {.poll = napper_poll,
+                                                .drop = napper_drop};
+
+typedef struct {
+  size_t n;
+  int stage;
+  long before;
+  done_t started;
+} sleepers_t;
+
+static treadle_poll_t sleepers_poll(treadle_cx_t *cx, void *st) {
+  sleepers_t *s = st;
+  if (s->stage == 0) {
+    s->stage = 1;
+    atomic_init(&s->started.left, s->n);
+    done_arm(&s->started, cx);
+    s->before = rss_kib();
+    for (size_t i = 0; i < s->n; i++) {
+      napper_t nap = {.started = &s->started};
+      if (treadle_spawn(treadle_cx_handle(cx), &napper_vt, &nap, sizeof nap,
+                        NULL) != 0)
+        abort();
+    }
+  }
+  if (!done_finished(&s->started))
+    return TREADLE_PENDING;
+  long after = rss_kib();
+  json_head("sleepers_rss");
+  printf(",\"tasks\":%zu,\"rss_mib\":%.1f,\"bytes_per_task\":%.1f}\n",
+         s->n, (double)(after - s->before) / 1024.0,
+         (double)(after - s->before) * 1024.0 / (double)s->n);
+  return TREADLE_READY;
+}
+
 /* ------------------------------------------------------------------ main */
 
 static void usage(const char *argv0) {
   fprintf(stderr,
           "usage: %s spawn_many|yield_many|chained_spawn|ping_pong|timers|"
-          "idle_timers|cpu_bound"
+          "idle_timers|cpu_bound|sleepers_rss"
           " [--flavor current|multi] [--workers N] [--metrics] [N]\n",
           argv0);
   exit(2);
@@ -585,6 +656,10 @@ int main(int argc, char **argv) {
   } else if (strcmp(bench, "ping_pong") == 0) {
     static const treadle_task_vtable_t vt = {.poll = ping_pong_poll};
     ping_pong_t s = {.n = n > 0 ? (size_t)n : 1000000};
+    err = treadle_runtime_block_on(rt, &vt, &s, sizeof s, NULL);
+  } else if (strcmp(bench, "sleepers_rss") == 0) {
+    static const treadle_task_vtable_t vt = {.poll = sleepers_poll};
+    sleepers_t s = {.n = n > 0 ? (size_t)n : 1000000};
     err = treadle_runtime_block_on(rt, &vt, &s, sizeof s, NULL);
   } else if (strcmp(bench, "cpu_bound") == 0) {
     static const treadle_task_vtable_t vt = {.poll = cpu_bound_poll};

@@ -465,7 +465,47 @@ static void spawn_racing_shutdown(void **state) {
   treadle_handle_unref(r.h);
 }
 
+/* ------------------------------------------------------------- memory */
+
+static long rss_kib(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[256];
+  long kib = -1;
+  while (fgets(line, sizeof line, f) != NULL)
+    if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
+      break;
+  fclose(f);
+  return kib;
+}
+
+/* Issue 3: 1,000,000 sleeping tasks fit in 256 MiB of resident memory.
+ * Only on plain builds (sanitizers and valgrind change the sizes). */
+static void million_sleepers_fit_in_256_mib(void **state) {
+  (void)state;
+  if (test_scale(100) != 100)
+    skip();
+  treadle_runtime_t *rt = test_runtime();
+  size_t n = 1000000;
+  latch_t started = {.left = (int)n};
+  long before = rss_kib();
+  for (size_t i = 0; i < n; i++) {
+    napper_t nap = {.started = &started};
+    assert_int_equal(treadle_spawn(treadle_runtime_handle(rt), &napper_vt,
+                                   &nap, sizeof nap, NULL),
+                     0);
+  }
+  wait_latch(rt, &started);
+  long grown = rss_kib() - before;
+  assert_true(grown > 0);
+  assert_true(grown <= 256 * 1024);
+  treadle_runtime_metrics_t m;
+  assert_int_equal(treadle_handle_metrics(treadle_runtime_handle(rt), &m), 0);
+  assert_int_equal(m.live_tasks, n);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+}
+
 static const struct CMUnitTest tests[] = {
+    RT_TEST(million_sleepers_fit_in_256_mib),
     RT_TEST(pinned_tasks_stay_on_their_worker),
     RT_TEST(pinning_to_a_missing_worker_fails),
     RT_TEST(handle_current_inside_and_outside),
