@@ -465,6 +465,167 @@ static void spawn_racing_shutdown(void **state) {
   treadle_handle_unref(r.h);
 }
 
+/* ------------------------------------------------------------ fairness */
+
+/* S5: a task that keeps respawning itself keeps a worker's local queue
+ * busy forever; a task injected from a plain thread still runs (the
+ * worker looks at the inject queue every 61 ticks), and stops it. */
+typedef struct {
+  _Atomic int *stop;
+} respawner_t;
+
+static treadle_poll_t respawner_poll(treadle_cx_t *cx, void *st);
+static const treadle_task_vtable_t respawner_vt = {.poll = respawner_poll};
+
+static treadle_poll_t respawner_poll(treadle_cx_t *cx, void *st) {
+  respawner_t *r = st;
+  if (!atomic_load(r->stop))
+    assert_int_equal(treadle_spawn(treadle_cx_handle(cx), &respawner_vt, r,
+                                   sizeof *r, NULL),
+                     0);
+  return TREADLE_READY;
+}
+
+static treadle_poll_t stopper_poll(treadle_cx_t *cx, void *st) {
+  (void)cx;
+  atomic_store(*(_Atomic int **)st, 1);
+  return TREADLE_READY;
+}
+
+static void injected_task_is_not_starved(void **state) {
+  (void)state;
+  treadle_runtime_t *rt = test_runtime();
+  _Atomic int stop = 0;
+  respawner_t r = {&stop};
+  static const treadle_task_vtable_t stopper_vt = {.poll = stopper_poll};
+  _Atomic int *sp = &stop;
+  treadle_join_t *j;
+  assert_int_equal(treadle_spawn(treadle_runtime_handle(rt), &respawner_vt,
+                                 &r, sizeof r, NULL),
+                   0);
+  /* The stopper goes through the inject queue behind the respawner. */
+  assert_int_equal(treadle_spawn(treadle_runtime_handle(rt), &stopper_vt, &sp,
+                                 sizeof sp, &j),
+                   0);
+  latch_t none = {.left = 0};
+  wait_latch(rt, &none);
+  assert_int_equal(treadle_join_wait(j, NULL), 0);
+  treadle_join_detach(j);
+  assert_int_equal(atomic_load(&stop), 1);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+}
+
+/* S6: two tasks waking each other through the LIFO slot cannot starve a
+ * task waiting in the ring: the slot runs at most 3 tasks in a row. */
+typedef struct {
+  _Atomic(treadle_waker_t *) *peer; /* the other one's waker */
+  _Atomic(treadle_waker_t *) *mine;
+  _Atomic int *stop;
+} pinger_t;
+
+static treadle_poll_t pinger_poll(treadle_cx_t *cx, void *st) {
+  pinger_t *p = st;
+  if (atomic_load(p->stop))
+    return TREADLE_READY;
+  treadle_waker_drop(
+      atomic_exchange(p->mine, treadle_waker_clone(treadle_cx_waker(cx))));
+  treadle_waker_t *w = atomic_exchange(p->peer, NULL);
+  if (w != NULL)
+    treadle_wake(w); /* into this worker's LIFO slot */
+  return TREADLE_PENDING;
+}
+
+static void pinger_drop(void *st) {
+  pinger_t *p = st;
+  treadle_waker_drop(atomic_exchange(p->mine, NULL));
+}
+
+static const treadle_task_vtable_t pinger_vt = {.poll = pinger_poll,
+                                                .drop = pinger_drop};
+
+typedef struct {
+  pinger_t a, b;
+  _Atomic int *stop;
+  int step;
+} lifo_main_t;
+
+static treadle_poll_t lifo_main_poll(treadle_cx_t *cx, void *st) {
+  lifo_main_t *m = *(lifo_main_t **)st;
+  if (m->step++ == 0) {
+    /* Spawned here, they wake each other into this worker's LIFO slot. */
+    assert_int_equal(treadle_spawn(treadle_cx_handle(cx), &pinger_vt, &m->a,
+                                   sizeof m->a, NULL),
+                     0);
+    assert_int_equal(treadle_spawn(treadle_cx_handle(cx), &pinger_vt, &m->b,
+                                   sizeof m->b, NULL),
+                     0);
+    treadle_cx_yield(cx); /* behind them */
+    return TREADLE_PENDING;
+  }
+  atomic_store(m->stop, 1); /* we ran: the ping-pong let us */
+  return TREADLE_READY;
+}
+
+static void lifo_slot_cannot_starve_the_queue(void **state) {
+  (void)state;
+  treadle_runtime_t *rt = test_runtime();
+  _Atomic int stop = 0;
+  _Atomic(treadle_waker_t *) wa = NULL, wb = NULL;
+  lifo_main_t m = {.a = {&wb, &wa, &stop}, .b = {&wa, &wb, &stop},
+                   .stop = &stop};
+  lifo_main_t *mp = &m;
+  static const treadle_task_vtable_t vt = {.poll = lifo_main_poll};
+  assert_int_equal(treadle_runtime_block_on(rt, &vt, &mp, sizeof mp, NULL),
+                   0);
+  /* Let the pingers see `stop`: wake whichever is parked. */
+  treadle_waker_t *w;
+  if ((w = atomic_exchange(&wa, NULL)) != NULL)
+    treadle_wake(w);
+  if ((w = atomic_exchange(&wb, NULL)) != NULL)
+    treadle_wake(w);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+  assert_int_equal(atomic_load(&stop), 1);
+}
+
+/* S11: with many idle workers, a task spawned from outside wakes about one
+ * of them, not all (one unpark per notification, at most half search). */
+static void one_spawn_wakes_few_workers(void **state) {
+  (void)state;
+  if (strcmp(test_flavor(), "ct") == 0)
+    skip();
+  treadle_builder_t *b;
+  assert_int_equal(treadle_builder_new(TREADLE_MULTI_THREAD, &b), 0);
+  treadle_builder_worker_threads(b, 8);
+  treadle_builder_enable_all(b);
+  treadle_runtime_t *rt;
+  assert_int_equal(treadle_builder_build(b, &rt), 0);
+  treadle_builder_free(b);
+  treadle_handle_t *h = treadle_runtime_handle(rt);
+  latch_t none = {.left = 0};
+  latch_t *lp = &none;
+  unsigned spawns = (unsigned)test_scale(2000);
+  uint64_t before = 0, after = 0;
+  treadle_worker_metrics_t w;
+  for (unsigned i = 0; i < 8; i++) {
+    treadle_handle_worker_metrics(h, i, &w);
+    before += w.unparks;
+  }
+  for (unsigned i = 0; i < spawns; i++) {
+    treadle_join_t *j;
+    assert_int_equal(treadle_spawn(h, &latch_vt, &lp, sizeof lp, &j), 0);
+    assert_int_equal(treadle_join_wait(j, NULL), 0);
+    treadle_join_detach(j);
+  }
+  for (unsigned i = 0; i < 8; i++) {
+    treadle_handle_worker_metrics(h, i, &w);
+    after += w.unparks;
+  }
+  /* One worker woken per spawn, plus at most one more when the first one
+   * stops searching while the queue is not yet seen empty. */
+  assert_true(after - before <= 2 * (uint64_t)spawns);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+}
+
 /* ------------------------------------------------------------- memory */
 
 static long rss_kib(void) {
@@ -515,6 +676,9 @@ static const struct CMUnitTest tests[] = {
     RT_TEST(slow_polls_are_reported),
     RT_TEST(shutdown_while_tasks_spin),
     RT_TEST(spawn_racing_shutdown),
+    RT_TEST(injected_task_is_not_starved),
+    RT_TEST(lifo_slot_cannot_starve_the_queue),
+    RT_TEST(one_spawn_wakes_few_workers),
 };
 
 TEST_MAIN(tests)
