@@ -405,13 +405,15 @@ void treadle_sleep_until_init(treadle_sleep_t *s, uint64_t deadline_ns);
  * its runtime shut down. A zero or past deadline is READY at once. */
 treadle_poll_t treadle_sleep_poll(treadle_sleep_t *s, treadle_cx_t *cx,
                                   treadle_err_t *err);
-/* Moves the deadline (cancelling a registered timer); poll it again to
- * re-arm. Any thread. */
+/* Moves the deadline of a sleep: a registered timer moves with its waker
+ * (or wakes its task now if the new deadline has passed). Any thread, but
+ * not while the same sleep is being polled. */
 void treadle_sleep_reset(treadle_sleep_t *s, uint64_t deadline_ns);
 /* The deadline, as a treadle_now() value. */
 uint64_t treadle_sleep_deadline(const treadle_sleep_t *s);
-/* Cancels a registered timer and releases its waker. Any thread;
- * idempotent; the sleep may be re-initialised afterwards. */
+/* Cancels a registered timer and releases its waker. Any thread, even
+ * while the driver fires it or its task polls it; idempotent; the sleep may
+ * be re-initialised afterwards. */
 void treadle_sleep_drop(treadle_sleep_t *s);
 
 /* Wraps any poll function in a deadline (Tokio's timeout): polls

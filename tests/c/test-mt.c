@@ -479,10 +479,12 @@ static const treadle_task_vtable_t respawner_vt = {.poll = respawner_poll};
 
 static treadle_poll_t respawner_poll(treadle_cx_t *cx, void *st) {
   respawner_t *r = st;
-  if (!atomic_load(r->stop))
-    assert_int_equal(treadle_spawn(treadle_cx_handle(cx), &respawner_vt, r,
-                                   sizeof *r, NULL),
-                     0);
+  if (!atomic_load(r->stop)) {
+    treadle_err_t err =
+        treadle_spawn(treadle_cx_handle(cx), &respawner_vt, r, sizeof *r, NULL);
+    /* The last one may race the test's shutdown, once the stopper ran. */
+    assert_true(err == 0 || err == TREADLE_ESHUTDOWN);
+  }
   return TREADLE_READY;
 }
 
@@ -659,9 +661,13 @@ static void million_sleepers_fit_in_256_mib(void **state) {
   long grown = rss_kib() - before;
   assert_true(grown > 0);
   assert_true(grown <= 256 * 1024);
+  /* The latch task is counted out just after its joiner saw it finish. */
   treadle_runtime_metrics_t m;
-  assert_int_equal(treadle_handle_metrics(treadle_runtime_handle(rt), &m), 0);
-  assert_int_equal(m.live_tasks, n);
+  do {
+    assert_int_equal(treadle_handle_metrics(treadle_runtime_handle(rt), &m),
+                     0);
+    assert_true(m.live_tasks >= n);
+  } while (m.live_tasks != n && (sched_yield(), true));
   assert_int_equal(treadle_runtime_free(rt), 0);
 }
 

@@ -290,7 +290,12 @@ static void reset_moves_a_waiting_timer(void **state) {
       assert_int_equal(treadle_spawn(treadle_runtime_handle(rt), &waiter_vt,
                                      &w, sizeof w, &j),
                        0);
-      assert_int_equal(sleep_for(rt, TREADLE_NSEC_PER_MSEC, NULL, NULL), 0);
+      /* Wait until it registered: a reset must not race the owner's poll
+       * (its contract); from then on only the driver touches it. */
+      while (atomic_load_explicit(&((treadle__timer_t *)(void *)&s)->state,
+                                  memory_order_acquire) !=
+             TREADLE__TIMER_REGISTERED)
+        assert_int_equal(sleep_for(rt, 0, NULL, NULL), 0);
       treadle_sleep_reset(&s, 1);
       assert_int_equal(sleep_for(rt, 0, NULL, NULL), 0);
       assert_int_equal(treadle_join_wait(j, NULL), 0);
