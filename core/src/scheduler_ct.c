@@ -106,10 +106,6 @@ static bool ct_bind(treadle__sched_t *s, treadle__task_t *t) {
   return true;
 }
 
-static treadle__task_t *inject_pop(treadle__ct_t *ct) {
-  return treadle__inject_pop(&ct->inject);
-}
-
 static bool take_core(treadle__ct_t *ct) {
   /* acquire: see what the previous holder left in the core. */
   return !atomic_exchange_explicit(&ct->core_taken, true,
@@ -180,12 +176,12 @@ static treadle__task_t *next_task(treadle__ct_t *ct, unsigned interval) {
   treadle__task_t *t;
   if (--ct->until_global == 0) {
     ct->until_global = interval;
-    if ((t = inject_pop(ct)) != NULL)
+    if ((t = treadle__inject_pop(&ct->inject)) != NULL)
       return t;
   }
   if ((t = runq_pop(ct)) != NULL)
     return t;
-  return inject_pop(ct);
+  return treadle__inject_pop(&ct->inject);
 }
 
 /* Step 3: runs tasks until `main` completes. The caller holds the core. */
@@ -283,7 +279,7 @@ static treadle_err_t ct_shutdown(treadle__sched_t *s) {
       treadle__task_shutdown(t);
       any = true;
     }
-    while ((t = inject_pop(ct)) != NULL) {
+    while ((t = treadle__inject_pop(&ct->inject)) != NULL) {
       treadle__task_shutdown(t);
       any = true;
     }

@@ -13,7 +13,7 @@ static void own_codes_are_below_errno_range(void **state) {
   (void)state;
   const treadle_err_t own[] = {TREADLE_ENOTIME, TREADLE_ENOIO,
                                TREADLE_ESHUTDOWN, TREADLE_EINRUNTIME,
-                               TREADLE_EJOINED, TREADLE_ENOTASK};
+                               TREADLE_EJOINED, TREADLE_ECLOSED};
   for (size_t i = 0; i < TEST_ARRAY_LEN(own); i++)
     assert_true(own[i] <= -4000);
 }

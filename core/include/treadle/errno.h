@@ -17,8 +17,7 @@
 #define TREADLE__ESHUTDOWN (-4003)
 #define TREADLE__EINRUNTIME (-4004)
 #define TREADLE__EJOINED (-4005)
-#define TREADLE__ENOTASK (-4006)
-#define TREADLE__ECLOSED (-4007)
+#define TREADLE__ECLOSED (-4006)
 
 /* XX(name, message) */
 #define TREADLE_ERRNO_MAP(XX)                                                  \
@@ -59,7 +58,6 @@
   XX(EINRUNTIME, TREADLE__EINRUNTIME,                                          \
      "cannot start a runtime from within a runtime")                           \
   XX(EJOINED, TREADLE__EJOINED, "the task's output was already taken")         \
-  XX(ENOTASK, TREADLE__ENOTASK, "not called from inside a treadle task")     \
   XX(ECLOSED, TREADLE__ECLOSED, "the other end is closed")
 
 typedef enum {
