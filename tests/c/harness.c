@@ -15,16 +15,21 @@ static int count_fds(void) {
   return n;
 }
 
-static int count_threads(void) {
+/* A number from a "Name: value" line of /proc/self/status, or -1. */
+static long proc_status(const char *format) {
   FILE *f = fopen("/proc/self/status", "r");
   char line[256];
-  int n = -1;
+  long n = -1;
   while (fgets(line, sizeof line, f) != NULL)
-    if (sscanf(line, "Threads: %d", &n) == 1)
+    if (sscanf(line, format, &n) == 1)
       break;
   fclose(f);
   return n;
 }
+
+static int count_threads(void) { return (int)proc_status("Threads: %ld"); }
+
+long test_rss_kib(void) { return proc_status("VmRSS: %ld kB"); }
 
 static int baseline_fds, baseline_threads;
 
@@ -90,8 +95,6 @@ unsigned long test_scale(unsigned long n) {
   unsigned long r = (unsigned long)((double)n * k);
   return r > 0 ? r : 1;
 }
-
-uint64_t test_now_ms(void) { return treadle_now() / TREADLE_NSEC_PER_MSEC; }
 
 int test_main(int argc, char **argv, const struct CMUnitTest *tests,
               size_t count) {

@@ -41,9 +41,8 @@ treadle_builder_t *test_builder(void);
 /* n scaled by TREADLE_TEST_SCALE (at least 1): stress counts shrink under
  * valgrind and the sanitizers. */
 unsigned long test_scale(unsigned long n);
-/* Seconds since some fixed point, for elapsed-time checks that can't be
- * flaky: only lower bounds ("never early") are asserted. */
-uint64_t test_now_ms(void);
+/* This process's resident memory, KiB. */
+long test_rss_kib(void);
 
 #define RUN(rt, vt, st) \
   treadle_runtime_block_on((rt), (vt), &(st), sizeof(st), NULL)

@@ -630,17 +630,6 @@ static void one_spawn_wakes_few_workers(void **state) {
 
 /* ------------------------------------------------------------- memory */
 
-static long rss_kib(void) {
-  FILE *f = fopen("/proc/self/status", "r");
-  char line[256];
-  long kib = -1;
-  while (fgets(line, sizeof line, f) != NULL)
-    if (sscanf(line, "VmRSS: %ld kB", &kib) == 1)
-      break;
-  fclose(f);
-  return kib;
-}
-
 /* Issue 3: 1,000,000 sleeping tasks fit in 256 MiB of resident memory.
  * Only on plain builds (sanitizers and valgrind change the sizes). */
 static void million_sleepers_fit_in_256_mib(void **state) {
@@ -650,7 +639,7 @@ static void million_sleepers_fit_in_256_mib(void **state) {
   treadle_runtime_t *rt = test_runtime();
   size_t n = 1000000;
   latch_t started = {.left = (int)n};
-  long before = rss_kib();
+  long before = test_rss_kib();
   for (size_t i = 0; i < n; i++) {
     napper_t nap = {.started = &started};
     assert_int_equal(treadle_spawn(treadle_runtime_handle(rt), &napper_vt,
@@ -658,7 +647,7 @@ static void million_sleepers_fit_in_256_mib(void **state) {
                      0);
   }
   wait_latch(rt, &started);
-  long grown = rss_kib() - before;
+  long grown = test_rss_kib() - before;
   assert_true(grown > 0);
   assert_true(grown <= 256 * 1024);
   /* The latch task is counted out just after its joiner saw it finish. */
