@@ -23,6 +23,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 
 #include "treadle/errno.h"
 
@@ -423,6 +425,162 @@ void treadle_sleep_drop(treadle_sleep_t *s);
 treadle_poll_t treadle_timeout_poll(treadle_sleep_t *deadline,
                                     treadle_cx_t *cx, treadle_poll_fn inner,
                                     void *inner_state, treadle_err_t *err);
+
+
+/* ------------------------------------------------------------------ TCP
+ *
+ * Sockets are non-blocking and registered with the runtime's I/O driver
+ * (epoll, edge-triggered). Leaf futures (accept, connect, read, write)
+ * are polled from a task: they hand the task's waker to the driver and
+ * return TREADLE_PENDING until the socket is ready. Every one needs a
+ * runtime built with enable_io (else TREADLE_ENOIO). A socket is used by
+ * one reading and one writing task at a time; any thread may close it.
+ * Closing wakes the tasks that wait on it, which then see TREADLE_ECLOSED;
+ * the memory stays until _free. Writes never raise SIGPIPE (EPIPE is
+ * returned instead). After the runtime shut down, waits end with
+ * TREADLE_ESHUTDOWN. */
+
+typedef struct treadle_tcp_listener_s treadle_tcp_listener_t;
+typedef struct treadle_tcp_stream_s treadle_tcp_stream_t;
+
+/* Options for treadle_tcp_bind. Start from TREADLE_TCP_BIND_OPTS_INIT. */
+typedef struct treadle_tcp_bind_opts_s {
+  int backlog;     /* listen() backlog, 1..65535 (default 1024) */
+  bool reuse_port; /* SO_REUSEPORT, so several listeners share the port */
+} treadle_tcp_bind_opts_t;
+#define TREADLE_TCP_BIND_OPTS_INIT {1024, false}
+
+/* Binds a listener to `host` (a numeric IPv4 or IPv6 address, "localhost",
+ * or NULL/"" for every IPv4 address) and `port` (0: the system picks one;
+ * see treadle_tcp_listener_addr). SO_REUSEADDR is on. opts may be NULL.
+ * Any thread. Errors: TREADLE_EINVAL (NULL handle or out, a host that is
+ * not an address, a bad backlog), TREADLE_ENOIO, TREADLE_ESHUTDOWN,
+ * TREADLE_EADDRINUSE and other -errno. */
+treadle_err_t treadle_tcp_bind(treadle_handle_t *h, const char *host,
+                               int port, const treadle_tcp_bind_opts_t *opts,
+                               treadle_tcp_listener_t **out);
+/* The address the listener is bound to (port filled in). */
+treadle_err_t treadle_tcp_listener_addr(treadle_tcp_listener_t *l,
+                                        struct sockaddr_storage *addr);
+/* READY with a new stream in *out and *err = 0 (and the peer's address in
+ * *peer when peer is not NULL), or with *out = NULL and an error: -errno,
+ * TREADLE_ECLOSED. Accepted sockets are non-blocking and close-on-exec.
+ * When the process is out of file descriptors (EMFILE, ENFILE) the
+ * listener does not fail or spin: it retries with a growing pause (1 ms
+ * up to 128 ms) and serves again once descriptors free up. */
+treadle_poll_t treadle_tcp_accept_poll(treadle_tcp_listener_t *l,
+                                       treadle_cx_t *cx,
+                                       treadle_tcp_stream_t **out,
+                                       struct sockaddr_storage *peer,
+                                       treadle_err_t *err);
+/* How many times accept ran out of file descriptors and backed off. */
+uint64_t treadle_tcp_listener_fd_exhaustions(treadle_tcp_listener_t *l);
+/* Closes the socket and wakes a task waiting in accept (idempotent). */
+void treadle_tcp_listener_close(treadle_tcp_listener_t *l);
+/* Closes (if needed) and frees (takes ownership; NULL ignored). No task
+ * may be polling it. */
+void treadle_tcp_listener_free(treadle_tcp_listener_t *l);
+
+/* A connect future, embedded in the caller's state (no allocation of its
+ * own beyond a copy of the host). Fields are private. */
+typedef struct treadle_tcp_connect_s {
+  uint64_t opaque_[12];
+} treadle_tcp_connect_t;
+
+/* Prepares a connection to `host` (an address, or a name resolved with
+ * getaddrinfo on the blocking pool so that a slow resolver never blocks a
+ * worker) and `port` (1..65535). Errors: TREADLE_EINVAL, TREADLE_ENOIO,
+ * TREADLE_ENOMEM; the future then need not be dropped. */
+treadle_err_t treadle_tcp_connect_init(treadle_tcp_connect_t *c,
+                                       treadle_handle_t *h, const char *host,
+                                       int port);
+/* READY with the connected stream in *out and *err = 0, or *out = NULL and
+ * the error of the last address tried (TREADLE_ECONNREFUSED, ...), or a
+ * resolver failure (TREADLE_ENOHOST: no such host). Addresses are tried in
+ * the resolver's order. */
+treadle_poll_t treadle_tcp_connect_poll(treadle_tcp_connect_t *c,
+                                        treadle_cx_t *cx,
+                                        treadle_tcp_stream_t **out,
+                                        treadle_err_t *err);
+/* Releases what the future holds (a socket not yet handed out, the
+ * resolver job); idempotent. Any thread. */
+void treadle_tcp_connect_drop(treadle_tcp_connect_t *c);
+
+/* Reads up to `len` bytes: READY with *n > 0, or *n = 0 at end of stream
+ * (or for len 0), with *err = 0; or an error (*n = 0): TREADLE_ECONNRESET,
+ * TREADLE_ECLOSED, ... */
+treadle_poll_t treadle_tcp_read_poll(treadle_tcp_stream_t *s, treadle_cx_t *cx,
+                                     void *buf, size_t len, size_t *n,
+                                     treadle_err_t *err);
+/* Writes some of `len` bytes: READY with *n > 0 written (the socket took
+ * what it could), or an error (TREADLE_EPIPE, TREADLE_ECONNRESET, ...). */
+treadle_poll_t treadle_tcp_write_poll(treadle_tcp_stream_t *s,
+                                      treadle_cx_t *cx, const void *buf,
+                                      size_t len, size_t *n,
+                                      treadle_err_t *err);
+/* Writes all `len` bytes. *done counts what was written so far: set it to
+ * 0 before the first poll and keep it between polls; READY when *done ==
+ * len (*err = 0) or on error (*done says how much went out). */
+treadle_poll_t treadle_tcp_write_all_poll(treadle_tcp_stream_t *s,
+                                          treadle_cx_t *cx, const void *buf,
+                                          size_t len, size_t *done,
+                                          treadle_err_t *err);
+/* Gathers up to `iovcnt` buffers (at most IOV_MAX) in one system call:
+ * READY with *n bytes written, as treadle_tcp_write_poll. */
+treadle_poll_t treadle_tcp_writev_poll(treadle_tcp_stream_t *s,
+                                       treadle_cx_t *cx,
+                                       const struct iovec *iov, int iovcnt,
+                                       size_t *n, treadle_err_t *err);
+/* Shuts the write side down: the peer reads end of stream; reading goes
+ * on. */
+treadle_err_t treadle_tcp_shutdown(treadle_tcp_stream_t *s);
+/* TCP_NODELAY on or off. */
+treadle_err_t treadle_tcp_set_nodelay(treadle_tcp_stream_t *s, bool on);
+treadle_err_t treadle_tcp_local_addr(treadle_tcp_stream_t *s,
+                                     struct sockaddr_storage *addr);
+treadle_err_t treadle_tcp_peer_addr(treadle_tcp_stream_t *s,
+                                    struct sockaddr_storage *addr);
+/* Closes the socket and wakes its waiters (idempotent, any thread). */
+void treadle_tcp_stream_close(treadle_tcp_stream_t *s);
+/* Closes (if needed) and frees (takes ownership; NULL ignored). No task
+ * may be polling it. */
+void treadle_tcp_stream_free(treadle_tcp_stream_t *s);
+
+/* Writes "1.2.3.4:80" or "[::1]:80" into buf (NUL-terminated, truncated
+ * to len); returns the port, or TREADLE_EINVAL for a family other than
+ * AF_INET/AF_INET6. */
+int treadle_sockaddr_format(const struct sockaddr_storage *addr, char *buf,
+                            size_t len);
+
+/* --------------------------------------------------------------- signals
+ *
+ * A task waits for a Unix signal (SIGINT, SIGTERM, SIGHUP, SIGUSR1, ...).
+ * The first listener for a signal in the process installs treadle's handler
+ * (SA_RESTART); the handler that was there before still runs when it was a
+ * function, and it is put back when the last runtime listening for that
+ * signal shuts down. Needs enable_io. */
+
+/* A signal listener, embedded in the caller's state. Fields private. */
+typedef struct treadle_signal_s {
+  uint64_t opaque_[6];
+} treadle_signal_t;
+
+/* Starts listening for `signum` on the runtime of `h`: deliveries from now
+ * on count. Errors: TREADLE_EINVAL (no such signal, or one that cannot be
+ * caught or must not be: SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGILL,
+ * SIGFPE), TREADLE_ENOIO, TREADLE_ESHUTDOWN; the listener then need not be
+ * dropped. It may be copied (into a task's state) before its first poll,
+ * not after. */
+treadle_err_t treadle_signal_init(treadle_signal_t *s, treadle_handle_t *h,
+                                  int signum);
+/* READY (*err = 0) once the signal was delivered since init or since the
+ * last READY (deliveries that arrive together count once, as the kernel
+ * merges them); every listener of the signal sees each delivery. *err =
+ * TREADLE_ESHUTDOWN once the runtime shut down. */
+treadle_poll_t treadle_signal_poll(treadle_signal_t *s, treadle_cx_t *cx,
+                                   treadle_err_t *err);
+/* Stops listening (idempotent; any thread). */
+void treadle_signal_drop(treadle_signal_t *s);
 
 
 /* ------------------------------------------------------ synchronisation

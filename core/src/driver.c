@@ -26,12 +26,15 @@ treadle_err_t treadle__driver_init(treadle__driver_t *d,
   d->has_io = cfg->enable_io;
   atomic_init(&d->park_state, EMPTY);
   d->io.epfd = d->io.evfd = -1;
+  treadle__signal_init(&d->signal);
   treadle__mutex_init(&d->park_mu);
   treadle__cond_init(&d->park_cv);
   treadle__time_init(&d->time, d);
   if (d->has_io) {
     treadle_err_t err = treadle__io_init(&d->io);
     if (err != 0) {
+      d->has_io = false; /* nothing of it to shut down */
+      treadle__io_destroy(&d->io);
       treadle__driver_destroy(d);
       return err;
     }
@@ -75,9 +78,15 @@ void treadle__driver_park(treadle__driver_t *d, uint64_t timeout_ns) {
     }
     /* seq_cst: consume NOTIFIED before the caller looks at its queues. */
     atomic_exchange_explicit(&d->park_state, EMPTY, memory_order_seq_cst);
+  } else if (d->has_io) {
+    treadle__io_park(&d->io, 0); /* a busy thread's look at the events */
   }
   if (d->has_time)
     treadle__time_process(&d->time);
+  if (d->io.signal_ready) {
+    d->io.signal_ready = false;
+    treadle__signal_process(&d->signal);
+  }
 }
 
 void treadle__driver_unpark(treadle__driver_t *d) {
@@ -97,11 +106,16 @@ void treadle__driver_unpark(treadle__driver_t *d) {
 void treadle__driver_shutdown(treadle__driver_t *d) {
   if (d->has_time)
     treadle__time_shutdown(&d->time);
-  if (d->has_io)
+  if (d->has_io) {
+    treadle__signal_shutdown(&d->signal);
     treadle__io_shutdown(&d->io);
+  }
 }
 
 void treadle__driver_destroy(treadle__driver_t *d) {
+  if (d->has_io)
+    treadle__io_destroy(&d->io);
+  treadle__signal_destroy(&d->signal);
   treadle__time_destroy(&d->time);
   treadle__cond_destroy(&d->park_cv);
   treadle__mutex_destroy(&d->park_mu);

@@ -95,7 +95,10 @@ struct treadle_builder_s {
   XX(SEMAPHORE, "semaphore")                                                   \
   XX(ONESHOT, "oneshot recv")                                                  \
   XX(MPSC_SEND, "mpsc send")                                                   \
-  XX(MPSC_RECV, "mpsc recv")
+  XX(MPSC_RECV, "mpsc recv")                                                   \
+  XX(IO_READ, "io read")                                                       \
+  XX(IO_WRITE, "io write")                                                     \
+  XX(SIGNAL, "signal")
 
 typedef enum {
 #define XX(name, text) TREADLE__WAIT_##name,
@@ -432,17 +435,117 @@ void treadle__time_shutdown(treadle__time_t *tm);
 
 /* -------------------------------------------------------- driver_io.c */
 
+/* Readiness bits of a registration (tokio's Ready). */
+#define TREADLE__IO_READABLE 0x01u
+#define TREADLE__IO_WRITABLE 0x02u
+#define TREADLE__IO_READ_CLOSED 0x04u
+#define TREADLE__IO_WRITE_CLOSED 0x08u
+#define TREADLE__IO_ERROR 0x10u
+#define TREADLE__IO_CLOSED 0x20u  /* its source was closed */
+#define TREADLE__IO_GONE 0x40u    /* the driver shut down */
+/* What wakes a reader, a writer. */
+#define TREADLE__IO_READ_INTEREST                                              \
+  (TREADLE__IO_READABLE | TREADLE__IO_READ_CLOSED | TREADLE__IO_ERROR |        \
+   TREADLE__IO_CLOSED | TREADLE__IO_GONE)
+#define TREADLE__IO_WRITE_INTEREST                                             \
+  (TREADLE__IO_WRITABLE | TREADLE__IO_WRITE_CLOSED | TREADLE__IO_ERROR |       \
+   TREADLE__IO_CLOSED | TREADLE__IO_GONE)
+
+#define TREADLE__IO_PAGE_SHIFT 10
+#define TREADLE__IO_PAGE_SLOTS (1u << TREADLE__IO_PAGE_SHIFT)
+#define TREADLE__IO_PAGES 4096 /* 4M registrations */
+
+/* One slot of the registration table (tokio's ScheduledIo). Slots are
+ * never freed before the driver, so an event for a released slot touches
+ * valid memory; the generation in the epoll token tells it apart. */
+typedef struct treadle__io_reg_s {
+  _Atomic uint64_t readiness;  /* bits | tick << 16; written under lock */
+  _Atomic uint32_t lock;       /* spin lock for the fields below */
+  uint32_t generation;         /* bumped at release; guarded by lock */
+  treadle_waker_t *reader;     /* guarded by lock */
+  treadle_waker_t *writer;     /* guarded by lock */
+  uint32_t index;              /* constant */
+  uint32_t next_free;          /* free-list link; guarded by io->mu */
+} __attribute__((aligned(64))) treadle__io_reg_t;
+
 typedef struct treadle__io_s {
-  int epfd;  /* epoll instance, -1 when closed */
+  int epfd;  /* epoll instance, -1 when closed; guarded by mu */
   int evfd;  /* eventfd that unparks epoll_wait */
+  treadle__mutex_t mu;       /* table growth, free list, epoll_ctl, shut */
+  bool shut;                 /* guarded by mu */
+  uint32_t free_head;        /* UINT32_MAX: none; guarded by mu */
+  uint32_t slots;            /* slots handed out so far; guarded by mu */
+  _Atomic(treadle__io_reg_t *) pages[TREADLE__IO_PAGES]; /* grow only */
+  bool signal_ready;         /* the signal pipe fired; the parker's */
 } treadle__io_t;
+
+/* The epoll token of the signal driver's pipe. */
+#define TREADLE__IO_TOKEN_SIGNAL (UINT64_MAX - 1)
 
 treadle_err_t treadle__io_init(treadle__io_t *io);
 /* Waits for events for at most timeout_ns (TREADLE_FOREVER: no limit) and
  * dispatches them. */
 void treadle__io_park(treadle__io_t *io, uint64_t timeout_ns);
 void treadle__io_unpark(treadle__io_t *io);
+/* Wakes every waiter with GONE, closes the epoll and event fds. */
 void treadle__io_shutdown(treadle__io_t *io);
+void treadle__io_destroy(treadle__io_t *io);
+/* epoll_ctl ADD of fd with a fixed token (the signal pipe). */
+treadle_err_t treadle__io_add_special(treadle__io_t *io, int fd,
+                                      uint64_t token);
+
+/* A registered file descriptor (mio's IoSource): any thread may close it
+ * while others use it; the fd is closed by whoever leaves it last, so an
+ * operation never touches a closed-and-reused fd. */
+typedef struct treadle__source_s {
+  int fd;
+  _Atomic uint32_t users;  /* CLOSED flag | operations in progress */
+  treadle__io_reg_t *reg;
+  treadle_handle_t *h;     /* holds a reference */
+} treadle__source_t;
+
+/* Registers `fd` (non-blocking) with h's driver. On failure the fd is
+ * left open: TREADLE_ENOIO, TREADLE_ESHUTDOWN, TREADLE_ENOMEM, -errno. */
+treadle_err_t treadle__source_open(treadle__source_t *src, treadle_handle_t *h,
+                                   int fd);
+/* Brackets an operation on src->fd; enter fails once it is closed. */
+bool treadle__source_enter(treadle__source_t *src);
+void treadle__source_leave(treadle__source_t *src);
+/* Wakes the waiters and closes the fd (now, or when the last operation
+ * leaves); idempotent. */
+void treadle__source_close(treadle__source_t *src);
+/* Closes if needed and drops the handle reference. Nothing may use src. */
+void treadle__source_free(treadle__source_t *src);
+/* READY (*err = 0, *tick for treadle__source_clear) once one of
+ * `interest`'s bits is set, or with TREADLE_ECLOSED / TREADLE_ESHUTDOWN.
+ * Else stores the task's waker (reader or writer side) and returns
+ * PENDING. Must be called between enter and leave. */
+treadle_poll_t treadle__source_poll_ready(treadle__source_t *src,
+                                          treadle_cx_t *cx, unsigned interest,
+                                          uint32_t *tick, treadle_err_t *err);
+/* Clears readiness `bits` after EAGAIN, unless an event came in after
+ * `tick` was read. */
+void treadle__source_clear(treadle__source_t *src, unsigned bits,
+                           uint32_t tick);
+
+/* ---------------------------------------------------- driver_signal.c */
+
+typedef struct treadle__signal_s {
+  treadle__mutex_t mu;
+  treadle__list_t waiters[65]; /* per signal; guarded by mu */
+  uint64_t listening;          /* signals this runtime listens for (bit
+                                  n-1 for signal n); guarded by mu */
+  uint64_t seen[65];           /* deliveries dispatched; guarded by mu */
+  int pipe_fd;                 /* dup of the global pipe, -1; under mu */
+  bool shut;                   /* guarded by mu */
+} treadle__signal_t;
+
+void treadle__signal_init(treadle__signal_t *sig);
+/* Wakes the waiters of every signal delivered since the last look. */
+void treadle__signal_process(treadle__signal_t *sig);
+/* Wakes every waiter with ESHUTDOWN, gives back the handlers and pipe. */
+void treadle__signal_shutdown(treadle__signal_t *sig);
+void treadle__signal_destroy(treadle__signal_t *sig);
 
 /* ----------------------------------------------------------- driver.c */
 
@@ -454,6 +557,7 @@ struct treadle__driver_s {
   bool has_io;
   treadle__time_t time;
   treadle__io_t io;
+  treadle__signal_t signal;
   _Atomic uint32_t park_state;   /* EMPTY / PARKED / NOTIFIED, see driver.c */
   treadle__mutex_t park_mu;      /* condvar fallback without io */
   treadle__cond_t park_cv;

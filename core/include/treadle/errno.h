@@ -18,6 +18,7 @@
 #define TREADLE__EINRUNTIME (-4004)
 #define TREADLE__EJOINED (-4005)
 #define TREADLE__ECLOSED (-4006)
+#define TREADLE__ENOHOST (-4007)
 
 /* XX(name, message) */
 #define TREADLE_ERRNO_MAP(XX)                                                  \
@@ -58,7 +59,8 @@
   XX(EINRUNTIME, TREADLE__EINRUNTIME,                                          \
      "cannot start a runtime from within a runtime")                           \
   XX(EJOINED, TREADLE__EJOINED, "the task's output was already taken")         \
-  XX(ECLOSED, TREADLE__ECLOSED, "the other end is closed")
+  XX(ECLOSED, TREADLE__ECLOSED, "the other end is closed")                    \
+  XX(ENOHOST, TREADLE__ENOHOST, "host name not found")
 
 typedef enum {
 #define TREADLE__ERRNO_ENUM(name, code, msg) TREADLE_##name = (code),

@@ -1,0 +1,335 @@
+/* The signal driver (DESIGN.md "signal driver"; tokio signal/unix.rs).
+ *
+ * Process-wide: one handler per signal, installed by the first runtime
+ * that listens for it and put back by the last, counts deliveries and
+ * writes a byte to one global pipe (both are async-signal-safe). Each
+ * runtime registers a dup of the pipe's read end with its own epoll; all of
+ * them get the edge, and whichever reads first drains the pipe. A runtime
+ * then compares each signal's count with the last it dispatched and wakes
+ * that signal's listeners; a listener is READY when the count moved past
+ * the one it saw last.
+ *
+ * The pipe is closed when no runtime uses it any more, after the handlers
+ * are gone and none is running, so the process's fds return to what they
+ * were. A handler that was a function before treadle's is called after it:
+ * the program's own handling goes on while treadle listens. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define MAX_SIGNAL 64
+
+static struct {
+  pthread_mutex_t mu;
+  int pipe_r;                   /* guarded by mu */
+  _Atomic int pipe_w;           /* the handler reads it */
+  unsigned users;               /* runtimes holding a dup; guarded by mu */
+  unsigned refs[MAX_SIGNAL + 1]; /* runtimes listening; guarded by mu */
+  struct sigaction old[MAX_SIGNAL + 1]; /* written before install */
+  _Atomic uint64_t count[MAX_SIGNAL + 1];
+  _Atomic int in_handler;       /* handlers running now */
+} g = {.mu = PTHREAD_MUTEX_INITIALIZER, .pipe_r = -1, .pipe_w = -1};
+
+/* A listener: treadle_signal_t's private layout. */
+typedef struct __attribute__((__may_alias__)) listener_s {
+  treadle__list_t node;      /* on sig->waiters[signum] while waiting,
+                                else zeroed, so that the listener may be
+                                moved (copied into a task) before its
+                                first poll; guarded by mu */
+  treadle_waker_t *waker;    /* guarded by mu */
+  treadle_handle_t *h;       /* holds a reference; NULL once dropped */
+  uint64_t seen;             /* deliveries seen; owner only */
+  int signum;
+} listener_t;
+
+_Static_assert(sizeof(listener_t) <= sizeof(treadle_signal_t),
+               "treadle_signal_t too small");
+
+static void on_signal(int signum, siginfo_t *info, void *uctx) {
+  int saved = errno;
+  /* seq_cst: the closer waits for this count to be 0 after uninstalling. */
+  atomic_fetch_add_explicit(&g.in_handler, 1, memory_order_seq_cst);
+  if (signum > 0 && signum <= MAX_SIGNAL) {
+    /* seq_cst: the count is visible before the byte that announces it. */
+    atomic_fetch_add_explicit(&g.count[signum], 1, memory_order_seq_cst);
+    int fd = atomic_load_explicit(&g.pipe_w, memory_order_seq_cst);
+    if (fd >= 0) {
+      char b = (char)signum;
+      ssize_t r = write(fd, &b, 1); /* EAGAIN: a wakeup is pending anyway */
+      (void)r;
+    }
+    const struct sigaction *old = &g.old[signum];
+    if (old->sa_flags & SA_SIGINFO) {
+      if (old->sa_sigaction != NULL)
+        old->sa_sigaction(signum, info, uctx);
+    } else if (old->sa_handler != SIG_DFL && old->sa_handler != SIG_IGN &&
+               old->sa_handler != NULL) {
+      old->sa_handler(signum);
+    }
+  }
+  /* seq_cst: see above. */
+  atomic_fetch_sub_explicit(&g.in_handler, 1, memory_order_seq_cst);
+  errno = saved;
+}
+
+static void listener_unlink(listener_t *l) {
+  if (l->node.next != NULL)
+    treadle__list_unlink(&l->node);
+  l->node.next = l->node.prev = NULL;
+}
+
+static bool catchable(int signum) {
+  switch (signum) {
+  case SIGKILL:
+  case SIGSTOP:
+  case SIGSEGV:
+  case SIGBUS:
+  case SIGILL:
+  case SIGFPE:
+    return false;
+  default:
+    return signum > 0 && signum <= MAX_SIGNAL && signum < NSIG;
+  }
+}
+
+/* Under g.mu: this runtime holds a dup of the pipe, registered. */
+static treadle_err_t use_pipe(treadle__signal_t *sig, treadle__io_t *io) {
+  if (sig->pipe_fd >= 0)
+    return 0;
+  if (g.users == 0) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
+      return -errno;
+    g.pipe_r = fds[0];
+    /* seq_cst: the handler's load. */
+    atomic_store_explicit(&g.pipe_w, fds[1], memory_order_seq_cst);
+  }
+  g.users++;
+  int fd = fcntl(g.pipe_r, F_DUPFD_CLOEXEC, 0);
+  treadle_err_t err = fd < 0 ? -errno : 0;
+  if (err == 0)
+    err = treadle__io_add_special(io, fd, TREADLE__IO_TOKEN_SIGNAL);
+  if (err != 0) {
+    if (fd >= 0)
+      close(fd);
+    g.users--;
+    return err;
+  }
+  sig->pipe_fd = fd;
+  return 0;
+}
+
+/* Under g.mu: the last user closes the pipe once no handler can write. */
+static void release_pipe(treadle__signal_t *sig) {
+  if (sig->pipe_fd < 0)
+    return;
+  close(sig->pipe_fd);
+  sig->pipe_fd = -1;
+  if (--g.users != 0)
+    return;
+  int w = atomic_exchange_explicit(&g.pipe_w, -1, memory_order_seq_cst);
+  /* seq_cst: a handler that loaded the old fd is counted in in_handler. */
+  while (atomic_load_explicit(&g.in_handler, memory_order_seq_cst) != 0)
+    sched_yield();
+  close(w);
+  close(g.pipe_r);
+  g.pipe_r = -1;
+}
+
+/* Under g.mu: installs treadle's handler for the first listener. */
+static treadle_err_t install(int signum) {
+  if (g.refs[signum]++ != 0)
+    return 0;
+  struct sigaction sa = {.sa_sigaction = on_signal,
+                         .sa_flags = SA_SIGINFO | SA_RESTART};
+  sigemptyset(&sa.sa_mask);
+  struct sigaction old;
+  if (sigaction(signum, NULL, &old) < 0) {
+    g.refs[signum]--;
+    return -errno;
+  }
+  g.old[signum] = old; /* written before the handler can run */
+  if (sigaction(signum, &sa, NULL) < 0) {
+    g.refs[signum]--;
+    return -errno;
+  }
+  return 0;
+}
+
+/* Under g.mu: puts the old handler back after the last listener, unless
+ * somebody replaced treadle's since. */
+static void uninstall(int signum) {
+  if (--g.refs[signum] != 0)
+    return;
+  struct sigaction cur;
+  if (sigaction(signum, NULL, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) &&
+      cur.sa_sigaction == on_signal)
+    sigaction(signum, &g.old[signum], NULL);
+}
+
+void treadle__signal_init(treadle__signal_t *sig) {
+  treadle__mutex_init(&sig->mu);
+  for (int i = 0; i <= MAX_SIGNAL; i++)
+    treadle__list_init(&sig->waiters[i]);
+  sig->pipe_fd = -1;
+}
+
+void treadle__signal_destroy(treadle__signal_t *sig) {
+  treadle__mutex_destroy(&sig->mu);
+}
+
+/* Takes the listeners waiting on `list` off it and wakes them (after the
+ * lock: a wake may run a task's code). */
+static void wake_list(treadle__signal_t *sig, treadle__list_t *list) {
+  treadle_waker_t *wakers[32];
+  for (;;) {
+    int n = 0;
+    treadle__mutex_lock(&sig->mu);
+    while (!treadle__list_empty(list) && n < 32) {
+      listener_t *l = treadle__container_of(list->next, listener_t, node);
+      listener_unlink(l);
+      if (l->waker != NULL)
+        wakers[n++] = l->waker;
+      l->waker = NULL;
+    }
+    bool more = !treadle__list_empty(list);
+    treadle__mutex_unlock(&sig->mu);
+    for (int i = 0; i < n; i++)
+      treadle_wake(wakers[i]);
+    if (!more)
+      return;
+  }
+}
+
+void treadle__signal_process(treadle__signal_t *sig) {
+  char buf[64];
+  while (read(sig->pipe_fd, buf, sizeof buf) > 0)
+    continue; /* drain: the counts say what happened */
+  for (int s = 1; s <= MAX_SIGNAL; s++) {
+    treadle__mutex_lock(&sig->mu);
+    bool fire = false;
+    if (sig->listening & (UINT64_C(1) << (s - 1))) {
+      /* seq_cst: pairs with the handler's increment. */
+      uint64_t c = atomic_load_explicit(&g.count[s], memory_order_seq_cst);
+      fire = c != sig->seen[s];
+      sig->seen[s] = c;
+    }
+    treadle__mutex_unlock(&sig->mu);
+    if (fire)
+      wake_list(sig, &sig->waiters[s]);
+  }
+}
+
+void treadle__signal_shutdown(treadle__signal_t *sig) {
+  pthread_mutex_lock(&g.mu);
+  treadle__mutex_lock(&sig->mu);
+  sig->shut = true;
+  for (int s = 1; s <= MAX_SIGNAL; s++)
+    if (sig->listening & (UINT64_C(1) << (s - 1)))
+      uninstall(s);
+  sig->listening = 0;
+  release_pipe(sig);
+  treadle__mutex_unlock(&sig->mu);
+  pthread_mutex_unlock(&g.mu);
+  for (int s = 1; s <= MAX_SIGNAL; s++)
+    wake_list(sig, &sig->waiters[s]);
+}
+
+treadle_err_t treadle_signal_init(treadle_signal_t *s, treadle_handle_t *h,
+                                  int signum) {
+  listener_t *l = (listener_t *)s;
+  if (l == NULL)
+    return TREADLE_EINVAL;
+  memset(l, 0, sizeof *l);
+  if (h == NULL || !catchable(signum))
+    return TREADLE_EINVAL;
+  if (!h->driver.has_io)
+    return TREADLE_ENOIO;
+  treadle__signal_t *sig = &h->driver.signal;
+  treadle_err_t err = 0;
+  pthread_mutex_lock(&g.mu);
+  treadle__mutex_lock(&sig->mu);
+  uint64_t bit = UINT64_C(1) << (signum - 1);
+  if (sig->shut) {
+    err = TREADLE_ESHUTDOWN;
+  } else if (!(sig->listening & bit)) {
+    err = use_pipe(sig, &h->driver.io);
+    if (err == 0)
+      err = install(signum);
+    if (err == 0) {
+      sig->listening |= bit;
+      /* seq_cst: pairs with the handler's increment. */
+      sig->seen[signum] =
+          atomic_load_explicit(&g.count[signum], memory_order_seq_cst);
+    }
+  }
+  if (err == 0) {
+    /* seq_cst: deliveries from now on count for this listener. */
+    l->seen = atomic_load_explicit(&g.count[signum], memory_order_seq_cst);
+  }
+  treadle__mutex_unlock(&sig->mu);
+  pthread_mutex_unlock(&g.mu);
+  if (err != 0)
+    return err;
+  l->h = treadle_handle_ref(h);
+  l->signum = signum;
+  return 0;
+}
+
+treadle_poll_t treadle_signal_poll(treadle_signal_t *s, treadle_cx_t *cx,
+                                   treadle_err_t *err) {
+  listener_t *l = (listener_t *)s;
+  if (l == NULL || l->h == NULL) {
+    *err = TREADLE_EINVAL;
+    return TREADLE_READY;
+  }
+  if (!treadle_cx_poll_proceed(cx))
+    return TREADLE_PENDING;
+  treadle__signal_t *sig = &l->h->driver.signal;
+  treadle_waker_t *mine = treadle_cx_waker(cx), *old = NULL;
+  treadle__mutex_lock(&sig->mu);
+  /* seq_cst: pairs with the handler's increment. */
+  uint64_t c = atomic_load_explicit(&g.count[l->signum], memory_order_seq_cst);
+  bool ready = c != l->seen || sig->shut;
+  if (ready) {
+    listener_unlink(l);
+    old = l->waker;
+    l->waker = NULL;
+    l->seen = c;
+    *err = sig->shut ? TREADLE_ESHUTDOWN : 0;
+  } else {
+    if (l->node.next == NULL)
+      treadle__list_push_back(&sig->waiters[l->signum], &l->node);
+    if (l->waker != mine) {
+      old = l->waker;
+      l->waker = treadle_waker_clone(mine);
+    }
+  }
+  treadle__mutex_unlock(&sig->mu);
+  treadle_waker_drop(old);
+  if (!ready) {
+    treadle__task_waits_on(cx->task, TREADLE__WAIT_SIGNAL);
+    return TREADLE_PENDING;
+  }
+  return TREADLE_READY;
+}
+
+void treadle_signal_drop(treadle_signal_t *s) {
+  listener_t *l = (listener_t *)s;
+  if (l == NULL || l->h == NULL)
+    return;
+  treadle__signal_t *sig = &l->h->driver.signal;
+  treadle__mutex_lock(&sig->mu);
+  listener_unlink(l);
+  treadle_waker_t *w = l->waker;
+  l->waker = NULL;
+  treadle__mutex_unlock(&sig->mu);
+  treadle_waker_drop(w);
+  treadle_handle_unref(l->h);
+  l->h = NULL;
+}
