@@ -568,7 +568,8 @@ typedef struct treadle_signal_s {
 /* Starts listening for `signum` on the runtime of `h`: deliveries from now
  * on count. Errors: TREADLE_EINVAL (no such signal, or one that cannot be
  * caught or must not be: SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGILL,
- * SIGFPE), TREADLE_ENOIO, TREADLE_ESHUTDOWN; the listener then need not be
+ * SIGFPE), TREADLE_ENOIO, TREADLE_ESHUTDOWN, TREADLE_EBUSY (128 runtimes
+ * listen for signals already); the listener then need not be
  * dropped. It may be copied (into a task's state) before its first poll,
  * not after. */
 treadle_err_t treadle_signal_init(treadle_signal_t *s, treadle_handle_t *h,

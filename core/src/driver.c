@@ -83,10 +83,8 @@ void treadle__driver_park(treadle__driver_t *d, uint64_t timeout_ns) {
   }
   if (d->has_time)
     treadle__time_process(&d->time);
-  if (d->io.signal_ready) {
-    d->io.signal_ready = false;
+  if (d->has_io)
     treadle__signal_process(&d->signal);
-  }
 }
 
 void treadle__driver_unpark(treadle__driver_t *d) {

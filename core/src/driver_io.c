@@ -171,19 +171,6 @@ treadle_err_t treadle__io_init(treadle__io_t *io) {
   return 0;
 }
 
-treadle_err_t treadle__io_add_special(treadle__io_t *io, int fd,
-                                      uint64_t token) {
-  struct epoll_event ev = {.events = EPOLLIN | EPOLLET, .data.u64 = token};
-  treadle_err_t err = 0;
-  treadle__mutex_lock(&io->mu);
-  if (io->shut)
-    err = TREADLE_ESHUTDOWN;
-  else if (epoll_ctl(io->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
-    err = -errno;
-  treadle__mutex_unlock(&io->mu);
-  return err;
-}
-
 static int wait_events(treadle__io_t *io, struct epoll_event *events,
                        uint64_t timeout_ns) {
   static _Atomic bool no_pwait2;
@@ -222,8 +209,6 @@ void treadle__io_park(treadle__io_t *io, uint64_t timeout_ns) {
       /* Resets the counter; EAGAIN (already reset) is harmless. */
       ssize_t r = read(io->evfd, &count, sizeof count);
       (void)r;
-    } else if (token == TREADLE__IO_TOKEN_SIGNAL) {
-      io->signal_ready = true;
     } else {
       dispatch(io, token, events[i].events);
     }

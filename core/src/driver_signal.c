@@ -1,21 +1,21 @@
 /* The signal driver (DESIGN.md "signal driver"; tokio signal/unix.rs).
  *
  * Process-wide: one handler per signal, installed by the first runtime
- * that listens for it and put back by the last, counts deliveries and
- * writes a byte to one global pipe (both are async-signal-safe). Each
- * runtime registers a dup of the pipe's read end with its own epoll; all of
- * them get the edge, and whichever reads first drains the pipe. A runtime
- * then compares each signal's count with the last it dispatched and wakes
- * that signal's listeners; a listener is READY when the count moved past
- * the one it saw last.
+ * that listens for it and put back by the last. The handler counts the
+ * delivery and, for every runtime that listens for signals, raises that
+ * runtime's `pending` flag and writes its driver's unpark eventfd (both
+ * async-signal-safe). Each runtime thus gets its own wakeup: a shared pipe
+ * would not do, as the first runtime to drain it would take the edge away
+ * from the others. The parked driver then compares each signal's count
+ * with the last it dispatched and wakes that signal's listeners; a
+ * listener is READY when the count moved past the one it saw last.
  *
- * The pipe is closed when no runtime uses it any more, after the handlers
- * are gone and none is running, so the process's fds return to what they
- * were. A handler that was a function before treadle's is called after it:
- * the program's own handling goes on while treadle listens. */
+ * A runtime leaves the handler's table at shutdown and waits until no
+ * handler runs before its eventfd may close. A handler that was a function
+ * before treadle's is called after it: the program's own handling goes on
+ * while treadle listens. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
 #include <unistd.h>
@@ -24,16 +24,17 @@
 
 #define MAX_SIGNAL 64
 
+#define MAX_RUNTIMES 128
+
 static struct {
   pthread_mutex_t mu;
-  int pipe_r;                   /* guarded by mu */
-  _Atomic int pipe_w;           /* the handler reads it */
-  unsigned users;               /* runtimes holding a dup; guarded by mu */
   unsigned refs[MAX_SIGNAL + 1]; /* runtimes listening; guarded by mu */
   struct sigaction old[MAX_SIGNAL + 1]; /* written before install */
   _Atomic uint64_t count[MAX_SIGNAL + 1];
+  /* Runtimes the handler wakes; written under mu, read by the handler. */
+  _Atomic(treadle__signal_t *) runtimes[MAX_RUNTIMES];
   _Atomic int in_handler;       /* handlers running now */
-} g = {.mu = PTHREAD_MUTEX_INITIALIZER, .pipe_r = -1, .pipe_w = -1};
+} g = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
 /* A listener: treadle_signal_t's private layout. */
 typedef struct __attribute__((__may_alias__)) listener_s {
@@ -57,10 +58,17 @@ static void on_signal(int signum, siginfo_t *info, void *uctx) {
   if (signum > 0 && signum <= MAX_SIGNAL) {
     /* seq_cst: the count is visible before the byte that announces it. */
     atomic_fetch_add_explicit(&g.count[signum], 1, memory_order_seq_cst);
-    int fd = atomic_load_explicit(&g.pipe_w, memory_order_seq_cst);
-    if (fd >= 0) {
-      char b = (char)signum;
-      ssize_t r = write(fd, &b, 1); /* EAGAIN: a wakeup is pending anyway */
+    for (int i = 0; i < MAX_RUNTIMES; i++) {
+      /* seq_cst: a runtime that leaves the table after this load waits
+       * for in_handler to drop before its eventfd closes. */
+      treadle__signal_t *sig =
+          atomic_load_explicit(&g.runtimes[i], memory_order_seq_cst);
+      if (sig == NULL)
+        continue;
+      /* seq_cst: the flag is up before the wakeup that announces it. */
+      atomic_store_explicit(&sig->pending, 1, memory_order_seq_cst);
+      uint64_t one = 1;
+      ssize_t r = write(sig->wake_fd, &one, sizeof one); /* EAGAIN: set */
       (void)r;
     }
     const struct sigaction *old = &g.old[signum];
@@ -97,48 +105,31 @@ static bool catchable(int signum) {
   }
 }
 
-/* Under g.mu: this runtime holds a dup of the pipe, registered. */
-static treadle_err_t use_pipe(treadle__signal_t *sig, treadle__io_t *io) {
-  if (sig->pipe_fd >= 0)
+/* Under g.mu: puts this runtime in the handler's table. */
+static treadle_err_t join_table(treadle__signal_t *sig, int wake_fd) {
+  if (sig->slot >= 0)
     return 0;
-  if (g.users == 0) {
-    int fds[2];
-    if (pipe2(fds, O_CLOEXEC | O_NONBLOCK) < 0)
-      return -errno;
-    g.pipe_r = fds[0];
-    /* seq_cst: the handler's load. */
-    atomic_store_explicit(&g.pipe_w, fds[1], memory_order_seq_cst);
+  for (int i = 0; i < MAX_RUNTIMES; i++) {
+    if (atomic_load_explicit(&g.runtimes[i], memory_order_relaxed) == NULL) {
+      sig->wake_fd = wake_fd;
+      sig->slot = i;
+      /* seq_cst: publishes wake_fd to the handler. */
+      atomic_store_explicit(&g.runtimes[i], sig, memory_order_seq_cst);
+      return 0;
+    }
   }
-  g.users++;
-  int fd = fcntl(g.pipe_r, F_DUPFD_CLOEXEC, 0);
-  treadle_err_t err = fd < 0 ? -errno : 0;
-  if (err == 0)
-    err = treadle__io_add_special(io, fd, TREADLE__IO_TOKEN_SIGNAL);
-  if (err != 0) {
-    if (fd >= 0)
-      close(fd);
-    g.users--;
-    return err;
-  }
-  sig->pipe_fd = fd;
-  return 0;
+  return TREADLE_EBUSY; /* MAX_RUNTIMES runtimes listen for signals */
 }
 
-/* Under g.mu: the last user closes the pipe once no handler can write. */
-static void release_pipe(treadle__signal_t *sig) {
-  if (sig->pipe_fd < 0)
+/* Under g.mu: takes it out again, once no handler can be using it. */
+static void leave_table(treadle__signal_t *sig) {
+  if (sig->slot < 0)
     return;
-  close(sig->pipe_fd);
-  sig->pipe_fd = -1;
-  if (--g.users != 0)
-    return;
-  int w = atomic_exchange_explicit(&g.pipe_w, -1, memory_order_seq_cst);
-  /* seq_cst: a handler that loaded the old fd is counted in in_handler. */
+  atomic_store_explicit(&g.runtimes[sig->slot], NULL, memory_order_seq_cst);
+  sig->slot = -1;
+  /* seq_cst: a handler that loaded this runtime is counted here. */
   while (atomic_load_explicit(&g.in_handler, memory_order_seq_cst) != 0)
     sched_yield();
-  close(w);
-  close(g.pipe_r);
-  g.pipe_r = -1;
 }
 
 /* Under g.mu: installs treadle's handler for the first listener. */
@@ -176,7 +167,9 @@ void treadle__signal_init(treadle__signal_t *sig) {
   treadle__mutex_init(&sig->mu);
   for (int i = 0; i <= MAX_SIGNAL; i++)
     treadle__list_init(&sig->waiters[i]);
-  sig->pipe_fd = -1;
+  sig->slot = -1;
+  sig->wake_fd = -1;
+  atomic_init(&sig->pending, 0);
 }
 
 void treadle__signal_destroy(treadle__signal_t *sig) {
@@ -207,9 +200,11 @@ static void wake_list(treadle__signal_t *sig, treadle__list_t *list) {
 }
 
 void treadle__signal_process(treadle__signal_t *sig) {
-  char buf[64];
-  while (read(sig->pipe_fd, buf, sizeof buf) > 0)
-    continue; /* drain: the counts say what happened */
+  /* Relaxed: a hint; the exchange below decides. */
+  if (atomic_load_explicit(&sig->pending, memory_order_relaxed) == 0)
+    return;
+  /* seq_cst: pairs with the handler's store; counts are read after. */
+  atomic_exchange_explicit(&sig->pending, 0, memory_order_seq_cst);
   for (int s = 1; s <= MAX_SIGNAL; s++) {
     treadle__mutex_lock(&sig->mu);
     bool fire = false;
@@ -233,7 +228,7 @@ void treadle__signal_shutdown(treadle__signal_t *sig) {
     if (sig->listening & (UINT64_C(1) << (s - 1)))
       uninstall(s);
   sig->listening = 0;
-  release_pipe(sig);
+  leave_table(sig);
   treadle__mutex_unlock(&sig->mu);
   pthread_mutex_unlock(&g.mu);
   for (int s = 1; s <= MAX_SIGNAL; s++)
@@ -258,7 +253,7 @@ treadle_err_t treadle_signal_init(treadle_signal_t *s, treadle_handle_t *h,
   if (sig->shut) {
     err = TREADLE_ESHUTDOWN;
   } else if (!(sig->listening & bit)) {
-    err = use_pipe(sig, &h->driver.io);
+    err = join_table(sig, h->driver.io.evfd);
     if (err == 0)
       err = install(signum);
     if (err == 0) {

@@ -476,11 +476,7 @@ typedef struct treadle__io_s {
   uint32_t free_head;        /* UINT32_MAX: none; guarded by mu */
   uint32_t slots;            /* slots handed out so far; guarded by mu */
   _Atomic(treadle__io_reg_t *) pages[TREADLE__IO_PAGES]; /* grow only */
-  bool signal_ready;         /* the signal pipe fired; the parker's */
 } treadle__io_t;
-
-/* The epoll token of the signal driver's pipe. */
-#define TREADLE__IO_TOKEN_SIGNAL (UINT64_MAX - 1)
 
 treadle_err_t treadle__io_init(treadle__io_t *io);
 /* Waits for events for at most timeout_ns (TREADLE_FOREVER: no limit) and
@@ -490,9 +486,6 @@ void treadle__io_unpark(treadle__io_t *io);
 /* Wakes every waiter with GONE, closes the epoll and event fds. */
 void treadle__io_shutdown(treadle__io_t *io);
 void treadle__io_destroy(treadle__io_t *io);
-/* epoll_ctl ADD of fd with a fixed token (the signal pipe). */
-treadle_err_t treadle__io_add_special(treadle__io_t *io, int fd,
-                                      uint64_t token);
 
 /* A registered file descriptor (mio's IoSource): any thread may close it
  * while others use it; the fd is closed by whoever leaves it last, so an
@@ -536,12 +529,17 @@ typedef struct treadle__signal_s {
   uint64_t listening;          /* signals this runtime listens for (bit
                                   n-1 for signal n); guarded by mu */
   uint64_t seen[65];           /* deliveries dispatched; guarded by mu */
-  int pipe_fd;                 /* dup of the global pipe, -1; under mu */
+  int slot;                    /* in the handler's table, or -1; under
+                                  mu and the global lock */
+  int wake_fd;                 /* the I/O driver's eventfd; constant once
+                                  in the table */
+  _Atomic uint32_t pending;    /* raised by the handler */
   bool shut;                   /* guarded by mu */
 } treadle__signal_t;
 
 void treadle__signal_init(treadle__signal_t *sig);
-/* Wakes the waiters of every signal delivered since the last look. */
+/* Wakes the waiters of every signal delivered since the last look (a
+ * relaxed load when there is none). */
 void treadle__signal_process(treadle__signal_t *sig);
 /* Wakes every waiter with ESHUTDOWN, gives back the handlers and pipe. */
 void treadle__signal_shutdown(treadle__signal_t *sig);
