@@ -260,8 +260,6 @@ void treadle__io_destroy(treadle__io_t *io) {
 
 /* ------------------------------------------------------------- sources */
 
-#define SRC_CLOSED (UINT32_C(1) << 31)
-
 treadle_err_t treadle__source_open(treadle__source_t *src, treadle_handle_t *h,
                                    int fd) {
   if (!h->driver.has_io)
@@ -298,7 +296,7 @@ treadle_err_t treadle__source_open(treadle__source_t *src, treadle_handle_t *h,
 }
 
 /* The fd's last user is gone: deregister, close, give the slot back. */
-static void source_finish_close(treadle__source_t *src) {
+void treadle__source_finish_close(treadle__source_t *src) {
   treadle__io_t *io = &src->h->driver.io;
   treadle__io_reg_t *r = src->reg;
   treadle__mutex_lock(&io->mu);
@@ -320,32 +318,13 @@ static void source_finish_close(treadle__source_t *src) {
   treadle_waker_drop(writer);
 }
 
-bool treadle__source_enter(treadle__source_t *src) {
-  /* acquire: pairs with close's release, so a closed source is seen. */
-  uint32_t old = atomic_fetch_add_explicit(&src->users, 1,
-                                           memory_order_acquire);
-  if (treadle__likely(!(old & SRC_CLOSED)))
-    return true;
-  treadle__source_leave(src);
-  return false;
-}
-
-void treadle__source_leave(treadle__source_t *src) {
-  /* acq_rel: the last one out after close closes the fd, after every
-   * other user's system call on it. */
-  uint32_t old = atomic_fetch_sub_explicit(&src->users, 1,
-                                           memory_order_acq_rel);
-  if (treadle__unlikely(old == (SRC_CLOSED | 1)))
-    source_finish_close(src);
-}
-
 void treadle__source_close(treadle__source_t *src) {
   if (src->reg == NULL)
     return;
   /* acq_rel: orders against enter/leave (see there). */
-  uint32_t old = atomic_fetch_or_explicit(&src->users, SRC_CLOSED,
+  uint32_t old = atomic_fetch_or_explicit(&src->users, TREADLE__SRC_CLOSED,
                                           memory_order_acq_rel);
-  if (old & SRC_CLOSED)
+  if (old & TREADLE__SRC_CLOSED)
     return;
   treadle__io_reg_t *r = src->reg;
   treadle_waker_t *reader, *writer;
@@ -354,7 +333,7 @@ void treadle__source_close(treadle__source_t *src) {
   reg_unlock(r);
   wake_both(reader, writer);
   if (old == 0)
-    source_finish_close(src);
+    treadle__source_finish_close(src);
 }
 
 void treadle__source_free(treadle__source_t *src) {
@@ -366,33 +345,29 @@ void treadle__source_free(treadle__source_t *src) {
   src->h = NULL;
 }
 
-treadle_poll_t treadle__source_poll_ready(treadle__source_t *src,
-                                          treadle_cx_t *cx, unsigned interest,
-                                          uint32_t *tick, treadle_err_t *err) {
+treadle_poll_t treadle__source_wait(treadle__source_t *src, treadle_cx_t *cx,
+                                    unsigned interest, uint32_t *tick,
+                                    treadle_err_t *err) {
   treadle__io_reg_t *r = src->reg;
-  /* acquire: pairs with reg_set's release. */
-  uint64_t word = atomic_load_explicit(&r->readiness, memory_order_acquire);
+  treadle_waker_t *mine = treadle_cx_waker(cx);
+  treadle_waker_t *old = NULL;
+  bool reading = interest & TREADLE__IO_READABLE;
+  reg_lock(r);
+  /* Relaxed: the lock orders it against reg_set. */
+  uint64_t word = atomic_load_explicit(&r->readiness, memory_order_relaxed);
   if (!(BITS(word) & interest)) {
-    treadle_waker_t *mine = treadle_cx_waker(cx);
-    treadle_waker_t *old = NULL;
-    bool reading = interest & TREADLE__IO_READABLE;
-    reg_lock(r);
-    /* Relaxed: the lock orders it against reg_set. */
-    word = atomic_load_explicit(&r->readiness, memory_order_relaxed);
-    if (!(BITS(word) & interest)) {
-      treadle_waker_t **slot = reading ? &r->reader : &r->writer;
-      if (*slot != mine) {
-        old = *slot;
-        *slot = treadle_waker_clone(mine);
-      }
-      reg_unlock(r);
-      treadle_waker_drop(old);
-      treadle__task_waits_on(cx->task, reading ? TREADLE__WAIT_IO_READ
-                                               : TREADLE__WAIT_IO_WRITE);
-      return TREADLE_PENDING;
+    treadle_waker_t **slot = reading ? &r->reader : &r->writer;
+    if (*slot != mine) {
+      old = *slot;
+      *slot = treadle_waker_clone(mine);
     }
     reg_unlock(r);
+    treadle_waker_drop(old);
+    treadle__task_waits_on(cx->task, reading ? TREADLE__WAIT_IO_READ
+                                             : TREADLE__WAIT_IO_WRITE);
+    return TREADLE_PENDING;
   }
+  reg_unlock(r);
   unsigned bits = BITS(word);
   *tick = TICK(word);
   if (bits & TREADLE__IO_CLOSED)

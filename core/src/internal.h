@@ -501,25 +501,74 @@ typedef struct treadle__source_s {
  * left open: TREADLE_ENOIO, TREADLE_ESHUTDOWN, TREADLE_ENOMEM, -errno. */
 treadle_err_t treadle__source_open(treadle__source_t *src, treadle_handle_t *h,
                                    int fd);
-/* Brackets an operation on src->fd; enter fails once it is closed. */
-bool treadle__source_enter(treadle__source_t *src);
-void treadle__source_leave(treadle__source_t *src);
 /* Wakes the waiters and closes the fd (now, or when the last operation
  * leaves); idempotent. */
 void treadle__source_close(treadle__source_t *src);
 /* Closes if needed and drops the handle reference. Nothing may use src. */
 void treadle__source_free(treadle__source_t *src);
+/* The last user of a closed source is gone: deregister and close. */
+void treadle__source_finish_close(treadle__source_t *src);
+/* poll_ready's slow path: stores the task's waker, or finds it ready. */
+treadle_poll_t treadle__source_wait(treadle__source_t *src, treadle_cx_t *cx,
+                                    unsigned interest, uint32_t *tick,
+                                    treadle_err_t *err);
+
+#define TREADLE__SRC_CLOSED (UINT32_C(1) << 31)
+
+/* Brackets an operation on src->fd; enter fails once it is closed. */
+static inline void treadle__source_leave(treadle__source_t *src) {
+  /* acq_rel: the last one out after close closes the fd, after every
+   * other user's system call on it. */
+  uint32_t old = atomic_fetch_sub_explicit(&src->users, 1,
+                                           memory_order_acq_rel);
+  if (treadle__unlikely(old == (TREADLE__SRC_CLOSED | 1)))
+    treadle__source_finish_close(src);
+}
+
+static inline bool treadle__source_enter(treadle__source_t *src) {
+  /* acquire: pairs with close's release, so a closed source is seen. */
+  uint32_t old = atomic_fetch_add_explicit(&src->users, 1,
+                                           memory_order_acquire);
+  if (treadle__likely(!(old & TREADLE__SRC_CLOSED)))
+    return true;
+  treadle__source_leave(src);
+  return false;
+}
+
 /* READY (*err = 0, *tick for treadle__source_clear) once one of
  * `interest`'s bits is set, or with TREADLE_ECLOSED / TREADLE_ESHUTDOWN.
  * Else stores the task's waker (reader or writer side) and returns
  * PENDING. Must be called between enter and leave. */
-treadle_poll_t treadle__source_poll_ready(treadle__source_t *src,
-                                          treadle_cx_t *cx, unsigned interest,
-                                          uint32_t *tick, treadle_err_t *err);
+static inline treadle_poll_t
+treadle__source_poll_ready(treadle__source_t *src, treadle_cx_t *cx,
+                           unsigned interest, uint32_t *tick,
+                           treadle_err_t *err) {
+  /* acquire: pairs with the driver's release of the readiness word. */
+  uint64_t word =
+      atomic_load_explicit(&src->reg->readiness, memory_order_acquire);
+  unsigned bits = (unsigned)(word & 0xffffu);
+  if (treadle__unlikely(!(bits & interest) ||
+                        (bits & (TREADLE__IO_CLOSED | TREADLE__IO_GONE))))
+    return treadle__source_wait(src, cx, interest, tick, err);
+  *tick = (uint32_t)((word >> 16) & 0xffffu);
+  *err = 0;
+  return TREADLE_READY;
+}
+
 /* Clears readiness `bits` after EAGAIN, unless an event came in after
  * `tick` was read. */
 void treadle__source_clear(treadle__source_t *src, unsigned bits,
                            uint32_t tick);
+
+/* treadle_cx_poll_proceed for the core's own leaves. */
+static inline bool treadle__cx_proceed(treadle_cx_t *cx) {
+  if (treadle__unlikely(cx->budget == 0)) {
+    cx->yielded = true;
+    return false;
+  }
+  cx->budget--;
+  return true;
+}
 
 /* ---------------------------------------------------- driver_signal.c */
 

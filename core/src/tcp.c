@@ -112,7 +112,7 @@ static treadle_err_t sock_name(int fd, struct sockaddr_storage *addr,
  * leaves in this poll yields (coop, DESIGN.md). */
 #define LEAF_BUDGET(cx)                                                        \
   do {                                                                         \
-    if (!treadle_cx_poll_proceed(cx))                                          \
+    if (!treadle__cx_proceed(cx))                                              \
       return TREADLE_PENDING;                                                  \
   } while (0)
 
