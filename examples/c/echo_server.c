@@ -203,6 +203,14 @@ int main(int argc, char **argv) {
   for (unsigned i = 0; i < (multi ? workers : 1) && i < MAX_WORKERS; i++)
     fprintf(stderr, " %u:%lu", i, atomic_load(&by_worker[i]));
   fprintf(stderr, "\n");
+  for (unsigned i = 0; i < (multi ? workers : 1); i++) {
+    treadle_worker_metrics_t m;
+    if (treadle_handle_worker_metrics(h, i, &m) == 0)
+      fprintf(stderr,
+              "worker %u: %llu polls, %llu stolen, %llu parks, %llu unparks\n",
+              i, (unsigned long long)m.polls, (unsigned long long)m.steals,
+              (unsigned long long)m.parks, (unsigned long long)m.unparks);
+  }
   treadle_err_t ferr = treadle_runtime_free(rt);
   return err != 0 || ferr != 0;
 }
