@@ -506,8 +506,9 @@ treadle_poll_t treadle_tcp_connect_poll(treadle_tcp_connect_t *c,
  * resolver job); idempotent. Any thread. */
 void treadle_tcp_connect_drop(treadle_tcp_connect_t *c);
 
-/* Reads up to `len` bytes: READY with *n > 0, or *n = 0 at end of stream
- * (or for len 0), with *err = 0; or an error (*n = 0): TREADLE_ECONNRESET,
+/* Reads up to `len` bytes (one call moves at most 2 GiB - 4 KiB; longer
+ * lengths are clamped): READY with *n > 0, or *n = 0 at end of stream (or
+ * for len 0), with *err = 0; or an error (*n = 0): TREADLE_ECONNRESET,
  * TREADLE_ECLOSED, ... */
 treadle_poll_t treadle_tcp_read_poll(treadle_tcp_stream_t *s, treadle_cx_t *cx,
                                      void *buf, size_t len, size_t *n,
@@ -525,8 +526,9 @@ treadle_poll_t treadle_tcp_write_all_poll(treadle_tcp_stream_t *s,
                                           treadle_cx_t *cx, const void *buf,
                                           size_t len, size_t *done,
                                           treadle_err_t *err);
-/* Gathers up to `iovcnt` buffers (at most IOV_MAX) in one system call:
- * READY with *n bytes written, as treadle_tcp_write_poll. */
+/* Gathers up to `iovcnt` buffers (at most IOV_MAX, together under 2 GiB)
+ * in one system call: READY with *n bytes written, as
+ * treadle_tcp_write_poll. */
 treadle_poll_t treadle_tcp_writev_poll(treadle_tcp_stream_t *s,
                                        treadle_cx_t *cx,
                                        const struct iovec *iov, int iovcnt,

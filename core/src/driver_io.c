@@ -28,7 +28,7 @@
 
 #include "internal.h"
 
-#define EVENTS 256
+#define EVENTS 1024 /* as mio/tokio: one park takes a large batch */
 #define TOKEN_UNPARK UINT64_MAX
 #define NO_SLOT UINT32_MAX
 
@@ -296,7 +296,7 @@ treadle_err_t treadle__source_open(treadle__source_t *src, treadle_handle_t *h,
 }
 
 /* The fd's last user is gone: deregister, close, give the slot back. */
-void treadle__source_finish_close(treadle__source_t *src) {
+static void source_finish_close(treadle__source_t *src) {
   treadle__io_t *io = &src->h->driver.io;
   treadle__io_reg_t *r = src->reg;
   treadle__mutex_lock(&io->mu);
@@ -318,6 +318,14 @@ void treadle__source_finish_close(treadle__source_t *src) {
   treadle_waker_drop(writer);
 }
 
+void treadle__source_try_finish(treadle__source_t *src, uint32_t now) {
+  /* acq_rel: the winner closes the fd after every user's system call. */
+  if (atomic_compare_exchange_strong_explicit(
+          &src->users, &now, now | TREADLE__SRC_FINISHED,
+          memory_order_acq_rel, memory_order_relaxed))
+    source_finish_close(src);
+}
+
 void treadle__source_close(treadle__source_t *src) {
   if (src->reg == NULL)
     return;
@@ -333,7 +341,7 @@ void treadle__source_close(treadle__source_t *src) {
   reg_unlock(r);
   wake_both(reader, writer);
   if (old == 0)
-    treadle__source_finish_close(src);
+    treadle__source_try_finish(src, TREADLE__SRC_CLOSED);
 }
 
 void treadle__source_free(treadle__source_t *src) {

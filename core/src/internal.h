@@ -492,7 +492,7 @@ void treadle__io_destroy(treadle__io_t *io);
  * operation never touches a closed-and-reused fd. */
 typedef struct treadle__source_s {
   int fd;
-  _Atomic uint32_t users;  /* CLOSED flag | operations in progress */
+  _Atomic uint32_t users;  /* CLOSED | FINISHED | operations in progress */
   treadle__io_reg_t *reg;
   treadle_handle_t *h;     /* holds a reference */
 } treadle__source_t;
@@ -506,23 +506,26 @@ treadle_err_t treadle__source_open(treadle__source_t *src, treadle_handle_t *h,
 void treadle__source_close(treadle__source_t *src);
 /* Closes if needed and drops the handle reference. Nothing may use src. */
 void treadle__source_free(treadle__source_t *src);
-/* The last user of a closed source is gone: deregister and close. */
-void treadle__source_finish_close(treadle__source_t *src);
 /* poll_ready's slow path: stores the task's waker, or finds it ready. */
 treadle_poll_t treadle__source_wait(treadle__source_t *src, treadle_cx_t *cx,
                                     unsigned interest, uint32_t *tick,
                                     treadle_err_t *err);
 
 #define TREADLE__SRC_CLOSED (UINT32_C(1) << 31)
+#define TREADLE__SRC_FINISHED (UINT32_C(1) << 30) /* the fd was closed */
+
+/* Closes the fd if `now` (the users word just written) says the source is
+ * closed and nobody is inside: exactly one caller wins the CAS. */
+void treadle__source_try_finish(treadle__source_t *src, uint32_t now);
 
 /* Brackets an operation on src->fd; enter fails once it is closed. */
 static inline void treadle__source_leave(treadle__source_t *src) {
   /* acq_rel: the last one out after close closes the fd, after every
    * other user's system call on it. */
-  uint32_t old = atomic_fetch_sub_explicit(&src->users, 1,
-                                           memory_order_acq_rel);
-  if (treadle__unlikely(old == (TREADLE__SRC_CLOSED | 1)))
-    treadle__source_finish_close(src);
+  uint32_t now = atomic_fetch_sub_explicit(&src->users, 1,
+                                           memory_order_acq_rel) - 1;
+  if (treadle__unlikely(now == TREADLE__SRC_CLOSED))
+    treadle__source_try_finish(src, now);
 }
 
 static inline bool treadle__source_enter(treadle__source_t *src) {

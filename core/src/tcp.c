@@ -27,6 +27,10 @@ struct treadle_tcp_listener_s {
   _Atomic uint64_t exhaustions;
 };
 
+/* The most one system call moves (the kernel's MAX_RW_COUNT): longer
+ * lengths are clamped, so a huge len is not an error. */
+#define MAX_IO ((size_t)INT_MAX & ~(size_t)4095)
+
 #define BACKOFF_MIN_NS TREADLE_NSEC_PER_MSEC
 #define BACKOFF_MAX_NS (128 * TREADLE_NSEC_PER_MSEC)
 
@@ -183,6 +187,8 @@ treadle_poll_t treadle_tcp_read_poll(treadle_tcp_stream_t *s, treadle_cx_t *cx,
     treadle__source_leave(&s->src);
     return TREADLE_READY;
   }
+  if (len > MAX_IO)
+    len = MAX_IO;
   ssize_t r = -1;
   IO_LOOP(&s->src, cx, TREADLE__IO_READ_INTEREST, TREADLE__IO_READABLE, err,
           r = recv(s->src.fd, buf, len, 0), r == 0 || (size_t)r == len);
@@ -203,8 +209,13 @@ treadle_poll_t treadle_tcp_writev_poll(treadle_tcp_stream_t *s,
     return TREADLE_READY;
   }
   size_t total = 0;
-  for (int i = 0; i < iovcnt; i++)
+  for (int i = 0; i < iovcnt; i++) {
+    if (iov[i].iov_len > MAX_IO - total) {
+      *err = TREADLE_EINVAL; /* more than one system call can move */
+      return TREADLE_READY;
+    }
     total += iov[i].iov_len;
+  }
   LEAF_BUDGET(cx);
   if (!treadle__source_enter(&s->src)) {
     *err = TREADLE_ECLOSED;
@@ -246,6 +257,8 @@ treadle_poll_t treadle_tcp_write_poll(treadle_tcp_stream_t *s,
     treadle__source_leave(&s->src);
     return TREADLE_READY;
   }
+  if (len > MAX_IO)
+    len = MAX_IO;
   ssize_t r = -1;
   IO_LOOP(&s->src, cx, TREADLE__IO_WRITE_INTEREST, TREADLE__IO_WRITABLE, err,
           r = send(s->src.fd, buf, len, MSG_NOSIGNAL), (size_t)r == len);
