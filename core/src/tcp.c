@@ -169,24 +169,40 @@ static treadle_err_t stream_new(treadle_handle_t *h, int fd,
   return 0;
 }
 
-treadle_poll_t treadle_tcp_read_poll(treadle_tcp_stream_t *s, treadle_cx_t *cx,
-                                     void *buf, size_t len, size_t *n,
-                                     treadle_err_t *err) {
-  *n = 0;
-  if (s == NULL || (buf == NULL && len > 0)) {
+/* The start every stream leaf shares: bad arguments give EINVAL, then the
+ * coop budget is spent, then the source is entered (ECLOSED once closed);
+ * a zero length is done at once. True: go on to the system call, inside
+ * the source; false: return *ret. */
+static bool leaf_start(treadle_tcp_stream_t *s, treadle_cx_t *cx, bool bad,
+                       size_t len, treadle_poll_t *ret, treadle_err_t *err) {
+  *ret = TREADLE_READY;
+  if (s == NULL || bad) {
     *err = TREADLE_EINVAL;
-    return TREADLE_READY;
+    return false;
   }
-  LEAF_BUDGET(cx);
+  if (!treadle__cx_proceed(cx)) {
+    *ret = TREADLE_PENDING;
+    return false;
+  }
   if (!treadle__source_enter(&s->src)) {
     *err = TREADLE_ECLOSED;
-    return TREADLE_READY;
+    return false;
   }
   if (len == 0) {
     *err = 0;
     treadle__source_leave(&s->src);
-    return TREADLE_READY;
+    return false;
   }
+  return true;
+}
+
+treadle_poll_t treadle_tcp_read_poll(treadle_tcp_stream_t *s, treadle_cx_t *cx,
+                                     void *buf, size_t len, size_t *n,
+                                     treadle_err_t *err) {
+  treadle_poll_t ret;
+  *n = 0;
+  if (!leaf_start(s, cx, buf == NULL && len > 0, len, &ret, err))
+    return ret;
   if (len > MAX_IO)
     len = MAX_IO;
   ssize_t r = -1;
@@ -203,29 +219,15 @@ treadle_poll_t treadle_tcp_writev_poll(treadle_tcp_stream_t *s,
                                        const struct iovec *iov, int iovcnt,
                                        size_t *n, treadle_err_t *err) {
   *n = 0;
-  if (s == NULL || iovcnt < 0 || iovcnt > IOV_MAX ||
-      (iov == NULL && iovcnt > 0)) {
-    *err = TREADLE_EINVAL;
-    return TREADLE_READY;
-  }
+  bool bad = iovcnt < 0 || iovcnt > IOV_MAX || (iov == NULL && iovcnt > 0);
   size_t total = 0;
-  for (int i = 0; i < iovcnt; i++) {
-    if (iov[i].iov_len > MAX_IO - total) {
-      *err = TREADLE_EINVAL; /* more than one system call can move */
-      return TREADLE_READY;
-    }
+  for (int i = 0; !bad && i < iovcnt; i++) {
+    bad = iov[i].iov_len > MAX_IO - total; /* more than one call moves */
     total += iov[i].iov_len;
   }
-  LEAF_BUDGET(cx);
-  if (!treadle__source_enter(&s->src)) {
-    *err = TREADLE_ECLOSED;
-    return TREADLE_READY;
-  }
-  if (total == 0) {
-    *err = 0;
-    treadle__source_leave(&s->src);
-    return TREADLE_READY;
-  }
+  treadle_poll_t ret;
+  if (!leaf_start(s, cx, bad, total, &ret, err))
+    return ret;
   struct msghdr msg = {.msg_iov = (struct iovec *)iov,
                        .msg_iovlen = (size_t)iovcnt};
   ssize_t r = -1;
@@ -242,21 +244,10 @@ treadle_poll_t treadle_tcp_write_poll(treadle_tcp_stream_t *s,
                                       treadle_cx_t *cx, const void *buf,
                                       size_t len, size_t *n,
                                       treadle_err_t *err) {
+  treadle_poll_t ret;
   *n = 0;
-  if (s == NULL || (buf == NULL && len > 0)) {
-    *err = TREADLE_EINVAL;
-    return TREADLE_READY;
-  }
-  LEAF_BUDGET(cx);
-  if (!treadle__source_enter(&s->src)) {
-    *err = TREADLE_ECLOSED;
-    return TREADLE_READY;
-  }
-  if (len == 0) {
-    *err = 0;
-    treadle__source_leave(&s->src);
-    return TREADLE_READY;
-  }
+  if (!leaf_start(s, cx, buf == NULL && len > 0, len, &ret, err))
+    return ret;
   if (len > MAX_IO)
     len = MAX_IO;
   ssize_t r = -1;
