@@ -298,11 +298,26 @@ def summarize(runs, servers, conns, sizes):
     return cells
 
 
+def paired_ratio(runs, a, b, c, s, field):
+    """Median over repetitions of a/b, each from one repetition (where the
+    two servers ran minutes apart at most, so the host's drift mostly
+    cancels), and how many repetitions had both."""
+    value = {"rps": lambda r: r.get("rps"), "eff": efficiency}[field]
+    by_rep = {}
+    for x in runs:
+        if x["conns"] == c and x["size"] == s and x["r"] is not None:
+            v = value(x["r"])
+            if v:
+                by_rep.setdefault(x["rep"], {})[x["server"]] = v
+    ratios = [d[a] / d[b] for d in by_rep.values() if a in d and b in d]
+    return (statistics.median(ratios) if ratios else None), len(ratios)
+
+
 def k(x, digits=1):
     return "–" if x is None else f"{x / 1000:,.{digits}f}"
 
 
-def report(cells, servers, conns, sizes, args, skipped):
+def report(cells, runs, servers, conns, sizes, args, skipped):
     out = []
     w = out.append
     w(f"Echo, split placement (server on CPU {SERVER_CPU}, echoload on CPU "
@@ -344,7 +359,7 @@ def report(cells, servers, conns, sizes, args, skipped):
             row.append(tail)
             w("| " + " | ".join(row) + " |")
     w("")
-    w("### Ratios (medians)")
+    w("### Ratios (of the medians)")
     w("")
     ratios = [x for x in RATIOS if x[1] in servers and x[2] in servers]
     if not ratios:
@@ -361,6 +376,18 @@ def report(cells, servers, conns, sizes, args, skipped):
                 for c in conns:
                     x, y = cells[a, c, s][field], cells[b, c, s][field]
                     row.append(f"{x / y:.2f}x" if x and y else "–")
+            w("| " + " | ".join(row) + " |")
+        w("")
+        w("### Ratios (paired: median of each repetition's ratio)")
+        w("")
+        w("| " + " | ".join(head) + " |")
+        w("|---|" + "---:|" * (len(head) - 1))
+        for label, a, b, field in ratios:
+            row = [label]
+            for s in sizes:
+                for c in conns:
+                    r, n = paired_ratio(runs, a, b, c, s, field)
+                    row.append(f"{r:.2f}x" if r else "–")
             w("| " + " | ".join(row) + " |")
     if skipped:
         w("")
@@ -522,7 +549,7 @@ def main():
                                    for (n, c, s), v in cells.items()]},
                       f, indent=1)
         log(f"raw runs written to {args.json}")
-    print(report(cells, order, args.conns, args.sizes, args, skipped))
+    print(report(cells, runs, order, args.conns, args.sizes, args, skipped))
     if interrupted:
         print("\n(Interrupted: partial results.)")
         sys.exit(130)
