@@ -102,3 +102,41 @@ int test_main(int argc, char **argv, const struct CMUnitTest *tests,
     cmocka_set_test_filter(argv[1]);
   return _cmocka_run_group_tests(argv[0], tests, count, NULL, NULL);
 }
+
+void test_sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+bool test_pause_done(test_pause_t *p, treadle_cx_t *cx) {
+  if (!p->armed) {
+    treadle_sleep_init(&p->sleep, TREADLE_NSEC_PER_MSEC);
+    p->armed = true;
+  }
+  treadle_err_t err;
+  if (treadle_sleep_poll(&p->sleep, cx, &err) == TREADLE_PENDING)
+    return false;
+  assert_int_equal(err, 0);
+  p->armed = false;
+  return true;
+}
+
+static treadle_poll_t until_flags_poll(treadle_cx_t *cx, void *st) {
+  test_until_flags_t *u = st;
+  for (;;) {
+    int k = 0;
+    while (k < u->n && atomic_load(&u->flags[k]))
+      k++;
+    if (k == u->n)
+      return TREADLE_READY;
+    if (!test_pause_done(&u->pause, cx))
+      return TREADLE_PENDING;
+  }
+}
+
+static void until_flags_drop(void *st) {
+  treadle_sleep_drop(&((test_until_flags_t *)st)->pause.sleep);
+}
+
+const treadle_task_vtable_t test_until_flags_vt = {.poll = until_flags_poll,
+                                                   .drop = until_flags_drop};

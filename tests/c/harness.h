@@ -44,6 +44,26 @@ unsigned long test_scale(unsigned long n);
 /* This process's resident memory, KiB. */
 long test_rss_kib(void);
 
+/* Sleeps the calling thread for `ms` milliseconds. */
+void test_sleep_ms(long ms);
+
+/* A 1 ms pause inside a task: test_pause_done is false (the task returns
+ * PENDING) until it passed. Drop p->sleep in the task's drop. */
+typedef struct {
+  treadle_sleep_t sleep;
+  bool armed;
+} test_pause_t;
+bool test_pause_done(test_pause_t *p, treadle_cx_t *cx);
+
+/* A task that completes once flags[0..n) are all set (it looks every
+ * millisecond): "wait until every other task got to its wait". */
+typedef struct {
+  _Atomic int *flags;
+  int n;
+  test_pause_t pause;
+} test_until_flags_t;
+extern const treadle_task_vtable_t test_until_flags_vt;
+
 #define RUN(rt, vt, st) \
   treadle_runtime_block_on((rt), (vt), &(st), sizeof(st), NULL)
 

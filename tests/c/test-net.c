@@ -34,11 +34,6 @@
 
 /* ------------------------------------------------------------ helpers */
 
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
 static int addr_port(const struct sockaddr_storage *a) {
   char buf[64];
   return treadle_sockaddr_format(a, buf, sizeof buf);
@@ -86,25 +81,6 @@ static void close_with_reset(int fd) {
   struct linger lg = {1, 0};
   assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
   close(fd);
-}
-
-/* A 1 ms pause inside a task: false (PENDING) until it passed. */
-typedef struct {
-  treadle_sleep_t sleep;
-  bool armed;
-} pause_t;
-
-static bool pause_done(pause_t *p, treadle_cx_t *cx) {
-  if (!p->armed) {
-    treadle_sleep_init(&p->sleep, TREADLE_NSEC_PER_MSEC);
-    p->armed = true;
-  }
-  treadle_err_t err;
-  if (treadle_sleep_poll(&p->sleep, cx, &err) == TREADLE_PENDING)
-    return false;
-  assert_int_equal(err, 0);
-  p->armed = false;
-  return true;
 }
 
 /* Joins every handle in `joins` (and detaches it), keeping each status. */
@@ -1030,7 +1006,7 @@ static void *resetter_thread(void *arg) {
   resetter_t *r = arg;
   int fd = plain_connect(r->port, r->rcvbuf);
   while (!atomic_load(&r->parked))
-    sleep_ms(1);
+    test_sleep_ms(1);
   close_with_reset(fd);
   return NULL;
 }
@@ -1179,13 +1155,13 @@ typedef struct {
   _Atomic int *f1, *f2;
   treadle_tcp_stream_t *s;
   treadle_tcp_listener_t *l;
-  pause_t pause;
+  test_pause_t pause;
 } closer_t;
 
 static treadle_poll_t closer_poll(treadle_cx_t *cx, void *st) {
   closer_t *c = st;
   while (!atomic_load(c->f1) || !atomic_load(c->f2))
-    if (!pause_done(&c->pause, cx))
+    if (!test_pause_done(&c->pause, cx))
       return TREADLE_PENDING;
   treadle_tcp_stream_close(c->s);
   treadle_tcp_listener_close(c->l);
@@ -1202,7 +1178,7 @@ static const treadle_task_vtable_t closer_vt = {.poll = closer_poll,
 static void *closer_thread(void *arg) {
   closer_t *c = arg;
   while (!atomic_load(c->f1) || !atomic_load(c->f2))
-    sleep_ms(1);
+    test_sleep_ms(1);
   treadle_tcp_stream_close(c->s);
   treadle_tcp_listener_close(c->l);
   return NULL;
@@ -1633,32 +1609,6 @@ static void hang_drop(void *st) {
 static const treadle_task_vtable_t hang_vt = {.poll = hang_poll,
                                               .drop = hang_drop};
 
-typedef struct {
-  _Atomic int *flags;
-  int n;
-  pause_t pause;
-} until_parked_t;
-
-static treadle_poll_t until_parked_poll(treadle_cx_t *cx, void *st) {
-  until_parked_t *u = st;
-  for (;;) {
-    int k = 0;
-    while (k < u->n && atomic_load(&u->flags[k]))
-      k++;
-    if (k == u->n)
-      return TREADLE_READY;
-    if (!pause_done(&u->pause, cx))
-      return TREADLE_PENDING;
-  }
-}
-
-static void until_parked_drop(void *st) {
-  treadle_sleep_drop(&((until_parked_t *)st)->pause.sleep);
-}
-
-static const treadle_task_vtable_t until_parked_vt = {
-    .poll = until_parked_poll, .drop = until_parked_drop};
-
 static void cancelled_waiters_release_everything(void **state) {
   (void)state;
   atomic_store(&waiter_drops, 0);
@@ -1709,15 +1659,15 @@ static void cancelled_waiters_release_everything(void **state) {
     assert_int_equal(
         treadle_spawn(h, &hang_vt, &tasks[i], sizeof tasks[i], &joins[i]), 0);
   }
-  until_parked_t u = {.flags = parked, .n = N};
-  assert_int_equal(RUN(rt, &until_parked_vt, u), 0);
+  test_until_flags_t u = {.flags = parked, .n = N};
+  assert_int_equal(RUN(rt, &test_until_flags_vt, u), 0);
   for (int i = 0; i < N; i++)
     assert_false(treadle_join_is_finished(joins[i]));
   /* One is aborted; the rest go with the runtime. */
   treadle_join_abort(joins[0]);
   /* A current_thread runtime drops it when its scheduler next runs. */
-  until_parked_t again = {.flags = parked, .n = N};
-  assert_int_equal(RUN(rt, &until_parked_vt, again), 0);
+  test_until_flags_t again = {.flags = parked, .n = N};
+  assert_int_equal(RUN(rt, &test_until_flags_vt, again), 0);
   assert_int_equal(treadle_join_wait(joins[0], NULL), TREADLE_ECANCELED);
   assert_int_equal(atomic_load(&waiter_drops), 1);
   assert_int_equal(treadle_runtime_free(rt), 0);
@@ -1843,7 +1793,7 @@ static void *trickle_thread(void *arg) {
   }
   free(msg);
   while (!atomic_load(&t->done))
-    sleep_ms(1);
+    test_sleep_ms(1);
   close(t->fd);
   return NULL;
 }
@@ -1934,7 +1884,7 @@ static void *dripper_thread(void *arg) {
     }
   }
   while (!atomic_load(d->done))
-    sleep_ms(1);
+    test_sleep_ms(1);
   close(d->fd);
   return NULL;
 }
@@ -2086,7 +2036,7 @@ typedef struct {
   int poke_fd; /* A's peer: one byte just before the close; -1: none */
   _Atomic int *parked;
   fd_snap_t *before, *after;
-  pause_t pause;
+  test_pause_t pause;
   bool closed;
 } reuser_t;
 
@@ -2094,7 +2044,7 @@ static treadle_poll_t reuser_poll(treadle_cx_t *cx, void *st) {
   reuser_t *r = st;
   if (!r->closed) {
     while (!atomic_load(r->parked))
-      if (!pause_done(&r->pause, cx))
+      if (!test_pause_done(&r->pause, cx))
         return TREADLE_PENDING;
     fd_snapshot(r->before);
     if (r->poke_fd >= 0)
@@ -2303,7 +2253,7 @@ static void eintr_storm(void **state) {
   pthread_t killer;
   assert_int_equal(pthread_create(&killer, NULL, storm_thread, &s), 0);
   while (atomic_load(&usr1_seen) == 0)
-    sleep_ms(1);
+    test_sleep_ms(1);
 
   const size_t sizes[] = {test_scale(1 << 20)};
   unsigned long before = atomic_load(&usr1_seen);
@@ -2565,7 +2515,7 @@ static void coop_budget_io(void **state) {
       assert_int_equal(ioctl(fd, SIOCOUTQNSD, &q), 0);
       if (q == 0)
         break;
-      sleep_ms(1);
+      test_sleep_ms(1);
     }
     unsent = (size_t)q;
   }
@@ -2652,7 +2602,7 @@ static void *slow_reader_thread(void *arg) {
   r->sum = FNV_INIT;
   r->bad_at = SIZE_MAX;
   while (!atomic_load(r->go))
-    sleep_ms(1);
+    test_sleep_ms(1);
   for (size_t reads = 0;; reads++) {
     bool slow = reads < r->slow_reads;
     ssize_t n = read(r->fd, buf, slow ? 1024 : 65536);
@@ -2667,7 +2617,7 @@ static void *slow_reader_thread(void *arg) {
     r->sum = fnv1a(r->sum, buf, (size_t)n);
     r->got += (size_t)n;
     if (slow)
-      sleep_ms(1);
+      test_sleep_ms(1);
   }
   free(buf);
   close(r->fd);

@@ -12,30 +12,6 @@
 
 #include "harness.h"
 
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
-/* A 1 ms pause inside a task: false (PENDING) until it passed. */
-typedef struct {
-  treadle_sleep_t sleep;
-  bool armed;
-} pause_t;
-
-static bool pause_done(pause_t *p, treadle_cx_t *cx) {
-  if (!p->armed) {
-    treadle_sleep_init(&p->sleep, TREADLE_NSEC_PER_MSEC);
-    p->armed = true;
-  }
-  treadle_err_t err;
-  if (treadle_sleep_poll(&p->sleep, cx, &err) == TREADLE_PENDING)
-    return false;
-  assert_int_equal(err, 0);
-  p->armed = false;
-  return true;
-}
-
 /* The disposition of `signum` now. */
 static struct sigaction current_action(int signum) {
   struct sigaction sa;
@@ -136,7 +112,7 @@ typedef struct {
   int step;
   unsigned joined;
   treadle_join_t *joins[WAITERS];
-  pause_t pause;
+  test_pause_t pause;
 } ctl_t;
 
 static treadle_poll_t ctl_poll(treadle_cx_t *cx, void *st) {
@@ -153,7 +129,7 @@ static treadle_poll_t ctl_poll(treadle_cx_t *cx, void *st) {
     /* fall through */
   case 1:
     while (atomic_load(&c->counts->registered) < WAITERS)
-      if (!pause_done(&c->pause, cx))
+      if (!test_pause_done(&c->pause, cx))
         return TREADLE_PENDING;
     if (c->how != HOW_THREAD)
       send_signal(c->signum, c->how);
@@ -161,7 +137,7 @@ static treadle_poll_t ctl_poll(treadle_cx_t *cx, void *st) {
     /* fall through */
   case 2:
     while (atomic_load(&c->counts->got1) < WAITERS)
-      if (!pause_done(&c->pause, cx))
+      if (!test_pause_done(&c->pause, cx))
         return TREADLE_PENDING;
     if (c->how != HOW_THREAD) {
       /* (A sender thread sends the second as soon as got1 is full.) */
@@ -203,10 +179,10 @@ typedef struct {
 static void *sender_thread(void *arg) {
   sender_t *s = arg;
   while (atomic_load(&s->counts->registered) < WAITERS)
-    sleep_ms(1);
+    test_sleep_ms(1);
   send_signal(s->signum, HOW_KILL);
   while (atomic_load(&s->counts->got1) < WAITERS)
-    sleep_ms(1);
+    test_sleep_ms(1);
   send_signal(s->signum, HOW_KILL);
   return NULL;
 }
@@ -515,7 +491,7 @@ static void two_runtimes_share_a_delivery(void **state) {
     pthread_create(&th[i], NULL, block_thread, &bt[i]);
   }
   while (atomic_load(&registered) < 2)
-    sleep_ms(1);
+    test_sleep_ms(1);
   assert_int_equal(kill(getpid(), SIGUSR1), 0); /* once */
   for (int i = 0; i < 2; i++) {
     pthread_join(th[i], NULL);
@@ -527,7 +503,7 @@ static void two_runtimes_share_a_delivery(void **state) {
   bt[1].result = 1;
   pthread_create(&th[1], NULL, block_thread, &bt[1]);
   while (atomic_load(&registered) < 1)
-    sleep_ms(1);
+    test_sleep_ms(1);
   assert_false(is_default(SIGUSR1));
   assert_int_equal(kill(getpid(), SIGUSR1), 0);
   pthread_join(th[1], NULL);
@@ -574,32 +550,6 @@ static void parked_drop(void *st) {
 static const treadle_task_vtable_t parked_vt = {.poll = parked_poll,
                                                 .drop = parked_drop};
 
-typedef struct {
-  _Atomic int *flags;
-  int n;
-  pause_t pause;
-} until_parked_t;
-
-static treadle_poll_t until_parked_poll(treadle_cx_t *cx, void *st) {
-  until_parked_t *u = st;
-  for (;;) {
-    int k = 0;
-    while (k < u->n && atomic_load(&u->flags[k]))
-      k++;
-    if (k == u->n)
-      return TREADLE_READY;
-    if (!pause_done(&u->pause, cx))
-      return TREADLE_PENDING;
-  }
-}
-
-static void until_parked_drop(void *st) {
-  treadle_sleep_drop(&((until_parked_t *)st)->pause.sleep);
-}
-
-static const treadle_task_vtable_t until_parked_vt = {
-    .poll = until_parked_poll, .drop = until_parked_drop};
-
 static void cancelled_listeners_release_everything(void **state) {
   (void)state;
   atomic_store(&drops, 0);
@@ -613,12 +563,12 @@ static void cancelled_listeners_release_everything(void **state) {
     parked_t p = {.signum = sigs[i], .parked = &parked[i]};
     assert_int_equal(treadle_spawn(h, &parked_vt, &p, sizeof p, &joins[i]), 0);
   }
-  until_parked_t u = {.flags = parked, .n = N};
-  assert_int_equal(RUN(rt, &until_parked_vt, u), 0);
+  test_until_flags_t u = {.flags = parked, .n = N};
+  assert_int_equal(RUN(rt, &test_until_flags_vt, u), 0);
   treadle_join_abort(joins[0]);
   /* A current_thread runtime drops it when its scheduler next runs. */
-  until_parked_t again = {.flags = parked, .n = N};
-  assert_int_equal(RUN(rt, &until_parked_vt, again), 0);
+  test_until_flags_t again = {.flags = parked, .n = N};
+  assert_int_equal(RUN(rt, &test_until_flags_vt, again), 0);
   assert_int_equal(treadle_join_wait(joins[0], NULL), TREADLE_ECANCELED);
   assert_int_equal(atomic_load(&drops), 1);
   assert_int_equal(treadle_runtime_free(rt), 0);
