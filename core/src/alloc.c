@@ -104,7 +104,7 @@ typedef struct {
   bool registered; /* the exit destructor knows about this cache */
 } cache_t;
 
-static __thread cache_t cache __attribute__((tls_model("initial-exec")));
+static __thread cache_t cache TREADLE_TLS_MODEL;
 static pthread_key_t cache_key;
 static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 static bool cache_off;

@@ -7,7 +7,6 @@
  * blocking pool's threads, for treadle_handle_current. */
 #include "internal.h"
 
-__thread treadle__context_t treadle__ctx
-    __attribute__((tls_model("initial-exec")));
+__thread treadle__context_t treadle__ctx TREADLE_TLS_MODEL;
 
 treadle_handle_t *treadle_handle_current(void) { return treadle__ctx.handle; }

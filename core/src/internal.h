@@ -12,6 +12,16 @@
 
 #define TREADLE_UNREACHABLE() __builtin_unreachable()
 /* Broken internal invariants only: never for bad input (STYLE.md). */
+/* Thread-locals use the initial-exec model (no __tls_get_addr call) when
+ * treadle is linked into a program. A build that is loaded with dlopen (the
+ * Python and Lua modules) defines TREADLE_DLOPEN: a dlopened library may
+ * not claim static TLS. */
+#ifdef TREADLE_DLOPEN
+#define TREADLE_TLS_MODEL
+#else
+#define TREADLE_TLS_MODEL __attribute__((tls_model("initial-exec")))
+#endif
+
 #define TREADLE_ASSERT(cond)                                                   \
   do {                                                                         \
     if (treadle__unlikely(!(cond)))                                            \
@@ -233,8 +243,7 @@ typedef struct treadle__context_s {
                                 reserve for `handle`'s tasks, or NULL */
 } treadle__context_t;
 
-extern __thread treadle__context_t treadle__ctx
-    __attribute__((tls_model("initial-exec")));
+extern __thread treadle__context_t treadle__ctx TREADLE_TLS_MODEL;
 
 /* ----------------------------------------------------------- inject.c */
 

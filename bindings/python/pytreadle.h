@@ -1,0 +1,155 @@
+/* The Python binding's C side, shared by its files (DESIGN.md "Python").
+ *
+ * runtime.c  the per-runtime record, the Python lane, GIL and thread
+ *            hooks, block_on, shutdown, Runtime and Handle types
+ * task.c     Python tasks (a C task whose state holds a coroutine), the
+ *            awaitable Op type, JoinHandle, sleep/yield/spawn/signals
+ * net.c      TcpListener and TcpStream, whose methods return Ops
+ *
+ * Every function here is called with the GIL held unless its comment says
+ * "no GIL". */
+#ifndef PYTREADLE_H
+#define PYTREADLE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdatomic.h>
+#include <pthread.h>
+
+#include "treadle.h"
+
+/* ------------------------------------------------------------ runtime */
+
+/* What the binding keeps per treadle runtime. Counted: the Runtime object,
+ * every Python task and every Handle object hold a reference. */
+typedef struct pyrt_s {
+  _Atomic long refs;
+  treadle_runtime_t *rt;     /* NULL once shut down; main thread only */
+  treadle_handle_t *h;       /* a reference; outlives rt */
+  int flavor;                /* TREADLE_CURRENT_THREAD or _MULTI_THREAD */
+  /* The Python lane: at most one thread of this runtime steps Python
+   * code at a time; the others queue the task's waker and go on with C
+   * work (DESIGN.md "GIL discipline"). */
+  _Atomic int lane_held;
+  _Atomic int lane_waiting;  /* wakers queued; read without mu */
+  pthread_mutex_t lane_mu;
+  treadle_waker_t **lane_wakers; /* guarded by lane_mu */
+  size_t lane_len, lane_cap;     /* guarded by lane_mu */
+  PyObject *on_start, *on_stop;  /* user hooks or NULL; freed with GIL */
+} pyrt_t;
+
+pyrt_t *pyrt_ref(pyrt_t *r);
+void pyrt_unref(pyrt_t *r); /* any thread; takes the GIL itself */
+
+/* Takes the runtime's lane for a task about to step Python code; false
+ * when another thread holds it (the task is then woken when it is free).
+ * No GIL. */
+bool pyrt_lane_enter(pyrt_t *r, treadle_cx_t *cx);
+/* No GIL. */
+void pyrt_lane_leave(pyrt_t *r);
+
+/* Raises the Python exception for a treadle error code; returns NULL. */
+PyObject *pyt_raise(treadle_err_t err);
+/* The exception object for a code (new reference), without raising. */
+PyObject *pyt_error_object(treadle_err_t err);
+/* Seconds (int or float) to nanoseconds: TypeError, ValueError for NaN;
+ * negative is 0 and inf is TREADLE_FOREVER. -1 with an exception set. */
+int pyt_duration(PyObject *secs, uint64_t *ns);
+
+/* ------------------------------------------------------------- tasks */
+
+/* What the task that is stepping Python code on this thread runs on;
+ * NULL outside a step. */
+typedef struct pytask_s pytask_t;
+extern __thread pytask_t *pyt_current;
+extern __thread treadle_cx_t *pyt_current_cx;
+pyrt_t *pytask_runtime(pytask_t *t);
+
+typedef struct joinobj_s joinobj_t;
+/* Spawns `awaitable` (a coroutine or anything with __await__) as a
+ * Python task on `r`; returns a new JoinHandle. */
+PyObject *pyt_spawn(pyrt_t *r, PyObject *awaitable);
+/* The main task of block_on: spawns it and drives the runtime on this
+ * thread (releasing the GIL) until it finishes, or until SIGINT arrives
+ * (watch_sigint) or 50 ms pass (when the runtime cannot watch signals),
+ * so that the caller may run Python's signal handlers. Returns True when
+ * the task finished, False on such a return early. */
+PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch_sigint);
+
+/* ---------------------------------------------------------------- ops */
+
+typedef enum {
+  OP_READY,   /* made complete: the await returns result at once */
+  OP_SLEEP,
+  OP_YIELD,
+  OP_JOIN,    /* a JoinHandle, optionally with a deadline */
+  OP_SIGNAL,
+  OP_ACCEPT,
+  OP_CONNECT,
+  OP_READ,
+  OP_READ_INTO,
+  OP_WRITE,
+} opkind_t;
+
+/* An awaitable leaf operation. `await op` yields the op to the task
+ * driver, which polls it without the GIL until READY, then converts its
+ * outcome to Python and resumes the coroutine. */
+typedef struct op_s {
+  PyObject_HEAD
+  opkind_t kind;
+  int stage;            /* 0 new, 1 yielded, 2 polled READY, 3 finished */
+  bool started;         /* first poll done (lazy inits happen there) */
+  treadle_err_t err;    /* outcome of the C poll */
+  PyObject *result;     /* OP_READY's value, or the finished outcome */
+  PyObject *owner;      /* stream, listener or JoinHandle kept alive */
+  union {
+    struct { uint64_t ns; treadle_sleep_t s; } sleep;
+    struct { uint64_t ns; treadle_sleep_t deadline; bool has_deadline; bool timed_out;
+             treadle_err_t status; void *value; } join;
+    struct { int signum; treadle_signal_t s; } signal;
+    struct { treadle_tcp_stream_t *out; struct sockaddr_storage peer;
+             bool anext; } accept;
+    struct { char *host; int port; treadle_tcp_connect_t c;
+             treadle_tcp_stream_t *out; } connect;
+    struct { size_t want, got; char *buf; bool heap; } read;
+    struct { Py_buffer view; size_t done; } io; /* READ_INTO and WRITE */
+  } u;
+} op_t;
+
+extern PyTypeObject pyt_op_type;
+op_t *pyt_op_new(opkind_t kind, PyObject *owner);
+/* An op whose await returns `value` (stolen) at once. */
+PyObject *pyt_op_ready(PyObject *value);
+/* An op whose await raises the error of `err` (or the exception set now,
+ * when err is 0). */
+PyObject *pyt_op_error(treadle_err_t err);
+
+/* ---------------------------------------------------------------- net */
+
+typedef struct {
+  PyObject_HEAD
+  treadle_tcp_stream_t *s;
+  bool reading, writing; /* an op of that direction is in flight */
+} streamobj_t;
+
+extern PyTypeObject pyt_stream_type, pyt_listener_type;
+PyObject *pyt_stream_wrap(treadle_tcp_stream_t *s); /* takes ownership */
+PyObject *pyt_addr_tuple(const struct sockaddr_storage *a);
+/* No GIL: the C poll of the network kinds. */
+treadle_poll_t pyt_net_poll(op_t *op, treadle_cx_t *cx);
+/* GIL: the Python outcome of a READY network op (new ref, or NULL with
+ * an exception set). */
+PyObject *pyt_net_finish(op_t *op);
+void pyt_net_op_clear(op_t *op);
+/* No GIL: moves a READY read's bytes out of this thread's buffer. */
+void pyt_net_keep(op_t *op);
+int pyt_net_init(PyObject *module);
+
+int pyt_runtime_init(PyObject *module);
+int pyt_task_init(PyObject *module);
+
+/* The module's exceptions. */
+extern PyObject *pyt_Error, *pyt_ShutdownError, *pyt_ClosedError,
+    *pyt_CancelledError;
+
+#endif

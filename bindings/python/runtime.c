@@ -1,0 +1,441 @@
+/* The binding's runtime record, the Python lane, thread hooks, errors and
+ * the RuntimeCore and Handle types (DESIGN.md "Python").
+ *
+ * GIL protocol:
+ * 1. A thread the runtime starts takes a Python thread state once, in its
+ *    start hook (PyGILState_Ensure, then PyEval_SaveThread), and gives it
+ *    back in its stop hook. Later PyGILState_Ensure calls on it are cheap.
+ * 2. Python code of a runtime runs in one lane at a time: a task about to
+ *    step takes the lane first (an atomic flag); if another thread holds
+ *    it, the task queues its waker and returns PENDING, and the holder
+ *    wakes the queued tasks when it leaves, so they run next on its own
+ *    thread. No worker ever waits for the GIL behind another worker.
+ * 3. Calls into treadle that may block or wait for threads (build,
+ *    block_on, shutdown) release the GIL; treadle never calls back into
+ *    Python while it holds one of its locks. */
+#include "pytreadle.h"
+
+#include <errno.h>
+#include <math.h>
+#include <netdb.h>
+#include <string.h>
+
+PyObject *pyt_Error, *pyt_ShutdownError, *pyt_ClosedError, *pyt_CancelledError;
+static PyObject *gaierror;
+
+/* ------------------------------------------------------------- errors */
+
+PyObject *pyt_error_object(treadle_err_t err) {
+  if (err == TREADLE_ECANCELED)
+    return PyObject_CallNoArgs(pyt_CancelledError);
+  if (err == TREADLE_ENOHOST)
+    return PyObject_CallFunction(gaierror, "is", EAI_NONAME,
+                                 treadle_strerror(err));
+  if (err > -4000)
+    return PyObject_CallFunction(PyExc_OSError, "is", -err, strerror(-err));
+  PyObject *cls = err == TREADLE_ESHUTDOWN ? pyt_ShutdownError
+                  : err == TREADLE_ECLOSED ? pyt_ClosedError
+                                           : pyt_Error;
+  PyObject *exc = PyObject_CallFunction(cls, "s", treadle_strerror(err));
+  if (exc == NULL)
+    return NULL;
+  PyObject *code = PyLong_FromLong(err);
+  PyObject *name = PyUnicode_FromString(treadle_err_name(err));
+  if (code == NULL || name == NULL ||
+      PyObject_SetAttrString(exc, "code", code) < 0 ||
+      PyObject_SetAttrString(exc, "name", name) < 0)
+    Py_CLEAR(exc);
+  Py_XDECREF(code);
+  Py_XDECREF(name);
+  return exc;
+}
+
+PyObject *pyt_raise(treadle_err_t err) {
+  PyObject *exc = pyt_error_object(err);
+  if (exc != NULL) {
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+  }
+  return NULL;
+}
+
+int pyt_duration(PyObject *secs, uint64_t *ns) {
+  if (!PyFloat_Check(secs) && !PyLong_Check(secs)) {
+    PyErr_Format(PyExc_TypeError, "seconds must be a number, not %.100s",
+                 Py_TYPE(secs)->tp_name);
+    return -1;
+  }
+  double d = PyFloat_Check(secs) ? PyFloat_AS_DOUBLE(secs)
+                                 : PyLong_AsDouble(secs);
+  if (d == -1.0 && PyErr_Occurred()) { /* an int past a double's range */
+    if (!PyErr_ExceptionMatches(PyExc_OverflowError))
+      return -1;
+    PyErr_Clear();
+    d = _PyLong_Sign(secs) < 0 ? 0.0 : INFINITY;
+  }
+  if (treadle_duration_from_secs(d, ns) != 0) {
+    PyErr_SetString(PyExc_ValueError, "seconds must not be NaN");
+    return -1;
+  }
+  return 0;
+}
+
+/* ------------------------------------------------------------ records */
+
+pyrt_t *pyrt_ref(pyrt_t *r) {
+  /* Relaxed: taking a reference from one already held orders nothing. */
+  atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+  return r;
+}
+
+void pyrt_unref(pyrt_t *r) {
+  if (r == NULL)
+    return;
+  /* acq_rel: the last owner sees every other owner's writes. */
+  if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  treadle_handle_unref(r->h);
+  if (r->on_start != NULL || r->on_stop != NULL) {
+    PyGILState_STATE g = PyGILState_Ensure();
+    Py_CLEAR(r->on_start);
+    Py_CLEAR(r->on_stop);
+    PyGILState_Release(g);
+  }
+  for (size_t i = 0; i < r->lane_len; i++)
+    treadle_waker_drop(r->lane_wakers[i]);
+  free(r->lane_wakers);
+  pthread_mutex_destroy(&r->lane_mu);
+  free(r);
+}
+
+/* --------------------------------------------------------------- lane */
+
+bool pyrt_lane_enter(pyrt_t *r, treadle_cx_t *cx) {
+  if (r->flavor == TREADLE_CURRENT_THREAD)
+    return true; /* one thread runs every task */
+  int free_ = 0;
+  /* seq_cst: with lane_waiting below, a Dekker pair against leave: either
+   * this CAS sees the lane free or the holder sees our queued waker. */
+  if (atomic_compare_exchange_strong_explicit(&r->lane_held, &free_, 1,
+                                              memory_order_seq_cst,
+                                              memory_order_seq_cst))
+    return true;
+  treadle_waker_t *w = treadle_waker_clone(treadle_cx_waker(cx));
+  pthread_mutex_lock(&r->lane_mu);
+  if (r->lane_len == r->lane_cap) {
+    size_t cap = r->lane_cap ? 2 * r->lane_cap : 64;
+    treadle_waker_t **nw = realloc(r->lane_wakers, cap * sizeof *nw);
+    if (nw == NULL) { /* cannot queue: run again soon instead */
+      pthread_mutex_unlock(&r->lane_mu);
+      treadle_waker_drop(w);
+      treadle_cx_yield(cx);
+      return false;
+    }
+    r->lane_wakers = nw;
+    r->lane_cap = cap;
+  }
+  r->lane_wakers[r->lane_len++] = w;
+  /* seq_cst: see the CAS above. */
+  atomic_fetch_add_explicit(&r->lane_waiting, 1, memory_order_seq_cst);
+  pthread_mutex_unlock(&r->lane_mu);
+  free_ = 0;
+  /* seq_cst: second half of the Dekker pair. Winning here leaves our own
+   * waker queued: one spurious poll, which finds its op still pending. */
+  return atomic_compare_exchange_strong_explicit(&r->lane_held, &free_, 1,
+                                                 memory_order_seq_cst,
+                                                 memory_order_seq_cst);
+}
+
+void pyrt_lane_leave(pyrt_t *r) {
+  if (r->flavor == TREADLE_CURRENT_THREAD)
+    return;
+  /* seq_cst: pairs with lane_enter's queue-then-CAS. */
+  atomic_store_explicit(&r->lane_held, 0, memory_order_seq_cst);
+  /* seq_cst: see lane_enter. */
+  if (atomic_load_explicit(&r->lane_waiting, memory_order_seq_cst) == 0)
+    return;
+  pthread_mutex_lock(&r->lane_mu);
+  treadle_waker_t **ws = r->lane_wakers;
+  size_t n = r->lane_len;
+  r->lane_wakers = NULL;
+  r->lane_len = r->lane_cap = 0;
+  /* Relaxed: under lane_mu; the CAS pair above carries the ordering. */
+  atomic_store_explicit(&r->lane_waiting, 0, memory_order_relaxed);
+  pthread_mutex_unlock(&r->lane_mu);
+  for (size_t i = 0; i < n; i++) /* from a worker: onto our own queue */
+    treadle_wake(ws[i]);
+  free(ws);
+}
+
+/* -------------------------------------------------------- thread hooks */
+
+static __thread PyGILState_STATE hook_gil;
+static __thread PyThreadState *hook_ts;
+
+static void call_hook(PyObject *fn) {
+  if (fn == NULL)
+    return;
+  PyObject *res = PyObject_CallNoArgs(fn);
+  if (res == NULL)
+    PyErr_WriteUnraisable(fn);
+  Py_XDECREF(res);
+}
+
+static void thread_start(void *ud) {
+  pyrt_t *r = ud;
+  hook_gil = PyGILState_Ensure();
+  call_hook(r->on_start);
+  hook_ts = PyEval_SaveThread();
+}
+
+static void thread_stop(void *ud) {
+  pyrt_t *r = ud;
+  PyEval_RestoreThread(hook_ts);
+  call_hook(r->on_stop);
+  PyGILState_Release(hook_gil);
+}
+
+/* ------------------------------------------------------------ Runtime */
+
+typedef struct {
+  PyObject_HEAD
+  pyrt_t *r;
+} coreobj_t;
+
+static PyTypeObject core_type, handle_type;
+
+/* Builds a runtime from a builder the package has configured through
+ * the SWIG functions. Called from swig/treadle.i. */
+PyObject *treadle_py_build(treadle_builder_t *b, int flavor,
+                           PyObject *on_start, PyObject *on_stop) {
+  if (b == NULL) {
+    PyErr_SetString(PyExc_ValueError, "no builder");
+    return NULL;
+  }
+  for (PyObject **fn = (PyObject *[]){on_start, on_stop}, **end = fn + 2;
+       fn < end; fn++)
+    if (*fn != Py_None && !PyCallable_Check(*fn)) {
+      PyErr_SetString(PyExc_TypeError, "thread hooks must be callable");
+      return NULL;
+    }
+  coreobj_t *self = PyObject_New(coreobj_t, &core_type);
+  if (self == NULL)
+    return NULL;
+  pyrt_t *r = self->r = calloc(1, sizeof *r);
+  if (r == NULL) {
+    Py_DECREF(self);
+    return PyErr_NoMemory();
+  }
+  atomic_init(&r->refs, 1);
+  pthread_mutex_init(&r->lane_mu, NULL);
+  r->flavor = flavor;
+  r->on_start = on_start == Py_None ? NULL : Py_NewRef(on_start);
+  r->on_stop = on_stop == Py_None ? NULL : Py_NewRef(on_stop);
+  treadle_builder_on_thread_start(b, thread_start, r);
+  treadle_builder_on_thread_stop(b, thread_stop, r);
+  treadle_runtime_t *rt = NULL;
+  treadle_err_t err;
+  Py_BEGIN_ALLOW_THREADS /* new threads take the GIL in their hook */
+  err = treadle_builder_build(b, &rt);
+  Py_END_ALLOW_THREADS
+  if (err != 0) {
+    Py_DECREF(self);
+    return pyt_raise(err);
+  }
+  r->rt = rt;
+  r->h = treadle_handle_ref(treadle_runtime_handle(rt));
+  return (PyObject *)self;
+}
+
+/* The handle of a RuntimeCore, for the SWIG metrics functions
+ * (borrowed; NULL with an exception set after shutdown). */
+treadle_handle_t *treadle_py_handle(PyObject *core) {
+  if (!PyObject_TypeCheck(core, &core_type) && !PyObject_TypeCheck(core, &handle_type)) {
+    PyErr_SetString(PyExc_TypeError, "expected a runtime or handle");
+    return NULL;
+  }
+  return ((coreobj_t *)core)->r->h;
+}
+
+static treadle_err_t shutdown_runtime(pyrt_t *r, uint64_t timeout_ns) {
+  treadle_runtime_t *rt = r->rt;
+  if (rt == NULL)
+    return 0;
+  if (pyt_current != NULL)
+    return TREADLE_EINRUNTIME;
+  treadle_err_t err;
+  Py_BEGIN_ALLOW_THREADS /* dropped tasks take the GIL to free coroutines */
+  err = timeout_ns == TREADLE_FOREVER ? treadle_runtime_free(rt)
+                                      : treadle_runtime_shutdown_timeout(rt, timeout_ns);
+  Py_END_ALLOW_THREADS
+  if (err == 0 || err == TREADLE_ETIMEDOUT)
+    r->rt = NULL;
+  return err;
+}
+
+static void core_dealloc(coreobj_t *self) {
+  if (self->r != NULL) {
+    if (shutdown_runtime(self->r, TREADLE_FOREVER) != 0)
+      PyErr_WriteUnraisable((PyObject *)self); /* leaked: see the error */
+    pyrt_unref(self->r);
+  }
+  PyObject_Free(self);
+}
+
+static PyObject *core_shutdown(coreobj_t *self, PyObject *arg) {
+  uint64_t ns = TREADLE_FOREVER;
+  if (arg != Py_None && pyt_duration(arg, &ns) < 0)
+    return NULL;
+  treadle_err_t err = shutdown_runtime(self->r, ns);
+  if (err == TREADLE_ETIMEDOUT)
+    Py_RETURN_FALSE;
+  if (err != 0)
+    return pyt_raise(err);
+  Py_RETURN_TRUE;
+}
+
+static PyObject *core_spawn(coreobj_t *self, PyObject *coro) {
+  if (self->r->rt == NULL)
+    return pyt_raise(TREADLE_ESHUTDOWN);
+  return pyt_spawn(self->r, coro);
+}
+
+static PyObject *core_block_on_step(coreobj_t *self, PyObject *args) {
+  PyObject *join;
+  int watch;
+  if (!PyArg_ParseTuple(args, "Op", &join, &watch))
+    return NULL;
+  if (self->r->rt == NULL)
+    return pyt_raise(TREADLE_ESHUTDOWN);
+  return pyt_block_on_step(self->r, join, watch);
+}
+
+static PyObject *handle_wrap(pyrt_t *r) {
+  coreobj_t *h = PyObject_New(coreobj_t, &handle_type);
+  if (h != NULL)
+    h->r = pyrt_ref(r);
+  return (PyObject *)h;
+}
+
+static PyObject *core_handle(coreobj_t *self, PyObject *unused) {
+  return handle_wrap(self->r);
+}
+
+static PyObject *core_is_shutdown(coreobj_t *self, void *unused) {
+  return PyBool_FromLong(self->r->rt == NULL);
+}
+
+static PyObject *core_flavor(coreobj_t *self, void *unused) {
+  return PyUnicode_FromString(self->r->flavor == TREADLE_CURRENT_THREAD
+                                  ? "current_thread" : "multi_thread");
+}
+
+static PyMethodDef core_methods[] = {
+    {"spawn", (PyCFunction)core_spawn, METH_O,
+     "spawn(coro) -> JoinHandle: runs coro as a task of this runtime."},
+    {"block_on_step", (PyCFunction)core_block_on_step, METH_VARARGS,
+     "block_on_step(join, watch_sigint) -> bool: drives the runtime until "
+     "the task of `join` finishes (True) or a signal needs Python (False)."},
+    {"shutdown", (PyCFunction)core_shutdown, METH_O,
+     "shutdown(timeout) -> bool: cancels every task and joins every thread; "
+     "False if blocking jobs were still running after timeout seconds."},
+    {"handle", (PyCFunction)core_handle, METH_NOARGS,
+     "handle() -> Handle: a thread-safe handle to this runtime."},
+    {NULL}};
+
+static PyGetSetDef core_getset[] = {
+    {"is_shutdown", (getter)core_is_shutdown, NULL, "True after shutdown.", NULL},
+    {"flavor", (getter)core_flavor, NULL, "current_thread or multi_thread.", NULL},
+    {NULL}};
+
+static PyTypeObject core_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "treadle._core.RuntimeCore",
+    .tp_basicsize = sizeof(coreobj_t),
+    .tp_dealloc = (destructor)core_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The C runtime under treadle.Runtime.",
+    .tp_methods = core_methods,
+    .tp_getset = core_getset,
+};
+
+/* ------------------------------------------------------------- Handle */
+
+static void handle_dealloc(coreobj_t *self) {
+  pyrt_unref(self->r);
+  PyObject_Free(self);
+}
+
+static PyObject *handle_spawn(coreobj_t *self, PyObject *coro) {
+  return pyt_spawn(self->r, coro);
+}
+
+static PyObject *handle_current(PyObject *cls, PyObject *unused) {
+  if (pyt_current == NULL) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "no treadle task is running on this thread");
+    return NULL;
+  }
+  return handle_wrap(pytask_runtime(pyt_current));
+}
+
+static PyMethodDef handle_methods[] = {
+    {"spawn", (PyCFunction)handle_spawn, METH_O,
+     "spawn(coro) -> JoinHandle: spawns coro onto the runtime, from any "
+     "thread (a worker, the main thread, a threading.Thread)."},
+    {"current", (PyCFunction)handle_current, METH_NOARGS | METH_STATIC,
+     "Handle.current() -> Handle: the runtime of the running task "
+     "(RuntimeError outside a task)."},
+    {NULL}};
+
+static PyTypeObject handle_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "treadle.Handle",
+    .tp_basicsize = sizeof(coreobj_t),
+    .tp_dealloc = (destructor)handle_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A thread-safe reference to a runtime: spawn onto it from "
+              "anywhere. It stays usable after the runtime shut down; "
+              "spawns then raise treadle.ShutdownError.",
+    .tp_methods = handle_methods,
+};
+
+int pyt_runtime_init(PyObject *m) {
+  PyObject *sock = PyImport_ImportModule("socket");
+  PyObject *aio = PyImport_ImportModule("asyncio");
+  if (sock == NULL || aio == NULL)
+    return -1;
+  gaierror = PyObject_GetAttrString(sock, "gaierror");
+  pyt_CancelledError = PyObject_GetAttrString(aio, "CancelledError");
+  Py_DECREF(sock);
+  Py_DECREF(aio);
+  if (gaierror == NULL || pyt_CancelledError == NULL)
+    return -1;
+  pyt_Error = PyErr_NewExceptionWithDoc(
+      "treadle.Error", "An error from treadle's core; .code and .name "
+      "give its TREADLE_E* code.", NULL, NULL);
+  pyt_ShutdownError = PyErr_NewExceptionWithDoc(
+      "treadle.ShutdownError", "The runtime has shut down.", pyt_Error, NULL);
+  pyt_ClosedError = PyErr_NewExceptionWithDoc(
+      "treadle.ClosedError", "The stream or listener was closed while "
+      "this operation waited.", pyt_Error, NULL);
+  if (pyt_Error == NULL || pyt_ShutdownError == NULL || pyt_ClosedError == NULL)
+    return -1;
+  if (PyType_Ready(&core_type) < 0 || PyType_Ready(&handle_type) < 0)
+    return -1;
+  if (PyModule_AddObjectRef(m, "Error", pyt_Error) < 0 ||
+      PyModule_AddObjectRef(m, "ShutdownError", pyt_ShutdownError) < 0 ||
+      PyModule_AddObjectRef(m, "ClosedError", pyt_ClosedError) < 0 ||
+      PyModule_AddObjectRef(m, "CancelledError", pyt_CancelledError) < 0 ||
+      PyModule_AddObjectRef(m, "RuntimeCore", (PyObject *)&core_type) < 0 ||
+      PyModule_AddObjectRef(m, "Handle", (PyObject *)&handle_type) < 0)
+    return -1;
+  return 0;
+}
+
+/* Called from the SWIG module's init. */
+int treadle_py_init(PyObject *m) {
+  if (pyt_runtime_init(m) < 0 || pyt_task_init(m) < 0 || pyt_net_init(m) < 0)
+    return -1;
+  return 0;
+}

@@ -1,0 +1,964 @@
+/* Python tasks, the awaitable Op, JoinHandle, and the module functions
+ * that make ops (DESIGN.md "Python").
+ *
+ * A Python task is a treadle task whose state holds a coroutine. Its poll:
+ * 1. If the coroutine waits on an op and no cancel is pending, poll the
+ *    op's C leaf future without the GIL; PENDING means the leaf holds the
+ *    task's waker, so return PENDING.
+ * 2. Take the runtime's Python lane (runtime.c), then the GIL. Finish the
+ *    op (turn its C outcome into Python objects), or throw CancelledError
+ *    if the task was aborted, and send into the coroutine until it yields
+ *    its next op or returns.
+ * 3. Give back the GIL and the lane; go to 1 with the new op, so that its
+ *    system call, too, runs without the GIL.
+ * The output is a PyObject (NULL for None): a returned value, or an
+ * exception with the pointer's low bit set; cancellation is
+ * TREADLE_ECANCELED. An exception nobody retrieves is printed once.
+ *
+ * Abort is asyncio's cancel: it sets a flag shared with the JoinHandle and
+ * wakes the task, which throws CancelledError at its await. A task that
+ * the runtime drops at shutdown has its coroutine closed instead. */
+#include "pytreadle.h"
+
+#include <signal.h>
+#include <stdint.h>
+
+__thread pytask_t *pyt_current;
+__thread treadle_cx_t *pyt_current_cx;
+static __thread bool dropping; /* a task's coroutine is being closed */
+
+/* What a task shares with its JoinHandle. */
+typedef struct {
+  _Atomic long refs;
+  _Atomic int cancel;                /* 1: abort requested */
+  _Atomic(treadle_waker_t *) waker;  /* the task's, from its first poll */
+} shared_t;
+
+struct pytask_s {
+  PyObject *coro; /* the iterator we send into; NULL once finished */
+  PyObject *ctx;  /* contextvars.Context copied at spawn */
+  op_t *op;       /* what the coroutine awaits, or NULL */
+  pyrt_t *r;
+  shared_t *sh;
+  bool cancel_seen;
+};
+
+struct joinobj_s {
+  PyObject_HEAD
+  treadle_join_t *j;
+  shared_t *sh;      /* NULL for a blocking job */
+  int outcome;       /* 0 not known yet, 1 value, 2 exception, 3 cancelled */
+  PyObject *value;   /* the value or the exception */
+  bool retrieved;    /* an awaiter saw the outcome */
+  bool awaiting;     /* a task awaits it now */
+  bool has_pending;  /* block_on's root took the output: pending_* */
+  treadle_err_t pending_status;
+  void *pending_value;
+};
+
+static PyTypeObject join_type;
+
+pyrt_t *pytask_runtime(pytask_t *t) { return t->r; }
+
+#define EXC_TAG ((uintptr_t)1)
+
+static void *tag_exception(PyObject *exc) {
+  return (void *)((uintptr_t)exc | EXC_TAG);
+}
+
+/* Takes the exception being raised, with its traceback attached, as a
+ * tagged output pointer. */
+static void *fetch_exception(void) {
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  PyErr_NormalizeException(&type, &value, &tb);
+  if (tb != NULL)
+    PyException_SetTraceback(value, tb);
+  Py_XDECREF(type);
+  Py_XDECREF(tb);
+  return tag_exception(value);
+}
+
+static void shared_unref(shared_t *sh) {
+  if (sh == NULL)
+    return;
+  /* acq_rel: the last owner sees the other's use of the waker. */
+  if (atomic_fetch_sub_explicit(&sh->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  treadle_waker_drop(atomic_load_explicit(&sh->waker, memory_order_relaxed));
+  free(sh);
+}
+
+static void report_unretrieved(PyObject *exc) {
+  if (PyErr_GivenExceptionMatches(exc, pyt_CancelledError))
+    return;
+  PySys_WriteStderr("Task exception was never retrieved\n");
+  PyObject *tb = PyException_GetTraceback(exc);
+  PyErr_Display((PyObject *)Py_TYPE(exc), exc, tb);
+  Py_XDECREF(tb);
+}
+
+/* drop_output of tasks and blocking jobs: an output nobody joined. Any
+ * thread. */
+static void output_drop(void *value) {
+  PyGILState_STATE g = PyGILState_Ensure();
+  PyObject *obj = (PyObject *)((uintptr_t)value & ~EXC_TAG);
+  if ((uintptr_t)value & EXC_TAG)
+    report_unretrieved(obj);
+  Py_DECREF(obj);
+  PyGILState_Release(g);
+}
+
+/* ----------------------------------------------------------------- Op */
+
+op_t *pyt_op_new(opkind_t kind, PyObject *owner) {
+  op_t *op = PyObject_New(op_t, &pyt_op_type);
+  if (op == NULL)
+    return NULL;
+  op->kind = kind;
+  op->stage = 0;
+  op->started = false;
+  op->err = 0;
+  op->result = NULL;
+  op->owner = Py_XNewRef(owner);
+  memset(&op->u, 0, sizeof op->u);
+  return op;
+}
+
+PyObject *pyt_op_ready(PyObject *value) {
+  if (value == NULL)
+    return NULL;
+  op_t *op = pyt_op_new(OP_READY, NULL);
+  if (op == NULL) {
+    Py_DECREF(value);
+    return NULL;
+  }
+  op->result = value;
+  op->stage = 3;
+  return (PyObject *)op;
+}
+
+static void join_take(joinobj_t *jo, treadle_err_t status, void *value);
+
+static void *fetch_exception(void);
+
+PyObject *pyt_op_error(treadle_err_t err) {
+  if (err != 0)
+    pyt_raise(err);
+  op_t *op = pyt_op_new(OP_READY, NULL);
+  void *exc = fetch_exception();
+  if (op == NULL) {
+    Py_DECREF((PyObject *)((uintptr_t)exc & ~EXC_TAG));
+    return NULL;
+  }
+  op->result = exc;
+  op->stage = 3;
+  return (PyObject *)op;
+}
+
+
+static void op_dealloc(op_t *op) {
+  switch (op->kind) {
+  case OP_SLEEP:
+    if (op->started)
+      treadle_sleep_drop(&op->u.sleep.s);
+    break;
+  case OP_JOIN:
+    if (op->u.join.has_deadline && op->started)
+      treadle_sleep_drop(&op->u.join.deadline);
+    if (op->stage == 2 && !op->u.join.timed_out) /* keep what was joined */
+      join_take((joinobj_t *)op->owner, op->u.join.status, op->u.join.value);
+    if (op->stage >= 1)
+      ((joinobj_t *)op->owner)->awaiting = false;
+    break;
+  case OP_SIGNAL:
+    if (op->started && op->err == 0)
+      treadle_signal_drop(&op->u.signal.s);
+    break;
+  case OP_READY:
+  case OP_YIELD:
+    break;
+  default:
+    pyt_net_op_clear(op);
+  }
+  Py_XDECREF(op->result);
+  Py_XDECREF(op->owner);
+  PyObject_Free(op);
+}
+
+/* No GIL. The C poll of an op; READY leaves stage 2. */
+static treadle_poll_t op_poll(op_t *op, treadle_cx_t *cx) {
+  if (op->stage >= 2)
+    return TREADLE_READY;
+  treadle_poll_t p = TREADLE_READY;
+  switch (op->kind) {
+  case OP_READY:
+    break;
+  case OP_SLEEP:
+    if (!op->started) {
+      treadle_sleep_init(&op->u.sleep.s, op->u.sleep.ns);
+      op->started = true;
+    }
+    p = treadle_sleep_poll(&op->u.sleep.s, cx, &op->err);
+    break;
+  case OP_YIELD:
+    if (!op->started) {
+      op->started = true;
+      treadle_cx_yield(cx);
+      p = TREADLE_PENDING;
+    }
+    break;
+  case OP_JOIN: {
+    joinobj_t *jo = (joinobj_t *)op->owner;
+    if (jo->outcome != 0 || jo->has_pending)
+      break;
+    p = treadle_join_poll(jo->j, cx, &op->u.join.status, &op->u.join.value);
+    if (p == TREADLE_READY || !op->u.join.has_deadline)
+      break;
+    if (!op->started) {
+      treadle_sleep_init(&op->u.join.deadline, op->u.join.ns);
+      op->started = true;
+    }
+    treadle_err_t err;
+    if (treadle_sleep_poll(&op->u.join.deadline, cx, &err) == TREADLE_READY) {
+      op->err = err;
+      op->u.join.timed_out = true;
+      p = TREADLE_READY;
+    }
+    break;
+  }
+  case OP_SIGNAL:
+    if (!op->started) {
+      op->started = true;
+      op->err = treadle_signal_init(&op->u.signal.s, treadle_cx_handle(cx),
+                                    op->u.signal.signum);
+      if (op->err != 0)
+        break;
+    }
+    p = treadle_signal_poll(&op->u.signal.s, cx, &op->err);
+    break;
+  default:
+    p = pyt_net_poll(op, cx);
+  }
+  if (p == TREADLE_READY)
+    op->stage = 2;
+  return p;
+}
+
+/* GIL. Turns a READY op's C outcome into op->result; -1 with an
+ * exception set when the outcome is an error. */
+static int op_finish(op_t *op) {
+  PyObject *res = NULL;
+  switch (op->kind) {
+  case OP_SLEEP:
+  case OP_SIGNAL:
+    res = op->err != 0 ? pyt_raise(op->err) : Py_NewRef(Py_None);
+    break;
+  case OP_YIELD:
+    res = Py_NewRef(Py_None);
+    break;
+  case OP_JOIN: {
+    joinobj_t *jo = (joinobj_t *)op->owner;
+    if (op->u.join.timed_out) {
+      res = op->err != 0 ? pyt_raise(op->err) : Py_NewRef(Py_False);
+      break;
+    }
+    if (jo->outcome == 0) {
+      if (jo->has_pending)
+        join_take(jo, jo->pending_status, jo->pending_value);
+      else
+        join_take(jo, op->u.join.status, op->u.join.value);
+    }
+    op->stage = 3; /* the outcome now belongs to the JoinHandle */
+    if (op->u.join.has_deadline) { /* treadle.timeout's wait: done */
+      res = Py_NewRef(Py_True);
+      break;
+    }
+    jo->retrieved = true;
+    if (jo->outcome == 1)
+      res = Py_NewRef(jo->value);
+    else if (jo->outcome == 2)
+      PyErr_SetObject((PyObject *)Py_TYPE(jo->value), jo->value);
+    else
+      pyt_raise(TREADLE_ECANCELED);
+    break;
+  }
+  default:
+    res = pyt_net_finish(op);
+  }
+  op->stage = 3;
+  if (res == NULL) {
+    op->result = fetch_exception();
+    return -1;
+  }
+  op->result = res;
+  return 0;
+}
+
+static PySendResult op_send(op_t *op, PyObject *arg, PyObject **out) {
+  if (op->stage == 0) {
+    if (pyt_current == NULL) {
+      if (dropping)
+        PyErr_SetString(pyt_ShutdownError, "the task's runtime dropped it");
+      else
+        PyErr_SetString(PyExc_RuntimeError,
+                        "treadle awaitables must be awaited in a treadle task "
+                        "(treadle.run, Runtime.block_on or treadle.spawn)");
+      return PYGEN_ERROR;
+    }
+    if (op->kind == OP_JOIN) {
+      joinobj_t *jo = (joinobj_t *)op->owner;
+      if (jo->awaiting) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "another task is already awaiting this JoinHandle");
+        return PYGEN_ERROR;
+      }
+      jo->awaiting = true;
+    }
+    op->stage = 1;
+    *out = Py_NewRef((PyObject *)op);
+    return PYGEN_NEXT;
+  }
+  if (op->stage != 3 || op->result == NULL) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    op->stage == 4 ? "this awaitable was already awaited"
+                                   : "treadle awaitable resumed before it was ready");
+    return PYGEN_ERROR;
+  }
+  PyObject *res = op->result;
+  op->result = NULL;
+  op->stage = 4;
+  if ((uintptr_t)res & EXC_TAG) {
+    PyObject *exc = (PyObject *)((uintptr_t)res & ~EXC_TAG);
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+    Py_DECREF(exc);
+    return PYGEN_ERROR;
+  }
+  *out = res;
+  return PYGEN_RETURN;
+}
+
+static PyObject *op_iternext(op_t *op) {
+  PyObject *out;
+  PySendResult r = op_send(op, Py_None, &out);
+  if (r == PYGEN_NEXT)
+    return out;
+  if (r == PYGEN_RETURN) {
+    if (out == Py_None)
+      Py_DECREF(out); /* plain StopIteration */
+    else {
+      PyObject *stop = PyObject_CallOneArg(PyExc_StopIteration, out);
+      Py_DECREF(out);
+      if (stop != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, stop);
+        Py_DECREF(stop);
+      }
+    }
+  }
+  return NULL;
+}
+
+static PyObject *op_send_method(op_t *op, PyObject *arg) {
+  return op_iternext(op);
+}
+
+static PyObject *op_await(op_t *op) { return Py_NewRef((PyObject *)op); }
+
+static PyAsyncMethods op_async = {
+    .am_await = (unaryfunc)op_await,
+    .am_send = (sendfunc)op_send,
+};
+
+static PyMethodDef op_methods[] = {
+    {"send", (PyCFunction)op_send_method, METH_O, "Generator protocol."},
+    {NULL}};
+
+PyTypeObject pyt_op_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "treadle._core.Op",
+    .tp_basicsize = sizeof(op_t),
+    .tp_dealloc = (destructor)op_dealloc,
+    .tp_as_async = &op_async,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A treadle operation; await it inside a treadle task.",
+    .tp_iter = PyObject_SelfIter,
+    .tp_iternext = (iternextfunc)op_iternext,
+    .tp_methods = op_methods,
+};
+
+/* --------------------------------------------------------------- tasks */
+
+/* Sends `val` or throws `exc` (both stolen) into the coroutine. */
+static PySendResult send_or_throw(PyObject *coro, PyObject *val,
+                                  PyObject *exc, PyObject **out) {
+  if (exc == NULL) {
+    PySendResult r = PyIter_Send(coro, val, out);
+    Py_DECREF(val);
+    return r;
+  }
+  PyObject *res = PyObject_CallMethod(coro, "throw", "O", exc);
+  if (res == NULL && PyErr_ExceptionMatches(PyExc_AttributeError) &&
+      !PyObject_HasAttrString(coro, "throw")) {
+    PyErr_Clear(); /* an iterator that cannot take it: fail with it */
+    PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+  }
+  Py_DECREF(exc);
+  if (res != NULL) {
+    *out = res;
+    return PYGEN_NEXT;
+  }
+  if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    *out = PyObject_GetAttrString(value, "value");
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return *out != NULL ? PYGEN_RETURN : PYGEN_ERROR;
+  }
+  return PYGEN_ERROR;
+}
+
+static void task_release_python(pytask_t *t) {
+  Py_CLEAR(t->op);
+  Py_CLEAR(t->coro);
+  Py_CLEAR(t->ctx);
+}
+
+/* GIL, lane. Runs the coroutine until it awaits an op that is not ready
+ * (false) or finishes (true, output set). */
+static bool step(pytask_t *t, treadle_cx_t *cx) {
+  pytask_t *saved = pyt_current;
+  treadle_cx_t *saved_cx = pyt_current_cx;
+  pyt_current = t;
+  pyt_current_cx = cx;
+  if (PyContext_Enter(t->ctx) < 0)
+    PyErr_WriteUnraisable(t->ctx);
+  PyObject *val = NULL, *exc = NULL;
+  /* Acquire: pairs with abort's store. */
+  if (!t->cancel_seen &&
+      atomic_load_explicit(&t->sh->cancel, memory_order_seq_cst) &&
+      (t->op == NULL || t->op->stage < 2)) {
+    t->cancel_seen = true;
+    Py_CLEAR(t->op);
+    exc = pyt_error_object(TREADLE_ECANCELED);
+  } else {
+    if (t->op != NULL) {
+      op_finish(t->op); /* the coroutine's await picks up the outcome */
+      Py_CLEAR(t->op);
+    }
+    val = Py_NewRef(Py_None);
+  }
+  bool done = false;
+  for (;;) {
+    PyObject *out = NULL;
+    if (val == NULL && exc == NULL) /* could not make the exception */
+      exc = (PyObject *)((uintptr_t)fetch_exception() & ~EXC_TAG);
+    PySendResult r = send_or_throw(t->coro, val, exc, &out);
+    val = exc = NULL;
+    if (r == PYGEN_NEXT) {
+      if (Py_IS_TYPE(out, &pyt_op_type)) {
+        t->op = (op_t *)out;
+        break;
+      }
+      exc = PyUnicode_FromFormat("a treadle task awaited %R, which is not a "
+                                 "treadle awaitable (asyncio futures do not "
+                                 "work on treadle)", out);
+      Py_DECREF(out);
+      if (exc != NULL) {
+        PyObject *msg = exc;
+        exc = PyObject_CallOneArg(PyExc_RuntimeError, msg);
+        Py_DECREF(msg);
+      }
+      continue;
+    }
+    done = true;
+    if (r == PYGEN_RETURN) {
+      if (out == Py_None)
+        Py_DECREF(out);
+      else
+        treadle_cx_set_output(cx, 0, out);
+    } else {
+      PyObject *value = (PyObject *)((uintptr_t)fetch_exception() & ~EXC_TAG);
+      if (PyErr_GivenExceptionMatches(value, pyt_CancelledError)) {
+        Py_DECREF(value);
+        treadle_cx_set_output(cx, TREADLE_ECANCELED, NULL);
+      } else {
+        treadle_cx_set_output(cx, 0, tag_exception(value));
+      }
+    }
+    break;
+  }
+  if (PyContext_Exit(t->ctx) < 0)
+    PyErr_WriteUnraisable(t->ctx);
+  if (done)
+    task_release_python(t);
+  pyt_current = saved;
+  pyt_current_cx = saved_cx;
+  return done;
+}
+
+static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
+  pytask_t *t = state;
+  shared_t *sh = t->sh;
+  /* Relaxed: only this task's poll writes it. */
+  if (atomic_load_explicit(&sh->waker, memory_order_relaxed) == NULL)
+    /* seq_cst: with abort's cancel store, a Dekker pair: abort sees the
+     * waker, or the load of cancel below sees the abort. */
+    atomic_store_explicit(&sh->waker, treadle_waker_clone(treadle_cx_waker(cx)),
+                          memory_order_seq_cst);
+  for (;;) {
+    /* seq_cst: see above. */
+    bool cancel = !t->cancel_seen &&
+                  atomic_load_explicit(&sh->cancel, memory_order_seq_cst);
+    if (t->op != NULL && !cancel && op_poll(t->op, cx) == TREADLE_PENDING)
+      return TREADLE_PENDING;
+    if (!pyrt_lane_enter(t->r, cx)) {
+      if (t->op != NULL)
+        pyt_net_keep(t->op); /* its bytes may be taken on another thread */
+      return TREADLE_PENDING;
+    }
+    PyGILState_STATE g = PyGILState_Ensure();
+    bool done = step(t, cx);
+    PyGILState_Release(g);
+    pyrt_lane_leave(t->r);
+    if (done)
+      return TREADLE_READY;
+  }
+}
+
+/* Runs once: at completion (nothing left but refs) or when the runtime
+ * drops the task (close the coroutine, as a dropped generator is). */
+static void task_drop(void *state) {
+  pytask_t *t = state;
+  if (t->coro != NULL || t->op != NULL || t->ctx != NULL) {
+    PyGILState_STATE g = PyGILState_Ensure();
+    Py_CLEAR(t->op);
+    if (t->coro != NULL && PyContext_Enter(t->ctx) == 0) {
+      bool saved = dropping;
+      dropping = true;
+      PyObject *res = PyObject_CallMethod(t->coro, "close", NULL);
+      dropping = saved;
+      if (res == NULL && !PyErr_ExceptionMatches(pyt_ShutdownError))
+        PyErr_WriteUnraisable(t->coro);
+      PyErr_Clear();
+      Py_XDECREF(res);
+      PyContext_Exit(t->ctx);
+    }
+    task_release_python(t);
+    PyGILState_Release(g);
+  }
+  shared_unref(t->sh);
+  pyrt_unref(t->r);
+}
+
+static const treadle_task_vtable_t task_vt = {
+    .poll = task_poll, .drop = task_drop, .drop_output = output_drop};
+
+static PyObject *to_iterator(PyObject *aw) {
+  if (PyCoro_CheckExact(aw))
+    return Py_NewRef(aw);
+  unaryfunc am_await = Py_TYPE(aw)->tp_as_async != NULL
+                           ? Py_TYPE(aw)->tp_as_async->am_await : NULL;
+  if (am_await == NULL) {
+    PyErr_Format(PyExc_TypeError,
+                 "a coroutine or awaitable was expected, got %.100s",
+                 Py_TYPE(aw)->tp_name);
+    return NULL;
+  }
+  PyObject *it = am_await(aw);
+  if (it != NULL && !PyIter_Check(it)) {
+    PyErr_Format(PyExc_TypeError, "__await__() returned non-iterator %.100s",
+                 Py_TYPE(it)->tp_name);
+    Py_CLEAR(it);
+  }
+  return it;
+}
+
+static joinobj_t *join_new(shared_t *sh) {
+  joinobj_t *jo = PyObject_New(joinobj_t, &join_type);
+  if (jo == NULL)
+    return NULL;
+  jo->j = NULL;
+  jo->sh = sh;
+  jo->outcome = 0;
+  jo->value = NULL;
+  jo->retrieved = jo->awaiting = jo->has_pending = false;
+  return jo;
+}
+
+PyObject *pyt_spawn(pyrt_t *r, PyObject *aw) {
+  PyObject *it = to_iterator(aw);
+  if (it == NULL)
+    return NULL;
+  PyObject *ctx = PyContext_CopyCurrent();
+  shared_t *sh = calloc(1, sizeof *sh);
+  joinobj_t *jo = sh != NULL ? join_new(sh) : NULL;
+  if (ctx == NULL || jo == NULL) {
+    Py_DECREF(it);
+    Py_XDECREF(ctx);
+    free(sh);
+    return ctx == NULL ? NULL : PyErr_NoMemory();
+  }
+  atomic_init(&sh->refs, 2);
+  pytask_t st = {.coro = it, .ctx = ctx, .r = pyrt_ref(r), .sh = sh};
+  treadle_err_t err = treadle_spawn(r->h, &task_vt, &st, sizeof st, &jo->j);
+  if (err != 0) {
+    pyrt_unref(r);
+    Py_DECREF(it);
+    Py_DECREF(ctx);
+    Py_DECREF(jo); /* frees sh */
+    return pyt_raise(err);
+  }
+  return (PyObject *)jo;
+}
+
+/* ------------------------------------------------------------ block_on */
+
+/* The root future of block_on: waits for the main task, and for SIGINT
+ * (or a 50 ms tick where signals cannot be watched) so that the thread
+ * calling block_on may run Python's signal handlers. */
+typedef struct {
+  joinobj_t *jo; /* borrowed: the caller keeps it */
+  bool watch, sig_armed, tick_armed, tick_failed;
+  treadle_signal_t sig;
+  treadle_sleep_t tick;
+} root_t;
+
+static treadle_poll_t root_poll(treadle_cx_t *cx, void *state) {
+  root_t *st = state;
+  joinobj_t *jo = st->jo;
+  if (treadle_join_poll(jo->j, cx, &jo->pending_status, &jo->pending_value) ==
+      TREADLE_READY) {
+    jo->has_pending = true; /* read by the caller after block_on returns */
+    treadle_cx_set_output(cx, 0, (void *)1);
+    return TREADLE_READY;
+  }
+  if (!st->watch)
+    return TREADLE_PENDING;
+  treadle_err_t err;
+  if (!st->sig_armed && !st->tick_armed) {
+    if (treadle_signal_init(&st->sig, treadle_cx_handle(cx), SIGINT) == 0)
+      st->sig_armed = true;
+    else {
+      treadle_sleep_init(&st->tick, 50 * TREADLE_NSEC_PER_MSEC);
+      st->tick_armed = true;
+    }
+  }
+  if (st->sig_armed && treadle_signal_poll(&st->sig, cx, &err) == TREADLE_READY)
+    return TREADLE_READY;
+  if (st->tick_armed && !st->tick_failed &&
+      treadle_sleep_poll(&st->tick, cx, &err) == TREADLE_READY) {
+    if (err == 0)
+      return TREADLE_READY;
+    st->tick_failed = true; /* no timers either: nothing can interrupt */
+  }
+  return TREADLE_PENDING;
+}
+
+static void root_drop(void *state) {
+  root_t *st = state;
+  if (st->sig_armed)
+    treadle_signal_drop(&st->sig);
+  if (st->tick_armed)
+    treadle_sleep_drop(&st->tick);
+}
+
+static const treadle_task_vtable_t root_vt = {.poll = root_poll,
+                                              .drop = root_drop};
+
+PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch) {
+  if (!Py_IS_TYPE(join, &join_type)) {
+    PyErr_SetString(PyExc_TypeError, "expected a JoinHandle");
+    return NULL;
+  }
+  joinobj_t *jo = (joinobj_t *)join;
+  if (pyt_current != NULL)
+    return pyt_raise(TREADLE_EINRUNTIME);
+  if (jo->outcome != 0 || jo->has_pending)
+    Py_RETURN_TRUE;
+  if (jo->awaiting || jo->j == NULL) {
+    PyErr_SetString(PyExc_RuntimeError, "this JoinHandle is awaited elsewhere");
+    return NULL;
+  }
+  root_t st = {.jo = jo, .watch = watch != 0};
+  void *value = NULL;
+  treadle_err_t err;
+  jo->awaiting = true;
+  Py_BEGIN_ALLOW_THREADS
+  err = treadle_runtime_block_on(r->rt, &root_vt, &st, sizeof st, &value);
+  Py_END_ALLOW_THREADS
+  jo->awaiting = false;
+  if (err != 0)
+    return pyt_raise(err);
+  return PyBool_FromLong(value == (void *)1);
+}
+
+/* ---------------------------------------------------------- JoinHandle */
+
+/* GIL. Records a joined output in the JoinHandle. */
+static void join_take(joinobj_t *jo, treadle_err_t status, void *value) {
+  jo->has_pending = false;
+  if (jo->outcome != 0)
+    return;
+  PyObject *obj = (PyObject *)((uintptr_t)value & ~EXC_TAG);
+  if (status == TREADLE_ECANCELED) {
+    jo->outcome = 3;
+    Py_XDECREF(obj);
+  } else if (status != 0) {
+    jo->outcome = 2;
+    Py_XDECREF(obj);
+    jo->value = pyt_error_object(status);
+    if (jo->value == NULL) {
+      PyObject *type, *tb;
+      PyErr_Fetch(&type, &jo->value, &tb);
+      Py_XDECREF(type);
+      Py_XDECREF(tb);
+    }
+  } else if ((uintptr_t)value & EXC_TAG) {
+    jo->outcome = 2;
+    jo->value = obj;
+  } else {
+    jo->outcome = 1;
+    jo->value = obj != NULL ? obj : Py_NewRef(Py_None);
+  }
+}
+
+static void join_dealloc(joinobj_t *jo) {
+  if (jo->has_pending)
+    join_take(jo, jo->pending_status, jo->pending_value);
+  if (jo->outcome == 2 && !jo->retrieved)
+    report_unretrieved(jo->value);
+  Py_XDECREF(jo->value);
+  treadle_join_detach(jo->j); /* an output dropped here re-enters the GIL */
+  shared_unref(jo->sh);
+  PyObject_Free(jo);
+}
+
+static PyObject *join_await(joinobj_t *jo) {
+  return (PyObject *)pyt_op_new(OP_JOIN, (PyObject *)jo);
+}
+
+static PyObject *join_abort(joinobj_t *jo, PyObject *unused) {
+  if (jo->j == NULL || jo->outcome != 0)
+    Py_RETURN_NONE;
+  if (jo->sh == NULL) {
+    treadle_join_abort(jo->j); /* a blocking job: cancels it if queued */
+    Py_RETURN_NONE;
+  }
+  /* seq_cst: Dekker pair with task_poll's waker store. */
+  atomic_store_explicit(&jo->sh->cancel, 1, memory_order_seq_cst);
+  treadle_waker_t *w = atomic_load_explicit(&jo->sh->waker, memory_order_seq_cst);
+  if (w != NULL)
+    treadle_wake_by_ref(w);
+  Py_RETURN_NONE;
+}
+
+static PyObject *join_done(joinobj_t *jo, PyObject *unused) {
+  return PyBool_FromLong(jo->outcome != 0 || jo->has_pending ||
+                         (jo->j != NULL && treadle_join_is_finished(jo->j)));
+}
+
+/* After block_on: the task's value, or its exception raised. */
+static PyObject *join_result(joinobj_t *jo, PyObject *unused) {
+  if (jo->has_pending)
+    join_take(jo, jo->pending_status, jo->pending_value);
+  jo->retrieved = true;
+  switch (jo->outcome) {
+  case 1:
+    return Py_NewRef(jo->value);
+  case 2:
+    PyErr_SetObject((PyObject *)Py_TYPE(jo->value), jo->value);
+    return NULL;
+  case 3:
+    return pyt_raise(TREADLE_ECANCELED);
+  }
+  PyErr_SetString(PyExc_RuntimeError, "the task has not finished");
+  return NULL;
+}
+
+static PyObject *join_id(joinobj_t *jo, void *unused) {
+  return PyLong_FromUnsignedLongLong(jo->j ? treadle_join_task_id(jo->j) : 0);
+}
+
+static PyMethodDef join_methods[] = {
+    {"abort", (PyCFunction)join_abort, METH_NOARGS,
+     "Cancels the task: CancelledError is thrown into it at its current "
+     "await (before its first step, it never runs). A blocking job is "
+     "cancelled only if it has not started."},
+    {"done", (PyCFunction)join_done, METH_NOARGS,
+     "True once the task has finished, failed or been cancelled."},
+    {"result", (PyCFunction)join_result, METH_NOARGS,
+     "The finished task's value; raises its exception, or CancelledError."},
+    {NULL}};
+
+static PyGetSetDef join_getset[] = {
+    {"id", (getter)join_id, NULL, "The task's id, unique in the process.", NULL},
+    {NULL}};
+
+static PyAsyncMethods join_async = {.am_await = (unaryfunc)join_await};
+
+static PyTypeObject join_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "treadle.JoinHandle",
+    .tp_basicsize = sizeof(joinobj_t),
+    .tp_dealloc = (destructor)join_dealloc,
+    .tp_as_async = &join_async,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A spawned task. `await handle` returns its value or raises "
+              "its exception (CancelledError once aborted). Dropping it "
+              "detaches the task.",
+    .tp_methods = join_methods,
+    .tp_getset = join_getset,
+};
+
+/* ------------------------------------------------------ blocking jobs */
+
+typedef struct {
+  PyObject *fn, *args, *ctx;
+} bjob_t;
+
+static treadle_err_t bjob_run(void *state, void **value) {
+  bjob_t *b = state;
+  PyGILState_STATE g = PyGILState_Ensure();
+  PyObject *res = PyContext_Enter(b->ctx) == 0 ? PyObject_Call(b->fn, b->args, NULL) : NULL;
+  if (res != NULL) {
+    *value = res == Py_None ? (Py_DECREF(res), NULL) : res;
+  } else {
+    *value = fetch_exception();
+  }
+  PyContext_Exit(b->ctx);
+  PyErr_Clear();
+  PyGILState_Release(g);
+  return 0;
+}
+
+static void bjob_drop(void *state) {
+  bjob_t *b = state;
+  PyGILState_STATE g = PyGILState_Ensure();
+  Py_XDECREF(b->fn);
+  Py_XDECREF(b->args);
+  Py_XDECREF(b->ctx);
+  PyGILState_Release(g);
+}
+
+static const treadle_blocking_vtable_t bjob_vt = {
+    .run = bjob_run, .drop = bjob_drop, .drop_output = output_drop};
+
+/* ---------------------------------------------------- module functions */
+
+static pytask_t *need_task(void) {
+  if (pyt_current == NULL)
+    PyErr_SetString(PyExc_RuntimeError,
+                    "no treadle task is running on this thread");
+  return pyt_current;
+}
+
+static PyObject *mod_sleep(PyObject *m, PyObject *secs) {
+  uint64_t ns;
+  if (pyt_duration(secs, &ns) < 0)
+    return NULL;
+  op_t *op = pyt_op_new(OP_SLEEP, NULL);
+  if (op != NULL)
+    op->u.sleep.ns = ns;
+  return (PyObject *)op;
+}
+
+static PyObject *mod_yield_now(PyObject *m, PyObject *unused) {
+  return (PyObject *)pyt_op_new(OP_YIELD, NULL);
+}
+
+static PyObject *mod_spawn(PyObject *m, PyObject *coro) {
+  pytask_t *t = need_task();
+  return t != NULL ? pyt_spawn(t->r, coro) : NULL;
+}
+
+static PyObject *mod_spawn_blocking(PyObject *m, PyObject *args) {
+  pytask_t *t = need_task();
+  if (t == NULL)
+    return NULL;
+  if (PyTuple_GET_SIZE(args) < 1 || !PyCallable_Check(PyTuple_GET_ITEM(args, 0))) {
+    PyErr_SetString(PyExc_TypeError, "spawn_blocking(fn, *args): fn must be callable");
+    return NULL;
+  }
+  bjob_t b = {.fn = Py_NewRef(PyTuple_GET_ITEM(args, 0)),
+              .args = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args)),
+              .ctx = PyContext_CopyCurrent()};
+  joinobj_t *jo = join_new(NULL);
+  if (b.args == NULL || b.ctx == NULL || jo == NULL) {
+    Py_XDECREF(jo);
+    bjob_drop(&b);
+    return NULL;
+  }
+  treadle_err_t err = treadle_spawn_blocking(t->r->h, &bjob_vt, &b, sizeof b, &jo->j);
+  if (err != 0) {
+    Py_DECREF(jo);
+    bjob_drop(&b);
+    return pyt_raise(err);
+  }
+  return (PyObject *)jo;
+}
+
+static PyObject *mod_current_worker(PyObject *m, PyObject *unused) {
+  return need_task() ? PyLong_FromLong(treadle_cx_worker(pyt_current_cx)) : NULL;
+}
+
+static PyObject *mod_signal(PyObject *m, PyObject *arg) {
+  int signum = PyLong_Check(arg) ? _PyLong_AsInt(arg) : -1;
+  if (!PyLong_Check(arg)) {
+    PyErr_Format(PyExc_TypeError, "signal number must be an int, not %.100s",
+                 Py_TYPE(arg)->tp_name);
+    return NULL;
+  }
+  if (signum == -1 && PyErr_Occurred())
+    return NULL;
+  if (signum <= 0 || signum >= NSIG || signum == SIGKILL || signum == SIGSTOP ||
+      signum == SIGSEGV || signum == SIGBUS || signum == SIGILL || signum == SIGFPE) {
+    PyErr_Format(PyExc_ValueError, "cannot wait for signal %d", signum);
+    return NULL;
+  }
+  op_t *op = pyt_op_new(OP_SIGNAL, NULL);
+  if (op != NULL)
+    op->u.signal.signum = signum;
+  return (PyObject *)op;
+}
+
+/* wait(join, seconds): True once the task finished, False at the deadline
+ * (treadle.timeout's building block). */
+static PyObject *mod_wait(PyObject *m, PyObject *const *args, Py_ssize_t n) {
+  uint64_t ns;
+  if (n != 2 || !Py_IS_TYPE(args[0], &join_type)) {
+    PyErr_SetString(PyExc_TypeError, "wait(join_handle, seconds)");
+    return NULL;
+  }
+  if (pyt_duration(args[1], &ns) < 0)
+    return NULL;
+  op_t *op = pyt_op_new(OP_JOIN, args[0]);
+  if (op != NULL) {
+    op->u.join.has_deadline = ns != TREADLE_FOREVER;
+    op->u.join.ns = ns; /* read at the first poll */
+  }
+  return (PyObject *)op;
+}
+
+static PyMethodDef task_functions[] = {
+    {"sleep", mod_sleep, METH_O, "sleep(seconds): an awaitable."},
+    {"yield_now", mod_yield_now, METH_NOARGS, "yield_now(): an awaitable."},
+    {"spawn", mod_spawn, METH_O, "spawn(coro) -> JoinHandle."},
+    {"spawn_blocking", mod_spawn_blocking, METH_VARARGS,
+     "spawn_blocking(fn, *args) -> JoinHandle (awaitable)."},
+    {"current_worker", mod_current_worker, METH_NOARGS, "current_worker() -> int."},
+    {"signal", mod_signal, METH_O, "signal(signum): an awaitable."},
+    {"wait", (PyCFunction)(void (*)(void))mod_wait, METH_FASTCALL,
+     "wait(join, seconds): awaitable, True when done, False on deadline."},
+    {NULL}};
+
+int pyt_task_init(PyObject *m) {
+  if (PyType_Ready(&pyt_op_type) < 0 || PyType_Ready(&join_type) < 0)
+    return -1;
+  if (PyModule_AddObjectRef(m, "JoinHandle", (PyObject *)&join_type) < 0 ||
+      PyModule_AddObjectRef(m, "Op", (PyObject *)&pyt_op_type) < 0)
+    return -1;
+  return PyModule_AddFunctions(m, task_functions);
+}

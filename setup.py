@@ -1,0 +1,52 @@
+"""Builds and installs the Python package `treadle` (pip install .).
+
+The extension treadle._core is made of the SWIG wrapper (swig/treadle.i),
+the binding's C driver (bindings/python/*.c) and treadle's core
+(core/src/*.c), so that it needs no installed libtreadle. SWIG writes the
+proxy module treadle/core.py, which build_py must therefore run after
+build_ext. Build in place for the tests with:
+
+    PYTHON=/usr/bin/python3 scripts/build_python.sh
+"""
+import glob
+import os
+
+from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PKG = os.path.join("bindings", "python", "treadle")
+
+
+class BuildPyAfterExt(build_py):
+    """Runs build_ext first, so that SWIG's core.py exists to be copied."""
+
+    def run(self):
+        self.run_command("build_ext")
+        super().run()
+
+
+core = Extension(
+    "treadle._core",
+    sources=["swig/treadle.i"]
+    + sorted(glob.glob("bindings/python/*.c"))
+    + sorted(glob.glob("core/src/*.c")),
+    include_dirs=["core/include", "core/src", "bindings/python"],
+    define_macros=[("TREADLE_BUILDING", "1"), ("TREADLE_DLOPEN", "1")],
+    swig_opts=["-Icore/include", "-Ibindings/python", "-outdir", PKG],
+    extra_compile_args=["-std=gnu11", "-fvisibility=hidden",
+                        "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+    extra_link_args=["-pthread"],
+)
+
+setup(
+    name="treadle",
+    version="0.1.0",
+    description="An asynchronous runtime in C, built the way Tokio is, for Python",
+    package_dir={"": os.path.join("bindings", "python")},
+    packages=["treadle"],
+    package_data={"treadle": ["py.typed", "*.pyi"]},
+    ext_modules=[core],
+    cmdclass={"build_py": BuildPyAfterExt},
+    python_requires=">=3.11",
+)
