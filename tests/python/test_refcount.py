@@ -1,0 +1,197 @@
+"""Reference counts stay steady across repeated runs of a test body.
+
+Only meaningful under a debug interpreter (python3-dbg), which has
+sys.gettotalrefcount; skipped otherwise. Run with:
+
+    PYTHONPATH=bindings/python /usr/bin/python3-dbg -m pytest tests/python/test_refcount.py
+"""
+
+import gc
+import socket
+import sys
+
+import pytest
+
+import treadle
+from conftest import run_on
+
+pytestmark = pytest.mark.skipif(not hasattr(sys, "gettotalrefcount"),
+                                reason="needs a debug interpreter (sys.gettotalrefcount)")
+
+RUNS = 5
+DELTA = 10  # each body repeats its operation >= 50 times, so one leaked ref per operation shows
+
+
+def steady(body):
+    counts = []
+    for _ in range(RUNS):
+        body()
+        gc.collect()
+        gc.collect()
+        counts.append(sys.gettotalrefcount())
+    tail = counts[-3:]
+    print(f"{body.__name__}: totalrefcount {counts}")
+    assert max(tail) - min(tail) <= DELTA, counts
+
+
+async def value(x):
+    await treadle.yield_now()
+    return x
+
+
+async def raiser(x):
+    await treadle.yield_now()
+    raise ValueError(x)
+
+
+async def forever():
+    await treadle.sleep(float("inf"))
+
+
+def test_sleep_and_yield(flavor):
+    async def main():
+        for _ in range(200):
+            await treadle.sleep(0)
+            await treadle.yield_now()
+        await treadle.sleep(0.001)
+
+    def sleeps():
+        run_on(flavor, main())
+
+    steady(sleeps)
+
+
+def test_spawn_join(flavor):
+    async def main():
+        total = 0
+        for i in range(200):
+            total += await treadle.spawn(value(i))
+        assert total == 199 * 200 // 2
+
+    def spawns():
+        run_on(flavor, main())
+
+    steady(spawns)
+
+
+def test_exceptions_abort_timeout(flavor):
+    async def main():
+        for i in range(50):
+            try:
+                await treadle.spawn(raiser(i))
+            except ValueError:
+                pass
+            jh = treadle.spawn(forever())
+            await treadle.yield_now()
+            jh.abort()
+            try:
+                await jh
+            except treadle.CancelledError:
+                pass
+            try:
+                await treadle.timeout(0, forever())
+            except TimeoutError:
+                pass
+            try:
+                await treadle.sleep(float("nan"))
+            except ValueError:
+                pass
+            try:
+                await treadle.sleep("x")
+            except TypeError:
+                pass
+
+    def errors():
+        run_on(flavor, main())
+
+    steady(errors)
+
+
+def test_spawn_blocking_and_handles(flavor):
+    def fail():
+        raise KeyError("k")
+
+    async def main():
+        h = treadle.Handle.current()
+        for i in range(50):
+            assert await treadle.spawn_blocking(abs, -i) == i
+            try:
+                await treadle.spawn_blocking(fail)
+            except KeyError:
+                pass
+            assert await h.spawn(value(i)) == i
+            treadle.current_worker()
+
+    def blocking():
+        run_on(flavor, main())
+
+    steady(blocking)
+
+
+def test_tcp(flavor):
+    async def main():
+        lst = await treadle.TcpListener.bind("127.0.0.1", 0)
+        port = lst.local_addr[1]
+        for i in range(50):
+            c = await treadle.TcpStream.connect("127.0.0.1", port)
+            s, addr = await lst.accept()
+            assert addr == c.local_addr and s.peer_addr == addr
+            await c.write(b"abc")
+            await c.write(bytearray(b"def"))
+            await c.write(memoryview(b"ghi"))
+            await c.shutdown()
+            buf = bytearray(4)
+            got = b""
+            while True:
+                n = await s.read_into(buf)
+                if not n:
+                    break
+                got += buf[:n]
+            assert got == b"abcdefghi"
+            await s.write(b"x")
+            s.close()
+            assert await c.read() == b"x"
+            assert await c.read() == b""
+            c.close()
+            try:
+                await c.read()
+            except treadle.ClosedError:
+                pass
+        lst.close()
+        try:
+            await treadle.TcpStream.connect("127.0.0.1", port)
+        except ConnectionRefusedError:
+            pass
+        try:
+            await treadle.TcpStream.connect("no-such-host.invalid", 1)
+        except socket.gaierror:
+            pass
+
+    def tcp():
+        run_on(flavor, main())
+
+    steady(tcp)
+
+
+def test_runtime_objects(flavor):
+    def runtimes():
+        for _ in range(10):
+            with treadle.Runtime(flavor=flavor, workers=2) as rt:
+                assert rt.block_on(value(1)) == 1
+                jh = rt.handle().spawn(value(2))
+                assert rt.block_on(join(jh)) == 2
+                m = rt.metrics()
+                assert m.workers >= 1 and len(m.per_worker) >= 0
+        rt2 = treadle.Runtime(flavor=flavor)
+        rt2.shutdown()
+        coro = value(3)
+        try:
+            rt2.block_on(coro)
+        except (treadle.ShutdownError, RuntimeError):
+            pass
+        coro.close()
+
+    async def join(jh):
+        return await jh
+
+    steady(runtimes)

@@ -1,0 +1,502 @@
+"""treadle.run, treadle.Runtime and its options, block_on/spawn/handle/metrics/shutdown."""
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import treadle
+from conftest import FLAVORS, forever, guarded
+
+
+async def answer(x=42):
+    await treadle.yield_now()
+    return x
+
+
+async def fail(exc):
+    await treadle.yield_now()
+    raise exc
+
+
+# ---------------------------------------------------------------- run
+
+def test_run_returns_result(run):
+    assert run(answer(7)) == 7
+
+
+@pytest.mark.parametrize("flavor", FLAVORS)
+def test_run_plain(flavor):
+    # no guard, no extra options: the documented call as users write it
+    assert treadle.run(answer("x"), flavor=flavor) == "x"
+
+
+def test_run_default_flavor():
+    assert treadle.run(answer(3)) == 3
+
+
+def test_run_propagates_exception(run):
+    err = KeyError("k")
+    with pytest.raises(KeyError) as info:
+        run(fail(err))
+    assert info.value is err
+
+
+def test_run_rejects_non_coroutine(flavor):
+    with pytest.raises((TypeError, ValueError)):
+        treadle.run(42, flavor=flavor)
+    with pytest.raises((TypeError, ValueError)):
+        treadle.run(answer, flavor=flavor)  # the function, not a coroutine
+
+
+def test_run_unknown_option(flavor):
+    coro = answer()
+    with pytest.raises(TypeError):
+        treadle.run(coro, flavor=flavor, no_such_option=True)
+    coro.close()
+
+
+def test_run_twice_in_a_row(run):
+    assert run(answer(1)) == 1
+    assert run(answer(2)) == 2
+
+
+def test_nested_run_raises(run):
+    async def main():
+        inner = answer()
+        try:
+            with pytest.raises((RuntimeError, treadle.Error)):
+                treadle.run(inner)
+        finally:
+            inner.close()
+        return "survived"
+
+    assert run(main()) == "survived"
+
+
+# ---------------------------------------------------------------- Runtime options
+
+@pytest.mark.parametrize("bad", ["bogus", "", 3])
+def test_bad_flavor(bad):
+    with pytest.raises((ValueError, TypeError)):
+        treadle.Runtime(flavor=bad)
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_bad_worker_count(bad):
+    with pytest.raises((ValueError, OverflowError, treadle.Error)):
+        treadle.Runtime(flavor="multi_thread", workers=bad)
+
+
+def test_bad_worker_type():
+    with pytest.raises(TypeError):
+        treadle.Runtime(flavor="multi_thread", workers="2")
+
+
+def test_unknown_runtime_option():
+    with pytest.raises(TypeError):
+        treadle.Runtime(no_such_option=1)
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_workers_option(workers):
+    with treadle.Runtime(flavor="multi_thread", workers=workers) as rt:
+        m = rt.metrics()
+        assert m.workers == workers
+        assert len(m.per_worker) == workers
+
+
+def test_current_thread_has_one_worker():
+    with treadle.Runtime(flavor="current_thread") as rt:
+        assert rt.metrics().workers == 1
+
+
+def test_all_options_accepted(flavor):
+    rt = treadle.Runtime(
+        flavor=flavor,
+        workers=2,
+        max_blocking_threads=4,
+        enable_io=True,
+        enable_time=True,
+        thread_name="treadle-opt",
+        on_thread_start=None,
+        on_thread_stop=None,
+    )
+    with rt:
+        assert rt.block_on(answer(5)) == 5
+
+
+def _thread_comm(tid):
+    with open(f"/proc/self/task/{tid}/comm") as f:
+        return f.read().strip()
+
+
+def test_thread_name_multi_thread():
+    async def where():
+        await treadle.yield_now()
+        return _thread_comm(threading.get_native_id())
+
+    async def main():
+        names = set()
+        for _ in range(20):
+            names.add(await treadle.spawn(where()))
+        return names
+
+    with treadle.Runtime(flavor="multi_thread", workers=2, thread_name="tw-named") as rt:
+        names = rt.block_on(guarded(main()))
+    # spawned tasks run on worker threads, which carry the name (comm is cut at 15 bytes)
+    assert names, names
+    assert all(n.startswith("tw-named") for n in names), names
+
+
+def test_thread_callbacks(flavor):
+    lock = threading.Lock()
+    started, stopped = [], []
+
+    def on_start():
+        with lock:
+            started.append(threading.get_native_id())
+
+    def on_stop():
+        with lock:
+            stopped.append(threading.get_native_id())
+
+    async def main():
+        # make sure the blocking pool has a thread too
+        return await treadle.spawn_blocking(threading.get_native_id)
+
+    rt = treadle.Runtime(flavor=flavor, workers=2, on_thread_start=on_start, on_thread_stop=on_stop)
+    blocking_tid = rt.block_on(guarded(main()))
+    rt.shutdown(timeout=10)
+    with lock:
+        started_s, stopped_s = sorted(started), sorted(stopped)
+    if flavor == "multi_thread":
+        assert len(started_s) >= 2, started_s  # at least the two workers
+    assert blocking_tid in started_s, (blocking_tid, started_s)
+    # every thread that started has stopped once the runtime is shut down
+    assert started_s == stopped_s
+    assert threading.get_native_id() not in started_s
+
+
+def test_thread_callback_must_be_callable():
+    with pytest.raises(TypeError):
+        treadle.Runtime(on_thread_start=42)
+
+
+# ---------------------------------------------------------------- block_on / spawn / handle
+
+def test_block_on(runtime):
+    assert runtime.block_on(answer(1)) == 1
+    assert runtime.block_on(answer(2)) == 2  # again on the same runtime
+
+
+def test_block_on_exception(runtime):
+    err = ValueError("in block_on")
+    with pytest.raises(ValueError) as info:
+        runtime.block_on(fail(err))
+    assert info.value is err
+    assert runtime.block_on(answer(3)) == 3  # the runtime is still usable
+
+
+def test_block_on_rejects_non_awaitable(runtime):
+    with pytest.raises(TypeError):
+        runtime.block_on(42)
+
+
+def test_block_on_from_inside_a_task_raises(runtime):
+    async def main():
+        inner = answer()
+        try:
+            with pytest.raises((RuntimeError, treadle.Error)):
+                runtime.block_on(inner)
+        finally:
+            inner.close()
+        other = treadle.Runtime(flavor="current_thread")
+        inner = answer()
+        try:
+            with pytest.raises((RuntimeError, treadle.Error)):
+                other.block_on(inner)
+        finally:
+            inner.close()
+            other.shutdown()
+        return "ok"
+
+    assert runtime.block_on(guarded(main())) == "ok"
+
+
+def test_runtime_spawn_then_join(runtime):
+    jh = runtime.spawn(answer(11))
+
+    async def join():
+        return await jh
+
+    assert runtime.block_on(guarded(join())) == 11
+    assert jh.done()
+
+
+def test_runtime_spawn_rejects_non_coroutine(runtime):
+    with pytest.raises(TypeError):
+        runtime.spawn(42)
+
+
+def test_multi_thread_spawn_runs_in_background():
+    ev = threading.Event()
+
+    async def setter():
+        ev.set()
+        return "set"
+
+    with treadle.Runtime(flavor="multi_thread", workers=2) as rt:
+        jh = rt.spawn(setter())
+        # no block_on: a worker runs it
+        assert ev.wait(10)
+        deadline = time.monotonic() + 10
+        while not jh.done() and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert jh.done()
+
+
+def test_current_thread_spawn_runs_only_inside_block_on():
+    ran = []
+
+    async def task():
+        ran.append(1)
+        return "ran"
+
+    async def join(jh):
+        return await jh
+
+    with treadle.Runtime(flavor="current_thread") as rt:
+        jh = rt.spawn(task())
+        time.sleep(0.05)
+        assert ran == []  # nobody drives a current_thread runtime outside block_on
+        assert not jh.done()
+        assert rt.block_on(guarded(join(jh))) == "ran"
+        assert ran == [1]
+
+
+def test_handle_spawn(runtime):
+    h = runtime.handle()
+    assert isinstance(h, treadle.Handle)
+    jh = h.spawn(answer(12))
+
+    async def join():
+        return await jh
+
+    assert runtime.block_on(guarded(join())) == 12
+
+
+def test_handle_current_is_this_runtime(runtime):
+    async def main():
+        h = treadle.Handle.current()
+        assert isinstance(h, treadle.Handle)
+        return await h.spawn(answer(13))
+
+    assert runtime.block_on(guarded(main())) == 13
+
+
+# ---------------------------------------------------------------- metrics
+
+def _check_metrics(m):
+    for name in ("workers", "live_tasks", "inject_queue_depth", "blocking_threads",
+                 "blocking_idle", "blocking_queue_depth"):
+        v = getattr(m, name)
+        assert isinstance(v, int) and v >= 0, (name, v)
+    assert isinstance(m.per_worker, list)
+    for w in m.per_worker:
+        for name in ("polls", "steals", "steal_operations", "parks", "unparks",
+                     "lifo_hits", "overflows", "local_queue_depth"):
+            v = getattr(w, name)
+            assert isinstance(v, int) and v >= 0, (name, v)
+
+
+def test_metrics_shape(runtime):
+    _check_metrics(runtime.metrics())
+
+
+def test_metrics_count_work(runtime, flavor):
+    async def main():
+        jhs = [treadle.spawn(answer(i)) for i in range(200)]
+        for j in jhs:
+            await j
+        await treadle.spawn_blocking(int, "1")
+
+    runtime.block_on(guarded(main()))
+    m = runtime.metrics()
+    _check_metrics(m)
+    assert m.workers == (2 if flavor == "multi_thread" else 1)
+    assert sum(w.polls for w in m.per_worker) >= 200
+    assert m.blocking_threads >= 1
+    assert m.blocking_idle <= m.blocking_threads
+
+
+def test_metrics_live_tasks(runtime):
+    async def main():
+        jh = treadle.spawn(forever())
+        await treadle.sleep(0.01)
+        live = runtime.metrics().live_tasks
+        jh.abort()
+        with pytest.raises(treadle.CancelledError):
+            await jh
+        return live
+
+    live = runtime.block_on(guarded(main()))
+    assert live >= 1
+    # the aborted task is released (maybe a moment after the join on multi_thread)
+    deadline = time.monotonic() + 5
+    while runtime.metrics().live_tasks >= live and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert runtime.metrics().live_tasks < live
+
+
+# ---------------------------------------------------------------- shutdown / context manager
+
+AFTER_SHUTDOWN = (treadle.ShutdownError, RuntimeError)
+
+
+def test_calls_after_shutdown_raise(flavor):
+    rt = treadle.Runtime(flavor=flavor, workers=2)
+    h = rt.handle()
+    assert rt.block_on(answer(1)) == 1
+    rt.shutdown()
+
+    coro = answer()
+    with pytest.raises(AFTER_SHUTDOWN):
+        rt.block_on(coro)
+    coro.close()
+
+    coro = answer()
+    with pytest.raises(AFTER_SHUTDOWN):
+        rt.spawn(coro)
+    coro.close()
+
+    coro = answer()
+    with pytest.raises(AFTER_SHUTDOWN):
+        h.spawn(coro)
+    coro.close()
+
+    # a second shutdown is harmless or a clear error
+    try:
+        rt.shutdown()
+    except AFTER_SHUTDOWN:
+        pass
+
+
+def test_shutdown_error_attributes(flavor):
+    rt = treadle.Runtime(flavor=flavor, workers=2)
+    rt.shutdown()
+    coro = answer()
+    try:
+        rt.block_on(coro)
+    except treadle.ShutdownError as e:
+        assert isinstance(e, treadle.Error)
+        assert isinstance(e.code, int) and e.code < 0
+        assert isinstance(e.name, str) and e.name
+    except RuntimeError:
+        pass
+    else:
+        pytest.fail("block_on after shutdown did not raise")
+    finally:
+        coro.close()
+
+
+def test_shutdown_with_pending_tasks_returns(flavor):
+    rt = treadle.Runtime(flavor=flavor, workers=2)
+
+    async def start():
+        jhs = [treadle.spawn(forever()) for _ in range(10)]
+        await treadle.sleep(0.01)
+        return jhs
+
+    jhs = rt.block_on(guarded(start()))
+    jhs.append(rt.spawn(forever()))
+    t0 = time.monotonic()
+    rt.shutdown(timeout=2)
+    took = time.monotonic() - t0
+    print(f"shutdown with 11 pending tasks took {took * 1000:.1f} ms")
+    assert took < 10
+
+
+def test_shutdown_timeout_none_with_pending_tasks(flavor):
+    rt = treadle.Runtime(flavor=flavor, workers=2)
+    rt.spawn(forever())
+    rt.block_on(answer())
+    t0 = time.monotonic()
+    rt.shutdown()  # pending tasks are cancelled, not waited for
+    assert time.monotonic() - t0 < 10
+
+
+def test_shutdown_bad_timeout(runtime):
+    with pytest.raises((TypeError, ValueError)):
+        runtime.shutdown(timeout="soon")
+
+
+def test_context_manager(flavor):
+    with treadle.Runtime(flavor=flavor, workers=2) as rt:
+        assert isinstance(rt, treadle.Runtime)
+        assert rt.block_on(answer(4)) == 4
+    coro = answer()
+    with pytest.raises(AFTER_SHUTDOWN):
+        rt.block_on(coro)
+    coro.close()
+
+
+def test_context_manager_exception_passes_through(flavor):
+    with pytest.raises(ZeroDivisionError):
+        with treadle.Runtime(flavor=flavor, workers=2) as rt:
+            rt.block_on(answer())
+            1 / 0
+    coro = answer()
+    with pytest.raises(AFTER_SHUTDOWN):
+        rt.block_on(coro)
+    coro.close()
+
+
+def test_many_runtimes_in_sequence(flavor):
+    for i in range(20):
+        with treadle.Runtime(flavor=flavor, workers=2) as rt:
+            assert rt.block_on(answer(i)) == i
+
+
+def test_two_runtimes_at_once():
+    with treadle.Runtime(flavor="multi_thread", workers=2) as a, \
+            treadle.Runtime(flavor="current_thread") as b:
+        ja = a.spawn(answer("a"))
+        jb = b.spawn(answer("b"))
+
+        async def join(jh):
+            return await jh
+
+        assert b.block_on(guarded(join(jb))) == "b"
+        assert a.block_on(guarded(join(ja))) == "a"
+
+
+# ---------------------------------------------------------------- errors and names
+
+def test_error_hierarchy():
+    assert issubclass(treadle.Error, Exception)
+    assert issubclass(treadle.ShutdownError, treadle.Error)
+    assert issubclass(treadle.ClosedError, treadle.Error)
+    assert treadle.CancelledError is asyncio.CancelledError
+
+
+def test_outside_a_task_raises_runtime_error():
+    with pytest.raises(RuntimeError):
+        treadle.Handle.current()
+    with pytest.raises(RuntimeError):
+        treadle.current_worker()
+    coro = answer()
+    with pytest.raises(RuntimeError):
+        treadle.spawn(coro)
+    coro.close()
+
+
+def test_public_names_have_docstrings():
+    names = ["run", "Runtime", "Handle", "JoinHandle", "spawn", "sleep", "yield_now", "timeout",
+             "spawn_blocking", "current_worker", "TcpListener", "TcpStream", "ctrl_c", "signal",
+             "Error", "ShutdownError", "ClosedError", "CancelledError"]
+    missing = [n for n in names if not hasattr(treadle, n)]
+    assert not missing, missing
+    undocumented = [n for n in names if n != "CancelledError" and not (getattr(treadle, n).__doc__ or "").strip()]
+    assert not undocumented, undocumented
