@@ -6,17 +6,49 @@ sys.gettotalrefcount; skipped otherwise. Run with:
     PYTHONPATH=bindings/python /usr/bin/python3-dbg -m pytest tests/python/test_refcount.py
 """
 
+import functools
 import gc
+import signal
 import socket
+import subprocess
 import sys
 
 import pytest
 
 import treadle
-from conftest import run_on
+from conftest import child_env, run_on
 
 pytestmark = pytest.mark.skipif(not hasattr(sys, "gettotalrefcount"),
                                 reason="needs a debug interpreter (sys.gettotalrefcount)")
+
+PROBE = """
+import treadle
+async def bad():
+    raise ValueError("probe")
+async def main():
+    try:
+        await treadle.spawn(bad())
+    except ValueError:
+        pass
+treadle.run(main(), flavor="current_thread")
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def exception_path_aborts():
+    """True when awaiting a treadle awaitable that raises kills a debug
+    interpreter (am_send returning PYGEN_ERROR without setting *result to NULL
+    trips CPython's assert in SEND; see /tmp/spec/test_findings.md)."""
+    p = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True,
+                       timeout=60, env=child_env())
+    return p.returncode == -signal.SIGABRT and "retval == NULL" in p.stderr
+
+
+def needs_exception_path():
+    if exception_path_aborts():
+        pytest.xfail("module bug: an awaitable that raises aborts the debug interpreter "
+                     "(ceval.c SEND: assert retval == NULL)")
+
 
 RUNS = 5
 DELTA = 10  # each body repeats its operation >= 50 times, so one leaked ref per operation shows
@@ -74,7 +106,41 @@ def test_spawn_join(flavor):
     steady(spawns)
 
 
+def test_argument_errors(flavor):
+    async def main():
+        for i in range(50):
+            try:
+                treadle.sleep(float("nan"))
+            except ValueError:
+                pass
+            try:
+                treadle.sleep("x")
+            except TypeError:
+                pass
+            c = value(i)
+            try:
+                await treadle.timeout(float("nan"), c)
+            except ValueError:
+                pass
+            finally:
+                c.close()
+            try:
+                treadle.spawn(42)
+            except TypeError:
+                pass
+
+    def arg_errors():
+        run_on(flavor, main())
+
+    steady(arg_errors)
+
+
 def test_exceptions_abort_timeout(flavor):
+    needs_exception_path()
+
+    def fail():
+        raise KeyError("k")
+
     async def main():
         for i in range(50):
             try:
@@ -93,12 +159,8 @@ def test_exceptions_abort_timeout(flavor):
             except TimeoutError:
                 pass
             try:
-                await treadle.sleep(float("nan"))
-            except ValueError:
-                pass
-            try:
-                await treadle.sleep("x")
-            except TypeError:
+                await treadle.spawn_blocking(fail)
+            except KeyError:
                 pass
 
     def errors():
@@ -108,17 +170,10 @@ def test_exceptions_abort_timeout(flavor):
 
 
 def test_spawn_blocking_and_handles(flavor):
-    def fail():
-        raise KeyError("k")
-
     async def main():
         h = treadle.Handle.current()
         for i in range(50):
             assert await treadle.spawn_blocking(abs, -i) == i
-            try:
-                await treadle.spawn_blocking(fail)
-            except KeyError:
-                pass
             assert await h.spawn(value(i)) == i
             treadle.current_worker()
 
@@ -153,24 +208,44 @@ def test_tcp(flavor):
             assert await c.read() == b"x"
             assert await c.read() == b""
             c.close()
-            try:
-                await c.read()
-            except treadle.ClosedError:
-                pass
         lst.close()
-        try:
-            await treadle.TcpStream.connect("127.0.0.1", port)
-        except ConnectionRefusedError:
-            pass
-        try:
-            await treadle.TcpStream.connect("no-such-host.invalid", 1)
-        except socket.gaierror:
-            pass
 
     def tcp():
         run_on(flavor, main())
 
     steady(tcp)
+
+
+def test_tcp_errors(flavor):
+    needs_exception_path()
+
+    async def main():
+        lst = await treadle.TcpListener.bind("127.0.0.1", 0)
+        port = lst.local_addr[1]
+        for i in range(50):
+            c = await treadle.TcpStream.connect("127.0.0.1", port)
+            s, _ = await lst.accept()
+            c.close()
+            s.close()
+            try:
+                await c.read()
+            except treadle.ClosedError:
+                pass
+            try:
+                await treadle.TcpStream.connect("no-such-host.invalid", 1)
+            except socket.gaierror:
+                pass
+        lst.close()
+        for i in range(50):
+            try:
+                await treadle.TcpStream.connect("127.0.0.1", port)
+            except ConnectionRefusedError:
+                pass
+
+    def tcp_errors():
+        run_on(flavor, main())
+
+    steady(tcp_errors)
 
 
 def test_runtime_objects(flavor):

@@ -205,24 +205,62 @@ def test_block_on_rejects_non_awaitable(runtime):
 
 
 def test_block_on_from_inside_a_task_raises(runtime):
+    other = treadle.Runtime(flavor="current_thread")
+
     async def main():
-        inner = answer()
-        try:
-            with pytest.raises((RuntimeError, treadle.Error)):
-                runtime.block_on(inner)
-        finally:
-            inner.close()
-        other = treadle.Runtime(flavor="current_thread")
-        inner = answer()
-        try:
-            with pytest.raises((RuntimeError, treadle.Error)):
-                other.block_on(inner)
-        finally:
-            inner.close()
-            other.shutdown()
+        for rt in (runtime, other):
+            inner = answer()
+            try:
+                with pytest.raises((RuntimeError, treadle.Error)):
+                    rt.block_on(inner)
+            finally:
+                inner.close()
         return "ok"
 
-    assert runtime.block_on(guarded(main())) == "ok"
+    try:
+        assert runtime.block_on(guarded(main())) == "ok"
+    finally:
+        other.shutdown()
+
+
+@pytest.mark.xfail(reason="module bug: a refused block_on has already spawned the coroutine, "
+                          "which then runs as a task (see /tmp/spec/test_findings.md)", strict=False)
+def test_refused_block_on_does_not_run_the_coroutine(runtime):
+    ran = []
+
+    async def inner():
+        ran.append(1)
+
+    async def main():
+        with pytest.raises((RuntimeError, treadle.Error)):
+            runtime.block_on(inner())
+        await treadle.sleep(0.05)
+        return list(ran)
+
+    assert runtime.block_on(guarded(main())) == []
+
+
+def test_shutdown_from_inside_a_task_is_refused_or_works(runtime):
+    other = treadle.Runtime(flavor="current_thread")
+
+    async def main():
+        try:
+            other.shutdown()
+        except (RuntimeError, treadle.Error):
+            return "refused"
+        return "done"
+
+    try:
+        r = runtime.block_on(guarded(main()))
+        assert r in ("refused", "done")
+        if r == "done":
+            assert other.is_shutdown
+    finally:
+        other.shutdown()
+    coro = answer()
+    with pytest.raises(AFTER_SHUTDOWN):
+        other.block_on(coro)
+    coro.close()
 
 
 def test_runtime_spawn_then_join(runtime):

@@ -123,29 +123,31 @@ def test_bad_signal_numbers(tmp_path, flavor):
 
 
 CTRL_C_SCRIPT = """
-import sys
+import signal, sys
 import treadle
 
-flavor = sys.argv[1]
+flavor, mode = sys.argv[1], sys.argv[2]
+if mode == "ignored":
+    # Python's own SIGINT handler out of the way: ctrl_c() is the only listener
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 async def main():
     async def waiter():
         await treadle.ctrl_c()
+        print("woken", flush=True)
         return "ctrl_c"
     jh = treadle.spawn(waiter())
     await treadle.sleep(0.1)
     print("ready", flush=True)
     return await treadle.timeout(20, jh)
 
-# block_on, not treadle.run: run() has its own Ctrl-C handling for the main task
-with treadle.Runtime(flavor=flavor, workers=2) as rt:
-    print(rt.block_on(main()), flush=True)
+print(treadle.run(main(), flavor=flavor, workers=2), flush=True)
 """
 
 
-def test_ctrl_c(tmp_path, flavor):
+def _ctrl_c(tmp_path, flavor, mode):
     script = write_script(tmp_path, "ctrlc.py", CTRL_C_SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script), flavor], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(script), flavor, mode], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=child_env())
     try:
         line = proc.stdout.readline()  # the child prints "ready" within its own 20 s bound
@@ -164,6 +166,27 @@ def test_ctrl_c(tmp_path, flavor):
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 0, (proc.returncode, err)
-    assert out.strip() == "ctrl_c"
+    return proc.returncode, out.split(), err
+
+
+def test_ctrl_c(tmp_path, flavor):
+    rc, out, err = _ctrl_c(tmp_path, flavor, "ignored")
+    assert rc == 0, (rc, err)
+    assert out == ["woken", "ctrl_c"], (out, err)
+
+
+def test_ctrl_c_wakes_with_python_handler_in_place(tmp_path, flavor):
+    rc, out, err = _ctrl_c(tmp_path, flavor, "default")
+    assert out[:1] == ["woken"], (out, err)
+
+
+@pytest.mark.xfail(reason="module bug: ctrl_c() chains to Python's SIGINT handler, so inside "
+                          "treadle.run the main task is cancelled and run() raises "
+                          "KeyboardInterrupt although the program listens for Ctrl-C "
+                          "(asyncio's add_signal_handler takes SIGINT over); "
+                          "see /tmp/spec/test_findings.md", strict=False)
+def test_ctrl_c_takes_sigint_over(tmp_path, flavor):
+    rc, out, err = _ctrl_c(tmp_path, flavor, "default")
+    assert rc == 0, (rc, err)
+    assert out == ["woken", "ctrl_c"], (out, err)
     assert "KeyboardInterrupt" not in err

@@ -41,11 +41,18 @@ def test_sleep_accepts_numbers(run, arg):
     assert run(main()) is None
 
 
-def test_sleep_accepts_int_subclass_and_float_like(run):
-    from fractions import Fraction
+def test_sleep_accepts_int_and_float_subclasses(run):
+    import enum
+
+    class Secs(float):
+        pass
+
+    class Small(enum.IntEnum):
+        ZERO = 0
 
     async def main():
-        await treadle.sleep(Fraction(1, 1000))
+        await treadle.sleep(Secs(0.001))
+        await treadle.sleep(Small.ZERO)
         return "ok"
 
     assert run(main()) == "ok"
