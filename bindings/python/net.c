@@ -297,9 +297,7 @@ static PyObject *listener_bind(PyObject *cls, PyObject *args, PyObject *kw) {
   unsigned char addr[sizeof(struct in6_addr)];
   if (*host != '\0' && strcmp(host, "localhost") != 0 &&
       inet_pton(AF_INET, host, addr) != 1 && inet_pton(AF_INET6, host, addr) != 1) {
-    PyErr_Format(PyExc_ValueError,
-                 "bind needs a numeric address or \"localhost\", not %R", hostobj);
-    return NULL;
+    return pyt_op_error(TREADLE_ENOHOST); /* bind resolves no names */
   }
   treadle_tcp_bind_opts_t opts = {backlog, reuse != 0};
   treadle_tcp_listener_t *l;

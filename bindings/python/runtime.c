@@ -60,13 +60,20 @@ PyObject *pyt_raise(treadle_err_t err) {
 }
 
 int pyt_duration(PyObject *secs, uint64_t *ns) {
-  if (!PyFloat_Check(secs) && !PyLong_Check(secs)) {
+  double d;
+  if (PyFloat_Check(secs)) {
+    d = PyFloat_AS_DOUBLE(secs);
+  } else if (PyLong_Check(secs)) {
+    d = PyLong_AsDouble(secs);
+  } else if (PyNumber_Check(secs) && !PyComplex_Check(secs)) {
+    d = PyFloat_AsDouble(secs); /* Fraction, Decimal, numpy scalars */
+    if (d == -1.0 && PyErr_Occurred())
+      return -1;
+  } else {
     PyErr_Format(PyExc_TypeError, "seconds must be a number, not %.100s",
                  Py_TYPE(secs)->tp_name);
     return -1;
   }
-  double d = PyFloat_Check(secs) ? PyFloat_AS_DOUBLE(secs)
-                                 : PyLong_AsDouble(secs);
   if (d == -1.0 && PyErr_Occurred()) { /* an int past a double's range */
     if (!PyErr_ExceptionMatches(PyExc_OverflowError))
       return -1;

@@ -26,6 +26,7 @@
 __thread pytask_t *pyt_current;
 __thread treadle_cx_t *pyt_current_cx;
 static __thread bool dropping; /* a task's coroutine is being closed */
+static bool sigint_taken;      /* GIL */
 
 /* What a task shares with its JoinHandle. */
 typedef struct {
@@ -304,6 +305,7 @@ static PySendResult op_send(op_t *op, PyObject *arg, PyObject **out) {
         PyErr_SetString(PyExc_RuntimeError,
                         "treadle awaitables must be awaited in a treadle task "
                         "(treadle.run, Runtime.block_on or treadle.spawn)");
+      *out = NULL;
       return PYGEN_ERROR;
     }
     if (op->kind == OP_JOIN) {
@@ -311,6 +313,7 @@ static PySendResult op_send(op_t *op, PyObject *arg, PyObject **out) {
       if (jo->awaiting) {
         PyErr_SetString(PyExc_RuntimeError,
                         "another task is already awaiting this JoinHandle");
+        *out = NULL;
         return PYGEN_ERROR;
       }
       jo->awaiting = true;
@@ -323,6 +326,7 @@ static PySendResult op_send(op_t *op, PyObject *arg, PyObject **out) {
     PyErr_SetString(PyExc_RuntimeError,
                     op->stage == 4 ? "this awaitable was already awaited"
                                    : "treadle awaitable resumed before it was ready");
+    *out = NULL;
     return PYGEN_ERROR;
   }
   PyObject *res = op->result;
@@ -332,6 +336,7 @@ static PySendResult op_send(op_t *op, PyObject *arg, PyObject **out) {
     PyObject *exc = (PyObject *)((uintptr_t)res & ~EXC_TAG);
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
     Py_DECREF(exc);
+    *out = NULL;
     return PYGEN_ERROR;
   }
   *out = res;
@@ -417,6 +422,7 @@ static PySendResult send_or_throw(PyObject *coro, PyObject *val,
     Py_XDECREF(tb);
     return *out != NULL ? PYGEN_RETURN : PYGEN_ERROR;
   }
+  *out = NULL;
   return PYGEN_ERROR;
 }
 
@@ -921,7 +927,23 @@ static PyObject *mod_signal(PyObject *m, PyObject *arg) {
   op_t *op = pyt_op_new(OP_SIGNAL, NULL);
   if (op != NULL)
     op->u.signal.signum = signum;
+  if (signum == SIGINT)
+    sigint_taken = true;
   return (PyObject *)op;
+}
+
+/* True once a task waited for SIGINT: from then on block_on's Ctrl-C
+ * policy leaves SIGINT to such tasks (Tokio's ctrl_c takes it over for
+ * the rest of the process, too). */
+static PyObject *mod_sigint_taken(PyObject *m, PyObject *unused) {
+  return PyBool_FromLong(sigint_taken);
+}
+
+/* Raises EINRUNTIME on a thread that runs a treadle task. */
+static PyObject *mod_check_not_in_task(PyObject *m, PyObject *unused) {
+  if (pyt_current != NULL)
+    return pyt_raise(TREADLE_EINRUNTIME);
+  Py_RETURN_NONE;
 }
 
 /* wait(join, seconds): True once the task finished, False at the deadline
@@ -950,6 +972,10 @@ static PyMethodDef task_functions[] = {
      "spawn_blocking(fn, *args) -> JoinHandle (awaitable)."},
     {"current_worker", mod_current_worker, METH_NOARGS, "current_worker() -> int."},
     {"signal", mod_signal, METH_O, "signal(signum): an awaitable."},
+    {"sigint_taken", mod_sigint_taken, METH_NOARGS,
+     "sigint_taken() -> bool: a task has waited for SIGINT."},
+    {"check_not_in_task", mod_check_not_in_task, METH_NOARGS,
+     "Raises treadle.Error (EINRUNTIME) inside a treadle task."},
     {"wait", (PyCFunction)(void (*)(void))mod_wait, METH_FASTCALL,
      "wait(join, seconds): awaitable, True when done, False on deadline."},
     {NULL}};

@@ -112,7 +112,9 @@ def signal(signum: int) -> Awaitable[None]:
 
 
 def ctrl_c() -> Awaitable[None]:
-    """``await ctrl_c()``: waits for SIGINT."""
+    """``await ctrl_c()``: waits for SIGINT. As with Tokio's ctrl_c, the
+    program then handles Ctrl-C itself: from the first call on,
+    block_on no longer cancels its main task on SIGINT."""
     return _core.signal(_signal.SIGINT)
 
 
@@ -200,6 +202,7 @@ class Runtime:
         waits. Ctrl-C (in the main thread) cancels the main task and then
         raises KeyboardInterrupt; a second Ctrl-C raises at once."""
         core = self._core
+        _core.check_not_in_task()  # before the spawn: a refusal runs nothing
         main = core.spawn(coro)
         in_main = _threading.current_thread() is _threading.main_thread()
         state = _Interrupt(main) if in_main else None
@@ -271,6 +274,8 @@ class _Interrupt:
         self.count = 0
 
     def __call__(self, signum: int, frame: Any) -> None:
+        if _core.sigint_taken():
+            return  # a task waits for Ctrl-C itself: it was woken
         self.count += 1
         if self.count == 1 and not self.main.done():
             self.main.abort()
