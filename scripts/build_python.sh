@@ -2,8 +2,10 @@
 # Builds the Python extension in place (bindings/python/treadle/_core*.so)
 # for the tests and examples, with the interpreter in $PYTHON (default:
 # Debian's /usr/bin/python3, which sees Debian's pytest and uvloop).
-# Extra arguments go to build_ext (e.g. --debug).
+# Objects go to $BUILD_TEMP (default build-python/<interpreter tag>); extra
+# arguments go to build_ext (e.g. --force). CFLAGS/LDFLAGS are honoured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-/usr/bin/python3}"
-"$PYTHON" setup.py -q build_ext --inplace --build-temp "build-python/$("$PYTHON" -c 'import sys; print(sys.implementation.cache_tag + getattr(sys, "abiflags", ""))')" "$@"
+tag="$("$PYTHON" -c 'import sys; print(sys.implementation.cache_tag + sys.abiflags)')"
+"$PYTHON" setup.py -q build_ext --inplace --build-temp "${BUILD_TEMP:-build-python/$tag}" "$@"

@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # Builds and runs every test: the C suite under ctest on the plain build,
 # then again under AddressSanitizer+UBSan, ThreadSanitizer and valgrind
-# memcheck. Pass preset names to run only those (default asan tsan valgrind).
+# memcheck; then the Python suite (tests/python, pytest) on Debian's python3,
+# its debug interpreter, and with the extension under ASan+UBSan and TSan.
+# Pass names to run only those (default asan tsan valgrind python
+# python-dbg python-asan python-tsan).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
 presets=("$@")
-[ ${#presets[@]} -eq 0 ] && presets=(default asan tsan valgrind)
+[ ${#presets[@]} -eq 0 ] &&
+  presets=(default asan tsan valgrind python python-dbg python-asan python-tsan)
 jobs="$(nproc)"
 for p in "${presets[@]}"; do
   echo "=== treadle: $p"
-  cmake --preset "$p" >/dev/null
-  cmake --build --preset "$p" -j "$jobs"
-  ctest --preset "$p" -j "$jobs"
+  case "$p" in
+  python) scripts/test_python.sh plain ;;
+  python-*) scripts/test_python.sh "${p#python-}" ;;
+  *)
+    cmake --preset "$p" >/dev/null
+    cmake --build --preset "$p" -j "$jobs"
+    ctest --preset "$p" -j "$jobs"
+    ;;
+  esac
 done
 echo "=== treadle: all tests passed (${presets[*]})"

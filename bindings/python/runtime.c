@@ -188,8 +188,10 @@ static void call_hook(PyObject *fn) {
   Py_XDECREF(res);
 }
 
+/* Each thread holds a reference: blocking threads may outlive a runtime
+ * shut down with a timeout. */
 static void thread_start(void *ud) {
-  pyrt_t *r = ud;
+  pyrt_t *r = pyrt_ref(ud);
   hook_gil = PyGILState_Ensure();
   call_hook(r->on_start);
   hook_ts = PyEval_SaveThread();
@@ -200,6 +202,7 @@ static void thread_stop(void *ud) {
   PyEval_RestoreThread(hook_ts);
   call_hook(r->on_stop);
   PyGILState_Release(hook_gil);
+  pyrt_unref(r);
 }
 
 /* ------------------------------------------------------------ Runtime */
@@ -267,9 +270,7 @@ treadle_handle_t *treadle_py_handle(PyObject *core) {
 static treadle_err_t shutdown_runtime(pyrt_t *r, uint64_t timeout_ns) {
   treadle_runtime_t *rt = r->rt;
   if (rt == NULL)
-    return 0;
-  if (pyt_current != NULL)
-    return TREADLE_EINRUNTIME;
+    return 0; /* the core refuses a runtime's own threads: EINRUNTIME */
   treadle_err_t err;
   Py_BEGIN_ALLOW_THREADS /* dropped tasks take the GIL to free coroutines */
   err = timeout_ns == TREADLE_FOREVER ? treadle_runtime_free(rt)
@@ -281,9 +282,13 @@ static treadle_err_t shutdown_runtime(pyrt_t *r, uint64_t timeout_ns) {
 }
 
 static void core_dealloc(coreobj_t *self) {
-  if (self->r != NULL) {
-    if (shutdown_runtime(self->r, TREADLE_FOREVER) != 0)
-      PyErr_WriteUnraisable((PyObject *)self); /* leaked: see the error */
+  treadle_err_t err = self->r != NULL ? shutdown_runtime(self->r, TREADLE_FOREVER) : 0;
+  if (err != 0) { /* dropped inside one of its tasks: it cannot stop, so
+                     it and its record stay, and we say so */
+    PyErr_SetString(pyt_Error, "a runtime dropped inside a treadle task was "
+                               "leaked: shut runtimes down outside their tasks");
+    PyErr_WriteUnraisable(NULL);
+  } else if (self->r != NULL) {
     pyrt_unref(self->r);
   }
   PyObject_Free(self);

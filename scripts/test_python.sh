@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Builds the Python extension in place and runs tests/python under pytest.
+#   scripts/test_python.sh [plain|dbg|asan|tsan]
+# plain: Debian's python3. dbg: Debian's debug interpreter (python3-dbg),
+# whose refcount checks and asserts catch reference bugs. asan / tsan: the
+# extension built with AddressSanitizer+UBSan or ThreadSanitizer, the
+# runtime preloaded into the (uninstrumented) interpreter.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode="${1:-plain}"
+scripts/setup.sh swig python3-dev python3-pytest python3-dbg
+py=/usr/bin/python3
+env=()
+case "$mode" in
+plain) ;;
+dbg) py=/usr/bin/python3-dbg ;;
+asan)
+  export CFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+  export LDFLAGS="-fsanitize=address,undefined"
+  env=(LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
+       ASAN_OPTIONS="detect_leaks=0:abort_on_error=1"
+       PYTHONMALLOC=malloc TREADLE_SANITIZER=asan)
+  ;;
+tsan)
+  export CFLAGS="-fsanitize=thread" LDFLAGS="-fsanitize=thread"
+  env=(LD_PRELOAD="$(gcc -print-file-name=libtsan.so)"
+       TSAN_OPTIONS="halt_on_error=1:report_signal_unsafe=0" TREADLE_SANITIZER=tsan)
+  ;;
+*) echo "unknown mode $mode" >&2; exit 2 ;;
+esac
+# Each mode builds in its own temp dir; the in-place .so is the last one.
+rm -f bindings/python/treadle/_core*.so
+PYTHON="$py" BUILD_TEMP="build-python/$mode" scripts/build_python.sh --force
+env "${env[@]}" PYTHONPATH=bindings/python "$py" -m pytest tests/python -q -p no:cacheprovider
