@@ -28,7 +28,11 @@ tsan)
   ;;
 *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac
-# Each mode builds in its own temp dir; the in-place .so is the last one.
+# Each mode builds in its own temp dir; a sanitizer's or the debug build
+# is replaced by the plain one afterwards, which the examples expect.
 rm -f bindings/python/treadle/_core*.so
+if [ "$mode" != plain ]; then
+  trap 'rm -f bindings/python/treadle/_core*.so; env -u CFLAGS -u LDFLAGS scripts/build_python.sh >/dev/null' EXIT
+fi
 PYTHON="$py" BUILD_TEMP="build-python/$mode" scripts/build_python.sh --force
 env "${env[@]}" PYTHONPATH=bindings/python "$py" -m pytest tests/python -q -p no:cacheprovider
