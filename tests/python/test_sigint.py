@@ -107,9 +107,14 @@ class Child:
         return "".join(self.err)
 
     def kill(self):
+        """Ends the child if it still runs, and closes the pipes."""
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+        self.t_out.join(5)
+        self.t_err.join(5)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
 
 
 def _ki_time(lines):

@@ -188,12 +188,10 @@ def test_ctrl_c_wakes_with_python_handler_in_place(tmp_path, flavor):
     assert out[:1] == ["woken"], (out, err)
 
 
-@pytest.mark.xfail(reason="module bug: ctrl_c() chains to Python's SIGINT handler, so inside "
-                          "treadle.run the main task is cancelled and run() raises "
-                          "KeyboardInterrupt although the program listens for Ctrl-C "
-                          "(asyncio's add_signal_handler takes SIGINT over); "
-                          "see /tmp/spec/test_findings.md", strict=False)
 def test_ctrl_c_takes_sigint_over(tmp_path, flavor):
+    # the natural use: Python's handler in place, ctrl_c() awaited inside
+    # treadle.run; listening for Ctrl-C takes SIGINT over (asyncio's
+    # add_signal_handler does the same), so run() returns normally
     rc, out, err = _ctrl_c(tmp_path, flavor, "default")
     assert rc == 0, (rc, err)
     assert out == ["woken", "ctrl_c"], (out, err)

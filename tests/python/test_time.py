@@ -43,6 +43,8 @@ def test_sleep_accepts_numbers(run, arg):
 
 def test_sleep_accepts_int_and_float_subclasses(run):
     import enum
+    from decimal import Decimal
+    from fractions import Fraction
 
     class Secs(float):
         pass
@@ -53,6 +55,8 @@ def test_sleep_accepts_int_and_float_subclasses(run):
     async def main():
         await treadle.sleep(Secs(0.001))
         await treadle.sleep(Small.ZERO)
+        await treadle.sleep(Fraction(1, 1000))  # any real number, as asyncio.sleep
+        await treadle.sleep(Decimal("0.001"))
         return "ok"
 
     assert run(main()) == "ok"
