@@ -1,0 +1,501 @@
+/* luaopen_treadle: the module, its runtimes and treadle.run (DESIGN.md
+ * "Lua").
+ *
+ * current_thread: the runtime's one home is the caller's lua_State; tasks
+ * are its coroutines and run while rt:block_on runs.
+ * multi_thread: block_on(module) starts, on every worker k, a boot task
+ * (pinned to k) that makes worker k's own lua_State, loads this module in
+ * it and spawns that state's main task: require(module) returns a function,
+ * called as main(k). block_on waits until every main has returned (or
+ * SIGINT), then returns worker 0's results, copied as channel values are.
+ * The worker states are closed after the runtime is freed, when no thread
+ * runs them any more.
+ *
+ * While block_on waits, a root task also listens for SIGINT (or, without
+ * enable_io, wakes every 50 ms): on SIGINT the runtime shuts down and
+ * block_on raises "interrupted". */
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lualib.h>
+
+#include "ltreadle.h"
+
+#define RUNTIME_MT "treadle.runtime"
+
+int luaopen_treadle(lua_State *L);
+
+typedef struct {
+  treadle_runtime_t *rt;
+  bool multi;
+  int workers;
+  lhome_t **homes;          /* one per worker (current_thread: one) */
+  /* multi_thread block_on, written by workers under mu: */
+  pthread_mutex_t mu;
+  _Atomic int left;         /* mains still running */
+  treadle_waker_t *root;    /* guarded by mu */
+  char *error;              /* first main's error message; guarded by mu */
+  void *results;            /* worker 0's results, packed; guarded by mu */
+  int nresults;
+  char *entry, *path, *cpath; /* for the worker states */
+} lrt_t;
+
+/* -------------------------------------------------------- worker mains */
+
+static void main_done(ltask_t *t, void *ud) {
+  lrt_t *r = ud;
+  char *err = NULL;
+  if (t->status == LT_ERROR) {
+    const char *msg = lua_tostring(t->co, -1);
+    err = strdup(msg != NULL ? msg : "a worker's main raised a non-string error");
+    t->joined = true; /* block_on reports it */
+  } else if (t->status == LT_OK && t->home->worker == 0 && t->nresults > 0) {
+    /* Keep worker 0's results in its state's registry until block_on
+     * copies them: the state outlives the runtime. */
+    lua_State *L = t->home->L;
+    lua_createtable(L, t->nresults, 0);
+    for (int i = 1; i <= t->nresults; i++) {
+      lua_pushvalue(t->co, -t->nresults - 1 + i);
+      lua_xmove(t->co, L, 1);
+      lua_rawseti(L, -2, i);
+    }
+    lua_setfield(L, LUA_REGISTRYINDEX, "treadle.results");
+    pthread_mutex_lock(&r->mu);
+    r->nresults = t->nresults;
+    pthread_mutex_unlock(&r->mu);
+  }
+  treadle_waker_t *root = NULL;
+  pthread_mutex_lock(&r->mu);
+  if (err != NULL && r->error == NULL)
+    r->error = err;
+  else
+    free(err);
+  /* Relaxed: mu orders it with the root's check. */
+  if (atomic_fetch_sub_explicit(&r->left, 1, memory_order_relaxed) == 1) {
+    root = r->root;
+    r->root = NULL;
+  }
+  pthread_mutex_unlock(&r->mu);
+  if (root != NULL)
+    treadle_wake(root);
+}
+
+static const char boot_chunk[] =
+    "local entry, worker = ...\n"
+    "local main = require(entry)\n"
+    "if type(main) == 'table' then main = main.main end\n"
+    "if type(main) ~= 'function' then\n"
+    "  error(\"module '\" .. entry .. \"' must return a function (or a table with main)\", 0)\n"
+    "end\n"
+    "return main(worker)\n";
+
+typedef struct {
+  lrt_t *r;
+  int worker;
+} boot_t;
+
+static int boot_protected(lua_State *L) {
+  lrt_t *r = lua_touserdata(L, 1);
+  lhome_t *home = lua_touserdata(L, 2);
+  luaL_openlibs(L);
+  lua_getglobal(L, "package");
+  lua_pushstring(L, r->path);
+  lua_setfield(L, -2, "path");
+  lua_pushstring(L, r->cpath);
+  lua_setfield(L, -2, "cpath");
+  lua_pop(L, 1);
+  luaL_requiref(L, "treadle", luaopen_treadle, 0);
+  lua_pop(L, 1);
+  if (luaL_loadbuffer(L, boot_chunk, sizeof boot_chunk - 1, "=treadle.worker") != LUA_OK)
+    return lua_error(L);
+  lua_pushstring(L, r->entry);
+  lua_pushinteger(L, home->worker);
+  ltask_t *t = lt_spawn(L, home, -3, 2);
+  t->on_done = main_done;
+  t->on_done_ud = r;
+  return 0;
+}
+
+static treadle_poll_t boot_poll(treadle_cx_t *cx, void *state) {
+  boot_t *b = state;
+  lrt_t *r = b->r;
+  lhome_t *home = r->homes[b->worker];
+  home->L = luaL_newstate();
+  const char *err = NULL;
+  if (home->L == NULL) {
+    err = "cannot create a lua_State";
+  } else {
+    lua_pushcfunction(home->L, boot_protected);
+    lua_pushlightuserdata(home->L, r);
+    lua_pushlightuserdata(home->L, home);
+    if (lua_pcall(home->L, 2, 0, 0) != LUA_OK)
+      err = lua_tostring(home->L, -1);
+  }
+  if (err != NULL) { /* counts as this worker's main failing */
+    treadle_waker_t *root = NULL;
+    pthread_mutex_lock(&r->mu);
+    if (r->error == NULL)
+      r->error = strdup(err);
+    /* Relaxed: mu orders it with the root's check. */
+    if (atomic_fetch_sub_explicit(&r->left, 1, memory_order_relaxed) == 1) {
+      root = r->root;
+      r->root = NULL;
+    }
+    pthread_mutex_unlock(&r->mu);
+    if (root != NULL)
+      treadle_wake(root);
+  }
+  return TREADLE_READY;
+}
+
+static const treadle_task_vtable_t boot_vt = {.poll = boot_poll};
+
+/* --------------------------------------------------------------- root */
+
+typedef struct {
+  lrt_t *r;
+  ltask_t *main;    /* current_thread: the main task */
+  bool sig_armed, tick_armed, tick_failed, interrupted;
+  treadle_signal_t sig;
+  treadle_sleep_t tick;
+} root_t;
+
+static treadle_poll_t root_poll(treadle_cx_t *cx, void *state) {
+  root_t *st = state;
+  if (st->main != NULL) { /* current_thread: same thread as the task */
+    if (st->main->status != LT_RUNNING)
+      return TREADLE_READY;
+    if (st->main->joiner == NULL)
+      st->main->joiner = treadle_waker_clone(treadle_cx_waker(cx));
+  } else {
+    lrt_t *r = st->r;
+    pthread_mutex_lock(&r->mu);
+    bool done = atomic_load_explicit(&r->left, memory_order_relaxed) == 0;
+    if (!done && r->root == NULL)
+      r->root = treadle_waker_clone(treadle_cx_waker(cx));
+    pthread_mutex_unlock(&r->mu);
+    if (done)
+      return TREADLE_READY;
+  }
+  treadle_err_t err;
+  if (!st->sig_armed && !st->tick_armed) {
+    if (treadle_signal_init(&st->sig, treadle_cx_handle(cx), SIGINT) == 0) {
+      st->sig_armed = true;
+    } else {
+      treadle_sleep_init(&st->tick, 50 * TREADLE_NSEC_PER_MSEC);
+      st->tick_armed = true;
+    }
+  }
+  if (st->sig_armed && treadle_signal_poll(&st->sig, cx, &err) == TREADLE_READY) {
+    st->interrupted = err == 0;
+    return TREADLE_READY;
+  }
+  if (st->tick_armed && !st->tick_failed &&
+      treadle_sleep_poll(&st->tick, cx, &err) == TREADLE_READY) {
+    if (err != 0)
+      st->tick_failed = true;
+    else { /* no signal driver: re-arm and look again */
+      treadle_sleep_drop(&st->tick);
+      treadle_sleep_init(&st->tick, 50 * TREADLE_NSEC_PER_MSEC);
+      treadle_sleep_poll(&st->tick, cx, &err);
+    }
+  }
+  return TREADLE_PENDING;
+}
+
+static void root_drop(void *state) {
+  root_t *st = state;
+  if (st->sig_armed)
+    treadle_signal_drop(&st->sig);
+  if (st->tick_armed)
+    treadle_sleep_drop(&st->tick);
+  if (st->main != NULL && st->main->joiner != NULL) {
+    treadle_waker_drop(st->main->joiner);
+    st->main->joiner = NULL;
+  }
+}
+
+static treadle_poll_t root_outer(treadle_cx_t *cx, void *state) {
+  root_t **pst = state;
+  return root_poll(cx, *pst);
+}
+static void root_outer_drop(void *state) { root_drop(*(root_t **)state); }
+static const treadle_task_vtable_t root_vt = {.poll = root_outer, .drop = root_outer_drop};
+
+/* ------------------------------------------------------------ runtime */
+
+static lrt_t *check_rt(lua_State *L) {
+  lrt_t *r = luaL_checkudata(L, 1, RUNTIME_MT);
+  if (r->rt == NULL)
+    luaL_error(L, "the runtime has shut down");
+  return r;
+}
+
+static bool opt_bool(lua_State *L, int idx, const char *name, bool def) {
+  bool v = def;
+  if (lua_getfield(L, idx, name) != LUA_TNIL) {
+    luaL_argcheck(L, lua_isboolean(L, -1), idx, lua_pushfstring(L, "%s must be a boolean", name));
+    v = lua_toboolean(L, -1);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static void free_homes(lrt_t *r) {
+  for (int i = 0; i < r->workers && r->homes != NULL; i++) {
+    lhome_t *home = r->homes[i];
+    if (home == NULL)
+      continue;
+    if (home->owns_state && home->L != NULL)
+      lua_close(home->L);
+    treadle_handle_unref(home->h);
+    free(home);
+  }
+  free(r->homes);
+  r->homes = NULL;
+}
+
+/* Frees the runtime (every task is dropped), then the worker states. */
+static treadle_err_t rt_shutdown(lrt_t *r, uint64_t timeout_ns) {
+  if (r->rt == NULL)
+    return 0;
+  treadle_err_t err = timeout_ns == TREADLE_FOREVER
+                          ? treadle_runtime_free(r->rt)
+                          : treadle_runtime_shutdown_timeout(r->rt, timeout_ns);
+  if (err != 0 && err != TREADLE_ETIMEDOUT)
+    return err;
+  r->rt = NULL;
+  free_homes(r);
+  treadle_waker_drop(r->root);
+  r->root = NULL;
+  free(r->error);
+  free(r->entry);
+  free(r->path);
+  free(r->cpath);
+  r->error = r->entry = r->path = r->cpath = NULL;
+  pthread_mutex_destroy(&r->mu);
+  return err;
+}
+
+static int l_runtime(lua_State *L) {
+  const char *flavor = "current_thread";
+  lua_Integer workers = 0;
+  bool io = true, time = true;
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (lua_getfield(L, 1, "flavor") != LUA_TNIL)
+      flavor = luaL_checkstring(L, -1);
+    lua_pop(L, 1);
+    if (lua_getfield(L, 1, "workers") != LUA_TNIL) {
+      workers = luaL_checkinteger(L, -1);
+      luaL_argcheck(L, workers >= 1 && workers <= 1024, 1, "workers must be in 1..1024");
+    }
+    lua_pop(L, 1);
+    io = opt_bool(L, 1, "enable_io", true);
+    time = opt_bool(L, 1, "enable_time", true);
+  }
+  bool multi = strcmp(flavor, "multi_thread") == 0;
+  if (!multi && strcmp(flavor, "current_thread") != 0)
+    return luaL_argerror(L, 1, "flavor must be \"current_thread\" or \"multi_thread\"");
+  lrt_t *r = lua_newuserdatauv(L, sizeof *r, 0);
+  memset(r, 0, sizeof *r);
+  luaL_setmetatable(L, RUNTIME_MT);
+  treadle_builder_t *b;
+  treadle_err_t err = treadle_builder_new(multi ? TREADLE_MULTI_THREAD : TREADLE_CURRENT_THREAD, &b);
+  if (err == 0 && workers > 0)
+    err = treadle_builder_worker_threads(b, (unsigned)workers);
+  if (err == 0 && io)
+    err = treadle_builder_enable_io(b);
+  if (err == 0 && time)
+    err = treadle_builder_enable_time(b);
+  if (err == 0)
+    err = treadle_builder_build(b, &r->rt);
+  treadle_builder_free(b);
+  if (err != 0)
+    return luaL_error(L, "cannot build the runtime: %s", treadle_strerror(err));
+  pthread_mutex_init(&r->mu, NULL);
+  r->multi = multi;
+  treadle_runtime_metrics_t m;
+  treadle_handle_metrics(treadle_runtime_handle(r->rt), &m);
+  r->workers = multi ? (int)m.workers : 1;
+  r->homes = calloc((size_t)r->workers, sizeof *r->homes);
+  for (int i = 0; r->homes != NULL && i < r->workers; i++) {
+    lhome_t *home = r->homes[i] = calloc(1, sizeof *home);
+    if (home == NULL)
+      break;
+    home->h = treadle_handle_ref(treadle_runtime_handle(r->rt));
+    home->worker = i;
+    home->owns_state = multi;
+  }
+  if (r->homes == NULL || r->homes[r->workers - 1] == NULL) {
+    rt_shutdown(r, TREADLE_FOREVER);
+    return luaL_error(L, "not enough memory");
+  }
+  if (!multi) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_MAINTHREAD);
+    r->homes[0]->L = lua_tothread(L, -1);
+    lua_pop(L, 1);
+  }
+  return 1;
+}
+
+/* Drives the runtime until the root says so; raises "interrupted" after a
+ * shutdown on SIGINT. */
+static void drive(lua_State *L, lrt_t *r, root_t *st) {
+  root_t *pst = st;
+  treadle_err_t err = treadle_runtime_block_on(r->rt, &root_vt, &pst, sizeof pst, NULL);
+  if (err != 0)
+    luaL_error(L, "block_on: %s", treadle_strerror(err));
+  if (st->interrupted) {
+    rt_shutdown(r, TREADLE_FOREVER);
+    luaL_error(L, "interrupted");
+  }
+}
+
+static int block_on_current(lua_State *L, lrt_t *r) {
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  ltask_t *main = lt_spawn(L, r->homes[0], 2, lua_gettop(L) - 2);
+  root_t st = {.r = r, .main = main};
+  drive(L, r, &st);
+  main->joined = true;
+  return lt_task_results(L, main);
+}
+
+static int block_on_multi(lua_State *L, lrt_t *r) {
+  const char *entry = luaL_checkstring(L, 2);
+  if (r->entry != NULL)
+    return luaL_error(L, "a multi_thread runtime runs its module once");
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  lua_getfield(L, -2, "cpath");
+  r->path = strdup(lua_tostring(L, -2) ? lua_tostring(L, -2) : "");
+  r->cpath = strdup(lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
+  lua_pop(L, 3);
+  r->entry = strdup(entry);
+  atomic_store_explicit(&r->left, r->workers, memory_order_relaxed);
+  for (int k = 0; k < r->workers; k++) {
+    boot_t b = {r, k};
+    treadle_spawn_opts_t opts = TREADLE_SPAWN_OPTS_INIT;
+    opts.worker = k;
+    treadle_err_t err = treadle_spawn_with(r->homes[k]->h, &boot_vt, &b, sizeof b, &opts, NULL);
+    if (err != 0)
+      return luaL_error(L, "cannot start worker %d: %s", k, treadle_strerror(err));
+  }
+  root_t st = {.r = r};
+  drive(L, r, &st);
+  if (r->error != NULL) {
+    lua_pushstring(L, r->error);
+    rt_shutdown(r, TREADLE_FOREVER);
+    return lua_error(L);
+  }
+  /* Copy worker 0's results out of its state before it is closed. */
+  int n = r->nresults;
+  void *blob = NULL;
+  if (n > 0) {
+    lua_State *W = r->homes[0]->L;
+    lua_getfield(W, LUA_REGISTRYINDEX, "treadle.results");
+    blob = lt_pack_protected(W, -1);
+    if (blob == NULL) {
+      lua_pushfstring(L, "worker 0's main returned %s", lua_tostring(W, -1));
+      rt_shutdown(r, TREADLE_FOREVER);
+      return lua_error(L);
+    }
+    lt_unpack(L, blob);
+    free(blob);
+    luaL_checkstack(L, n, "results");
+    for (int i = 1; i <= n; i++)
+      lua_rawgeti(L, -i, i);
+    lua_remove(L, -n - 1);
+  }
+  rt_shutdown(r, TREADLE_FOREVER);
+  return n;
+}
+
+static int l_block_on(lua_State *L) {
+  lrt_t *r = check_rt(L);
+  if (lt_current != NULL)
+    return luaL_error(L, "cannot start a runtime from within a runtime");
+  return r->multi ? block_on_multi(L, r) : block_on_current(L, r);
+}
+
+static int l_rt_spawn(lua_State *L) {
+  lrt_t *r = check_rt(L);
+  if (r->multi)
+    return luaL_error(L, "a multi_thread runtime runs Lua in its workers' own "
+                         "states: give block_on a module name");
+  lt_spawn(L, r->homes[0], 2, lua_gettop(L) - 2);
+  return 1;
+}
+
+static int l_rt_shutdown(lua_State *L) {
+  lrt_t *r = luaL_checkudata(L, 1, RUNTIME_MT);
+  uint64_t ns = lua_isnoneornil(L, 2) ? TREADLE_FOREVER : lt_check_duration(L, 2);
+  if (lt_current != NULL && r->rt != NULL)
+    return luaL_error(L, "a runtime cannot shut down from inside a task");
+  treadle_err_t err = rt_shutdown(r, ns);
+  if (err == TREADLE_ETIMEDOUT) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  if (err != 0)
+    return luaL_error(L, "shutdown: %s", treadle_strerror(err));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int l_rt_gc(lua_State *L) {
+  lrt_t *r = luaL_checkudata(L, 1, RUNTIME_MT);
+  if (r->rt != NULL && lt_current == NULL)
+    rt_shutdown(r, TREADLE_FOREVER);
+  return 0;
+}
+
+static int l_rt_tostring(lua_State *L) {
+  lrt_t *r = luaL_checkudata(L, 1, RUNTIME_MT);
+  lua_pushfstring(L, "treadle.runtime (%s, %d worker%s%s): %p",
+                  r->multi ? "multi_thread" : "current_thread", r->workers,
+                  r->workers == 1 ? "" : "s", r->rt == NULL ? ", shut down" : "",
+                  (void *)r);
+  return 1;
+}
+
+static const char run_chunk[] =
+    "local runtime = ...\n"
+    "return function(entry, opts)\n"
+    "  local rt <close> = runtime(opts)\n"
+    "  return rt:block_on(entry)\n"
+    "end\n";
+
+static const luaL_Reg rt_methods[] = {
+    {"block_on", l_block_on}, {"spawn", l_rt_spawn}, {"shutdown", l_rt_shutdown},
+    {NULL, NULL}};
+
+__attribute__((visibility("default"))) int luaopen_treadle(lua_State *L) {
+  luaL_checkversion(L);
+  if (luaL_newmetatable(L, RUNTIME_MT)) {
+    luaL_newlib(L, rt_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, l_rt_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, l_rt_gc);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, l_rt_tostring);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+  lua_newtable(L);
+  lt_open_task(L);
+  lt_open_net(L);
+  lua_pushcfunction(L, l_runtime);
+  lua_setfield(L, -2, "runtime");
+  if (luaL_loadbuffer(L, run_chunk, sizeof run_chunk - 1, "=treadle.run") != LUA_OK)
+    return lua_error(L);
+  lua_pushcfunction(L, l_runtime);
+  lua_call(L, 1, 1);
+  lua_setfield(L, -2, "run");
+  lua_pushliteral(L, "0.1.0");
+  lua_setfield(L, -2, "version");
+  return 1;
+}

@@ -1,0 +1,144 @@
+/* The Lua module's C side, shared by its files (DESIGN.md "Lua").
+ *
+ * ltreadle.c       luaopen_treadle, runtimes, treadle.run, worker states
+ * ltreadle_task.c  tasks (a coroutine of one lua_State), the ops a task
+ *                  waits on, timeouts, signals, channels
+ * ltreadle_net.c   TCP listeners and connections
+ *
+ * Threads: a lua_State (a "home") belongs to one thread. On current_thread
+ * that is the thread in block_on; on multi_thread each worker makes its own
+ * state, and every task of a state is pinned to that worker, so no lua_State
+ * is ever touched by two threads. Only wakers and channels cross threads. */
+#ifndef LTREADLE_H
+#define LTREADLE_H
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <pthread.h>
+#include <stdbool.h>
+
+#include "treadle.h"
+
+#define LT_READ_CHUNK 65536
+
+/* One lua_State's place in a runtime. */
+typedef struct lhome_s {
+  lua_State *L;           /* the main thread of the state */
+  treadle_handle_t *h;    /* a reference */
+  int worker;             /* the worker its tasks are pinned to */
+  bool owns_state;        /* a worker state: closed after the runtime */
+  pthread_t thread;       /* the one thread that runs it (checked in debug) */
+  bool thread_known;
+  char read_buf[LT_READ_CHUNK]; /* reads land here; one thread per home */
+} lhome_t;
+
+/* What a task waits on. */
+typedef enum {
+  LOP_NONE,    /* a plain coroutine.yield: run again soon */
+  LOP_YIELD,
+  LOP_SLEEP,
+  LOP_JOIN,    /* another task; with a deadline for treadle.timeout */
+  LOP_SIGNAL,
+  LOP_SEND,
+  LOP_RECV,
+  LOP_ACCEPT,
+  LOP_CONNECT,
+  LOP_READ,
+  LOP_WRITE,
+} lopkind_t;
+
+typedef struct lchan_s lchan_t;
+typedef struct ltask_s ltask_t;
+
+/* A waiter on a channel: linked while the task waits. */
+typedef struct lwait_s {
+  struct lwait_s *prev, *next;
+  treadle_waker_t *waker;
+  bool linked;
+} lwait_t;
+
+typedef struct {
+  lopkind_t kind;
+  bool started;
+  treadle_err_t err;
+  union {
+    struct { uint64_t ns; treadle_sleep_t s; } sleep;
+    struct { ltask_t *child; uint64_t ns; treadle_sleep_t deadline;
+             bool has_deadline, timed_out; } join;
+    struct { int signum; treadle_signal_t s; } signal;
+    struct { lchan_t *ch; lwait_t w; void *blob; } chan;
+    struct { void *listener; treadle_tcp_stream_t *out;
+             struct sockaddr_storage peer; } accept;
+    struct { char *host; int port; treadle_tcp_connect_t c;
+             treadle_tcp_stream_t *out; } connect;
+    struct { void *conn; treadle_tcp_stream_t *s; size_t want, got;
+             char *heap; } read;
+    struct { void *conn; treadle_tcp_stream_t *s; const char *buf;
+             size_t len, done; } write; /* buf: a string on the task's stack */
+  } u;
+} lop_t;
+
+enum { LT_RUNNING, LT_OK, LT_ERROR, LT_CANCELLED };
+
+/* A task: the userdata "treadle.task". Its uservalue 1 is the coroutine;
+ * a registry reference anchors it while the C task lives. */
+struct ltask_s {
+  lhome_t *home;
+  lua_State *co;
+  int anchor;               /* registry ref while running, else LUA_NOREF */
+  int status;               /* LT_* */
+  int nresults;             /* on co's stack once LT_OK; error at top */
+  int start_nargs;          /* arguments for the first resume */
+  bool started, cancel, joined, reported;
+  treadle_waker_t *waker;   /* the C task's, from its first poll */
+  treadle_waker_t *joiner;  /* a task waiting in join */
+  void (*on_done)(ltask_t *t, void *ud); /* worker mains report here */
+  void *on_done_ud;
+  lop_t op;
+};
+
+extern __thread ltask_t *lt_current;
+extern __thread treadle_cx_t *lt_current_cx;
+
+/* The home of the running task, or NULL outside a task. */
+lhome_t *lt_home(lua_State *L);
+
+/* The task calling this op, or raises: ops need a task's own coroutine. */
+ltask_t *lt_need_task(lua_State *L, const char *what);
+/* Polls the op the running task just set up; when it is not ready, yields
+ * to the task driver, which resumes the task once it is. Either way the
+ * op's results are what the calling Lua function returns. */
+int lt_wait(lua_State *L, ltask_t *t);
+/* Runs ops: the C poll (READY leaves the op's outcome in it) and the
+ * results (pushes a flag, true to return the values after it, false to
+ * raise the one after it; returns how many values). */
+treadle_poll_t lt_op_poll(ltask_t *t, treadle_cx_t *cx);
+int lt_op_push(lua_State *co, ltask_t *t);
+/* Releases what an op holds (no Lua calls: any thread); idempotent. */
+void lt_op_clear(ltask_t *t);
+/* Pushes a finished task's results (or raises its error) on L. */
+int lt_task_results(lua_State *L, ltask_t *t);
+
+/* Spawns fn (at `idx`, followed by nargs arguments on top) as a task of
+ * `home`; pushes the task userdata. Raises on failure. */
+ltask_t *lt_spawn(lua_State *L, lhome_t *home, int idx, int nargs);
+
+/* Pushes nil, message, errno name; returns 3. */
+int lt_fail(lua_State *L, treadle_err_t err);
+/* Seconds argument to ns: raises for NaN and non-numbers. */
+uint64_t lt_check_duration(lua_State *L, int idx);
+
+/* Net ops (ltreadle_net.c). */
+treadle_poll_t lt_net_poll(ltask_t *t, treadle_cx_t *cx);
+int lt_net_push(lua_State *co, ltask_t *t); /* results of a READY op */
+void lt_net_clear(lop_t *op);
+void lt_open_net(lua_State *L);
+
+/* Channel values (ltreadle_task.c): plain values copied between states.
+ * lt_pack_protected packs the value at idx, or returns NULL and leaves the
+ * error message on top of L. */
+void *lt_pack_protected(lua_State *L, int idx);
+void lt_unpack(lua_State *L, const void *blob);
+void lt_open_task(lua_State *L);
+
+#endif

@@ -1,0 +1,903 @@
+/* Lua tasks and the ops they wait on (DESIGN.md "Lua").
+ *
+ * A task is a coroutine of its home's lua_State, driven by a treadle task
+ * pinned to the home's worker. Its poll:
+ * 1. If the coroutine waits on an op, poll the op's C leaf; PENDING means
+ *    the leaf holds the task's waker.
+ * 2. Push the op's results onto the coroutine and resume it. An op
+ *    function first polls its leaf at once, so an op that is ready (a read
+ *    with data waiting, a send with room) returns without yielding.
+ * 3. A yield means a new op (or a plain coroutine.yield: run again soon);
+ *    a return or an error finishes the task.
+ * abort() sets a flag and wakes the task; its next poll closes the
+ * coroutine (running its to-be-closed variables) instead of resuming it. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdatomic.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "ltreadle.h"
+
+__thread ltask_t *lt_current;
+__thread treadle_cx_t *lt_current_cx;
+
+#define TASK_MT "treadle.task"
+#define CHAN_MT "treadle.channel"
+
+/* ------------------------------------------------------------ helpers */
+
+int lt_fail(lua_State *L, treadle_err_t err) {
+  lua_pushnil(L);
+  lua_pushstring(L, treadle_strerror(err));
+  lua_pushstring(L, treadle_err_name(err));
+  return 3;
+}
+
+uint64_t lt_check_duration(lua_State *L, int idx) {
+  lua_Number secs = luaL_checknumber(L, idx);
+  uint64_t ns;
+  if (treadle_duration_from_secs((double)secs, &ns) != 0)
+    luaL_argerror(L, idx, "seconds must not be NaN");
+  return ns;
+}
+
+ltask_t *lt_need_task(lua_State *L, const char *what) {
+  ltask_t *t = lt_current;
+  if (t == NULL)
+    luaL_error(L, "%s needs a running treadle task (treadle.run, "
+                  "rt:block_on or treadle.spawn)", what);
+  if (t->co != L)
+    luaL_error(L, "%s must run in the task's own coroutine, not in a "
+                  "coroutine it resumed", what);
+  return t;
+}
+
+/* ------------------------------------------------------------ channels */
+
+/* A channel: a bounded FIFO of serialized values, shared between states. */
+struct lchan_s {
+  _Atomic long refs;
+  pthread_mutex_t mu;
+  size_t cap, len, head;   /* guarded by mu */
+  void **items;            /* ring of cap blobs; guarded by mu */
+  lwait_t recvq, sendq;    /* list heads; guarded by mu */
+  char *name;              /* NULL, or its key in `named` */
+  struct lchan_s *next;    /* on `named`; guarded by named_mu */
+};
+
+static pthread_mutex_t named_mu = PTHREAD_MUTEX_INITIALIZER;
+static lchan_t *named;
+
+typedef struct { char *p; size_t len, cap; } blob_t;
+
+static void blob_put(lua_State *L, blob_t *b, const void *src, size_t n) {
+  if (b->len + n > b->cap) {
+    size_t cap = b->cap ? b->cap : 64;
+    while (cap < b->len + n)
+      cap *= 2;
+    char *p = realloc(b->p, cap);
+    if (p == NULL) {
+      free(b->p);
+      b->p = NULL;
+      luaL_error(L, "not enough memory");
+    }
+    b->p = p;
+    b->cap = cap;
+  }
+  memcpy(b->p + b->len, src, n);
+  b->len += n;
+}
+
+/* Serializes the value at idx: nil, booleans, numbers, strings, tables of
+ * those (depth <= 64: a cycle fails there). Raises for anything else. */
+static void pack(lua_State *L, blob_t *b, int idx, int depth) {
+  char tag;
+  idx = lua_absindex(L, idx);
+  switch (lua_type(L, idx)) {
+  case LUA_TNIL:
+    blob_put(L, b, "n", 1);
+    return;
+  case LUA_TBOOLEAN:
+    blob_put(L, b, lua_toboolean(L, idx) ? "t" : "f", 1);
+    return;
+  case LUA_TNUMBER:
+    if (lua_isinteger(L, idx)) {
+      lua_Integer i = lua_tointeger(L, idx);
+      blob_put(L, b, "i", 1);
+      blob_put(L, b, &i, sizeof i);
+    } else {
+      lua_Number d = lua_tonumber(L, idx);
+      blob_put(L, b, "d", 1);
+      blob_put(L, b, &d, sizeof d);
+    }
+    return;
+  case LUA_TSTRING: {
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    blob_put(L, b, "s", 1);
+    blob_put(L, b, &n, sizeof n);
+    blob_put(L, b, s, n);
+    return;
+  }
+  case LUA_TTABLE:
+    if (depth >= 64) {
+      free(b->p);
+      b->p = NULL;
+      luaL_error(L, "channel value: tables nested too deep (or a cycle)");
+    }
+    luaL_checkstack(L, 3, "channel value");
+    tag = '{';
+    blob_put(L, b, &tag, 1);
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+      pack(L, b, -2, depth + 1);
+      pack(L, b, -1, depth + 1);
+      lua_pop(L, 1);
+    }
+    blob_put(L, b, "}", 1);
+    return;
+  default:
+    free(b->p);
+    b->p = NULL;
+    luaL_error(L, "channel values must be nil, booleans, numbers, strings "
+                  "or tables of those, not %s", luaL_typename(L, idx));
+  }
+}
+
+static const char *unpack(lua_State *L, const char *p) {
+  luaL_checkstack(L, 3, "channel value");
+  switch (*p++) {
+  case 'n': lua_pushnil(L); return p;
+  case 't': lua_pushboolean(L, 1); return p;
+  case 'f': lua_pushboolean(L, 0); return p;
+  case 'i': { lua_Integer i; memcpy(&i, p, sizeof i); lua_pushinteger(L, i); return p + sizeof i; }
+  case 'd': { lua_Number d; memcpy(&d, p, sizeof d); lua_pushnumber(L, d); return p + sizeof d; }
+  case 's': { size_t n; memcpy(&n, p, sizeof n); p += sizeof n; lua_pushlstring(L, p, n); return p + n; }
+  default: /* '{' */
+    lua_newtable(L);
+    while (*p != '}') {
+      p = unpack(L, p);
+      p = unpack(L, p);
+      lua_rawset(L, -3);
+    }
+    return p + 1;
+  }
+}
+
+static int pack_protected(lua_State *L) {
+  blob_t b = {0};
+  pack(L, &b, 1, 0);
+  lua_pushlightuserdata(L, b.p);
+  return 1;
+}
+
+void *lt_pack_protected(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_pushcfunction(L, pack_protected);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK)
+    return NULL;
+  void *blob = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return blob;
+}
+
+void lt_unpack(lua_State *L, const void *blob) { unpack(L, blob); }
+
+static void wait_link(lwait_t *head, lwait_t *w, treadle_cx_t *cx) {
+  if (w->linked)
+    return;
+  w->waker = treadle_waker_clone(treadle_cx_waker(cx));
+  w->prev = head->prev;
+  w->next = head;
+  head->prev->next = w;
+  head->prev = w;
+  w->linked = true;
+}
+
+static void wait_unlink(lwait_t *w) {
+  if (!w->linked)
+    return;
+  w->prev->next = w->next;
+  w->next->prev = w->prev;
+  w->linked = false;
+  treadle_waker_drop(w->waker);
+  w->waker = NULL;
+}
+
+/* Under mu: takes every waiter off `head`; their wakers go to `out` (the
+ * caller wakes them after unlocking). Every waiter retries, so none is
+ * lost when one of them gives up. */
+static size_t wait_take_all(lwait_t *head, treadle_waker_t **out, size_t max) {
+  size_t n = 0;
+  while (head->next != head && n < max) {
+    lwait_t *w = head->next;
+    out[n++] = w->waker;
+    w->waker = NULL;
+    w->prev->next = w->next;
+    w->next->prev = w->prev;
+    w->linked = false;
+  }
+  return n;
+}
+
+static void wake_all(treadle_waker_t **ws, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    treadle_wake(ws[i]);
+}
+
+/* Tries to move a blob in (send) or out (recv) of the channel; when it
+ * cannot, links the waiter (cx non-NULL) and returns false. */
+static bool chan_try(lchan_t *ch, bool send, void **blob, lwait_t *w,
+                     treadle_cx_t *cx) {
+  treadle_waker_t *ws[64];
+  size_t n = 0;
+  bool done = false;
+  pthread_mutex_lock(&ch->mu);
+  if (send && ch->len < ch->cap) {
+    ch->items[(ch->head + ch->len++) % ch->cap] = *blob;
+    *blob = NULL;
+    n = wait_take_all(&ch->recvq, ws, 64);
+    done = true;
+  } else if (!send && ch->len > 0) {
+    *blob = ch->items[ch->head];
+    ch->head = (ch->head + 1) % ch->cap;
+    ch->len--;
+    n = wait_take_all(&ch->sendq, ws, 64);
+    done = true;
+  }
+  if (done)
+    wait_unlink(w);
+  else if (cx != NULL)
+    wait_link(send ? &ch->sendq : &ch->recvq, w, cx);
+  pthread_mutex_unlock(&ch->mu);
+  wake_all(ws, n);
+  return done;
+}
+
+static void chan_unref(lchan_t *ch) {
+  if (ch->name != NULL)
+    pthread_mutex_lock(&named_mu);
+  /* acq_rel: the last owner sees every other owner's writes. */
+  bool last = atomic_fetch_sub_explicit(&ch->refs, 1, memory_order_acq_rel) == 1;
+  if (last && ch->name != NULL)
+    for (lchan_t **p = &named; *p != NULL; p = &(*p)->next)
+      if (*p == ch) {
+        *p = ch->next;
+        break;
+      }
+  if (ch->name != NULL)
+    pthread_mutex_unlock(&named_mu);
+  if (!last)
+    return;
+  for (size_t i = 0; i < ch->len; i++)
+    free(ch->items[(ch->head + i) % ch->cap]);
+  free(ch->items);
+  free(ch->name);
+  pthread_mutex_destroy(&ch->mu);
+  free(ch);
+}
+
+static int l_channel(lua_State *L) {
+  lua_Integer cap = luaL_optinteger(L, 1, 1);
+  const char *name = luaL_optstring(L, 2, NULL);
+  luaL_argcheck(L, cap >= 1 && cap <= (1 << 24), 1, "capacity must be in 1..16777216");
+  lchan_t **ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  *ud = NULL;
+  luaL_setmetatable(L, CHAN_MT);
+  lchan_t *ch = NULL;
+  if (name != NULL) {
+    pthread_mutex_lock(&named_mu);
+    for (ch = named; ch != NULL && strcmp(ch->name, name) != 0; ch = ch->next)
+      ;
+    if (ch != NULL) /* Relaxed: named_mu orders it against the last unref. */
+      atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
+  }
+  if (ch == NULL) {
+    ch = calloc(1, sizeof *ch);
+    void **items = ch != NULL ? calloc((size_t)cap, sizeof *items) : NULL;
+    char *copy = name != NULL && ch != NULL ? strdup(name) : NULL;
+    if (ch == NULL || items == NULL || (name != NULL && copy == NULL)) {
+      if (name != NULL)
+        pthread_mutex_unlock(&named_mu);
+      free(ch);
+      free(items);
+      free(copy);
+      return luaL_error(L, "not enough memory");
+    }
+    atomic_init(&ch->refs, 1);
+    pthread_mutex_init(&ch->mu, NULL);
+    ch->cap = (size_t)cap;
+    ch->items = items;
+    ch->recvq.next = ch->recvq.prev = &ch->recvq;
+    ch->sendq.next = ch->sendq.prev = &ch->sendq;
+    ch->name = copy;
+    if (name != NULL) {
+      ch->next = named;
+      named = ch;
+    }
+  }
+  if (name != NULL)
+    pthread_mutex_unlock(&named_mu);
+  *ud = ch;
+  return 1;
+}
+
+static lchan_t *check_chan(lua_State *L) {
+  lchan_t **ud = luaL_checkudata(L, 1, CHAN_MT);
+  if (*ud == NULL)
+    luaL_error(L, "channel is closed");
+  return *ud;
+}
+
+static int l_chan_send(lua_State *L) {
+  lchan_t *ch = check_chan(L);
+  luaL_checkany(L, 2);
+  blob_t b = {0};
+  pack(L, &b, 2, 0);
+  ltask_t *t = lt_current;
+  if (chan_try(ch, true, (void **)&b.p, &(lwait_t){0}, NULL)) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  if (t == NULL || t->co != L) {
+    free(b.p);
+    lt_need_task(L, "a send on a full channel");
+  }
+  t->op.kind = LOP_SEND;
+  t->op.u.chan.ch = ch;
+  t->op.u.chan.blob = b.p;
+  atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed); /* the op's */
+  return lt_wait(L, t);
+}
+
+static int l_chan_recv(lua_State *L) {
+  lchan_t *ch = check_chan(L);
+  void *blob = NULL;
+  if (chan_try(ch, false, &blob, &(lwait_t){0}, NULL)) {
+    unpack(L, blob);
+    free(blob);
+    return 1;
+  }
+  ltask_t *t = lt_need_task(L, "a receive on an empty channel");
+  t->op.kind = LOP_RECV;
+  t->op.u.chan.ch = ch;
+  /* Relaxed: the op's reference, taken from one we hold. */
+  atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
+  return lt_wait(L, t);
+}
+
+static int l_chan_gc(lua_State *L) {
+  lchan_t **ud = luaL_checkudata(L, 1, CHAN_MT);
+  if (*ud != NULL)
+    chan_unref(*ud);
+  *ud = NULL;
+  return 0;
+}
+
+static int l_chan_tostring(lua_State *L) {
+  lchan_t **ud = luaL_checkudata(L, 1, CHAN_MT);
+  if (*ud == NULL)
+    lua_pushliteral(L, "treadle.channel (closed)");
+  else
+    lua_pushfstring(L, "treadle.channel (%d/%d%s%s)", (int)(*ud)->len, (int)(*ud)->cap,
+                    (*ud)->name ? " " : "", (*ud)->name ? (*ud)->name : "");
+  return 1;
+}
+
+/* ----------------------------------------------------------------- ops */
+
+treadle_poll_t lt_op_poll(ltask_t *t, treadle_cx_t *cx) {
+  lop_t *op = &t->op;
+  switch (op->kind) {
+  case LOP_NONE:
+    return TREADLE_READY;
+  case LOP_YIELD:
+    if (!op->started) {
+      op->started = true;
+      treadle_cx_yield(cx);
+      return TREADLE_PENDING;
+    }
+    return TREADLE_READY;
+  case LOP_SLEEP:
+    if (!op->started) {
+      treadle_sleep_init(&op->u.sleep.s, op->u.sleep.ns);
+      op->started = true;
+    }
+    return treadle_sleep_poll(&op->u.sleep.s, cx, &op->err);
+  case LOP_JOIN: {
+    ltask_t *c = op->u.join.child;
+    if (c->status != LT_RUNNING)
+      return TREADLE_READY;
+    if (c->joiner == NULL)
+      c->joiner = treadle_waker_clone(treadle_cx_waker(cx));
+    if (!op->u.join.has_deadline)
+      return TREADLE_PENDING;
+    if (!op->started) {
+      treadle_sleep_init(&op->u.join.deadline, op->u.join.ns);
+      op->started = true;
+    }
+    treadle_err_t err;
+    if (treadle_sleep_poll(&op->u.join.deadline, cx, &err) == TREADLE_PENDING)
+      return TREADLE_PENDING;
+    op->err = err;
+    op->u.join.timed_out = true;
+    return TREADLE_READY;
+  }
+  case LOP_SIGNAL:
+    if (!op->started) {
+      op->started = true;
+      op->err = treadle_signal_init(&op->u.signal.s, treadle_cx_handle(cx),
+                                    op->u.signal.signum);
+      if (op->err != 0)
+        return TREADLE_READY;
+    }
+    return treadle_signal_poll(&op->u.signal.s, cx, &op->err);
+  case LOP_SEND:
+  case LOP_RECV:
+    return chan_try(op->u.chan.ch, op->kind == LOP_SEND, &op->u.chan.blob,
+                    &op->u.chan.w, cx) ? TREADLE_READY : TREADLE_PENDING;
+  default:
+    return lt_net_poll(t, cx);
+  }
+}
+
+/* Pushes a copy of a finished task's outcome onto `to`, flag first. */
+static int push_outcome(lua_State *to, ltask_t *c) {
+  if (c->status == LT_CANCELLED) {
+    lua_pushboolean(to, 0);
+    lua_pushliteral(to, "cancelled");
+    return 2;
+  }
+  int n = c->status == LT_OK ? c->nresults : 1;
+  luaL_checkstack(to, n + 2, "join results");
+  luaL_checkstack(c->co, n, "join results");
+  lua_pushboolean(to, c->status == LT_OK);
+  for (int i = 0; i < n; i++)
+    lua_pushvalue(c->co, -n);
+  lua_xmove(c->co, to, n);
+  c->joined = true;
+  return n + 1;
+}
+
+int lt_op_push(lua_State *co, ltask_t *t) {
+  lop_t *op = &t->op;
+  int n = 1;
+  switch (op->kind) {
+  case LOP_NONE:
+  case LOP_YIELD:
+    lua_pushboolean(co, 1);
+    break;
+  case LOP_SLEEP:
+    if (op->err != 0) {
+      lua_pushboolean(co, 0);
+      lua_pushstring(co, treadle_strerror(op->err));
+      n = 2;
+    } else {
+      lua_pushboolean(co, 1);
+    }
+    break;
+  case LOP_JOIN:
+    if (op->u.join.timed_out) {
+      ltask_t *c = op->u.join.child;
+      c->cancel = true;
+      if (c->waker != NULL)
+        treadle_wake_by_ref(c->waker);
+      lua_pushboolean(co, 1);
+      lua_pushnil(co);
+      lua_pushliteral(co, "timeout");
+      n = 3;
+    } else if (op->u.join.has_deadline &&
+               op->u.join.child->status == LT_OK) { /* timeout: true, ... */
+      n = push_outcome(co, op->u.join.child);
+      lua_pushboolean(co, 1);
+      lua_insert(co, -n);
+      n++;
+    } else {
+      n = push_outcome(co, op->u.join.child);
+    }
+    break;
+  case LOP_SIGNAL:
+    lua_pushboolean(co, 1);
+    if (op->err != 0)
+      n += lt_fail(co, op->err);
+    else
+      lua_pushboolean(co, 1), n++;
+    break;
+  case LOP_SEND:
+    lua_pushboolean(co, 1);
+    lua_pushboolean(co, 1);
+    n = 2;
+    break;
+  case LOP_RECV:
+    lua_pushboolean(co, 1);
+    unpack(co, op->u.chan.blob);
+    free(op->u.chan.blob);
+    op->u.chan.blob = NULL;
+    n = 2;
+    break;
+  default:
+    lua_pushboolean(co, 1);
+    n += lt_net_push(co, t);
+  }
+  lt_op_clear(t);
+  return n;
+}
+
+void lt_op_clear(ltask_t *t) {
+  lop_t *op = &t->op;
+  switch (op->kind) {
+  case LOP_SLEEP:
+    if (op->started)
+      treadle_sleep_drop(&op->u.sleep.s);
+    break;
+  case LOP_JOIN:
+    if (op->started)
+      treadle_sleep_drop(&op->u.join.deadline);
+    break;
+  case LOP_SIGNAL:
+    if (op->started && op->err == 0)
+      treadle_signal_drop(&op->u.signal.s);
+    break;
+  case LOP_SEND:
+  case LOP_RECV: {
+    lchan_t *ch = op->u.chan.ch;
+    pthread_mutex_lock(&ch->mu);
+    wait_unlink(&op->u.chan.w);
+    pthread_mutex_unlock(&ch->mu);
+    free(op->u.chan.blob);
+    chan_unref(ch);
+    break;
+  }
+  case LOP_NONE:
+  case LOP_YIELD:
+    break;
+  default:
+    lt_net_clear(op);
+  }
+  memset(op, 0, sizeof *op);
+}
+
+/* Returns an op's results to Lua: raises when the flag says so. */
+static int op_return(lua_State *L, int n) {
+  if (!lua_toboolean(L, -n)) {
+    lua_settop(L, lua_gettop(L) - n + 2);
+    return lua_error(L);
+  }
+  lua_remove(L, -n);
+  return n - 1;
+}
+
+static int op_k(lua_State *L, int status, lua_KContext ctx) {
+  return op_return(L, lua_gettop(L) - (int)ctx);
+}
+
+int lt_wait(lua_State *L, ltask_t *t) {
+  if (lt_op_poll(t, lt_current_cx) == TREADLE_READY)
+    return op_return(L, lt_op_push(L, t));
+  return lua_yieldk(L, 0, lua_gettop(L), op_k);
+}
+
+/* --------------------------------------------------------------- tasks */
+
+typedef struct {
+  ltask_t *t;
+} cstate_t;
+
+static void check_thread(lhome_t *home) {
+#ifndef NDEBUG
+  if (!home->thread_known) {
+    home->thread = pthread_self();
+    home->thread_known = true;
+  }
+  if (!pthread_equal(home->thread, pthread_self())) {
+    fprintf(stderr, "treadle: a lua_State was run by two threads\n");
+    abort();
+  }
+#else
+  (void)home;
+#endif
+}
+
+static void report_unjoined(ltask_t *t) {
+  if (t->status != LT_ERROR || t->joined || t->reported)
+    return;
+  t->reported = true;
+  const char *msg = lua_tostring(t->co, -1);
+  fprintf(stderr, "treadle: error in a task nobody joined: %s\n",
+          msg != NULL ? msg : luaL_typename(t->co, -1));
+}
+
+/* On the home thread: the task is over; let go of what held it. */
+static void finish(ltask_t *t, int status) {
+  t->status = status;
+  lt_op_clear(t);
+  if (t->joiner != NULL) {
+    treadle_wake(t->joiner);
+    t->joiner = NULL;
+  }
+  treadle_waker_drop(t->waker);
+  t->waker = NULL;
+  if (t->on_done != NULL)
+    t->on_done(t, t->on_done_ud);
+  if (t->anchor != LUA_NOREF) {
+    luaL_unref(t->home->L, LUA_REGISTRYINDEX, t->anchor);
+    t->anchor = LUA_NOREF;
+  }
+}
+
+static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
+  ltask_t *t = ((cstate_t *)state)->t;
+  check_thread(t->home);
+  if (t->waker == NULL)
+    t->waker = treadle_waker_clone(treadle_cx_waker(cx));
+  for (;;) {
+    if (t->cancel) {
+      lua_resetthread(t->co); /* runs its pending to-be-closed variables */
+      finish(t, LT_CANCELLED);
+      return TREADLE_READY;
+    }
+    int nargs;
+    if (!t->started) {
+      t->started = true;
+      nargs = t->start_nargs;
+    } else {
+      if (lt_op_poll(t, cx) == TREADLE_PENDING)
+        return TREADLE_PENDING;
+      nargs = lt_op_push(t->co, t);
+    }
+    ltask_t *saved = lt_current;
+    treadle_cx_t *saved_cx = lt_current_cx;
+    lt_current = t;
+    lt_current_cx = cx;
+    int nres;
+    int st = lua_resume(t->co, NULL, nargs, &nres);
+    lt_current = saved;
+    lt_current_cx = saved_cx;
+    if (st == LUA_YIELD) {
+      lua_pop(t->co, nres);
+      if (t->op.kind == LOP_NONE) /* a plain coroutine.yield() */
+        t->op.kind = LOP_YIELD;
+      continue;
+    }
+    if (st == LUA_OK) {
+      t->nresults = nres;
+      finish(t, LT_OK);
+    } else {
+      finish(t, LT_ERROR); /* reported at __gc if nobody joins it */
+    }
+    return TREADLE_READY;
+  }
+}
+
+/* Once: after READY (nothing left), or when the runtime drops the task. */
+static void task_drop(void *state) {
+  ltask_t *t = ((cstate_t *)state)->t;
+  if (t->status != LT_RUNNING)
+    return;
+  bool home_thread = !t->home->thread_known ||
+                     pthread_equal(t->home->thread, pthread_self());
+  t->status = LT_CANCELLED;
+  lt_op_clear(t);
+  treadle_waker_drop(t->joiner);
+  t->joiner = NULL;
+  treadle_waker_drop(t->waker);
+  t->waker = NULL;
+  if (t->on_done != NULL)
+    t->on_done(t, t->on_done_ud);
+  if (home_thread && t->anchor != LUA_NOREF) /* else the state is closed next */
+    luaL_unref(t->home->L, LUA_REGISTRYINDEX, t->anchor);
+  t->anchor = LUA_NOREF;
+}
+
+static const treadle_task_vtable_t task_vt = {.poll = task_poll, .drop = task_drop};
+
+ltask_t *lt_spawn(lua_State *L, lhome_t *home, int idx, int nargs) {
+  idx = lua_absindex(L, idx);
+  luaL_checktype(L, idx, LUA_TFUNCTION);
+  ltask_t *t = lua_newuserdatauv(L, sizeof *t, 1);
+  memset(t, 0, sizeof *t);
+  t->anchor = LUA_NOREF;
+  t->home = home;
+  luaL_setmetatable(L, TASK_MT);
+  lua_State *co = lua_newthread(L);
+  lua_setiuservalue(L, -2, 1); /* the task keeps its coroutine */
+  t->co = co;
+  lua_pushvalue(L, idx);
+  for (int i = 1; i <= nargs; i++)
+    lua_pushvalue(L, idx + i);
+  lua_xmove(L, co, nargs + 1);
+  t->start_nargs = nargs;
+  lua_pushvalue(L, -1);
+  t->anchor = luaL_ref(L, LUA_REGISTRYINDEX);
+  cstate_t st = {t};
+  treadle_spawn_opts_t opts = TREADLE_SPAWN_OPTS_INIT;
+  opts.worker = home->worker;
+  treadle_err_t err = treadle_spawn_with(home->h, &task_vt, &st, sizeof st, &opts, NULL);
+  if (err != 0) {
+    luaL_unref(L, LUA_REGISTRYINDEX, t->anchor);
+    t->anchor = LUA_NOREF;
+    t->status = LT_CANCELLED;
+    luaL_error(L, "cannot spawn: %s", treadle_strerror(err));
+  }
+  return t;
+}
+
+static int l_spawn(lua_State *L) {
+  lhome_t *home = lt_home(L);
+  if (home == NULL)
+    return luaL_error(L, "treadle.spawn needs a running treadle task "
+                         "(treadle.run or rt:block_on)");
+  lt_spawn(L, home, 1, lua_gettop(L) - 1);
+  return 1;
+}
+
+static ltask_t *check_task(lua_State *L, int idx) {
+  return luaL_checkudata(L, idx, TASK_MT);
+}
+
+int lt_task_results(lua_State *L, ltask_t *t) {
+  return op_return(L, push_outcome(L, t));
+}
+
+lhome_t *lt_home(lua_State *L) {
+  return lt_current != NULL ? lt_current->home : NULL;
+}
+
+static int l_task_join(lua_State *L) {
+  ltask_t *c = check_task(L, 1);
+  if (c->status != LT_RUNNING) /* done: no need to wait, or a task */
+    return op_return(L, push_outcome(L, c));
+  ltask_t *t = lt_need_task(L, "join");
+  if (c == t)
+    return luaL_error(L, "a task cannot join itself");
+  if (c->joiner != NULL)
+    return luaL_error(L, "another task is already joining this task");
+  if (c->home != t->home)
+    return luaL_error(L, "a task can only be joined from its own worker's state");
+  t->op.kind = LOP_JOIN;
+  t->op.u.join.child = c;
+  lua_pushvalue(L, 1); /* keeps the child alive while we wait */
+  return lt_wait(L, t);
+}
+
+static int l_task_abort(lua_State *L) {
+  ltask_t *c = check_task(L, 1);
+  if (c->status == LT_RUNNING && !c->cancel) {
+    c->cancel = true;
+    if (c->waker != NULL)
+      treadle_wake_by_ref(c->waker);
+  }
+  return 0;
+}
+
+static int l_task_done(lua_State *L) {
+  lua_pushboolean(L, check_task(L, 1)->status != LT_RUNNING);
+  return 1;
+}
+
+static int l_task_gc(lua_State *L) {
+  ltask_t *t = check_task(L, 1);
+  report_unjoined(t);
+  lt_op_clear(t);
+  treadle_waker_drop(t->joiner);
+  t->joiner = NULL;
+  treadle_waker_drop(t->waker);
+  t->waker = NULL;
+  return 0;
+}
+
+static int l_task_tostring(lua_State *L) {
+  static const char *names[] = {"running", "done", "failed", "cancelled"};
+  ltask_t *t = check_task(L, 1);
+  lua_pushfstring(L, "treadle.task (%s, worker %d): %p", names[t->status],
+                  t->home->worker, (void *)t);
+  return 1;
+}
+
+/* ----------------------------------------------------------- functions */
+
+static int l_sleep(lua_State *L) {
+  uint64_t ns = lt_check_duration(L, 1);
+  ltask_t *t = lt_need_task(L, "treadle.sleep");
+  t->op.kind = LOP_SLEEP;
+  t->op.u.sleep.ns = ns;
+  return lt_wait(L, t);
+}
+
+static int l_yield(lua_State *L) {
+  ltask_t *t = lt_need_task(L, "treadle.yield");
+  t->op.kind = LOP_YIELD;
+  return lt_wait(L, t);
+}
+
+static int l_now(lua_State *L) {
+  lua_pushnumber(L, (lua_Number)treadle_now() / 1e9);
+  return 1;
+}
+
+static int l_worker(lua_State *L) {
+  lhome_t *home = lt_home(L);
+  if (home == NULL)
+    return luaL_error(L, "treadle.worker needs a running treadle task");
+  lua_pushinteger(L, home->worker);
+  return 1;
+}
+
+static int l_thread_id(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)syscall(SYS_gettid));
+  return 1;
+}
+
+/* timeout(seconds, fn, ...): fn runs as a task of this worker; true and
+ * its results, or nil, "timeout" (the task is aborted). fn's error is
+ * raised. */
+static int l_timeout(lua_State *L) {
+  uint64_t ns = lt_check_duration(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  ltask_t *t = lt_need_task(L, "treadle.timeout");
+  ltask_t *c = lt_spawn(L, t->home, 2, lua_gettop(L) - 2);
+  t->op.kind = LOP_JOIN;
+  t->op.u.join.child = c;
+  t->op.u.join.ns = ns;
+  t->op.u.join.has_deadline = ns != TREADLE_FOREVER;
+  return lt_wait(L, t);
+}
+
+static const struct { const char *name; int signum; } signals[] = {
+    {"SIGINT", SIGINT},   {"SIGTERM", SIGTERM}, {"SIGHUP", SIGHUP},
+    {"SIGUSR1", SIGUSR1}, {"SIGUSR2", SIGUSR2}, {"SIGQUIT", SIGQUIT},
+    {"SIGWINCH", SIGWINCH}, {"SIGCHLD", SIGCHLD}, {"SIGALRM", SIGALRM},
+    {"SIGPIPE", SIGPIPE}};
+
+static int l_signal(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  int signum = 0;
+  for (size_t i = 0; i < sizeof signals / sizeof signals[0]; i++)
+    if (strcmp(name, signals[i].name) == 0 || strcmp(name, signals[i].name + 3) == 0)
+      signum = signals[i].signum;
+  if (signum == 0)
+    return luaL_argerror(L, 1, "not a signal treadle can wait for "
+                               "(SIGINT, SIGTERM, SIGHUP, SIGUSR1, ...)");
+  ltask_t *t = lt_need_task(L, "treadle.signal");
+  t->op.kind = LOP_SIGNAL;
+  t->op.u.signal.signum = signum;
+  return lt_wait(L, t);
+}
+
+static const luaL_Reg task_methods[] = {
+    {"join", l_task_join}, {"abort", l_task_abort}, {"done", l_task_done}, {NULL, NULL}};
+static const luaL_Reg chan_methods[] = {
+    {"send", l_chan_send}, {"recv", l_chan_recv}, {NULL, NULL}};
+static const luaL_Reg functions[] = {
+    {"spawn", l_spawn},   {"sleep", l_sleep},       {"yield", l_yield},
+    {"now", l_now},       {"timeout", l_timeout},   {"worker", l_worker},
+    {"thread_id", l_thread_id}, {"signal", l_signal}, {"channel", l_channel},
+    {NULL, NULL}};
+
+static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                      lua_CFunction gc, lua_CFunction tostring) {
+  luaL_newmetatable(L, name);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushcfunction(L, tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
+}
+
+void lt_open_task(lua_State *L) {
+  new_class(L, TASK_MT, task_methods, l_task_gc, l_task_tostring);
+  new_class(L, CHAN_MT, chan_methods, l_chan_gc, l_chan_tostring);
+  luaL_getmetatable(L, CHAN_MT);
+  lua_pushcfunction(L, l_chan_gc);
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
+  luaL_setfuncs(L, functions, 0);
+}
