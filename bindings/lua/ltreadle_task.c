@@ -26,6 +26,10 @@ __thread ltask_t *lt_current;
 __thread treadle_cx_t *lt_current_cx;
 
 #define TASK_MT "treadle.task"
+/* A failed task nobody joined yet: the same methods, plus a __gc that
+ * reports the error. Plain tasks have no finalizer, which keeps them cheap
+ * for the collector. */
+#define TASK_ERR_MT "treadle.task.failed"
 #define CHAN_MT "treadle.channel"
 
 /* ------------------------------------------------------------ helpers */
@@ -625,7 +629,13 @@ static void finish(ltask_t *t, int status) {
   if (t->on_done != NULL)
     t->on_done(t, t->on_done_ud);
   if (t->anchor != LUA_NOREF) {
-    luaL_unref(t->home->L, LUA_REGISTRYINDEX, t->anchor);
+    lua_State *L = t->home->L;
+    if (status == LT_ERROR && !t->joined) {
+      lua_rawgeti(L, LUA_REGISTRYINDEX, t->anchor);
+      luaL_setmetatable(L, TASK_ERR_MT);
+      lua_pop(L, 1);
+    }
+    luaL_unref(L, LUA_REGISTRYINDEX, t->anchor);
     t->anchor = LUA_NOREF;
   }
 }
@@ -737,7 +747,8 @@ static int l_spawn(lua_State *L) {
 }
 
 static ltask_t *check_task(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, TASK_MT);
+  ltask_t *t = luaL_testudata(L, idx, TASK_MT);
+  return t != NULL ? t : luaL_checkudata(L, idx, TASK_ERR_MT);
 }
 
 int lt_task_results(lua_State *L, ltask_t *t) {
@@ -781,13 +792,7 @@ static int l_task_done(lua_State *L) {
 }
 
 static int l_task_gc(lua_State *L) {
-  ltask_t *t = check_task(L, 1);
-  report_unjoined(t);
-  lt_op_clear(t);
-  treadle_waker_drop(t->joiner);
-  t->joiner = NULL;
-  treadle_waker_drop(t->waker);
-  t->waker = NULL;
+  report_unjoined(check_task(L, 1));
   return 0;
 }
 
@@ -885,15 +890,18 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);
   lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, gc);
-  lua_setfield(L, -2, "__gc");
+  if (gc != NULL) {
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+  }
   lua_pushcfunction(L, tostring);
   lua_setfield(L, -2, "__tostring");
   lua_pop(L, 1);
 }
 
 void lt_open_task(lua_State *L) {
-  new_class(L, TASK_MT, task_methods, l_task_gc, l_task_tostring);
+  new_class(L, TASK_ERR_MT, task_methods, l_task_gc, l_task_tostring);
+  new_class(L, TASK_MT, task_methods, NULL, l_task_tostring);
   new_class(L, CHAN_MT, chan_methods, l_chan_gc, l_chan_tostring);
   luaL_getmetatable(L, CHAN_MT);
   lua_pushcfunction(L, l_chan_gc);
