@@ -1,0 +1,696 @@
+#!/usr/bin/env python3
+"""Runs treadle's Lua front door beside ../shared/bench's Lua peers (luv and
+cqueues), interleaved, and prints medians and ratios as Markdown: the echo
+benchmark (echoload) and the spawn_many, ping_pong and timers
+microbenchmarks, with the goals of issue 6.
+
+    bench/lua_compare.py [--reps 3] [--duration 5] [--warmup 1]
+                         [--conns "100 1000"] [--sizes "64 4096"]
+                         [--servers treadle-lua-current,...]
+                         [--runtimes treadle-lua-current,...]
+                         [--benches spawn_many,ping_pong,timers]
+                         [--spawn-n 200000] [--pingpong-n 100000]
+                         [--timers-n 100000] [--yield-n 1000]
+                         [--cpath DIR] [--no-build]
+                         [--skip-echo] [--skip-micro] [--json FILE]
+
+Echo servers (PORT is replaced by a fresh port at every start):
+
+    treadle-lua-current  lua5.4 examples/lua/echo_server.lua PORT current_thread 1  split
+    treadle-lua-multi2   lua5.4 examples/lua/echo_server.lua PORT multi_thread 2    shared
+    lua-luv              lua5.4 <peers>/servers/lua/echo_luv.lua PORT                split
+    lua-cqueues          lua5.4 <peers>/servers/lua/echo_cqueues.lua PORT            split
+
+Placement as ../shared/bench/run_all.sh: "split" = the server under
+`taskset -c 0` and echoload under `taskset -c 1`; "shared" = neither pinned
+(both may use every CPU; the 2-worker server's scaling is measured where more
+cores are available). echoload runs one thread with --server-pid, so every
+result has the server's CPU time: efficiency = rps / (server CPU% / 100),
+requests per second of server CPU (1e6 / efficiency = server CPU µs per
+request; ‡ marks runs where echoload used >= 90% of its core, so the client,
+not the server, was the limit). Every repetition starts every server once
+(order reversed every second repetition), runs echoload once per conns x
+size and stops the server by PID (SIGTERM, SIGKILL after 3 s). On SIGTERM
+echo_server.lua prints "served N connections; per worker: 0:A 1:B": the
+report shows that split for every treadle-lua-multi2 block (it includes the
+driver's own port probes). Starting, stopping, echoload and its build come
+from bench/echo_compare.py.
+
+Microbenchmarks (unpinned, one process per run, also interleaved):
+treadle-lua-current runs bench/lua_micro.lua (current_thread); lua-cqueues,
+lua-coro (bare coroutines on a FIFO, no I/O or timers: a floor, not a
+runtime) and lua-luv (timers only) run
+../shared/bench/micro/lua/micro_lua.lua. Headlines: spawn_many tasks_per_sec,
+ping_pong round_trips_per_sec, timers overshoot_p99_us (yield_many
+yields_per_sec when asked for).
+
+Goals (issue 6): treadle-lua-current >= 1.15x lua-luv's efficiency and
+>= 1.0x its rps (every cell); spawn_many >= 1.5x cqueues; ping_pong >= 1.0x
+cqueues. Ratios are given of the medians and paired (the median of each
+repetition's ratio: the two ran minutes apart at most, so this host's drift
+of ~30% mostly cancels).
+
+The module: LUA_CPATH gets DIR/?.so, DIR = --cpath, else
+build-release/bindings/lua (built with `cmake --preset release` and
+`cmake --build --preset release --target treadle_lua` when missing, unless
+--no-build), else build/bindings/lua. LUA_PATH gets examples/lua.
+"""
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import echo_compare as ec  # noqa: E402
+
+ROOT = ec.ROOT
+LUA = os.environ.get("TREADLE_LUA", "lua5.4")
+ECHO_LUV = os.path.join(ec.SHARED, "servers", "lua", "echo_luv.lua")
+ECHO_CQ = os.path.join(ec.SHARED, "servers", "lua", "echo_cqueues.lua")
+MICRO_LUA = os.path.join(ec.SHARED, "micro", "lua", "micro_lua.lua")
+LUA_MICRO = os.path.join(ROOT, "bench", "lua_micro.lua")
+ECHO_SERVER = "examples/lua/echo_server.lua"
+RELEASE_DIR = os.path.join(ROOT, "build-release", "bindings", "lua")
+DEFAULT_DIR = os.path.join(ROOT, "build", "bindings", "lua")
+
+# name -> (command with PORT, placement)
+SERVERS = {
+    "treadle-lua-current": (f"{LUA} {ECHO_SERVER} PORT current_thread 1", "split"),
+    "treadle-lua-multi2": (f"{LUA} {ECHO_SERVER} PORT multi_thread 2", "shared"),
+    "lua-luv": (f"{LUA} {ECHO_LUV} PORT", "split"),
+    "lua-cqueues": (f"{LUA} {ECHO_CQ} PORT", "split"),
+}
+DEFAULT_SERVERS = list(SERVERS)
+
+# (label, numerator, denominator, field, goal: (">=" or "<=", x) or None)
+ECHO_RATIOS = [
+    ("treadle-lua-current / lua-luv efficiency", "treadle-lua-current",
+     "lua-luv", "eff", (">=", 1.15)),
+    ("treadle-lua-current / lua-luv rps", "treadle-lua-current",
+     "lua-luv", "rps", (">=", 1.0)),
+    ("treadle-lua-current / lua-cqueues efficiency", "treadle-lua-current",
+     "lua-cqueues", "eff", None),
+    ("treadle-lua-current / lua-cqueues rps", "treadle-lua-current",
+     "lua-cqueues", "rps", None),
+    ("treadle-lua-multi2 / lua-luv rps", "treadle-lua-multi2",
+     "lua-luv", "rps", None),
+    ("treadle-lua-multi2 / treadle-lua-current rps", "treadle-lua-multi2",
+     "treadle-lua-current", "rps", None),
+]
+
+RUNTIMES = {
+    "treadle-lua-current": [LUA, LUA_MICRO],
+    "lua-cqueues": [LUA, MICRO_LUA, "cqueues"],
+    "lua-coro": [LUA, MICRO_LUA, "coro"],
+    "lua-luv": [LUA, MICRO_LUA, "luv"],
+}
+# what each runtime can run (micro_lua.lua: luv has only timers, coro no timers)
+SUPPORTS = {
+    "treadle-lua-current": {"spawn_many", "ping_pong", "timers", "yield_many"},
+    "lua-cqueues": {"spawn_many", "ping_pong", "timers", "yield_many"},
+    "lua-coro": {"spawn_many", "ping_pong", "yield_many"},
+    "lua-luv": {"timers"},
+}
+
+# bench -> (headline field, higher is better, unit, other fields shown)
+HEADLINES = {
+    "spawn_many": ("tasks_per_sec", True, "tasks/s", []),
+    "ping_pong": ("round_trips_per_sec", True, "round trips/s",
+                  ["ns_per_round_trip"]),
+    "yield_many": ("yields_per_sec", True, "yields/s", []),
+    "timers": ("overshoot_p99_us", False, "p99 overshoot µs",
+               ["overshoot_p50_us", "wall_ms", "all_started_ms"]),
+}
+
+# (bench, numerator, denominator, goal): ratio of the headline field
+MICRO_RATIOS = [
+    ("spawn_many", "treadle-lua-current", "lua-cqueues", (">=", 1.5)),
+    ("spawn_many", "treadle-lua-current", "lua-coro", None),
+    ("ping_pong", "treadle-lua-current", "lua-cqueues", (">=", 1.0)),
+    ("ping_pong", "treadle-lua-current", "lua-coro", None),
+    ("yield_many", "treadle-lua-current", "lua-cqueues", None),
+    ("timers", "treadle-lua-current", "lua-cqueues", None),
+    ("timers", "treadle-lua-current", "lua-luv", None),
+]
+
+MICRO_TIMEOUT = 300
+SPLIT_RE = re.compile(r"served (\d+) connections; per worker: ([\d: ]+)")
+log = ec.log
+
+
+def all_cpus():
+    return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+
+
+def place(placement):
+    """Points echo_compare's Server and echoload at the placement's CPUs."""
+    if placement == "split":
+        ec.SERVER_CPU, ec.CLIENT_CPU = "0", "1"
+    else:
+        ec.SERVER_CPU = ec.CLIENT_CPU = all_cpus()
+
+
+def lua_version():
+    r = subprocess.run([LUA, "-v"], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True)
+    return (r.stdout or r.stderr).strip() or "?"
+
+
+def lua_can(module):
+    r = subprocess.run([LUA, "-e", f'require "{module}"'], cwd=ROOT,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    return r.returncode == 0, (r.stderr.strip().splitlines() or [""])[0]
+
+
+def module_dir(args, logdir):
+    """The folder with treadle.so for LUA_CPATH (see the docstring)."""
+    if args.cpath:
+        return os.path.abspath(args.cpath)
+    so = os.path.join(RELEASE_DIR, "treadle.so")
+    if not os.path.exists(so) and not args.no_build:
+        log("building the Lua module (release preset, target treadle_lua)")
+        if ec.sh(["cmake", "--preset", "release"], ROOT, logdir, "treadle_lua"):
+            ec.sh(["cmake", "--build", "--preset", "release", "-j",
+                   str(os.cpu_count() or 2), "--target", "treadle_lua"],
+                  ROOT, logdir, "treadle_lua")
+    if os.path.exists(so):
+        return RELEASE_DIR
+    log(f"WARNING: no release build of the module; using {DEFAULT_DIR}")
+    return DEFAULT_DIR
+
+
+def server_split(logpath):
+    """The last "served ... per worker" line the server printed after its
+    latest start in its log (echo_compare's Server appends "$ argv" at each
+    start)."""
+    try:
+        with open(logpath, errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return None
+    text = text[text.rfind("\n$ ") + 1:] if "\n$ " in text else text
+    found = SPLIT_RE.findall(text)
+    if not found:
+        return "interrupted" if "interrupted" in text else None
+    served, per = found[-1]
+    return {"served": int(served),
+            "per_worker": {int(w): int(n) for w, n in
+                           (x.split(":") for x in per.split())}}
+
+
+# ------------------------------------------------------------------ echo
+
+def run_echo(args, servers, logdir):
+    runs, splits = [], []
+    order = list(servers)
+    ports = {"next": args.port_base}
+    current = None
+    interrupted = False
+    log(f"echo: {', '.join(order)}; conns {args.conns} sizes {args.sizes}; "
+        f"{args.duration} s + {args.warmup} s warm-up; {args.reps} rep(s), "
+        f"interleaved")
+    try:
+        for rep in range(args.reps):
+            for name in (order[::-1] if rep % 2 else order):
+                cmd, placement = servers[name]
+                place(placement)
+                port = ec.fresh_port(ports)
+                argv = [t.replace("PORT", str(port)) for t in shlex.split(cmd)]
+                log(f"rep {rep + 1}/{args.reps}: {name} ({placement}) on "
+                    f"127.0.0.1:{port}: {' '.join(argv)}")
+                logpath = os.path.join(logdir, f"server-{name}.log")
+                current = ec.Server(name, argv, logpath)
+                started = current.start(port)
+                for c in args.conns:
+                    for s in args.sizes:
+                        run = {"server": name, "placement": placement,
+                               "rep": rep + 1, "port": port, "conns": c,
+                               "size": s, "argv": argv, "rc": None, "r": None}
+                        runs.append(run)
+                        if not started:
+                            run["note"] = "server did not start"
+                            continue
+                        if not current.alive():
+                            run["note"] = "server died"
+                            log(f"  {name} died (see {current.logpath})")
+                            continue
+                        rc, r, err = ec.echoload(port, c, s, args,
+                                                 current.proc.pid)
+                        run["rc"], run["r"] = rc, r
+                        if r is None:
+                            run["note"] = err
+                            log(f"  {name} c={c} s={s}: echoload rc {rc}, "
+                                f"no result: {err}")
+                        else:
+                            e = ec.efficiency(r)
+                            log(f"  {name:<20} c={c:<4} s={s:<5} "
+                                f"rps={r.get('rps', 0):,.0f} "
+                                f"p99={r.get('p99_us')}us "
+                                f"err={r.get('errors')} "
+                                f"mis={r.get('mismatches')} "
+                                f"cli={r.get('client_cpu_pct')}% "
+                                f"srv={r.get('server_cpu_pct')}% "
+                                f"eff={'-' if e is None else f'{e:,.0f}'}")
+                        time.sleep(0.3)
+                current.stop()
+                current = None
+                if name.startswith("treadle-lua") and started:
+                    sp = server_split(logpath)
+                    splits.append({"server": name, "rep": rep + 1,
+                                   "split": sp})
+                    log(f"  {name} split: {sp}")
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted; stopping the server")
+        if runs and runs[-1]["rc"] is None and "note" not in runs[-1]:
+            runs.pop()  # the echoload run that was cut short
+    finally:
+        if current is not None:
+            current.stop()
+        place("split")
+    return runs, splits, interrupted
+
+
+def goal_mark(value, goal):
+    if goal is None or value is None:
+        return ""
+    op, x = goal
+    return " ✓" if (value >= x if op == ">=" else value <= x) else " ✗"
+
+
+def echo_report(runs, splits, servers, args, skipped):
+    order = list(servers)
+    cells = ec.summarize(runs, order, args.conns, args.sizes)
+    k = ec.k
+    out = []
+    w = out.append
+    w("## Echo (echoload, 1 client thread)")
+    w("")
+    w(f"{args.duration} s measured + {args.warmup} s warm-up per run, medians "
+      f"of {args.reps} interleaved rep(s). split: server on CPU 0, echoload "
+      f"on CPU 1; shared: neither pinned. rps: k round trips/s, median "
+      f"[min–max] (‡: echoload ≥ 90% of its core). eff: k requests per "
+      f"second of server CPU (server CPU µs per request). p99: µs.")
+    for s in args.sizes:
+        w("")
+        w(f"### {s}-byte messages")
+        w("")
+        w("| server | placement | conns | rps k | eff k (µs/req) | p99 µs "
+          "| server CPU % | echoload CPU % | errors / mismatches |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|---|")
+        for name in order:
+            for c in args.conns:
+                x = cells[name, c, s]
+                if x["rps"] is None:
+                    rps = "–"
+                else:
+                    mark = "‡" if (x["client_cpu"] or 0) >= 90 else ""
+                    rps = (f"{k(x['rps'])} [{k(x['rps_min'])}–"
+                           f"{k(x['rps_max'])}]{mark}")
+                eff = ("–" if x["eff"] is None else
+                       f"{k(x['eff'])} ({1e6 / x['eff']:.2f})")
+                p99 = "–" if x["p99"] is None else f"{x['p99']:,.0f}"
+                srv = "–" if x["server_cpu"] is None else f"{x['server_cpu']:.0f}"
+                cli = "–" if x["client_cpu"] is None else f"{x['client_cpu']:.0f}"
+                tail = f"{x['errors']} / {x['mismatches']}"
+                if x["failed"]:
+                    tail += f" ({x['failed']} failed run(s))"
+                w(f"| {name} | {servers[name][1]} | {c} | {rps} | {eff} | {p99} "
+                  f"| {srv} | {cli} | {tail} |")
+    ratios = [r for r in ECHO_RATIOS if r[1] in servers and r[2] in servers]
+    w("")
+    w("### Echo ratios: of the medians / paired (median of each repetition's "
+      "ratio)")
+    w("")
+    table = []
+    if not ratios:
+        w("No ratio: each needs both of its servers.")
+    else:
+        cols = [(s, c) for s in args.sizes for c in args.conns]
+        w("| ratio | goal | " + " | ".join(f"c={c} {s} B" for s, c in cols)
+          + " |")
+        w("|---|---|" + "---:|" * len(cols))
+        for label, a, b, field, goal in ratios:
+            row = [label, "–" if goal is None else f"{goal[0]} {goal[1]}x"]
+            for s, c in cols:
+                x, y = cells[a, c, s][field], cells[b, c, s][field]
+                med = x / y if x and y else None
+                paired, n = ec.paired_ratio(runs, a, b, c, s, field)
+                table.append({"ratio": label, "field": field, "conns": c,
+                              "size": s, "of_medians": med, "paired": paired,
+                              "paired_n": n, "goal": goal})
+                row.append(("–" if med is None else f"{med:.2f}x") + " / "
+                           + ("–" if paired is None else f"{paired:.2f}x")
+                           + goal_mark(paired if paired is not None else med,
+                                       goal))
+            w("| " + " | ".join(row) + " |")
+        w("")
+        w("✓ / ✗: the paired ratio meets / misses the goal.")
+    if splits:
+        w("")
+        w("### Connections per worker (echo_server.lua's line at SIGTERM; "
+          "includes the driver's port probes)")
+        w("")
+        w("| server | rep | served | per worker |")
+        w("|---|---:|---:|---|")
+        for x in splits:
+            sp = x["split"]
+            if isinstance(sp, dict):
+                per = " ".join(f"{wk}: {n}" for wk, n in
+                               sorted(sp["per_worker"].items()))
+                w(f"| {x['server']} | {x['rep']} | {sp['served']} | {per} |")
+            else:
+                w(f"| {x['server']} | {x['rep']} | – | {sp or 'no summary line'} |")
+    if skipped:
+        w("")
+        w("Skipped: " + "; ".join(f"{n} ({why})" for n, why in skipped) + ".")
+    return "\n".join(out), cells, table
+
+
+# ----------------------------------------------------------------- micro
+
+def micro_cmd(runtime, bench, args):
+    n = {"spawn_many": args.spawn_n, "ping_pong": args.pingpong_n,
+         "timers": args.timers_n, "yield_many": args.yield_n}[bench]
+    return RUNTIMES[runtime] + [bench, str(n)]
+
+
+def run_one_micro(cmd):
+    p = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, preexec_fn=ec._die_with_parent)
+    try:
+        stdout, stderr = p.communicate(timeout=MICRO_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return -1, None, f"timed out after {MICRO_TIMEOUT} s"
+    finally:
+        if p.poll() is None:
+            p.kill()
+            try:
+                p.communicate(timeout=5)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                pass
+    lines = stdout.strip().splitlines()
+    try:
+        r = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        r = None
+    if p.returncode != 0:
+        r = None
+    return p.returncode, r, stderr.strip()[-500:]
+
+
+def run_micro(args, runtimes):
+    runs = []
+    interrupted = False
+    log(f"micro: {', '.join(runtimes)}; {', '.join(args.benches)}; "
+        f"{args.reps} rep(s), interleaved")
+    try:
+        for rep in range(args.reps):
+            for bench in args.benches:
+                field = HEADLINES[bench][0]
+                names = [n for n in runtimes if bench in SUPPORTS[n]]
+                for name in (names[::-1] if rep % 2 else names):
+                    cmd = micro_cmd(name, bench, args)
+                    rc, r, err = run_one_micro(cmd)
+                    run = {"runtime": name, "bench": bench, "rep": rep + 1,
+                           "argv": cmd, "rc": rc, "r": r}
+                    if r is None:
+                        run["note"] = err
+                        log(f"  {name} {bench}: rc {rc}, no result: {err}")
+                    else:
+                        extra = " ".join(f"{f}={r.get(f)}"
+                                         for f in HEADLINES[bench][3])
+                        log(f"  rep {rep + 1} {bench:<10} {name:<20} "
+                            f"{field}={r.get(field)} {extra}")
+                    runs.append(run)
+    except KeyboardInterrupt:
+        interrupted = True
+        log("interrupted")
+    return runs, interrupted
+
+
+def micro_paired(runs, bench, a, b, field):
+    by_rep = {}
+    for x in runs:
+        if x["bench"] == bench and x["r"] is not None:
+            v = x["r"].get(field)
+            if v is not None:
+                by_rep.setdefault(x["rep"], {})[x["runtime"]] = v
+    ratios = [d[a] / d[b] for d in by_rep.values()
+              if a in d and b in d and d[b]]
+    return (statistics.median(ratios) if ratios else None), len(ratios)
+
+
+def micro_report(runs, runtimes, args, skipped):
+    out = []
+    w = out.append
+    med = {}
+    w("## Microbenchmarks (unpinned)")
+    w("")
+    w(f"Medians of {args.reps} interleaved rep(s) [min–max]. spawn_many "
+      f"N={args.spawn_n:,}, ping_pong N={args.pingpong_n:,}, timers "
+      f"N={args.timers_n:,}"
+      + (f", yield_many 1000 tasks x {args.yield_n:,}"
+         if "yield_many" in args.benches else "")
+      + ". lua-coro: bare coroutines on a FIFO (a floor, not a runtime); "
+        "lua-luv: timers only.")
+    for bench in args.benches:
+        field, higher, unit, others = HEADLINES[bench]
+        names = [n for n in runtimes if bench in SUPPORTS[n]]
+        w("")
+        w(f"### {bench}")
+        w("")
+        head = ["runtime", f"{field} ({unit}, {'higher' if higher else 'lower'}"
+                f" is better)"] + others + ["failed runs"]
+        w("| " + " | ".join(head) + " |")
+        w("|---|" + "---:|" * (len(head) - 1))
+        for name in names:
+            rs = [x for x in runs if x["runtime"] == name and x["bench"] == bench]
+            ok = [x["r"] for x in rs if x["r"] is not None]
+            row = [name]
+            for i, f in enumerate([field] + others):
+                vals = [r[f] for r in ok if r.get(f) is not None]
+                m = statistics.median(vals) if vals else None
+                med[name, bench, f] = m
+                if m is None:
+                    row.append("–")
+                elif i == 0:
+                    row.append(f"{m:,.1f} [{min(vals):,.1f}–{max(vals):,.1f}]"
+                               if not higher else
+                               f"{m:,.0f} [{min(vals):,.0f}–{max(vals):,.0f}]")
+                else:
+                    row.append(f"{m:,.1f}")
+            row.append(str(len(rs) - len(ok)))
+            w("| " + " | ".join(row) + " |")
+    ratios = [r for r in MICRO_RATIOS if r[0] in args.benches
+              and r[1] in runtimes and r[2] in runtimes]
+    table = []
+    if ratios:
+        w("")
+        w("### Micro ratios (of the headline field: tasks/s, round trips/s, "
+          "yields/s, or p99 overshoot)")
+        w("")
+        w("| benchmark | ratio | goal | of the medians | paired |")
+        w("|---|---|---|---:|---:|")
+        for bench, a, b, goal in ratios:
+            field, higher = HEADLINES[bench][:2]
+            x, y = med.get((a, bench, field)), med.get((b, bench, field))
+            m = x / y if x is not None and y else None
+            paired, n = micro_paired(runs, bench, a, b, field)
+            table.append({"bench": bench, "ratio": f"{a} / {b}",
+                          "field": field, "of_medians": m, "paired": paired,
+                          "paired_n": n, "goal": goal})
+            w(f"| {bench} | {a} / {b} {field} | "
+              f"{'–' if goal is None else f'{goal[0]} {goal[1]}x'} | "
+              f"{'–' if m is None else f'{m:.2f}x'} | "
+              f"{'–' if paired is None else f'{paired:.2f}x'}"
+              f"{goal_mark(paired if paired is not None else m, goal)} |")
+        w("")
+        w("✓ / ✗: the paired ratio meets / misses the goal (timers: lower is "
+          "better).")
+    if skipped:
+        w("")
+        w("Skipped: " + "; ".join(f"{n} ({why})" for n, why in skipped) + ".")
+    return "\n".join(out), {f"{n}|{b}|{f}": v for (n, b, f), v in med.items()}, table
+
+
+# ------------------------------------------------------------------ main
+
+def parse_args():
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5,
+                    help="measured seconds per echoload run (max 30)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="unmeasured seconds per echoload run (max 10)")
+    ap.add_argument("--conns", default="100 1000",
+                    help='echo connection counts (default "100 1000")')
+    ap.add_argument("--sizes", default="64 4096",
+                    help='echo message sizes in bytes (default "64 4096")')
+    ap.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
+                    help=f"echo servers (default all: {','.join(SERVERS)})")
+    ap.add_argument("--runtimes", default=",".join(RUNTIMES),
+                    help=f"micro runtimes (default all: {','.join(RUNTIMES)})")
+    ap.add_argument("--benches", default="spawn_many,ping_pong,timers",
+                    help="microbenchmarks (spawn_many, ping_pong, timers, "
+                         "yield_many; default spawn_many,ping_pong,timers)")
+    ap.add_argument("--spawn-n", type=int, default=200000)
+    ap.add_argument("--pingpong-n", type=int, default=100000)
+    ap.add_argument("--timers-n", type=int, default=100000)
+    ap.add_argument("--yield-n", type=int, default=1000,
+                    help="yields per task in yield_many (1000 tasks)")
+    ap.add_argument("--cpath", metavar="DIR",
+                    help="folder with treadle.so (default: build-release/"
+                         "bindings/lua, else build/bindings/lua)")
+    ap.add_argument("--no-build", action="store_true",
+                    help="do not build a missing release module")
+    ap.add_argument("--skip-echo", action="store_true")
+    ap.add_argument("--skip-micro", action="store_true")
+    ap.add_argument("--port-base", type=int, default=19700)
+    ap.add_argument("--json", metavar="FILE", help="save the raw runs here")
+    args = ap.parse_args()
+    args.conns = [int(x) for x in args.conns.replace(",", " ").split()]
+    args.sizes = [int(x) for x in args.sizes.replace(",", " ").split()]
+    args.benches = [b for b in args.benches.replace(" ", "").split(",") if b]
+    if args.reps < 1 or not args.conns or not args.sizes:
+        ap.error("need --reps >= 1 and at least one conns and size")
+    if not 1 <= args.duration <= 30 or not 0 <= args.warmup <= 10:
+        ap.error("echoload takes --duration 1..30 and --warmup 0..10")
+    for b in args.benches:
+        if b not in HEADLINES:
+            ap.error(f"unknown benchmark {b!r} (known: {', '.join(HEADLINES)})")
+    servers = {}
+    for name in args.servers.replace(" ", "").split(","):
+        if name:
+            if name not in SERVERS:
+                ap.error(f"unknown server {name!r} (known: {', '.join(SERVERS)})")
+            servers[name] = SERVERS[name]
+    runtimes = []
+    for name in args.runtimes.replace(" ", "").split(","):
+        if name:
+            if name not in RUNTIMES:
+                ap.error(f"unknown runtime {name!r} (known: {', '.join(RUNTIMES)})")
+            runtimes.append(name)
+    return args, servers, runtimes
+
+
+def main():
+    args, servers, runtimes = parse_args()
+    logdir = tempfile.mkdtemp(prefix="lua_compare-")
+    log(f"logs in {logdir}")
+    if not shutil.which(LUA):
+        sys.exit(f"{LUA} not found (set TREADLE_LUA)")
+    need_treadle = any(n.startswith("treadle") for n in
+                       (list(servers) if not args.skip_echo else [])
+                       + (runtimes if not args.skip_micro else []))
+    mdir = module_dir(args, logdir) if need_treadle else None
+    if mdir:
+        os.environ["LUA_CPATH"] = f"{mdir}/?.so;;"
+        log(f"LUA_CPATH={os.environ['LUA_CPATH']}")
+    os.environ["LUA_PATH"] = f"{os.path.join(ROOT, 'examples', 'lua')}/?.lua;;"
+
+    # What can run: treadle (built?), luv, cqueues (Debian's lua-luv, lua-cqueues).
+    missing = {}
+    for what, mod in (("treadle", "treadle"), ("luv", "luv"),
+                      ("cqueues", "cqueues")):
+        if what == "treadle" and not need_treadle:
+            continue
+        ok, why = lua_can(mod)
+        if not ok:
+            missing[what] = f'require "{mod}" failed: {why}'
+            log(f"WARNING: {missing[what]}")
+
+    def needs(name):
+        if name.startswith("treadle"):
+            return "treadle"
+        return {"lua-luv": "luv", "lua-cqueues": "cqueues"}.get(name)
+
+    skipped, micro_skipped = [], []
+    for name in list(servers):
+        if needs(name) in missing:
+            skipped.append((name, missing[needs(name)]))
+            del servers[name]
+    for name in list(runtimes):
+        if needs(name) in missing:
+            micro_skipped.append((name, missing[needs(name)]))
+            runtimes.remove(name)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    echo_runs, splits, micro_runs, interrupted = [], [], [], False
+    try:
+        if not args.skip_echo and servers:
+            ec.build(set(), logdir)  # echoload, when missing
+            if not os.access(ec.ECHOLOAD, os.X_OK):
+                sys.exit(f"echoload missing at {ec.ECHOLOAD} (build log in "
+                         f"{logdir})")
+            if not shutil.which("taskset"):
+                sys.exit("taskset not found (util-linux)")
+            echo_runs, splits, interrupted = run_echo(args, servers, logdir)
+        if not args.skip_micro and runtimes and not interrupted:
+            micro_runs, interrupted = run_micro(args, runtimes)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    parts = [f"# treadle (Lua) vs luv / cqueues\n\n"
+             f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}, {os.cpu_count()} CPUs, "
+             f"{lua_version()}; module from {mdir or '–'}."]
+    saved = {"date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "reps": args.reps,
+             "interrupted": interrupted, "lua": LUA, "module_dir": mdir}
+    if echo_runs:
+        text, cells, table = echo_report(echo_runs, splits, servers, args,
+                                         skipped)
+        parts.append(text)
+        saved["echo"] = {
+            "duration_s": args.duration, "warmup_s": args.warmup,
+            "conns": args.conns, "sizes": args.sizes,
+            "servers": {n: {"command": c, "placement": p}
+                        for n, (c, p) in servers.items()},
+            "skipped": dict(skipped), "runs": echo_runs, "splits": splits,
+            "medians": [dict(server=n, conns=c, size=s, **v)
+                        for (n, c, s), v in cells.items()],
+            "ratios": table}
+    elif skipped and not args.skip_echo:
+        parts.append("## Echo\n\nSkipped: " + "; ".join(
+            f"{n} ({why})" for n, why in skipped) + ".")
+    if micro_runs:
+        text, medians, table = micro_report(micro_runs, runtimes, args,
+                                            micro_skipped)
+        parts.append(text)
+        saved["micro"] = {"benches": args.benches, "spawn_n": args.spawn_n,
+                          "pingpong_n": args.pingpong_n,
+                          "timers_n": args.timers_n, "yield_n": args.yield_n,
+                          "runtimes": {n: RUNTIMES[n] for n in runtimes},
+                          "skipped": dict(micro_skipped), "runs": micro_runs,
+                          "medians": medians, "ratios": table}
+    elif micro_skipped and not args.skip_micro:
+        parts.append("## Microbenchmarks\n\nSkipped: " + "; ".join(
+            f"{n} ({why})" for n, why in micro_skipped) + ".")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(saved, f, indent=1)
+        log(f"raw runs written to {args.json}")
+    print("\n\n".join(parts))
+    if interrupted:
+        print("\n(Interrupted: partial results.)")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+-- Quick start: sleep and spawn with treadle, on both runtime flavors.
+--
+--   LUA_CPATH="build/bindings/lua/?.so;;" lua5.4 examples/lua/hello.lua
+--
+-- treadle.run(fn) makes a runtime, runs fn as its main task and returns
+-- fn's results. Inside a task, treadle.sleep(s) suspends the task (not the
+-- thread) and treadle.spawn(fn, ...) starts another task; task:join()
+-- gives its results. A task is a Lua coroutine: the code reads top to
+-- bottom, with no callbacks.
+--
+-- On multi_thread every worker thread has a lua_State of its own, so the
+-- entry is a module name that each worker `require`s: this file is also
+-- that module (required, it returns its main function), and every worker
+-- runs main(worker_index) at the same time, on its own thread.
+local treadle = require "treadle"
+
+local function greet(name, seconds)
+  treadle.sleep(seconds)
+  return string.format("hello, %s (after %.0f ms, on worker %d)", name, seconds * 1000, treadle.worker())
+end
+
+local function main(worker)
+  local tag = string.format("[worker %d]", worker or treadle.worker())
+  local t0 = treadle.now()
+  print(tag .. " hello")
+  treadle.sleep(0.010)
+  print(string.format("%s ... world, %.0f ms later", tag, (treadle.now() - t0) * 1000))
+
+  -- three tasks sleep at the same time: together they take ~30 ms, not 60
+  t0 = treadle.now()
+  local tasks = {}
+  for _, who in ipairs({{"ada", 30}, {"grace", 10}, {"linus", 20}}) do
+    tasks[#tasks + 1] = treadle.spawn(greet, who[1], who[2] / 1000)
+  end
+  for _, t in ipairs(tasks) do print(tag .. "   " .. t:join()) end
+  local took = (treadle.now() - t0) * 1000
+  print(string.format("%s three sleeps of 30, 10 and 20 ms took %.0f ms together", tag, took))
+  return took
+end
+
+-- required as a module (by a multi_thread worker): hand over main
+if select("#", ...) >= 2 and tostring(select(2, ...)):match("%.lua$") then
+  return main
+end
+
+-- The name under which a worker state finds this file: "hello" when
+-- LUA_PATH has examples/lua, else the dotted path from the working
+-- directory (the default path has ./?.lua).
+local function module_name(name)
+  if package.searchpath(name, package.path) then return name end
+  local dir = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
+  dir = dir:gsub("^%./", "")
+  if dir == "." then return name end
+  return dir:gsub("/", ".") .. "." .. name
+end
+
+print("== current_thread")
+local took = treadle.run(main, {flavor = "current_thread"})
+print("== multi_thread, 2 workers (each runs main in its own lua_State)")
+local took0 = treadle.run(module_name("hello"), {flavor = "multi_thread", workers = 2})
+print(string.format("== done: %.0f ms on current_thread, %.0f ms on worker 0", took, took0))

@@ -1,0 +1,122 @@
+-- The examples in examples/lua run and say what they should: each is
+-- started as a child lua5.4 (LUA_PATH with examples/lua, as the README's
+-- command sets it), its output checked.
+package.path = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "?.lua;" .. package.path
+local H = require "harness"
+local T = H.suite("examples", ...)
+local EX = H.root .. "examples/lua/"
+local CT = {"current_thread"}
+
+local function run(script, args, limit)
+  local cmd = string.format("%s timeout -k 2 %d %s %s %s 2>&1", H.child_env(), limit or 30,
+    H.q(H.lua()), H.q(EX .. script), args or "")
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  local _, how, code = p:close()
+  return out, how, code
+end
+
+local function expect_ok(out, how, code)
+  H.ok(how == "exit" and code == 0, string.format("exit %s %s; output:\n%s", how, code, out))
+end
+
+T.case("hello.lua", {outside = true, flavors = CT}, function()
+  local out, how, code = run("hello.lua")
+  expect_ok(out, how, code)
+  H.has(out, "hello, ada (after 30 ms, on worker 0)")
+  H.has(out, "[worker 1] hello", "worker 1 ran main too")
+  H.has(out, "== done")
+end)
+
+T.case("missing_drivers.lua", {outside = true, flavors = CT}, function()
+  local out, how, code = run("missing_drivers.lua")
+  expect_ok(out, how, code)
+  H.has(out, "[current_thread] enable_time = false: sleep(0.001) -> timers are disabled: build the runtime with enable_time")
+  H.has(out, "[multi_thread] enable_io = false: bind(127.0.0.1:0) -> I/O is disabled: build the runtime with enable_io")
+end)
+
+T.case("thread_distribution.lua", {outside = true, flavors = CT}, function()
+  local out, how, code = run("thread_distribution.lua", "40 2")
+  expect_ok(out, how, code)
+  H.has(out, "total 40 tasks, 0 moved between workers")
+  H.note((out:match("parallelism [%d.]+") or "?"))
+end)
+
+T.case("remote_spawn.lua", {outside = true, flavors = CT}, function()
+  local out, how, code = run("remote_spawn.lua", "3 9")
+  expect_ok(out, how, code)
+  H.has(out, "9 jobs on 3 workers, 3 distinct threads: every job ran where it was sent")
+end)
+
+T.case("echo_client.lua alone", {outside = true, flavors = CT}, function()
+  local out, how, code = run("echo_client.lua", "0 20 50 3000")
+  expect_ok(out, how, code)
+  H.has(out, "20 of 20 connections ok")
+end)
+
+-- echo_server.lua in the background, echo_client.lua against it, then a
+-- signal; the server's last line gives the split per worker
+local function server_session(flavor, workers, sig, conns)
+  -- the popen shell says its pid, then becomes the server (in the
+  -- foreground: a background job of sh would start with SIGINT ignored)
+  local cmd = string.format("echo $$; %s exec %s %s 0 %s %d 2>&1",
+    H.child_env(), H.q(H.lua()), H.q(EX .. "echo_server.lua"), flavor, workers)
+  local p = io.popen(cmd)
+  local pid = tonumber(p:read("l"))
+  H.ok(pid, "server pid")
+  local lines, port = {}, nil
+  for _ = 1, 50 do
+    local l = p:read("l")
+    if not l then break end
+    lines[#lines + 1] = l
+    port = l:match("^listening on 127%.0%.0%.1:(%d+)")
+    if port then break end
+  end
+  if not port then
+    os.execute("kill -KILL " .. pid .. " 2>/dev/null")
+    p:close()
+    H.fail("no 'listening' line:\n" .. table.concat(lines, "\n"))
+  end
+  local out, how, code = run("echo_client.lua", string.format("%s %d 20 4096", port, conns))
+  os.execute(string.format("kill -%s %d", sig, pid))
+  -- if it ignores the signal, it is killed in 10 s (and this case fails)
+  os.execute(string.format("(sleep 10; grep -qs echo_server /proc/%d/cmdline && kill -KILL %d) >/dev/null 2>&1 &", pid, pid))
+  local rest = p:read("a")
+  p:close()
+  expect_ok(out, how, code)
+  H.has(out, conns .. " of " .. conns .. " connections ok")
+  if rest:find("interrupted", 1, true) then
+    H.note("treadle.run took the SIGINT itself: " .. rest:match("interrupted[^\n]*"))
+  end
+  local served, split = rest:match("served (%d+) connections; per worker: ([%d: ]+)")
+  if not served and flavor == "multi_thread" and rest:find("interrupted", 1, true) then
+    return nil, rest
+  end
+  H.ok(served, "the server's summary line:\n" .. rest)
+  H.eq(tonumber(served), conns, "connections served")
+  return split, rest
+end
+
+for _, sig in ipairs({"TERM", "INT"}) do
+  T.case("echo_server.lua current_thread, SIG" .. sig, {outside = true, flavors = CT}, function()
+    local split = server_session("current_thread", 1, sig, 10)
+    H.eq(split, "0:10")
+  end)
+  T.case("echo_server.lua multi_thread 2 workers, SIG" .. sig, {outside = true, flavors = CT}, function()
+    local split = server_session("multi_thread", 2, sig, 40)
+    if not split then return end      -- SIGINT taken by treadle.run (noted)
+    local a, b = split:match("^0:(%d+) 1:(%d+)")
+    H.ok(a and b, "split " .. split)
+    H.eq(tonumber(a) + tonumber(b), 40, "split adds up")
+    H.ok(tonumber(a) > 0 and tonumber(b) > 0, "both workers served: " .. split)
+    H.note("split " .. split)
+  end)
+end
+
+T.case("echo_server.lua: bad usage", {outside = true, flavors = CT}, function()
+  local out, how, code = run("echo_server.lua", "")
+  H.eq(code, 2, "usage exit code: " .. out)
+  H.has(out, "usage")
+end)
+
+return T.main()
