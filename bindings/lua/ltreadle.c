@@ -188,10 +188,13 @@ static treadle_poll_t root_poll(treadle_cx_t *cx, void *state) {
       st->tick_armed = true;
     }
   }
-  if (st->sig_armed && treadle_signal_poll(&st->sig, cx, &err) == TREADLE_READY) {
-    st->interrupted = err == 0;
-    return TREADLE_READY;
-  }
+  /* Relaxed: lt_sigint_taken is a flag; a task that waits for SIGINT
+   * takes it over, as one waiting in Tokio's ctrl_c does. */
+  while (st->sig_armed && treadle_signal_poll(&st->sig, cx, &err) == TREADLE_READY)
+    if (err != 0 || !atomic_load_explicit(&lt_sigint_taken, memory_order_relaxed)) {
+      st->interrupted = err == 0;
+      return TREADLE_READY;
+    }
   if (st->tick_armed && !st->tick_failed &&
       treadle_sleep_poll(&st->tick, cx, &err) == TREADLE_READY) {
     if (err != 0)
@@ -345,12 +348,21 @@ static int l_runtime(lua_State *L) {
  * shutdown on SIGINT. */
 static void drive(lua_State *L, lrt_t *r, root_t *st) {
   root_t *pst = st;
+  /* lua5.4's own SIGINT handler would raise "interrupted!" in whatever
+   * Lua code the main thread runs next: while treadle's root listens, the
+   * handler it chains to is SIG_IGN; lua5.4's comes back afterwards. */
+  struct sigaction saved, ign = {.sa_handler = SIG_IGN};
+  sigemptyset(&ign.sa_mask);
+  bool swapped = sigaction(SIGINT, &ign, &saved) == 0;
   treadle_err_t err = treadle_runtime_block_on(r->rt, &root_vt, &pst, sizeof pst, NULL);
+  if (swapped)
+    sigaction(SIGINT, &saved, NULL);
   if (err != 0)
     luaL_error(L, "block_on: %s", treadle_strerror(err));
   if (st->interrupted) {
     rt_shutdown(r, TREADLE_FOREVER);
-    luaL_error(L, "interrupted");
+    lua_pushliteral(L, "interrupted");
+    lua_error(L);
   }
 }
 

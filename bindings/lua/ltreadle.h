@@ -15,6 +15,7 @@
 #include <lauxlib.h>
 #include <lua.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 
 #include "treadle.h"
@@ -64,7 +65,7 @@ typedef struct {
   union {
     struct { uint64_t ns; treadle_sleep_t s; } sleep;
     struct { ltask_t *child; uint64_t ns; treadle_sleep_t deadline;
-             bool has_deadline, timed_out; } join;
+             bool has_deadline, timed_out, is_timeout; } join;
     struct { int signum; treadle_signal_t s; } signal;
     struct { lchan_t *ch; lwait_t w; void *blob; } chan;
     struct { void *listener; treadle_tcp_stream_t *out;
@@ -98,6 +99,8 @@ struct ltask_s {
 };
 
 extern __thread ltask_t *lt_current;
+/* Set once a task waits for SIGINT: block_on then leaves SIGINT to it. */
+extern atomic_bool lt_sigint_taken;
 extern __thread treadle_cx_t *lt_current_cx;
 
 /* The home of the running task, or NULL outside a task. */

@@ -23,13 +23,10 @@
 #include "ltreadle.h"
 
 __thread ltask_t *lt_current;
+atomic_bool lt_sigint_taken;
 __thread treadle_cx_t *lt_current_cx;
 
 #define TASK_MT "treadle.task"
-/* A failed task nobody joined yet: the same methods, plus a __gc that
- * reports the error. Plain tasks have no finalizer, which keeps them cheap
- * for the collector. */
-#define TASK_ERR_MT "treadle.task.failed"
 #define CHAN_MT "treadle.channel"
 
 /* ------------------------------------------------------------ helpers */
@@ -486,7 +483,15 @@ int lt_op_push(lua_State *co, ltask_t *t) {
     }
     break;
   case LOP_JOIN:
-    if (op->u.join.timed_out) {
+    if (op->u.join.timed_out && op->err != 0) { /* no timers: raise */
+      ltask_t *c = op->u.join.child;
+      c->cancel = true;
+      if (c->waker != NULL)
+        treadle_wake_by_ref(c->waker);
+      lua_pushboolean(co, 0);
+      lua_pushstring(co, treadle_strerror(op->err));
+      n = 2;
+    } else if (op->u.join.timed_out) {
       ltask_t *c = op->u.join.child;
       c->cancel = true;
       if (c->waker != NULL)
@@ -495,7 +500,7 @@ int lt_op_push(lua_State *co, ltask_t *t) {
       lua_pushnil(co);
       lua_pushliteral(co, "timeout");
       n = 3;
-    } else if (op->u.join.has_deadline &&
+    } else if (op->u.join.is_timeout &&
                op->u.join.child->status == LT_OK) { /* timeout: true, ... */
       n = push_outcome(co, op->u.join.child);
       lua_pushboolean(co, 1);
@@ -539,10 +544,16 @@ void lt_op_clear(ltask_t *t) {
     if (op->started)
       treadle_sleep_drop(&op->u.sleep.s);
     break;
-  case LOP_JOIN:
+  case LOP_JOIN: {
+    ltask_t *c = op->u.join.child;
     if (op->started)
       treadle_sleep_drop(&op->u.join.deadline);
+    if (c != NULL && c->joiner != NULL) { /* ours: one joiner at a time */
+      treadle_waker_drop(c->joiner);
+      c->joiner = NULL;
+    }
     break;
+  }
   case LOP_SIGNAL:
     if (op->started && op->err == 0)
       treadle_signal_drop(&op->u.signal.s);
@@ -629,13 +640,7 @@ static void finish(ltask_t *t, int status) {
   if (t->on_done != NULL)
     t->on_done(t, t->on_done_ud);
   if (t->anchor != LUA_NOREF) {
-    lua_State *L = t->home->L;
-    if (status == LT_ERROR && !t->joined) {
-      lua_rawgeti(L, LUA_REGISTRYINDEX, t->anchor);
-      luaL_setmetatable(L, TASK_ERR_MT);
-      lua_pop(L, 1);
-    }
-    luaL_unref(L, LUA_REGISTRYINDEX, t->anchor);
+    luaL_unref(t->home->L, LUA_REGISTRYINDEX, t->anchor);
     t->anchor = LUA_NOREF;
   }
 }
@@ -645,43 +650,46 @@ static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
   check_thread(t->home);
   if (t->waker == NULL)
     t->waker = treadle_waker_clone(treadle_cx_waker(cx));
-  for (;;) {
-    if (t->cancel) {
-      lua_resetthread(t->co); /* runs its pending to-be-closed variables */
-      finish(t, LT_CANCELLED);
-      return TREADLE_READY;
-    }
-    int nargs;
-    if (!t->started) {
-      t->started = true;
-      nargs = t->start_nargs;
-    } else {
-      if (lt_op_poll(t, cx) == TREADLE_PENDING)
-        return TREADLE_PENDING;
-      nargs = lt_op_push(t->co, t);
-    }
-    ltask_t *saved = lt_current;
-    treadle_cx_t *saved_cx = lt_current_cx;
-    lt_current = t;
-    lt_current_cx = cx;
-    int nres;
-    int st = lua_resume(t->co, NULL, nargs, &nres);
-    lt_current = saved;
-    lt_current_cx = saved_cx;
-    if (st == LUA_YIELD) {
-      lua_pop(t->co, nres);
-      if (t->op.kind == LOP_NONE) /* a plain coroutine.yield() */
-        t->op.kind = LOP_YIELD;
-      continue;
-    }
-    if (st == LUA_OK) {
-      t->nresults = nres;
-      finish(t, LT_OK);
-    } else {
-      finish(t, LT_ERROR); /* reported at __gc if nobody joins it */
-    }
+  if (t->cancel) {
+    lua_resetthread(t->co); /* runs its pending to-be-closed variables */
+    finish(t, LT_CANCELLED);
     return TREADLE_READY;
   }
+  int nargs;
+  if (!t->started) {
+    t->started = true;
+    nargs = t->start_nargs;
+  } else {
+    if (lt_op_poll(t, cx) == TREADLE_PENDING)
+      return TREADLE_PENDING;
+    nargs = lt_op_push(t->co, t);
+  }
+  ltask_t *saved = lt_current;
+  treadle_cx_t *saved_cx = lt_current_cx;
+  lt_current = t;
+  lt_current_cx = cx;
+  int nres;
+  int st = lua_resume(t->co, NULL, nargs, &nres);
+  lt_current = saved;
+  lt_current_cx = saved_cx;
+  if (st == LUA_YIELD) {
+    lua_pop(t->co, nres);
+    if (t->op.kind == LOP_NONE) { /* a plain coroutine.yield() */
+      t->op.kind = LOP_YIELD;
+      t->op.started = true;
+      treadle_cx_yield(cx);
+    }
+    /* An op yields only after its inline poll said PENDING: the leaf
+     * holds our waker. */
+    return TREADLE_PENDING;
+  }
+  if (st == LUA_OK) {
+    t->nresults = nres;
+    finish(t, LT_OK);
+  } else {
+    finish(t, LT_ERROR); /* reported at __gc if nobody joins it */
+  }
+  return TREADLE_READY;
 }
 
 /* Once: after READY (nothing left), or when the runtime drops the task. */
@@ -747,8 +755,7 @@ static int l_spawn(lua_State *L) {
 }
 
 static ltask_t *check_task(lua_State *L, int idx) {
-  ltask_t *t = luaL_testudata(L, idx, TASK_MT);
-  return t != NULL ? t : luaL_checkudata(L, idx, TASK_ERR_MT);
+  return luaL_checkudata(L, idx, TASK_MT);
 }
 
 int lt_task_results(lua_State *L, ltask_t *t) {
@@ -850,6 +857,7 @@ static int l_timeout(lua_State *L) {
   t->op.u.join.child = c;
   t->op.u.join.ns = ns;
   t->op.u.join.has_deadline = ns != TREADLE_FOREVER;
+  t->op.u.join.is_timeout = true;
   return lt_wait(L, t);
 }
 
@@ -869,6 +877,8 @@ static int l_signal(lua_State *L) {
     return luaL_argerror(L, 1, "not a signal treadle can wait for "
                                "(SIGINT, SIGTERM, SIGHUP, SIGUSR1, ...)");
   ltask_t *t = lt_need_task(L, "treadle.signal");
+  if (signum == SIGINT) /* Relaxed: a flag read by block_on's root */
+    atomic_store_explicit(&lt_sigint_taken, true, memory_order_relaxed);
   t->op.kind = LOP_SIGNAL;
   t->op.u.signal.signum = signum;
   return lt_wait(L, t);
@@ -900,8 +910,11 @@ static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
 }
 
 void lt_open_task(lua_State *L) {
-  new_class(L, TASK_ERR_MT, task_methods, l_task_gc, l_task_tostring);
-  new_class(L, TASK_MT, task_methods, NULL, l_task_tostring);
+  new_class(L, TASK_MT, task_methods, l_task_gc, l_task_tostring);
+  luaL_getmetatable(L, TASK_MT);
+  lua_pushcfunction(L, l_task_abort); /* local t <close>: aborted at scope end */
+  lua_setfield(L, -2, "__close");
+  lua_pop(L, 1);
   new_class(L, CHAN_MT, chan_methods, l_chan_gc, l_chan_tostring);
   luaL_getmetatable(L, CHAN_MT);
   lua_pushcfunction(L, l_chan_gc);

@@ -560,7 +560,9 @@ int treadle_sockaddr_format(const struct sockaddr_storage *addr, char *buf,
  * The first listener for a signal in the process installs treadle's handler
  * (SA_RESTART); the handler that was there before still runs when it was a
  * function, and it is put back when the last runtime listening for that
- * signal shuts down. Needs enable_io. */
+ * signal shuts down. If the program installs a handler of its own later,
+ * the next treadle_signal_init for that signal puts treadle's back in front
+ * of it (chaining to it). Needs enable_io. */
 
 /* A signal listener, embedded in the caller's state. Fields private. */
 typedef struct treadle_signal_s {

@@ -13,7 +13,8 @@
  * A runtime leaves the handler's table at shutdown and waits until no
  * handler runs before its eventfd may close. A handler that was a function
  * before treadle's is called after it: the program's own handling goes on
- * while treadle listens. */
+ * while treadle listens. A new listener puts treadle's handler back in
+ * front when the program replaced it meanwhile (reassert). */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <sched.h>
@@ -152,14 +153,38 @@ static treadle_err_t install(int signum) {
   return 0;
 }
 
+static bool ours(const struct sigaction *sa) {
+  return (sa->sa_flags & SA_SIGINFO) && sa->sa_sigaction == on_signal;
+}
+
+/* Under g.mu, with treadle listening for signum: when the program has put
+ * a handler of its own in since (Python's signal.signal does), puts
+ * treadle's back in front of it, chaining to the new one. */
+static treadle_err_t reassert(int signum) {
+  struct sigaction cur;
+  if (sigaction(signum, NULL, &cur) < 0)
+    return -errno;
+  if (ours(&cur))
+    return 0;
+  /* seq_cst: a handler still running from before the replacement reads
+   * g.old; wait for it before g.old changes (it counts itself first
+   * thing, the same window leave_table accepts). */
+  while (atomic_load_explicit(&g.in_handler, memory_order_seq_cst) != 0)
+    sched_yield();
+  g.old[signum] = cur;
+  struct sigaction sa = {.sa_sigaction = on_signal,
+                         .sa_flags = SA_SIGINFO | SA_RESTART};
+  sigemptyset(&sa.sa_mask);
+  return sigaction(signum, &sa, NULL) < 0 ? -errno : 0;
+}
+
 /* Under g.mu: puts the old handler back after the last listener, unless
  * somebody replaced treadle's since. */
 static void uninstall(int signum) {
   if (--g.refs[signum] != 0)
     return;
   struct sigaction cur;
-  if (sigaction(signum, NULL, &cur) == 0 && (cur.sa_flags & SA_SIGINFO) &&
-      cur.sa_sigaction == on_signal)
+  if (sigaction(signum, NULL, &cur) == 0 && ours(&cur))
     sigaction(signum, &g.old[signum], NULL);
 }
 
@@ -263,6 +288,8 @@ treadle_err_t treadle_signal_init(treadle_signal_t *s, treadle_handle_t *h,
           atomic_load_explicit(&g.count[signum], memory_order_seq_cst);
     }
   }
+  if (err == 0)
+    err = reassert(signum);
   if (err == 0) {
     /* seq_cst: deliveries from now on count for this listener. */
     l->seen = atomic_load_explicit(&g.count[signum], memory_order_seq_cst);

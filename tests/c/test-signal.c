@@ -430,6 +430,31 @@ static void previous_handler_chained_and_restored(void **state) {
   assert_int_equal(sigaction(SIGUSR1, &old_usr1, NULL), 0);
 }
 
+/* A handler the program installs while treadle listens displaces
+ * treadle's; the next listener puts treadle's back in front, chaining to
+ * the program's (what Python's signal.signal does to treadle). */
+static void displaced_handler_is_reasserted(void **state) {
+  (void)state;
+  atomic_store(&plain_count, 0);
+  struct sigaction plain = {.sa_handler = plain_handler, .sa_flags = SA_RESTART};
+  sigemptyset(&plain.sa_mask);
+  struct sigaction old_usr2;
+  assert_int_equal(sigaction(SIGUSR2, NULL, &old_usr2), 0);
+  treadle_runtime_t *rt = test_runtime();
+  self_raise_t r1 = {.signum = SIGUSR2, .previous = (void *)old_usr2.sa_handler};
+  assert_int_equal(RUN(rt, &self_raise_vt, r1), 0);
+  /* The program takes SIGUSR2 over: treadle's handler is gone. */
+  assert_int_equal(sigaction(SIGUSR2, &plain, NULL), 0);
+  self_raise_t r2 = {.signum = SIGUSR2, .previous = (void *)plain_handler};
+  assert_int_equal(RUN(rt, &self_raise_vt, r2), 0); /* treadle saw it */
+  assert_int_equal(atomic_load(&plain_count), 1);   /* and chained */
+  assert_int_equal(treadle_runtime_free(rt), 0);
+  /* Shut down: the program's handler is back, alone. */
+  struct sigaction sa = current_action(SIGUSR2);
+  assert_ptr_equal((void *)sa.sa_handler, (void *)plain_handler);
+  assert_int_equal(sigaction(SIGUSR2, &old_usr2, NULL), 0);
+}
+
 /* ----------------------------------------------------- two runtimes */
 
 typedef struct {
@@ -621,6 +646,7 @@ static const struct CMUnitTest tests[] = {
     RT_TEST(runtime_without_io_refuses),
     TEST(init_after_shutdown_refuses),
     RT_TEST(previous_handler_chained_and_restored),
+    RT_TEST(displaced_handler_is_reasserted),
     RT_TEST(two_runtimes_share_a_delivery),
     RT_TEST(cancelled_listeners_release_everything),
     RT_TEST(listener_outliving_runtime_says_shutdown),
