@@ -44,6 +44,25 @@ typedef struct {
 
 /* -------------------------------------------------------- worker mains */
 
+/* A worker's main is over (err: its message, taken, or NULL); the last
+ * one wakes block_on's root. */
+static void main_over(lrt_t *r, char *err) {
+  treadle_waker_t *root = NULL;
+  pthread_mutex_lock(&r->mu);
+  if (err != NULL && r->error == NULL)
+    r->error = err;
+  else
+    free(err);
+  /* Relaxed: mu orders it with the root's check. */
+  if (atomic_fetch_sub_explicit(&r->left, 1, memory_order_relaxed) == 1) {
+    root = r->root;
+    r->root = NULL;
+  }
+  pthread_mutex_unlock(&r->mu);
+  if (root != NULL)
+    treadle_wake(root);
+}
+
 static void main_done(ltask_t *t, void *ud) {
   lrt_t *r = ud;
   char *err = NULL;
@@ -66,20 +85,7 @@ static void main_done(ltask_t *t, void *ud) {
     r->nresults = t->nresults;
     pthread_mutex_unlock(&r->mu);
   }
-  treadle_waker_t *root = NULL;
-  pthread_mutex_lock(&r->mu);
-  if (err != NULL && r->error == NULL)
-    r->error = err;
-  else
-    free(err);
-  /* Relaxed: mu orders it with the root's check. */
-  if (atomic_fetch_sub_explicit(&r->left, 1, memory_order_relaxed) == 1) {
-    root = r->root;
-    r->root = NULL;
-  }
-  pthread_mutex_unlock(&r->mu);
-  if (root != NULL)
-    treadle_wake(root);
+  main_over(r, err);
 }
 
 static const char boot_chunk[] =
@@ -133,20 +139,8 @@ static treadle_poll_t boot_poll(treadle_cx_t *cx, void *state) {
     if (lua_pcall(home->L, 2, 0, 0) != LUA_OK)
       err = lua_tostring(home->L, -1);
   }
-  if (err != NULL) { /* counts as this worker's main failing */
-    treadle_waker_t *root = NULL;
-    pthread_mutex_lock(&r->mu);
-    if (r->error == NULL)
-      r->error = strdup(err);
-    /* Relaxed: mu orders it with the root's check. */
-    if (atomic_fetch_sub_explicit(&r->left, 1, memory_order_relaxed) == 1) {
-      root = r->root;
-      r->root = NULL;
-    }
-    pthread_mutex_unlock(&r->mu);
-    if (root != NULL)
-      treadle_wake(root);
-  }
+  if (err != NULL) /* counts as this worker's main failing */
+    main_over(r, strdup(err));
   return TREADLE_READY;
 }
 
@@ -486,17 +480,7 @@ static const luaL_Reg rt_methods[] = {
 
 __attribute__((visibility("default"))) int luaopen_treadle(lua_State *L) {
   luaL_checkversion(L);
-  if (luaL_newmetatable(L, RUNTIME_MT)) {
-    luaL_newlib(L, rt_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, l_rt_gc);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, l_rt_gc);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, l_rt_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
+  lt_new_class(L, RUNTIME_MT, rt_methods, l_rt_gc, l_rt_gc, l_rt_tostring);
   lua_newtable(L);
   lt_open_task(L);
   lt_open_net(L);

@@ -131,6 +131,11 @@ int lt_fail(lua_State *L, treadle_err_t err);
 /* Seconds argument to ns: raises for NaN and non-numbers. */
 uint64_t lt_check_duration(lua_State *L, int idx);
 
+/* Registers metatable `name`: methods as __index, and __gc, __close,
+ * __tostring where given (NULL: none). */
+void lt_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                  lua_CFunction gc, lua_CFunction close, lua_CFunction tostring);
+
 /* Net ops (ltreadle_net.c). */
 treadle_poll_t lt_net_poll(ltask_t *t, treadle_cx_t *cx);
 int lt_net_push(lua_State *co, ltask_t *t); /* results of a READY op */

@@ -347,25 +347,10 @@ static const luaL_Reg conn_methods[] = {
 static const luaL_Reg tcp_functions[] = {
     {"bind", l_bind}, {"connect", l_connect}, {NULL, NULL}};
 
-static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
-                      lua_CFunction gc, lua_CFunction close, lua_CFunction tostring) {
-  luaL_newmetatable(L, name);
-  lua_newtable(L);
-  luaL_setfuncs(L, methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, close);
-  lua_setfield(L, -2, "__close");
-  lua_pushcfunction(L, tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pop(L, 1);
-}
-
 void lt_open_net(lua_State *L) {
-  new_class(L, LISTENER_MT, listener_methods, l_listener_gc, l_listener_close,
-            l_listener_tostring);
-  new_class(L, CONN_MT, conn_methods, l_conn_gc, l_conn_close, l_conn_tostring);
+  lt_new_class(L, LISTENER_MT, listener_methods, l_listener_gc, l_listener_close,
+               l_listener_tostring);
+  lt_new_class(L, CONN_MT, conn_methods, l_conn_gc, l_conn_close, l_conn_tostring);
   luaL_newlib(L, tcp_functions);
   lua_setfield(L, -2, "tcp");
 }

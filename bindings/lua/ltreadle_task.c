@@ -894,31 +894,25 @@ static const luaL_Reg functions[] = {
     {"thread_id", l_thread_id}, {"signal", l_signal}, {"channel", l_channel},
     {NULL, NULL}};
 
-static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
-                      lua_CFunction gc, lua_CFunction tostring) {
+void lt_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                  lua_CFunction gc, lua_CFunction close, lua_CFunction tostring) {
   luaL_newmetatable(L, name);
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);
   lua_setfield(L, -2, "__index");
-  if (gc != NULL) {
-    lua_pushcfunction(L, gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pushcfunction(L, tostring);
-  lua_setfield(L, -2, "__tostring");
+  const struct { const char *key; lua_CFunction fn; } meta[] = {
+      {"__gc", gc}, {"__close", close}, {"__tostring", tostring}};
+  for (size_t i = 0; i < sizeof meta / sizeof meta[0]; i++)
+    if (meta[i].fn != NULL) {
+      lua_pushcfunction(L, meta[i].fn);
+      lua_setfield(L, -2, meta[i].key);
+    }
   lua_pop(L, 1);
 }
 
 void lt_open_task(lua_State *L) {
-  new_class(L, TASK_MT, task_methods, l_task_gc, l_task_tostring);
-  luaL_getmetatable(L, TASK_MT);
-  lua_pushcfunction(L, l_task_abort); /* local t <close>: aborted at scope end */
-  lua_setfield(L, -2, "__close");
-  lua_pop(L, 1);
-  new_class(L, CHAN_MT, chan_methods, l_chan_gc, l_chan_tostring);
-  luaL_getmetatable(L, CHAN_MT);
-  lua_pushcfunction(L, l_chan_gc);
-  lua_setfield(L, -2, "__close");
-  lua_pop(L, 1);
+  /* local t <close>: the task is aborted at the end of the scope */
+  lt_new_class(L, TASK_MT, task_methods, l_task_gc, l_task_abort, l_task_tostring);
+  lt_new_class(L, CHAN_MT, chan_methods, l_chan_gc, l_chan_gc, l_chan_tostring);
   luaL_setfuncs(L, functions, 0);
 }
