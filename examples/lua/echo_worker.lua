@@ -39,6 +39,7 @@ local function settings()
 end
 
 local function serve(conn)
+  conn:set_nodelay(true) -- as the peers' servers do
   while true do
     local data = conn:read(BUF)
     if not data then break end
