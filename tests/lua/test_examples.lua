@@ -97,12 +97,16 @@ local function server_session(flavor, workers, sig, conns)
   return split, rest
 end
 
+-- TSan holds a signal back until the thread that got it calls an
+-- intercepted function; a worker parked in treadle's futex never does.
+local TSAN_SKIP = H.sanitizer == "tsan" and "TSan delays signals to threads parked in futex()" or nil
+
 for _, sig in ipairs({"TERM", "INT"}) do
-  T.case("echo_server.lua current_thread, SIG" .. sig, {outside = true, flavors = CT}, function()
+  T.case("echo_server.lua current_thread, SIG" .. sig, {outside = true, flavors = CT, skip = TSAN_SKIP}, function()
     local split = server_session("current_thread", 1, sig, 10)
     H.eq(split, "0:10")
   end)
-  T.case("echo_server.lua multi_thread 2 workers, SIG" .. sig, {outside = true, flavors = CT}, function()
+  T.case("echo_server.lua multi_thread 2 workers, SIG" .. sig, {outside = true, flavors = CT, skip = TSAN_SKIP}, function()
     local split = server_session("multi_thread", 2, sig, 40)
     if not split then return end      -- SIGINT taken by treadle.run (noted)
     local a, b = split:match("^0:(%d+) 1:(%d+)")
