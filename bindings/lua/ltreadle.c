@@ -255,7 +255,9 @@ static void free_homes(lrt_t *r) {
 }
 
 /* Frees the runtime (every task is dropped), then the worker states. */
-static treadle_err_t rt_shutdown(lrt_t *r, uint64_t timeout_ns) {
+/* Frees the runtime: every task is dropped and every worker has stopped,
+ * so the worker states may be read from this thread afterwards. */
+static treadle_err_t rt_stop(lrt_t *r, uint64_t timeout_ns) {
   if (r->rt == NULL)
     return 0;
   treadle_err_t err = timeout_ns == TREADLE_FOREVER
@@ -264,6 +266,13 @@ static treadle_err_t rt_shutdown(lrt_t *r, uint64_t timeout_ns) {
   if (err != 0 && err != TREADLE_ETIMEDOUT)
     return err;
   r->rt = NULL;
+  return err;
+}
+
+/* After rt_stop: closes the worker states, frees the rest. */
+static void rt_release(lrt_t *r) {
+  if (r->homes == NULL)
+    return;
   free_homes(r);
   treadle_waker_drop(r->root);
   r->root = NULL;
@@ -273,6 +282,12 @@ static treadle_err_t rt_shutdown(lrt_t *r, uint64_t timeout_ns) {
   free(r->cpath);
   r->error = r->entry = r->path = r->cpath = NULL;
   pthread_mutex_destroy(&r->mu);
+}
+
+static treadle_err_t rt_shutdown(lrt_t *r, uint64_t timeout_ns) {
+  treadle_err_t err = rt_stop(r, timeout_ns);
+  if (r->rt == NULL)
+    rt_release(r);
   return err;
 }
 
@@ -391,9 +406,12 @@ static int block_on_multi(lua_State *L, lrt_t *r) {
   }
   root_t st = {.r = r};
   drive(L, r, &st);
+  /* Other tasks of the workers' states may still run: stop them all
+   * before this thread reads a worker's state. */
+  rt_stop(r, TREADLE_FOREVER);
   if (r->error != NULL) {
     lua_pushstring(L, r->error);
-    rt_shutdown(r, TREADLE_FOREVER);
+    rt_release(r);
     return lua_error(L);
   }
   /* Copy worker 0's results out of its state before it is closed. */
@@ -405,7 +423,7 @@ static int block_on_multi(lua_State *L, lrt_t *r) {
     blob = lt_pack_protected(W, -1);
     if (blob == NULL) {
       lua_pushfstring(L, "worker 0's main returned %s", lua_tostring(W, -1));
-      rt_shutdown(r, TREADLE_FOREVER);
+      rt_release(r);
       return lua_error(L);
     }
     lt_unpack(L, blob);
@@ -415,7 +433,7 @@ static int block_on_multi(lua_State *L, lrt_t *r) {
       lua_rawgeti(L, -i, i);
     lua_remove(L, -n - 1);
   }
-  rt_shutdown(r, TREADLE_FOREVER);
+  rt_release(r);
   return n;
 }
 

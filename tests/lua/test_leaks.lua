@@ -19,22 +19,29 @@ local function snapshot()
   return {lua = collectgarbage("count"), rss = H.rss_kib(), fds = H.nfds()}
 end
 
-local function check(what, n, before, after)
+local function check(what, n, before, after, rss_slack)
   local dl, dr, df = after.lua - before.lua, (after.rss or 0) - (before.rss or 0), after.fds - before.fds
   H.note(string.format("%s x%d: Lua %+.0f KiB (%.0f -> %.0f), RSS %+d KiB, fds %+d",
     what, n, dl, before.lua, after.lua, dr, df))
   H.ok(dl < LUA_SLACK_KIB, string.format("Lua heap grew %.0f KiB over %d %s", dl, n, what))
-  H.ok(dr < RSS_SLACK_KIB, string.format("RSS grew %d KiB over %d %s", dr, n, what))
+  H.ok(dr < (rss_slack or RSS_SLACK_KIB), string.format("RSS grew %d KiB over %d %s", dr, n, what))
+  -- a descriptor open for a moment elsewhere in the process is not a leak:
+  -- look again a few times before calling it one
+  for _ = 1, 10 do
+    if df <= 0 then break end
+    if not pcall(treadle.sleep, 0.05) then os.execute("sleep 0.05") end -- outside a task
+    df = H.nfds() - before.fds
+  end
   H.ok(df <= 0, string.format("%d more file descriptors after %d %s", df, n, what))
 end
 
 -- runs body(n) once with n = warm (the warm-up), then measures it at n
-local function measure(what, warm, n, body)
+local function measure(what, warm, n, body, rss_slack)
   body(warm)
   local before = snapshot()
   body(n)
   local after = snapshot()
-  check(what, n, before, after)
+  check(what, n, before, after, rss_slack)
 end
 
 T.case("100,000 sleeps", {timeout = 120}, function()
@@ -56,8 +63,11 @@ end)
 local TSAN_SKIP = H.sanitizer == "tsan" and "TSan's shadow stack overflows on Lua's longjmp yields" or nil
 
 T.case("100,000 spawns", {timeout = 120, skip = TSAN_SKIP}, function()
-  -- The warm-up is as long as the run: glibc keeps the high-water mark of
-  -- the garbage between two collections, which a shorter one stays under.
+  -- RSS is glibc's high-water mark of the garbage that piles up between two
+  -- collections, which moves with the collector's timing (two runs of this
+  -- loop top out at +2 MiB alone, up to +9 MiB under a parallel ctest):
+  -- the Lua heap, fds and valgrind are the checks here; RSS only catches a
+  -- leak of whole tasks (100,000 x ~300 bytes = 30 MiB).
   measure("spawns", H.n(100000, 1000), H.n(100000, 1000), function(n)
     local done = 0
     local function work(x) treadle.yield(); done = done + 1; return x, {x} end
@@ -72,7 +82,7 @@ T.case("100,000 spawns", {timeout = 120, skip = TSAN_SKIP}, function()
     end
     for _, b in ipairs(batch) do b:join() end
     H.wait_until(function() return done == n end, 30, "every task to finish")
-  end)
+  end, 24 * 1024)
 end)
 
 T.case("2,000 connections", {timeout = 120}, function()

@@ -147,7 +147,7 @@ T.case("timeout: bad arguments", function()
   H.bad_arg(treadle.timeout, nil, function() end)
 end)
 
-T.case("1,000 timers wake in order of their deadlines", {on = "all"}, function()
+T.case("1,000 timers: none wakes early, all wake", {on = "all"}, function()
   local order = {}
   local ts = {}
   local t0 = treadle.now()
@@ -169,13 +169,10 @@ T.case("1,000 timers wake in order of their deadlines", {on = "all"}, function()
   for i = 2, #order do
     if order[i] + 0.002 * SLOW < order[i - 1] then inversions = inversions + 1 end
   end
-  -- Timers that expire in one late batch wake in no particular order; a
-  -- sanitizer's or valgrind's slowness makes every batch late.
-  if H.sanitizer == "" and not H.valgrind then
-    H.ok(inversions == 0, inversions .. " wakes out of order by more than " .. 2 * SLOW .. " ms")
-  else
-    H.note(inversions .. " wakes out of order (not checked in this build)")
-  end
+  -- Timers that expire in one late batch wake in no particular order, and
+  -- a loaded machine makes batches late: the order is a timing figure, so
+  -- it is reported, not asserted (timing belongs in bench/).
+  H.note(inversions .. " wakes out of order by more than " .. 2 * SLOW .. " ms")
   H.ok(worst < 0.5 * SLOW, string.format("worst lateness %.3f s", worst))
 end)
 
