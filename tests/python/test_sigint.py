@@ -22,8 +22,13 @@ pytestmark = [
 ]
 
 SIGINT_SCRIPT = """
-import sys, time
+import signal, sys, time
 import treadle
+
+# A process started in the background by a non-interactive shell inherits
+# SIGINT ignored, and Python then leaves it so; a terminal's Ctrl-C finds
+# Python's default handler, which is the case under test.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 flavor, mode = sys.argv[1], sys.argv[2]
 

@@ -138,6 +138,10 @@ flavor, mode = sys.argv[1], sys.argv[2]
 if mode == "ignored":
     # Python's own SIGINT handler out of the way: ctrl_c() is the only listener
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+else:
+    # as under a terminal, even when started from a background job (which
+    # inherits SIGINT ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 async def main():
     async def waiter():
