@@ -6,7 +6,8 @@
  * multi_thread: block_on(module) starts, on every worker k, a boot task
  * (pinned to k) that makes worker k's own lua_State, loads this module in
  * it and spawns that state's main task: require(module) returns a function,
- * called as main(k). block_on waits until every main has returned (or
+ * called as main(k); the state's global `arg` is a copy of the caller's.
+ * block_on waits until every main has returned (or
  * SIGINT), then returns worker 0's results, copied as channel values are.
  * The worker states are closed after the runtime is freed, when no thread
  * runs them any more.
@@ -40,6 +41,7 @@ typedef struct {
   void *results;            /* worker 0's results, packed; guarded by mu */
   int nresults;
   char *entry, *path, *cpath; /* for the worker states */
+  void *arg;                  /* the caller's `arg` table, packed, or NULL */
 } lrt_t;
 
 /* -------------------------------------------------------- worker mains */
@@ -114,6 +116,10 @@ static int boot_protected(lua_State *L) {
   lua_pop(L, 1);
   luaL_requiref(L, "treadle", luaopen_treadle, 0);
   lua_pop(L, 1);
+  if (r->arg != NULL) { /* the script's command line, as lua5.4 gave it */
+    lt_unpack(L, r->arg);
+    lua_setglobal(L, "arg");
+  }
   if (luaL_loadbuffer(L, boot_chunk, sizeof boot_chunk - 1, "=treadle.worker") != LUA_OK)
     return lua_error(L);
   lua_pushstring(L, r->entry);
@@ -280,7 +286,9 @@ static void rt_release(lrt_t *r) {
   free(r->entry);
   free(r->path);
   free(r->cpath);
+  free(r->arg);
   r->error = r->entry = r->path = r->cpath = NULL;
+  r->arg = NULL;
   pthread_mutex_destroy(&r->mu);
 }
 
@@ -395,6 +403,10 @@ static int block_on_multi(lua_State *L, lrt_t *r) {
   r->cpath = strdup(lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
   lua_pop(L, 3);
   r->entry = strdup(entry);
+  if (lua_getglobal(L, "arg") == LUA_TTABLE &&
+      (r->arg = lt_pack_protected(L, -1)) == NULL)
+    lua_pop(L, 1); /* the packing error: an `arg` with odd values */
+  lua_pop(L, 1);
   atomic_store_explicit(&r->left, r->workers, memory_order_relaxed);
   for (int k = 0; k < r->workers; k++) {
     boot_t b = {r, k};

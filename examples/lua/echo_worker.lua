@@ -3,8 +3,8 @@
 -- the function it returns as main(worker_index); on current_thread
 -- echo_server.lua calls it once, as main(0), in its own state.
 --
--- A worker state has no `arg`: the settings (PORT FLAVOR WORKERS) are read
--- from the process's command line, /proc/self/cmdline, after the script.
+-- The settings (PORT FLAVOR WORKERS) come from `arg`: treadle gives every
+-- worker state a copy of the script's.
 --
 -- Each worker binds 127.0.0.1:PORT itself (with reuse_port on
 -- multi_thread, so the kernel spreads the connections over the workers'
@@ -19,20 +19,7 @@ local treadle = require "treadle"
 local BUF = 16384
 
 local function settings()
-  local args = arg
-  if not args then
-    local f = assert(io.open("/proc/self/cmdline", "rb"))
-    local all = {}
-    for part in f:read("a"):gmatch("([^%z]*)%z") do all[#all + 1] = part end
-    f:close()
-    args = {}
-    for i, a in ipairs(all) do
-      if a:match("echo_server%.lua$") then
-        for k = i + 1, #all do args[#args + 1] = all[k] end
-        break
-      end
-    end
-  end
+  local args = arg -- in a worker state, a copy of echo_server.lua's
   local flavor = args[2] or "current_thread"
   return tonumber(args[1]) or 0, flavor,
          flavor == "multi_thread" and (tonumber(args[3]) or 2) or 1

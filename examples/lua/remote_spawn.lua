@@ -34,21 +34,8 @@ local JOBS = {
 }
 
 local function settings()
-  local args = arg
-  if not args then
-    local f = assert(io.open("/proc/self/cmdline", "rb"))
-    local all = {}
-    for part in f:read("a"):gmatch("([^%z]*)%z") do all[#all + 1] = part end
-    f:close()
-    args = {}
-    for i, a in ipairs(all) do
-      if a:match("remote_spawn%.lua$") then
-        for k = i + 1, #all do args[#args + 1] = all[k] end
-        break
-      end
-    end
-  end
-  return tonumber(args[1] or "3"), tonumber(args[2] or "12")
+  -- a worker state gets a copy of the script's `arg`
+  return tonumber(arg[1] or "3"), tonumber(arg[2] or "12")
 end
 
 -- a worker's spawner: one local task per job that arrives on jobs:<worker>

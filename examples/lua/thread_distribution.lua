@@ -12,26 +12,16 @@
 -- thread (treadle.thread_id()) before and after the yield. The workers send
 -- their tallies to worker 0 over the named channel "dist"; worker 0 prints
 -- them. Because the states are separate, the workers' Lua code really runs
--- in parallel: "busy" adds up the tasks' CPU time and "parallelism" is that
--- over the wall time (about min(WORKERS, cores)).
+-- in parallel: "busy" adds up the wall time the tasks spent in their CPU
+-- work and "overlap" is that over the whole run's wall time: how many
+-- workers ran Lua at once. With more workers than cores the system
+-- time-slices them, so overlap can pass the core count while each task's
+-- busy time stretches.
 local treadle = require "treadle"
 
 local function settings()
-  local args = arg
-  if not args then      -- a worker state: the command line from /proc
-    local f = assert(io.open("/proc/self/cmdline", "rb"))
-    local all = {}
-    for part in f:read("a"):gmatch("([^%z]*)%z") do all[#all + 1] = part end
-    f:close()
-    args = {}
-    for i, a in ipairs(all) do
-      if a:match("thread_distribution%.lua$") then
-        for k = i + 1, #all do args[#args + 1] = all[k] end
-        break
-      end
-    end
-  end
-  return tonumber(args[1] or "100"), tonumber(args[2] or "4")
+  -- a worker state gets a copy of the script's `arg`
+  return tonumber(arg[1] or "100"), tonumber(arg[2] or "4")
 end
 
 local function busy(n)
@@ -94,7 +84,7 @@ local function main(worker)
     total, moved, busy_sum = total + x.tasks, moved + x.moved, busy_sum + x.busy
     if x.secs > wall then wall = x.secs end
   end
-  print(string.format("total %d tasks, %d moved between workers; %.3f s busy in %.3f s: parallelism %.2f",
+  print(string.format("total %d tasks, %d moved between workers; %.3f s busy in %.3f s: overlap %.2f",
     total, moved, busy_sum, wall, busy_sum / wall))
   return total, moved
 end

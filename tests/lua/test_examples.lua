@@ -39,7 +39,7 @@ T.case("thread_distribution.lua", {outside = true, flavors = CT}, function()
   local out, how, code = run("thread_distribution.lua", "40 2")
   expect_ok(out, how, code)
   H.has(out, "total 40 tasks, 0 moved between workers")
-  H.note((out:match("parallelism [%d.]+") or "?"))
+  H.note((out:match("overlap [%d.]+") or "?"))
 end)
 
 T.case("remote_spawn.lua", {outside = true, flavors = CT}, function()
