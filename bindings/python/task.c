@@ -614,6 +614,8 @@ PyObject *pyt_spawn(pyrt_t *r, PyObject *aw) {
     pyrt_unref(r);
     Py_DECREF(it);
     Py_DECREF(ctx);
+    /* Relaxed: nobody else has seen sh; the task's reference never was. */
+    atomic_store_explicit(&sh->refs, 1, memory_order_relaxed);
     Py_DECREF(jo); /* frees sh */
     return pyt_raise(err);
   }
