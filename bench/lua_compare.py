@@ -62,7 +62,6 @@ import re
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,6 +69,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import echo_compare as ec  # noqa: E402
+from peer_bench import (goal_mark, micro_tables, place,  # noqa: E402
+                        run_one_micro)
 
 ROOT = ec.ROOT
 LUA = os.environ.get("TREADLE_LUA", "lua5.4")
@@ -141,21 +142,8 @@ MICRO_RATIOS = [
     ("timers", "treadle-lua-current", "lua-luv", None),
 ]
 
-MICRO_TIMEOUT = 300
 SPLIT_RE = re.compile(r"served (\d+) connections; per worker: ([\d: ]+)")
 log = ec.log
-
-
-def all_cpus():
-    return ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
-
-
-def place(placement):
-    """Points echo_compare's Server and echoload at the placement's CPUs."""
-    if placement == "split":
-        ec.SERVER_CPU, ec.CLIENT_CPU = "0", "1"
-    else:
-        ec.SERVER_CPU = ec.CLIENT_CPU = all_cpus()
 
 
 def lua_version():
@@ -175,7 +163,7 @@ def module_dir(args, logdir):
     if args.cpath:
         return os.path.abspath(args.cpath)
     so = os.path.join(RELEASE_DIR, "treadle.so")
-    if not os.path.exists(so) and not args.no_build:
+    if not args.no_build:  # incremental: a stale module would mislead
         log("building the Lua module (release preset, target treadle_lua)")
         if ec.sh(["cmake", "--preset", "release"], ROOT, logdir, "treadle_lua"):
             ec.sh(["cmake", "--build", "--preset", "release", "-j",
@@ -279,13 +267,6 @@ def run_echo(args, servers, logdir):
     return runs, splits, interrupted
 
 
-def goal_mark(value, goal):
-    if goal is None or value is None:
-        return ""
-    op, x = goal
-    return " ✓" if (value >= x if op == ">=" else value <= x) else " ✗"
-
-
 def echo_report(runs, splits, servers, args, skipped):
     order = list(servers)
     cells = ec.summarize(runs, order, args.conns, args.sizes)
@@ -383,31 +364,6 @@ def micro_cmd(runtime, bench, args):
     return RUNTIMES[runtime] + [bench, str(n)]
 
 
-def run_one_micro(cmd):
-    p = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, preexec_fn=ec._die_with_parent)
-    try:
-        stdout, stderr = p.communicate(timeout=MICRO_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        return -1, None, f"timed out after {MICRO_TIMEOUT} s"
-    finally:
-        if p.poll() is None:
-            p.kill()
-            try:
-                p.communicate(timeout=5)
-            except (subprocess.TimeoutExpired, KeyboardInterrupt):
-                pass
-    lines = stdout.strip().splitlines()
-    try:
-        r = json.loads(lines[-1]) if lines else None
-    except ValueError:
-        r = None
-    if p.returncode != 0:
-        r = None
-    return p.returncode, r, stderr.strip()[-500:]
-
-
 def run_micro(args, runtimes):
     runs = []
     interrupted = False
@@ -438,22 +394,9 @@ def run_micro(args, runtimes):
     return runs, interrupted
 
 
-def micro_paired(runs, bench, a, b, field):
-    by_rep = {}
-    for x in runs:
-        if x["bench"] == bench and x["r"] is not None:
-            v = x["r"].get(field)
-            if v is not None:
-                by_rep.setdefault(x["rep"], {})[x["runtime"]] = v
-    ratios = [d[a] / d[b] for d in by_rep.values()
-              if a in d and b in d and d[b]]
-    return (statistics.median(ratios) if ratios else None), len(ratios)
-
-
 def micro_report(runs, runtimes, args, skipped):
     out = []
     w = out.append
-    med = {}
     w("## Microbenchmarks (unpinned)")
     w("")
     w(f"Medians of {args.reps} interleaved rep(s) [min–max]. spawn_many "
@@ -463,60 +406,12 @@ def micro_report(runs, runtimes, args, skipped):
          if "yield_many" in args.benches else "")
       + ". lua-coro: bare coroutines on a FIFO (a floor, not a runtime); "
         "lua-luv: timers only.")
-    for bench in args.benches:
-        field, higher, unit, others = HEADLINES[bench]
-        names = [n for n in runtimes if bench in SUPPORTS[n]]
-        w("")
-        w(f"### {bench}")
-        w("")
-        head = ["runtime", f"{field} ({unit}, {'higher' if higher else 'lower'}"
-                f" is better)"] + others + ["failed runs"]
-        w("| " + " | ".join(head) + " |")
-        w("|---|" + "---:|" * (len(head) - 1))
-        for name in names:
-            rs = [x for x in runs if x["runtime"] == name and x["bench"] == bench]
-            ok = [x["r"] for x in rs if x["r"] is not None]
-            row = [name]
-            for i, f in enumerate([field] + others):
-                vals = [r[f] for r in ok if r.get(f) is not None]
-                m = statistics.median(vals) if vals else None
-                med[name, bench, f] = m
-                if m is None:
-                    row.append("–")
-                elif i == 0:
-                    row.append(f"{m:,.1f} [{min(vals):,.1f}–{max(vals):,.1f}]"
-                               if not higher else
-                               f"{m:,.0f} [{min(vals):,.0f}–{max(vals):,.0f}]")
-                else:
-                    row.append(f"{m:,.1f}")
-            row.append(str(len(rs) - len(ok)))
-            w("| " + " | ".join(row) + " |")
     ratios = [r for r in MICRO_RATIOS if r[0] in args.benches
               and r[1] in runtimes and r[2] in runtimes]
-    table = []
-    if ratios:
-        w("")
-        w("### Micro ratios (of the headline field: tasks/s, round trips/s, "
-          "yields/s, or p99 overshoot)")
-        w("")
-        w("| benchmark | ratio | goal | of the medians | paired |")
-        w("|---|---|---|---:|---:|")
-        for bench, a, b, goal in ratios:
-            field, higher = HEADLINES[bench][:2]
-            x, y = med.get((a, bench, field)), med.get((b, bench, field))
-            m = x / y if x is not None and y else None
-            paired, n = micro_paired(runs, bench, a, b, field)
-            table.append({"bench": bench, "ratio": f"{a} / {b}",
-                          "field": field, "of_medians": m, "paired": paired,
-                          "paired_n": n, "goal": goal})
-            w(f"| {bench} | {a} / {b} {field} | "
-              f"{'–' if goal is None else f'{goal[0]} {goal[1]}x'} | "
-              f"{'–' if m is None else f'{m:.2f}x'} | "
-              f"{'–' if paired is None else f'{paired:.2f}x'}"
-              f"{goal_mark(paired if paired is not None else m, goal)} |")
-        w("")
-        w("✓ / ✗: the paired ratio meets / misses the goal (timers: lower is "
-          "better).")
+    med, table = micro_tables(
+        w, runs, lambda bench: [n for n in runtimes if bench in SUPPORTS[n]], args.benches, HEADLINES, ratios,
+        "Micro ratios (of the headline field: tasks/s, round trips/s, yields/s, or p99 overshoot)",
+        "✓ / ✗: the paired ratio meets / misses the goal (timers: lower is better).")
     if skipped:
         w("")
         w("Skipped: " + "; ".join(f"{n} ({why})" for n, why in skipped) + ".")
