@@ -107,6 +107,13 @@ T.case("multi_thread run: a module that is missing or returns no function", {out
   H.eq(treadle.run(H.module_name("mod_results"), {flavor = "multi_thread", workers = 2}), 0)
 end)
 
+T.case("worker states get a copy of the script's arg", {outside = true, flavors = MT}, function()
+  local a0, n, a1 = treadle.run(H.module_name("mod_arg"), {flavor = "multi_thread", workers = 2})
+  H.eq(a0, arg[0], "arg[0]")
+  H.eq(n, #arg, "#arg")
+  H.eq(a1, arg[1], "arg[1]")
+end)
+
 T.case("multi_thread run with a function entry", {outside = true, flavors = MT}, function()
   -- the entry must be a module name on multi_thread: a function is a clear
   -- error (or, if the module chooses to allow it, it runs): never a crash
