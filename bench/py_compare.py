@@ -60,7 +60,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import echo_compare as ec  # noqa: E402
-from peer_bench import (goal_mark, micro_tables, place,  # noqa: E402
+from peer_bench import (echo_tables, micro_tables, place,  # noqa: E402
                         run_one_micro)
 
 ROOT = ec.ROOT
@@ -215,73 +215,9 @@ def run_echo(args, servers, logdir):
 
 
 def echo_report(runs, servers, args, skipped):
-    order = list(servers)
-    cells = ec.summarize(runs, order, args.conns, args.sizes)
-    k = ec.k
     out = []
     w = out.append
-    w("## Echo (echoload, 1 client thread)")
-    w("")
-    w(f"{args.duration} s measured + {args.warmup} s warm-up per run, medians "
-      f"of {args.reps} interleaved rep(s). split: server on CPU 0, echoload "
-      f"on CPU 1; shared: neither pinned. rps: k round trips/s, median "
-      f"[min–max] (‡: echoload ≥ 90% of its core). eff: k requests per "
-      f"second of server CPU (server CPU µs per request). p99: µs.")
-    for s in args.sizes:
-        w("")
-        w(f"### {s}-byte messages")
-        w("")
-        w("| server | placement | conns | rps k | eff k (µs/req) | p99 µs "
-          "| server CPU % | echoload CPU % | errors / mismatches |")
-        w("|---|---|---:|---:|---:|---:|---:|---:|---|")
-        for name in order:
-            for c in args.conns:
-                x = cells[name, c, s]
-                if x["rps"] is None:
-                    rps = "–"
-                else:
-                    mark = "‡" if (x["client_cpu"] or 0) >= 90 else ""
-                    rps = (f"{k(x['rps'])} [{k(x['rps_min'])}–"
-                           f"{k(x['rps_max'])}]{mark}")
-                eff = ("–" if x["eff"] is None else
-                       f"{k(x['eff'])} ({1e6 / x['eff']:.2f})")
-                p99 = "–" if x["p99"] is None else f"{x['p99']:,.0f}"
-                srv = "–" if x["server_cpu"] is None else f"{x['server_cpu']:.0f}"
-                cli = "–" if x["client_cpu"] is None else f"{x['client_cpu']:.0f}"
-                tail = f"{x['errors']} / {x['mismatches']}"
-                if x["failed"]:
-                    tail += f" ({x['failed']} failed run(s))"
-                w(f"| {name} | {servers[name][1]} | {c} | {rps} | {eff} | {p99} "
-                  f"| {srv} | {cli} | {tail} |")
-    ratios = [r for r in ECHO_RATIOS if r[1] in servers and r[2] in servers]
-    w("")
-    w("### Echo ratios: of the medians / paired (median of each repetition's "
-      "ratio)")
-    w("")
-    table = []
-    if not ratios:
-        w("No ratio: each needs both of its servers.")
-    else:
-        cols = [(s, c) for s in args.sizes for c in args.conns]
-        w("| ratio | goal | " + " | ".join(f"c={c} {s} B" for s, c in cols)
-          + " |")
-        w("|---|---|" + "---:|" * len(cols))
-        for label, a, b, field, goal in ratios:
-            row = [label, "–" if goal is None else f"{goal[0]} {goal[1]}x"]
-            for s, c in cols:
-                x, y = cells[a, c, s][field], cells[b, c, s][field]
-                med = x / y if x and y else None
-                paired, n = ec.paired_ratio(runs, a, b, c, s, field)
-                table.append({"ratio": label, "field": field, "conns": c,
-                              "size": s, "of_medians": med, "paired": paired,
-                              "paired_n": n, "goal": goal})
-                row.append(("–" if med is None else f"{med:.2f}x") + " / "
-                           + ("–" if paired is None else f"{paired:.2f}x")
-                           + goal_mark(paired if paired is not None else med,
-                                       goal))
-            w("| " + " | ".join(row) + " |")
-        w("")
-        w("✓ / ✗: the paired ratio meets / misses the goal.")
+    cells, table = echo_tables(w, runs, servers, args, ECHO_RATIOS)
     if skipped:
         w("")
         w("Skipped: " + "; ".join(f"{n} ({why})" for n, why in skipped) + ".")
