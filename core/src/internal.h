@@ -582,6 +582,80 @@ static inline bool treadle__cx_proceed(treadle_cx_t *cx) {
   return true;
 }
 
+/* What the I/O leaves (tcp.c, async_fd.c) share. */
+
+/* The budget check every leaf makes first: a task that had its 128 ready
+ * leaves in this poll yields (coop, DESIGN.md). */
+#define TREADLE__LEAF_BUDGET(cx)                                               \
+  do {                                                                         \
+    if (!treadle__cx_proceed(cx))                                              \
+      return TREADLE_PENDING;                                                  \
+  } while (0)
+
+/* Runs `syscall` (an expression that sets `r` and errno) when the source
+ * is ready for `interest`, retrying on EINTR and waiting on EAGAIN. `full`
+ * says whether a success may have left more (a full read or write), so
+ * readiness stays; otherwise it is cleared, which saves the system call
+ * that would only say EAGAIN. Needs <errno.h>. */
+#define TREADLE__IO_LOOP(src, cx, interest, clear_bit, err, syscall, full)    \
+  for (;;) {                                                                   \
+    uint32_t tick_;                                                            \
+    if (treadle__source_poll_ready((src), (cx), (interest), &tick_, (err)) ==  \
+        TREADLE_PENDING) {                                                     \
+      treadle__source_leave(src);                                              \
+      return TREADLE_PENDING;                                                  \
+    }                                                                          \
+    if (*(err) != 0)                                                           \
+      break;                                                                   \
+    syscall;                                                                   \
+    if (r >= 0) {                                                              \
+      if (!(full))                                                             \
+        treadle__source_clear((src), (clear_bit), tick_);                      \
+      break;                                                                   \
+    }                                                                          \
+    if (errno == EINTR)                                                        \
+      continue;                                                                \
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {                             \
+      treadle__source_clear((src), (clear_bit), tick_);                        \
+      continue;                                                                \
+    }                                                                          \
+    *(err) = -errno;                                                           \
+    break;                                                                     \
+  }
+
+/* The most one system call moves (the kernel's MAX_RW_COUNT): longer
+ * lengths are clamped, so a huge len is not an error. Needs <limits.h>. */
+#define TREADLE__MAX_IO ((size_t)INT_MAX & ~(size_t)4095)
+
+/* The start every read and write leaf shares: a NULL source or `bad`
+ * arguments give EINVAL, then the coop budget is spent, then the source is
+ * entered (ECLOSED once closed); a zero length is done at once. True: go
+ * on to the system call, inside the source; false: return *ret. */
+static inline bool treadle__leaf_start(treadle__source_t *src,
+                                       treadle_cx_t *cx, bool bad, size_t len,
+                                       treadle_poll_t *ret,
+                                       treadle_err_t *err) {
+  *ret = TREADLE_READY;
+  if (src == NULL || bad) {
+    *err = TREADLE_EINVAL;
+    return false;
+  }
+  if (!treadle__cx_proceed(cx)) {
+    *ret = TREADLE_PENDING;
+    return false;
+  }
+  if (!treadle__source_enter(src)) {
+    *err = TREADLE_ECLOSED;
+    return false;
+  }
+  if (len == 0) {
+    *err = 0;
+    treadle__source_leave(src);
+    return false;
+  }
+  return true;
+}
+
 /* ---------------------------------------------------- driver_signal.c */
 
 typedef struct treadle__signal_s {

@@ -27,10 +27,6 @@ struct treadle_tcp_listener_s {
   _Atomic uint64_t exhaustions;
 };
 
-/* The most one system call moves (the kernel's MAX_RW_COUNT): longer
- * lengths are clamped, so a huge len is not an error. */
-#define MAX_IO ((size_t)INT_MAX & ~(size_t)4095)
-
 #define BACKOFF_MIN_NS TREADLE_NSEC_PER_MSEC
 #define BACKOFF_MAX_NS (128 * TREADLE_NSEC_PER_MSEC)
 
@@ -112,43 +108,6 @@ static treadle_err_t sock_name(int fd, struct sockaddr_storage *addr,
 
 /* ------------------------------------------------------------- helpers */
 
-/* The budget check every leaf makes first: a task that had its 128 ready
- * leaves in this poll yields (coop, DESIGN.md). */
-#define LEAF_BUDGET(cx)                                                        \
-  do {                                                                         \
-    if (!treadle__cx_proceed(cx))                                              \
-      return TREADLE_PENDING;                                                  \
-  } while (0)
-
-/* Runs `syscall` (an expression that sets `r` and errno) when the source
- * is ready for `interest`, retrying on EINTR and waiting on EAGAIN. `full`
- * says whether a success drained the socket, so its readiness is cleared. */
-#define IO_LOOP(src, cx, interest, clear_bit, err, syscall, full)             \
-  for (;;) {                                                                   \
-    uint32_t tick_;                                                            \
-    if (treadle__source_poll_ready((src), (cx), (interest), &tick_, (err)) ==  \
-        TREADLE_PENDING) {                                                     \
-      treadle__source_leave(src);                                              \
-      return TREADLE_PENDING;                                                  \
-    }                                                                          \
-    if (*(err) != 0)                                                           \
-      break;                                                                   \
-    syscall;                                                                   \
-    if (r >= 0) {                                                              \
-      if (!(full))                                                             \
-        treadle__source_clear((src), (clear_bit), tick_);                      \
-      break;                                                                   \
-    }                                                                          \
-    if (errno == EINTR)                                                        \
-      continue;                                                                \
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {                             \
-      treadle__source_clear((src), (clear_bit), tick_);                        \
-      continue;                                                                \
-    }                                                                          \
-    *(err) = -errno;                                                           \
-    break;                                                                     \
-  }
-
 static treadle_err_t set_int_opt(int fd, int level, int opt, int value) {
   return setsockopt(fd, level, opt, &value, sizeof value) < 0 ? -errno : 0;
 }
@@ -169,45 +128,21 @@ static treadle_err_t stream_new(treadle_handle_t *h, int fd,
   return 0;
 }
 
-/* The start every stream leaf shares: bad arguments give EINVAL, then the
- * coop budget is spent, then the source is entered (ECLOSED once closed);
- * a zero length is done at once. True: go on to the system call, inside
- * the source; false: return *ret. */
-static bool leaf_start(treadle_tcp_stream_t *s, treadle_cx_t *cx, bool bad,
-                       size_t len, treadle_poll_t *ret, treadle_err_t *err) {
-  *ret = TREADLE_READY;
-  if (s == NULL || bad) {
-    *err = TREADLE_EINVAL;
-    return false;
-  }
-  if (!treadle__cx_proceed(cx)) {
-    *ret = TREADLE_PENDING;
-    return false;
-  }
-  if (!treadle__source_enter(&s->src)) {
-    *err = TREADLE_ECLOSED;
-    return false;
-  }
-  if (len == 0) {
-    *err = 0;
-    treadle__source_leave(&s->src);
-    return false;
-  }
-  return true;
-}
-
 treadle_poll_t treadle_tcp_read_poll(treadle_tcp_stream_t *s, treadle_cx_t *cx,
                                      void *buf, size_t len, size_t *n,
                                      treadle_err_t *err) {
   treadle_poll_t ret;
   *n = 0;
-  if (!leaf_start(s, cx, buf == NULL && len > 0, len, &ret, err))
+  if (!treadle__leaf_start(s ? &s->src : NULL, cx, buf == NULL && len > 0, len,
+                           &ret, err))
     return ret;
-  if (len > MAX_IO)
-    len = MAX_IO;
+  if (len > TREADLE__MAX_IO)
+    len = TREADLE__MAX_IO;
   ssize_t r = -1;
-  IO_LOOP(&s->src, cx, TREADLE__IO_READ_INTEREST, TREADLE__IO_READABLE, err,
-          r = recv(s->src.fd, buf, len, 0), r == 0 || (size_t)r == len);
+  TREADLE__IO_LOOP(&s->src, cx, TREADLE__IO_READ_INTEREST,
+                   TREADLE__IO_READABLE, err,
+                   r = recv(s->src.fd, buf, len, 0),
+                   r == 0 || (size_t)r == len);
   treadle__source_leave(&s->src);
   if (*err == 0)
     *n = (size_t)r;
@@ -222,18 +157,22 @@ treadle_poll_t treadle_tcp_writev_poll(treadle_tcp_stream_t *s,
   bool bad = iovcnt < 0 || iovcnt > IOV_MAX || (iov == NULL && iovcnt > 0);
   size_t total = 0;
   for (int i = 0; !bad && i < iovcnt; i++) {
-    bad = iov[i].iov_len > MAX_IO - total; /* more than one call moves */
+    /* more than one call moves */
+    bad = iov[i].iov_len > TREADLE__MAX_IO - total;
     total += iov[i].iov_len;
   }
   treadle_poll_t ret;
-  if (!leaf_start(s, cx, bad, total, &ret, err))
+  if (!treadle__leaf_start(s ? &s->src : NULL, cx, bad, total, &ret,
+                           err))
     return ret;
   struct msghdr msg = {.msg_iov = (struct iovec *)iov,
                        .msg_iovlen = (size_t)iovcnt};
   ssize_t r = -1;
   /* MSG_NOSIGNAL: a closed peer gives EPIPE, never SIGPIPE. */
-  IO_LOOP(&s->src, cx, TREADLE__IO_WRITE_INTEREST, TREADLE__IO_WRITABLE, err,
-          r = sendmsg(s->src.fd, &msg, MSG_NOSIGNAL), (size_t)r == total);
+  TREADLE__IO_LOOP(&s->src, cx, TREADLE__IO_WRITE_INTEREST,
+                   TREADLE__IO_WRITABLE, err,
+                   r = sendmsg(s->src.fd, &msg, MSG_NOSIGNAL),
+                   (size_t)r == total);
   treadle__source_leave(&s->src);
   if (*err == 0)
     *n = (size_t)r;
@@ -246,13 +185,16 @@ treadle_poll_t treadle_tcp_write_poll(treadle_tcp_stream_t *s,
                                       treadle_err_t *err) {
   treadle_poll_t ret;
   *n = 0;
-  if (!leaf_start(s, cx, buf == NULL && len > 0, len, &ret, err))
+  if (!treadle__leaf_start(s ? &s->src : NULL, cx, buf == NULL && len > 0, len,
+                           &ret, err))
     return ret;
-  if (len > MAX_IO)
-    len = MAX_IO;
+  if (len > TREADLE__MAX_IO)
+    len = TREADLE__MAX_IO;
   ssize_t r = -1;
-  IO_LOOP(&s->src, cx, TREADLE__IO_WRITE_INTEREST, TREADLE__IO_WRITABLE, err,
-          r = send(s->src.fd, buf, len, MSG_NOSIGNAL), (size_t)r == len);
+  TREADLE__IO_LOOP(&s->src, cx, TREADLE__IO_WRITE_INTEREST,
+                   TREADLE__IO_WRITABLE, err,
+                   r = send(s->src.fd, buf, len, MSG_NOSIGNAL),
+                   (size_t)r == len);
   treadle__source_leave(&s->src);
   if (*err == 0)
     *n = (size_t)r;
@@ -416,7 +358,7 @@ treadle_poll_t treadle_tcp_accept_poll(treadle_tcp_listener_t *l,
     *err = TREADLE_EINVAL;
     return TREADLE_READY;
   }
-  LEAF_BUDGET(cx);
+  TREADLE__LEAF_BUDGET(cx);
   if (!treadle__source_enter(&l->src)) {
     *err = TREADLE_ECLOSED;
     return TREADLE_READY;
@@ -432,10 +374,11 @@ treadle_poll_t treadle_tcp_accept_poll(treadle_tcp_listener_t *l,
     struct sockaddr_storage addr;
     socklen_t alen = sizeof addr;
     int r = -1;
-    IO_LOOP(&l->src, cx, TREADLE__IO_READ_INTEREST, TREADLE__IO_READABLE, err,
-            r = accept4(l->src.fd, (struct sockaddr *)&addr, &alen,
-                        SOCK_NONBLOCK | SOCK_CLOEXEC),
-            true);
+    TREADLE__IO_LOOP(&l->src, cx, TREADLE__IO_READ_INTEREST,
+                     TREADLE__IO_READABLE, err,
+                     r = accept4(l->src.fd, (struct sockaddr *)&addr, &alen,
+                                 SOCK_NONBLOCK | SOCK_CLOEXEC),
+                     true);
     if (*err == TREADLE_EMFILE || *err == TREADLE_ENFILE ||
         *err == -ENOBUFS || *err == -ENOMEM) {
       if (start_backoff(l))
@@ -616,7 +559,7 @@ treadle_poll_t treadle_tcp_connect_poll(treadle_tcp_connect_t *fut,
     *err = TREADLE_EINVAL;
     return TREADLE_READY;
   }
-  LEAF_BUDGET(cx);
+  TREADLE__LEAF_BUDGET(cx);
   for (;;) {
     switch (c->phase) {
     case RESOLVE: {

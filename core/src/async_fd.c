@@ -1,0 +1,141 @@
+/* Async fds: any pollable file descriptor as a source of the I/O driver
+ * (tokio's AsyncFd). Reads and writes clear readiness only on EAGAIN: a
+ * short read says nothing on a terminal, which hands out one line per
+ * read(2) while more lines wait. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+struct treadle_async_fd_s {
+  treadle__source_t src;
+};
+
+treadle_err_t treadle_async_fd_new(treadle_handle_t *h, int fd,
+                                   treadle_async_fd_t **out) {
+  if (h == NULL || out == NULL || fd < 0)
+    return TREADLE_EINVAL;
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0)
+    return -errno;
+  if (!(flags & O_NONBLOCK))
+    return TREADLE_EINVAL; /* a read would block the worker */
+  treadle_async_fd_t *a = treadle__calloc(1, sizeof *a);
+  if (a == NULL)
+    return TREADLE_ENOMEM;
+  treadle_err_t err = treadle__source_open(&a->src, h, fd);
+  if (err != 0) {
+    treadle__free(a);
+    return err;
+  }
+  *out = a;
+  return 0;
+}
+
+int treadle_async_fd_fd(treadle_async_fd_t *a) {
+  if (a == NULL)
+    return -1;
+  /* Relaxed: a hint; the caller orders its own close against its calls. */
+  uint32_t users = atomic_load_explicit(&a->src.users, memory_order_relaxed);
+  return users & TREADLE__SRC_CLOSED ? -1 : a->src.fd;
+}
+
+/* The driver's wake-up set for the public interest bits. */
+static unsigned interest_of(unsigned interest) {
+  return (interest & TREADLE_READABLE ? TREADLE__IO_READ_INTEREST : 0) |
+         (interest & TREADLE_WRITABLE ? TREADLE__IO_WRITE_INTEREST : 0);
+}
+
+treadle_poll_t treadle_async_fd_ready_poll(treadle_async_fd_t *a,
+                                           treadle_cx_t *cx, unsigned interest,
+                                           treadle_ready_t *ready,
+                                           treadle_err_t *err) {
+  if (a == NULL || ready == NULL ||
+      (interest & (TREADLE_READABLE | TREADLE_WRITABLE)) == 0 ||
+      (interest & ~(TREADLE_READABLE | TREADLE_WRITABLE)) != 0) {
+    *err = TREADLE_EINVAL;
+    return TREADLE_READY;
+  }
+  TREADLE__LEAF_BUDGET(cx);
+  if (!treadle__source_enter(&a->src)) {
+    *err = TREADLE_ECLOSED;
+    return TREADLE_READY;
+  }
+  uint32_t tick;
+  treadle_poll_t ret = treadle__source_poll_ready(
+      &a->src, cx, interest_of(interest), &tick, err);
+  if (ret == TREADLE_READY && *err == 0) {
+    /* Acquire: as poll_ready's load; the bits are at least these. */
+    uint64_t word =
+        atomic_load_explicit(&a->src.reg->readiness, memory_order_acquire);
+    ready->bits = (unsigned)word &
+                  (TREADLE_READABLE | TREADLE_WRITABLE | TREADLE_READ_CLOSED |
+                   TREADLE_WRITE_CLOSED | TREADLE_FD_ERROR);
+    ready->tick = tick;
+  }
+  treadle__source_leave(&a->src);
+  return ret;
+}
+
+void treadle_async_fd_clear_ready(treadle_async_fd_t *a,
+                                  const treadle_ready_t *ready, unsigned bits) {
+  if (a == NULL || ready == NULL)
+    return;
+  treadle__source_clear(&a->src, bits & (TREADLE_READABLE | TREADLE_WRITABLE),
+                        ready->tick);
+}
+
+treadle_poll_t treadle_async_fd_read_poll(treadle_async_fd_t *a,
+                                          treadle_cx_t *cx, void *buf,
+                                          size_t len, size_t *n,
+                                          treadle_err_t *err) {
+  treadle_poll_t ret;
+  *n = 0;
+  if (!treadle__leaf_start(a ? &a->src : NULL, cx, buf == NULL && len > 0, len,
+                           &ret, err))
+    return ret;
+  if (len > TREADLE__MAX_IO)
+    len = TREADLE__MAX_IO;
+  ssize_t r = -1;
+  TREADLE__IO_LOOP(&a->src, cx, TREADLE__IO_READ_INTEREST, TREADLE__IO_READABLE,
+                   err, r = read(a->src.fd, buf, len), true);
+  treadle__source_leave(&a->src);
+  if (*err == 0)
+    *n = (size_t)r;
+  return TREADLE_READY;
+}
+
+treadle_poll_t treadle_async_fd_write_poll(treadle_async_fd_t *a,
+                                           treadle_cx_t *cx, const void *buf,
+                                           size_t len, size_t *n,
+                                           treadle_err_t *err) {
+  treadle_poll_t ret;
+  *n = 0;
+  if (!treadle__leaf_start(a ? &a->src : NULL, cx, buf == NULL && len > 0, len,
+                           &ret, err))
+    return ret;
+  if (len > TREADLE__MAX_IO)
+    len = TREADLE__MAX_IO;
+  ssize_t r = -1;
+  TREADLE__IO_LOOP(&a->src, cx, TREADLE__IO_WRITE_INTEREST,
+                   TREADLE__IO_WRITABLE, err, r = write(a->src.fd, buf, len),
+                   true);
+  treadle__source_leave(&a->src);
+  if (*err == 0)
+    *n = (size_t)r;
+  return TREADLE_READY;
+}
+
+void treadle_async_fd_close(treadle_async_fd_t *a) {
+  if (a != NULL)
+    treadle__source_close(&a->src);
+}
+
+void treadle_async_fd_free(treadle_async_fd_t *a) {
+  if (a == NULL)
+    return;
+  treadle__source_free(&a->src);
+  treadle__free(a);
+}
