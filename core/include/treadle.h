@@ -554,6 +554,78 @@ void treadle_tcp_stream_free(treadle_tcp_stream_t *s);
 int treadle_sockaddr_format(const struct sockaddr_storage *addr, char *buf,
                             size_t len);
 
+/* ------------------------------------------------------------ async fds
+ *
+ * Any file descriptor that epoll can watch (a pipe, a terminal, an
+ * eventfd, a timerfd, inotify, a socket treadle does not wrap), registered
+ * with the runtime's I/O driver, as tokio's AsyncFd. The fd must be
+ * non-blocking. The rules of TCP streams hold: one reading and one writing
+ * task at a time, close from any thread wakes them with TREADLE_ECLOSED,
+ * waits end with TREADLE_ESHUTDOWN after the runtime shut down. Example:
+ * examples/c/stdin_lines.c. */
+
+typedef struct treadle_async_fd_s treadle_async_fd_t;
+
+/** Readiness bits for treadle_async_fd_ready_poll. */
+#define TREADLE_READABLE 0x01u
+#define TREADLE_WRITABLE 0x02u
+#define TREADLE_READ_CLOSED 0x04u  /**< the other end stopped writing */
+#define TREADLE_WRITE_CLOSED 0x08u /**< the other end stopped reading */
+#define TREADLE_FD_ERROR 0x10u     /**< EPOLLERR: a pending error */
+
+/** What treadle_async_fd_ready_poll saw: `bits` (TREADLE_READABLE, ...)
+ * and the event count that treadle_async_fd_clear_ready checks. */
+typedef struct treadle_ready_s {
+  unsigned bits;
+  uint32_t tick;
+} treadle_ready_t;
+
+/** Registers `fd` with h's I/O driver and takes it over: from then on it
+ * is closed by treadle_async_fd_close or _free (dup() it first to keep
+ * one). On failure the fd stays open and the caller's. Any thread.
+ * Errors: TREADLE_EINVAL (NULL handle or out, a negative fd, an fd
+ * without O_NONBLOCK), TREADLE_ENOIO, TREADLE_ESHUTDOWN, TREADLE_ENOMEM,
+ * -EPERM (epoll cannot watch it: a regular file or a directory), -EBADF,
+ * -EEXIST (already registered with this runtime). */
+treadle_err_t treadle_async_fd_new(treadle_handle_t *h, int fd,
+                                   treadle_async_fd_t **out);
+/** The registered fd, or -1 once closed (or for NULL). For system calls
+ * made between treadle_async_fd_ready_poll and _clear_ready. */
+int treadle_async_fd_fd(treadle_async_fd_t *a);
+/** READY once one of `interest`'s bits (TREADLE_READABLE and/or
+ * TREADLE_WRITABLE) is set, with *ready filled and *err = 0 (the other
+ * bits: see treadle_ready_t); READY with TREADLE_ECLOSED,
+ * TREADLE_ESHUTDOWN or TREADLE_EINVAL; else PENDING with the task's waker
+ * stored. Readiness stays set until cleared: after a system call on the
+ * fd answers EAGAIN, call treadle_async_fd_clear_ready. */
+treadle_poll_t treadle_async_fd_ready_poll(treadle_async_fd_t *a,
+                                           treadle_cx_t *cx, unsigned interest,
+                                           treadle_ready_t *ready,
+                                           treadle_err_t *err);
+/** Clears `bits` of the readiness that `ready` saw, unless an event came
+ * in since (then the next ready_poll is READY again: nothing is lost). */
+void treadle_async_fd_clear_ready(treadle_async_fd_t *a,
+                                  const treadle_ready_t *ready, unsigned bits);
+/** read(2) of up to `len` bytes once readable: READY with *n > 0, *n = 0
+ * at end of file (or for len 0) with *err = 0, or an error (-errno,
+ * TREADLE_ECLOSED, ...). */
+treadle_poll_t treadle_async_fd_read_poll(treadle_async_fd_t *a,
+                                          treadle_cx_t *cx, void *buf,
+                                          size_t len, size_t *n,
+                                          treadle_err_t *err);
+/** write(2) of some of `len` bytes once writable: READY with *n > 0, or
+ * an error (TREADLE_EPIPE, ...). SIGPIPE is not blocked here: on a pipe
+ * whose reader is gone, block or ignore it in the program first. */
+treadle_poll_t treadle_async_fd_write_poll(treadle_async_fd_t *a,
+                                           treadle_cx_t *cx, const void *buf,
+                                           size_t len, size_t *n,
+                                           treadle_err_t *err);
+/** Wakes the waiting tasks and closes the fd once no call uses it
+ * (idempotent, any thread). */
+void treadle_async_fd_close(treadle_async_fd_t *a);
+/** Closes (if needed) and frees (NULL ignored). No task may be polling it. */
+void treadle_async_fd_free(treadle_async_fd_t *a);
+
 /* --------------------------------------------------------------- signals
  *
  * A task waits for a Unix signal (SIGINT, SIGTERM, SIGHUP, SIGUSR1, ...).
