@@ -7,7 +7,9 @@
 # python-dbg python-asan python-tsan).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+# The Lua module and its tests need lua5.4 and its headers; the REPL tests
+# drive a pseudo-terminal with pexpect.
+scripts/setup.sh lua5.4 liblua5.4-dev python3-pytest python3-pexpect
 
 presets=("$@")
 [ ${#presets[@]} -eq 0 ] &&

@@ -299,6 +299,13 @@ static treadle_err_t rt_shutdown(lrt_t *r, uint64_t timeout_ns) {
   return err;
 }
 
+/* lua: treadle.runtime([opts])
+ * A runtime to run tasks on, for when treadle.run's one call is not enough.
+ * opts: flavor ("current_thread", the default, or "multi_thread"), workers
+ * (1..1024, default one per CPU), enable_io and enable_time (default true).
+ * Returns: the runtime (rt); it shuts down when collected or closed.
+ * Errors: raises for bad options or when the runtime cannot be built.
+ * Example: local rt <close> = treadle.runtime({flavor = "multi_thread"}) */
 static int l_runtime(lua_State *L) {
   const char *flavor = "current_thread";
   lua_Integer workers = 0;
@@ -449,6 +456,18 @@ static int block_on_multi(lua_State *L, lrt_t *r) {
   return n;
 }
 
+/* lua: rt:block_on(fn, ...) or rt:block_on(module)
+ * current_thread: runs fn(...) as the main task on this thread, with the
+ * tasks it spawns, until fn returns. multi_thread: every worker requires
+ * `module` in a lua_State of its own (with the caller's package.path,
+ * package.cpath and a copy of `arg`); the module returns a function (or a
+ * table with `main`), called as main(worker) on each worker.
+ * Returns: fn's results; on multi_thread worker 0's, copied as channel
+ * values are.
+ * Errors: raises fn's error (on multi_thread, the first worker's);
+ * "interrupted" after a SIGINT that no task waits for (the runtime has then
+ * shut down); a multi_thread runtime runs its module once; not from a task.
+ * Example: local a, b = rt:block_on(function() return 1, 2 end) */
 static int l_block_on(lua_State *L) {
   lrt_t *r = check_rt(L);
   if (lt_current != NULL)
@@ -456,6 +475,12 @@ static int l_block_on(lua_State *L) {
   return r->multi ? block_on_multi(L, r) : block_on_current(L, r);
 }
 
+/* lua: rt:spawn(fn, ...)
+ * Spawns fn(...) from outside the runtime; it runs while rt:block_on runs.
+ * current_thread only (a multi_thread runtime runs Lua in its workers' own
+ * states).
+ * Returns: the task.
+ * Errors: raises on a multi_thread or shut-down runtime. */
 static int l_rt_spawn(lua_State *L) {
   lrt_t *r = check_rt(L);
   if (r->multi)
@@ -465,6 +490,12 @@ static int l_rt_spawn(lua_State *L) {
   return 1;
 }
 
+/* lua: rt:shutdown([timeout])
+ * Cancels every task and stops the runtime's threads, waiting at most
+ * `timeout` seconds (default: no limit) for work on the blocking pool.
+ * Returns: true, or false when the timeout passed first.
+ * Errors: raises when called from one of the runtime's tasks.
+ * Example: rt:shutdown(5) */
 static int l_rt_shutdown(lua_State *L) {
   lrt_t *r = luaL_checkudata(L, 1, RUNTIME_MT);
   uint64_t ns = lua_isnoneornil(L, 2) ? TREADLE_FOREVER : lt_check_duration(L, 2);
@@ -497,6 +528,14 @@ static int l_rt_tostring(lua_State *L) {
   return 1;
 }
 
+/* lua: treadle.run(fn_or_module [, opts])
+ * Builds a runtime (treadle.runtime(opts)), runs rt:block_on(fn_or_module)
+ * and shuts the runtime down: the usual way in. Ctrl-C while it waits shuts
+ * the runtime down and raises "interrupted", unless a task waits for SIGINT
+ * itself (treadle.signal).
+ * Returns: the main function's results (multi_thread: worker 0's).
+ * Errors: as treadle.runtime and rt:block_on.
+ * Example: print(treadle.run(function() treadle.sleep(1) return "ok" end)) */
 static const char run_chunk[] =
     "local runtime = ...\n"
     "return function(entry, opts)\n"
@@ -508,6 +547,19 @@ static const luaL_Reg rt_methods[] = {
     {"block_on", l_block_on}, {"spawn", l_rt_spawn}, {"shutdown", l_rt_shutdown},
     {NULL, NULL}};
 
+/* lua: require "treadle"
+ * Loads the module: Lua coroutines become treadle tasks. Functions that wait
+ * (treadle.sleep, conn:read, ch:recv, task:join, ...) suspend the calling
+ * task and let the others run; they need a running task (inside treadle.run,
+ * rt:block_on or treadle.spawn). A task stays on the worker (and lua_State)
+ * that started it.
+ * Returns: the module table: the functions below, treadle.tcp, and
+ * treadle.version ("0.1.0").
+ * Errors: I/O failures return nil, a message and the errno name (nil,
+ * "connection refused", "ECONNREFUSED"); wrong arguments and misuse raise.
+ * Handles (runtime, task, channel, listener, conn) close when collected
+ * and at the end of a `<close>` variable; tostring names them.
+ * Example: local treadle = require "treadle" */
 __attribute__((visibility("default"))) int luaopen_treadle(lua_State *L) {
   luaL_checkversion(L);
   lt_new_class(L, RUNTIME_MT, rt_methods, l_rt_gc, l_rt_gc, l_rt_tostring);
@@ -521,6 +573,7 @@ __attribute__((visibility("default"))) int luaopen_treadle(lua_State *L) {
   lua_pushcfunction(L, l_runtime);
   lua_call(L, 1, 1);
   lua_setfield(L, -2, "run");
+  lt_open_repl(L);
   lua_pushliteral(L, "0.1.0");
   lua_setfield(L, -2, "version");
   return 1;

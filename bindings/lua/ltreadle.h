@@ -3,7 +3,8 @@
  * ltreadle.c       luaopen_treadle, runtimes, treadle.run, worker states
  * ltreadle_task.c  tasks (a coroutine of one lua_State), the ops a task
  *                  waits on, timeouts, signals, channels
- * ltreadle_net.c   TCP listeners and connections
+ * ltreadle_net.c   TCP listeners and connections, stdin
+ * ltreadle_repl.c  treadle.repl, the console
  *
  * Threads: a lua_State (a "home") belongs to one thread. On current_thread
  * that is the thread in block_on; on multi_thread each worker makes its own
@@ -45,6 +46,7 @@ typedef enum {
   LOP_ACCEPT,
   LOP_CONNECT,
   LOP_READ,
+  LOP_STDIN_READ, /* u.read, with conn the lstdin_t and s NULL */
   LOP_WRITE,
 } lopkind_t;
 
@@ -141,6 +143,8 @@ treadle_poll_t lt_net_poll(ltask_t *t, treadle_cx_t *cx);
 int lt_net_push(lua_State *co, ltask_t *t); /* results of a READY op */
 void lt_net_clear(lop_t *op);
 void lt_open_net(lua_State *L);
+/* Sets treadle.repl in the module table on top (ltreadle_repl.c). */
+void lt_open_repl(lua_State *L);
 
 /* Channel values (ltreadle_task.c): plain values copied between states.
  * lt_pack_protected packs the value at idx, or returns NULL and leaves the

@@ -1,15 +1,21 @@
-/* TCP for Lua: listeners and connections over treadle's TCP leaves. Methods
- * that wait are ops of the calling task (ltreadle_task.c). I/O failures
- * return nil, message, errno name; wrong arguments raise. */
+/* TCP for Lua: listeners and connections over treadle's TCP leaves, and
+ * stdin over an async fd. Methods that wait are ops of the calling task
+ * (ltreadle_task.c). I/O failures return nil, message, errno name; wrong
+ * arguments raise. */
+#define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "ltreadle.h"
 
 #define LISTENER_MT "treadle.listener"
 #define CONN_MT "treadle.conn"
+#define STDIN_MT "treadle.stdin"
 
 typedef struct {
   treadle_tcp_listener_t *l;
@@ -20,6 +26,16 @@ typedef struct {
   treadle_tcp_stream_t *s;
   bool reading, writing;
 } lconn_t;
+
+/* stdin, read through the I/O driver from a file description of its own
+ * (/proc/self/fd/0), so that its O_NONBLOCK does not reach the shell that
+ * shares fd 0. Where epoll cannot watch stdin (a regular file, /dev/null)
+ * or it cannot be reopened (a socket), reads are plain reads of a dup. */
+typedef struct {
+  treadle_async_fd_t *afd; /* NULL: plain reads of fd */
+  int fd;                  /* plain reads: a dup of fd 0; -1 once closed */
+  bool reading;
+} lstdin_t;
 
 static int push_addr(lua_State *L, const struct sockaddr_storage *a, bool joined) {
   char host[INET6_ADDRSTRLEN] = "?";
@@ -65,6 +81,14 @@ static void push_conn(lua_State *L, treadle_tcp_stream_t *s) {
 
 /* ----------------------------------------------------------- listener */
 
+/* lua: treadle.tcp.bind(host, port [, opts])
+ * Listens on host (a numeric IPv4 or IPv6 address, "localhost", or nil or ""
+ * for every IPv4 address) and port (0 lets the system pick one; see
+ * listener:addr). opts: backlog (1..65535, default 1024), reuse_port
+ * (SO_REUSEPORT, so that each worker can bind the same port).
+ * Returns: the listener, or nil, message, errno name (EADDRINUSE, ...).
+ * Errors: raises outside a task and for bad arguments.
+ * Example: local listener = assert(treadle.tcp.bind("127.0.0.1", 8080)) */
 static int l_bind(lua_State *L) {
   const char *host = luaL_optstring(L, 1, "");
   int port = check_port(L, 2, 0);
@@ -99,6 +123,12 @@ static llistener_t *check_listener(lua_State *L) {
   return ud;
 }
 
+/* lua: listener:accept()
+ * Waits for the next connection.
+ * Returns: the conn and the peer's address as "host:port", or nil, message,
+ * errno name (ECLOSED once the listener is closed).
+ * Errors: raises outside a task or while another task accepts on it.
+ * Example: local conn, peer = listener:accept() */
 static int l_accept(lua_State *L) {
   llistener_t *ud = check_listener(L);
   ltask_t *t = lt_need_task(L, "accept");
@@ -110,12 +140,19 @@ static int l_accept(lua_State *L) {
   return lt_wait(L, t);
 }
 
+/* lua: listener:addr()
+ * Returns: the host and port the listener is bound to (the port filled in
+ * when 0 was asked for), or nil, message, errno name.
+ * Example: local host, port = listener:addr() */
 static int l_listener_addr(lua_State *L) {
   struct sockaddr_storage a;
   treadle_err_t err = treadle_tcp_listener_addr(check_listener(L)->l, &a);
   return err != 0 ? lt_fail(L, err) : push_addr(L, &a, false);
 }
 
+/* lua: listener:close()
+ * Closes the listener; a task waiting in accept gets nil, message, "ECLOSED".
+ * Returns: nothing. */
 static int l_listener_close(lua_State *L) {
   llistener_t *ud = luaL_checkudata(L, 1, LISTENER_MT);
   if (ud->l != NULL)
@@ -151,6 +188,12 @@ static lconn_t *check_conn(lua_State *L) {
   return c;
 }
 
+/* lua: treadle.tcp.connect(host, port)
+ * Connects to host (an address, or a name resolved off the worker threads)
+ * and port (1..65535).
+ * Returns: the conn, or nil, message, errno name (ECONNREFUSED, ENOHOST, ...).
+ * Errors: raises outside a task and for bad arguments.
+ * Example: local conn = assert(treadle.tcp.connect("127.0.0.1", 8080)) */
 static int l_connect(lua_State *L) {
   const char *host = luaL_checkstring(L, 1);
   int port = check_port(L, 2, 1);
@@ -164,6 +207,12 @@ static int l_connect(lua_State *L) {
   return lt_wait(L, t);
 }
 
+/* lua: conn:read([n])
+ * Waits for data: up to n bytes (default 65536).
+ * Returns: a string, nil at the end of the stream, or nil, message, errno
+ * name (ECONNRESET; ECLOSED when the conn is closed meanwhile).
+ * Errors: raises outside a task or while another task reads the conn.
+ * Example: local data = conn:read() */
 static int l_read(lua_State *L) {
   lconn_t *c = check_conn(L);
   lua_Integer n = luaL_optinteger(L, 2, LT_READ_CHUNK);
@@ -179,6 +228,11 @@ static int l_read(lua_State *L) {
   return lt_wait(L, t);
 }
 
+/* lua: conn:write(s)
+ * Writes all of s, waiting while the socket is full.
+ * Returns: true, or nil, message, errno name (EPIPE, ECONNRESET, ...).
+ * Errors: raises outside a task or while another task writes to the conn.
+ * Example: assert(conn:write("hello\n")) */
 static int l_write(lua_State *L) {
   lconn_t *c = check_conn(L);
   size_t len;
@@ -195,6 +249,10 @@ static int l_write(lua_State *L) {
   return lt_wait(L, t);
 }
 
+/* lua: conn:shutdown()
+ * Shuts the write side down: the peer reads the end of the stream, and
+ * reading goes on.
+ * Returns: true, or nil, message, errno name. */
 static int l_shutdown(lua_State *L) {
   treadle_err_t err = treadle_tcp_shutdown(check_conn(L)->s);
   if (err != 0)
@@ -203,6 +261,9 @@ static int l_shutdown(lua_State *L) {
   return 1;
 }
 
+/* lua: conn:close()
+ * Closes the connection; tasks waiting on it get nil, message, "ECLOSED".
+ * Returns: nothing. */
 static int l_conn_close(lua_State *L) {
   lconn_t *c = luaL_checkudata(L, 1, CONN_MT);
   if (c->s != NULL)
@@ -216,9 +277,16 @@ static int l_conn_addr(lua_State *L, bool peer) {
   treadle_err_t err = peer ? treadle_tcp_peer_addr(c->s, &a) : treadle_tcp_local_addr(c->s, &a);
   return err != 0 ? lt_fail(L, err) : push_addr(L, &a, false);
 }
+/* lua: conn:peer()
+ * Returns: the peer's host and port, or nil, message, errno name. */
 static int l_peer(lua_State *L) { return l_conn_addr(L, true); }
+/* lua: conn:addr()
+ * Returns: the local host and port, or nil, message, errno name. */
 static int l_addr(lua_State *L) { return l_conn_addr(L, false); }
 
+/* lua: conn:set_nodelay([on])
+ * Turns TCP_NODELAY on (the default) or off.
+ * Returns: true, or nil, message, errno name. */
 static int l_nodelay(lua_State *L) {
   lconn_t *c = check_conn(L);
   treadle_err_t err = treadle_tcp_set_nodelay(c->s, lua_isnone(L, 2) || lua_toboolean(L, 2));
@@ -247,6 +315,81 @@ static int l_conn_tostring(lua_State *L) {
   return 1;
 }
 
+/* --------------------------------------------------------------- stdin */
+
+static int l_stdin(lua_State *L) {
+  treadle_handle_t *h = need_handle(L, "treadle.stdin");
+  lstdin_t *in = lua_newuserdatauv(L, sizeof *in, 0);
+  in->afd = NULL;
+  in->fd = -1;
+  in->reading = false;
+  luaL_setmetatable(L, STDIN_MT);
+  int fd = open("/proc/self/fd/0", O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (fd >= 0) {
+    treadle_err_t err = treadle_async_fd_new(h, fd, &in->afd);
+    if (err == 0)
+      return 1;
+    close(fd);
+    if (err != -EPERM)
+      return lt_fail(L, err);
+  }
+  in->fd = fcntl(0, F_DUPFD_CLOEXEC, 3);
+  return in->fd < 0 ? lt_fail(L, -errno) : 1;
+}
+
+static int l_stdin_read(lua_State *L) {
+  lstdin_t *in = luaL_checkudata(L, 1, STDIN_MT);
+  lua_Integer n = luaL_optinteger(L, 2, LT_READ_CHUNK);
+  luaL_argcheck(L, n >= 1, 2, "n must be at least 1");
+  ltask_t *t = lt_need_task(L, "read");
+  if (in->reading)
+    return luaL_error(L, "another task is already reading stdin");
+  if (in->afd == NULL && in->fd < 0)
+    return lt_fail(L, TREADLE_ECLOSED);
+  in->reading = true;
+  t->op.kind = LOP_STDIN_READ;
+  t->op.u.read.conn = in;
+  t->op.u.read.want = (size_t)n;
+  return lt_wait(L, t);
+}
+
+static int l_stdin_close(lua_State *L) {
+  lstdin_t *in = luaL_checkudata(L, 1, STDIN_MT);
+  if (in->afd != NULL)
+    treadle_async_fd_close(in->afd);
+  if (in->fd >= 0)
+    close(in->fd); /* plain reads never wait: none is in progress */
+  in->fd = -1;
+  return 0;
+}
+
+static int l_stdin_gc(lua_State *L) {
+  lstdin_t *in = luaL_checkudata(L, 1, STDIN_MT);
+  l_stdin_close(L);
+  treadle_async_fd_free(in->afd);
+  in->afd = NULL;
+  return 0;
+}
+
+static int l_stdin_tostring(lua_State *L) {
+  lstdin_t *in = luaL_checkudata(L, 1, STDIN_MT);
+  bool open_ = in->afd != NULL ? treadle_async_fd_fd(in->afd) >= 0 : in->fd >= 0;
+  lua_pushfstring(L, "treadle.stdin (%s): %p",
+                  !open_ ? "closed" : in->afd != NULL ? "async" : "plain reads", (void *)in);
+  return 1;
+}
+
+/* A plain read of stdin (see lstdin_t): READY at once. */
+static treadle_poll_t stdin_plain_read(lstdin_t *in, char *buf, lop_t *op) {
+  ssize_t r;
+  do
+    r = read(in->fd, buf, op->u.read.want);
+  while (r < 0 && errno == EINTR);
+  op->err = r < 0 ? -errno : 0;
+  op->u.read.got = r < 0 ? 0 : (size_t)r;
+  return TREADLE_READY;
+}
+
 /* ------------------------------------------------------------------ ops */
 
 /* The conn or listener an op works on is at the op function's argument 1,
@@ -267,7 +410,8 @@ treadle_poll_t lt_net_poll(ltask_t *t, treadle_cx_t *cx) {
       op->started = true;
     }
     return treadle_tcp_connect_poll(&op->u.connect.c, cx, &op->u.connect.out, &op->err);
-  case LOP_READ: {
+  case LOP_READ:
+  case LOP_STDIN_READ: {
     if (op->u.read.want > LT_READ_CHUNK && op->u.read.heap == NULL) {
       op->u.read.heap = malloc(op->u.read.want);
       if (op->u.read.heap == NULL) {
@@ -276,6 +420,13 @@ treadle_poll_t lt_net_poll(ltask_t *t, treadle_cx_t *cx) {
       }
     }
     char *buf = op->u.read.heap != NULL ? op->u.read.heap : t->home->read_buf;
+    if (op->kind == LOP_STDIN_READ) {
+      lstdin_t *in = op->u.read.conn;
+      if (in->afd == NULL)
+        return stdin_plain_read(in, buf, op);
+      return treadle_async_fd_read_poll(in->afd, cx, buf, op->u.read.want,
+                                        &op->u.read.got, &op->err);
+    }
     return treadle_tcp_read_poll(op->u.read.s, cx, buf, op->u.read.want,
                                  &op->u.read.got, &op->err);
   }
@@ -301,6 +452,7 @@ int lt_net_push(lua_State *co, ltask_t *t) {
     op->u.connect.out = NULL;
     return 1;
   case LOP_READ:
+  case LOP_STDIN_READ:
     if (op->u.read.got == 0) {
       lua_pushnil(co); /* end of stream */
       return 1;
@@ -330,6 +482,10 @@ void lt_net_clear(lop_t *op) {
     free(op->u.read.heap);
     ((lconn_t *)op->u.read.conn)->reading = false;
     break;
+  case LOP_STDIN_READ:
+    free(op->u.read.heap);
+    ((lstdin_t *)op->u.read.conn)->reading = false;
+    break;
   case LOP_WRITE:
     ((lconn_t *)op->u.write.conn)->writing = false;
     break;
@@ -344,6 +500,8 @@ static const luaL_Reg conn_methods[] = {
     {"read", l_read},   {"write", l_write}, {"shutdown", l_shutdown},
     {"close", l_conn_close}, {"peer", l_peer}, {"addr", l_addr},
     {"set_nodelay", l_nodelay}, {NULL, NULL}};
+static const luaL_Reg stdin_methods[] = {
+    {"read", l_stdin_read}, {"close", l_stdin_close}, {NULL, NULL}};
 static const luaL_Reg tcp_functions[] = {
     {"bind", l_bind}, {"connect", l_connect}, {NULL, NULL}};
 
@@ -351,6 +509,9 @@ void lt_open_net(lua_State *L) {
   lt_new_class(L, LISTENER_MT, listener_methods, l_listener_gc, l_listener_close,
                l_listener_tostring);
   lt_new_class(L, CONN_MT, conn_methods, l_conn_gc, l_conn_close, l_conn_tostring);
+  lt_new_class(L, STDIN_MT, stdin_methods, l_stdin_gc, l_stdin_close, l_stdin_tostring);
   luaL_newlib(L, tcp_functions);
   lua_setfield(L, -2, "tcp");
+  lua_pushcfunction(L, l_stdin);
+  lua_setfield(L, -2, "stdin");
 }
