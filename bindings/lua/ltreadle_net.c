@@ -317,6 +317,14 @@ static int l_conn_tostring(lua_State *L) {
 
 /* --------------------------------------------------------------- stdin */
 
+/* lua: treadle.stdin()
+ * Opens the process's standard input for tasks: reads wait in the I/O
+ * driver, on a file description of its own, so that the shell's stdin stays
+ * blocking. Where epoll cannot watch it (a regular file, /dev/null), reads
+ * are plain reads that never wait.
+ * Returns: the stdin reader, or nil, message, errno name.
+ * Errors: raises outside a task.
+ * Example: local input <close> = assert(treadle.stdin()) */
 static int l_stdin(lua_State *L) {
   treadle_handle_t *h = need_handle(L, "treadle.stdin");
   lstdin_t *in = lua_newuserdatauv(L, sizeof *in, 0);
@@ -337,6 +345,13 @@ static int l_stdin(lua_State *L) {
   return in->fd < 0 ? lt_fail(L, -errno) : 1;
 }
 
+/* lua: stdin:read([n])
+ * Waits for input: up to n bytes (default 65536), as they come (a line at a
+ * time from a terminal).
+ * Returns: a string, nil at the end of the input, or nil, message, errno
+ * name (ECLOSED once closed).
+ * Errors: raises outside a task or while another task reads it.
+ * Example: local line = input:read() */
 static int l_stdin_read(lua_State *L) {
   lstdin_t *in = luaL_checkudata(L, 1, STDIN_MT);
   lua_Integer n = luaL_optinteger(L, 2, LT_READ_CHUNK);
@@ -353,6 +368,10 @@ static int l_stdin_read(lua_State *L) {
   return lt_wait(L, t);
 }
 
+/* lua: stdin:close()
+ * Closes the reader (not fd 0); a task waiting in read gets nil, message,
+ * "ECLOSED".
+ * Returns: nothing. */
 static int l_stdin_close(lua_State *L) {
   lstdin_t *in = luaL_checkudata(L, 1, STDIN_MT);
   if (in->afd != NULL)

@@ -283,6 +283,14 @@ static void chan_unref(lchan_t *ch) {
   free(ch);
 }
 
+/* lua: treadle.channel([capacity [, name]])
+ * A bounded FIFO of plain values (nil, booleans, numbers, strings and tables
+ * of those, copied) between tasks, also of different workers. capacity:
+ * 1..16777216, default 1. Every call with the same name, in any worker's
+ * state, gives the same channel.
+ * Returns: the channel (ch).
+ * Errors: raises for a bad capacity.
+ * Example: local ch = treadle.channel(16, "jobs") */
 static int l_channel(lua_State *L) {
   lua_Integer cap = luaL_optinteger(L, 1, 1);
   const char *name = luaL_optstring(L, 2, NULL);
@@ -335,6 +343,13 @@ static lchan_t *check_chan(lua_State *L) {
   return *ud;
 }
 
+/* lua: ch:send(v)
+ * Sends a copy of v, waiting while the channel is full.
+ * Returns: true.
+ * Errors: raises for values that cannot be copied (functions, userdata,
+ * tables nested deeper than 64) and, when it would have to wait, outside a
+ * task.
+ * Example: ch:send({id = 1, body = "hi"}) */
 static int l_chan_send(lua_State *L) {
   lchan_t *ch = check_chan(L);
   luaL_checkany(L, 2);
@@ -356,6 +371,11 @@ static int l_chan_send(lua_State *L) {
   return lt_wait(L, t);
 }
 
+/* lua: ch:recv()
+ * Waits for the next value.
+ * Returns: the value.
+ * Errors: raises when it would have to wait outside a task.
+ * Example: local job = ch:recv() */
 static int l_chan_recv(lua_State *L) {
   lchan_t *ch = check_chan(L);
   void *blob = NULL;
@@ -745,6 +765,11 @@ ltask_t *lt_spawn(lua_State *L, lhome_t *home, int idx, int nargs) {
   return t;
 }
 
+/* lua: treadle.spawn(fn, ...)
+ * Runs fn(...) as a new task (a coroutine) on the calling task's worker.
+ * Returns: the task; it starts once the calling task waits or yields.
+ * Errors: raises outside a task.
+ * Example: local t = treadle.spawn(function(a, b) return a + b end, 1, 2) */
 static int l_spawn(lua_State *L) {
   lhome_t *home = lt_home(L);
   if (home == NULL)
@@ -766,6 +791,13 @@ lhome_t *lt_home(lua_State *L) {
   return lt_current != NULL ? lt_current->home : NULL;
 }
 
+/* lua: task:join()
+ * Waits for the task to finish.
+ * Returns: the task's results.
+ * Errors: raises the task's error, or "cancelled" after task:abort();
+ * raises when it would have to wait outside a task, from the task itself,
+ * from another worker's state, or while another task joins it.
+ * Example: local sum = t:join() */
 static int l_task_join(lua_State *L) {
   ltask_t *c = check_task(L, 1);
   if (c->status != LT_RUNNING) /* done: no need to wait, or a task */
@@ -783,6 +815,11 @@ static int l_task_join(lua_State *L) {
   return lt_wait(L, t);
 }
 
+/* lua: task:abort()
+ * Cancels the task: it stops at its next wait, its to-be-closed variables
+ * are closed, and join raises "cancelled". Does nothing once it finished. A
+ * task in a `<close>` variable is aborted at the end of its scope.
+ * Returns: nothing. */
 static int l_task_abort(lua_State *L) {
   ltask_t *c = check_task(L, 1);
   if (c->status == LT_RUNNING && !c->cancel) {
@@ -793,6 +830,8 @@ static int l_task_abort(lua_State *L) {
   return 0;
 }
 
+/* lua: task:done()
+ * Returns: true once the task has finished, failed or been cancelled. */
 static int l_task_done(lua_State *L) {
   lua_pushboolean(L, check_task(L, 1)->status != LT_RUNNING);
   return 1;
@@ -813,6 +852,13 @@ static int l_task_tostring(lua_State *L) {
 
 /* ----------------------------------------------------------- functions */
 
+/* lua: treadle.sleep(seconds)
+ * Suspends the calling task for `seconds` (negative is 0; math.huge waits
+ * until the task is aborted). Timers never fire early (1 ms ticks).
+ * Returns: nothing.
+ * Errors: raises outside a task, for NaN, and on a runtime without timers
+ * (enable_time = false).
+ * Example: treadle.sleep(0.25) */
 static int l_sleep(lua_State *L) {
   uint64_t ns = lt_check_duration(L, 1);
   ltask_t *t = lt_need_task(L, "treadle.sleep");
@@ -821,17 +867,29 @@ static int l_sleep(lua_State *L) {
   return lt_wait(L, t);
 }
 
+/* lua: treadle.yield()
+ * Lets the other ready tasks run, then goes on.
+ * Returns: nothing.
+ * Errors: raises outside a task. */
 static int l_yield(lua_State *L) {
   ltask_t *t = lt_need_task(L, "treadle.yield");
   t->op.kind = LOP_YIELD;
   return lt_wait(L, t);
 }
 
+/* lua: treadle.now()
+ * Returns: seconds of the monotonic clock (CLOCK_MONOTONIC) as a float, the
+ * clock of every treadle deadline. Any time, in a task or not.
+ * Example: local t0 = treadle.now() */
 static int l_now(lua_State *L) {
   lua_pushnumber(L, (lua_Number)treadle_now() / 1e9);
   return 1;
 }
 
+/* lua: treadle.worker()
+ * Returns: the index of the worker running the calling task (0 on
+ * current_thread).
+ * Errors: raises outside a task. */
 static int l_worker(lua_State *L) {
   lhome_t *home = lt_home(L);
   if (home == NULL)
@@ -840,14 +898,20 @@ static int l_worker(lua_State *L) {
   return 1;
 }
 
+/* lua: treadle.thread_id()
+ * Returns: the calling thread's operating-system id (gettid). */
 static int l_thread_id(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)syscall(SYS_gettid));
   return 1;
 }
 
-/* timeout(seconds, fn, ...): fn runs as a task of this worker; true and
- * its results, or nil, "timeout" (the task is aborted). fn's error is
- * raised. */
+/* lua: treadle.timeout(seconds, fn, ...)
+ * Runs fn(...) as a task of this worker for at most `seconds`; then aborts
+ * it.
+ * Returns: true and fn's results, or nil, "timeout".
+ * Errors: raises fn's error; raises outside a task and on a runtime without
+ * timers.
+ * Example: local ok, msg = treadle.timeout(0.1, treadle.sleep, 1) */
 static int l_timeout(lua_State *L) {
   uint64_t ns = lt_check_duration(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -867,6 +931,16 @@ static const struct { const char *name; int signum; } signals[] = {
     {"SIGWINCH", SIGWINCH}, {"SIGCHLD", SIGCHLD}, {"SIGALRM", SIGALRM},
     {"SIGPIPE", SIGPIPE}};
 
+/* lua: treadle.signal(name)
+ * Waits for the next delivery of a Unix signal: "SIGINT", "SIGTERM",
+ * "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT", "SIGWINCH", "SIGCHLD",
+ * "SIGALRM" or "SIGPIPE" (or the name without SIG). Every waiting task sees
+ * every delivery. A task waiting for SIGINT handles Ctrl-C itself: treadle.run
+ * then no longer raises "interrupted".
+ * Returns: true, or nil, message, errno name (ENOIO on a runtime without
+ * enable_io).
+ * Errors: raises for other names and outside a task.
+ * Example: treadle.signal("SIGTERM") */
 static int l_signal(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
   int signum = 0;

@@ -1,4 +1,5 @@
-/* treadle: an asynchronous runtime for C, built the way Tokio is built.
+/** @file
+ * treadle: an asynchronous runtime for C, built the way Tokio is built.
  *
  * A task is a poll function plus the caller's state, copied into one
  * allocation. The runtime polls it; the poll returns TREADLE_READY when the
@@ -40,7 +41,7 @@ extern "C" {
 #define TREADLE_VERSION_MINOR 1
 #define TREADLE_VERSION_PATCH 0
 
-/* 0 on success, or a negative TREADLE_E* code. */
+/** 0 on success, or a negative TREADLE_E* code. */
 typedef int treadle_err_t;
 
 typedef enum { TREADLE_PENDING = 0, TREADLE_READY = 1 } treadle_poll_t;
@@ -53,17 +54,17 @@ typedef struct treadle_handle_s treadle_handle_t;
 typedef struct treadle_join_s treadle_join_t;
 typedef struct treadle_task_vtable_s treadle_task_vtable_t;
 
-/* A task's poll function. `state` is the task's own copy of the state given
+/** A task's poll function. `state` is the task's own copy of the state given
  * to treadle_spawn(); it stays at one address for the task's life. */
 typedef treadle_poll_t (*treadle_poll_fn)(treadle_cx_t *cx, void *state);
 
 /* ---------------------------------------------------------------- errors */
 
-/* A message for any treadle_err_t, including plain -errno values. Never
+/** A message for any treadle_err_t, including plain -errno values. Never
  * NULL; the string is static. Example: treadle_strerror(TREADLE_ENOTIME). */
 const char *treadle_strerror(treadle_err_t err);
 
-/* The code's name ("EINVAL", "ENOTIME"), or "UNKNOWN". Static string. */
+/** The code's name ("EINVAL", "ENOTIME"), or "UNKNOWN". Static string. */
 const char *treadle_err_name(treadle_err_t err);
 
 /* ------------------------------------------------------------------ time */
@@ -73,124 +74,124 @@ const char *treadle_err_name(treadle_err_t err);
 #define TREADLE_NSEC_PER_SEC UINT64_C(1000000000)
 #define TREADLE_FOREVER UINT64_MAX
 
-/* Nanoseconds of CLOCK_MONOTONIC: the clock every treadle deadline uses. */
+/** Nanoseconds of CLOCK_MONOTONIC: the clock every treadle deadline uses. */
 uint64_t treadle_now(void);
 
-/* Converts seconds (as the bindings take them) to nanoseconds: negative and
+/** Converts seconds (as the bindings take them) to nanoseconds: negative and
  * -0.0 become 0, +inf and anything past UINT64_MAX ns become
  * TREADLE_FOREVER, NaN is TREADLE_EINVAL. */
 treadle_err_t treadle_duration_from_secs(double secs, uint64_t *ns);
 
 /* ---------------------------------------------------------------- wakers */
 
-/* A waker is a counted reference to something that can be woken: a task,
+/** A waker is a counted reference to something that can be woken: a task,
  * a blocked thread, a binding's event. The vtable is public so that
  * embedders can make their own (as Rust's RawWakerVTable). Every function
  * may be called from any thread, any number of times. */
 typedef struct treadle_waker_vtable_s {
-  treadle_waker_t *(*clone)(treadle_waker_t *w); /* new reference */
-  void (*wake)(treadle_waker_t *w);              /* wakes, drops the ref */
-  void (*wake_by_ref)(treadle_waker_t *w);       /* wakes, keeps the ref */
-  void (*drop)(treadle_waker_t *w);              /* drops the ref */
+  treadle_waker_t *(*clone)(treadle_waker_t *w); /**< new reference */
+  void (*wake)(treadle_waker_t *w);              /**< wakes, drops the ref */
+  void (*wake_by_ref)(treadle_waker_t *w);       /**< wakes, keeps the ref */
+  void (*drop)(treadle_waker_t *w);              /**< drops the ref */
 } treadle_waker_vtable_t;
 
 struct treadle_waker_s {
   const treadle_waker_vtable_t *vtable;
 };
 
-/* Returns a new reference to `w` (borrowed). */
+/** Returns a new reference to `w` (borrowed). */
 treadle_waker_t *treadle_waker_clone(treadle_waker_t *w);
-/* Wakes and releases `w` (takes ownership). A wake during the task's poll
+/** Wakes and releases `w` (takes ownership). A wake during the task's poll
  * makes the scheduler poll it again; a wake after it completed does
  * nothing. */
 void treadle_wake(treadle_waker_t *w);
-/* Wakes `w` (borrowed) and keeps the reference. */
+/** Wakes `w` (borrowed) and keeps the reference. */
 void treadle_wake_by_ref(treadle_waker_t *w);
-/* Releases `w` without waking (takes ownership). NULL is ignored. */
+/** Releases `w` without waking (takes ownership). NULL is ignored. */
 void treadle_waker_drop(treadle_waker_t *w);
 
 /* --------------------------------------------------------------- builder */
 
 typedef enum {
-  TREADLE_CURRENT_THREAD = 0, /* tasks run on the thread that calls block_on */
-  TREADLE_MULTI_THREAD = 1    /* N worker threads share the tasks */
+  TREADLE_CURRENT_THREAD = 0, /**< tasks run on the thread that calls block_on */
+  TREADLE_MULTI_THREAD = 1    /**< N worker threads share the tasks */
 } treadle_flavor_t;
 
 typedef void (*treadle_thread_cb)(void *userdata);
 
-/* Called when a task nobody joins fails (its status is an error other than
+/** Called when a task nobody joins fails (its status is an error other than
  * TREADLE_ECANCELED). `name` may be NULL. Runs on whichever thread dropped
  * the output. The default prints one line on stderr. */
 typedef void (*treadle_task_error_cb)(uint64_t task_id, const char *name,
                                       treadle_err_t status, void *userdata);
 
-/* A builder collects a runtime's settings (Tokio's runtime::Builder). It
+/** A builder collects a runtime's settings (Tokio's runtime::Builder). It
  * can build several runtimes. Setters return TREADLE_EINVAL for a NULL
  * builder or an out-of-range value and leave the builder unchanged. */
 treadle_err_t treadle_builder_new(treadle_flavor_t flavor,
                                   treadle_builder_t **out);
 void treadle_builder_free(treadle_builder_t *b);
 
-/* Worker threads of a multi_thread runtime, 1..1024 (default: one per
+/** Worker threads of a multi_thread runtime, 1..1024 (default: one per
  * CPU). A current_thread runtime ignores it. */
 treadle_err_t treadle_builder_worker_threads(treadle_builder_t *b,
                                              unsigned n);
-/* Most threads the blocking pool may start, 1..65536 (default 512). */
+/** Most threads the blocking pool may start, 1..65536 (default 512). */
 treadle_err_t treadle_builder_max_blocking_threads(treadle_builder_t *b,
                                                    unsigned n);
-/* How long an idle blocking thread waits for work before it exits
+/** How long an idle blocking thread waits for work before it exits
  * (default 10 s). */
 treadle_err_t treadle_builder_thread_keep_alive(treadle_builder_t *b,
                                                 uint64_t ns);
-/* Enables the I/O driver (epoll). Without it, I/O operations fail with
+/** Enables the I/O driver (epoll). Without it, I/O operations fail with
  * TREADLE_ENOIO and an idle runtime parks on a condition variable. */
 treadle_err_t treadle_builder_enable_io(treadle_builder_t *b);
-/* Enables the time driver (timer wheel). Without it, sleeps and timeouts
+/** Enables the time driver (timer wheel). Without it, sleeps and timeouts
  * fail with TREADLE_ENOTIME. */
 treadle_err_t treadle_builder_enable_time(treadle_builder_t *b);
-/* Enables every driver. */
+/** Enables every driver. */
 treadle_err_t treadle_builder_enable_all(treadle_builder_t *b);
-/* Name given to threads the runtime starts (copied; at most 15 bytes are
+/** Name given to threads the runtime starts (copied; at most 15 bytes are
  * visible to the kernel). Default "treadle-worker". */
 treadle_err_t treadle_builder_thread_name(treadle_builder_t *b,
                                           const char *name);
-/* Hooks run on every thread the runtime starts, first and last thing. */
+/** Hooks run on every thread the runtime starts, first and last thing. */
 treadle_err_t treadle_builder_on_thread_start(treadle_builder_t *b,
                                               treadle_thread_cb cb,
                                               void *userdata);
 treadle_err_t treadle_builder_on_thread_stop(treadle_builder_t *b,
                                              treadle_thread_cb cb,
                                              void *userdata);
-/* Scheduler ticks between two polls of the drivers (default 61). */
+/** Scheduler ticks between two polls of the drivers (default 61). */
 treadle_err_t treadle_builder_event_interval(treadle_builder_t *b,
                                              unsigned n);
-/* Scheduler ticks between two looks at the global queue first (default 31
+/** Scheduler ticks between two looks at the global queue first (default 31
  * for current_thread, 61 for multi_thread). */
 treadle_err_t treadle_builder_global_queue_interval(treadle_builder_t *b,
                                                     unsigned n);
-/* Replaces the report of failed, unjoined tasks (NULL restores stderr). */
+/** Replaces the report of failed, unjoined tasks (NULL restores stderr). */
 treadle_err_t treadle_builder_on_task_error(treadle_builder_t *b,
                                             treadle_task_error_cb cb,
                                             void *userdata);
-/* Debug option: warn on stderr, naming the task, when one poll takes longer
+/** Debug option: warn on stderr, naming the task, when one poll takes longer
  * than threshold_ns (0: the default, 100 ms). Costs two clock reads per
  * poll. Off unless called. */
 treadle_err_t treadle_builder_warn_slow_polls(treadle_builder_t *b,
                                               uint64_t threshold_ns);
-/* Builds a runtime from the builder's settings. */
+/** Builds a runtime from the builder's settings. */
 treadle_err_t treadle_builder_build(const treadle_builder_t *b,
                                     treadle_runtime_t **out);
 
 /* --------------------------------------------------------------- runtime */
 
-/* Shorthand: a current_thread runtime with every driver enabled. */
+/** Shorthand: a current_thread runtime with every driver enabled. */
 treadle_err_t treadle_runtime_new_current_thread(treadle_runtime_t **out);
 
-/* The runtime's handle (borrowed: valid until treadle_runtime_free; take a
+/** The runtime's handle (borrowed: valid until treadle_runtime_free; take a
  * reference with treadle_handle_ref to keep it longer). */
 treadle_handle_t *treadle_runtime_handle(treadle_runtime_t *rt);
 
-/* Spawns a task from `poll` and `state` (see treadle_spawn) and blocks the
+/** Spawns a task from `poll` and `state` (see treadle_spawn) and blocks the
  * calling thread until it completes; on a current_thread runtime the caller
  * runs the scheduler meanwhile. Returns the task's status and stores its
  * output value in *value (may be NULL; the value then goes to the vtable's
@@ -202,7 +203,7 @@ treadle_err_t treadle_runtime_block_on(treadle_runtime_t *rt,
                                        const void *state, size_t state_size,
                                        void **value);
 
-/* Shuts the runtime down and frees it (takes ownership): new spawns fail
+/** Shuts the runtime down and frees it (takes ownership): new spawns fail
  * with TREADLE_ESHUTDOWN, every task is cancelled and dropped (each drop
  * function runs once), the drivers close their fds, every thread the
  * runtime started is joined. Handles, wakers and join handles that outlive
@@ -212,7 +213,7 @@ treadle_err_t treadle_runtime_block_on(treadle_runtime_t *rt,
  * block_on on it. */
 treadle_err_t treadle_runtime_free(treadle_runtime_t *rt);
 
-/* treadle_runtime_free, waiting at most timeout_ns for blocking-pool jobs
+/** treadle_runtime_free, waiting at most timeout_ns for blocking-pool jobs
  * that are already running (queued ones are cancelled). Jobs still running
  * then are left to finish on their own threads, which exit afterwards;
  * the runtime is freed either way and TREADLE_ETIMEDOUT says so. Same
@@ -220,7 +221,7 @@ treadle_err_t treadle_runtime_free(treadle_runtime_t *rt);
 treadle_err_t treadle_runtime_shutdown_timeout(treadle_runtime_t *rt,
                                                uint64_t timeout_ns);
 
-/* Writes a text dump of the live tasks to `out`, one line each: id, name,
+/** Writes a text dump of the live tasks to `out`, one line each: id, name,
  * state, worker, and what it waits on, after a line per worker. Any
  * thread; from outside a busy current_thread runtime the dump is taken by
  * a task on the runtime's thread. */
@@ -229,44 +230,44 @@ treadle_err_t treadle_runtime_dump(treadle_runtime_t *rt, FILE *out);
 /* ------------------------------------------------------------- metrics */
 
 typedef struct treadle_runtime_metrics_s {
-  unsigned workers;              /* 1 for current_thread */
-  uint64_t live_tasks;           /* spawned and not yet finished */
-  uint64_t inject_queue_depth;   /* tasks in the global queue */
-  uint64_t blocking_threads;     /* blocking-pool threads alive */
-  uint64_t blocking_idle;        /* ... of which idle */
-  uint64_t blocking_queue_depth; /* blocking jobs waiting for a thread */
+  unsigned workers;              /**< 1 for current_thread */
+  uint64_t live_tasks;           /**< spawned and not yet finished */
+  uint64_t inject_queue_depth;   /**< tasks in the global queue */
+  uint64_t blocking_threads;     /**< blocking-pool threads alive */
+  uint64_t blocking_idle;        /**< ... of which idle */
+  uint64_t blocking_queue_depth; /**< blocking jobs waiting for a thread */
 } treadle_runtime_metrics_t;
 
 typedef struct treadle_worker_metrics_s {
-  uint64_t polls;             /* task polls */
-  uint64_t steals;            /* tasks this worker stole */
-  uint64_t steal_operations;  /* successful steal attempts */
-  uint64_t parks;             /* times it went to sleep */
-  uint64_t unparks;           /* times it woke up */
-  uint64_t lifo_hits;         /* tasks run from the LIFO slot */
-  uint64_t overflows;         /* local queue full: half moved to inject */
-  uint64_t local_queue_depth; /* tasks in its local queue now */
+  uint64_t polls;             /**< task polls */
+  uint64_t steals;            /**< tasks this worker stole */
+  uint64_t steal_operations;  /**< successful steal attempts */
+  uint64_t parks;             /**< times it went to sleep */
+  uint64_t unparks;           /**< times it woke up */
+  uint64_t lifo_hits;         /**< tasks run from the LIFO slot */
+  uint64_t overflows;         /**< local queue full: half moved to inject */
+  uint64_t local_queue_depth; /**< tasks in its local queue now */
 } treadle_worker_metrics_t;
 
-/* Counters are monotonic; depths are snapshots. Reading takes no lock a
+/** Counters are monotonic; depths are snapshots. Reading takes no lock a
  * worker needs and may be done from any thread at any time. */
 treadle_err_t treadle_handle_metrics(treadle_handle_t *h,
                                      treadle_runtime_metrics_t *out);
-/* TREADLE_EINVAL for a worker index past the last. */
+/** TREADLE_EINVAL for a worker index past the last. */
 treadle_err_t treadle_handle_worker_metrics(treadle_handle_t *h,
                                             unsigned worker,
                                             treadle_worker_metrics_t *out);
 
 /* ---------------------------------------------------------------- handle */
 
-/* The handle of the runtime whose task is running on this thread, or NULL
+/** The handle of the runtime whose task is running on this thread, or NULL
  * (borrowed: valid while the task runs). */
 treadle_handle_t *treadle_handle_current(void);
-/* Takes a reference (returns h). Handles are thread-safe. */
+/** Takes a reference (returns h). Handles are thread-safe. */
 treadle_handle_t *treadle_handle_ref(treadle_handle_t *h);
-/* Drops a reference; NULL is ignored. */
+/** Drops a reference; NULL is ignored. */
 void treadle_handle_unref(treadle_handle_t *h);
-/* treadle_runtime_block_on through a handle, from any thread that is not
+/** treadle_runtime_block_on through a handle, from any thread that is not
  * running a runtime's tasks. */
 treadle_err_t treadle_handle_block_on(treadle_handle_t *h,
                                       const treadle_task_vtable_t *vt,
@@ -275,17 +276,17 @@ treadle_err_t treadle_handle_block_on(treadle_handle_t *h,
 
 /* ----------------------------------------------------------------- tasks */
 
-/* What a task is made of. The vtable is borrowed for the task's life
+/** What a task is made of. The vtable is borrowed for the task's life
  * (normally a static const). */
 struct treadle_task_vtable_s {
-  treadle_poll_fn poll;            /* required */
-  void (*drop)(void *state);       /* optional: runs exactly once, when the
+  treadle_poll_fn poll;            /**< required */
+  void (*drop)(void *state);       /**< optional: runs exactly once, when the
                                       task completes or is cancelled */
-  void (*drop_output)(void *value); /* optional: frees an output value that
+  void (*drop_output)(void *value); /**< optional: frees an output value that
                                        nobody took */
 };
 
-/* Spawns a task onto the runtime of `h` (borrowed) from any thread: copies
+/** Spawns a task onto the runtime of `h` (borrowed) from any thread: copies
  * `state_size` bytes of `state` (or zeroes if state is NULL) into the task.
  * On success the task owns whatever the state refers to and *join (if join
  * is not NULL) receives its join handle; with join NULL the task is
@@ -299,16 +300,16 @@ treadle_err_t treadle_spawn(treadle_handle_t *h,
                             const void *state, size_t state_size,
                             treadle_join_t **join);
 
-/* Options for treadle_spawn_with. Start from TREADLE_SPAWN_OPTS_INIT. */
+/** Options for treadle_spawn_with. Start from TREADLE_SPAWN_OPTS_INIT. */
 typedef struct treadle_spawn_opts_s {
-  const char *name; /* copied; shown in dumps and failure reports */
-  int worker;       /* -1: any worker. k >= 0: pinned to worker k, which
+  const char *name; /**< copied; shown in dumps and failure reports */
+  int worker;       /**< -1: any worker. k >= 0: pinned to worker k, which
                        alone ever polls it (Tokio's spawn_local); a
                        current_thread runtime has the one worker 0 */
 } treadle_spawn_opts_t;
 #define TREADLE_SPAWN_OPTS_INIT {NULL, -1}
 
-/* treadle_spawn with options (opts may be NULL). TREADLE_EINVAL for a
+/** treadle_spawn with options (opts may be NULL). TREADLE_EINVAL for a
  * worker index past the runtime's last worker. */
 treadle_err_t treadle_spawn_with(treadle_handle_t *h,
                                  const treadle_task_vtable_t *vt,
@@ -316,17 +317,17 @@ treadle_err_t treadle_spawn_with(treadle_handle_t *h,
                                  const treadle_spawn_opts_t *opts,
                                  treadle_join_t **join);
 
-/* A job for the blocking pool: plain code that may block its thread. */
+/** A job for the blocking pool: plain code that may block its thread. */
 typedef struct treadle_blocking_vtable_s {
-  /* required: runs once on a pool thread; returns the job's status and
+  /** required: runs once on a pool thread; returns the job's status and
    * may set *value (owned by the joiner, or drop_output) */
   treadle_err_t (*run)(void *state, void **value);
-  void (*drop)(void *state);        /* optional: once, after run, or when
+  void (*drop)(void *state);        /**< optional: once, after run, or when
                                        the job is cancelled before it ran */
-  void (*drop_output)(void *value); /* optional: frees an untaken value */
+  void (*drop_output)(void *value); /**< optional: frees an untaken value */
 } treadle_blocking_vtable_t;
 
-/* Runs vt->run on a blocking-pool thread (started on demand up to
+/** Runs vt->run on a blocking-pool thread (started on demand up to
  * max_blocking_threads; idle ones exit after the keep-alive) with a copy
  * of `state`, as treadle_spawn copies it. The join handle works as a
  * task's: join it from a task (treadle_join_poll) or a thread. Aborting a
@@ -337,24 +338,24 @@ treadle_err_t treadle_spawn_blocking(treadle_handle_t *h,
                                      const void *state, size_t state_size,
                                      treadle_join_t **join);
 
-/* The running task's waker (borrowed, valid during this poll; clone it to
+/** The running task's waker (borrowed, valid during this poll; clone it to
  * keep it). */
 treadle_waker_t *treadle_cx_waker(treadle_cx_t *cx);
-/* Asks to be polled again after this poll returns TREADLE_PENDING, behind
+/** Asks to be polled again after this poll returns TREADLE_PENDING, behind
  * the tasks already queued (Tokio's yield_now). */
 void treadle_cx_yield(treadle_cx_t *cx);
-/* The handle of the runtime running this task (borrowed). */
+/** The handle of the runtime running this task (borrowed). */
 treadle_handle_t *treadle_cx_handle(treadle_cx_t *cx);
-/* The running task's id (unique in the process, never 0). */
+/** The running task's id (unique in the process, never 0). */
 uint64_t treadle_cx_task_id(treadle_cx_t *cx);
-/* The index of the worker polling this task (0 on current_thread). */
+/** The index of the worker polling this task (0 on current_thread). */
 int treadle_cx_worker(treadle_cx_t *cx);
-/* Sets what the task's joiner will receive when this poll returns
+/** Sets what the task's joiner will receive when this poll returns
  * TREADLE_READY: a status (0 or a TREADLE_E* code) and a value owned by the
  * joiner (or by the vtable's drop_output). Default: 0 and NULL. */
 void treadle_cx_set_output(treadle_cx_t *cx, treadle_err_t status,
                            void *value);
-/* The cooperative budget (DESIGN.md): a leaf future that is about to return
+/** The cooperative budget (DESIGN.md): a leaf future that is about to return
  * TREADLE_READY calls this first. It returns true and spends one unit, or,
  * once the task has had 128 ready leaves in this poll, returns false; the
  * leaf then returns TREADLE_PENDING and the task is polled again later. */
@@ -362,7 +363,7 @@ bool treadle_cx_poll_proceed(treadle_cx_t *cx);
 
 /* ----------------------------------------------------------- join handles */
 
-/* Polls for the task's completion from another task. READY stores the
+/** Polls for the task's completion from another task. READY stores the
  * task's status in *status (TREADLE_ECANCELED if it was aborted or the
  * runtime shut down) and its value in *value (the caller now owns it; value
  * may be NULL to let drop_output free it). Once the output was taken, READY
@@ -370,55 +371,55 @@ bool treadle_cx_poll_proceed(treadle_cx_t *cx);
  * time. */
 treadle_poll_t treadle_join_poll(treadle_join_t *j, treadle_cx_t *cx,
                                  treadle_err_t *status, void **value);
-/* Blocks the calling thread until the task completes; returns its status
+/** Blocks the calling thread until the task completes; returns its status
  * and stores its value as treadle_join_poll does. TREADLE_EINRUNTIME from a
  * runtime thread (it would block the tasks it waits for). */
 treadle_err_t treadle_join_wait(treadle_join_t *j, void **value);
-/* Cancels the task: not yet polled, it never runs; pending, it is dropped
+/** Cancels the task: not yet polled, it never runs; pending, it is dropped
  * at the scheduler's next look (its drop runs once) and its joiner sees
  * TREADLE_ECANCELED; running, it is dropped when this poll returns PENDING.
  * After completion it does nothing. Any thread. */
 void treadle_join_abort(treadle_join_t *j);
-/* True once the task has completed or been cancelled. */
+/** True once the task has completed or been cancelled. */
 bool treadle_join_is_finished(const treadle_join_t *j);
-/* The task's id. */
+/** The task's id. */
 uint64_t treadle_join_task_id(const treadle_join_t *j);
-/* Releases the join handle (takes ownership). A running task goes on,
+/** Releases the join handle (takes ownership). A running task goes on,
  * detached; a completed task's untaken output goes to drop_output. NULL is
  * ignored. */
 void treadle_join_detach(treadle_join_t *j);
 
 /* ----------------------------------------------------------------- sleep */
 
-/* A sleep future, embedded in the caller's state (no allocation). Its
+/** A sleep future, embedded in the caller's state (no allocation). Its
  * fields are private. Initialise it, poll it from a task, and drop it before
  * its memory goes away (a task's drop function is the usual place). */
 typedef struct treadle_sleep_s {
   uint64_t opaque_[8];
 } treadle_sleep_t;
 
-/* Sleep for `duration_ns` from now (TREADLE_FOREVER: never). */
+/** Sleep for `duration_ns` from now (TREADLE_FOREVER: never). */
 void treadle_sleep_init(treadle_sleep_t *s, uint64_t duration_ns);
-/* Sleep until a treadle_now() deadline (TREADLE_FOREVER: never). */
+/** Sleep until a treadle_now() deadline (TREADLE_FOREVER: never). */
 void treadle_sleep_until_init(treadle_sleep_t *s, uint64_t deadline_ns);
-/* READY once the deadline has passed (never early: deadlines round up to
+/** READY once the deadline has passed (never early: deadlines round up to
  * the next 1 ms tick), with *err = 0; READY at once with *err =
  * TREADLE_ENOTIME on a runtime without enable_time, TREADLE_ESHUTDOWN after
  * its runtime shut down. A zero or past deadline is READY at once. */
 treadle_poll_t treadle_sleep_poll(treadle_sleep_t *s, treadle_cx_t *cx,
                                   treadle_err_t *err);
-/* Moves the deadline of a sleep: a registered timer moves with its waker
+/** Moves the deadline of a sleep: a registered timer moves with its waker
  * (or wakes its task now if the new deadline has passed). Any thread, but
  * not while the same sleep is being polled. */
 void treadle_sleep_reset(treadle_sleep_t *s, uint64_t deadline_ns);
-/* The deadline, as a treadle_now() value. */
+/** The deadline, as a treadle_now() value. */
 uint64_t treadle_sleep_deadline(const treadle_sleep_t *s);
-/* Cancels a registered timer and releases its waker. Any thread, even
+/** Cancels a registered timer and releases its waker. Any thread, even
  * while the driver fires it or its task polls it; idempotent; the sleep may
  * be re-initialised afterwards. */
 void treadle_sleep_drop(treadle_sleep_t *s);
 
-/* Wraps any poll function in a deadline (Tokio's timeout): polls
+/** Wraps any poll function in a deadline (Tokio's timeout): polls
  * inner(cx, inner_state) first; READY with *err = 0 when it is ready, READY
  * with *err = TREADLE_ETIMEDOUT once `deadline` (a treadle_sleep_t the
  * caller initialised) has passed, or the deadline's own error. */
@@ -443,14 +444,14 @@ treadle_poll_t treadle_timeout_poll(treadle_sleep_t *deadline,
 typedef struct treadle_tcp_listener_s treadle_tcp_listener_t;
 typedef struct treadle_tcp_stream_s treadle_tcp_stream_t;
 
-/* Options for treadle_tcp_bind. Start from TREADLE_TCP_BIND_OPTS_INIT. */
+/** Options for treadle_tcp_bind. Start from TREADLE_TCP_BIND_OPTS_INIT. */
 typedef struct treadle_tcp_bind_opts_s {
-  int backlog;     /* listen() backlog, 1..65535 (default 1024) */
-  bool reuse_port; /* SO_REUSEPORT, so several listeners share the port */
+  int backlog;     /**< listen() backlog, 1..65535 (default 1024) */
+  bool reuse_port; /**< SO_REUSEPORT, so several listeners share the port */
 } treadle_tcp_bind_opts_t;
 #define TREADLE_TCP_BIND_OPTS_INIT {1024, false}
 
-/* Binds a listener to `host` (a numeric IPv4 or IPv6 address, "localhost",
+/** Binds a listener to `host` (a numeric IPv4 or IPv6 address, "localhost",
  * or NULL/"" for every IPv4 address) and `port` (0: the system picks one;
  * see treadle_tcp_listener_addr). SO_REUSEADDR is on. opts may be NULL.
  * Any thread. Errors: TREADLE_EINVAL (NULL handle or out, a host that is
@@ -459,10 +460,10 @@ typedef struct treadle_tcp_bind_opts_s {
 treadle_err_t treadle_tcp_bind(treadle_handle_t *h, const char *host,
                                int port, const treadle_tcp_bind_opts_t *opts,
                                treadle_tcp_listener_t **out);
-/* The address the listener is bound to (port filled in). */
+/** The address the listener is bound to (port filled in). */
 treadle_err_t treadle_tcp_listener_addr(treadle_tcp_listener_t *l,
                                         struct sockaddr_storage *addr);
-/* READY with a new stream in *out and *err = 0 (and the peer's address in
+/** READY with a new stream in *out and *err = 0 (and the peer's address in
  * *peer when peer is not NULL), or with *out = NULL and an error: -errno,
  * TREADLE_ECLOSED. Accepted sockets are non-blocking and close-on-exec.
  * When the process is out of file descriptors (EMFILE, ENFILE) the
@@ -473,28 +474,28 @@ treadle_poll_t treadle_tcp_accept_poll(treadle_tcp_listener_t *l,
                                        treadle_tcp_stream_t **out,
                                        struct sockaddr_storage *peer,
                                        treadle_err_t *err);
-/* How many times accept ran out of file descriptors and backed off. */
+/** How many times accept ran out of file descriptors and backed off. */
 uint64_t treadle_tcp_listener_fd_exhaustions(treadle_tcp_listener_t *l);
-/* Closes the socket and wakes a task waiting in accept (idempotent). */
+/** Closes the socket and wakes a task waiting in accept (idempotent). */
 void treadle_tcp_listener_close(treadle_tcp_listener_t *l);
-/* Closes (if needed) and frees (takes ownership; NULL ignored). No task
+/** Closes (if needed) and frees (takes ownership; NULL ignored). No task
  * may be polling it. */
 void treadle_tcp_listener_free(treadle_tcp_listener_t *l);
 
-/* A connect future, embedded in the caller's state (no allocation of its
+/** A connect future, embedded in the caller's state (no allocation of its
  * own beyond a copy of the host). Fields are private. */
 typedef struct treadle_tcp_connect_s {
   uint64_t opaque_[12];
 } treadle_tcp_connect_t;
 
-/* Prepares a connection to `host` (an address, or a name resolved with
+/** Prepares a connection to `host` (an address, or a name resolved with
  * getaddrinfo on the blocking pool so that a slow resolver never blocks a
  * worker) and `port` (1..65535). Errors: TREADLE_EINVAL, TREADLE_ENOIO,
  * TREADLE_ENOMEM; the future then need not be dropped. */
 treadle_err_t treadle_tcp_connect_init(treadle_tcp_connect_t *c,
                                        treadle_handle_t *h, const char *host,
                                        int port);
-/* READY with the connected stream in *out and *err = 0, or *out = NULL and
+/** READY with the connected stream in *out and *err = 0, or *out = NULL and
  * the error of the last address tried (TREADLE_ECONNREFUSED, ...), or a
  * resolver failure (TREADLE_ENOHOST: no such host). Addresses are tried in
  * the resolver's order. */
@@ -502,53 +503,53 @@ treadle_poll_t treadle_tcp_connect_poll(treadle_tcp_connect_t *c,
                                         treadle_cx_t *cx,
                                         treadle_tcp_stream_t **out,
                                         treadle_err_t *err);
-/* Releases what the future holds (a socket not yet handed out, the
+/** Releases what the future holds (a socket not yet handed out, the
  * resolver job); idempotent. Any thread. */
 void treadle_tcp_connect_drop(treadle_tcp_connect_t *c);
 
-/* Reads up to `len` bytes (one call moves at most 2 GiB - 4 KiB; longer
+/** Reads up to `len` bytes (one call moves at most 2 GiB - 4 KiB; longer
  * lengths are clamped): READY with *n > 0, or *n = 0 at end of stream (or
  * for len 0), with *err = 0; or an error (*n = 0): TREADLE_ECONNRESET,
  * TREADLE_ECLOSED, ... */
 treadle_poll_t treadle_tcp_read_poll(treadle_tcp_stream_t *s, treadle_cx_t *cx,
                                      void *buf, size_t len, size_t *n,
                                      treadle_err_t *err);
-/* Writes some of `len` bytes: READY with *n > 0 written (the socket took
+/** Writes some of `len` bytes: READY with *n > 0 written (the socket took
  * what it could), or an error (TREADLE_EPIPE, TREADLE_ECONNRESET, ...). */
 treadle_poll_t treadle_tcp_write_poll(treadle_tcp_stream_t *s,
                                       treadle_cx_t *cx, const void *buf,
                                       size_t len, size_t *n,
                                       treadle_err_t *err);
-/* Writes all `len` bytes. *done counts what was written so far: set it to
+/** Writes all `len` bytes. *done counts what was written so far: set it to
  * 0 before the first poll and keep it between polls; READY when *done ==
  * len (*err = 0) or on error (*done says how much went out). */
 treadle_poll_t treadle_tcp_write_all_poll(treadle_tcp_stream_t *s,
                                           treadle_cx_t *cx, const void *buf,
                                           size_t len, size_t *done,
                                           treadle_err_t *err);
-/* Gathers up to `iovcnt` buffers (at most IOV_MAX, together under 2 GiB)
+/** Gathers up to `iovcnt` buffers (at most IOV_MAX, together under 2 GiB)
  * in one system call: READY with *n bytes written, as
  * treadle_tcp_write_poll. */
 treadle_poll_t treadle_tcp_writev_poll(treadle_tcp_stream_t *s,
                                        treadle_cx_t *cx,
                                        const struct iovec *iov, int iovcnt,
                                        size_t *n, treadle_err_t *err);
-/* Shuts the write side down: the peer reads end of stream; reading goes
+/** Shuts the write side down: the peer reads end of stream; reading goes
  * on. */
 treadle_err_t treadle_tcp_shutdown(treadle_tcp_stream_t *s);
-/* TCP_NODELAY on or off. */
+/** TCP_NODELAY on or off. */
 treadle_err_t treadle_tcp_set_nodelay(treadle_tcp_stream_t *s, bool on);
 treadle_err_t treadle_tcp_local_addr(treadle_tcp_stream_t *s,
                                      struct sockaddr_storage *addr);
 treadle_err_t treadle_tcp_peer_addr(treadle_tcp_stream_t *s,
                                     struct sockaddr_storage *addr);
-/* Closes the socket and wakes its waiters (idempotent, any thread). */
+/** Closes the socket and wakes its waiters (idempotent, any thread). */
 void treadle_tcp_stream_close(treadle_tcp_stream_t *s);
-/* Closes (if needed) and frees (takes ownership; NULL ignored). No task
+/** Closes (if needed) and frees (takes ownership; NULL ignored). No task
  * may be polling it. */
 void treadle_tcp_stream_free(treadle_tcp_stream_t *s);
 
-/* Writes "1.2.3.4:80" or "[::1]:80" into buf (NUL-terminated, truncated
+/** Writes "1.2.3.4:80" or "[::1]:80" into buf (NUL-terminated, truncated
  * to len); returns the port, or TREADLE_EINVAL for a family other than
  * AF_INET/AF_INET6. */
 int treadle_sockaddr_format(const struct sockaddr_storage *addr, char *buf,
@@ -636,12 +637,12 @@ void treadle_async_fd_free(treadle_async_fd_t *a);
  * the next treadle_signal_init for that signal puts treadle's back in front
  * of it (chaining to it). Needs enable_io. */
 
-/* A signal listener, embedded in the caller's state. Fields private. */
+/** A signal listener, embedded in the caller's state. Fields private. */
 typedef struct treadle_signal_s {
   uint64_t opaque_[6];
 } treadle_signal_t;
 
-/* Starts listening for `signum` on the runtime of `h`: deliveries from now
+/** Starts listening for `signum` on the runtime of `h`: deliveries from now
  * on count. Errors: TREADLE_EINVAL (no such signal, or one that cannot be
  * caught or must not be: SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGILL,
  * SIGFPE), TREADLE_ENOIO, TREADLE_ESHUTDOWN, TREADLE_EBUSY (128 runtimes
@@ -650,13 +651,13 @@ typedef struct treadle_signal_s {
  * not after. */
 treadle_err_t treadle_signal_init(treadle_signal_t *s, treadle_handle_t *h,
                                   int signum);
-/* READY (*err = 0) once the signal was delivered since init or since the
+/** READY (*err = 0) once the signal was delivered since init or since the
  * last READY (deliveries that arrive together count once, as the kernel
  * merges them); every listener of the signal sees each delivery. *err =
  * TREADLE_ESHUTDOWN once the runtime shut down. */
 treadle_poll_t treadle_signal_poll(treadle_signal_t *s, treadle_cx_t *cx,
                                    treadle_err_t *err);
-/* Stops listening (idempotent; any thread). */
+/** Stops listening (idempotent; any thread). */
 void treadle_signal_drop(treadle_signal_t *s);
 
 
@@ -671,7 +672,7 @@ void treadle_signal_drop(treadle_signal_t *s);
  * Channel items and oneshot values are pointers; a drop function given at
  * creation frees those nobody received. */
 
-/* A wait node for Notify, Mutex and Semaphore, embedded in the caller's
+/** A wait node for Notify, Mutex and Semaphore, embedded in the caller's
  * state (no allocation). Initialise it once, pass it to the same _poll
  * function until that returns READY, then it may be reused; drop it if the
  * task stops waiting before (its drop function is the usual place). Used
@@ -681,117 +682,117 @@ typedef struct treadle_waiter_s {
 } treadle_waiter_t;
 
 void treadle_waiter_init(treadle_waiter_t *w);
-/* Leaves the wait queue it is on, if any (any thread, idempotent). */
+/** Leaves the wait queue it is on, if any (any thread, idempotent). */
 void treadle_waiter_drop(treadle_waiter_t *w);
 
-/* Notify (tokio::sync::Notify): tasks wait until notified. */
+/** Notify (tokio::sync::Notify): tasks wait until notified. */
 typedef struct treadle_notify_s treadle_notify_t;
 treadle_err_t treadle_notify_new(treadle_notify_t **out);
 treadle_notify_t *treadle_notify_ref(treadle_notify_t *n);
 void treadle_notify_unref(treadle_notify_t *n);
-/* Wakes the first waiter, or, with none, stores one permit that the next
+/** Wakes the first waiter, or, with none, stores one permit that the next
  * poll consumes at once (permits do not accumulate). */
 void treadle_notify_one(treadle_notify_t *n);
-/* Wakes every task waiting now; stores no permit. */
+/** Wakes every task waiting now; stores no permit. */
 void treadle_notify_waiters(treadle_notify_t *n);
-/* READY once this waiter was notified (or consumed the stored permit). */
+/** READY once this waiter was notified (or consumed the stored permit). */
 treadle_poll_t treadle_notify_poll(treadle_notify_t *n, treadle_cx_t *cx,
                                    treadle_waiter_t *w);
 
-/* An async Mutex (tokio::sync::Mutex): the lock is held across awaits and
+/** An async Mutex (tokio::sync::Mutex): the lock is held across awaits and
  * handed to waiters in FIFO order. It guards no data of its own. */
 typedef struct treadle_mutex_s treadle_mutex_t;
 treadle_err_t treadle_mutex_new(treadle_mutex_t **out);
 treadle_mutex_t *treadle_mutex_ref(treadle_mutex_t *m);
 void treadle_mutex_unref(treadle_mutex_t *m);
-/* READY when the caller holds the lock. */
+/** READY when the caller holds the lock. */
 treadle_poll_t treadle_mutex_lock_poll(treadle_mutex_t *m, treadle_cx_t *cx,
                                        treadle_waiter_t *w);
-/* True if the lock was free and is now held by the caller. */
+/** True if the lock was free and is now held by the caller. */
 bool treadle_mutex_try_lock(treadle_mutex_t *m);
-/* Releases the lock, handing it to the first waiter. */
+/** Releases the lock, handing it to the first waiter. */
 void treadle_mutex_unlock(treadle_mutex_t *m);
 
-/* A counting Semaphore (tokio::sync::Semaphore), fair: a waiter for many
+/** A counting Semaphore (tokio::sync::Semaphore), fair: a waiter for many
  * permits is not overtaken by later waiters for few. */
 typedef struct treadle_semaphore_s treadle_semaphore_t;
 #define TREADLE_SEMAPHORE_MAX_PERMITS (SIZE_MAX >> 3)
-/* TREADLE_EINVAL if permits > TREADLE_SEMAPHORE_MAX_PERMITS. */
+/** TREADLE_EINVAL if permits > TREADLE_SEMAPHORE_MAX_PERMITS. */
 treadle_err_t treadle_semaphore_new(size_t permits, treadle_semaphore_t **out);
 treadle_semaphore_t *treadle_semaphore_ref(treadle_semaphore_t *s);
 void treadle_semaphore_unref(treadle_semaphore_t *s);
-/* READY with *err = 0 once `n` permits are the caller's, TREADLE_ECLOSED
+/** READY with *err = 0 once `n` permits are the caller's, TREADLE_ECLOSED
  * once the semaphore is closed, TREADLE_EINVAL for n = 0 or n above the
  * maximum. */
 treadle_poll_t treadle_semaphore_acquire_poll(treadle_semaphore_t *s,
                                               treadle_cx_t *cx,
                                               treadle_waiter_t *w, size_t n,
                                               treadle_err_t *err);
-/* 0, TREADLE_EAGAIN (not enough now, or others wait first),
+/** 0, TREADLE_EAGAIN (not enough now, or others wait first),
  * TREADLE_ECLOSED, TREADLE_EINVAL. */
 treadle_err_t treadle_semaphore_try_acquire(treadle_semaphore_t *s, size_t n);
-/* Returns `n` permits (TREADLE_EINVAL past the maximum). */
+/** Returns `n` permits (TREADLE_EINVAL past the maximum). */
 treadle_err_t treadle_semaphore_release(treadle_semaphore_t *s, size_t n);
-/* Wakes every waiter with TREADLE_ECLOSED; later acquires fail the same. */
+/** Wakes every waiter with TREADLE_ECLOSED; later acquires fail the same. */
 void treadle_semaphore_close(treadle_semaphore_t *s);
 size_t treadle_semaphore_available(treadle_semaphore_t *s);
 
-/* A oneshot channel: one value, once, from any thread to a task. */
+/** A oneshot channel: one value, once, from any thread to a task. */
 typedef struct treadle_oneshot_tx_s treadle_oneshot_tx_t;
 typedef struct treadle_oneshot_rx_s treadle_oneshot_rx_t;
-/* `drop_value` (may be NULL) frees a value sent but never received. */
+/** `drop_value` (may be NULL) frees a value sent but never received. */
 treadle_err_t treadle_oneshot_new(void (*drop_value)(void *value),
                                   treadle_oneshot_tx_t **tx,
                                   treadle_oneshot_rx_t **rx);
-/* Sends and releases the sender (takes ownership of tx, always). 0, or
+/** Sends and releases the sender (takes ownership of tx, always). 0, or
  * TREADLE_ECLOSED when the receiver is gone: the value is then not taken. */
 treadle_err_t treadle_oneshot_send(treadle_oneshot_tx_t *tx, void *value);
-/* Releases the sender without sending: the receiver sees ECLOSED. */
+/** Releases the sender without sending: the receiver sees ECLOSED. */
 void treadle_oneshot_tx_drop(treadle_oneshot_tx_t *tx);
-/* READY with the value (*err = 0), or *err = TREADLE_ECLOSED if the
+/** READY with the value (*err = 0), or *err = TREADLE_ECLOSED if the
  * sender went without sending, TREADLE_EJOINED if it was received. */
 treadle_poll_t treadle_oneshot_recv_poll(treadle_oneshot_rx_t *rx,
                                          treadle_cx_t *cx, void **value,
                                          treadle_err_t *err);
-/* Blocks a thread that is not running tasks until the value comes. */
+/** Blocks a thread that is not running tasks until the value comes. */
 treadle_err_t treadle_oneshot_recv_wait(treadle_oneshot_rx_t *rx,
                                         void **value);
-/* Releases the receiver; a value sent and not received is dropped. */
+/** Releases the receiver; a value sent and not received is dropped. */
 void treadle_oneshot_rx_drop(treadle_oneshot_rx_t *rx);
 
-/* A bounded multi-producer, single-consumer channel (tokio mpsc). */
+/** A bounded multi-producer, single-consumer channel (tokio mpsc). */
 typedef struct treadle_mpsc_tx_s treadle_mpsc_tx_t;
 typedef struct treadle_mpsc_rx_s treadle_mpsc_rx_t;
-/* capacity 1..2^30; `drop_item` (may be NULL) frees items never received. */
+/** capacity 1..2^30; `drop_item` (may be NULL) frees items never received. */
 treadle_err_t treadle_mpsc_new(size_t capacity, void (*drop_item)(void *item),
                                treadle_mpsc_tx_t **tx,
                                treadle_mpsc_rx_t **rx);
-/* Another sender for the same channel (NULL when out of memory). */
+/** Another sender for the same channel (NULL when out of memory). */
 treadle_mpsc_tx_t *treadle_mpsc_tx_clone(treadle_mpsc_tx_t *tx);
-/* Releases a sender; when the last goes, the receiver drains what is
+/** Releases a sender; when the last goes, the receiver drains what is
  * queued and then sees TREADLE_ECLOSED. */
 void treadle_mpsc_tx_drop(treadle_mpsc_tx_t *tx);
-/* READY with *err = 0 once `item` is queued (the channel owns it), or
+/** READY with *err = 0 once `item` is queued (the channel owns it), or
  * *err = TREADLE_ECLOSED (receiver gone; the item was not taken). PENDING
  * while full: the item was not taken; poll again with it. */
 treadle_poll_t treadle_mpsc_send_poll(treadle_mpsc_tx_t *tx, treadle_cx_t *cx,
                                       void *item, treadle_err_t *err);
-/* 0, TREADLE_EAGAIN (full), TREADLE_ECLOSED. Any thread. */
+/** 0, TREADLE_EAGAIN (full), TREADLE_ECLOSED. Any thread. */
 treadle_err_t treadle_mpsc_try_send(treadle_mpsc_tx_t *tx, void *item);
-/* Blocks a thread that is not running tasks until there is room. */
+/** Blocks a thread that is not running tasks until there is room. */
 treadle_err_t treadle_mpsc_send_wait(treadle_mpsc_tx_t *tx, void *item);
-/* READY with an item (*err = 0), or *err = TREADLE_ECLOSED once every
+/** READY with an item (*err = 0), or *err = TREADLE_ECLOSED once every
  * sender is gone and the queue is empty. */
 treadle_poll_t treadle_mpsc_recv_poll(treadle_mpsc_rx_t *rx, treadle_cx_t *cx,
                                       void **item, treadle_err_t *err);
-/* 0, TREADLE_EAGAIN (empty), TREADLE_ECLOSED. */
+/** 0, TREADLE_EAGAIN (empty), TREADLE_ECLOSED. */
 treadle_err_t treadle_mpsc_try_recv(treadle_mpsc_rx_t *rx, void **item);
-/* Blocks a thread that is not running tasks until an item comes. */
+/** Blocks a thread that is not running tasks until an item comes. */
 treadle_err_t treadle_mpsc_recv_wait(treadle_mpsc_rx_t *rx, void **item);
-/* Refuses further sends (senders see TREADLE_ECLOSED); queued items can
+/** Refuses further sends (senders see TREADLE_ECLOSED); queued items can
  * still be received. */
 void treadle_mpsc_rx_close(treadle_mpsc_rx_t *rx);
-/* Releases the receiver: closes the channel and drops queued items. */
+/** Releases the receiver: closes the channel and drops queued items. */
 void treadle_mpsc_rx_drop(treadle_mpsc_rx_t *rx);
 
 #pragma GCC visibility pop
