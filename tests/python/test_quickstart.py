@@ -1,6 +1,7 @@
 """The README's Python quick start (examples/quickstart/quickstart.py), run
 as a newcomer runs it: plain, it prints the spawned task's result; with
---echo 0 it serves echo on 127.0.0.1 until SIGINT, then says "bye"."""
+--echo 0 it serves echo on 127.0.0.1 until SIGINT, then says "bye". And the
+README quotes the three quick starts as they are."""
 import os
 import re
 import selectors
@@ -18,6 +19,13 @@ QUICKSTART = ROOT / "examples" / "quickstart" / "quickstart.py"
 RESULT = "the spawned task slept 10 ms and returned 42"
 
 pytestmark = pytest.mark.subprocess
+
+
+def test_readme_quotes_the_quick_starts():
+    readme = (ROOT / "README.md").read_text()
+    for name in ("quickstart.c", "quickstart.py", "quickstart.lua"):
+        source = (QUICKSTART.parent / name).read_text()
+        assert f"\n{source}```\n" in readme, f"README.md does not quote examples/quickstart/{name} as it is"
 
 
 def test_quickstart_sleep_and_spawn():
