@@ -59,9 +59,7 @@ import argparse
 import json
 import os
 import re
-import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -69,8 +67,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import echo_compare as ec  # noqa: E402
-from peer_bench import (echo_tables, micro_tables, place,  # noqa: E402
-                        run_one_micro)
+import peer_bench  # noqa: E402
+from peer_bench import echo_tables, micro_tables  # noqa: E402
 
 ROOT = ec.ROOT
 LUA = os.environ.get("TREADLE_LUA", "lua5.4")
@@ -197,73 +195,17 @@ def server_split(logpath):
 # ------------------------------------------------------------------ echo
 
 def run_echo(args, servers, logdir):
-    runs, splits = [], []
-    order = list(servers)
-    ports = {"next": args.port_base}
-    current = None
-    interrupted = False
-    log(f"echo: {', '.join(order)}; conns {args.conns} sizes {args.sizes}; "
-        f"{args.duration} s + {args.warmup} s warm-up; {args.reps} rep(s), "
-        f"interleaved")
-    try:
-        for rep in range(args.reps):
-            for name in (order[::-1] if rep % 2 else order):
-                cmd, placement = servers[name]
-                place(placement)
-                port = ec.fresh_port(ports)
-                argv = [t.replace("PORT", str(port)) for t in shlex.split(cmd)]
-                log(f"rep {rep + 1}/{args.reps}: {name} ({placement}) on "
-                    f"127.0.0.1:{port}: {' '.join(argv)}")
-                logpath = os.path.join(logdir, f"server-{name}.log")
-                current = ec.Server(name, argv, logpath)
-                started = current.start(port)
-                for c in args.conns:
-                    for s in args.sizes:
-                        run = {"server": name, "placement": placement,
-                               "rep": rep + 1, "port": port, "conns": c,
-                               "size": s, "argv": argv, "rc": None, "r": None}
-                        runs.append(run)
-                        if not started:
-                            run["note"] = "server did not start"
-                            continue
-                        if not current.alive():
-                            run["note"] = "server died"
-                            log(f"  {name} died (see {current.logpath})")
-                            continue
-                        rc, r, err = ec.echoload(port, c, s, args,
-                                                 current.proc.pid)
-                        run["rc"], run["r"] = rc, r
-                        if r is None:
-                            run["note"] = err
-                            log(f"  {name} c={c} s={s}: echoload rc {rc}, "
-                                f"no result: {err}")
-                        else:
-                            e = ec.efficiency(r)
-                            log(f"  {name:<20} c={c:<4} s={s:<5} "
-                                f"rps={r.get('rps', 0):,.0f} "
-                                f"p99={r.get('p99_us')}us "
-                                f"err={r.get('errors')} "
-                                f"mis={r.get('mismatches')} "
-                                f"cli={r.get('client_cpu_pct')}% "
-                                f"srv={r.get('server_cpu_pct')}% "
-                                f"eff={'-' if e is None else f'{e:,.0f}'}")
-                        time.sleep(0.3)
-                current.stop()
-                current = None
-                if name.startswith("treadle-lua") and started:
-                    sp = server_split(logpath)
-                    splits.append({"server": name, "rep": rep + 1,
-                                   "split": sp})
-                    log(f"  {name} split: {sp}")
-    except KeyboardInterrupt:
-        interrupted = True
-        log("interrupted; stopping the server")
-        if runs and runs[-1]["rc"] is None and "note" not in runs[-1]:
-            runs.pop()  # the echoload run that was cut short
-    finally:
-        if current is not None:
-            current.stop()
-        place("split")
+    """peer_bench's echo matrix, plus the connections per worker that each
+    treadle-lua block's server printed at SIGTERM."""
+    splits = []
+
+    def after_block(name, rep, started, logpath):
+        if name.startswith("treadle-lua") and started:
+            sp = server_split(logpath)
+            splits.append({"server": name, "rep": rep, "split": sp})
+            log(f"  {name} split: {sp}")
+
+    runs, interrupted = peer_bench.run_echo(args, servers, logdir, after_block)
     return runs, splits, interrupted
 
 
@@ -298,36 +240,6 @@ def micro_cmd(runtime, bench, args):
     n = {"spawn_many": args.spawn_n, "ping_pong": args.pingpong_n,
          "timers": args.timers_n, "yield_many": args.yield_n}[bench]
     return RUNTIMES[runtime] + [bench, str(n)]
-
-
-def run_micro(args, runtimes):
-    runs = []
-    interrupted = False
-    log(f"micro: {', '.join(runtimes)}; {', '.join(args.benches)}; "
-        f"{args.reps} rep(s), interleaved")
-    try:
-        for rep in range(args.reps):
-            for bench in args.benches:
-                field = HEADLINES[bench][0]
-                names = [n for n in runtimes if bench in SUPPORTS[n]]
-                for name in (names[::-1] if rep % 2 else names):
-                    cmd = micro_cmd(name, bench, args)
-                    rc, r, err = run_one_micro(cmd)
-                    run = {"runtime": name, "bench": bench, "rep": rep + 1,
-                           "argv": cmd, "rc": rc, "r": r}
-                    if r is None:
-                        run["note"] = err
-                        log(f"  {name} {bench}: rc {rc}, no result: {err}")
-                    else:
-                        extra = " ".join(f"{f}={r.get(f)}"
-                                         for f in HEADLINES[bench][3])
-                        log(f"  rep {rep + 1} {bench:<10} {name:<20} "
-                            f"{field}={r.get(field)} {extra}")
-                    runs.append(run)
-    except KeyboardInterrupt:
-        interrupted = True
-        log("interrupted")
-    return runs, interrupted
 
 
 def micro_report(runs, runtimes, args, skipped):
@@ -458,11 +370,7 @@ def main():
             micro_skipped.append((name, missing[needs(name)]))
             runtimes.remove(name)
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
+    peer_bench.stop_on_signals()
     echo_runs, splits, micro_runs, interrupted = [], [], [], False
     try:
         if not args.skip_echo and servers:
@@ -474,10 +382,13 @@ def main():
                 sys.exit("taskset not found (util-linux)")
             echo_runs, splits, interrupted = run_echo(args, servers, logdir)
         if not args.skip_micro and runtimes and not interrupted:
-            micro_runs, interrupted = run_micro(args, runtimes)
+            micro_runs, interrupted = peer_bench.run_micro(
+                args.reps, runtimes, args.benches,
+                lambda name, bench: (micro_cmd(name, bench, args)
+                                     if bench in SUPPORTS[name] else None),
+                HEADLINES)
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        peer_bench.restore_signals()
 
     parts = [f"# treadle (Lua) vs luv / cqueues\n\n"
              f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}, {os.cpu_count()} CPUs, "

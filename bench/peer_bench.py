@@ -1,11 +1,14 @@
-"""What bench/py_compare.py and bench/lua_compare.py share: CPU placement
-for bench/echo_compare.py's Server and echoload, running one
-microbenchmark process, paired ratios, goal marks, and the microbenchmark
-tables of their Markdown reports."""
+"""What bench/py_compare.py, bench/lua_compare.py and bench/report.py
+share: CPU placement for bench/echo_compare.py's Server and echoload, the
+interleaved echo and microbenchmark loops, paired ratios, goal marks, and
+the echo and microbenchmark tables of their Markdown reports."""
 import json
 import os
+import shlex
+import signal
 import statistics
 import subprocess
+import time
 
 import echo_compare as ec
 
@@ -24,6 +27,133 @@ def place(placement):
         ec.SERVER_CPU, ec.CLIENT_CPU = "0", "1"
     else:
         ec.SERVER_CPU = ec.CLIENT_CPU = all_cpus()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def stop_on_signals():
+    """SIGTERM, and SIGINT even where the shell started us with it ignored,
+    raise KeyboardInterrupt, which ends run_echo and run_micro early (they
+    stop their server first); restore_signals() undoes it."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
+
+
+def restore_signals():
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def run_echo(args, servers, logdir, after_block=None):
+    """The echo matrix, interleaved: every repetition starts every server
+    once (order reversed every second repetition) in its placement, runs
+    echoload once per args.conns x args.sizes and stops the server by PID.
+    servers maps a name to (command with PORT, placement). after_block(name,
+    rep, started, logpath) runs after each server stops. Returns the runs
+    and whether SIGINT/SIGTERM (as KeyboardInterrupt) cut it short."""
+    runs = []
+    order = list(servers)
+    ports = {"next": args.port_base}
+    current = None
+    interrupted = False
+    ec.log(f"echo: {', '.join(order)}; conns {args.conns} sizes {args.sizes}; "
+           f"{args.duration} s + {args.warmup} s warm-up; {args.reps} rep(s), "
+           f"interleaved")
+    try:
+        for rep in range(args.reps):
+            for name in (order[::-1] if rep % 2 else order):
+                cmd, placement = servers[name]
+                place(placement)
+                port = ec.fresh_port(ports)
+                argv = [t.replace("PORT", str(port)) for t in shlex.split(cmd)]
+                ec.log(f"rep {rep + 1}/{args.reps}: {name} ({placement}) on "
+                       f"127.0.0.1:{port}: {' '.join(argv)}")
+                logpath = os.path.join(logdir, f"server-{name}.log")
+                current = ec.Server(name, argv, logpath)
+                started = current.start(port)
+                for c in args.conns:
+                    for s in args.sizes:
+                        run = {"server": name, "placement": placement,
+                               "rep": rep + 1, "port": port, "conns": c,
+                               "size": s, "argv": argv, "rc": None, "r": None}
+                        runs.append(run)
+                        if not started:
+                            run["note"] = "server did not start"
+                            continue
+                        if not current.alive():
+                            run["note"] = "server died"
+                            ec.log(f"  {name} died (see {current.logpath})")
+                            continue
+                        rc, r, err = ec.echoload(port, c, s, args,
+                                                 current.proc.pid)
+                        run["rc"], run["r"] = rc, r
+                        if r is None:
+                            run["note"] = err
+                            ec.log(f"  {name} c={c} s={s}: echoload rc {rc}, "
+                                   f"no result: {err}")
+                        else:
+                            e = ec.efficiency(r)
+                            ec.log(f"  {name:<20} c={c:<4} s={s:<5} "
+                                   f"rps={r.get('rps', 0):,.0f} "
+                                   f"p99={r.get('p99_us')}us "
+                                   f"err={r.get('errors')} "
+                                   f"mis={r.get('mismatches')} "
+                                   f"cli={r.get('client_cpu_pct')}% "
+                                   f"srv={r.get('server_cpu_pct')}% "
+                                   f"eff={'-' if e is None else f'{e:,.0f}'}")
+                        time.sleep(0.3)
+                current.stop()
+                current = None
+                if after_block:
+                    after_block(name, rep + 1, started, logpath)
+    except KeyboardInterrupt:
+        interrupted = True
+        ec.log("interrupted; stopping the server")
+        if runs and runs[-1]["rc"] is None and "note" not in runs[-1]:
+            runs.pop()  # the echoload run that was cut short
+    finally:
+        if current is not None:
+            current.stop()
+        place("split")
+    return runs, interrupted
+
+
+def run_micro(reps, runtimes, benches, cmd_of, headlines):
+    """The microbenchmarks, one process per run, interleaved: for each
+    repetition and benchmark every runtime once (order reversed every second
+    repetition). cmd_of(runtime, bench) is the argv, or None where that
+    runtime lacks that benchmark; headlines[bench] = (field, higher is
+    better, unit, other fields) names what is logged. Returns the runs and
+    whether SIGINT/SIGTERM (as KeyboardInterrupt) cut it short."""
+    runs = []
+    interrupted = False
+    ec.log(f"micro: {', '.join(runtimes)}; {', '.join(benches)}; "
+           f"{reps} rep(s), interleaved")
+    try:
+        for rep in range(reps):
+            for bench in benches:
+                field = headlines[bench][0]
+                names = [n for n in runtimes if cmd_of(n, bench) is not None]
+                for name in (names[::-1] if rep % 2 else names):
+                    cmd = cmd_of(name, bench)
+                    rc, r, err = run_one_micro(cmd)
+                    run = {"runtime": name, "bench": bench, "rep": rep + 1,
+                           "argv": cmd, "rc": rc, "r": r}
+                    if r is None:
+                        run["note"] = err
+                        ec.log(f"  {name} {bench}: rc {rc}, no result: {err}")
+                    else:
+                        extra = " ".join(f"{f}={r.get(f)}"
+                                         for f in headlines[bench][3])
+                        ec.log(f"  rep {rep + 1} {bench:<10} {name:<20} "
+                               f"{field}={r.get(field)} {extra}")
+                    runs.append(run)
+    except KeyboardInterrupt:
+        interrupted = True
+        ec.log("interrupted")
+    return runs, interrupted
 
 
 def goal_mark(value, goal):
