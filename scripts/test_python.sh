@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-plain}"
-scripts/setup.sh swig python3-dev python3-pytest python3-dbg python3-pexpect
+scripts/setup.sh swig python3-dev python3-setuptools python3-pytest python3-dbg python3-pexpect
 py=/usr/bin/python3
 env=()
 case "$mode" in

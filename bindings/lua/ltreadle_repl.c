@@ -9,6 +9,16 @@
  * "treadle.repl()"`, or the treadle-lua launcher). */
 #include "ltreadle.h"
 
+/* lua: treadle.repl([opts])
+ * Runs an interactive console on stdin: each line (or block, continued at
+ * the ">>" prompt) runs as a task and its results are printed; tasks it
+ * spawns keep running between lines. Ctrl-C interrupts the running line
+ * (or clears the one being typed); Ctrl-D ends the console. Outside a task
+ * it runs treadle.run(console, opts) on current_thread (opts as for
+ * treadle.run; another flavor raises); inside a task it runs there.
+ * Returns: nothing, once stdin ends.
+ * Errors: raises for opts that are not a table, or another flavor.
+ * Example: lua5.4 -l treadle -e "treadle.repl()" */
 static const char repl_chunk[] =
     "local treadle = ...\n"
     "local function write(...) io.stdout:write(...); io.stdout:flush() end\n"
