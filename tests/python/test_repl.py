@@ -3,6 +3,7 @@
 
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -185,3 +186,21 @@ def test_plain_repl_runtime_runs_in_background():
         assert "Traceback" not in out
     finally:
         r.close()
+
+
+def test_bad_option_is_a_usage_error():
+    r = subprocess.run([sys.executable, "-m", "treadle", "--workers", "0"],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       env=child_env(), timeout=TIMEOUT)
+    assert r.returncode == 2
+    assert "workers must be in 1..1024" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_lines_from_a_pipe():
+    r = subprocess.run([sys.executable, "-m", "treadle"],
+                       input="print('piped')\nawait treadle.sleep(0.01) or 5\n",
+                       capture_output=True, text=True, env=child_env(), timeout=TIMEOUT)
+    assert r.returncode == 0, r.stderr
+    lines = [line.removeprefix(">>> ") for line in r.stdout.splitlines()]
+    assert lines[:2] == ["piped", "5"], r.stdout

@@ -72,7 +72,10 @@ def main(argv: Optional[list] = None) -> int:
         import readline  # noqa: F401  line editing and history for input()
     except ImportError:
         pass
-    runtime = treadle.Runtime("multi_thread", workers=args.workers)
+    try:
+        runtime = treadle.Runtime("multi_thread", workers=args.workers)
+    except ValueError as exc:
+        parser.error(str(exc))  # exits with status 2
     workers = runtime.metrics().workers
     local_vars = {"__name__": "__main__", "__builtins__": __builtins__,
                   "treadle": treadle, "runtime": runtime}
