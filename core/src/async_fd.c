@@ -87,10 +87,10 @@ void treadle_async_fd_clear_ready(treadle_async_fd_t *a,
                         ready->tick);
 }
 
-treadle_poll_t treadle_async_fd_read_poll(treadle_async_fd_t *a,
-                                          treadle_cx_t *cx, void *buf,
-                                          size_t len, size_t *n,
-                                          treadle_err_t *err) {
+/* read(2) or write(2) of up to len bytes once the fd is ready for it. */
+static treadle_poll_t transfer(treadle_async_fd_t *a, treadle_cx_t *cx,
+                               bool writing, void *buf, size_t len, size_t *n,
+                               treadle_err_t *err) {
   treadle_poll_t ret;
   *n = 0;
   if (!treadle__leaf_start(a ? &a->src : NULL, cx, buf == NULL && len > 0, len,
@@ -98,34 +98,32 @@ treadle_poll_t treadle_async_fd_read_poll(treadle_async_fd_t *a,
     return ret;
   if (len > TREADLE__MAX_IO)
     len = TREADLE__MAX_IO;
+  unsigned interest =
+      writing ? TREADLE__IO_WRITE_INTEREST : TREADLE__IO_READ_INTEREST;
+  unsigned bit = writing ? TREADLE__IO_WRITABLE : TREADLE__IO_READABLE;
   ssize_t r = -1;
-  TREADLE__IO_LOOP(&a->src, cx, TREADLE__IO_READ_INTEREST, TREADLE__IO_READABLE,
-                   err, r = read(a->src.fd, buf, len), true);
+  TREADLE__IO_LOOP(&a->src, cx, interest, bit, err,
+                   r = writing ? write(a->src.fd, buf, len)
+                               : read(a->src.fd, buf, len),
+                   true);
   treadle__source_leave(&a->src);
   if (*err == 0)
     *n = (size_t)r;
   return TREADLE_READY;
 }
 
+treadle_poll_t treadle_async_fd_read_poll(treadle_async_fd_t *a,
+                                          treadle_cx_t *cx, void *buf,
+                                          size_t len, size_t *n,
+                                          treadle_err_t *err) {
+  return transfer(a, cx, false, buf, len, n, err);
+}
+
 treadle_poll_t treadle_async_fd_write_poll(treadle_async_fd_t *a,
                                            treadle_cx_t *cx, const void *buf,
                                            size_t len, size_t *n,
                                            treadle_err_t *err) {
-  treadle_poll_t ret;
-  *n = 0;
-  if (!treadle__leaf_start(a ? &a->src : NULL, cx, buf == NULL && len > 0, len,
-                           &ret, err))
-    return ret;
-  if (len > TREADLE__MAX_IO)
-    len = TREADLE__MAX_IO;
-  ssize_t r = -1;
-  TREADLE__IO_LOOP(&a->src, cx, TREADLE__IO_WRITE_INTEREST,
-                   TREADLE__IO_WRITABLE, err, r = write(a->src.fd, buf, len),
-                   true);
-  treadle__source_leave(&a->src);
-  if (*err == 0)
-    *n = (size_t)r;
-  return TREADLE_READY;
+  return transfer(a, cx, true, (void *)buf, len, n, err);
 }
 
 void treadle_async_fd_close(treadle_async_fd_t *a) {
