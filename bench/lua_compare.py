@@ -37,7 +37,8 @@ driver's own port probes). Starting, stopping, echoload and its build come
 from bench/echo_compare.py.
 
 Microbenchmarks (unpinned, one process per run, also interleaved):
-treadle-lua-current runs bench/lua_micro.lua (current_thread); lua-cqueues,
+treadle-lua-current runs bench/lua_micro.lua (current_thread),
+treadle-lua-multi2 runs it with --multi (worker 0 of 2); lua-cqueues,
 lua-coro (bare coroutines on a FIFO, no I/O or timers: a floor, not a
 runtime) and lua-luv (timers only) run
 ../shared/bench/micro/lua/micro_lua.lua. Headlines: spawn_many tasks_per_sec,
@@ -107,6 +108,7 @@ ECHO_RATIOS = [
 
 RUNTIMES = {
     "treadle-lua-current": [LUA, LUA_MICRO],
+    "treadle-lua-multi2": [LUA, LUA_MICRO, "--multi"],
     "lua-cqueues": [LUA, MICRO_LUA, "cqueues"],
     "lua-coro": [LUA, MICRO_LUA, "coro"],
     "lua-luv": [LUA, MICRO_LUA, "luv"],
@@ -114,6 +116,7 @@ RUNTIMES = {
 # what each runtime can run (micro_lua.lua: luv has only timers, coro no timers)
 SUPPORTS = {
     "treadle-lua-current": {"spawn_many", "ping_pong", "timers", "yield_many"},
+    "treadle-lua-multi2": {"spawn_many", "ping_pong", "timers", "yield_many"},
     "lua-cqueues": {"spawn_many", "ping_pong", "timers", "yield_many"},
     "lua-coro": {"spawn_many", "ping_pong", "yield_many"},
     "lua-luv": {"timers"},

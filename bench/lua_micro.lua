@@ -2,7 +2,11 @@
 -- microbenchmarks: the same work and the same JSON fields, so that
 -- bench/lua_compare.py can set them beside cqueues. current_thread flavor.
 --
---   LUA_CPATH="build-release/bindings/lua/?.so;;" lua5.4 bench/lua_micro.lua BENCH [N]
+--   LUA_CPATH="build-release/bindings/lua/?.so;;" lua5.4 bench/lua_micro.lua [--multi] BENCH [N]
+--
+--   --multi: on multi_thread with 2 workers (as treadle-lua-multi2): every
+--   worker requires this file as the module "lua_micro" in its own state,
+--   and worker 0 runs the benchmark (Lua tasks stay on their worker).
 --
 --   spawn_many [N=200000]  the root task spawns N tasks that each decrement a
 --                          shared counter; the last one signals the root
@@ -17,13 +21,18 @@
 --                          last_wake_late_us
 --   yield_many [Y=1000]    1000 tasks each treadle.yield() Y times; yields_per_sec
 --
--- All work starts inside treadle.run's main task (a task like any other).
+-- All work runs in a task (treadle.run's main task, or worker 0's main).
 -- The clock is treadle.now() (monotonic). Prints one JSON line.
 local treadle = require "treadle"
 
-local BENCH = arg[1]
-local N = arg[2] and tonumber(arg[2]) or nil
-if not BENCH then error("usage: lua_micro.lua spawn_many|ping_pong|timers|yield_many [N]") end
+local MODULE = "lua_micro" -- the name a multi_thread worker requires this file by
+local as_module = ... == MODULE
+local args = {table.unpack(arg)}
+local MULTI = args[1] == "--multi"
+if MULTI then table.remove(args, 1) end
+local BENCH = args[1]
+local N = args[2] and tonumber(args[2]) or nil
+if not BENCH then error("usage: lua_micro.lua [--multi] spawn_many|ping_pong|timers|yield_many [N]") end
 
 local function json(t)
   local keys = {}
@@ -68,11 +77,15 @@ local function durations(n)
 end
 
 local now, spawn = treadle.now, treadle.spawn
-local out = {runtime = "treadle-lua-current", bench = BENCH, lua = _VERSION, flavor = "current_thread"}
+local out = {runtime = MULTI and "treadle-lua-multi2" or "treadle-lua-current",
+             bench = BENCH, lua = _VERSION,
+             flavor = MULTI and "multi_thread" or "current_thread"}
 
+-- Runs the benchmark in the calling task; returns out.
+local function body()
 if BENCH == "spawn_many" then
   local n = N or 200000
-  treadle.run(function()
+  do
     local left = n
     local done = treadle.channel(1)
     local function task()
@@ -84,10 +97,10 @@ if BENCH == "spawn_many" then
     done:recv()
     local s = now() - t0
     out.n, out.secs, out.tasks_per_sec = n, s, math.floor(n / s + 0.5)
-  end)
+  end
 elseif BENCH == "yield_many" then
   local tasks, yields = 1000, N or 1000
-  treadle.run(function()
+  do
     local left, done = tasks, treadle.channel(1)
     local yield = treadle.yield
     local function task()
@@ -101,10 +114,10 @@ elseif BENCH == "yield_many" then
     local s = now() - t0
     out.tasks, out.yields_per_task, out.secs = tasks, yields, s
     out.yields_per_sec = math.floor(tasks * yields / s + 0.5)
-  end)
+  end
 elseif BENCH == "ping_pong" then
   local n = N or 100000
-  treadle.run(function()
+  do
     local c1, c2 = treadle.channel(1), treadle.channel(1)
     local t0 = now()
     spawn(function()
@@ -126,7 +139,7 @@ elseif BENCH == "ping_pong" then
     out.round_trips, out.secs = n, s
     out.round_trips_per_sec = math.floor(n / s + 0.5)
     out.ns_per_round_trip = s * 1e9 / n
-  end)
+  end
 elseif BENCH == "timers" then
   local n = N or 100000
   local durs = durations(n)
@@ -134,7 +147,7 @@ elseif BENCH == "timers" then
   for i = 1, n do if durs[i] > maxd then maxd = durs[i] end end
   local over, starts, wakes = {}, {}, {}
   local t0
-  treadle.run(function()
+  do
     local left, done = n, treadle.channel(1)
     local sleep = treadle.sleep
     t0 = now()
@@ -151,7 +164,7 @@ elseif BENCH == "timers" then
       end)
     end
     done:recv()
-  end)
+  end
   local tend = now()
   local last, lastst = t0, t0
   for i = 1, n do
@@ -167,7 +180,24 @@ elseif BENCH == "timers" then
   out.overshoot_max_us = over[#over]
   out.last_wake_late_us = (last - t0) * 1e6 - maxd
 else
-  io.stderr:write("bench ", BENCH, " not available (spawn_many, ping_pong, timers, yield_many)\n")
+  error("bench " .. BENCH .. " not available (spawn_many, ping_pong, timers, yield_many)")
+end
+return out
+end
+
+if as_module then -- a multi_thread worker's state
+  return function(worker) if worker == 0 then return body() end end
+end
+local ok, result
+if MULTI then
+  local dir = arg[0]:match("^(.*/)") or "./"
+  package.path = dir .. "?.lua;" .. package.path
+  ok, result = pcall(treadle.run, MODULE, {flavor = "multi_thread", workers = 2})
+else
+  ok, result = pcall(treadle.run, body, {flavor = "current_thread"})
+end
+if not ok then
+  io.stderr:write(tostring(result), "\n")
   os.exit(2)
 end
-print(json(out))
+print(json(result))

@@ -79,7 +79,8 @@ RUNTIMES = {
     "go-gomaxprocs2": ["env", "GOMAXPROCS=2", GO_MICRO, "BENCH"],
     **{n: py.RUNTIMES[n] + ["BENCH"] for n in py.RUNTIMES},
     **{n: lua.RUNTIMES[n] + ["BENCH"]
-       for n in ("treadle-lua-current", "lua-cqueues", "lua-luv")},
+       for n in ("treadle-lua-current", "treadle-lua-multi2", "lua-cqueues",
+                 "lua-luv")},
 }
 BENCHES = ["spawn_many", "timers"]
 
