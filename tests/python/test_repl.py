@@ -3,6 +3,7 @@
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -35,13 +36,13 @@ TICKER = [
 class Repl:
     """One REPL process on a pseudo-terminal."""
 
-    def __init__(self, *args):
+    def __init__(self, *args, preexec_fn=None):
         env = child_env()
         env["TERM"] = "dumb"  # no escape sequences from readline
         env.pop("PYTHONSTARTUP", None)
         self.child = pexpect.spawn(sys.executable, list(args), env=env,
                                    encoding="utf-8", timeout=TIMEOUT,
-                                   dimensions=(40, 200))
+                                   dimensions=(40, 200), preexec_fn=preexec_fn)
         self.child.expect_exact(PROMPT)
 
     def line(self, text):
@@ -147,6 +148,19 @@ def test_ctrl_c_at_the_prompt_clears_the_line(repl):
     time.sleep(0.2)
     assert "KeyboardInterrupt" in repl.interrupt()
     assert repl.line("2 + 2") == "4\r\n"
+
+
+def test_ctrl_c_works_when_started_with_sigint_ignored():
+    # as a script's `cmd &` starts it: the console takes Ctrl-C back
+    r = Repl("-m", "treadle",
+             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        r.child.send("1 + ")
+        time.sleep(0.2)
+        assert "KeyboardInterrupt" in r.interrupt()
+        assert r.line("2 + 2") == "4\r\n"
+    finally:
+        r.close()
 
 
 @tsan

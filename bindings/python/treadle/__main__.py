@@ -14,6 +14,7 @@ import argparse
 import ast
 import code
 import inspect
+import signal
 import sys
 import traceback
 import types
@@ -77,6 +78,9 @@ def main(argv: Optional[list] = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))  # exits with status 2
     workers = runtime.metrics().workers
+    # A console wants Ctrl-C even when started with SIGINT ignored (as
+    # `cmd &` in a script starts it), which Python would leave alone.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     local_vars = {"__name__": "__main__", "__builtins__": __builtins__,
                   "treadle": treadle, "runtime": runtime}
     console = Console(runtime, local_vars)
