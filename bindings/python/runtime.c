@@ -283,7 +283,9 @@ static treadle_err_t shutdown_runtime(pyrt_t *r, uint64_t timeout_ns) {
 
 static void core_dealloc(coreobj_t *self) {
   treadle_err_t err = self->r != NULL ? shutdown_runtime(self->r, TREADLE_FOREVER) : 0;
-  if (err != 0) { /* dropped inside one of its tasks: it cannot stop, so
+  if (err == TREADLE_EFORKED) {
+    /* a forked child's copy of the parent's runtime: left alone */
+  } else if (err != 0) { /* dropped inside one of its tasks: it cannot stop, so
                      it and its record stay, and we say so */
     PyErr_SetString(pyt_Error, "a runtime dropped inside a treadle task was "
                                "leaked: shut runtimes down outside their tasks");

@@ -210,7 +210,14 @@ treadle_err_t treadle_runtime_block_on(treadle_runtime_t *rt,
  * it stay safe to use and report TREADLE_ESHUTDOWN or "cancelled".
  * Returns TREADLE_EINRUNTIME (and frees nothing) when called from one of
  * the runtime's own tasks, and TREADLE_EBUSY when another thread is inside
- * block_on on it. */
+ * block_on on it.
+ *
+ * After fork(), a runtime built before it belongs to the parent: in the
+ * child, its threads do not exist and its epoll set is shared with the
+ * parent, so block_on, spawn, spawn_blocking, TCP, async fds, signals and
+ * this function answer TREADLE_EFORKED at once and touch nothing (closing
+ * or freeing a stream closes only the child's copy of its fd). Build a new
+ * runtime in the child. */
 treadle_err_t treadle_runtime_free(treadle_runtime_t *rt);
 
 /** treadle_runtime_free, waiting at most timeout_ns for blocking-pool jobs

@@ -312,6 +312,8 @@ treadle_err_t treadle_spawn_blocking(treadle_handle_t *h,
   if (h == NULL || vt == NULL || vt->run == NULL ||
       state_size > (UINT32_C(1) << 30))
     return TREADLE_EINVAL;
+  if (treadle__forked(h))
+    return TREADLE_EFORKED;
   static const treadle_task_vtable_t placeholder = {.poll = job_poll};
   treadle__blocking_t *b = h->blocking;
   treadle__task_t *t;

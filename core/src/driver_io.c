@@ -262,6 +262,8 @@ void treadle__io_destroy(treadle__io_t *io) {
 
 treadle_err_t treadle__source_open(treadle__source_t *src, treadle_handle_t *h,
                                    int fd) {
+  if (treadle__forked(h))
+    return TREADLE_EFORKED;
   if (!h->driver.has_io)
     return TREADLE_ENOIO;
   treadle__io_t *io = &h->driver.io;
@@ -326,9 +328,25 @@ void treadle__source_try_finish(treadle__source_t *src, uint32_t now) {
     source_finish_close(src);
 }
 
+/* In a forked child: closes the child's copy of the fd once and touches
+ * nothing it shares with the parent (the epoll set, the slot, its lock). */
+static void source_close_in_child(treadle__source_t *src) {
+  /* Relaxed: the child has one thread; users still counted in are the
+   * parent's threads, which the child does not have. */
+  uint32_t old = atomic_fetch_or_explicit(
+      &src->users, TREADLE__SRC_CLOSED | TREADLE__SRC_FINISHED,
+      memory_order_relaxed);
+  if (!(old & TREADLE__SRC_FINISHED))
+    close(src->fd);
+}
+
 void treadle__source_close(treadle__source_t *src) {
   if (src->reg == NULL)
     return;
+  if (treadle__forked(src->h)) {
+    source_close_in_child(src);
+    return;
+  }
   /* acq_rel: orders against enter/leave (see there). */
   uint32_t old = atomic_fetch_or_explicit(&src->users, TREADLE__SRC_CLOSED,
                                           memory_order_acq_rel);
@@ -348,7 +366,8 @@ void treadle__source_free(treadle__source_t *src) {
   if (src->reg == NULL)
     return;
   treadle__source_close(src);
-  treadle_handle_unref(src->h);
+  if (!treadle__forked(src->h)) /* in a child the runtime stays the parent's */
+    treadle_handle_unref(src->h);
   src->reg = NULL;
   src->h = NULL;
 }

@@ -268,6 +268,8 @@ treadle_err_t treadle_signal_init(treadle_signal_t *s, treadle_handle_t *h,
   memset(l, 0, sizeof *l);
   if (h == NULL || !catchable(signum))
     return TREADLE_EINVAL;
+  if (treadle__forked(h))
+    return TREADLE_EFORKED;
   if (!h->driver.has_io)
     return TREADLE_ENOIO;
   treadle__signal_t *sig = &h->driver.signal;

@@ -78,6 +78,8 @@ treadle_err_t treadle_spawn_with(treadle_handle_t *h,
     return TREADLE_EINVAL;
   if (opts != NULL && (opts->worker < -1 || opts->worker >= 65535))
     return TREADLE_EINVAL;
+  if (treadle__forked(h))
+    return TREADLE_EFORKED;
   treadle__task_t *t;
   treadle_err_t err =
       treadle__task_new(h->sched, vt, state, state_size, join != NULL, &t);
@@ -134,6 +136,8 @@ treadle_err_t treadle_handle_block_on(treadle_handle_t *h,
     *value = NULL;
   if (h == NULL || vt == NULL || vt->poll == NULL)
     return TREADLE_EINVAL;
+  if (treadle__forked(h))
+    return TREADLE_EFORKED;
   if (treadle__ctx.sched != NULL)
     return TREADLE_EINRUNTIME; /* running tasks: waiting would deadlock */
   treadle_join_t *j;

@@ -712,6 +712,7 @@ void treadle__driver_destroy(treadle__driver_t *d);
 
 struct treadle_handle_s {
   _Atomic uint64_t refs;     /* users' refs + the runtime's + one per task */
+  uint32_t fork_gen;         /* treadle__fork_gen at build; constant */
   treadle__config_t cfg;     /* constant after build */
   treadle__sched_t *sched;   /* constant; freed with the handle */
   treadle__blocking_t *blocking; /* constant; refcounted separately */
@@ -719,6 +720,17 @@ struct treadle_handle_s {
 };
 
 void treadle__handle_report_error(treadle_handle_t *h, treadle__task_t *t);
+
+/* Bumped in the child of every fork (runtime.c). A runtime built before
+ * the fork belongs to the parent: its threads do not exist in the child,
+ * its locks may be held forever and its epoll set is shared with the
+ * parent, so the child's calls answer TREADLE_EFORKED and touch nothing. */
+extern _Atomic uint32_t treadle__fork_gen;
+static inline bool treadle__forked(const treadle_handle_t *h) {
+  /* Relaxed: written once in the child before any of its other code. */
+  return atomic_load_explicit(&treadle__fork_gen, memory_order_relaxed) !=
+         h->fork_gen;
+}
 /* A task's reference to its handle: taken from this thread's reserve when
  * it is a worker of that runtime (no shared atomic), else counted. */
 void treadle__handle_ref_task(treadle_handle_t *h);

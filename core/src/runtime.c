@@ -12,6 +12,7 @@
  * 4. The runtime drops its handle reference. The handle's memory (and the
  *    scheduler's) goes with the last reference, which may be a waker or
  *    join handle the user still holds. */
+#include <pthread.h>
 #include <stdio.h>
 
 #include "internal.h"
@@ -19,6 +20,16 @@
 struct treadle_runtime_s {
   treadle_handle_t *handle;
 };
+
+_Atomic uint32_t treadle__fork_gen;
+
+static void forked_child(void) {
+  /* Relaxed: the child has one thread, which runs this before returning
+   * from fork(). */
+  atomic_fetch_add_explicit(&treadle__fork_gen, 1, memory_order_relaxed);
+}
+
+static void watch_forks(void) { pthread_atfork(NULL, NULL, forked_child); }
 
 treadle_err_t treadle_builder_build(const treadle_builder_t *b,
                                     treadle_runtime_t **out) {
@@ -34,7 +45,11 @@ treadle_err_t treadle_builder_build(const treadle_builder_t *b,
     treadle__free(h);
     return TREADLE_ENOMEM;
   }
+  static pthread_once_t watching = PTHREAD_ONCE_INIT;
+  pthread_once(&watching, watch_forks);
   atomic_init(&h->refs, 1);
+  /* Relaxed: as in treadle__forked. */
+  h->fork_gen = atomic_load_explicit(&treadle__fork_gen, memory_order_relaxed);
   h->cfg = b->cfg;
   treadle_err_t err = treadle__driver_init(&h->driver, &h->cfg);
   if (err != 0) {
@@ -94,6 +109,8 @@ treadle_err_t treadle_runtime_shutdown_timeout(treadle_runtime_t *rt,
   if (rt == NULL)
     return 0;
   treadle_handle_t *h = rt->handle;
+  if (treadle__forked(h))
+    return TREADLE_EFORKED; /* the parent's: left alone (its memory too) */
   if (treadle__ctx.handle == h)
     return TREADLE_EINRUNTIME; /* it would wait for its own thread */
   treadle_err_t err = h->sched->vt->shutdown(h->sched);

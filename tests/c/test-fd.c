@@ -2,14 +2,19 @@
  * (more than the pipe holds, so both sides wait), end of file, an eventfd
  * read with ready_poll/clear_ready (readiness survives until cleared, and
  * an event between a read and the clear is not lost), closing an fd
- * another task waits on, bad input, and an async fd that outlives its
- * runtime. The harness checks after every case that every fd was closed. */
+ * another task waits on, bad input, an async fd that outlives its
+ * runtime, and a fork: the child's calls on the parent's runtime answer
+ * TREADLE_EFORKED at once, and what it closes leaves the parent's
+ * registrations alone. The harness checks after every case that every fd was
+ * closed. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -352,6 +357,84 @@ static void outlives_runtime(void **state) {
   close(fds[1]);
 }
 
+/* ---------------------------------------------------------------- fork */
+
+static treadle_poll_t nothing_poll(treadle_cx_t *cx, void *st) {
+  (void)cx, (void)st;
+  return TREADLE_READY;
+}
+
+static treadle_err_t blocking_nothing(void *st, void **value) {
+  (void)st, (void)value;
+  return 0;
+}
+
+/* In the child: every call on the parent's runtime answers EFORKED at
+ * once; closing an fd it inherited closes only its copy. Exits with the
+ * number of the first check that failed, 0 if none. */
+static void child_checks(treadle_runtime_t *rt, treadle_async_fd_t *a) {
+  alarm(20); /* a hang fails the test instead of stalling it */
+  treadle_handle_t *h = treadle_runtime_handle(rt);
+  static const treadle_task_vtable_t vt = {.poll = nothing_poll};
+  static const treadle_blocking_vtable_t bvt = {.run = blocking_nothing};
+  treadle_join_t *j;
+  treadle_tcp_listener_t *l;
+  treadle_signal_t sig;
+  treadle_async_fd_t *b;
+  int fds[2];
+  int check = 0;
+  if (++check, RUN(rt, &vt, check) != TREADLE_EFORKED)
+    _exit(check);
+  if (++check, treadle_spawn(h, &vt, NULL, 0, &j) != TREADLE_EFORKED)
+    _exit(check);
+  if (++check, treadle_spawn_blocking(h, &bvt, NULL, 0, &j) != TREADLE_EFORKED)
+    _exit(check);
+  if (++check, treadle_tcp_bind(h, "127.0.0.1", 0, NULL, &l) != TREADLE_EFORKED)
+    _exit(check);
+  if (++check, treadle_signal_init(&sig, h, SIGUSR1) != TREADLE_EFORKED)
+    _exit(check);
+  if (++check, pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0 ||
+                   treadle_async_fd_new(h, fds[0], &b) != TREADLE_EFORKED)
+    _exit(check);
+  treadle_async_fd_free(a); /* the child's copy only */
+  if (++check, treadle_runtime_free(rt) != TREADLE_EFORKED)
+    _exit(check);
+  if (++check, strcmp(treadle_err_name(TREADLE_EFORKED), "EFORKED") != 0)
+    _exit(check);
+  _exit(0);
+}
+
+static void forked_child_gets_eforked(void **state) {
+  (void)state;
+  treadle_runtime_t *rt = test_runtime();
+  int fds[2];
+  pipe_pair(fds, O_NONBLOCK);
+  treadle_async_fd_t *a = register_fd(treadle_runtime_handle(rt), fds[0]);
+  static const treadle_task_vtable_t vt = {.poll = nothing_poll};
+  int unused = 0;
+  assert_int_equal(RUN(rt, &vt, unused), 0); /* the runtime has run */
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0)
+    child_checks(rt, a);
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    fail_msg("the child failed check %d (status %#x)", WEXITSTATUS(status),
+             status);
+  /* The parent's registration survived the child's close: a write still
+   * wakes a reader through the driver. */
+  assert_int_equal(write(fds[1], "x", 1), 1);
+  close(fds[1]);
+  treadle_err_t got = 1;
+  waiter_t w = {.fd = a, .got = &got};
+  assert_int_equal(RUN(rt, &waiter_vt, w), 0);
+  assert_int_equal(got, 0);
+  treadle_async_fd_free(a);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+}
+
 static const struct CMUnitTest tests[] = {
     RT_TEST(pipe_round_trip),
     RT_TEST(eventfd_ready_and_clear),
@@ -359,6 +442,7 @@ static const struct CMUnitTest tests[] = {
     RT_TEST(new_rejects_bad_input),
     RT_TEST(runtime_without_io_says_so),
     RT_TEST(outlives_runtime),
+    RT_TEST(forked_child_gets_eforked),
 };
 
 TEST_MAIN(tests)

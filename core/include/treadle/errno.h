@@ -19,6 +19,7 @@
 #define TREADLE__EJOINED (-4005)
 #define TREADLE__ECLOSED (-4006)
 #define TREADLE__ENOHOST (-4007)
+#define TREADLE__EFORKED (-4008)
 
 /* XX(name, message) */
 #define TREADLE_ERRNO_MAP(XX)                                                  \
@@ -60,7 +61,10 @@
      "cannot start a runtime from within a runtime")                           \
   XX(EJOINED, TREADLE__EJOINED, "the task's output was already taken")         \
   XX(ECLOSED, TREADLE__ECLOSED, "the other end is closed")                    \
-  XX(ENOHOST, TREADLE__ENOHOST, "host name not found")
+  XX(ENOHOST, TREADLE__ENOHOST, "host name not found")                         \
+  XX(EFORKED, TREADLE__EFORKED,                                                \
+     "the process forked: this runtime belongs to the parent; build a new "   \
+     "one in the child")
 
 typedef enum {
 #define TREADLE__ERRNO_ENUM(name, code, msg) TREADLE_##name = (code),
