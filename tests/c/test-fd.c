@@ -5,19 +5,22 @@
  * another task waits on, bad input, an async fd that outlives its
  * runtime, and a fork: the child's calls on the parent's runtime answer
  * TREADLE_EFORKED at once, and what it closes leaves the parent's
- * registrations alone. The harness checks after every case that every fd was
- * closed. */
+ * registrations alone; and a close while a dup of the fd keeps its file
+ * description open (the epoll set must drop the fd before it is closed). The
+ * harness checks after every case that every fd was closed. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "harness.h"
+#include "internal.h"
 
 static void pipe_pair(int fds[2], int flags) {
   assert_int_equal(pipe2(fds, O_CLOEXEC | flags), 0);
@@ -435,6 +438,54 @@ static void forked_child_gets_eforked(void **state) {
   assert_int_equal(treadle_runtime_free(rt), 0);
 }
 
+/* ------------------------------------------------------ dup description */
+
+/* True when the epoll instance `epfd` watches fd number `fd` (its
+ * /proc/self/fdinfo lists a "tfd:" line per watched fd). */
+static bool epoll_watches(int epfd, int fd) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/self/fdinfo/%d", epfd);
+  FILE *f = fopen(path, "r");
+  assert_non_null(f);
+  bool found = false;
+  int tfd;
+  while (fgets(line, sizeof line, f) != NULL)
+    if (sscanf(line, "tfd: %d", &tfd) == 1 && tfd == fd)
+      found = true;
+  fclose(f);
+  return found;
+}
+
+/* A dup keeps the pipe's description open after the async fd closes its
+ * fd: had the driver closed without EPOLL_CTL_DEL first, the epoll set
+ * would keep the registration, and events for it, forever (libuv's
+ * closed_fd_events, RELIABILITY I4). */
+static void close_with_a_dup_open(void **state) {
+  (void)state;
+  treadle_runtime_t *rt = test_runtime();
+  treadle_handle_t *h = treadle_runtime_handle(rt);
+  int epfd = h->driver.io.epfd;
+  int fds[2];
+  pipe_pair(fds, O_NONBLOCK);
+  int dup_fd = dup(fds[0]);
+  assert_true(dup_fd >= 0);
+  treadle_async_fd_t *a = register_fd(h, fds[0]);
+  assert_true(epoll_watches(epfd, fds[0]));
+  treadle_async_fd_free(a);
+  assert_false(epoll_watches(epfd, fds[0]));
+  /* The description is still readable through the dup, and registering
+   * the dup works as for any new fd. */
+  assert_int_equal(write(fds[1], "y", 1), 1);
+  treadle_async_fd_t *b = register_fd(h, dup_fd);
+  treadle_err_t got = 1;
+  waiter_t w = {.fd = b, .got = &got};
+  assert_int_equal(RUN(rt, &waiter_vt, w), 0);
+  assert_int_equal(got, 0);
+  treadle_async_fd_free(b);
+  close(fds[1]);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+}
+
 static const struct CMUnitTest tests[] = {
     RT_TEST(pipe_round_trip),
     RT_TEST(eventfd_ready_and_clear),
@@ -443,6 +494,7 @@ static const struct CMUnitTest tests[] = {
     RT_TEST(runtime_without_io_says_so),
     RT_TEST(outlives_runtime),
     RT_TEST(forked_child_gets_eforked),
+    RT_TEST(close_with_a_dup_open),
 };
 
 TEST_MAIN(tests)
