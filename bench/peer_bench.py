@@ -2,6 +2,7 @@
 share: CPU placement for bench/echo_compare.py's Server and echoload, the
 interleaved echo and microbenchmark loops, paired ratios, goal marks, and
 the echo and microbenchmark tables of their Markdown reports."""
+import argparse
 import json
 import os
 import shlex
@@ -328,3 +329,70 @@ def echo_tables(w, runs, servers, args, echo_ratios):
         w("")
         w("✓ / ✗: the paired ratio meets / misses the goal.")
     return cells, table
+
+
+# ------------------------------------------------------- command line
+
+
+def compare_arg_parser(doc, conns, servers, default_servers, runtimes,
+                       benches, port_base):
+    """The options py_compare and lua_compare share; each adds its own
+    (--spawn-n, ...) and then calls compare_parse."""
+    ap = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n\n".join(doc.split("\n\n")[1:]))
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--duration", type=int, default=5,
+                    help="measured seconds per echoload run (max 30)")
+    ap.add_argument("--warmup", type=int, default=1,
+                    help="unmeasured seconds per echoload run (max 10)")
+    ap.add_argument("--conns", default=conns,
+                    help=f'echo connection counts (default "{conns}")')
+    ap.add_argument("--sizes", default="64 4096",
+                    help='echo message sizes in bytes (default "64 4096")')
+    ap.add_argument("--servers", default=",".join(default_servers),
+                    help=f"echo servers (default {','.join(default_servers)};"
+                         f" known: {','.join(servers)})")
+    ap.add_argument("--runtimes", default=",".join(runtimes),
+                    help=f"micro runtimes (default all: {','.join(runtimes)})")
+    ap.add_argument("--benches", default=benches,
+                    help=f"microbenchmarks (default {benches})")
+    ap.add_argument("--spawn-n", type=int, default=200000)
+    ap.add_argument("--timers-n", type=int, default=100000)
+    ap.add_argument("--yield-n", type=int, default=1000,
+                    help="yields per task in yield_many (1000 tasks)")
+    ap.add_argument("--skip-echo", action="store_true")
+    ap.add_argument("--skip-micro", action="store_true")
+    ap.add_argument("--port-base", type=int, default=port_base)
+    ap.add_argument("--json", metavar="FILE", help="save the raw runs here")
+    return ap
+
+
+def _names(text):
+    return [n for n in text.replace(" ", "").split(",") if n]
+
+
+def compare_parse(ap, servers, runtimes, headlines, bench_note=""):
+    """Parses and checks compare_arg_parser's options: returns args (conns,
+    sizes and benches as lists), the chosen servers {name: spec} and the
+    chosen runtimes [name]."""
+    args = ap.parse_args()
+    args.conns = [int(x) for x in args.conns.replace(",", " ").split()]
+    args.sizes = [int(x) for x in args.sizes.replace(",", " ").split()]
+    args.benches = _names(args.benches)
+    if args.reps < 1 or not args.conns or not args.sizes:
+        ap.error("need --reps >= 1 and at least one conns and size")
+    if not 1 <= args.duration <= 30 or not 0 <= args.warmup <= 10:
+        ap.error("echoload takes --duration 1..30 and --warmup 0..10")
+    for b in args.benches:
+        if b not in headlines:
+            ap.error(f"unknown benchmark {b!r} (known: {', '.join(headlines)})"
+                     + bench_note)
+    for kind, chosen, known in (("server", args.servers, servers),
+                                ("runtime", args.runtimes, runtimes)):
+        for name in _names(chosen):
+            if name not in known:
+                ap.error(f"unknown {kind} {name!r} (known: {', '.join(known)})")
+    return (args, {n: servers[n] for n in _names(args.servers)},
+            _names(args.runtimes))

@@ -47,7 +47,6 @@ minutes apart at most, so this host's drift of ~30% mostly cancels).
 Python is Debian's /usr/bin/python3 (the pyenv one cannot see uvloop);
 PYTHONPATH gets bindings/python.
 """
-import argparse
 import json
 import os
 import shutil
@@ -188,61 +187,13 @@ def micro_report(runs, runtimes, args, skipped):
 # ------------------------------------------------------------------ main
 
 def parse_args():
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="\n\n".join(__doc__.split("\n\n")[1:]))
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--duration", type=int, default=5,
-                    help="measured seconds per echoload run (max 30)")
-    ap.add_argument("--warmup", type=int, default=1,
-                    help="unmeasured seconds per echoload run (max 10)")
-    ap.add_argument("--conns", default="1000",
-                    help='echo connection counts (default "1000")')
-    ap.add_argument("--sizes", default="64 4096",
-                    help='echo message sizes in bytes (default "64 4096")')
-    ap.add_argument("--servers", default=",".join(DEFAULT_SERVERS),
-                    help=f"echo servers (default {','.join(DEFAULT_SERVERS)};"
-                         f" known: {','.join(SERVERS)})")
-    ap.add_argument("--runtimes", default=",".join(RUNTIMES),
-                    help=f"micro runtimes (default all: {','.join(RUNTIMES)})")
-    ap.add_argument("--benches", default="spawn_many,timers",
-                    help="microbenchmarks (spawn_many, timers, yield_many; "
-                         "default spawn_many,timers)")
-    ap.add_argument("--spawn-n", type=int, default=200000)
-    ap.add_argument("--timers-n", type=int, default=100000)
-    ap.add_argument("--yield-n", type=int, default=1000,
-                    help="yields per task in yield_many (1000 tasks)")
-    ap.add_argument("--skip-echo", action="store_true")
-    ap.add_argument("--skip-micro", action="store_true")
-    ap.add_argument("--port-base", type=int, default=19400)
-    ap.add_argument("--json", metavar="FILE", help="save the raw runs here")
-    args = ap.parse_args()
-    args.conns = [int(x) for x in args.conns.replace(",", " ").split()]
-    args.sizes = [int(x) for x in args.sizes.replace(",", " ").split()]
-    args.benches = [b for b in args.benches.replace(" ", "").split(",") if b]
-    if args.reps < 1 or not args.conns or not args.sizes:
-        ap.error("need --reps >= 1 and at least one conns and size")
-    if not 1 <= args.duration <= 30 or not 0 <= args.warmup <= 10:
-        ap.error("echoload takes --duration 1..30 and --warmup 0..10")
-    for b in args.benches:
-        if b not in HEADLINES:
-            ap.error(f"unknown benchmark {b!r} (known: {', '.join(HEADLINES)};"
-                     " ping_pong needs a queue, which treadle's Python API "
-                     "does not have)")
-    servers = {}
-    for name in args.servers.replace(" ", "").split(","):
-        if name:
-            if name not in SERVERS:
-                ap.error(f"unknown server {name!r} (known: {', '.join(SERVERS)})")
-            servers[name] = SERVERS[name]
-    runtimes = []
-    for name in args.runtimes.replace(" ", "").split(","):
-        if name:
-            if name not in RUNTIMES:
-                ap.error(f"unknown runtime {name!r} (known: {', '.join(RUNTIMES)})")
-            runtimes.append(name)
-    return args, servers, runtimes
+    ap = peer_bench.compare_arg_parser(
+        __doc__, "1000", SERVERS, DEFAULT_SERVERS, RUNTIMES,
+        "spawn_many,timers", 19400)
+    return peer_bench.compare_parse(
+        ap, SERVERS, RUNTIMES, HEADLINES,
+        "; ping_pong needs a queue, which treadle's Python API does not have")
+
 
 
 def main():
