@@ -56,7 +56,6 @@ build-release/bindings/lua (built with `cmake --preset release` and
 `cmake --build --preset release --target treadle_lua` when missing, unless
 --no-build), else build/bindings/lua. LUA_PATH gets examples/lua.
 """
-import json
 import os
 import re
 import shutil
@@ -354,39 +353,24 @@ def main():
         text, cells, table = echo_report(echo_runs, splits, servers, args,
                                          skipped)
         parts.append(text)
-        saved["echo"] = {
-            "duration_s": args.duration, "warmup_s": args.warmup,
-            "conns": args.conns, "sizes": args.sizes,
-            "servers": {n: {"command": c, "placement": p}
-                        for n, (c, p) in servers.items()},
-            "skipped": dict(skipped), "runs": echo_runs, "splits": splits,
-            "medians": [dict(server=n, conns=c, size=s, **v)
-                        for (n, c, s), v in cells.items()],
-            "ratios": table}
+        saved["echo"] = peer_bench.echo_record(
+            args, servers, skipped, echo_runs, cells, table, splits=splits)
     elif skipped and not args.skip_echo:
-        parts.append("## Echo\n\nSkipped: " + "; ".join(
-            f"{n} ({why})" for n, why in skipped) + ".")
+        parts.append(peer_bench.skipped_section("Echo", skipped))
     if micro_runs:
         text, medians, table = micro_report(micro_runs, runtimes, args,
                                             micro_skipped)
         parts.append(text)
-        saved["micro"] = {"benches": args.benches, "spawn_n": args.spawn_n,
-                          "pingpong_n": args.pingpong_n,
-                          "timers_n": args.timers_n, "yield_n": args.yield_n,
-                          "runtimes": {n: RUNTIMES[n] for n in runtimes},
-                          "skipped": dict(micro_skipped), "runs": micro_runs,
-                          "medians": medians, "ratios": table}
+        saved["micro"] = peer_bench.micro_record(
+            {"benches": args.benches, "spawn_n": args.spawn_n,
+             "pingpong_n": args.pingpong_n, "timers_n": args.timers_n,
+             "yield_n": args.yield_n},
+            {n: RUNTIMES[n] for n in runtimes}, micro_skipped, micro_runs,
+            medians, table)
     elif micro_skipped and not args.skip_micro:
-        parts.append("## Microbenchmarks\n\nSkipped: " + "; ".join(
-            f"{n} ({why})" for n, why in micro_skipped) + ".")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(saved, f, indent=1)
-        log(f"raw runs written to {args.json}")
-    print("\n\n".join(parts))
-    if interrupted:
-        print("\n(Interrupted: partial results.)")
-        sys.exit(130)
+        parts.append(peer_bench.skipped_section("Microbenchmarks",
+                                                micro_skipped))
+    peer_bench.save_and_print(args, parts, saved, interrupted)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import shlex
 import signal
 import statistics
 import subprocess
+import sys
 import time
 
 import echo_compare as ec
@@ -396,3 +397,42 @@ def compare_parse(ap, servers, runtimes, headlines, bench_note=""):
                 ap.error(f"unknown {kind} {name!r} (known: {', '.join(known)})")
     return (args, {n: servers[n] for n in _names(args.servers)},
             _names(args.runtimes))
+
+
+# ----------------------------------------------------------- the output
+
+
+def echo_record(args, servers, skipped, runs, cells, table, **extra):
+    """The "echo" entry of a compare script's --json file."""
+    return {"duration_s": args.duration, "warmup_s": args.warmup,
+            "conns": args.conns, "sizes": args.sizes,
+            "servers": {n: {"command": c, "placement": p}
+                        for n, (c, p) in servers.items()},
+            "skipped": dict(skipped), "runs": runs, **extra,
+            "medians": [dict(server=n, conns=c, size=s, **v)
+                        for (n, c, s), v in cells.items()],
+            "ratios": table}
+
+
+def micro_record(counts, runtimes, skipped, runs, medians, table):
+    """The "micro" entry of a compare script's --json file; counts holds
+    the benches and their N."""
+    return {**counts, "runtimes": runtimes, "skipped": dict(skipped),
+            "runs": runs, "medians": medians, "ratios": table}
+
+
+def skipped_section(title, skipped):
+    return f"## {title}\n\nSkipped: " + "; ".join(
+        f"{n} ({why})" for n, why in skipped) + "."
+
+
+def save_and_print(args, parts, saved, interrupted):
+    """Writes --json, prints the report, and exits 130 when interrupted."""
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(saved, f, indent=1)
+        ec.log(f"raw runs written to {args.json}")
+    print("\n\n".join(parts))
+    if interrupted:
+        print("\n(Interrupted: partial results.)")
+        sys.exit(130)
