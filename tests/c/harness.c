@@ -1,8 +1,12 @@
 /* Test harness: flavor matrix, scale, leak audit. */
+#define _GNU_SOURCE
 #include "harness.h"
 
 #include <dirent.h>
+#include <stdio.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static int count_fds(void) {
   DIR *d = opendir("/proc/self/fd");
@@ -33,15 +37,43 @@ long test_rss_kib(void) { return proc_status("VmRSS: %ld kB"); }
 
 static int baseline_fds, baseline_threads;
 
-static void *noop_thread(void *arg) { return arg; }
+/* Stores its thread id in *arg. */
+static void *noop_thread(void *arg) {
+  *(pid_t *)arg = gettid();
+  return NULL;
+}
+
+/* Sleeps 5 ms at a time, at most 1 s in all, until done() says so. */
+static void wait_until(bool (*done)(void *), void *arg) {
+  for (int i = 0; i < 200 && !done(arg); i++) {
+    struct timespec ts = {0, 5 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+  }
+}
+
+/* True once the thread's /proc entry is gone: pthread_join can return
+ * before the kernel reaps it. */
+static bool thread_gone(void *tid) {
+  char path[64];
+  struct stat st;
+  snprintf(path, sizeof path, "/proc/self/task/%d", (int)*(pid_t *)tid);
+  return stat(path, &st) != 0;
+}
+
+static bool threads_back(void *arg) {
+  (void)arg;
+  return count_threads() == baseline_threads;
+}
 
 int test_setup(void **state) {
   (void)state;
   /* ThreadSanitizer starts a helper thread of its own at the first
    * pthread_create; start it before the baseline is taken. */
   pthread_t th;
-  pthread_create(&th, NULL, noop_thread, NULL);
+  pid_t tid = 0;
+  pthread_create(&th, NULL, noop_thread, &tid);
   pthread_join(th, NULL);
+  wait_until(thread_gone, &tid); /* else the baseline counts it */
   baseline_fds = count_fds();
   baseline_threads = count_threads();
   return 0;
@@ -51,10 +83,7 @@ int test_teardown(void **state) {
   (void)state;
   /* Threads the runtime started are joined by treadle_runtime_free, but
    * the kernel may take a moment to reap a joined thread's entry. */
-  for (int i = 0; i < 200 && count_threads() != baseline_threads; i++) {
-    struct timespec ts = {0, 5 * 1000 * 1000};
-    nanosleep(&ts, NULL);
-  }
+  wait_until(threads_back, NULL);
   assert_int_equal(count_fds(), baseline_fds);
   assert_int_equal(count_threads(), baseline_threads);
   return 0;
