@@ -124,6 +124,7 @@ typedef struct treadle_runtime_metrics_s {
   unsigned long long blocking_threads;
   unsigned long long blocking_idle;
   unsigned long long blocking_queue_depth;
+  unsigned long long driver_parks;
 } treadle_runtime_metrics_t;
 
 typedef struct treadle_worker_metrics_s {

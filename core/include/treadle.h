@@ -243,6 +243,10 @@ typedef struct treadle_runtime_metrics_s {
   uint64_t blocking_threads;     /**< blocking-pool threads alive */
   uint64_t blocking_idle;        /**< ... of which idle */
   uint64_t blocking_queue_depth; /**< blocking jobs waiting for a thread */
+  uint64_t driver_parks; /**< times a thread waited in the driver stack
+                              (epoll or its condvar) for an event, a timer
+                              or an unpark; a runtime that only waits adds
+                              a few per timer, whatever its length */
 } treadle_runtime_metrics_t;
 
 typedef struct treadle_worker_metrics_s {

@@ -25,6 +25,7 @@ treadle_err_t treadle__driver_init(treadle__driver_t *d,
   d->has_time = cfg->enable_time;
   d->has_io = cfg->enable_io;
   atomic_init(&d->park_state, EMPTY);
+  atomic_init(&d->parks, 0);
   d->io.epfd = d->io.evfd = -1;
   treadle__signal_init(&d->signal);
   treadle__mutex_init(&d->park_mu);
@@ -57,12 +58,31 @@ static void sleep_condvar(treadle__driver_t *d, uint64_t timeout_ns) {
   treadle__mutex_unlock(&d->park_mu);
 }
 
+/* For a paused clock (driver_time.c step 5): true when no other thread
+ * runs tasks of the runtime that the driver belongs to. */
+static bool runtime_idle(treadle__driver_t *d) {
+  treadle__sched_t *s =
+      treadle__container_of(d, treadle_handle_t, driver)->sched;
+  return s->vt->all_parked == NULL || s->vt->all_parked(s);
+}
+
 void treadle__driver_park(treadle__driver_t *d, uint64_t timeout_ns) {
-  if (d->has_time) {
-    if (timeout_ns != 0) {
+  uint64_t skip_ns = 0; /* a paused clock's jump instead of the sleep */
+  if (timeout_ns != 0) {
+    /* Relaxed: a counter (metrics). */
+    atomic_fetch_add_explicit(&d->parks, 1, memory_order_relaxed);
+    if (d->has_time) {
       uint64_t t = treadle__time_park_timeout(&d->time);
-      if (t < timeout_ns)
+      if (t < timeout_ns) {
         timeout_ns = t;
+        /* A paused clock jumps instead, once no task runs (step 5 of
+         * driver_time.c); while one runs, sleep until the last worker
+         * to park unparks us (scheduler_mt.c park). */
+        if (treadle__time_paused(&d->time) && runtime_idle(d)) {
+          skip_ns = timeout_ns;
+          timeout_ns = 0;
+        }
+      }
     }
   }
   if (timeout_ns != 0) {
@@ -81,6 +101,13 @@ void treadle__driver_park(treadle__driver_t *d, uint64_t timeout_ns) {
   } else if (d->has_io) {
     treadle__io_park(&d->io, 0); /* a busy thread's look at the events */
   }
+  /* seq_cst: consumes an unpark as step 2 would; one means work to run
+   * before time may move on, and so does a worker woken by the I/O poll. */
+  if (skip_ns != 0 &&
+      atomic_exchange_explicit(&d->park_state, EMPTY, memory_order_seq_cst) !=
+          NOTIFIED &&
+      runtime_idle(d))
+    treadle__time_advance(&d->time, skip_ns);
   if (d->has_time)
     treadle__time_process(&d->time);
   if (d->has_io)

@@ -11,11 +11,20 @@
  *    each one's waker out and then publish FIRED (release) as the last
  *    touch, because the owner may free the timer as soon as it sees
  *    FIRED. Wake them after unlocking.
- * 4. Parking: the thread that parks in the driver records the tick it will
- *    wake at (`parked_until`, under `mu`); a registration from another
- *    thread that is earlier unparks it. `next_due` caches the wheel's next
- *    expiration so that a busy scheduler's driver poll skips the lock when
- *    nothing is due. */
+ * 4. When to wake is the wheel's answer alone (wheel.c 5): the tick at
+ *    which its next slot starts, which for a timer on a coarse level is
+ *    earlier than the timer's own tick. The thread that parks in the
+ *    driver records it (`parked_until`, under `mu`); a registration from
+ *    another thread whose slot starts earlier unparks it. `next_due`
+ *    caches it so that a driver turn skips the lock while nothing is due;
+ *    a turn at or past it polls the wheel, which fires what is due and
+ *    cascades what is not, and moves `next_due` on. So each park ends in
+ *    progress: a sleep of any length costs a few parks, one or two per
+ *    level its timer passes through, never a number that grows with it.
+ * 5. A paused driver (treadle__time_pause, tests only) reads a virtual
+ *    clock that stands still until the driver would sleep for a timer;
+ *    then the clock jumps to that timer's slot instead (tokio's
+ *    auto-advance). */
 #include "internal.h"
 
 #define NSEC_PER_TICK TREADLE_NSEC_PER_MSEC
@@ -53,6 +62,27 @@ static uint64_t tick_to_ns(const treadle__time_t *tm, uint64_t tick) {
 
 uint64_t treadle_now(void) { return treadle__now(); }
 
+uint64_t treadle__time_now(const treadle__time_t *tm) {
+  /* Relaxed: a racing reader sees the clock a step behind, which only
+   * delays a registration's "already due" answer to the wheel's, under mu. */
+  uint64_t v = atomic_load_explicit(&tm->virtual_ns, memory_order_relaxed);
+  return v != 0 ? v : treadle__now();
+}
+
+void treadle__time_pause(treadle__time_t *tm) {
+  /* Relaxed: see treadle__time_now. */
+  atomic_store_explicit(&tm->virtual_ns, treadle__now(), memory_order_relaxed);
+}
+
+bool treadle__time_paused(const treadle__time_t *tm) {
+  return atomic_load_explicit(&tm->virtual_ns, memory_order_relaxed) != 0;
+}
+
+void treadle__time_advance(treadle__time_t *tm, uint64_t ns) {
+  /* Relaxed: see treadle__time_now. */
+  atomic_fetch_add_explicit(&tm->virtual_ns, ns, memory_order_relaxed);
+}
+
 treadle_err_t treadle_duration_from_secs(double secs, uint64_t *ns) {
   if (ns == NULL)
     return TREADLE_EINVAL;
@@ -72,6 +102,7 @@ treadle_err_t treadle_duration_from_secs(double secs, uint64_t *ns) {
 void treadle__time_init(treadle__time_t *tm, treadle__driver_t *d) {
   treadle__mutex_init(&tm->mu);
   tm->origin_ns = treadle__now();
+  atomic_init(&tm->virtual_ns, 0);
   treadle__wheel_init(&tm->wheel, 0);
   tm->shut = false;
   atomic_init(&tm->parked_until, AWAKE);
@@ -92,7 +123,7 @@ uint64_t treadle__time_park_timeout(treadle__time_t *tm) {
   if (next == TREADLE__TICK_NEVER)
     return TREADLE_FOREVER;
   uint64_t at = tick_to_ns(tm, next);
-  uint64_t now = treadle__now();
+  uint64_t now = treadle__time_now(tm);
   return at > now ? at - now : 0;
 }
 
@@ -134,7 +165,7 @@ static unsigned drain_batch(treadle__time_t *tm, uint64_t now_tick,
 
 void treadle__time_process(treadle__time_t *tm) {
   atomic_store_explicit(&tm->parked_until, AWAKE, memory_order_relaxed);
-  uint64_t now_tick = tick_floor(tm, treadle__now());
+  uint64_t now_tick = tick_floor(tm, treadle__time_now(tm));
   if (now_tick < atomic_load_explicit(&tm->next_due, memory_order_relaxed))
     return;
   while (drain_batch(tm, now_tick, false) == BATCH)
@@ -189,19 +220,20 @@ static uint64_t deadline_tick(const treadle__time_t *tm, uint64_t ns) {
 }
 
 /* Puts t (waker set) in the wheel at `tick`, unlocks mu, and unparks the
- * driver if it sleeps past the new deadline (step 4). */
+ * driver if it sleeps past the tick at which the wheel must be polled for
+ * t (step 4). */
 static void insert_locked(treadle__time_t *tm, treadle__timer_t *t,
                           uint64_t tick) {
   t->when = tick;
-  treadle__wheel_insert(&tm->wheel, t);
+  uint64_t due = treadle__wheel_insert(&tm->wheel, t);
   /* release: a thread that sees REGISTERED (acquire) may read t->driver
    * to take its lock (drop, reset from another thread). */
   atomic_store_explicit(&t->state, TREADLE__TIMER_REGISTERED,
                         memory_order_release);
-  if (tick < atomic_load_explicit(&tm->next_due, memory_order_relaxed))
-    atomic_store_explicit(&tm->next_due, tick, memory_order_relaxed);
+  if (due < atomic_load_explicit(&tm->next_due, memory_order_relaxed))
+    atomic_store_explicit(&tm->next_due, due, memory_order_relaxed);
   bool unpark =
-      tick < atomic_load_explicit(&tm->parked_until, memory_order_relaxed);
+      due < atomic_load_explicit(&tm->parked_until, memory_order_relaxed);
   treadle__mutex_unlock(&tm->mu);
   if (unpark)
     treadle__driver_unpark(tm->driver);
@@ -215,9 +247,9 @@ static treadle_poll_t sleep_register(treadle__timer_t *t, treadle_cx_t *cx,
     *err = TREADLE_ENOTIME;
     return TREADLE_READY;
   }
-  if (t->deadline_ns <= treadle__now())
-    return sleep_ready(cx, err);
   treadle__time_t *tm = &h->driver.time;
+  if (t->deadline_ns <= treadle__time_now(tm))
+    return sleep_ready(cx, err);
   uint64_t tick = deadline_tick(tm, t->deadline_ns);
   treadle__mutex_lock(&tm->mu);
   if (tm->shut) {
@@ -318,7 +350,7 @@ void treadle_sleep_reset(treadle_sleep_t *s, uint64_t deadline_ns) {
       treadle__wheel_remove(&tm->wheel, t);
       t->deadline_ns = deadline_ns;
       uint64_t tick = deadline_tick(tm, deadline_ns);
-      if (deadline_ns > treadle__now() && tick > tm->wheel.elapsed) {
+      if (deadline_ns > treadle__time_now(tm) && tick > tm->wheel.elapsed) {
         insert_locked(tm, t, tick); /* unlocks */
         return;
       }

@@ -114,6 +114,9 @@ treadle_err_t treadle_handle_metrics(treadle_handle_t *h,
     return TREADLE_EINVAL;
   memset(out, 0, sizeof *out);
   h->sched->vt->metrics(h->sched, out);
+  /* Relaxed: a counter. */
+  out->driver_parks =
+      atomic_load_explicit(&h->driver.parks, memory_order_relaxed);
   treadle__blocking_metrics(h->blocking, &out->blocking_threads,
                             &out->blocking_idle, &out->blocking_queue_depth);
   return 0;

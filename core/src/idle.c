@@ -134,6 +134,12 @@ bool treadle__idle_is_parked(treadle__idle_t *idle, unsigned index) {
   return parked;
 }
 
+bool treadle__idle_all_parked(treadle__idle_t *idle) {
+  /* seq_cst: as should_wake; a worker notified before is counted. */
+  return unparked(atomic_load_explicit(&idle->state, memory_order_seq_cst)) ==
+         0;
+}
+
 unsigned treadle__idle_num_searching(treadle__idle_t *idle) {
   /* Relaxed: a snapshot for dumps. */
   return searching(atomic_load_explicit(&idle->state, memory_order_relaxed));

@@ -219,6 +219,10 @@ typedef struct treadle__sched_vtable_s {
                                   treadle_worker_metrics_t *m);
   /* Writes one line per live task (see dump.c); any thread. */
   treadle_err_t (*dump)(treadle__sched_t *s, FILE *out);
+  /* True while every worker is parked: no task runs or is about to, so a
+   * paused clock may move (driver_time.c step 5). NULL: the thread that
+   * parks in the driver is the only one that runs tasks. */
+  bool (*all_parked)(treadle__sched_t *s);
 } treadle__sched_vtable_t;
 
 struct treadle__sched_s {
@@ -334,6 +338,8 @@ bool treadle__idle_transition_from_searching(treadle__idle_t *idle);
  * there (somebody else woke it). */
 bool treadle__idle_unpark_worker_by_id(treadle__idle_t *idle, unsigned index);
 bool treadle__idle_is_parked(treadle__idle_t *idle, unsigned index);
+/* True while no worker is unparked (a notified worker counts as unparked). */
+bool treadle__idle_all_parked(treadle__idle_t *idle);
 unsigned treadle__idle_num_searching(treadle__idle_t *idle);
 
 /* ------------------------------------------------------------- park.c */
@@ -405,15 +411,19 @@ typedef struct treadle__wheel_s {
 } treadle__wheel_t;
 
 void treadle__wheel_init(treadle__wheel_t *w, uint64_t now);
-/* Inserts `t` at t->when, which must be > w->elapsed. O(1). */
-void treadle__wheel_insert(treadle__wheel_t *w, treadle__timer_t *t);
+/* Inserts `t` at t->when, which must be > w->elapsed. O(1). Returns the
+ * tick at which the wheel must be polled for it: its slot's start, which is
+ * earlier than t->when on every level but the lowest (wheel.c 5). */
+uint64_t treadle__wheel_insert(treadle__wheel_t *w, treadle__timer_t *t);
 /* Removes an inserted timer. O(1). */
 void treadle__wheel_remove(treadle__wheel_t *w, treadle__timer_t *t);
 /* Hands out (removing it) one timer with when <= now, cascading entries
  * down the levels as time passes; NULL once none is left, and then
  * elapsed == now. */
 treadle__timer_t *treadle__wheel_poll(treadle__wheel_t *w, uint64_t now);
-/* The earliest tick at which a timer may expire, or TREADLE__TICK_NEVER. */
+/* The tick at which the wheel must next be polled (the earliest occupied
+ * slot's start, or elapsed while timers are pending), or
+ * TREADLE__TICK_NEVER. */
 uint64_t treadle__wheel_next_expiration(const treadle__wheel_t *w);
 /* Removes and returns any timer (for shutdown), or NULL. */
 treadle__timer_t *treadle__wheel_pop_any(treadle__wheel_t *w);
@@ -429,6 +439,8 @@ struct treadle__time_s {
                                      (set under mu), 0 while awake */
   _Atomic uint64_t next_due;      /* wheel's next expiration (set under
                                      mu); a hint read without it */
+  _Atomic uint64_t virtual_ns;    /* the paused clock's now; 0: the real
+                                     clock (driver_time.c step 5) */
   treadle__driver_t *driver;
 };
 
@@ -441,6 +453,18 @@ uint64_t treadle__time_park_timeout(treadle__time_t *tm);
 void treadle__time_process(treadle__time_t *tm);
 /* Fires every timer with TREADLE__TIMER_SHUTDOWN and refuses new ones. */
 void treadle__time_shutdown(treadle__time_t *tm);
+/* The driver's clock, in treadle_now()'s nanoseconds: the real one, or the
+ * virtual one once paused. */
+uint64_t treadle__time_now(const treadle__time_t *tm);
+/* Test hook (tokio's time::pause): from now on the driver's clock stands
+ * still, and jumps forward to the next timer's slot instead of sleeping
+ * for it. Call before the runtime runs; the clock advances only when the
+ * parked thread has nothing to do, so it suits tests whose tasks run one
+ * at a time. */
+void treadle__time_pause(treadle__time_t *tm);
+bool treadle__time_paused(const treadle__time_t *tm);
+/* Moves the paused clock forward by `ns` (the driver's owner only). */
+void treadle__time_advance(treadle__time_t *tm, uint64_t ns);
 
 /* -------------------------------------------------------- driver_io.c */
 
@@ -692,6 +716,7 @@ struct treadle__driver_s {
   treadle__io_t io;
   treadle__signal_t signal;
   _Atomic uint32_t park_state;   /* EMPTY / PARKED / NOTIFIED, see driver.c */
+  _Atomic uint64_t parks;        /* parks with a timeout (metrics) */
   treadle__mutex_t park_mu;      /* condvar fallback without io */
   treadle__cond_t park_cv;
 };

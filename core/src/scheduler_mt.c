@@ -499,6 +499,11 @@ static void park(worker_t *w) {
   w->searching = false;
   if (last)
     notify_if_work_pending(mt);
+  /* A paused clock moves only while every worker is parked (driver.c):
+   * the last one to park tells the driver's owner. */
+  if (treadle__time_paused(&driver_of(mt)->time) &&
+      treadle__idle_all_parked(&mt->idle))
+    treadle__driver_unpark(driver_of(mt));
   bump(&w->parks);
   w->in_park = true;
   while (!is_shutdown(mt)) {
@@ -746,6 +751,10 @@ static treadle_err_t mt_dump(treadle__sched_t *s, FILE *out) {
   return 0;
 }
 
+static bool mt_all_parked(treadle__sched_t *s) {
+  return treadle__idle_all_parked(&as_mt(s)->idle);
+}
+
 static const treadle__sched_vtable_t mt_vtable = {
     .spawn = mt_spawn,
     .bind = mt_bind,
@@ -757,6 +766,7 @@ static const treadle__sched_vtable_t mt_vtable = {
     .metrics = mt_metrics,
     .worker_metrics = mt_worker_metrics,
     .dump = mt_dump,
+    .all_parked = mt_all_parked,
 };
 
 static unsigned next_pow2(unsigned n) {

@@ -16,6 +16,13 @@
  *    level's slot for their digit; the top level is a ring that is walked
  *    forever, so such a timer is re-inserted each time its slot comes
  *    round, and fires only when its real tick has come.
+ * 5. A slot's deadline, the tick at which its start is reached, is the one
+ *    notion of "when must the wheel be polled next": next_expiration
+ *    reports the earliest occupied slot's, insert returns the new timer's
+ *    slot's, and poll(now) empties every slot whose deadline is <= now.
+ *    A driver that sleeps until that tick and then polls therefore
+ *    cascades on time, and never wakes for nothing more than once per
+ *    level a timer passes through (tokio time/wheel/mod.rs).
  *
  * Insert, remove: O(1). Finding the next expiration: O(levels) with one
  * count-trailing-zeros per level, thanks to the occupied bitmasks. */
@@ -51,13 +58,29 @@ void treadle__wheel_init(treadle__wheel_t *w, uint64_t now) {
   treadle__list_init(&w->pending);
 }
 
-void treadle__wheel_insert(treadle__wheel_t *w, treadle__timer_t *t) {
+/* Invariant 5: the tick at which the start of `slot` of `level` is next
+ * reached, after elapsed. */
+static uint64_t slot_deadline(const treadle__wheel_t *w, unsigned level,
+                              unsigned slot) {
+  uint64_t level_range = slot_range(level + 1);
+  uint64_t level_start = w->elapsed & ~(level_range - 1);
+  uint64_t deadline = level_start + slot * slot_range(level);
+  if (deadline <= w->elapsed) {
+    /* Only the top level wraps (invariant 4): the slot is a turn ahead. */
+    TREADLE_ASSERT(level == TREADLE__WHEEL_LEVELS - 1);
+    deadline += level_range;
+  }
+  return deadline;
+}
+
+uint64_t treadle__wheel_insert(treadle__wheel_t *w, treadle__timer_t *t) {
   TREADLE_ASSERT(t->when > w->elapsed);
   unsigned level = level_for(w->elapsed, t->when);
   unsigned slot = slot_for(t->when, level);
   t->level = (uint8_t)level;
   treadle__list_push_back(&w->slots[level][slot], &t->node);
   w->occupied[level] |= UINT64_C(1) << slot;
+  return slot_deadline(w, level, slot);
 }
 
 void treadle__wheel_remove(treadle__wheel_t *w, treadle__timer_t *t) {
@@ -89,17 +112,9 @@ static bool next_expiration(const treadle__wheel_t *w, expiration_t *exp) {
     uint64_t rotated =
         from == 0 ? occupied : (occupied >> from) | (occupied << (64 - from));
     unsigned slot = (from + (unsigned)__builtin_ctzll(rotated)) & SLOT_MASK;
-    uint64_t level_range = slot_range(level + 1);
-    uint64_t level_start = w->elapsed & ~(level_range - 1);
-    uint64_t deadline = level_start + slot * slot_range(level);
-    if (deadline <= w->elapsed) {
-      /* Only the top level wraps (invariant 4): the slot is a turn ahead. */
-      TREADLE_ASSERT(level == TREADLE__WHEEL_LEVELS - 1);
-      deadline += level_range;
-    }
     exp->level = level;
     exp->slot = slot;
-    exp->deadline = deadline;
+    exp->deadline = slot_deadline(w, level, slot);
     return true;
   }
   return false;

@@ -340,7 +340,7 @@ def test_handle_current_is_this_runtime(runtime):
 
 def _check_metrics(m):
     for name in ("workers", "live_tasks", "inject_queue_depth", "blocking_threads",
-                 "blocking_idle", "blocking_queue_depth"):
+                 "blocking_idle", "blocking_queue_depth", "driver_parks"):
         v = getattr(m, name)
         assert isinstance(v, int) and v >= 0, (name, v)
     assert isinstance(m.per_worker, list)

@@ -165,6 +165,22 @@ def test_sleep_in_sequence(run):
     assert run(main()) >= 0.099
 
 
+@pytest.mark.parametrize("delay", [0.07, 1.1, 4.2])
+def test_issue18_a_sleep_costs_a_few_driver_parks(runtime, delay):
+    # A runtime that only waits must not wake up: a sleep on any level of
+    # the wheel costs at most two parks per level its timer passes through
+    # (levels 0, 1 and 2 here) plus a few, never one per millisecond (the
+    # driver spun from each slot's start to the deadline before).
+    async def main():
+        await treadle.sleep(delay)
+
+    before = runtime.metrics().driver_parks
+    runtime.block_on(main())
+    parks = runtime.metrics().driver_parks - before
+    print(f"sleep({delay}): {parks} driver parks")
+    assert parks <= 2 * 3 + 3
+
+
 # ---------------------------------------------------------------- timeout
 
 def test_timeout_returns_result(run):

@@ -138,7 +138,7 @@ class Metrics:
 
     __slots__ = ("workers", "live_tasks", "inject_queue_depth",
                  "blocking_threads", "blocking_idle", "blocking_queue_depth",
-                 "per_worker")
+                 "driver_parks", "per_worker")
 
     def __init__(self, core: Any) -> None:
         m = _swig.treadle_handle_metrics(core)
