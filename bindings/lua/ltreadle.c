@@ -512,6 +512,54 @@ static int l_rt_shutdown(lua_State *L) {
   return 1;
 }
 
+static void set_count(lua_State *L, const char *name, uint64_t v) {
+  lua_pushinteger(L, (lua_Integer)v);
+  lua_setfield(L, -2, name);
+}
+
+/* lua: rt:metrics()
+ * The runtime's counters (as treadle_handle_metrics and
+ * treadle_handle_worker_metrics in C), read without stopping it; counters
+ * only grow, depths are snapshots.
+ * Returns: a table: workers, live_tasks, inject_queue_depth,
+ * blocking_threads, blocking_idle, blocking_queue_depth, driver_parks (times
+ * a thread waited in the driver: a runtime that only waits adds a few per
+ * timer) and per_worker, a list of tables with polls, steals,
+ * steal_operations, parks, unparks, lifo_hits, overflows and
+ * local_queue_depth.
+ * Errors: raises once the runtime has shut down.
+ * Example: print(rt:metrics().driver_parks) */
+static int l_rt_metrics(lua_State *L) {
+  treadle_handle_t *h = treadle_runtime_handle(check_rt(L)->rt);
+  treadle_runtime_metrics_t m;
+  treadle_handle_metrics(h, &m);
+  lua_createtable(L, 0, 8);
+  set_count(L, "workers", m.workers);
+  set_count(L, "live_tasks", m.live_tasks);
+  set_count(L, "inject_queue_depth", m.inject_queue_depth);
+  set_count(L, "blocking_threads", m.blocking_threads);
+  set_count(L, "blocking_idle", m.blocking_idle);
+  set_count(L, "blocking_queue_depth", m.blocking_queue_depth);
+  set_count(L, "driver_parks", m.driver_parks);
+  lua_createtable(L, (int)m.workers, 0);
+  for (unsigned i = 0; i < m.workers; i++) {
+    treadle_worker_metrics_t w;
+    treadle_handle_worker_metrics(h, i, &w);
+    lua_createtable(L, 0, 8);
+    set_count(L, "polls", w.polls);
+    set_count(L, "steals", w.steals);
+    set_count(L, "steal_operations", w.steal_operations);
+    set_count(L, "parks", w.parks);
+    set_count(L, "unparks", w.unparks);
+    set_count(L, "lifo_hits", w.lifo_hits);
+    set_count(L, "overflows", w.overflows);
+    set_count(L, "local_queue_depth", w.local_queue_depth);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  lua_setfield(L, -2, "per_worker");
+  return 1;
+}
+
 static int l_rt_gc(lua_State *L) {
   lrt_t *r = luaL_checkudata(L, 1, RUNTIME_MT);
   if (r->rt != NULL && lt_current == NULL)
@@ -545,7 +593,7 @@ static const char run_chunk[] =
 
 static const luaL_Reg rt_methods[] = {
     {"block_on", l_block_on}, {"spawn", l_rt_spawn}, {"shutdown", l_rt_shutdown},
-    {NULL, NULL}};
+    {"metrics", l_rt_metrics}, {NULL, NULL}};
 
 /* lua: require "treadle"
  * Loads the module: Lua coroutines become treadle tasks. Functions that wait

@@ -6,6 +6,7 @@ local treadle = require "treadle"
 local T = H.suite("time", ...)
 local NAN = 0 / 0
 local SLOW = H.slow   -- sanitizer and valgrind runs are slower
+local CT = {"current_thread"}
 
 T.case("now() is monotonic seconds", function()
   local a = treadle.now()
@@ -19,6 +20,44 @@ T.case("now() is monotonic seconds", function()
   treadle.sleep(0.02)
   local d = treadle.now() - a
   H.ok(d >= 0.02 and d < 1, string.format("now() advanced %.4f s over a 20 ms sleep", d))
+end)
+
+-- Issue 18: a runtime that only waits must not wake up. A sleep on the
+-- wheel's level 0, 1 or 2 costs at most two driver parks per level its
+-- timer passes through, plus a few (rt:metrics().driver_parks); the driver
+-- used to spin from the timer's slot start to its deadline. (The C and
+-- Python suites count multi_thread too; a Lua multi_thread block_on shuts
+-- its runtime down as it returns.)
+local PARK_BOUND = 2 * 3 + 3
+
+T.case("issue 18: a sleep costs a few driver parks", {outside = true, flavors = CT}, function()
+  local rt <close> = treadle.runtime({flavor = "current_thread"})
+  for _, d in ipairs({0.07, 1.1, 4.2}) do
+    local before = rt:metrics().driver_parks
+    rt:block_on(function() treadle.sleep(d) end)
+    local parks = rt:metrics().driver_parks - before
+    H.note(string.format("sleep(%g): %d parks", d, parks))
+    H.ok(parks <= PARK_BOUND, string.format("sleep(%g) cost %d driver parks", d, parks))
+  end
+end)
+
+T.case("rt:metrics() names every counter", {outside = true, flavors = CT}, function()
+  local rt <close> = treadle.runtime({flavor = "multi_thread", workers = 2})
+  local m = rt:metrics()
+  for _, k in ipairs({"workers", "live_tasks", "inject_queue_depth", "blocking_threads",
+                      "blocking_idle", "blocking_queue_depth", "driver_parks"}) do
+    H.eq(math.type(m[k]), "integer", k)
+  end
+  H.eq(m.workers, 2)
+  H.eq(#m.per_worker, 2)
+  for _, w in ipairs(m.per_worker) do
+    for _, k in ipairs({"polls", "steals", "steal_operations", "parks", "unparks",
+                        "lifo_hits", "overflows", "local_queue_depth"}) do
+      H.eq(math.type(w[k]), "integer", k)
+    end
+  end
+  rt:shutdown()
+  H.raises("shut down", function() rt:metrics() end)
 end)
 
 T.case("sleep waits at least its duration", function()
