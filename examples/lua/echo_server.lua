@@ -24,22 +24,16 @@ if not port or (flavor ~= "current_thread" and flavor ~= "multi_thread") or not 
   os.exit(2)
 end
 
--- The name under which a worker state finds echo_worker.lua: "echo_worker"
--- when LUA_PATH has examples/lua, else the dotted path from the working
--- directory (the default path has ./?.lua).
+-- echo_worker.lua sits beside this script, whatever the working directory
+-- and however the script was named: its folder goes first on package.path,
+-- which each multi_thread worker's state takes from this one.
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-local function module_name(name)
-  if package.searchpath(name, package.path) then return name end
-  local dir = here:gsub("^%./", "")
-  if dir == "." then return name end
-  return dir:gsub("/", ".") .. "." .. name
-end
+package.path = here .. "/?.lua;" .. package.path
 
 local ok, err
 if flavor == "multi_thread" then
-  ok, err = pcall(treadle.run, module_name("echo_worker"), {flavor = "multi_thread", workers = workers})
+  ok, err = pcall(treadle.run, "echo_worker", {flavor = "multi_thread", workers = workers})
 else
-  package.path = here .. "/?.lua;" .. package.path
   local main = require "echo_worker"
   ok, err = pcall(treadle.run, function() return main(0) end, {flavor = "current_thread"})
 end

@@ -43,19 +43,13 @@ if select("#", ...) >= 2 and tostring(select(2, ...)):match("%.lua$") then
   return main
 end
 
--- The name under which a worker state finds this file: "hello" when
--- LUA_PATH has examples/lua, else the dotted path from the working
--- directory (the default path has ./?.lua).
-local function module_name(name)
-  if package.searchpath(name, package.path) then return name end
-  local dir = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
-  dir = dir:gsub("^%./", "")
-  if dir == "." then return name end
-  return dir:gsub("/", ".") .. "." .. name
-end
+-- This file's folder goes first on package.path, which each multi_thread
+-- worker's state takes from this one: the workers find it by its plain
+-- name, whatever the working directory and however it was started.
+package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
 
 print("== current_thread")
 local took = treadle.run(main, {flavor = "current_thread"})
 print("== multi_thread, 2 workers (each runs main in its own lua_State)")
-local took0 = treadle.run(module_name("hello"), {flavor = "multi_thread", workers = 2})
+local took0 = treadle.run("hello", {flavor = "multi_thread", workers = 2})
 print(string.format("== done: %.0f ms on current_thread, %.0f ms on worker 0", took, took0))

@@ -29,18 +29,16 @@ if select("#", ...) >= 2 and tostring(select(2, ...)):match("%.lua$") then
   return function(worker) return probe() end      -- a worker's main
 end
 
-local function module_name(name)
-  if package.searchpath(name, package.path) then return name end
-  local dir = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."):gsub("^%./", "")
-  if dir == "." then return name end
-  return dir:gsub("/", ".") .. "." .. name
-end
+-- This file's folder goes first on package.path, which each multi_thread
+-- worker's state takes from this one: the workers find it by its plain
+-- name, whatever the working directory and however it was started.
+package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
 
 local good = true
 for _, flavor in ipairs({"current_thread", "multi_thread"}) do
   for _, case in ipairs({{"enable_time", 1, NO_TIME}, {"enable_io", 2, NO_IO}}) do
     local opts = {flavor = flavor, workers = 2, [case[1]] = false}
-    local entry = flavor == "multi_thread" and module_name("missing_drivers") or probe
+    local entry = flavor == "multi_thread" and "missing_drivers" or probe
     local results = {treadle.run(entry, opts)}
     local got = results[case[2]]
     local other = results[3 - case[2]]

@@ -94,13 +94,11 @@ if select("#", ...) >= 2 and tostring(select(2, ...)):match("%.lua$") then
   return main
 end
 
-local function module_name(name)
-  if package.searchpath(name, package.path) then return name end
-  local dir = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."):gsub("^%./", "")
-  if dir == "." then return name end
-  return dir:gsub("/", ".") .. "." .. name
-end
+-- This file's folder goes first on package.path, which each multi_thread
+-- worker's state takes from this one: the workers find it by its plain
+-- name, whatever the working directory and however it was started.
+package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "/?.lua;" .. package.path
 
 local tasks, workers = settings()
-local total, moved = treadle.run(module_name("thread_distribution"), {flavor = "multi_thread", workers = workers})
+local total, moved = treadle.run("thread_distribution", {flavor = "multi_thread", workers = workers})
 os.exit((total == tasks and moved == 0) and 0 or 1)

@@ -54,13 +54,49 @@ T.case("echo_client.lua alone", {outside = true, flavors = CT}, function()
   H.has(out, "20 of 20 connections ok")
 end)
 
+-- The repository's root as an absolute path.
+local function abs_root()
+  local p = io.popen("cd " .. H.q(H.root) .. " && pwd")
+  local dir = p:read("l")
+  p:close()
+  return dir .. "/"
+end
+
+-- Issue 18: a multi_thread example started by its absolute path from
+-- another folder, with no examples/lua on LUA_PATH, still finds its worker
+-- module.
+local function elsewhere_env()
+  local root = abs_root()
+  return string.format("cd /tmp && exec env -u LUA_PATH -u LUA_PATH_5_4 LUA_CPATH=%s",
+    H.q(root .. "build/bindings/lua/?.so;" .. (os.getenv("LUA_CPATH") or ";"))), root
+end
+
+for _, ex in ipairs({{"hello.lua", ""}, {"remote_spawn.lua", "3 9"},
+                     {"missing_drivers.lua", ""}, {"thread_distribution.lua", "40 2"}}) do
+  T.case(ex[1] .. " by its absolute path, from /tmp", {outside = true, flavors = CT}, function()
+    local start, root = elsewhere_env()
+    local p = io.popen(string.format("%s timeout -k 2 30 %s %s %s 2>&1", start, H.q(H.lua()),
+      H.q(root .. "examples/lua/" .. ex[1]), ex[2]))
+    local out = p:read("a")
+    local _, how, code = p:close()
+    expect_ok(out, how, code)
+  end)
+end
+
 -- echo_server.lua in the background, echo_client.lua against it, then a
--- signal; the server's last line gives the split per worker
-local function server_session(flavor, workers, sig, conns)
+-- signal; the server's last line gives the split per worker. `elsewhere`:
+-- start it as elsewhere_env says.
+local function server_session(flavor, workers, sig, conns, elsewhere)
   -- the popen shell says its pid, then becomes the server (in the
   -- foreground: a background job of sh would start with SIGINT ignored)
-  local cmd = string.format("echo $$; %s exec %s %s 0 %s %d 2>&1",
-    H.child_env(), H.q(H.lua()), H.q(EX .. "echo_server.lua"), flavor, workers)
+  local start, script = H.child_env() .. " exec", EX .. "echo_server.lua"
+  if elsewhere then
+    local root
+    start, root = elsewhere_env()
+    script = root .. "examples/lua/echo_server.lua"
+  end
+  local cmd = string.format("echo $$; %s %s %s 0 %s %d 2>&1",
+    start, H.q(H.lua()), H.q(script), flavor, workers)
   local p = io.popen(cmd)
   local pid = tonumber(p:read("l"))
   H.ok(pid, "server pid")
@@ -116,6 +152,11 @@ for _, sig in ipairs({"TERM", "INT"}) do
     H.note("split " .. split)
   end)
 end
+
+T.case("echo_server.lua multi_thread by its absolute path, from /tmp", {outside = true, flavors = CT, skip = TSAN_SKIP}, function()
+  local split = server_session("multi_thread", 2, "TERM", 10, true)
+  H.ok(split and split:match("^0:%d+ 1:%d+"), "split " .. tostring(split))
+end)
 
 T.case("echo_server.lua: bad usage", {outside = true, flavors = CT}, function()
   local out, how, code = run("echo_server.lua", "")
