@@ -10,22 +10,28 @@
  * trips between two tasks through two capacity-1 channels, default
  * 1,000,000), cpu_bound (64 tasks x N xorshift steps, default 4,000,000:
  * run with --workers 1 and 2 to see the scaling), sleepers_rss (the
- * resident memory of N tasks asleep, default 1,000,000). --metrics prints the
- * runtime's metrics on stderr at the end.
+ * resident memory of N tasks asleep, default 1,000,000), held_timers (N
+ * tasks, default 1000, sleeping from 1 ms to 60 s, spread evenly on a log
+ * scale, held for --seconds S, default 10: the process CPU a runtime that
+ * only waits uses, beside bench/rust's held_timers_tokio). --metrics prints
+ * the runtime's metrics on stderr at the end.
  *
  * All work starts inside the block_on task, a spawned task like any other
  * (as micro_tokio spawns its root task). */
 #include <inttypes.h>
+#include <math.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "treadle.h"
 
 static const char *flavor_name = "current";
 static unsigned workers = 2;
 static bool show_metrics = false;
+static double hold_secs = 10;
 
 static double secs_since(uint64_t t0) {
   return (double)(treadle_now() - t0) / 1e9;
@@ -583,13 +589,72 @@ static treadle_poll_t sleepers_poll(treadle_cx_t *cx, void *st) {
   return TREADLE_READY;
 }
 
+/* ---------------------------------------------------------- held_timers */
+
+/* The process's CPU time so far (user + system), seconds. */
+static double process_cpu_secs(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+typedef struct {
+  size_t n;
+  bool started;
+  double cpu0;
+  uint64_t t0;
+  treadle_sleep_t hold;
+  uint64_t *starts, *wokes; /* main's: the tasks asleep at the end keep
+                               pointers into them until the runtime is
+                               freed */
+} held_t;
+
+static treadle_poll_t held_poll(treadle_cx_t *cx, void *st) {
+  held_t *h = st;
+  if (!h->started) {
+    h->started = true;
+    h->cpu0 = process_cpu_secs();
+    h->t0 = treadle_now();
+    for (size_t i = 0; i < h->n; i++) {
+      /* 1 ms * 60000^(i / (n - 1)): 1 ms to 60 s, as many per decade. */
+      double ms = pow(60000.0, h->n > 1 ? (double)i / (double)(h->n - 1) : 0);
+      timer_task_t t = {.dur_ns = (uint64_t)(ms * 1e6),
+                        .start = &h->starts[i],
+                        .woke = &h->wokes[i]};
+      if (treadle_spawn(treadle_cx_handle(cx), &timer_task_vt, &t, sizeof t,
+                        NULL) != 0)
+        abort();
+    }
+    treadle_sleep_init(&h->hold, (uint64_t)(hold_secs * 1e9));
+  }
+  if (treadle_sleep_poll(&h->hold, cx, NULL) == TREADLE_PENDING)
+    return TREADLE_PENDING;
+  double cpu = process_cpu_secs() - h->cpu0;
+  double secs = secs_since(h->t0);
+  size_t fired = 0;
+  for (size_t i = 0; i < h->n; i++)
+    fired += h->wokes[i] != 0;
+  json_head("held_timers");
+  printf(",\"n\":%zu,\"secs\":%.3f,\"fired\":%zu,\"cpu_secs\":%.4f,"
+         "\"cpu_pct\":%.3f}\n",
+         h->n, secs, fired, cpu, 100.0 * cpu / secs);
+  return TREADLE_READY;
+}
+
+/* The tasks still asleep are dropped with the runtime, after these. */
+static void held_drop(void *st) { treadle_sleep_drop(&((held_t *)st)->hold); }
+
 /* ------------------------------------------------------------------ main */
+
+static uint64_t *held_starts, *held_wokes; /* freed after the runtime */
 
 static void usage(const char *argv0) {
   fprintf(stderr,
           "usage: %s spawn_many|yield_many|chained_spawn|ping_pong|timers|"
-          "idle_timers|cpu_bound|sleepers_rss"
-          " [--flavor current|multi] [--workers N] [--metrics] [N]\n",
+          "idle_timers|cpu_bound|sleepers_rss|held_timers"
+          " [--flavor current|multi] [--workers N] [--metrics]"
+          " [--seconds S] [N]\n",
           argv0);
   exit(2);
 }
@@ -604,6 +669,10 @@ int main(int argc, char **argv) {
       flavor_name = argv[++i];
       if (strcmp(flavor_name, "current") != 0 &&
           strcmp(flavor_name, "multi") != 0)
+        usage(argv[0]);
+    } else if (strcmp(argv[i], "--seconds") == 0 && i + 1 < argc) {
+      hold_secs = atof(argv[++i]);
+      if (!(hold_secs > 0))
         usage(argv[0]);
     } else if (strcmp(argv[i], "--metrics") == 0) {
       show_metrics = true;
@@ -661,6 +730,15 @@ int main(int argc, char **argv) {
     static const treadle_task_vtable_t vt = {.poll = sleepers_poll};
     sleepers_t s = {.n = n > 0 ? (size_t)n : 1000000};
     err = treadle_runtime_block_on(rt, &vt, &s, sizeof s, NULL);
+  } else if (strcmp(bench, "held_timers") == 0) {
+    static const treadle_task_vtable_t vt = {.poll = held_poll,
+                                             .drop = held_drop};
+    held_t s = {.n = n > 0 ? (size_t)n : 1000};
+    held_starts = s.starts = calloc(s.n, sizeof *s.starts);
+    held_wokes = s.wokes = calloc(s.n, sizeof *s.wokes);
+    if (s.starts == NULL || s.wokes == NULL)
+      abort();
+    err = treadle_runtime_block_on(rt, &vt, &s, sizeof s, NULL);
   } else if (strcmp(bench, "cpu_bound") == 0) {
     static const treadle_task_vtable_t vt = {.poll = cpu_bound_poll};
     cpu_bound_t s = {.steps = n > 0 ? (size_t)n : 4000000};
@@ -672,9 +750,10 @@ int main(int argc, char **argv) {
   if (show_metrics) {
     treadle_runtime_metrics_t m;
     treadle_handle_metrics(treadle_runtime_handle(rt), &m);
-    fprintf(stderr, "live %llu, inject %llu\n",
+    fprintf(stderr, "live %llu, inject %llu, driver parks %llu\n",
             (unsigned long long)m.live_tasks,
-            (unsigned long long)m.inject_queue_depth);
+            (unsigned long long)m.inject_queue_depth,
+            (unsigned long long)m.driver_parks);
     for (unsigned i = 0; i < m.workers; i++) {
       treadle_worker_metrics_t w;
       treadle_handle_worker_metrics(treadle_runtime_handle(rt), i, &w);
@@ -692,5 +771,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s: %s\n", bench, treadle_strerror(err));
     return 1;
   }
-  return treadle_runtime_free(rt) == 0 ? 0 : 1;
+  int rc = treadle_runtime_free(rt) == 0 ? 0 : 1;
+  free(held_starts);
+  free(held_wokes);
+  return rc;
 }
