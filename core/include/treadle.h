@@ -132,8 +132,11 @@ treadle_err_t treadle_builder_new(treadle_flavor_t flavor,
                                   treadle_builder_t **out);
 void treadle_builder_free(treadle_builder_t *b);
 
-/** Worker threads of a multi_thread runtime, 1..1024 (default: one per
- * CPU). A current_thread runtime ignores it. */
+/** The most worker threads a multi_thread runtime may have. */
+#define TREADLE_MAX_WORKERS 1024
+
+/** Worker threads of a multi_thread runtime, 1..TREADLE_MAX_WORKERS
+ * (default: one per CPU). A current_thread runtime ignores it. */
 treadle_err_t treadle_builder_worker_threads(treadle_builder_t *b,
                                              unsigned n);
 /** Most threads the blocking pool may start, 1..65536 (default 512). */
@@ -450,7 +453,9 @@ treadle_poll_t treadle_timeout_poll(treadle_sleep_t *deadline,
  * Closing wakes the tasks that wait on it, which then see TREADLE_ECLOSED;
  * the memory stays until _free. Writes never raise SIGPIPE (EPIPE is
  * returned instead). After the runtime shut down, waits end with
- * TREADLE_ESHUTDOWN. */
+ * TREADLE_ESHUTDOWN. A socket belongs to the runtime it was made on: a
+ * task of another runtime that polls it gets TREADLE_EFOREIGN at once
+ * (that runtime's driver might never run to wake it); so do async fds. */
 
 typedef struct treadle_tcp_listener_s treadle_tcp_listener_t;
 typedef struct treadle_tcp_stream_s treadle_tcp_stream_t;
@@ -560,6 +565,13 @@ void treadle_tcp_stream_close(treadle_tcp_stream_t *s);
  * may be polling it. */
 void treadle_tcp_stream_free(treadle_tcp_stream_t *s);
 
+/** Room for the host part of an address, NUL included. */
+#define TREADLE_HOST_LEN 46 /* INET6_ADDRSTRLEN */
+/** Writes the address's host ("1.2.3.4" or "::1") into host (of
+ * TREADLE_HOST_LEN bytes); returns the port, or TREADLE_EINVAL for a NULL
+ * argument or a family other than AF_INET/AF_INET6 (host is then ""). */
+int treadle_sockaddr_host(const struct sockaddr_storage *addr,
+                          char host[TREADLE_HOST_LEN]);
 /** Writes "1.2.3.4:80" or "[::1]:80" into buf (NUL-terminated, truncated
  * to len); returns the port, or TREADLE_EINVAL for a family other than
  * AF_INET/AF_INET6. */
@@ -670,6 +682,15 @@ treadle_poll_t treadle_signal_poll(treadle_signal_t *s, treadle_cx_t *cx,
                                    treadle_err_t *err);
 /** Stops listening (idempotent; any thread). */
 void treadle_signal_drop(treadle_signal_t *s);
+/** 0 if a task may wait for `signum` (what treadle_signal_init accepts),
+ * else TREADLE_EINVAL. */
+treadle_err_t treadle_signal_check(int signum);
+/** "SIGTERM" for SIGTERM: the names of the standard signals 1..31, or NULL
+ * for another number. */
+const char *treadle_signal_name(int signum);
+/** The number of a signal a task may wait for, named "SIGTERM" or "TERM";
+ * TREADLE_EINVAL for any other name (and for SIGKILL, SIGSEGV, ...). */
+int treadle_signal_from_name(const char *name);
 
 
 /* ------------------------------------------------------ synchronisation

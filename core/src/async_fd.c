@@ -52,19 +52,14 @@ treadle_poll_t treadle_async_fd_ready_poll(treadle_async_fd_t *a,
                                            treadle_cx_t *cx, unsigned interest,
                                            treadle_ready_t *ready,
                                            treadle_err_t *err) {
-  if (a == NULL || ready == NULL ||
-      (interest & (TREADLE_READABLE | TREADLE_WRITABLE)) == 0 ||
-      (interest & ~(TREADLE_READABLE | TREADLE_WRITABLE)) != 0) {
-    *err = TREADLE_EINVAL;
-    return TREADLE_READY;
-  }
-  TREADLE__LEAF_BUDGET(cx);
-  if (!treadle__source_enter(&a->src)) {
-    *err = TREADLE_ECLOSED;
-    return TREADLE_READY;
-  }
+  bool bad = ready == NULL ||
+             (interest & (TREADLE_READABLE | TREADLE_WRITABLE)) == 0 ||
+             (interest & ~(TREADLE_READABLE | TREADLE_WRITABLE)) != 0;
+  treadle_poll_t ret;
+  if (!treadle__leaf_start(a != NULL ? &a->src : NULL, cx, bad, 1, &ret, err))
+    return ret;
   uint32_t tick;
-  treadle_poll_t ret = treadle__source_poll_ready(
+  ret = treadle__source_poll_ready(
       &a->src, cx, interest_of(interest), &tick, err);
   if (ret == TREADLE_READY && *err == 0) {
     /* Acquire: as poll_ready's load; the bits are at least these. */

@@ -6,7 +6,7 @@
 
 static unsigned default_workers(void) {
   long n = sysconf(_SC_NPROCESSORS_ONLN);
-  return n < 1 ? 1 : n > 1024 ? 1024 : (unsigned)n;
+  return n < 1 ? 1 : n > TREADLE_MAX_WORKERS ? TREADLE_MAX_WORKERS : (unsigned)n;
 }
 
 treadle_err_t treadle_builder_new(treadle_flavor_t flavor,
@@ -35,7 +35,7 @@ void treadle_builder_free(treadle_builder_t *b) { treadle__free(b); }
 
 treadle_err_t treadle_builder_worker_threads(treadle_builder_t *b,
                                              unsigned n) {
-  if (b == NULL || n < 1 || n > 1024)
+  if (b == NULL || n < 1 || n > TREADLE_MAX_WORKERS)
     return TREADLE_EINVAL;
   b->cfg.worker_threads = n;
   return 0;

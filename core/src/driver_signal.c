@@ -92,7 +92,7 @@ static void listener_unlink(listener_t *l) {
   l->node.next = l->node.prev = NULL;
 }
 
-static bool catchable(int signum) {
+treadle_err_t treadle_signal_check(int signum) {
   switch (signum) {
   case SIGKILL:
   case SIGSTOP:
@@ -100,10 +100,40 @@ static bool catchable(int signum) {
   case SIGBUS:
   case SIGILL:
   case SIGFPE:
-    return false;
+    return TREADLE_EINVAL;
   default:
-    return signum > 0 && signum <= MAX_SIGNAL && signum < NSIG;
+    return signum > 0 && signum <= MAX_SIGNAL && signum < NSIG
+               ? 0
+               : TREADLE_EINVAL;
   }
+}
+
+/* The names of the standard signals, the one table the bindings use. */
+#define NAME(sig) [sig] = #sig
+static const char *const signal_names[32] = {
+    NAME(SIGHUP),  NAME(SIGINT),    NAME(SIGQUIT),  NAME(SIGILL),
+    NAME(SIGTRAP), NAME(SIGABRT),   NAME(SIGBUS),   NAME(SIGFPE),
+    NAME(SIGKILL), NAME(SIGUSR1),   NAME(SIGSEGV),  NAME(SIGUSR2),
+    NAME(SIGPIPE), NAME(SIGALRM),   NAME(SIGTERM),  NAME(SIGSTKFLT),
+    NAME(SIGCHLD), NAME(SIGCONT),   NAME(SIGSTOP),  NAME(SIGTSTP),
+    NAME(SIGTTIN), NAME(SIGTTOU),   NAME(SIGURG),   NAME(SIGXCPU),
+    NAME(SIGXFSZ), NAME(SIGVTALRM), NAME(SIGPROF),  NAME(SIGWINCH),
+    NAME(SIGIO),   NAME(SIGPWR),    NAME(SIGSYS)};
+#undef NAME
+
+const char *treadle_signal_name(int signum) {
+  return signum > 0 && signum < 32 ? signal_names[signum] : NULL;
+}
+
+int treadle_signal_from_name(const char *name) {
+  if (name == NULL)
+    return TREADLE_EINVAL;
+  for (int signum = 1; signum < 32; signum++) {
+    const char *n = signal_names[signum];
+    if (n != NULL && (strcmp(n, name) == 0 || strcmp(n + 3, name) == 0))
+      return treadle_signal_check(signum) == 0 ? signum : TREADLE_EINVAL;
+  }
+  return TREADLE_EINVAL;
 }
 
 /* Under g.mu: puts this runtime in the handler's table. */
@@ -266,7 +296,7 @@ treadle_err_t treadle_signal_init(treadle_signal_t *s, treadle_handle_t *h,
   if (l == NULL)
     return TREADLE_EINVAL;
   memset(l, 0, sizeof *l);
-  if (h == NULL || !catchable(signum))
+  if (h == NULL || treadle_signal_check(signum) != 0)
     return TREADLE_EINVAL;
   if (treadle__forked(h))
     return TREADLE_EFORKED;

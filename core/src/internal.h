@@ -652,9 +652,11 @@ static inline bool treadle__cx_proceed(treadle_cx_t *cx) {
 #define TREADLE__MAX_IO ((size_t)INT_MAX & ~(size_t)4095)
 
 /* The start every read and write leaf shares: a NULL source or `bad`
- * arguments give EINVAL, then the coop budget is spent, then the source is
- * entered (ECLOSED once closed); a zero length is done at once. True: go
- * on to the system call, inside the source; false: return *ret. */
+ * arguments give EINVAL, a task of another runtime EFOREIGN (its driver
+ * may never run: the task would wait forever), then the coop budget is
+ * spent, then the source is entered (ECLOSED once closed); a zero length
+ * is done at once. True: go on to the system call, inside the source;
+ * false: return *ret. */
 static inline bool treadle__leaf_start(treadle__source_t *src,
                                        treadle_cx_t *cx, bool bad, size_t len,
                                        treadle_poll_t *ret,
@@ -662,6 +664,10 @@ static inline bool treadle__leaf_start(treadle__source_t *src,
   *ret = TREADLE_READY;
   if (src == NULL || bad) {
     *err = TREADLE_EINVAL;
+    return false;
+  }
+  if (cx->task->sched->handle != src->h) {
+    *err = TREADLE_EFOREIGN;
     return false;
   }
   if (!treadle__cx_proceed(cx)) {

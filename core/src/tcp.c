@@ -75,26 +75,39 @@ static socklen_t addr_len(const struct sockaddr_storage *a) {
                                   : sizeof(struct sockaddr_in);
 }
 
+_Static_assert(TREADLE_HOST_LEN >= INET6_ADDRSTRLEN, "TREADLE_HOST_LEN");
+
+int treadle_sockaddr_host(const struct sockaddr_storage *addr,
+                          char host[TREADLE_HOST_LEN]) {
+  if (host == NULL)
+    return TREADLE_EINVAL;
+  host[0] = '\0';
+  if (addr == NULL)
+    return TREADLE_EINVAL;
+  if (addr->ss_family == AF_INET) {
+    const struct sockaddr_in *v4 = (const struct sockaddr_in *)addr;
+    inet_ntop(AF_INET, &v4->sin_addr, host, TREADLE_HOST_LEN);
+    return ntohs(v4->sin_port);
+  }
+  if (addr->ss_family == AF_INET6) {
+    const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)addr;
+    inet_ntop(AF_INET6, &v6->sin6_addr, host, TREADLE_HOST_LEN);
+    return ntohs(v6->sin6_port);
+  }
+  return TREADLE_EINVAL;
+}
+
 int treadle_sockaddr_format(const struct sockaddr_storage *addr, char *buf,
                             size_t len) {
   if (addr == NULL || buf == NULL || len == 0)
     return TREADLE_EINVAL;
-  char ip[INET6_ADDRSTRLEN];
-  int port;
-  if (addr->ss_family == AF_INET) {
-    const struct sockaddr_in *v4 = (const struct sockaddr_in *)addr;
-    inet_ntop(AF_INET, &v4->sin_addr, ip, sizeof ip);
-    port = ntohs(v4->sin_port);
-    snprintf(buf, len, "%s:%d", ip, port);
-  } else if (addr->ss_family == AF_INET6) {
-    const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)addr;
-    inet_ntop(AF_INET6, &v6->sin6_addr, ip, sizeof ip);
-    port = ntohs(v6->sin6_port);
-    snprintf(buf, len, "[%s]:%d", ip, port);
-  } else {
+  char host[TREADLE_HOST_LEN];
+  int port = treadle_sockaddr_host(addr, host);
+  if (port < 0)
     buf[0] = '\0';
-    return TREADLE_EINVAL;
-  }
+  else
+    snprintf(buf, len, addr->ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host,
+             port);
   return port;
 }
 
@@ -354,15 +367,10 @@ treadle_poll_t treadle_tcp_accept_poll(treadle_tcp_listener_t *l,
                                        treadle_err_t *err) {
   if (out != NULL)
     *out = NULL;
-  if (l == NULL || out == NULL) {
-    *err = TREADLE_EINVAL;
-    return TREADLE_READY;
-  }
-  TREADLE__LEAF_BUDGET(cx);
-  if (!treadle__source_enter(&l->src)) {
-    *err = TREADLE_ECLOSED;
-    return TREADLE_READY;
-  }
+  treadle_poll_t ret;
+  if (!treadle__leaf_start(l != NULL ? &l->src : NULL, cx, out == NULL, 1,
+                           &ret, err))
+    return ret;
   for (;;) {
     if (l->backoff_ns != 0) {
       treadle_err_t serr;
@@ -557,6 +565,10 @@ treadle_poll_t treadle_tcp_connect_poll(treadle_tcp_connect_t *fut,
     *out = NULL;
   if (c == NULL || out == NULL || c->h == NULL || c->phase == DONE) {
     *err = TREADLE_EINVAL;
+    return TREADLE_READY;
+  }
+  if (cx->task->sched->handle != c->h) {
+    *err = TREADLE_EFOREIGN; /* leaf_start's rule */
     return TREADLE_READY;
   }
   TREADLE__LEAF_BUDGET(cx);

@@ -639,7 +639,39 @@ static void listener_outliving_runtime_says_shutdown(void **state) {
   assert_int_equal(treadle_runtime_free(rt2), 0);
 }
 
+/* The name table the bindings use (issue 13): names both ways, and only
+ * signals a task may wait for come back from a name. */
+static void signal_names_and_checks(void **state) {
+  (void)state;
+  assert_string_equal(treadle_signal_name(SIGTERM), "SIGTERM");
+  assert_string_equal(treadle_signal_name(SIGWINCH), "SIGWINCH");
+  assert_string_equal(treadle_signal_name(SIGKILL), "SIGKILL");
+  assert_null(treadle_signal_name(0));
+  assert_null(treadle_signal_name(-3));
+  assert_null(treadle_signal_name(SIGRTMIN));
+  assert_int_equal(treadle_signal_from_name("SIGTERM"), SIGTERM);
+  assert_int_equal(treadle_signal_from_name("TERM"), SIGTERM);
+  assert_int_equal(treadle_signal_from_name("SIGUSR2"), SIGUSR2);
+  assert_int_equal(treadle_signal_from_name("SIGKILL"), TREADLE_EINVAL);
+  assert_int_equal(treadle_signal_from_name("SEGV"), TREADLE_EINVAL);
+  assert_int_equal(treadle_signal_from_name("sigterm"), TREADLE_EINVAL);
+  assert_int_equal(treadle_signal_from_name(""), TREADLE_EINVAL);
+  assert_int_equal(treadle_signal_from_name("SIG"), TREADLE_EINVAL);
+  assert_int_equal(treadle_signal_from_name(NULL), TREADLE_EINVAL);
+  for (int s = 1; s < 32; s++) {
+    const char *name = treadle_signal_name(s);
+    if (name != NULL)
+      assert_int_equal(treadle_signal_from_name(name),
+                       treadle_signal_check(s) == 0 ? s : TREADLE_EINVAL);
+  }
+  assert_int_equal(treadle_signal_check(SIGINT), 0);
+  assert_int_equal(treadle_signal_check(SIGSTOP), TREADLE_EINVAL);
+  assert_int_equal(treadle_signal_check(0), TREADLE_EINVAL);
+  assert_int_equal(treadle_signal_check(65), TREADLE_EINVAL);
+}
+
 static const struct CMUnitTest tests[] = {
+    TEST(signal_names_and_checks),
     RT_TEST(waiters_see_each_delivery),
     RT_TEST(signals_do_not_wake_each_other),
     TEST(bad_signums_are_refused),

@@ -20,6 +20,7 @@
 #define TREADLE__ECLOSED (-4006)
 #define TREADLE__ENOHOST (-4007)
 #define TREADLE__EFORKED (-4008)
+#define TREADLE__EFOREIGN (-4009)
 
 /* XX(name, message) */
 #define TREADLE_ERRNO_MAP(XX)                                                  \
@@ -64,7 +65,10 @@
   XX(ENOHOST, TREADLE__ENOHOST, "host name not found")                         \
   XX(EFORKED, TREADLE__EFORKED,                                                \
      "the process forked: this runtime belongs to the parent; build a new "   \
-     "one in the child")
+     "one in the child")                                                       \
+  XX(EFOREIGN, TREADLE__EFOREIGN,                                              \
+     "the object belongs to another runtime: use it from that runtime's "     \
+     "tasks")
 
 typedef enum {
 #define TREADLE__ERRNO_ENUM(name, code, msg) TREADLE_##name = (code),
