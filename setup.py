@@ -30,10 +30,13 @@ core = Extension(
     "treadle._core",
     sources=["swig/treadle.i"]
     + sorted(glob.glob("bindings/python/*.c"))
+    + sorted(glob.glob("bindings/common/*.c"))
     + sorted(glob.glob("core/src/*.c")),
-    include_dirs=["core/include", "core/src", "bindings/python"],
+    include_dirs=["core/include", "core/src", "bindings/common",
+                  "bindings/python"],
     define_macros=[("TREADLE_BUILDING", "1"), ("TREADLE_DLOPEN", "1")],
-    swig_opts=["-Icore/include", "-Ibindings/python", "-outdir", PKG],
+    swig_opts=["-Icore/include", "-Ibindings/common", "-Ibindings/python",
+               "-outdir", PKG],
     extra_compile_args=["-std=gnu11", "-fvisibility=hidden",
                         "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
     extra_link_args=["-pthread"],

@@ -188,10 +188,10 @@ static treadle_poll_t root_poll(treadle_cx_t *cx, void *state) {
       st->tick_armed = true;
     }
   }
-  /* Relaxed: lt_sigint_taken is a flag; a task that waits for SIGINT
+  /* Relaxed: tb_sigint_taken is a flag; a task that waits for SIGINT
    * takes it over, as one waiting in Tokio's ctrl_c does. */
   while (st->sig_armed && treadle_signal_poll(&st->sig, cx, &err) == TREADLE_READY)
-    if (err != 0 || !atomic_load_explicit(&lt_sigint_taken, memory_order_relaxed)) {
+    if (err != 0 || !atomic_load_explicit(&tb_sigint_taken, memory_order_relaxed)) {
       st->interrupted = err == 0;
       return TREADLE_READY;
     }
@@ -317,7 +317,9 @@ static int l_runtime(lua_State *L) {
     lua_pop(L, 1);
     if (lua_getfield(L, 1, "workers") != LUA_TNIL) {
       workers = luaL_checkinteger(L, -1);
-      luaL_argcheck(L, workers >= 1 && workers <= 1024, 1, "workers must be in 1..1024");
+      luaL_argcheck(L, workers >= 1 && workers <= TREADLE_MAX_WORKERS, 1,
+                    lua_pushfstring(L, "workers must be in 1..%d",
+                                    TREADLE_MAX_WORKERS));
     }
     lua_pop(L, 1);
     io = opt_bool(L, 1, "enable_io", true);

@@ -19,6 +19,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
+#include "tbind.h"
 #include "treadle.h"
 
 #define LT_READ_CHUNK 65536
@@ -36,11 +37,9 @@ typedef struct lhome_s {
 
 /* What a task waits on. */
 typedef enum {
-  LOP_NONE,    /* a plain coroutine.yield: run again soon */
-  LOP_YIELD,
-  LOP_SLEEP,
+  LOP_NONE,    /* nothing: a task that waits on nothing runs on */
+  LOP_LEAF,    /* a leaf of bindings/common, in `tb` */
   LOP_JOIN,    /* another task; with a deadline for treadle.timeout */
-  LOP_SIGNAL,
   LOP_SEND,
   LOP_RECV,
   LOP_ACCEPT,
@@ -64,11 +63,10 @@ typedef struct {
   lopkind_t kind;
   bool started;
   treadle_err_t err;
+  tb_op_t tb;  /* LOP_LEAF's operation */
   union {
-    struct { uint64_t ns; treadle_sleep_t s; } sleep;
     struct { ltask_t *child; uint64_t ns; treadle_sleep_t deadline;
              bool has_deadline, timed_out, is_timeout; } join;
-    struct { int signum; treadle_signal_t s; } signal;
     struct { lchan_t *ch; lwait_t w; void *blob; } chan;
     struct { void *listener; treadle_tcp_stream_t *out;
              struct sockaddr_storage peer; } accept;
@@ -101,8 +99,6 @@ struct ltask_s {
 };
 
 extern __thread ltask_t *lt_current;
-/* Set once a task waits for SIGINT: block_on then leaves SIGINT to it. */
-extern atomic_bool lt_sigint_taken;
 extern __thread treadle_cx_t *lt_current_cx;
 
 /* The home of the running task, or NULL outside a task. */

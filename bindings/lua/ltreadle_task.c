@@ -23,7 +23,6 @@
 #include "ltreadle.h"
 
 __thread ltask_t *lt_current;
-atomic_bool lt_sigint_taken;
 __thread treadle_cx_t *lt_current_cx;
 
 #define TASK_MT "treadle.task"
@@ -417,19 +416,8 @@ treadle_poll_t lt_op_poll(ltask_t *t, treadle_cx_t *cx) {
   switch (op->kind) {
   case LOP_NONE:
     return TREADLE_READY;
-  case LOP_YIELD:
-    if (!op->started) {
-      op->started = true;
-      treadle_cx_yield(cx);
-      return TREADLE_PENDING;
-    }
-    return TREADLE_READY;
-  case LOP_SLEEP:
-    if (!op->started) {
-      treadle_sleep_init(&op->u.sleep.s, op->u.sleep.ns);
-      op->started = true;
-    }
-    return treadle_sleep_poll(&op->u.sleep.s, cx, &op->err);
+  case LOP_LEAF:
+    return tb_op_poll(&op->tb, cx);
   case LOP_JOIN: {
     ltask_t *c = op->u.join.child;
     if (c->status != LT_RUNNING)
@@ -449,15 +437,6 @@ treadle_poll_t lt_op_poll(ltask_t *t, treadle_cx_t *cx) {
     op->u.join.timed_out = true;
     return TREADLE_READY;
   }
-  case LOP_SIGNAL:
-    if (!op->started) {
-      op->started = true;
-      op->err = treadle_signal_init(&op->u.signal.s, treadle_cx_handle(cx),
-                                    op->u.signal.signum);
-      if (op->err != 0)
-        return TREADLE_READY;
-    }
-    return treadle_signal_poll(&op->u.signal.s, cx, &op->err);
   case LOP_SEND:
   case LOP_RECV:
     return chan_try(op->u.chan.ch, op->kind == LOP_SEND, &op->u.chan.blob,
@@ -490,13 +469,18 @@ int lt_op_push(lua_State *co, ltask_t *t) {
   int n = 1;
   switch (op->kind) {
   case LOP_NONE:
-  case LOP_YIELD:
     lua_pushboolean(co, 1);
     break;
-  case LOP_SLEEP:
-    if (op->err != 0) {
+  case LOP_LEAF:
+    if (op->tb.kind == TB_SIGNAL) { /* true, or nil, message, errno name */
+      lua_pushboolean(co, 1);
+      if (op->tb.err != 0)
+        n += lt_fail(co, op->tb.err);
+      else
+        lua_pushboolean(co, 1), n++;
+    } else if (op->tb.err != 0) { /* sleep without timers: raise */
       lua_pushboolean(co, 0);
-      lua_pushstring(co, treadle_strerror(op->err));
+      lua_pushstring(co, treadle_strerror(op->tb.err));
       n = 2;
     } else {
       lua_pushboolean(co, 1);
@@ -530,13 +514,6 @@ int lt_op_push(lua_State *co, ltask_t *t) {
       n = push_outcome(co, op->u.join.child);
     }
     break;
-  case LOP_SIGNAL:
-    lua_pushboolean(co, 1);
-    if (op->err != 0)
-      n += lt_fail(co, op->err);
-    else
-      lua_pushboolean(co, 1), n++;
-    break;
   case LOP_SEND:
     lua_pushboolean(co, 1);
     lua_pushboolean(co, 1);
@@ -560,9 +537,8 @@ int lt_op_push(lua_State *co, ltask_t *t) {
 void lt_op_clear(ltask_t *t) {
   lop_t *op = &t->op;
   switch (op->kind) {
-  case LOP_SLEEP:
-    if (op->started)
-      treadle_sleep_drop(&op->u.sleep.s);
+  case LOP_LEAF:
+    tb_op_clear(&op->tb);
     break;
   case LOP_JOIN: {
     ltask_t *c = op->u.join.child;
@@ -574,10 +550,6 @@ void lt_op_clear(ltask_t *t) {
     }
     break;
   }
-  case LOP_SIGNAL:
-    if (op->started && op->err == 0)
-      treadle_signal_drop(&op->u.signal.s);
-    break;
   case LOP_SEND:
   case LOP_RECV: {
     lchan_t *ch = op->u.chan.ch;
@@ -589,7 +561,6 @@ void lt_op_clear(ltask_t *t) {
     break;
   }
   case LOP_NONE:
-  case LOP_YIELD:
     break;
   default:
     lt_net_clear(op);
@@ -695,9 +666,9 @@ static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
   if (st == LUA_YIELD) {
     lua_pop(t->co, nres);
     if (t->op.kind == LOP_NONE) { /* a plain coroutine.yield() */
-      t->op.kind = LOP_YIELD;
-      t->op.started = true;
-      treadle_cx_yield(cx);
+      t->op.kind = LOP_LEAF;
+      tb_op_yield(&t->op.tb);
+      tb_op_poll(&t->op.tb, cx); /* PENDING: asks for a turn */
     }
     /* An op yields only after its inline poll said PENDING: the leaf
      * holds our waker. */
@@ -862,8 +833,8 @@ static int l_task_tostring(lua_State *L) {
 static int l_sleep(lua_State *L) {
   uint64_t ns = lt_check_duration(L, 1);
   ltask_t *t = lt_need_task(L, "treadle.sleep");
-  t->op.kind = LOP_SLEEP;
-  t->op.u.sleep.ns = ns;
+  t->op.kind = LOP_LEAF;
+  tb_op_sleep(&t->op.tb, ns);
   return lt_wait(L, t);
 }
 
@@ -873,7 +844,8 @@ static int l_sleep(lua_State *L) {
  * Errors: raises outside a task. */
 static int l_yield(lua_State *L) {
   ltask_t *t = lt_need_task(L, "treadle.yield");
-  t->op.kind = LOP_YIELD;
+  t->op.kind = LOP_LEAF;
+  tb_op_yield(&t->op.tb);
   return lt_wait(L, t);
 }
 
@@ -925,36 +897,24 @@ static int l_timeout(lua_State *L) {
   return lt_wait(L, t);
 }
 
-static const struct { const char *name; int signum; } signals[] = {
-    {"SIGINT", SIGINT},   {"SIGTERM", SIGTERM}, {"SIGHUP", SIGHUP},
-    {"SIGUSR1", SIGUSR1}, {"SIGUSR2", SIGUSR2}, {"SIGQUIT", SIGQUIT},
-    {"SIGWINCH", SIGWINCH}, {"SIGCHLD", SIGCHLD}, {"SIGALRM", SIGALRM},
-    {"SIGPIPE", SIGPIPE}};
-
 /* lua: treadle.signal(name)
  * Waits for the next delivery of a Unix signal: "SIGINT", "SIGTERM",
- * "SIGHUP", "SIGUSR1", "SIGUSR2", "SIGQUIT", "SIGWINCH", "SIGCHLD",
- * "SIGALRM" or "SIGPIPE" (or the name without SIG). Every waiting task sees
- * every delivery. A task waiting for SIGINT handles Ctrl-C itself: treadle.run
- * then no longer raises "interrupted".
+ * "SIGHUP", "SIGUSR1", "SIGCHLD", ... (any standard signal a program may
+ * catch, also without SIG: "TERM"). Every waiting task sees every delivery.
+ * A task waiting for SIGINT handles Ctrl-C itself: treadle.run then no
+ * longer raises "interrupted".
  * Returns: true, or nil, message, errno name (ENOIO on a runtime without
  * enable_io).
  * Errors: raises for other names and outside a task.
  * Example: treadle.signal("SIGTERM") */
 static int l_signal(lua_State *L) {
-  const char *name = luaL_checkstring(L, 1);
-  int signum = 0;
-  for (size_t i = 0; i < sizeof signals / sizeof signals[0]; i++)
-    if (strcmp(name, signals[i].name) == 0 || strcmp(name, signals[i].name + 3) == 0)
-      signum = signals[i].signum;
-  if (signum == 0)
+  int signum = treadle_signal_from_name(luaL_checkstring(L, 1));
+  if (signum < 0)
     return luaL_argerror(L, 1, "not a signal treadle can wait for "
                                "(SIGINT, SIGTERM, SIGHUP, SIGUSR1, ...)");
   ltask_t *t = lt_need_task(L, "treadle.signal");
-  if (signum == SIGINT) /* Relaxed: a flag read by block_on's root */
-    atomic_store_explicit(&lt_sigint_taken, true, memory_order_relaxed);
-  t->op.kind = LOP_SIGNAL;
-  t->op.u.signal.signum = signum;
+  t->op.kind = LOP_LEAF;
+  tb_op_signal(&t->op.tb, signum); /* checked above: cannot fail */
   return lt_wait(L, t);
 }
 

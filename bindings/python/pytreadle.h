@@ -16,6 +16,7 @@
 #include <stdatomic.h>
 #include <pthread.h>
 
+#include "tbind.h"
 #include "treadle.h"
 
 /* ------------------------------------------------------------ runtime */
@@ -80,10 +81,8 @@ PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch_sigint);
 
 typedef enum {
   OP_READY,   /* made complete: the await returns result at once */
-  OP_SLEEP,
-  OP_YIELD,
+  OP_LEAF,    /* a leaf of bindings/common, in `tb` */
   OP_JOIN,    /* a JoinHandle, optionally with a deadline */
-  OP_SIGNAL,
   OP_ACCEPT,
   OP_CONNECT,
   OP_READ,
@@ -91,22 +90,30 @@ typedef enum {
   OP_WRITE,
 } opkind_t;
 
+/* Where an op is in its life. */
+typedef enum {
+  OP_NEW,      /* made, not awaited yet */
+  OP_AWAITED,  /* yielded to the task driver, which polls it */
+  OP_POLLED,   /* its C leaf is READY: the outcome waits in the op */
+  OP_FINISHED, /* the outcome is a Python object in `result` */
+  OP_CONSUMED, /* the await returned it */
+} op_stage_t;
+
 /* An awaitable leaf operation. `await op` yields the op to the task
  * driver, which polls it without the GIL until READY, then converts its
  * outcome to Python and resumes the coroutine. */
 typedef struct op_s {
   PyObject_HEAD
   opkind_t kind;
-  int stage;            /* 0 new, 1 yielded, 2 polled READY, 3 finished */
+  op_stage_t stage;
   bool started;         /* first poll done (lazy inits happen there) */
   treadle_err_t err;    /* outcome of the C poll */
   PyObject *result;     /* OP_READY's value, or the finished outcome */
   PyObject *owner;      /* stream, listener or JoinHandle kept alive */
+  tb_op_t tb;           /* OP_LEAF's operation */
   union {
-    struct { uint64_t ns; treadle_sleep_t s; } sleep;
     struct { uint64_t ns; treadle_sleep_t deadline; bool has_deadline; bool timed_out;
              treadle_err_t status; void *value; } join;
-    struct { int signum; treadle_signal_t s; } signal;
     struct { treadle_tcp_stream_t *out; struct sockaddr_storage peer;
              bool anext; } accept;
     struct { char *host; int port; treadle_tcp_connect_t c;

@@ -20,13 +20,13 @@
  * the runtime drops at shutdown has its coroutine closed instead. */
 #include "pytreadle.h"
 
+#include <limits.h>
 #include <signal.h>
 #include <stdint.h>
 
 __thread pytask_t *pyt_current;
 __thread treadle_cx_t *pyt_current_cx;
 static __thread bool dropping; /* a task's coroutine is being closed */
-static bool sigint_taken;      /* GIL */
 
 /* What a task shares with its JoinHandle. */
 typedef struct {
@@ -117,11 +117,12 @@ op_t *pyt_op_new(opkind_t kind, PyObject *owner) {
   if (op == NULL)
     return NULL;
   op->kind = kind;
-  op->stage = 0;
+  op->stage = OP_NEW;
   op->started = false;
   op->err = 0;
   op->result = NULL;
   op->owner = Py_XNewRef(owner);
+  tb_op_none(&op->tb);
   memset(&op->u, 0, sizeof op->u);
   return op;
 }
@@ -135,7 +136,7 @@ PyObject *pyt_op_ready(PyObject *value) {
     return NULL;
   }
   op->result = value;
-  op->stage = 3;
+  op->stage = OP_FINISHED;
   return (PyObject *)op;
 }
 
@@ -153,31 +154,25 @@ PyObject *pyt_op_error(treadle_err_t err) {
     return NULL;
   }
   op->result = exc;
-  op->stage = 3;
+  op->stage = OP_FINISHED;
   return (PyObject *)op;
 }
 
 
 static void op_dealloc(op_t *op) {
   switch (op->kind) {
-  case OP_SLEEP:
-    if (op->started)
-      treadle_sleep_drop(&op->u.sleep.s);
+  case OP_LEAF:
+    tb_op_clear(&op->tb);
     break;
   case OP_JOIN:
     if (op->u.join.has_deadline && op->started)
       treadle_sleep_drop(&op->u.join.deadline);
-    if (op->stage == 2 && !op->u.join.timed_out) /* keep what was joined */
+    if (op->stage == OP_POLLED && !op->u.join.timed_out) /* keep what was joined */
       join_take((joinobj_t *)op->owner, op->u.join.status, op->u.join.value);
-    if (op->stage >= 1)
+    if (op->stage >= OP_AWAITED)
       ((joinobj_t *)op->owner)->awaiting = false;
     break;
-  case OP_SIGNAL:
-    if (op->started && op->err == 0)
-      treadle_signal_drop(&op->u.signal.s);
-    break;
   case OP_READY:
-  case OP_YIELD:
     break;
   default:
     pyt_net_op_clear(op);
@@ -187,27 +182,16 @@ static void op_dealloc(op_t *op) {
   PyObject_Free(op);
 }
 
-/* No GIL. The C poll of an op; READY leaves stage 2. */
+/* No GIL. The C poll of an op; READY leaves it OP_POLLED. */
 static treadle_poll_t op_poll(op_t *op, treadle_cx_t *cx) {
-  if (op->stage >= 2)
+  if (op->stage >= OP_POLLED)
     return TREADLE_READY;
   treadle_poll_t p = TREADLE_READY;
   switch (op->kind) {
   case OP_READY:
     break;
-  case OP_SLEEP:
-    if (!op->started) {
-      treadle_sleep_init(&op->u.sleep.s, op->u.sleep.ns);
-      op->started = true;
-    }
-    p = treadle_sleep_poll(&op->u.sleep.s, cx, &op->err);
-    break;
-  case OP_YIELD:
-    if (!op->started) {
-      op->started = true;
-      treadle_cx_yield(cx);
-      p = TREADLE_PENDING;
-    }
+  case OP_LEAF:
+    p = tb_op_poll(&op->tb, cx);
     break;
   case OP_JOIN: {
     joinobj_t *jo = (joinobj_t *)op->owner;
@@ -228,21 +212,11 @@ static treadle_poll_t op_poll(op_t *op, treadle_cx_t *cx) {
     }
     break;
   }
-  case OP_SIGNAL:
-    if (!op->started) {
-      op->started = true;
-      op->err = treadle_signal_init(&op->u.signal.s, treadle_cx_handle(cx),
-                                    op->u.signal.signum);
-      if (op->err != 0)
-        break;
-    }
-    p = treadle_signal_poll(&op->u.signal.s, cx, &op->err);
-    break;
   default:
     p = pyt_net_poll(op, cx);
   }
   if (p == TREADLE_READY)
-    op->stage = 2;
+    op->stage = OP_POLLED;
   return p;
 }
 
@@ -251,12 +225,9 @@ static treadle_poll_t op_poll(op_t *op, treadle_cx_t *cx) {
 static int op_finish(op_t *op) {
   PyObject *res = NULL;
   switch (op->kind) {
-  case OP_SLEEP:
-  case OP_SIGNAL:
-    res = op->err != 0 ? pyt_raise(op->err) : Py_NewRef(Py_None);
-    break;
-  case OP_YIELD:
-    res = Py_NewRef(Py_None);
+  case OP_LEAF: /* sleep, yield, signal: None or the error */
+    res = op->tb.err != 0 ? pyt_raise(op->tb.err) : Py_NewRef(Py_None);
+    tb_op_clear(&op->tb);
     break;
   case OP_JOIN: {
     joinobj_t *jo = (joinobj_t *)op->owner;
@@ -270,7 +241,7 @@ static int op_finish(op_t *op) {
       else
         join_take(jo, op->u.join.status, op->u.join.value);
     }
-    op->stage = 3; /* the outcome now belongs to the JoinHandle */
+    op->stage = OP_FINISHED; /* the outcome now belongs to the JoinHandle */
     if (op->u.join.has_deadline) { /* treadle.timeout's wait: done */
       res = Py_NewRef(Py_True);
       break;
@@ -287,7 +258,7 @@ static int op_finish(op_t *op) {
   default:
     res = pyt_net_finish(op);
   }
-  op->stage = 3;
+  op->stage = OP_FINISHED;
   if (res == NULL) {
     op->result = fetch_exception();
     return -1;
@@ -297,7 +268,7 @@ static int op_finish(op_t *op) {
 }
 
 static PySendResult op_send(op_t *op, PyObject *arg, PyObject **out) {
-  if (op->stage == 0) {
+  if (op->stage == OP_NEW) {
     if (pyt_current == NULL) {
       if (dropping)
         PyErr_SetString(pyt_ShutdownError, "the task's runtime dropped it");
@@ -318,20 +289,20 @@ static PySendResult op_send(op_t *op, PyObject *arg, PyObject **out) {
       }
       jo->awaiting = true;
     }
-    op->stage = 1;
+    op->stage = OP_AWAITED;
     *out = Py_NewRef((PyObject *)op);
     return PYGEN_NEXT;
   }
-  if (op->stage != 3 || op->result == NULL) {
+  if (op->stage != OP_FINISHED || op->result == NULL) {
     PyErr_SetString(PyExc_RuntimeError,
-                    op->stage == 4 ? "this awaitable was already awaited"
+                    op->stage == OP_CONSUMED ? "this awaitable was already awaited"
                                    : "treadle awaitable resumed before it was ready");
     *out = NULL;
     return PYGEN_ERROR;
   }
   PyObject *res = op->result;
   op->result = NULL;
-  op->stage = 4;
+  op->stage = OP_CONSUMED;
   if ((uintptr_t)res & EXC_TAG) {
     PyObject *exc = (PyObject *)((uintptr_t)res & ~EXC_TAG);
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
@@ -445,7 +416,7 @@ static bool step(pytask_t *t, treadle_cx_t *cx) {
   /* Acquire: pairs with abort's store. */
   if (!t->cancel_seen &&
       atomic_load_explicit(&t->sh->cancel, memory_order_seq_cst) &&
-      (t->op == NULL || t->op->stage < 2)) {
+      (t->op == NULL || t->op->stage < OP_POLLED)) {
     t->cancel_seen = true;
     Py_CLEAR(t->op);
     exc = pyt_error_object(TREADLE_ECANCELED);
@@ -867,14 +838,17 @@ static PyObject *mod_sleep(PyObject *m, PyObject *secs) {
   uint64_t ns;
   if (pyt_duration(secs, &ns) < 0)
     return NULL;
-  op_t *op = pyt_op_new(OP_SLEEP, NULL);
+  op_t *op = pyt_op_new(OP_LEAF, NULL);
   if (op != NULL)
-    op->u.sleep.ns = ns;
+    tb_op_sleep(&op->tb, ns);
   return (PyObject *)op;
 }
 
 static PyObject *mod_yield_now(PyObject *m, PyObject *unused) {
-  return (PyObject *)pyt_op_new(OP_YIELD, NULL);
+  op_t *op = pyt_op_new(OP_LEAF, NULL);
+  if (op != NULL)
+    tb_op_yield(&op->tb);
+  return (PyObject *)op;
 }
 
 static PyObject *mod_spawn(PyObject *m, PyObject *coro) {
@@ -913,24 +887,23 @@ static PyObject *mod_current_worker(PyObject *m, PyObject *unused) {
 }
 
 static PyObject *mod_signal(PyObject *m, PyObject *arg) {
-  int signum = PyLong_Check(arg) ? _PyLong_AsInt(arg) : -1;
   if (!PyLong_Check(arg)) {
     PyErr_Format(PyExc_TypeError, "signal number must be an int, not %.100s",
                  Py_TYPE(arg)->tp_name);
     return NULL;
   }
+  int overflow;
+  long signum = PyLong_AsLongAndOverflow(arg, &overflow);
   if (signum == -1 && PyErr_Occurred())
     return NULL;
-  if (signum <= 0 || signum >= NSIG || signum == SIGKILL || signum == SIGSTOP ||
-      signum == SIGSEGV || signum == SIGBUS || signum == SIGILL || signum == SIGFPE) {
-    PyErr_Format(PyExc_ValueError, "cannot wait for signal %d", signum);
+  op_t *op = pyt_op_new(OP_LEAF, NULL);
+  if (op == NULL)
     return NULL;
+  if (overflow != 0 || signum < INT_MIN || signum > INT_MAX ||
+      tb_op_signal(&op->tb, (int)signum) != 0) {
+    Py_DECREF(op);
+    return PyErr_Format(PyExc_ValueError, "cannot wait for signal %R", arg);
   }
-  op_t *op = pyt_op_new(OP_SIGNAL, NULL);
-  if (op != NULL)
-    op->u.signal.signum = signum;
-  if (signum == SIGINT)
-    sigint_taken = true;
   return (PyObject *)op;
 }
 
@@ -938,7 +911,9 @@ static PyObject *mod_signal(PyObject *m, PyObject *arg) {
  * policy leaves SIGINT to such tasks (Tokio's ctrl_c takes it over for
  * the rest of the process, too). */
 static PyObject *mod_sigint_taken(PyObject *m, PyObject *unused) {
-  return PyBool_FromLong(sigint_taken);
+  /* Relaxed: a flag (tbind.h). */
+  return PyBool_FromLong(
+      atomic_load_explicit(&tb_sigint_taken, memory_order_relaxed));
 }
 
 /* Raises EINRUNTIME on a thread that runs a treadle task. */

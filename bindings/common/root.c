@@ -1,0 +1,66 @@
+/* The root future of a binding's block_on (tbind.h): the main work, and
+ * SIGINT so that the thread in block_on can act on Ctrl-C.
+ *
+ * 1. Each poll first asks main_poll; READY ends the wait with DONE.
+ * 2. The first poll that watches arms a SIGINT listener; on a runtime
+ *    without a signal driver it arms a 50 ms tick instead (when asked for),
+ *    and with neither it waits for the main work alone.
+ * 3. A delivery ends the wait with SIGINT and the listener stays armed for
+ *    the next one; a tick ends it with TICK and is armed again on the
+ *    next poll. */
+#include <signal.h>
+
+#include "tbind.h"
+
+#define TICK_NS (50 * TREADLE_NSEC_PER_MSEC)
+
+static void arm(tb_root_t *r, treadle_cx_t *cx) {
+  if (treadle_signal_init(&r->sig, treadle_cx_handle(cx), SIGINT) == 0) {
+    r->sig_armed = true;
+  } else if (r->tick) {
+    treadle_sleep_init(&r->tick_sleep, TICK_NS);
+    r->tick_armed = true;
+  } else {
+    r->unwatched = true;
+  }
+}
+
+treadle_poll_t tb_root_poll(tb_root_t *r, treadle_cx_t *cx,
+                            tb_root_event_t *ev) {
+  if (r->main_poll(r->ud, cx) == TREADLE_READY) {
+    *ev = TB_ROOT_DONE;
+    return TREADLE_READY;
+  }
+  if (!r->watch || r->unwatched)
+    return TREADLE_PENDING;
+  if (!r->sig_armed && !r->tick_armed)
+    arm(r, cx);
+  treadle_err_t err;
+  if (r->sig_armed &&
+      treadle_signal_poll(&r->sig, cx, &err) == TREADLE_READY) {
+    if (err == 0) {
+      *ev = TB_ROOT_SIGINT;
+      return TREADLE_READY;
+    }
+    r->unwatched = true; /* the runtime is shutting down */
+  }
+  if (r->tick_armed &&
+      treadle_sleep_poll(&r->tick_sleep, cx, &err) == TREADLE_READY) {
+    treadle_sleep_drop(&r->tick_sleep);
+    r->tick_armed = false;
+    if (err == 0) {
+      *ev = TB_ROOT_TICK;
+      return TREADLE_READY;
+    }
+    r->unwatched = true; /* no timers either */
+  }
+  return TREADLE_PENDING;
+}
+
+void tb_root_drop(tb_root_t *r) {
+  if (r->sig_armed)
+    treadle_signal_drop(&r->sig);
+  if (r->tick_armed)
+    treadle_sleep_drop(&r->tick_sleep);
+  r->sig_armed = r->tick_armed = false;
+}
