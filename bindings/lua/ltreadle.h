@@ -65,8 +65,7 @@ typedef struct {
   treadle_err_t err;
   tb_op_t tb;  /* LOP_LEAF's operation */
   union {
-    struct { ltask_t *child; uint64_t ns; treadle_sleep_t deadline;
-             bool has_deadline, timed_out, is_timeout; } join;
+    struct { ltask_t *child; bool is_timeout; } join; /* `tb` waits */
     struct { lchan_t *ch; lwait_t w; void *blob; } chan;
     struct { void *listener; treadle_tcp_stream_t *out;
              struct sockaddr_storage peer; } accept;

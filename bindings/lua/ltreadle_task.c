@@ -417,26 +417,8 @@ treadle_poll_t lt_op_poll(ltask_t *t, treadle_cx_t *cx) {
   case LOP_NONE:
     return TREADLE_READY;
   case LOP_LEAF:
+  case LOP_JOIN:
     return tb_op_poll(&op->tb, cx);
-  case LOP_JOIN: {
-    ltask_t *c = op->u.join.child;
-    if (c->status != LT_RUNNING)
-      return TREADLE_READY;
-    if (c->joiner == NULL)
-      c->joiner = treadle_waker_clone(treadle_cx_waker(cx));
-    if (!op->u.join.has_deadline)
-      return TREADLE_PENDING;
-    if (!op->started) {
-      treadle_sleep_init(&op->u.join.deadline, op->u.join.ns);
-      op->started = true;
-    }
-    treadle_err_t err;
-    if (treadle_sleep_poll(&op->u.join.deadline, cx, &err) == TREADLE_PENDING)
-      return TREADLE_PENDING;
-    op->err = err;
-    op->u.join.timed_out = true;
-    return TREADLE_READY;
-  }
   case LOP_SEND:
   case LOP_RECV:
     return chan_try(op->u.chan.ch, op->kind == LOP_SEND, &op->u.chan.blob,
@@ -487,15 +469,15 @@ int lt_op_push(lua_State *co, ltask_t *t) {
     }
     break;
   case LOP_JOIN:
-    if (op->u.join.timed_out && op->err != 0) { /* no timers: raise */
+    if (op->tb.timed_out && op->tb.err != TREADLE_ETIMEDOUT) { /* no timers */
       ltask_t *c = op->u.join.child;
       c->cancel = true;
       if (c->waker != NULL)
         treadle_wake_by_ref(c->waker);
       lua_pushboolean(co, 0);
-      lua_pushstring(co, treadle_strerror(op->err));
+      lua_pushstring(co, treadle_strerror(op->tb.err));
       n = 2;
-    } else if (op->u.join.timed_out) {
+    } else if (op->tb.timed_out) {
       ltask_t *c = op->u.join.child;
       c->cancel = true;
       if (c->waker != NULL)
@@ -538,18 +520,9 @@ void lt_op_clear(ltask_t *t) {
   lop_t *op = &t->op;
   switch (op->kind) {
   case LOP_LEAF:
+  case LOP_JOIN:
     tb_op_clear(&op->tb);
     break;
-  case LOP_JOIN: {
-    ltask_t *c = op->u.join.child;
-    if (op->started)
-      treadle_sleep_drop(&op->u.join.deadline);
-    if (c != NULL && c->joiner != NULL) { /* ours: one joiner at a time */
-      treadle_waker_drop(c->joiner);
-      c->joiner = NULL;
-    }
-    break;
-  }
   case LOP_SEND:
   case LOP_RECV: {
     lchan_t *ch = op->u.chan.ch;
@@ -566,6 +539,35 @@ void lt_op_clear(ltask_t *t) {
     lt_net_clear(op);
   }
   memset(op, 0, sizeof *op);
+}
+
+/* A join's leaf: READY once the child finished; until then the waiting
+ * task is the child's joiner (one at a time: l_task_join checks). */
+static treadle_poll_t child_done(void *ud, treadle_cx_t *cx,
+                                 treadle_err_t *err) {
+  ltask_t *c = ud;
+  *err = 0;
+  if (c->status != LT_RUNNING)
+    return TREADLE_READY;
+  if (c->joiner == NULL)
+    c->joiner = treadle_waker_clone(treadle_cx_waker(cx));
+  return TREADLE_PENDING;
+}
+
+static void child_forget(void *ud) {
+  ltask_t *c = ud;
+  treadle_waker_drop(c->joiner);
+  c->joiner = NULL;
+}
+
+/* Makes t wait for c, for at most ns (TREADLE_FOREVER: no limit). */
+static void wait_for_child(ltask_t *t, ltask_t *c, uint64_t ns,
+                           bool is_timeout) {
+  t->op.kind = LOP_JOIN;
+  t->op.u.join.child = c;
+  t->op.u.join.is_timeout = is_timeout;
+  tb_op_wait(&t->op.tb, child_done, child_forget, c);
+  tb_op_set_deadline(&t->op.tb, ns);
 }
 
 /* Returns an op's results to Lua: raises when the flag says so. */
@@ -780,8 +782,7 @@ static int l_task_join(lua_State *L) {
     return luaL_error(L, "another task is already joining this task");
   if (c->home != t->home)
     return luaL_error(L, "a task can only be joined from its own worker's state");
-  t->op.kind = LOP_JOIN;
-  t->op.u.join.child = c;
+  wait_for_child(t, c, TREADLE_FOREVER, false);
   lua_pushvalue(L, 1); /* keeps the child alive while we wait */
   return lt_wait(L, t);
 }
@@ -889,11 +890,7 @@ static int l_timeout(lua_State *L) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
   ltask_t *t = lt_need_task(L, "treadle.timeout");
   ltask_t *c = lt_spawn(L, t->home, 2, lua_gettop(L) - 2);
-  t->op.kind = LOP_JOIN;
-  t->op.u.join.child = c;
-  t->op.u.join.ns = ns;
-  t->op.u.join.has_deadline = ns != TREADLE_FOREVER;
-  t->op.u.join.is_timeout = true;
+  wait_for_child(t, c, ns, true);
   return lt_wait(L, t);
 }
 

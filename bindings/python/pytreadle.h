@@ -110,10 +110,8 @@ typedef struct op_s {
   treadle_err_t err;    /* outcome of the C poll */
   PyObject *result;     /* OP_READY's value, or the finished outcome */
   PyObject *owner;      /* stream, listener or JoinHandle kept alive */
-  tb_op_t tb;           /* OP_LEAF's operation */
+  tb_op_t tb;           /* the operation of OP_LEAF and OP_JOIN */
   union {
-    struct { uint64_t ns; treadle_sleep_t deadline; bool has_deadline; bool timed_out;
-             treadle_err_t status; void *value; } join;
     struct { treadle_tcp_stream_t *out; struct sockaddr_storage peer;
              bool anext; } accept;
     struct { char *host; int port; treadle_tcp_connect_t c;

@@ -44,11 +44,19 @@ struct pytask_s {
   bool cancel_seen;
 };
 
+/* What a JoinHandle knows of its task's end. */
+typedef enum {
+  JOIN_PENDING,   /* not known yet */
+  JOIN_VALUE,     /* `value` is the returned value */
+  JOIN_EXCEPTION, /* `value` is the exception it raised */
+  JOIN_CANCELLED, /* aborted, or dropped by a runtime shutting down */
+} join_outcome_t;
+
 struct joinobj_s {
   PyObject_HEAD
   treadle_join_t *j;
   shared_t *sh;      /* NULL for a blocking job */
-  int outcome;       /* 0 not known yet, 1 value, 2 exception, 3 cancelled */
+  join_outcome_t outcome;
   PyObject *value;   /* the value or the exception */
   bool retrieved;    /* an awaiter saw the outcome */
   bool awaiting;     /* a task awaits it now */
@@ -165,10 +173,11 @@ static void op_dealloc(op_t *op) {
     tb_op_clear(&op->tb);
     break;
   case OP_JOIN:
-    if (op->u.join.has_deadline && op->started)
-      treadle_sleep_drop(&op->u.join.deadline);
-    if (op->stage == OP_POLLED && !op->u.join.timed_out) /* keep what was joined */
-      join_take((joinobj_t *)op->owner, op->u.join.status, op->u.join.value);
+    /* Polled READY and never finished: keep what was joined. */
+    if (op->stage == OP_POLLED && op->tb.ready && !op->tb.timed_out)
+      join_take((joinobj_t *)op->owner, op->tb.u.join.status,
+                op->tb.u.join.value);
+    tb_op_clear(&op->tb);
     if (op->stage >= OP_AWAITED)
       ((joinobj_t *)op->owner)->awaiting = false;
     break;
@@ -195,21 +204,8 @@ static treadle_poll_t op_poll(op_t *op, treadle_cx_t *cx) {
     break;
   case OP_JOIN: {
     joinobj_t *jo = (joinobj_t *)op->owner;
-    if (jo->outcome != 0 || jo->has_pending)
-      break;
-    p = treadle_join_poll(jo->j, cx, &op->u.join.status, &op->u.join.value);
-    if (p == TREADLE_READY || !op->u.join.has_deadline)
-      break;
-    if (!op->started) {
-      treadle_sleep_init(&op->u.join.deadline, op->u.join.ns);
-      op->started = true;
-    }
-    treadle_err_t err;
-    if (treadle_sleep_poll(&op->u.join.deadline, cx, &err) == TREADLE_READY) {
-      op->err = err;
-      op->u.join.timed_out = true;
-      p = TREADLE_READY;
-    }
+    if (jo->outcome == JOIN_PENDING && !jo->has_pending)
+      p = tb_op_poll(&op->tb, cx);
     break;
   }
   default:
@@ -231,25 +227,26 @@ static int op_finish(op_t *op) {
     break;
   case OP_JOIN: {
     joinobj_t *jo = (joinobj_t *)op->owner;
-    if (op->u.join.timed_out) {
-      res = op->err != 0 ? pyt_raise(op->err) : Py_NewRef(Py_False);
+    if (op->tb.timed_out) { /* False; ENOTIME (no timers) raises */
+      res = op->tb.err == TREADLE_ETIMEDOUT ? Py_NewRef(Py_False)
+                                            : pyt_raise(op->tb.err);
       break;
     }
-    if (jo->outcome == 0) {
+    if (jo->outcome == JOIN_PENDING) {
       if (jo->has_pending)
         join_take(jo, jo->pending_status, jo->pending_value);
       else
-        join_take(jo, op->u.join.status, op->u.join.value);
+        join_take(jo, op->tb.u.join.status, op->tb.u.join.value);
     }
     op->stage = OP_FINISHED; /* the outcome now belongs to the JoinHandle */
-    if (op->u.join.has_deadline) { /* treadle.timeout's wait: done */
+    if (op->tb.has_deadline) { /* treadle.timeout's wait: done */
       res = Py_NewRef(Py_True);
       break;
     }
     jo->retrieved = true;
-    if (jo->outcome == 1)
+    if (jo->outcome == JOIN_VALUE)
       res = Py_NewRef(jo->value);
-    else if (jo->outcome == 2)
+    else if (jo->outcome == JOIN_EXCEPTION)
       PyErr_SetObject((PyObject *)Py_TYPE(jo->value), jo->value);
     else
       pyt_raise(TREADLE_ECANCELED);
@@ -559,7 +556,7 @@ static joinobj_t *join_new(shared_t *sh) {
     return NULL;
   jo->j = NULL;
   jo->sh = sh;
-  jo->outcome = 0;
+  jo->outcome = JOIN_PENDING;
   jo->value = NULL;
   jo->retrieved = jo->awaiting = jo->has_pending = false;
   return jo;
@@ -655,7 +652,7 @@ PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch) {
   joinobj_t *jo = (joinobj_t *)join;
   if (pyt_current != NULL)
     return pyt_raise(TREADLE_EINRUNTIME);
-  if (jo->outcome != 0 || jo->has_pending)
+  if (jo->outcome != JOIN_PENDING || jo->has_pending)
     Py_RETURN_TRUE;
   if (jo->awaiting || jo->j == NULL) {
     PyErr_SetString(PyExc_RuntimeError, "this JoinHandle is awaited elsewhere");
@@ -679,14 +676,14 @@ PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch) {
 /* GIL. Records a joined output in the JoinHandle. */
 static void join_take(joinobj_t *jo, treadle_err_t status, void *value) {
   jo->has_pending = false;
-  if (jo->outcome != 0)
+  if (jo->outcome != JOIN_PENDING)
     return;
   PyObject *obj = (PyObject *)((uintptr_t)value & ~EXC_TAG);
   if (status == TREADLE_ECANCELED) {
-    jo->outcome = 3;
+    jo->outcome = JOIN_CANCELLED;
     Py_XDECREF(obj);
   } else if (status != 0) {
-    jo->outcome = 2;
+    jo->outcome = JOIN_EXCEPTION;
     Py_XDECREF(obj);
     jo->value = pyt_error_object(status);
     if (jo->value == NULL) {
@@ -696,10 +693,10 @@ static void join_take(joinobj_t *jo, treadle_err_t status, void *value) {
       Py_XDECREF(tb);
     }
   } else if ((uintptr_t)value & EXC_TAG) {
-    jo->outcome = 2;
+    jo->outcome = JOIN_EXCEPTION;
     jo->value = obj;
   } else {
-    jo->outcome = 1;
+    jo->outcome = JOIN_VALUE;
     jo->value = obj != NULL ? obj : Py_NewRef(Py_None);
   }
 }
@@ -707,7 +704,7 @@ static void join_take(joinobj_t *jo, treadle_err_t status, void *value) {
 static void join_dealloc(joinobj_t *jo) {
   if (jo->has_pending)
     join_take(jo, jo->pending_status, jo->pending_value);
-  if (jo->outcome == 2 && !jo->retrieved)
+  if (jo->outcome == JOIN_EXCEPTION && !jo->retrieved)
     report_unretrieved(jo->value);
   Py_XDECREF(jo->value);
   treadle_join_detach(jo->j); /* an output dropped here re-enters the GIL */
@@ -716,11 +713,14 @@ static void join_dealloc(joinobj_t *jo) {
 }
 
 static PyObject *join_await(joinobj_t *jo) {
-  return (PyObject *)pyt_op_new(OP_JOIN, (PyObject *)jo);
+  op_t *op = pyt_op_new(OP_JOIN, (PyObject *)jo);
+  if (op != NULL)
+    tb_op_join(&op->tb, jo->j);
+  return (PyObject *)op;
 }
 
 static PyObject *join_abort(joinobj_t *jo, PyObject *unused) {
-  if (jo->j == NULL || jo->outcome != 0)
+  if (jo->j == NULL || jo->outcome != JOIN_PENDING)
     Py_RETURN_NONE;
   if (jo->sh == NULL) {
     treadle_join_abort(jo->j); /* a blocking job: cancels it if queued */
@@ -735,7 +735,7 @@ static PyObject *join_abort(joinobj_t *jo, PyObject *unused) {
 }
 
 static PyObject *join_done(joinobj_t *jo, PyObject *unused) {
-  return PyBool_FromLong(jo->outcome != 0 || jo->has_pending ||
+  return PyBool_FromLong(jo->outcome != JOIN_PENDING || jo->has_pending ||
                          (jo->j != NULL && treadle_join_is_finished(jo->j)));
 }
 
@@ -745,13 +745,15 @@ static PyObject *join_result(joinobj_t *jo, PyObject *unused) {
     join_take(jo, jo->pending_status, jo->pending_value);
   jo->retrieved = true;
   switch (jo->outcome) {
-  case 1:
+  case JOIN_VALUE:
     return Py_NewRef(jo->value);
-  case 2:
+  case JOIN_EXCEPTION:
     PyErr_SetObject((PyObject *)Py_TYPE(jo->value), jo->value);
     return NULL;
-  case 3:
+  case JOIN_CANCELLED:
     return pyt_raise(TREADLE_ECANCELED);
+  case JOIN_PENDING:
+    break;
   }
   PyErr_SetString(PyExc_RuntimeError, "the task has not finished");
   return NULL;
@@ -935,8 +937,8 @@ static PyObject *mod_wait(PyObject *m, PyObject *const *args, Py_ssize_t n) {
     return NULL;
   op_t *op = pyt_op_new(OP_JOIN, args[0]);
   if (op != NULL) {
-    op->u.join.has_deadline = ns != TREADLE_FOREVER;
-    op->u.join.ns = ns; /* read at the first poll */
+    tb_op_join(&op->tb, ((joinobj_t *)args[0])->j);
+    tb_op_set_deadline(&op->tb, ns); /* counted from the first poll */
   }
   return (PyObject *)op;
 }
