@@ -22,8 +22,6 @@
 #include "tbind.h"
 #include "treadle.h"
 
-#define LT_READ_CHUNK 65536
-
 /* One lua_State's place in a runtime. */
 typedef struct lhome_s {
   lua_State *L;           /* the main thread of the state */
@@ -32,7 +30,6 @@ typedef struct lhome_s {
   bool owns_state;        /* a worker state: closed after the runtime */
   pthread_t thread;       /* the one thread that runs it (checked in debug) */
   bool thread_known;
-  char read_buf[LT_READ_CHUNK]; /* reads land here; one thread per home */
 } lhome_t;
 
 /* What a task waits on. */
@@ -42,11 +39,7 @@ typedef enum {
   LOP_JOIN,    /* another task; with a deadline for treadle.timeout */
   LOP_SEND,
   LOP_RECV,
-  LOP_ACCEPT,
-  LOP_CONNECT,
-  LOP_READ,
-  LOP_STDIN_READ, /* u.read, with conn the lstdin_t and s NULL */
-  LOP_WRITE,
+  LOP_STDIN_READ, /* `tb` reads stdin (u.stdin_reader is the lstdin_t) */
 } lopkind_t;
 
 typedef struct lchan_s lchan_t;
@@ -63,18 +56,11 @@ typedef struct {
   lopkind_t kind;
   bool started;
   treadle_err_t err;
-  tb_op_t tb;  /* LOP_LEAF's operation */
+  tb_op_t tb;  /* the operation of LOP_LEAF, LOP_JOIN, LOP_STDIN_READ */
   union {
     struct { ltask_t *child; bool is_timeout; } join; /* `tb` waits */
     struct { lchan_t *ch; lwait_t w; void *blob; } chan;
-    struct { void *listener; treadle_tcp_stream_t *out;
-             struct sockaddr_storage peer; } accept;
-    struct { char *host; int port; treadle_tcp_connect_t c;
-             treadle_tcp_stream_t *out; } connect;
-    struct { void *conn; treadle_tcp_stream_t *s; size_t want, got;
-             char *heap; } read;
-    struct { void *conn; treadle_tcp_stream_t *s; const char *buf;
-             size_t len, done; } write; /* buf: a string on the task's stack */
+    void *stdin_reader;
   } u;
 } lop_t;
 
@@ -133,10 +119,10 @@ uint64_t lt_check_duration(lua_State *L, int idx);
 void lt_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
                   lua_CFunction gc, lua_CFunction close, lua_CFunction tostring);
 
-/* Net ops (ltreadle_net.c). */
-treadle_poll_t lt_net_poll(ltask_t *t, treadle_cx_t *cx);
-int lt_net_push(lua_State *co, ltask_t *t); /* results of a READY op */
-void lt_net_clear(lop_t *op);
+/* Net ops (ltreadle_net.c): the results of a ready accept, connect, read
+ * or write leaf; releases a stdin read's reader. */
+int lt_net_push(lua_State *co, ltask_t *t);
+void lt_stdin_done(void *reader);
 void lt_open_net(lua_State *L);
 /* Sets treadle.repl in the module table on top (ltreadle_repl.c). */
 void lt_open_repl(lua_State *L);

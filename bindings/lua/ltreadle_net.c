@@ -1,7 +1,8 @@
-/* TCP for Lua: listeners and connections over treadle's TCP leaves, and
- * stdin over an async fd. Methods that wait are ops of the calling task
- * (ltreadle_task.c). I/O failures return nil, message, errno name; wrong
- * arguments raise. */
+/* TCP for Lua: listeners and connections over bindings/common's stream and
+ * listener, and stdin over an async fd. Methods that wait are ops of the
+ * calling task (ltreadle_task.c). I/O failures return nil, message, errno
+ * name; wrong arguments raise. A connection has one reader at a time;
+ * writers queue and each write goes out whole, in order. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -18,13 +19,11 @@
 #define STDIN_MT "treadle.stdin"
 
 typedef struct {
-  treadle_tcp_listener_t *l;
-  bool accepting;
+  tb_listener_t ls;
 } llistener_t;
 
 typedef struct {
-  treadle_tcp_stream_t *s;
-  bool reading, writing;
+  tb_stream_t st;
 } lconn_t;
 
 /* stdin, read through the I/O driver from a file description of its own
@@ -38,16 +37,12 @@ typedef struct {
 } lstdin_t;
 
 static int push_addr(lua_State *L, const struct sockaddr_storage *a, bool joined) {
-  char host[INET6_ADDRSTRLEN] = "?";
-  int port = 0;
-  if (a->ss_family == AF_INET) {
-    const struct sockaddr_in *in = (const void *)a;
-    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-    port = ntohs(in->sin_port);
-  } else if (a->ss_family == AF_INET6) {
-    const struct sockaddr_in6 *in6 = (const void *)a;
-    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-    port = ntohs(in6->sin6_port);
+  char host[TREADLE_HOST_LEN];
+  int port = treadle_sockaddr_host(a, host);
+  if (port < 0) {
+    host[0] = '?';
+    host[1] = '\0';
+    port = 0;
   }
   if (joined) {
     lua_pushfstring(L, a->ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", host, port);
@@ -72,11 +67,29 @@ static treadle_handle_t *need_handle(lua_State *L, const char *what) {
   return home->h;
 }
 
-static void push_conn(lua_State *L, treadle_tcp_stream_t *s) {
+/* Pushes a conn for s (takes ownership), or nil, message, errno name. */
+static int push_conn(lua_State *L, treadle_tcp_stream_t *s) {
   lconn_t *c = lua_newuserdatauv(L, sizeof *c, 0);
-  c->s = s;
-  c->reading = c->writing = false;
+  treadle_err_t err = tb_stream_init(&c->st, s);
   luaL_setmetatable(L, CONN_MT);
+  if (err != 0) {
+    lua_pop(L, 1);
+    return lt_fail(L, err);
+  }
+  return 1;
+}
+
+/* The result of making an op: 0 waits; EBUSY raises (two tasks on one
+ * side); other errors return nil, message, errno name at once. */
+static int op_made(lua_State *L, ltask_t *t, treadle_err_t err,
+                   const char *busy) {
+  if (err == 0) {
+    t->op.kind = LOP_LEAF;
+    return lt_wait(L, t);
+  }
+  if (err == TREADLE_EBUSY)
+    return luaL_error(L, "another task is already %s", busy);
+  return lt_fail(L, err);
 }
 
 /* ----------------------------------------------------------- listener */
@@ -110,15 +123,14 @@ static int l_bind(lua_State *L) {
   if (err != 0)
     return lt_fail(L, err);
   llistener_t *ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  ud->l = l;
-  ud->accepting = false;
+  tb_listener_init(&ud->ls, l);
   luaL_setmetatable(L, LISTENER_MT);
   return 1;
 }
 
 static llistener_t *check_listener(lua_State *L) {
   llistener_t *ud = luaL_checkudata(L, 1, LISTENER_MT);
-  if (ud->l == NULL)
+  if (ud->ls.l == NULL)
     luaL_error(L, "the listener was freed");
   return ud;
 }
@@ -132,12 +144,8 @@ static llistener_t *check_listener(lua_State *L) {
 static int l_accept(lua_State *L) {
   llistener_t *ud = check_listener(L);
   ltask_t *t = lt_need_task(L, "accept");
-  if (ud->accepting)
-    return luaL_error(L, "another task is already accepting on this listener");
-  ud->accepting = true;
-  t->op.kind = LOP_ACCEPT;
-  t->op.u.accept.listener = ud;
-  return lt_wait(L, t);
+  return op_made(L, t, tb_op_accept(&t->op.tb, &ud->ls),
+                 "accepting on this listener");
 }
 
 /* lua: listener:addr()
@@ -146,7 +154,7 @@ static int l_accept(lua_State *L) {
  * Example: local host, port = listener:addr() */
 static int l_listener_addr(lua_State *L) {
   struct sockaddr_storage a;
-  treadle_err_t err = treadle_tcp_listener_addr(check_listener(L)->l, &a);
+  treadle_err_t err = treadle_tcp_listener_addr(check_listener(L)->ls.l, &a);
   return err != 0 ? lt_fail(L, err) : push_addr(L, &a, false);
 }
 
@@ -154,23 +162,19 @@ static int l_listener_addr(lua_State *L) {
  * Closes the listener; a task waiting in accept gets nil, message, "ECLOSED".
  * Returns: nothing. */
 static int l_listener_close(lua_State *L) {
-  llistener_t *ud = luaL_checkudata(L, 1, LISTENER_MT);
-  if (ud->l != NULL)
-    treadle_tcp_listener_close(ud->l);
+  tb_listener_close(&((llistener_t *)luaL_checkudata(L, 1, LISTENER_MT))->ls);
   return 0;
 }
 
 static int l_listener_gc(lua_State *L) {
-  llistener_t *ud = luaL_checkudata(L, 1, LISTENER_MT);
-  treadle_tcp_listener_free(ud->l);
-  ud->l = NULL;
+  tb_listener_free(&((llistener_t *)luaL_checkudata(L, 1, LISTENER_MT))->ls);
   return 0;
 }
 
 static int l_listener_tostring(lua_State *L) {
   llistener_t *ud = luaL_checkudata(L, 1, LISTENER_MT);
   struct sockaddr_storage a;
-  if (ud->l == NULL || treadle_tcp_listener_addr(ud->l, &a) != 0) {
+  if (ud->ls.l == NULL || treadle_tcp_listener_addr(ud->ls.l, &a) != 0) {
     lua_pushfstring(L, "treadle.listener (closed): %p", (void *)ud);
     return 1;
   }
@@ -183,7 +187,7 @@ static int l_listener_tostring(lua_State *L) {
 
 static lconn_t *check_conn(lua_State *L) {
   lconn_t *c = luaL_checkudata(L, 1, CONN_MT);
-  if (c->s == NULL)
+  if (c->st.s == NULL)
     luaL_error(L, "the connection was freed");
   return c;
 }
@@ -198,12 +202,9 @@ static int l_connect(lua_State *L) {
   const char *host = luaL_checkstring(L, 1);
   int port = check_port(L, 2, 1);
   ltask_t *t = lt_need_task(L, "treadle.tcp.connect");
-  char *copy = strdup(host);
-  if (copy == NULL)
+  if (tb_op_connect(&t->op.tb, host, port) != 0)
     return luaL_error(L, "not enough memory");
-  t->op.kind = LOP_CONNECT;
-  t->op.u.connect.host = copy;
-  t->op.u.connect.port = port;
+  t->op.kind = LOP_LEAF;
   return lt_wait(L, t);
 }
 
@@ -215,38 +216,26 @@ static int l_connect(lua_State *L) {
  * Example: local data = conn:read() */
 static int l_read(lua_State *L) {
   lconn_t *c = check_conn(L);
-  lua_Integer n = luaL_optinteger(L, 2, LT_READ_CHUNK);
+  lua_Integer n = luaL_optinteger(L, 2, TB_READ_CHUNK);
   luaL_argcheck(L, n >= 1, 2, "n must be at least 1");
   ltask_t *t = lt_need_task(L, "read");
-  if (c->reading)
-    return luaL_error(L, "another task is already reading this connection");
-  c->reading = true;
-  t->op.kind = LOP_READ;
-  t->op.u.read.conn = c;
-  t->op.u.read.s = c->s;
-  t->op.u.read.want = (size_t)n;
-  return lt_wait(L, t);
+  return op_made(L, t, tb_op_read(&t->op.tb, &c->st, (size_t)n),
+                 "reading this connection");
 }
 
 /* lua: conn:write(s)
- * Writes all of s, waiting while the socket is full.
- * Returns: true, or nil, message, errno name (EPIPE, ECONNRESET, ...).
- * Errors: raises outside a task or while another task writes to the conn.
+ * Writes all of s, waiting while the socket is full. Writes of several
+ * tasks queue: each goes out whole, in the order they were called.
+ * Returns: true, or nil, message, errno name (EPIPE, ECONNRESET, ECLOSED,
+ * ...).
+ * Errors: raises outside a task.
  * Example: assert(conn:write("hello\n")) */
 static int l_write(lua_State *L) {
   lconn_t *c = check_conn(L);
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len); /* stays on this stack */
   ltask_t *t = lt_need_task(L, "write");
-  if (c->writing)
-    return luaL_error(L, "another task is already writing to this connection");
-  c->writing = true;
-  t->op.kind = LOP_WRITE;
-  t->op.u.write.conn = c;
-  t->op.u.write.s = c->s;
-  t->op.u.write.buf = s;
-  t->op.u.write.len = len;
-  return lt_wait(L, t);
+  return op_made(L, t, tb_op_write(&t->op.tb, &c->st, s, len), "writing");
 }
 
 /* lua: conn:shutdown()
@@ -254,7 +243,7 @@ static int l_write(lua_State *L) {
  * reading goes on.
  * Returns: true, or nil, message, errno name. */
 static int l_shutdown(lua_State *L) {
-  treadle_err_t err = treadle_tcp_shutdown(check_conn(L)->s);
+  treadle_err_t err = treadle_tcp_shutdown(check_conn(L)->st.s);
   if (err != 0)
     return lt_fail(L, err);
   lua_pushboolean(L, 1);
@@ -265,16 +254,14 @@ static int l_shutdown(lua_State *L) {
  * Closes the connection; tasks waiting on it get nil, message, "ECLOSED".
  * Returns: nothing. */
 static int l_conn_close(lua_State *L) {
-  lconn_t *c = luaL_checkudata(L, 1, CONN_MT);
-  if (c->s != NULL)
-    treadle_tcp_stream_close(c->s);
+  tb_stream_close(&((lconn_t *)luaL_checkudata(L, 1, CONN_MT))->st);
   return 0;
 }
 
 static int l_conn_addr(lua_State *L, bool peer) {
   struct sockaddr_storage a;
   lconn_t *c = check_conn(L);
-  treadle_err_t err = peer ? treadle_tcp_peer_addr(c->s, &a) : treadle_tcp_local_addr(c->s, &a);
+  treadle_err_t err = peer ? treadle_tcp_peer_addr(c->st.s, &a) : treadle_tcp_local_addr(c->st.s, &a);
   return err != 0 ? lt_fail(L, err) : push_addr(L, &a, false);
 }
 /* lua: conn:peer()
@@ -289,7 +276,7 @@ static int l_addr(lua_State *L) { return l_conn_addr(L, false); }
  * Returns: true, or nil, message, errno name. */
 static int l_nodelay(lua_State *L) {
   lconn_t *c = check_conn(L);
-  treadle_err_t err = treadle_tcp_set_nodelay(c->s, lua_isnone(L, 2) || lua_toboolean(L, 2));
+  treadle_err_t err = treadle_tcp_set_nodelay(c->st.s, lua_isnone(L, 2) || lua_toboolean(L, 2));
   if (err != 0)
     return lt_fail(L, err);
   lua_pushboolean(L, 1);
@@ -297,16 +284,14 @@ static int l_nodelay(lua_State *L) {
 }
 
 static int l_conn_gc(lua_State *L) {
-  lconn_t *c = luaL_checkudata(L, 1, CONN_MT);
-  treadle_tcp_stream_free(c->s);
-  c->s = NULL;
+  tb_stream_free(&((lconn_t *)luaL_checkudata(L, 1, CONN_MT))->st);
   return 0;
 }
 
 static int l_conn_tostring(lua_State *L) {
   lconn_t *c = luaL_checkudata(L, 1, CONN_MT);
   struct sockaddr_storage a;
-  if (c->s == NULL || treadle_tcp_peer_addr(c->s, &a) != 0) {
+  if (c->st.s == NULL || treadle_tcp_peer_addr(c->st.s, &a) != 0) {
     lua_pushfstring(L, "treadle.conn (closed): %p", (void *)c);
     return 1;
   }
@@ -354,17 +339,17 @@ static int l_stdin(lua_State *L) {
  * Example: local line = input:read() */
 static int l_stdin_read(lua_State *L) {
   lstdin_t *in = luaL_checkudata(L, 1, STDIN_MT);
-  lua_Integer n = luaL_optinteger(L, 2, LT_READ_CHUNK);
+  lua_Integer n = luaL_optinteger(L, 2, TB_READ_CHUNK);
   luaL_argcheck(L, n >= 1, 2, "n must be at least 1");
   ltask_t *t = lt_need_task(L, "read");
-  if (in->reading)
-    return luaL_error(L, "another task is already reading stdin");
   if (in->afd == NULL && in->fd < 0)
     return lt_fail(L, TREADLE_ECLOSED);
+  if (in->reading)
+    return luaL_error(L, "another task is already reading stdin");
   in->reading = true;
   t->op.kind = LOP_STDIN_READ;
-  t->op.u.read.conn = in;
-  t->op.u.read.want = (size_t)n;
+  t->op.u.stdin_reader = in;
+  tb_op_fd_read(&t->op.tb, in->afd, in->fd, (size_t)n);
   return lt_wait(L, t);
 }
 
@@ -398,120 +383,37 @@ static int l_stdin_tostring(lua_State *L) {
   return 1;
 }
 
-/* A plain read of stdin (see lstdin_t): READY at once. */
-static treadle_poll_t stdin_plain_read(lstdin_t *in, char *buf, lop_t *op) {
-  ssize_t r;
-  do
-    r = read(in->fd, buf, op->u.read.want);
-  while (r < 0 && errno == EINTR);
-  op->err = r < 0 ? -errno : 0;
-  op->u.read.got = r < 0 ? 0 : (size_t)r;
-  return TREADLE_READY;
-}
-
 /* ------------------------------------------------------------------ ops */
 
-/* The conn or listener an op works on is at the op function's argument 1,
- * which stays on the coroutine's stack while it waits; the ops keep the
- * raw pointers. */
-treadle_poll_t lt_net_poll(ltask_t *t, treadle_cx_t *cx) {
-  lop_t *op = &t->op;
-  switch (op->kind) {
-  case LOP_ACCEPT:
-    return treadle_tcp_accept_poll(((llistener_t *)op->u.accept.listener)->l, cx,
-                                   &op->u.accept.out, &op->u.accept.peer, &op->err);
-  case LOP_CONNECT:
-    if (!op->started) {
-      op->err = treadle_tcp_connect_init(&op->u.connect.c, treadle_cx_handle(cx),
-                                         op->u.connect.host, op->u.connect.port);
-      if (op->err != 0)
-        return TREADLE_READY;
-      op->started = true;
-    }
-    return treadle_tcp_connect_poll(&op->u.connect.c, cx, &op->u.connect.out, &op->err);
-  case LOP_READ:
-  case LOP_STDIN_READ: {
-    if (op->u.read.want > LT_READ_CHUNK && op->u.read.heap == NULL) {
-      op->u.read.heap = malloc(op->u.read.want);
-      if (op->u.read.heap == NULL) {
-        op->err = TREADLE_ENOMEM;
-        return TREADLE_READY;
-      }
-    }
-    char *buf = op->u.read.heap != NULL ? op->u.read.heap : t->home->read_buf;
-    if (op->kind == LOP_STDIN_READ) {
-      lstdin_t *in = op->u.read.conn;
-      if (in->afd == NULL)
-        return stdin_plain_read(in, buf, op);
-      return treadle_async_fd_read_poll(in->afd, cx, buf, op->u.read.want,
-                                        &op->u.read.got, &op->err);
-    }
-    return treadle_tcp_read_poll(op->u.read.s, cx, buf, op->u.read.want,
-                                 &op->u.read.got, &op->err);
-  }
-  case LOP_WRITE:
-    return treadle_tcp_write_all_poll(op->u.write.s, cx, op->u.write.buf,
-                                      op->u.write.len, &op->u.write.done, &op->err);
-  default:
-    return TREADLE_READY;
-  }
-}
-
+/* The conn, listener or stdin an op works on is at the op function's
+ * argument 1, which stays on the coroutine's stack while it waits. */
 int lt_net_push(lua_State *co, ltask_t *t) {
-  lop_t *op = &t->op;
+  tb_op_t *op = &t->op.tb;
   if (op->err != 0)
     return lt_fail(co, op->err);
   switch (op->kind) {
-  case LOP_ACCEPT:
-    push_conn(co, op->u.accept.out);
-    op->u.accept.out = NULL;
-    return 1 + push_addr(co, &op->u.accept.peer, true);
-  case LOP_CONNECT:
-    push_conn(co, op->u.connect.out);
-    op->u.connect.out = NULL;
-    return 1;
-  case LOP_READ:
-  case LOP_STDIN_READ:
-    if (op->u.read.got == 0) {
+  case TB_ACCEPT: {
+    int n = push_conn(co, tb_op_take_stream(op));
+    return n == 1 ? 1 + push_addr(co, &op->u.accept.peer, true) : n;
+  }
+  case TB_CONNECT:
+    return push_conn(co, tb_op_take_stream(op));
+  case TB_READ:
+  case TB_FD_READ: {
+    size_t got = op->kind == TB_READ ? op->u.read.got : op->u.fd_read.got;
+    if (got == 0)
       lua_pushnil(co); /* end of stream */
-      return 1;
-    }
-    lua_pushlstring(co, op->u.read.heap != NULL ? op->u.read.heap : t->home->read_buf,
-                    op->u.read.got);
+    else
+      lua_pushlstring(co, tb_op_bytes(op), got);
     return 1;
+  }
   default:
     lua_pushboolean(co, 1);
     return 1;
   }
 }
 
-void lt_net_clear(lop_t *op) {
-  switch (op->kind) {
-  case LOP_ACCEPT:
-    treadle_tcp_stream_free(op->u.accept.out);
-    ((llistener_t *)op->u.accept.listener)->accepting = false;
-    break;
-  case LOP_CONNECT:
-    if (op->started)
-      treadle_tcp_connect_drop(&op->u.connect.c);
-    treadle_tcp_stream_free(op->u.connect.out);
-    free(op->u.connect.host);
-    break;
-  case LOP_READ:
-    free(op->u.read.heap);
-    ((lconn_t *)op->u.read.conn)->reading = false;
-    break;
-  case LOP_STDIN_READ:
-    free(op->u.read.heap);
-    ((lstdin_t *)op->u.read.conn)->reading = false;
-    break;
-  case LOP_WRITE:
-    ((lconn_t *)op->u.write.conn)->writing = false;
-    break;
-  default:
-    break;
-  }
-}
+void lt_stdin_done(void *reader) { ((lstdin_t *)reader)->reading = false; }
 
 static const luaL_Reg listener_methods[] = {
     {"accept", l_accept}, {"addr", l_listener_addr}, {"close", l_listener_close}, {NULL, NULL}};

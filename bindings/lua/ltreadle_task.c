@@ -418,14 +418,14 @@ treadle_poll_t lt_op_poll(ltask_t *t, treadle_cx_t *cx) {
     return TREADLE_READY;
   case LOP_LEAF:
   case LOP_JOIN:
+  case LOP_STDIN_READ:
     return tb_op_poll(&op->tb, cx);
   case LOP_SEND:
   case LOP_RECV:
     return chan_try(op->u.chan.ch, op->kind == LOP_SEND, &op->u.chan.blob,
                     &op->u.chan.w, cx) ? TREADLE_READY : TREADLE_PENDING;
-  default:
-    return lt_net_poll(t, cx);
   }
+  return TREADLE_READY;
 }
 
 /* Pushes a copy of a finished task's outcome onto `to`, flag first. */
@@ -460,6 +460,9 @@ int lt_op_push(lua_State *co, ltask_t *t) {
         n += lt_fail(co, op->tb.err);
       else
         lua_pushboolean(co, 1), n++;
+    } else if (op->tb.kind != TB_SLEEP && op->tb.kind != TB_YIELD) {
+      lua_pushboolean(co, 1);
+      n += lt_net_push(co, t);
     } else if (op->tb.err != 0) { /* sleep without timers: raise */
       lua_pushboolean(co, 0);
       lua_pushstring(co, treadle_strerror(op->tb.err));
@@ -467,6 +470,10 @@ int lt_op_push(lua_State *co, ltask_t *t) {
     } else {
       lua_pushboolean(co, 1);
     }
+    break;
+  case LOP_STDIN_READ:
+    lua_pushboolean(co, 1);
+    n += lt_net_push(co, t);
     break;
   case LOP_JOIN:
     if (op->tb.timed_out && op->tb.err != TREADLE_ETIMEDOUT) { /* no timers */
@@ -508,9 +515,6 @@ int lt_op_push(lua_State *co, ltask_t *t) {
     op->u.chan.blob = NULL;
     n = 2;
     break;
-  default:
-    lua_pushboolean(co, 1);
-    n += lt_net_push(co, t);
   }
   lt_op_clear(t);
   return n;
@@ -533,10 +537,12 @@ void lt_op_clear(ltask_t *t) {
     chan_unref(ch);
     break;
   }
+  case LOP_STDIN_READ:
+    tb_op_clear(&op->tb);
+    lt_stdin_done(op->u.stdin_reader);
+    break;
   case LOP_NONE:
     break;
-  default:
-    lt_net_clear(op);
   }
   memset(op, 0, sizeof *op);
 }

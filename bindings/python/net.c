@@ -1,7 +1,8 @@
-/* TcpListener and TcpStream: thin objects over treadle's TCP leaves. Their
- * methods return Ops (task.c); the system calls run in pyt_net_poll,
- * without the GIL. A stream has at most one read and one write in flight
- * (a second raises RuntimeError, as asyncio's streams do). */
+/* TcpListener and TcpStream: thin objects over bindings/common's stream
+ * and listener. Their methods return Ops (task.c) whose leaves run without
+ * the GIL. A stream has one read in flight at a time (a second raises
+ * RuntimeError, as asyncio's streams do); writes from several tasks queue
+ * and go out whole, in order. */
 #include "pytreadle.h"
 
 #include <arpa/inet.h>
@@ -9,34 +10,23 @@
 #include <netinet/in.h>
 #include <string.h>
 
-#define READ_CHUNK 65536
-
-/* Reads land here first; a read whose bytes cannot be turned into a
- * bytes object on this thread moves them to the heap (pyt_net_keep). */
-static __thread char read_buf[READ_CHUNK];
+typedef struct {
+  PyObject_HEAD
+  tb_stream_t st;
+} streamobj_t;
 
 typedef struct {
   PyObject_HEAD
-  treadle_tcp_listener_t *l;
-  bool accepting;
+  tb_listener_t ls;
 } listenerobj_t;
 
 /* ----------------------------------------------------------- helpers */
 
-PyObject *pyt_addr_tuple(const struct sockaddr_storage *a) {
-  char host[INET6_ADDRSTRLEN];
-  int port;
-  if (a->ss_family == AF_INET) {
-    const struct sockaddr_in *in = (const void *)a;
-    inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-    port = ntohs(in->sin_port);
-  } else if (a->ss_family == AF_INET6) {
-    const struct sockaddr_in6 *in6 = (const void *)a;
-    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-    port = ntohs(in6->sin6_port);
-  } else {
+static PyObject *addr_tuple(const struct sockaddr_storage *a) {
+  char host[TREADLE_HOST_LEN];
+  int port = treadle_sockaddr_host(a, host);
+  if (port < 0)
     Py_RETURN_NONE;
-  }
   return Py_BuildValue("(si)", host, port);
 }
 
@@ -85,38 +75,41 @@ static treadle_handle_t *task_handle(void) {
 
 /* ----------------------------------------------------------- stream */
 
-PyObject *pyt_stream_wrap(treadle_tcp_stream_t *s) {
+/* Takes ownership of s (also on failure). */
+static PyObject *stream_wrap(treadle_tcp_stream_t *s) {
   streamobj_t *o = PyObject_New(streamobj_t, &pyt_stream_type);
   if (o == NULL) {
     treadle_tcp_stream_free(s);
     return NULL;
   }
-  o->s = s;
-  o->reading = o->writing = false;
+  if (tb_stream_init(&o->st, s) != 0) {
+    PyObject_Free(o);
+    return PyErr_NoMemory();
+  }
   return (PyObject *)o;
 }
 
 static void stream_dealloc(streamobj_t *o) {
-  treadle_tcp_stream_free(o->s);
+  tb_stream_free(&o->st);
   PyObject_Free(o);
 }
 
-static op_t *stream_op(streamobj_t *o, opkind_t kind) {
-  bool *busy = kind == OP_WRITE ? &o->writing : &o->reading;
-  if (*busy) {
-    PyErr_Format(PyExc_RuntimeError, "another task is already %s this stream",
-                 kind == OP_WRITE ? "writing to" : "reading from");
+/* The op a stream method returns for what tb_op_* said: EBUSY raises now
+ * (a program error), other errors raise at the await. */
+static PyObject *stream_op(op_t *op, treadle_err_t err, const char *busy) {
+  if (err == 0)
+    return (PyObject *)op;
+  Py_DECREF(op);
+  if (err == TREADLE_EBUSY) {
+    PyErr_Format(PyExc_RuntimeError, "another task is already %s", busy);
     return NULL;
   }
-  op_t *op = pyt_op_new(kind, (PyObject *)o);
-  if (op != NULL)
-    *busy = true;
-  return op;
+  return pyt_op_error(err);
 }
 
 static PyObject *stream_read(streamobj_t *o, PyObject *const *args,
                              Py_ssize_t n) {
-  Py_ssize_t want = READ_CHUNK;
+  Py_ssize_t want = TB_READ_CHUNK;
   if (n > 1) {
     PyErr_SetString(PyExc_TypeError, "read(n=65536)");
     return NULL;
@@ -135,45 +128,48 @@ static PyObject *stream_read(streamobj_t *o, PyObject *const *args,
       return NULL;
     }
   }
-  op_t *op = stream_op(o, OP_READ);
-  if (op != NULL)
-    op->u.read.want = (size_t)want;
-  return (PyObject *)op;
+  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o);
+  if (op == NULL)
+    return NULL;
+  return stream_op(op, tb_op_read(&op->tb, &o->st, (size_t)want),
+                   "reading from this stream");
 }
 
 static PyObject *stream_read_into(streamobj_t *o, PyObject *buf) {
-  Py_buffer view;
-  if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE) < 0)
+  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o);
+  if (op == NULL)
     return NULL;
-  op_t *op = stream_op(o, OP_READ_INTO);
-  if (op == NULL) {
-    PyBuffer_Release(&view);
+  if (PyObject_GetBuffer(buf, &op->view, PyBUF_WRITABLE) < 0) {
+    Py_DECREF(op);
     return NULL;
   }
-  op->u.io.view = view;
-  return (PyObject *)op;
+  op->has_view = true;
+  return stream_op(op, tb_op_read_into(&op->tb, &o->st, op->view.buf,
+                                       (size_t)op->view.len),
+                   "reading from this stream");
 }
 
 static PyObject *stream_write(streamobj_t *o, PyObject *data) {
-  Py_buffer view;
-  if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
+  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o);
+  if (op == NULL)
     return NULL;
-  op_t *op = stream_op(o, OP_WRITE);
-  if (op == NULL) {
-    PyBuffer_Release(&view);
+  if (PyObject_GetBuffer(data, &op->view, PyBUF_SIMPLE) < 0) {
+    Py_DECREF(op);
     return NULL;
   }
-  op->u.io.view = view;
-  return (PyObject *)op;
+  op->has_view = true;
+  return stream_op(op, tb_op_write(&op->tb, &o->st, op->view.buf,
+                                   (size_t)op->view.len),
+                   "writing to this stream");
 }
 
 static PyObject *stream_shutdown(streamobj_t *o, PyObject *unused) {
-  treadle_err_t err = treadle_tcp_shutdown(o->s);
+  treadle_err_t err = treadle_tcp_shutdown(o->st.s);
   return err != 0 ? pyt_op_error(err) : pyt_op_ready(Py_NewRef(Py_None));
 }
 
 static PyObject *stream_close(streamobj_t *o, PyObject *unused) {
-  treadle_tcp_stream_close(o->s);
+  tb_stream_close(&o->st);
   Py_RETURN_NONE;
 }
 
@@ -185,7 +181,7 @@ static PyObject *stream_set_nodelay(streamobj_t *o, PyObject *const *args,
       PyErr_SetString(PyExc_TypeError, "set_nodelay(on=True)");
     return NULL;
   }
-  treadle_err_t err = treadle_tcp_set_nodelay(o->s, on);
+  treadle_err_t err = treadle_tcp_set_nodelay(o->st.s, on);
   if (err != 0)
     return pyt_raise(err);
   Py_RETURN_NONE;
@@ -193,9 +189,9 @@ static PyObject *stream_set_nodelay(streamobj_t *o, PyObject *const *args,
 
 static PyObject *stream_addr(streamobj_t *o, void *peer) {
   struct sockaddr_storage a;
-  treadle_err_t err = peer ? treadle_tcp_peer_addr(o->s, &a)
-                           : treadle_tcp_local_addr(o->s, &a);
-  return err != 0 ? pyt_raise(err) : pyt_addr_tuple(&a);
+  treadle_err_t err = peer ? treadle_tcp_peer_addr(o->st.s, &a)
+                           : treadle_tcp_local_addr(o->st.s, &a);
+  return err != 0 ? pyt_raise(err) : addr_tuple(&a);
 }
 
 static PyObject *stream_connect(PyObject *cls, PyObject *const *args,
@@ -212,14 +208,11 @@ static PyObject *stream_connect(PyObject *cls, PyObject *const *args,
     PyErr_SetString(PyExc_ValueError, "connect needs a host");
     return NULL;
   }
-  char *copy = strdup(host);
-  op_t *op = copy != NULL ? pyt_op_new(OP_CONNECT, NULL) : NULL;
-  if (op == NULL) {
-    free(copy);
-    return PyErr_Occurred() ? NULL : PyErr_NoMemory();
+  op_t *op = pyt_op_new(OP_LEAF, NULL);
+  if (op != NULL && tb_op_connect(&op->tb, host, port) != 0) {
+    Py_DECREF(op);
+    return PyErr_NoMemory();
   }
-  op->u.connect.host = copy;
-  op->u.connect.port = port;
   return (PyObject *)op;
 }
 
@@ -228,7 +221,7 @@ static PyObject *self_ready(PyObject *o, PyObject *unused) {
 }
 
 static PyObject *stream_aexit(streamobj_t *o, PyObject *args) {
-  treadle_tcp_stream_close(o->s);
+  tb_stream_close(&o->st);
   return pyt_op_ready(Py_NewRef(Py_False));
 }
 
@@ -242,7 +235,8 @@ static PyMethodDef stream_methods[] = {
     {"read_into", (PyCFunction)stream_read_into, METH_O,
      "await read_into(buffer) -> int: reads into a writable buffer."},
     {"write", (PyCFunction)stream_write, METH_O,
-     "await write(data): writes all of a bytes-like object (no copy)."},
+     "await write(data): writes all of a bytes-like object (no copy), after "
+     "the writes other tasks started before it."},
     {"shutdown", (PyCFunction)stream_shutdown, METH_NOARGS,
      "await shutdown(): shuts the write side; the peer reads end of stream."},
     {"close", (PyCFunction)stream_close, METH_NOARGS,
@@ -273,7 +267,7 @@ PyTypeObject pyt_stream_type = {
 /* --------------------------------------------------------- listener */
 
 static void listener_dealloc(listenerobj_t *o) {
-  treadle_tcp_listener_free(o->l);
+  tb_listener_free(&o->ls);
   PyObject_Free(o);
 }
 
@@ -309,48 +303,48 @@ static PyObject *listener_bind(PyObject *cls, PyObject *args, PyObject *kw) {
     treadle_tcp_listener_free(l);
     return NULL;
   }
-  o->l = l;
-  o->accepting = false;
+  tb_listener_init(&o->ls, l);
   return pyt_op_ready((PyObject *)o);
 }
 
-static PyObject *listener_accept(listenerobj_t *o, PyObject *unused) {
-  if (o->accepting) {
-    PyErr_SetString(PyExc_RuntimeError,
-                    "another task is already accepting on this listener");
+static op_t *accept_op(listenerobj_t *o) {
+  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o);
+  if (op == NULL)
     return NULL;
-  }
-  op_t *op = pyt_op_new(OP_ACCEPT, (PyObject *)o);
-  if (op != NULL)
-    o->accepting = true;
-  return (PyObject *)op;
+  return (op_t *)stream_op(op, tb_op_accept(&op->tb, &o->ls),
+                           "accepting on this listener");
+}
+
+static PyObject *listener_accept(listenerobj_t *o, PyObject *unused) {
+  return (PyObject *)accept_op(o);
 }
 
 static PyObject *listener_anext(listenerobj_t *o) {
-  op_t *op = (op_t *)listener_accept(o, NULL);
+  op_t *op = accept_op(o);
   if (op != NULL)
-    op->u.accept.anext = true;
+    op->anext = true;
   return (PyObject *)op;
 }
 
 static PyObject *listener_close(listenerobj_t *o, PyObject *unused) {
-  treadle_tcp_listener_close(o->l);
+  tb_listener_close(&o->ls);
   Py_RETURN_NONE;
 }
 
 static PyObject *listener_aexit(listenerobj_t *o, PyObject *args) {
-  treadle_tcp_listener_close(o->l);
+  tb_listener_close(&o->ls);
   return pyt_op_ready(Py_NewRef(Py_False));
 }
 
 static PyObject *listener_addr(listenerobj_t *o, void *unused) {
   struct sockaddr_storage a;
-  treadle_err_t err = treadle_tcp_listener_addr(o->l, &a);
-  return err != 0 ? pyt_raise(err) : pyt_addr_tuple(&a);
+  treadle_err_t err = treadle_tcp_listener_addr(o->ls.l, &a);
+  return err != 0 ? pyt_raise(err) : addr_tuple(&a);
 }
 
 static PyObject *listener_exhaustions(listenerobj_t *o, void *unused) {
-  return PyLong_FromUnsignedLongLong(treadle_tcp_listener_fd_exhaustions(o->l));
+  return PyLong_FromUnsignedLongLong(
+      treadle_tcp_listener_fd_exhaustions(o->ls.l));
 }
 
 static PyMethodDef listener_methods[] = {
@@ -394,82 +388,19 @@ PyTypeObject pyt_listener_type = {
 
 /* ------------------------------------------------------------- ops */
 
-treadle_poll_t pyt_net_poll(op_t *op, treadle_cx_t *cx) {
-  treadle_tcp_stream_t *s =
-      op->owner != NULL && Py_IS_TYPE(op->owner, &pyt_stream_type)
-          ? ((streamobj_t *)op->owner)->s : NULL;
-  switch (op->kind) {
-  case OP_ACCEPT:
-    return treadle_tcp_accept_poll(((listenerobj_t *)op->owner)->l, cx,
-                                   &op->u.accept.out, &op->u.accept.peer, &op->err);
-  case OP_CONNECT:
-    if (!op->started) {
-      op->started = true;
-      op->err = treadle_tcp_connect_init(&op->u.connect.c, treadle_cx_handle(cx),
-                                         op->u.connect.host, op->u.connect.port);
-      if (op->err != 0) {
-        op->started = false; /* nothing to drop */
-        return TREADLE_READY;
-      }
-    }
-    return treadle_tcp_connect_poll(&op->u.connect.c, cx, &op->u.connect.out,
-                                    &op->err);
-  case OP_READ: {
-    if (!op->started && op->u.read.want > READ_CHUNK) {
-      op->u.read.buf = malloc(op->u.read.want);
-      if (op->u.read.buf == NULL) {
-        op->err = TREADLE_ENOMEM;
-        return TREADLE_READY;
-      }
-      op->u.read.heap = true;
-    }
-    op->started = true;
-    char *buf = op->u.read.heap ? op->u.read.buf : read_buf;
-    treadle_poll_t p = treadle_tcp_read_poll(s, cx, buf, op->u.read.want,
-                                             &op->u.read.got, &op->err);
-    if (p == TREADLE_READY)
-      op->u.read.buf = buf;
-    return p;
-  }
-  case OP_READ_INTO:
-    return treadle_tcp_read_poll(s, cx, op->u.io.view.buf, op->u.io.view.len,
-                                 &op->u.io.done, &op->err);
-  case OP_WRITE:
-    return treadle_tcp_write_all_poll(s, cx, op->u.io.view.buf,
-                                      op->u.io.view.len, &op->u.io.done, &op->err);
-  default:
-    return TREADLE_READY;
-  }
-}
-
-void pyt_net_keep(op_t *op) {
-  if (op->kind != OP_READ || op->stage != 2 || op->u.read.heap ||
-      op->u.read.got == 0)
-    return;
-  char *copy = malloc(op->u.read.got);
-  if (copy == NULL) { /* cannot keep them: fail the read, loudly */
-    op->err = TREADLE_ENOMEM;
-    op->u.read.got = 0;
-    return;
-  }
-  memcpy(copy, op->u.read.buf, op->u.read.got);
-  op->u.read.buf = copy;
-  op->u.read.heap = true;
-}
-
 PyObject *pyt_net_finish(op_t *op) {
-  if (op->err != 0) {
-    if (op->kind == OP_ACCEPT && op->u.accept.anext && op->err == TREADLE_ECLOSED) {
+  tb_op_t *tb = &op->tb;
+  if (tb->err != 0) {
+    if (op->anext && tb->err == TREADLE_ECLOSED) {
       PyErr_SetNone(PyExc_StopAsyncIteration);
       return NULL;
     }
-    return pyt_raise(op->err);
+    return pyt_raise(tb->err);
   }
-  switch (op->kind) {
-  case OP_ACCEPT: {
-    PyObject *addr = pyt_addr_tuple(&op->u.accept.peer);
-    PyObject *st = pyt_stream_wrap(op->u.accept.out);
-    op->u.accept.out = NULL;
+  switch (tb->kind) {
+  case TB_ACCEPT: {
+    PyObject *addr = addr_tuple(&tb->u.accept.peer);
+    PyObject *st = stream_wrap(tb_op_take_stream(tb));
     if (addr == NULL || st == NULL) {
       Py_XDECREF(addr);
       Py_XDECREF(st);
@@ -480,47 +411,15 @@ PyObject *pyt_net_finish(op_t *op) {
     Py_DECREF(addr);
     return pair;
   }
-  case OP_CONNECT: {
-    PyObject *st = pyt_stream_wrap(op->u.connect.out);
-    op->u.connect.out = NULL;
-    return st;
-  }
-  case OP_READ:
-    return PyBytes_FromStringAndSize(op->u.read.buf, (Py_ssize_t)op->u.read.got);
-  case OP_READ_INTO:
-    return PyLong_FromSize_t(op->u.io.done);
+  case TB_CONNECT:
+    return stream_wrap(tb_op_take_stream(tb));
+  case TB_READ:
+    return PyBytes_FromStringAndSize(tb_op_bytes(tb),
+                                     (Py_ssize_t)tb->u.read.got);
+  case TB_READ_INTO:
+    return PyLong_FromSize_t(tb->u.read_into.got);
   default:
     Py_RETURN_NONE;
-  }
-}
-
-void pyt_net_op_clear(op_t *op) {
-  switch (op->kind) {
-  case OP_ACCEPT:
-    treadle_tcp_stream_free(op->u.accept.out);
-    ((listenerobj_t *)op->owner)->accepting = false;
-    break;
-  case OP_CONNECT:
-    if (op->started)
-      treadle_tcp_connect_drop(&op->u.connect.c);
-    treadle_tcp_stream_free(op->u.connect.out);
-    free(op->u.connect.host);
-    break;
-  case OP_READ:
-    if (op->u.read.heap)
-      free(op->u.read.buf);
-    ((streamobj_t *)op->owner)->reading = false;
-    break;
-  case OP_READ_INTO:
-    PyBuffer_Release(&op->u.io.view);
-    ((streamobj_t *)op->owner)->reading = false;
-    break;
-  case OP_WRITE:
-    PyBuffer_Release(&op->u.io.view);
-    ((streamobj_t *)op->owner)->writing = false;
-    break;
-  default:
-    break;
   }
 }
 

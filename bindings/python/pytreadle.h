@@ -82,12 +82,7 @@ PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch_sigint);
 typedef enum {
   OP_READY,   /* made complete: the await returns result at once */
   OP_LEAF,    /* a leaf of bindings/common, in `tb` */
-  OP_JOIN,    /* a JoinHandle, optionally with a deadline */
-  OP_ACCEPT,
-  OP_CONNECT,
-  OP_READ,
-  OP_READ_INTO,
-  OP_WRITE,
+  OP_JOIN,    /* a JoinHandle (`tb` joins), optionally with a deadline */
 } opkind_t;
 
 /* Where an op is in its life. */
@@ -106,19 +101,12 @@ typedef struct op_s {
   PyObject_HEAD
   opkind_t kind;
   op_stage_t stage;
-  bool started;         /* first poll done (lazy inits happen there) */
-  treadle_err_t err;    /* outcome of the C poll */
+  bool anext;           /* an accept for `async for`: ECLOSED ends it */
+  bool has_view;        /* `view` holds a buffer (read_into, write) */
   PyObject *result;     /* OP_READY's value, or the finished outcome */
   PyObject *owner;      /* stream, listener or JoinHandle kept alive */
   tb_op_t tb;           /* the operation of OP_LEAF and OP_JOIN */
-  union {
-    struct { treadle_tcp_stream_t *out; struct sockaddr_storage peer;
-             bool anext; } accept;
-    struct { char *host; int port; treadle_tcp_connect_t c;
-             treadle_tcp_stream_t *out; } connect;
-    struct { size_t want, got; char *buf; bool heap; } read;
-    struct { Py_buffer view; size_t done; } io; /* READ_INTO and WRITE */
-  } u;
+  Py_buffer view;
 } op_t;
 
 extern PyTypeObject pyt_op_type;
@@ -131,23 +119,10 @@ PyObject *pyt_op_error(treadle_err_t err);
 
 /* ---------------------------------------------------------------- net */
 
-typedef struct {
-  PyObject_HEAD
-  treadle_tcp_stream_t *s;
-  bool reading, writing; /* an op of that direction is in flight */
-} streamobj_t;
-
 extern PyTypeObject pyt_stream_type, pyt_listener_type;
-PyObject *pyt_stream_wrap(treadle_tcp_stream_t *s); /* takes ownership */
-PyObject *pyt_addr_tuple(const struct sockaddr_storage *a);
-/* No GIL: the C poll of the network kinds. */
-treadle_poll_t pyt_net_poll(op_t *op, treadle_cx_t *cx);
-/* GIL: the Python outcome of a READY network op (new ref, or NULL with
- * an exception set). */
+/* GIL: the Python outcome of a READY accept, connect, read or write (new
+ * ref, or NULL with an exception set). */
 PyObject *pyt_net_finish(op_t *op);
-void pyt_net_op_clear(op_t *op);
-/* No GIL: moves a READY read's bytes out of this thread's buffer. */
-void pyt_net_keep(op_t *op);
 int pyt_net_init(PyObject *module);
 
 int pyt_runtime_init(PyObject *module);

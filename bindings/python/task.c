@@ -126,12 +126,11 @@ op_t *pyt_op_new(opkind_t kind, PyObject *owner) {
     return NULL;
   op->kind = kind;
   op->stage = OP_NEW;
-  op->started = false;
-  op->err = 0;
+  op->anext = false;
+  op->has_view = false;
   op->result = NULL;
   op->owner = Py_XNewRef(owner);
   tb_op_none(&op->tb);
-  memset(&op->u, 0, sizeof op->u);
   return op;
 }
 
@@ -169,23 +168,21 @@ PyObject *pyt_op_error(treadle_err_t err) {
 
 static void op_dealloc(op_t *op) {
   switch (op->kind) {
+  case OP_READY:
   case OP_LEAF:
-    tb_op_clear(&op->tb);
     break;
   case OP_JOIN:
     /* Polled READY and never finished: keep what was joined. */
     if (op->stage == OP_POLLED && op->tb.ready && !op->tb.timed_out)
       join_take((joinobj_t *)op->owner, op->tb.u.join.status,
                 op->tb.u.join.value);
-    tb_op_clear(&op->tb);
     if (op->stage >= OP_AWAITED)
       ((joinobj_t *)op->owner)->awaiting = false;
     break;
-  case OP_READY:
-    break;
-  default:
-    pyt_net_op_clear(op);
   }
+  tb_op_clear(&op->tb);
+  if (op->has_view)
+    PyBuffer_Release(&op->view);
   Py_XDECREF(op->result);
   Py_XDECREF(op->owner);
   PyObject_Free(op);
@@ -208,8 +205,6 @@ static treadle_poll_t op_poll(op_t *op, treadle_cx_t *cx) {
       p = tb_op_poll(&op->tb, cx);
     break;
   }
-  default:
-    p = pyt_net_poll(op, cx);
   }
   if (p == TREADLE_READY)
     op->stage = OP_POLLED;
@@ -221,9 +216,14 @@ static treadle_poll_t op_poll(op_t *op, treadle_cx_t *cx) {
 static int op_finish(op_t *op) {
   PyObject *res = NULL;
   switch (op->kind) {
-  case OP_LEAF: /* sleep, yield, signal: None or the error */
-    res = op->tb.err != 0 ? pyt_raise(op->tb.err) : Py_NewRef(Py_None);
-    tb_op_clear(&op->tb);
+  case OP_READY:
+    break;
+  case OP_LEAF:
+    if (op->tb.kind == TB_SLEEP || op->tb.kind == TB_YIELD ||
+        op->tb.kind == TB_SIGNAL) /* None, or the error */
+      res = op->tb.err != 0 ? pyt_raise(op->tb.err) : Py_NewRef(Py_None);
+    else
+      res = pyt_net_finish(op);
     break;
   case OP_JOIN: {
     joinobj_t *jo = (joinobj_t *)op->owner;
@@ -252,9 +252,8 @@ static int op_finish(op_t *op) {
       pyt_raise(TREADLE_ECANCELED);
     break;
   }
-  default:
-    res = pyt_net_finish(op);
   }
+  tb_op_clear(&op->tb); /* the outcome is Python's now */
   op->stage = OP_FINISHED;
   if (res == NULL) {
     op->result = fetch_exception();
@@ -490,7 +489,7 @@ static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
       return TREADLE_PENDING;
     if (!pyrt_lane_enter(t->r, cx)) {
       if (t->op != NULL)
-        pyt_net_keep(t->op); /* its bytes may be taken on another thread */
+        tb_op_keep(&t->op->tb); /* its bytes may be taken on another thread */
       return TREADLE_PENDING;
     }
     PyGILState_STATE g = PyGILState_Ensure();
