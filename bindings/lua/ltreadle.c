@@ -12,9 +12,9 @@
  * The worker states are closed after the runtime is freed, when no thread
  * runs them any more.
  *
- * While block_on waits, a root task also listens for SIGINT (or, without
- * enable_io, wakes every 50 ms): on SIGINT the runtime shuts down and
- * block_on raises "interrupted". */
+ * While block_on waits, its root task (bindings/common's) also listens for
+ * SIGINT where the runtime can: on a SIGINT that no task waits for, the
+ * runtime shuts down and block_on raises "interrupted". */
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -157,63 +157,48 @@ static const treadle_task_vtable_t boot_vt = {.poll = boot_poll};
 typedef struct {
   lrt_t *r;
   ltask_t *main;    /* current_thread: the main task */
-  bool sig_armed, tick_armed, tick_failed, interrupted;
-  treadle_signal_t sig;
-  treadle_sleep_t tick;
+  bool interrupted; /* a SIGINT that no task waits for came */
+  tb_root_t root;
 } root_t;
 
-static treadle_poll_t root_poll(treadle_cx_t *cx, void *state) {
-  root_t *st = state;
+/* The main work: current_thread's main task, or multi_thread's mains. */
+static treadle_poll_t mains_done(void *ud, treadle_cx_t *cx) {
+  root_t *st = ud;
   if (st->main != NULL) { /* current_thread: same thread as the task */
     if (st->main->status != LT_RUNNING)
       return TREADLE_READY;
     if (st->main->joiner == NULL)
       st->main->joiner = treadle_waker_clone(treadle_cx_waker(cx));
-  } else {
-    lrt_t *r = st->r;
-    pthread_mutex_lock(&r->mu);
-    bool done = atomic_load_explicit(&r->left, memory_order_relaxed) == 0;
-    if (!done && r->root == NULL)
-      r->root = treadle_waker_clone(treadle_cx_waker(cx));
-    pthread_mutex_unlock(&r->mu);
-    if (done)
-      return TREADLE_READY;
+    return TREADLE_PENDING;
   }
-  treadle_err_t err;
-  if (!st->sig_armed && !st->tick_armed) {
-    if (treadle_signal_init(&st->sig, treadle_cx_handle(cx), SIGINT) == 0) {
-      st->sig_armed = true;
-    } else {
-      treadle_sleep_init(&st->tick, 50 * TREADLE_NSEC_PER_MSEC);
-      st->tick_armed = true;
-    }
+  lrt_t *r = st->r;
+  pthread_mutex_lock(&r->mu);
+  bool done = atomic_load_explicit(&r->left, memory_order_relaxed) == 0;
+  if (!done && r->root == NULL)
+    r->root = treadle_waker_clone(treadle_cx_waker(cx));
+  pthread_mutex_unlock(&r->mu);
+  return done ? TREADLE_READY : TREADLE_PENDING;
+}
+
+static treadle_poll_t root_poll(treadle_cx_t *cx, void *state) {
+  root_t *st = state;
+  tb_root_event_t ev;
+  for (;;) {
+    if (tb_root_poll(&st->root, cx, &ev) == TREADLE_PENDING)
+      return TREADLE_PENDING;
+    /* Relaxed: tb_sigint_taken is a flag; a task that waits for SIGINT
+     * takes it over, as one waiting in Tokio's ctrl_c does. */
+    if (ev == TB_ROOT_SIGINT &&
+        atomic_load_explicit(&tb_sigint_taken, memory_order_relaxed))
+      continue;
+    st->interrupted = ev == TB_ROOT_SIGINT;
+    return TREADLE_READY;
   }
-  /* Relaxed: tb_sigint_taken is a flag; a task that waits for SIGINT
-   * takes it over, as one waiting in Tokio's ctrl_c does. */
-  while (st->sig_armed && treadle_signal_poll(&st->sig, cx, &err) == TREADLE_READY)
-    if (err != 0 || !atomic_load_explicit(&tb_sigint_taken, memory_order_relaxed)) {
-      st->interrupted = err == 0;
-      return TREADLE_READY;
-    }
-  if (st->tick_armed && !st->tick_failed &&
-      treadle_sleep_poll(&st->tick, cx, &err) == TREADLE_READY) {
-    if (err != 0)
-      st->tick_failed = true;
-    else { /* no signal driver: re-arm and look again */
-      treadle_sleep_drop(&st->tick);
-      treadle_sleep_init(&st->tick, 50 * TREADLE_NSEC_PER_MSEC);
-      treadle_sleep_poll(&st->tick, cx, &err);
-    }
-  }
-  return TREADLE_PENDING;
 }
 
 static void root_drop(void *state) {
   root_t *st = state;
-  if (st->sig_armed)
-    treadle_signal_drop(&st->sig);
-  if (st->tick_armed)
-    treadle_sleep_drop(&st->tick);
+  tb_root_drop(&st->root);
   if (st->main != NULL && st->main->joiner != NULL) {
     treadle_waker_drop(st->main->joiner);
     st->main->joiner = NULL;
@@ -374,6 +359,9 @@ static int l_runtime(lua_State *L) {
  * shutdown on SIGINT. */
 static void drive(lua_State *L, lrt_t *r, root_t *st) {
   root_t *pst = st;
+  st->root.main_poll = mains_done;
+  st->root.ud = st;
+  st->root.watch = true;
   /* lua5.4's own SIGINT handler would raise "interrupted!" in whatever
    * Lua code the main thread runs next: while treadle's root listens, the
    * handler it chains to is SIG_IGN; lua5.4's comes back afterwards. */

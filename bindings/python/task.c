@@ -591,54 +591,29 @@ PyObject *pyt_spawn(pyrt_t *r, PyObject *aw) {
 
 /* ------------------------------------------------------------ block_on */
 
-/* The root future of block_on: waits for the main task, and for SIGINT
- * (or a 50 ms tick where signals cannot be watched) so that the thread
- * calling block_on may run Python's signal handlers. */
-typedef struct {
-  joinobj_t *jo; /* borrowed: the caller keeps it */
-  bool watch, sig_armed, tick_armed, tick_failed;
-  treadle_signal_t sig;
-  treadle_sleep_t tick;
-} root_t;
+/* The root future of block_on (bindings/common's): waits for the main
+ * task, and for SIGINT (or a 50 ms tick where signals cannot be watched)
+ * so that the thread calling block_on may run Python's signal handlers.
+ * Its output is 1 once the main task finished. */
+static treadle_poll_t main_done(void *ud, treadle_cx_t *cx) {
+  joinobj_t *jo = ud;
+  if (treadle_join_poll(jo->j, cx, &jo->pending_status, &jo->pending_value) ==
+      TREADLE_PENDING)
+    return TREADLE_PENDING;
+  jo->has_pending = true; /* read by the caller after block_on returns */
+  return TREADLE_READY;
+}
 
 static treadle_poll_t root_poll(treadle_cx_t *cx, void *state) {
-  root_t *st = state;
-  joinobj_t *jo = st->jo;
-  if (treadle_join_poll(jo->j, cx, &jo->pending_status, &jo->pending_value) ==
-      TREADLE_READY) {
-    jo->has_pending = true; /* read by the caller after block_on returns */
-    treadle_cx_set_output(cx, 0, (void *)1);
-    return TREADLE_READY;
-  }
-  if (!st->watch)
+  tb_root_event_t ev;
+  if (tb_root_poll(state, cx, &ev) == TREADLE_PENDING)
     return TREADLE_PENDING;
-  treadle_err_t err;
-  if (!st->sig_armed && !st->tick_armed) {
-    if (treadle_signal_init(&st->sig, treadle_cx_handle(cx), SIGINT) == 0)
-      st->sig_armed = true;
-    else {
-      treadle_sleep_init(&st->tick, 50 * TREADLE_NSEC_PER_MSEC);
-      st->tick_armed = true;
-    }
-  }
-  if (st->sig_armed && treadle_signal_poll(&st->sig, cx, &err) == TREADLE_READY)
-    return TREADLE_READY;
-  if (st->tick_armed && !st->tick_failed &&
-      treadle_sleep_poll(&st->tick, cx, &err) == TREADLE_READY) {
-    if (err == 0)
-      return TREADLE_READY;
-    st->tick_failed = true; /* no timers either: nothing can interrupt */
-  }
-  return TREADLE_PENDING;
+  if (ev == TB_ROOT_DONE)
+    treadle_cx_set_output(cx, 0, (void *)1);
+  return TREADLE_READY;
 }
 
-static void root_drop(void *state) {
-  root_t *st = state;
-  if (st->sig_armed)
-    treadle_signal_drop(&st->sig);
-  if (st->tick_armed)
-    treadle_sleep_drop(&st->tick);
-}
+static void root_drop(void *state) { tb_root_drop(state); }
 
 static const treadle_task_vtable_t root_vt = {.poll = root_poll,
                                               .drop = root_drop};
@@ -657,7 +632,8 @@ PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch) {
     PyErr_SetString(PyExc_RuntimeError, "this JoinHandle is awaited elsewhere");
     return NULL;
   }
-  root_t st = {.jo = jo, .watch = watch != 0};
+  tb_root_t st = {
+      .main_poll = main_done, .ud = jo, .watch = watch != 0, .tick = true};
   void *value = NULL;
   treadle_err_t err;
   jo->awaiting = true;
