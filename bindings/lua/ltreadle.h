@@ -37,20 +37,13 @@ typedef enum {
   LOP_NONE,    /* nothing: a task that waits on nothing runs on */
   LOP_LEAF,    /* a leaf of bindings/common, in `tb` */
   LOP_JOIN,    /* another task; with a deadline for treadle.timeout */
-  LOP_SEND,
+  LOP_SEND,    /* a channel (`tb` waits on its semaphores) */
   LOP_RECV,
   LOP_STDIN_READ, /* `tb` reads stdin (u.stdin_reader is the lstdin_t) */
 } lopkind_t;
 
 typedef struct lchan_s lchan_t;
 typedef struct ltask_s ltask_t;
-
-/* A waiter on a channel: linked while the task waits. */
-typedef struct lwait_s {
-  struct lwait_s *prev, *next;
-  treadle_waker_t *waker;
-  bool linked;
-} lwait_t;
 
 typedef struct {
   lopkind_t kind;
@@ -59,7 +52,7 @@ typedef struct {
   tb_op_t tb;  /* the operation of LOP_LEAF, LOP_JOIN, LOP_STDIN_READ */
   union {
     struct { ltask_t *child; bool is_timeout; } join; /* `tb` waits */
-    struct { lchan_t *ch; lwait_t w; void *blob; } chan;
+    struct { lchan_t *ch; treadle_waiter_t w; void *blob; } chan;
     void *stdin_reader;
   } u;
 } lop_t;

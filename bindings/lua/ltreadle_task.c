@@ -58,13 +58,22 @@ ltask_t *lt_need_task(lua_State *L, const char *what) {
 
 /* ------------------------------------------------------------ channels */
 
-/* A channel: a bounded FIFO of serialized values, shared between states. */
+/* A channel: a bounded FIFO of serialized values, shared between states.
+ * Its waiters queue on two of the core's semaphores, first come first
+ * served, and each item or free place wakes one of them:
+ * 1. send: take a permit of `slots` (waiting while there is none), put the
+ *    blob in the ring under mu, give a permit to `filled`.
+ * 2. recv: take a permit of `filled`, take the oldest blob out under mu,
+ *    give a permit to `slots`.
+ * So the ring has room for every sender that holds a permit, and an item
+ * for every receiver that holds one. */
 struct lchan_s {
   _Atomic long refs;
   pthread_mutex_t mu;
   size_t cap, len, head;   /* guarded by mu */
   void **items;            /* ring of cap blobs; guarded by mu */
-  lwait_t recvq, sendq;    /* list heads; guarded by mu */
+  treadle_semaphore_t *slots;  /* free places in the ring */
+  treadle_semaphore_t *filled; /* items in the ring */
   char *name;              /* NULL, or its key in `named` */
   struct lchan_s *next;    /* on `named`; guarded by named_mu */
 };
@@ -188,75 +197,50 @@ void *lt_pack_protected(lua_State *L, int idx) {
 
 void lt_unpack(lua_State *L, const void *blob) { unpack(L, blob); }
 
-static void wait_link(lwait_t *head, lwait_t *w, treadle_cx_t *cx) {
-  if (w->linked)
-    return;
-  w->waker = treadle_waker_clone(treadle_cx_waker(cx));
-  w->prev = head->prev;
-  w->next = head;
-  head->prev->next = w;
-  head->prev = w;
-  w->linked = true;
-}
-
-static void wait_unlink(lwait_t *w) {
-  if (!w->linked)
-    return;
-  w->prev->next = w->next;
-  w->next->prev = w->prev;
-  w->linked = false;
-  treadle_waker_drop(w->waker);
-  w->waker = NULL;
-}
-
-/* Under mu: takes every waiter off `head`; their wakers go to `out` (the
- * caller wakes them after unlocking). Every waiter retries, so none is
- * lost when one of them gives up. */
-static size_t wait_take_all(lwait_t *head, treadle_waker_t **out, size_t max) {
-  size_t n = 0;
-  while (head->next != head && n < max) {
-    lwait_t *w = head->next;
-    out[n++] = w->waker;
-    w->waker = NULL;
-    w->prev->next = w->next;
-    w->next->prev = w->prev;
-    w->linked = false;
-  }
-  return n;
-}
-
-static void wake_all(treadle_waker_t **ws, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    treadle_wake(ws[i]);
-}
-
-/* Tries to move a blob in (send) or out (recv) of the channel; when it
- * cannot, links the waiter (cx non-NULL) and returns false. */
-static bool chan_try(lchan_t *ch, bool send, void **blob, lwait_t *w,
-                     treadle_cx_t *cx) {
-  treadle_waker_t *ws[64];
-  size_t n = 0;
-  bool done = false;
+/* Step 1 or 2, once the caller holds the permit. */
+static void chan_move(lchan_t *ch, bool send, void **blob) {
   pthread_mutex_lock(&ch->mu);
-  if (send && ch->len < ch->cap) {
+  if (send) {
     ch->items[(ch->head + ch->len++) % ch->cap] = *blob;
     *blob = NULL;
-    n = wait_take_all(&ch->recvq, ws, 64);
-    done = true;
-  } else if (!send && ch->len > 0) {
+  } else {
     *blob = ch->items[ch->head];
     ch->head = (ch->head + 1) % ch->cap;
     ch->len--;
-    n = wait_take_all(&ch->sendq, ws, 64);
-    done = true;
   }
-  if (done)
-    wait_unlink(w);
-  else if (cx != NULL)
-    wait_link(send ? &ch->sendq : &ch->recvq, w, cx);
   pthread_mutex_unlock(&ch->mu);
-  wake_all(ws, n);
-  return done;
+  treadle_semaphore_release(send ? ch->filled : ch->slots, 1);
+}
+
+/* Moves a blob in or out without waiting; false when it would have to. */
+static bool chan_try(lchan_t *ch, bool send, void **blob) {
+  if (treadle_semaphore_try_acquire(send ? ch->slots : ch->filled, 1) != 0)
+    return false;
+  chan_move(ch, send, blob);
+  return true;
+}
+
+/* A send's or receive's leaf (ud: the task's lop_t). */
+static treadle_poll_t chan_wait(void *ud, treadle_cx_t *cx,
+                                treadle_err_t *err) {
+  lop_t *op = ud;
+  lchan_t *ch = op->u.chan.ch;
+  bool send = op->kind == LOP_SEND;
+  if (treadle_semaphore_acquire_poll(send ? ch->slots : ch->filled, cx,
+                                     &op->u.chan.w, 1, err) == TREADLE_PENDING)
+    return TREADLE_PENDING;
+  chan_move(ch, send, &op->u.chan.blob);
+  return TREADLE_READY;
+}
+
+static void chan_unref(lchan_t *ch);
+
+static void chan_forget(void *ud) {
+  lop_t *op = ud;
+  treadle_waiter_drop(&op->u.chan.w); /* passes on a permit it was handed */
+  free(op->u.chan.blob);
+  op->u.chan.blob = NULL;
+  chan_unref(op->u.chan.ch);
 }
 
 static void chan_unref(lchan_t *ch) {
@@ -278,6 +262,8 @@ static void chan_unref(lchan_t *ch) {
     free(ch->items[(ch->head + i) % ch->cap]);
   free(ch->items);
   free(ch->name);
+  treadle_semaphore_unref(ch->slots);
+  treadle_semaphore_unref(ch->filled);
   pthread_mutex_destroy(&ch->mu);
   free(ch);
 }
@@ -286,11 +272,14 @@ static void chan_unref(lchan_t *ch) {
  * A bounded FIFO of plain values (nil, booleans, numbers, strings and tables
  * of those, copied) between tasks, also of different workers. capacity:
  * 1..16777216, default 1. Every call with the same name, in any worker's
- * state, gives the same channel.
+ * state, gives the same channel. Waiting senders and receivers are served
+ * first come, first served; each value or free place wakes one of them.
  * Returns: the channel (ch).
- * Errors: raises for a bad capacity.
+ * Errors: raises for a bad capacity, and for a name that exists with
+ * another capacity than the one given.
  * Example: local ch = treadle.channel(16, "jobs") */
 static int l_channel(lua_State *L) {
+  bool cap_given = !lua_isnoneornil(L, 1);
   lua_Integer cap = luaL_optinteger(L, 1, 1);
   const char *name = luaL_optstring(L, 2, NULL);
   luaL_argcheck(L, cap >= 1 && cap <= (1 << 24), 1, "capacity must be in 1..16777216");
@@ -302,6 +291,12 @@ static int l_channel(lua_State *L) {
     pthread_mutex_lock(&named_mu);
     for (ch = named; ch != NULL && strcmp(ch->name, name) != 0; ch = ch->next)
       ;
+    if (ch != NULL && cap_given && ch->cap != (size_t)cap) {
+      size_t had = ch->cap;
+      pthread_mutex_unlock(&named_mu);
+      return luaL_error(L, "channel '%s' exists with capacity %d, not %d",
+                        name, (int)had, (int)cap);
+    }
     if (ch != NULL) /* Relaxed: named_mu orders it against the last unref. */
       atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
   }
@@ -309,9 +304,15 @@ static int l_channel(lua_State *L) {
     ch = calloc(1, sizeof *ch);
     void **items = ch != NULL ? calloc((size_t)cap, sizeof *items) : NULL;
     char *copy = name != NULL && ch != NULL ? strdup(name) : NULL;
-    if (ch == NULL || items == NULL || (name != NULL && copy == NULL)) {
+    if (ch == NULL || items == NULL || (name != NULL && copy == NULL) ||
+        treadle_semaphore_new((size_t)cap, &ch->slots) != 0 ||
+        treadle_semaphore_new(0, &ch->filled) != 0) {
       if (name != NULL)
         pthread_mutex_unlock(&named_mu);
+      if (ch != NULL) {
+        treadle_semaphore_unref(ch->slots);
+        treadle_semaphore_unref(ch->filled);
+      }
       free(ch);
       free(items);
       free(copy);
@@ -321,8 +322,6 @@ static int l_channel(lua_State *L) {
     pthread_mutex_init(&ch->mu, NULL);
     ch->cap = (size_t)cap;
     ch->items = items;
-    ch->recvq.next = ch->recvq.prev = &ch->recvq;
-    ch->sendq.next = ch->sendq.prev = &ch->sendq;
     ch->name = copy;
     if (name != NULL) {
       ch->next = named;
@@ -342,6 +341,17 @@ static lchan_t *check_chan(lua_State *L) {
   return *ud;
 }
 
+/* Makes t wait to send `blob` (taken) or to receive. */
+static void chan_op(ltask_t *t, lopkind_t kind, lchan_t *ch, void *blob) {
+  t->op.kind = kind;
+  t->op.u.chan.ch = ch;
+  t->op.u.chan.blob = blob;
+  treadle_waiter_init(&t->op.u.chan.w);
+  /* Relaxed: the op's reference, taken from one the caller holds. */
+  atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
+  tb_op_wait(&t->op.tb, chan_wait, chan_forget, &t->op);
+}
+
 /* lua: ch:send(v)
  * Sends a copy of v, waiting while the channel is full.
  * Returns: true.
@@ -355,7 +365,7 @@ static int l_chan_send(lua_State *L) {
   blob_t b = {0};
   pack(L, &b, 2, 0);
   ltask_t *t = lt_current;
-  if (chan_try(ch, true, (void **)&b.p, &(lwait_t){0}, NULL)) {
+  if (chan_try(ch, true, (void **)&b.p)) {
     lua_pushboolean(L, 1);
     return 1;
   }
@@ -363,10 +373,7 @@ static int l_chan_send(lua_State *L) {
     free(b.p);
     lt_need_task(L, "a send on a full channel");
   }
-  t->op.kind = LOP_SEND;
-  t->op.u.chan.ch = ch;
-  t->op.u.chan.blob = b.p;
-  atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed); /* the op's */
+  chan_op(t, LOP_SEND, ch, b.p);
   return lt_wait(L, t);
 }
 
@@ -378,16 +385,13 @@ static int l_chan_send(lua_State *L) {
 static int l_chan_recv(lua_State *L) {
   lchan_t *ch = check_chan(L);
   void *blob = NULL;
-  if (chan_try(ch, false, &blob, &(lwait_t){0}, NULL)) {
+  if (chan_try(ch, false, &blob)) {
     unpack(L, blob);
     free(blob);
     return 1;
   }
   ltask_t *t = lt_need_task(L, "a receive on an empty channel");
-  t->op.kind = LOP_RECV;
-  t->op.u.chan.ch = ch;
-  /* Relaxed: the op's reference, taken from one we hold. */
-  atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
+  chan_op(t, LOP_RECV, ch, NULL);
   return lt_wait(L, t);
 }
 
@@ -418,12 +422,10 @@ treadle_poll_t lt_op_poll(ltask_t *t, treadle_cx_t *cx) {
     return TREADLE_READY;
   case LOP_LEAF:
   case LOP_JOIN:
-  case LOP_STDIN_READ:
-    return tb_op_poll(&op->tb, cx);
   case LOP_SEND:
   case LOP_RECV:
-    return chan_try(op->u.chan.ch, op->kind == LOP_SEND, &op->u.chan.blob,
-                    &op->u.chan.w, cx) ? TREADLE_READY : TREADLE_PENDING;
+  case LOP_STDIN_READ:
+    return tb_op_poll(&op->tb, cx);
   }
   return TREADLE_READY;
 }
@@ -524,19 +526,11 @@ void lt_op_clear(ltask_t *t) {
   lop_t *op = &t->op;
   switch (op->kind) {
   case LOP_LEAF:
-  case LOP_JOIN:
+  case LOP_JOIN: /* child_forget */
+  case LOP_SEND: /* chan_forget */
+  case LOP_RECV:
     tb_op_clear(&op->tb);
     break;
-  case LOP_SEND:
-  case LOP_RECV: {
-    lchan_t *ch = op->u.chan.ch;
-    pthread_mutex_lock(&ch->mu);
-    wait_unlink(&op->u.chan.w);
-    pthread_mutex_unlock(&ch->mu);
-    free(op->u.chan.blob);
-    chan_unref(ch);
-    break;
-  }
   case LOP_STDIN_READ:
     tb_op_clear(&op->tb);
     lt_stdin_done(op->u.stdin_reader);

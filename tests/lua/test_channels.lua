@@ -33,6 +33,47 @@ T.case("send waits while full", function()
   H.eq(ch:recv(), 2); H.eq(ch:recv(), 3)
 end)
 
+T.case("issue 13: waiting receivers are served in order, one value each", function()
+  local ch = treadle.channel(4)
+  local got = {}
+  local ts = {}
+  for i = 1, 3 do
+    ts[i] = treadle.spawn(function() local v = ch:recv(); got[#got + 1] = {i, v} end)
+    H.settle()   -- so that they wait in the order 1, 2, 3
+  end
+  ch:send("a")
+  H.settle()
+  H.eq(#got, 1, "one value wakes one receiver")
+  ch:send("b"); ch:send("c")
+  for i = 1, 3 do H.within(2, ts[i].join, ts[i]) end
+  H.eq(got[1][1], 1); H.eq(got[1][2], "a")
+  H.eq(got[2][1], 2); H.eq(got[2][2], "b")
+  H.eq(got[3][1], 3); H.eq(got[3][2], "c")
+end)
+
+T.case("issue 13: an aborted receiver passes its value on", function()
+  local ch = treadle.channel(1)
+  local first = treadle.spawn(function() return ch:recv() end)
+  H.settle()
+  local second = treadle.spawn(function() return ch:recv() end)
+  H.settle()
+  ch:send("x")           -- handed to the first waiter...
+  first:abort()          -- ...which gives up before it runs
+  H.eq(H.within(2, second.join, second), "x", "the second receiver gets it")
+end)
+
+T.case("issue 13: a named channel keeps its capacity, and says so", function()
+  local name = "cap-" .. tostring(math.random(1 << 30))
+  local a = treadle.channel(1, name)
+  H.raises("exists with capacity 1, not 100", treadle.channel, 100, name)
+  local b = treadle.channel(nil, name)   -- no capacity given: the same one
+  local c = treadle.channel(1, name)
+  a:send("v")
+  H.eq(b:recv(), "v")
+  c:send("w")
+  H.eq(a:recv(), "w")
+end)
+
 T.case("many producers and consumers", function()
   local ch = treadle.channel(3)
   local got, sum = 0, 0
