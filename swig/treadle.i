@@ -10,6 +10,12 @@
 %module(package="treadle", threads="1") core
 %nothread;
 
+%begin %{
+/* SWIG gives every wrapper a `self` parameter, used or not: the one
+ * warning of the generated code, off for this file alone. */
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+%}
+
 %{
 #include "treadle.h"
 #include "pytreadle.h"
