@@ -4,7 +4,8 @@
 # memcheck; then the Python suite (tests/python, pytest) on Debian's python3,
 # its debug interpreter, and with the extension under ASan+UBSan and TSan.
 # Pass names to run only those (default asan tsan valgrind python
-# python-dbg python-asan python-tsan).
+# python-dbg python-asan python-tsan). Compiler warnings are errors here
+# (TREADLE_WERROR), as in CI, which runs this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The Lua module and its tests need lua5.4 and its headers; the REPL tests
@@ -21,7 +22,7 @@ for p in "${presets[@]}"; do
   python) scripts/test_python.sh plain ;;
   python-*) scripts/test_python.sh "${p#python-}" ;;
   *)
-    cmake --preset "$p" >/dev/null
+    cmake --preset "$p" -DTREADLE_WERROR=ON >/dev/null
     cmake --build --preset "$p" -j "$jobs"
     ctest --preset "$p" -j "$jobs"
     ;;

@@ -4,12 +4,14 @@
 # plain: Debian's python3. dbg: Debian's debug interpreter (python3-dbg),
 # whose refcount checks and asserts catch reference bugs. asan / tsan: the
 # extension built with AddressSanitizer+UBSan or ThreadSanitizer, the
-# runtime preloaded into the (uninstrumented) interpreter.
+# runtime preloaded into the (uninstrumented) interpreter. Compiler and SWIG
+# warnings are errors (TREADLE_WERROR, read by setup.py), as in CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-plain}"
 scripts/setup.sh swig python3-dev python3-setuptools python3-pytest python3-dbg python3-pexpect
 py=/usr/bin/python3
+export TREADLE_WERROR=1
 env=()
 case "$mode" in
 plain) ;;

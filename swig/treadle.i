@@ -10,6 +10,12 @@
 %module(package="treadle", threads="1") core
 %nothread;
 
+%begin %{
+/* SWIG gives every wrapper a `self` parameter, used or not: the one
+ * warning of the generated code, off for this file alone. */
+#pragma GCC diagnostic ignored "-Wunused-parameter"
+%}
+
 %{
 #include "treadle.h"
 #include "pytreadle.h"
@@ -77,70 +83,70 @@ static PyObject *treadle_py_error_map(void) {
 METRICS_OUT(treadle_runtime_metrics_t)
 METRICS_OUT(treadle_worker_metrics_t)
 
+/* `core_handle` takes a RuntimeCore or Handle object. Every wrapped
+ * function that takes a handle takes one of those, so the header's
+ * parameter name (`h`) gets the typemap too. */
 %typemap(in) treadle_handle_t *core_handle {
   $1 = treadle_py_handle($input);
   if ($1 == NULL)
     SWIG_fail;
 }
 
-typedef int treadle_err_t;
-typedef struct treadle_builder_s treadle_builder_t;
+%apply treadle_handle_t *core_handle { treadle_handle_t *h };
 
-%immutable;
-#define TREADLE_VERSION_MAJOR 0
-#define TREADLE_VERSION_MINOR 1
-#define TREADLE_VERSION_PATCH 0
-%mutable;
+/* ------------------------------------------------------------ allow-list
+ * SWIG reads the public header itself, so that types, fields and values are
+ * written once, in treadle.h. Every treadle_ and TREADLE_ name is ignored
+ * (the regex), unless it is named below (a rename of an exact name wins over
+ * a regex): functions that take callbacks or raw pointers, and anything
+ * else the package does not use, stay out of Python. An enum's or a
+ * struct's members follow it; a struct is named by its tag. */
+%rename("$ignore", regextarget=1) "^(treadle|TREADLE)_";
 
-typedef enum { TREADLE_CURRENT_THREAD = 0, TREADLE_MULTI_THREAD = 1 } treadle_flavor_t;
+/* Version macros and the runtime flavors. */
+%rename("%s") TREADLE_VERSION_MAJOR;
+%rename("%s") TREADLE_VERSION_MINOR;
+%rename("%s") TREADLE_VERSION_PATCH;
+%rename("%s") treadle_flavor_t;
+%rename("%s") TREADLE_CURRENT_THREAD;
+%rename("%s") TREADLE_MULTI_THREAD;
 
-/* ---------------------------------------------------------- errors, time */
-const char *treadle_strerror(treadle_err_t err);
-const char *treadle_err_name(treadle_err_t err);
-unsigned long long treadle_now(void);
+/* Errors and time. */
+%rename("%s") treadle_strerror;
+%rename("%s") treadle_err_name;
+%rename("%s") treadle_now;
+
+/* The builder's plain setters (the thread hooks go through
+ * treadle_py_build, which owns the Python callables). */
+%rename("%s") treadle_builder_new;
+%rename("%s") treadle_builder_free;
+%rename("%s") treadle_builder_worker_threads;
+%rename("%s") treadle_builder_max_blocking_threads;
+%rename("%s") treadle_builder_thread_keep_alive;
+%rename("%s") treadle_builder_enable_io;
+%rename("%s") treadle_builder_enable_time;
+%rename("%s") treadle_builder_thread_name;
+%rename("%s") treadle_builder_event_interval;
+%rename("%s") treadle_builder_global_queue_interval;
+
+/* Metrics: the structs (the proxies treadle_runtime_metrics_t and
+ * treadle_worker_metrics_t, whose fields Metrics and WorkerMetrics in
+ * __init__.py copy) and the functions that fill them. */
+%rename("%s") treadle_runtime_metrics_s;
+%rename("%s") treadle_worker_metrics_s;
+%rename("%s") treadle_handle_metrics;
+%rename("%s") treadle_handle_worker_metrics;
+
+/* The binding's own functions, declared below. */
+%rename("%s") treadle_py_error_map;
+%rename("%s") treadle_py_build;
+
+%include <stdint.i>
+%include "treadle.h"
+
+/* --------------------------------------------------- the binding's own */
 PyObject *treadle_py_error_map(void);
-
-/* ------------------------------------------------------------- builder */
-treadle_err_t treadle_builder_new(treadle_flavor_t flavor, treadle_builder_t **out);
-void treadle_builder_free(treadle_builder_t *b);
-treadle_err_t treadle_builder_worker_threads(treadle_builder_t *b, unsigned n);
-treadle_err_t treadle_builder_max_blocking_threads(treadle_builder_t *b, unsigned n);
-treadle_err_t treadle_builder_thread_keep_alive(treadle_builder_t *b, unsigned long long ns);
-treadle_err_t treadle_builder_enable_io(treadle_builder_t *b);
-treadle_err_t treadle_builder_enable_time(treadle_builder_t *b);
-treadle_err_t treadle_builder_thread_name(treadle_builder_t *b, const char *name);
-treadle_err_t treadle_builder_event_interval(treadle_builder_t *b, unsigned n);
-treadle_err_t treadle_builder_global_queue_interval(treadle_builder_t *b, unsigned n);
 /* Builds the runtime; the hooks (callables or None) run on every thread
  * the runtime starts. Returns the RuntimeCore. */
 PyObject *treadle_py_build(treadle_builder_t *b, int flavor,
                            PyObject *on_start, PyObject *on_stop);
-
-/* ------------------------------------------------------------- metrics */
-typedef struct treadle_runtime_metrics_s {
-  unsigned workers;
-  unsigned long long live_tasks;
-  unsigned long long inject_queue_depth;
-  unsigned long long blocking_threads;
-  unsigned long long blocking_idle;
-  unsigned long long blocking_queue_depth;
-  unsigned long long driver_parks;
-} treadle_runtime_metrics_t;
-
-typedef struct treadle_worker_metrics_s {
-  unsigned long long polls;
-  unsigned long long steals;
-  unsigned long long steal_operations;
-  unsigned long long parks;
-  unsigned long long unparks;
-  unsigned long long lifo_hits;
-  unsigned long long overflows;
-  unsigned long long local_queue_depth;
-} treadle_worker_metrics_t;
-
-/* `core_handle` takes a RuntimeCore or Handle object. */
-treadle_err_t treadle_handle_metrics(treadle_handle_t *core_handle,
-                                     treadle_runtime_metrics_t *out);
-treadle_err_t treadle_handle_worker_metrics(treadle_handle_t *core_handle,
-                                            unsigned worker,
-                                            treadle_worker_metrics_t *out);

@@ -1,13 +1,14 @@
 """treadle.run, treadle.Runtime and its options, block_on/spawn/handle/metrics/shutdown."""
 
 import asyncio
+import re
 import threading
 import time
 
 import pytest
 
 import treadle
-from conftest import FLAVORS, forever, guarded
+from conftest import FLAVORS, ROOT, forever, guarded
 
 
 async def answer(x=42):
@@ -338,17 +339,38 @@ def test_handle_current_is_this_runtime(runtime):
 
 # ---------------------------------------------------------------- metrics
 
+def _header_fields(tag):
+    """The field names of `struct tag` in core/include/treadle.h, in order:
+    the one list that SWIG and treadle.Metrics take theirs from."""
+    text = (ROOT / "core" / "include" / "treadle.h").read_text()
+    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    body = re.search(r"struct %s \{(.*?)\}" % tag, text, re.S).group(1)
+    return tuple(re.findall(r"(\w+)\s*;", body))
+
+
+RUNTIME_FIELDS = _header_fields("treadle_runtime_metrics_s")
+WORKER_FIELDS = _header_fields("treadle_worker_metrics_s")
+
+
+def test_metrics_fields_are_the_headers():
+    assert "driver_parks" in RUNTIME_FIELDS and "polls" in WORKER_FIELDS
+    assert treadle.Metrics.__slots__ == RUNTIME_FIELDS + ("per_worker",)
+    assert treadle.WorkerMetrics.__slots__ == WORKER_FIELDS
+
+
 def _check_metrics(m):
-    for name in ("workers", "live_tasks", "inject_queue_depth", "blocking_threads",
-                 "blocking_idle", "blocking_queue_depth", "driver_parks"):
+    for name in RUNTIME_FIELDS:
         v = getattr(m, name)
         assert isinstance(v, int) and v >= 0, (name, v)
     assert isinstance(m.per_worker, list)
+    assert len(m.per_worker) == m.workers
     for w in m.per_worker:
-        for name in ("polls", "steals", "steal_operations", "parks", "unparks",
-                     "lifo_hits", "overflows", "local_queue_depth"):
+        for name in WORKER_FIELDS:
             v = getattr(w, name)
             assert isinstance(v, int) and v >= 0, (name, v)
+    assert repr(m).startswith("Metrics(workers=")
+    for name in RUNTIME_FIELDS:
+        assert f"{name}=" in repr(m)
 
 
 def test_metrics_shape(runtime):

@@ -21,7 +21,8 @@ import asyncio as _asyncio
 import signal as _signal
 import threading as _threading
 import weakref as _weakref
-from typing import Any, Awaitable, Callable, Coroutine, Optional, TypeVar
+from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, List,
+                    Optional, Tuple, TypeVar)
 
 from . import _core
 from . import core as _swig
@@ -118,31 +119,46 @@ def ctrl_c() -> Awaitable[None]:
     return _core.signal(_signal.SIGINT)
 
 
-class WorkerMetrics:
-    """One worker's counters (see treadle.h)."""
+def _struct_fields(proxy: type) -> Tuple[str, ...]:
+    """The fields of a C struct, in treadle.h's order: the properties of
+    its SWIG proxy class (SWIG's own ``thisown`` aside)."""
+    return tuple(name for name, attr in vars(proxy).items()
+                 if isinstance(attr, property) and name != "thisown")
 
-    __slots__ = ("polls", "steals", "steal_operations", "parks", "unparks",
-                 "lifo_hits", "overflows", "local_queue_depth")
+
+class WorkerMetrics:
+    """One worker's counters: the fields of treadle_worker_metrics_t in
+    treadle.h, each an int."""
+
+    _fields = _struct_fields(_swig.treadle_worker_metrics_t)
+    __slots__ = _fields
 
     def __init__(self, m: Any) -> None:
-        for name in self.__slots__:
+        for name in self._fields:
             setattr(self, name, int(getattr(m, name)))
 
     def __repr__(self) -> str:
         return "WorkerMetrics(%s)" % ", ".join(
             f"{k}={getattr(self, k)}" for k in self.__slots__)
 
+    if TYPE_CHECKING:
+        # The field names are written once, in treadle.h: every field is
+        # an int to a type checker.
+        def __getattr__(self, name: str) -> int: ...
+
 
 class Metrics:
-    """A runtime's counters, read without stopping it."""
+    """A runtime's counters, read without stopping it: the fields of
+    treadle_runtime_metrics_t in treadle.h, each an int, and
+    ``per_worker``, a :class:`WorkerMetrics` for each worker."""
 
-    __slots__ = ("workers", "live_tasks", "inject_queue_depth",
-                 "blocking_threads", "blocking_idle", "blocking_queue_depth",
-                 "driver_parks", "per_worker")
+    _fields = _struct_fields(_swig.treadle_runtime_metrics_t)
+    __slots__ = _fields + ("per_worker",)
+    per_worker: List[WorkerMetrics]
 
     def __init__(self, core: Any) -> None:
         m = _swig.treadle_handle_metrics(core)
-        for name in self.__slots__[:-1]:
+        for name in self._fields:
             setattr(self, name, int(getattr(m, name)))
         self.per_worker = [
             WorkerMetrics(_swig.treadle_handle_worker_metrics(core, i))
@@ -151,6 +167,9 @@ class Metrics:
     def __repr__(self) -> str:
         return "Metrics(%s)" % ", ".join(
             f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+
+    if TYPE_CHECKING:
+        def __getattr__(self, name: str) -> int: ...
 
 
 _live: "_weakref.WeakSet[Runtime]" = _weakref.WeakSet()
