@@ -15,7 +15,6 @@ import glob
 import os
 
 from setuptools import Extension, setup
-from setuptools.command.build_ext import build_ext
 from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -26,29 +25,6 @@ PKG = os.path.join("bindings", "python", "treadle")
 # binding alike: change both together.
 WARNINGS = ["-Wall", "-Wextra", "-Wshadow", "-Werror=implicit-function-declaration"]
 WERROR = os.environ.get("TREADLE_WERROR", "") not in ("", "0")
-
-# Flags for some sources only: {directory: flags}.
-SOURCE_FLAGS = {
-    # Temporary, until the refactor of bindings/python/*.c lands: the
-    # binding's unused parameters stay warnings under TREADLE_WERROR.
-    os.path.join("bindings", "python"): ["-Wno-error=unused-parameter"],
-}
-
-
-class BuildExt(build_ext):
-    """build_ext with the per-directory flags of SOURCE_FLAGS, which
-    setuptools' Extension cannot express."""
-
-    def build_extensions(self):
-        compile_one = self.compiler._compile
-
-        def compile_with_flags(obj, src, ext, cc_args, extra_postargs, pp_opts):
-            extra = SOURCE_FLAGS.get(os.path.dirname(os.path.normpath(src)), [])
-            compile_one(obj, src, ext, cc_args, extra_postargs + extra, pp_opts)
-
-        self.compiler._compile = compile_with_flags
-        super().build_extensions()
-
 
 class BuildPyAfterExt(build_py):
     """Runs build_ext first, so that SWIG's core.py exists to be copied."""
@@ -83,6 +59,6 @@ setup(
     packages=["treadle"],
     package_data={"treadle": ["py.typed", "*.pyi"]},
     ext_modules=[core],
-    cmdclass={"build_ext": BuildExt, "build_py": BuildPyAfterExt},
+    cmdclass={"build_py": BuildPyAfterExt},
     python_requires=">=3.11",
 )

@@ -131,6 +131,7 @@ static int boot_protected(lua_State *L) {
 }
 
 static treadle_poll_t boot_poll(treadle_cx_t *cx, void *state) {
+  (void)cx;
   boot_t *b = state;
   lrt_t *r = b->r;
   lhome_t *home = r->homes[b->worker];

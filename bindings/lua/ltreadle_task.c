@@ -581,6 +581,7 @@ static int op_return(lua_State *L, int n) {
 }
 
 static int op_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status; /* an op's yield resumes only with LUA_YIELD */
   return op_return(L, lua_gettop(L) - (int)ctx);
 }
 
@@ -761,6 +762,7 @@ int lt_task_results(lua_State *L, ltask_t *t) {
 }
 
 lhome_t *lt_home(lua_State *L) {
+  (void)L; /* the running task's home, also from a coroutine it resumed */
   return lt_current != NULL ? lt_current->home : NULL;
 }
 

@@ -163,12 +163,12 @@ static PyObject *stream_write(streamobj_t *o, PyObject *data) {
                    "writing to this stream");
 }
 
-static PyObject *stream_shutdown(streamobj_t *o, PyObject *unused) {
+static PyObject *stream_shutdown(streamobj_t *o, PyObject *Py_UNUSED(unused)) {
   treadle_err_t err = treadle_tcp_shutdown(o->st.s);
   return err != 0 ? pyt_op_error(err) : pyt_op_ready(Py_NewRef(Py_None));
 }
 
-static PyObject *stream_close(streamobj_t *o, PyObject *unused) {
+static PyObject *stream_close(streamobj_t *o, PyObject *Py_UNUSED(unused)) {
   tb_stream_close(&o->st);
   Py_RETURN_NONE;
 }
@@ -194,7 +194,7 @@ static PyObject *stream_addr(streamobj_t *o, void *peer) {
   return err != 0 ? pyt_raise(err) : addr_tuple(&a);
 }
 
-static PyObject *stream_connect(PyObject *cls, PyObject *const *args,
+static PyObject *stream_connect(PyObject *Py_UNUSED(cls), PyObject *const *args,
                                 Py_ssize_t n) {
   int port;
   if (n != 2) {
@@ -216,11 +216,11 @@ static PyObject *stream_connect(PyObject *cls, PyObject *const *args,
   return (PyObject *)op;
 }
 
-static PyObject *self_ready(PyObject *o, PyObject *unused) {
+static PyObject *self_ready(PyObject *o, PyObject *Py_UNUSED(unused)) {
   return pyt_op_ready(Py_NewRef(o));
 }
 
-static PyObject *stream_aexit(streamobj_t *o, PyObject *args) {
+static PyObject *stream_aexit(streamobj_t *o, PyObject *Py_UNUSED(args)) {
   tb_stream_close(&o->st);
   return pyt_op_ready(Py_NewRef(Py_False));
 }
@@ -271,7 +271,7 @@ static void listener_dealloc(listenerobj_t *o) {
   PyObject_Free(o);
 }
 
-static PyObject *listener_bind(PyObject *cls, PyObject *args, PyObject *kw) {
+static PyObject *listener_bind(PyObject *Py_UNUSED(cls), PyObject *args, PyObject *kw) {
   static char *names[] = {"host", "port", "backlog", "reuse_port", NULL};
   PyObject *hostobj, *portobj;
   int backlog = 1024, reuse = 0, port;
@@ -315,7 +315,7 @@ static op_t *accept_op(listenerobj_t *o) {
                            "accepting on this listener");
 }
 
-static PyObject *listener_accept(listenerobj_t *o, PyObject *unused) {
+static PyObject *listener_accept(listenerobj_t *o, PyObject *Py_UNUSED(unused)) {
   return (PyObject *)accept_op(o);
 }
 
@@ -326,23 +326,23 @@ static PyObject *listener_anext(listenerobj_t *o) {
   return (PyObject *)op;
 }
 
-static PyObject *listener_close(listenerobj_t *o, PyObject *unused) {
+static PyObject *listener_close(listenerobj_t *o, PyObject *Py_UNUSED(unused)) {
   tb_listener_close(&o->ls);
   Py_RETURN_NONE;
 }
 
-static PyObject *listener_aexit(listenerobj_t *o, PyObject *args) {
+static PyObject *listener_aexit(listenerobj_t *o, PyObject *Py_UNUSED(args)) {
   tb_listener_close(&o->ls);
   return pyt_op_ready(Py_NewRef(Py_False));
 }
 
-static PyObject *listener_addr(listenerobj_t *o, void *unused) {
+static PyObject *listener_addr(listenerobj_t *o, void *Py_UNUSED(unused)) {
   struct sockaddr_storage a;
   treadle_err_t err = treadle_tcp_listener_addr(o->ls.l, &a);
   return err != 0 ? pyt_raise(err) : addr_tuple(&a);
 }
 
-static PyObject *listener_exhaustions(listenerobj_t *o, void *unused) {
+static PyObject *listener_exhaustions(listenerobj_t *o, void *Py_UNUSED(unused)) {
   return PyLong_FromUnsignedLongLong(
       treadle_tcp_listener_fd_exhaustions(o->ls.l));
 }

@@ -331,15 +331,15 @@ static PyObject *handle_wrap(pyrt_t *r) {
   return (PyObject *)h;
 }
 
-static PyObject *core_handle(coreobj_t *self, PyObject *unused) {
+static PyObject *core_handle(coreobj_t *self, PyObject *Py_UNUSED(unused)) {
   return handle_wrap(self->r);
 }
 
-static PyObject *core_is_shutdown(coreobj_t *self, void *unused) {
+static PyObject *core_is_shutdown(coreobj_t *self, void *Py_UNUSED(unused)) {
   return PyBool_FromLong(self->r->rt == NULL);
 }
 
-static PyObject *core_flavor(coreobj_t *self, void *unused) {
+static PyObject *core_flavor(coreobj_t *self, void *Py_UNUSED(unused)) {
   return PyUnicode_FromString(self->r->flavor == TREADLE_CURRENT_THREAD
                                   ? "current_thread" : "multi_thread");
 }
@@ -384,7 +384,7 @@ static PyObject *handle_spawn(coreobj_t *self, PyObject *coro) {
   return pyt_spawn(self->r, coro);
 }
 
-static PyObject *handle_current(PyObject *cls, PyObject *unused) {
+static PyObject *handle_current(PyObject *Py_UNUSED(cls), PyObject *Py_UNUSED(unused)) {
   if (pyt_current == NULL) {
     PyErr_SetString(PyExc_RuntimeError,
                     "no treadle task is running on this thread");

@@ -263,7 +263,7 @@ static int op_finish(op_t *op) {
   return 0;
 }
 
-static PySendResult op_send(op_t *op, PyObject *arg, PyObject **out) {
+static PySendResult op_send(op_t *op, PyObject *Py_UNUSED(arg), PyObject **out) {
   if (op->stage == OP_NEW) {
     if (pyt_current == NULL) {
       if (dropping)
@@ -330,7 +330,7 @@ static PyObject *op_iternext(op_t *op) {
   return NULL;
 }
 
-static PyObject *op_send_method(op_t *op, PyObject *arg) {
+static PyObject *op_send_method(op_t *op, PyObject *Py_UNUSED(arg)) {
   return op_iternext(op);
 }
 
@@ -694,7 +694,7 @@ static PyObject *join_await(joinobj_t *jo) {
   return (PyObject *)op;
 }
 
-static PyObject *join_abort(joinobj_t *jo, PyObject *unused) {
+static PyObject *join_abort(joinobj_t *jo, PyObject *Py_UNUSED(unused)) {
   if (jo->j == NULL || jo->outcome != JOIN_PENDING)
     Py_RETURN_NONE;
   if (jo->sh == NULL) {
@@ -709,13 +709,13 @@ static PyObject *join_abort(joinobj_t *jo, PyObject *unused) {
   Py_RETURN_NONE;
 }
 
-static PyObject *join_done(joinobj_t *jo, PyObject *unused) {
+static PyObject *join_done(joinobj_t *jo, PyObject *Py_UNUSED(unused)) {
   return PyBool_FromLong(jo->outcome != JOIN_PENDING || jo->has_pending ||
                          (jo->j != NULL && treadle_join_is_finished(jo->j)));
 }
 
 /* After block_on: the task's value, or its exception raised. */
-static PyObject *join_result(joinobj_t *jo, PyObject *unused) {
+static PyObject *join_result(joinobj_t *jo, PyObject *Py_UNUSED(unused)) {
   if (jo->has_pending)
     join_take(jo, jo->pending_status, jo->pending_value);
   jo->retrieved = true;
@@ -734,7 +734,7 @@ static PyObject *join_result(joinobj_t *jo, PyObject *unused) {
   return NULL;
 }
 
-static PyObject *join_id(joinobj_t *jo, void *unused) {
+static PyObject *join_id(joinobj_t *jo, void *Py_UNUSED(unused)) {
   return PyLong_FromUnsignedLongLong(jo->j ? treadle_join_task_id(jo->j) : 0);
 }
 
@@ -811,7 +811,7 @@ static pytask_t *need_task(void) {
   return pyt_current;
 }
 
-static PyObject *mod_sleep(PyObject *m, PyObject *secs) {
+static PyObject *mod_sleep(PyObject *Py_UNUSED(m), PyObject *secs) {
   uint64_t ns;
   if (pyt_duration(secs, &ns) < 0)
     return NULL;
@@ -821,19 +821,19 @@ static PyObject *mod_sleep(PyObject *m, PyObject *secs) {
   return (PyObject *)op;
 }
 
-static PyObject *mod_yield_now(PyObject *m, PyObject *unused) {
+static PyObject *mod_yield_now(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(unused)) {
   op_t *op = pyt_op_new(OP_LEAF, NULL);
   if (op != NULL)
     tb_op_yield(&op->tb);
   return (PyObject *)op;
 }
 
-static PyObject *mod_spawn(PyObject *m, PyObject *coro) {
+static PyObject *mod_spawn(PyObject *Py_UNUSED(m), PyObject *coro) {
   pytask_t *t = need_task();
   return t != NULL ? pyt_spawn(t->r, coro) : NULL;
 }
 
-static PyObject *mod_spawn_blocking(PyObject *m, PyObject *args) {
+static PyObject *mod_spawn_blocking(PyObject *Py_UNUSED(m), PyObject *args) {
   pytask_t *t = need_task();
   if (t == NULL)
     return NULL;
@@ -859,11 +859,11 @@ static PyObject *mod_spawn_blocking(PyObject *m, PyObject *args) {
   return (PyObject *)jo;
 }
 
-static PyObject *mod_current_worker(PyObject *m, PyObject *unused) {
+static PyObject *mod_current_worker(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(unused)) {
   return need_task() ? PyLong_FromLong(treadle_cx_worker(pyt_current_cx)) : NULL;
 }
 
-static PyObject *mod_signal(PyObject *m, PyObject *arg) {
+static PyObject *mod_signal(PyObject *Py_UNUSED(m), PyObject *arg) {
   if (!PyLong_Check(arg)) {
     PyErr_Format(PyExc_TypeError, "signal number must be an int, not %.100s",
                  Py_TYPE(arg)->tp_name);
@@ -887,14 +887,14 @@ static PyObject *mod_signal(PyObject *m, PyObject *arg) {
 /* True once a task waited for SIGINT: from then on block_on's Ctrl-C
  * policy leaves SIGINT to such tasks (Tokio's ctrl_c takes it over for
  * the rest of the process, too). */
-static PyObject *mod_sigint_taken(PyObject *m, PyObject *unused) {
+static PyObject *mod_sigint_taken(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(unused)) {
   /* Relaxed: a flag (tbind.h). */
   return PyBool_FromLong(
       atomic_load_explicit(&tb_sigint_taken, memory_order_relaxed));
 }
 
 /* Raises EINRUNTIME on a thread that runs a treadle task. */
-static PyObject *mod_check_not_in_task(PyObject *m, PyObject *unused) {
+static PyObject *mod_check_not_in_task(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(unused)) {
   if (pyt_current != NULL)
     return pyt_raise(TREADLE_EINRUNTIME);
   Py_RETURN_NONE;
@@ -902,7 +902,7 @@ static PyObject *mod_check_not_in_task(PyObject *m, PyObject *unused) {
 
 /* wait(join, seconds): True once the task finished, False at the deadline
  * (treadle.timeout's building block). */
-static PyObject *mod_wait(PyObject *m, PyObject *const *args, Py_ssize_t n) {
+static PyObject *mod_wait(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssize_t n) {
   uint64_t ns;
   if (n != 2 || !Py_IS_TYPE(args[0], &join_type)) {
     PyErr_SetString(PyExc_TypeError, "wait(join_handle, seconds)");
