@@ -107,6 +107,7 @@ METRICS_OUT(treadle_worker_metrics_t)
 %rename("%s") TREADLE_VERSION_MAJOR;
 %rename("%s") TREADLE_VERSION_MINOR;
 %rename("%s") TREADLE_VERSION_PATCH;
+%rename("%s") TREADLE_MAX_WORKERS;
 %rename("%s") treadle_flavor_t;
 %rename("%s") TREADLE_CURRENT_THREAD;
 %rename("%s") TREADLE_MULTI_THREAD;

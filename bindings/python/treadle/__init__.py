@@ -197,7 +197,7 @@ class Runtime:
         b = _swig.treadle_builder_new(_FLAVORS[flavor])
         try:
             if workers is not None:
-                _check_count("workers", workers, 1024)
+                _check_count("workers", workers, _swig.TREADLE_MAX_WORKERS)
                 _swig.treadle_builder_worker_threads(b, workers)
             _check_count("max_blocking_threads", max_blocking_threads, 65536)
             _swig.treadle_builder_max_blocking_threads(b, max_blocking_threads)
