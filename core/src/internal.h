@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "os_thread.h"
 #include "queue.h"
-#include "sync.h"
 #include "treadle.h"
 
 #define TREADLE_UNREACHABLE() __builtin_unreachable()
@@ -254,7 +254,7 @@ extern __thread treadle__context_t treadle__ctx TREADLE_TLS_MODEL;
 /* The global queue: a locked intrusive FIFO with an atomic length, so that
  * emptiness checks take no lock (RELIABILITY.md c.3 item 7). */
 typedef struct treadle__inject_s {
-  treadle__mutex_t mu;
+  treadle__os_mutex_t mu;
   treadle__task_t *head;   /* guarded by mu */
   treadle__task_t *tail;   /* guarded by mu */
   bool closed;             /* guarded by mu */
@@ -316,7 +316,7 @@ bool treadle__deque_has_stealable(treadle__deque_t *q);
 typedef struct treadle__idle_s {
   _Atomic uint64_t state;  /* unparked workers << 16 | searching workers */
   unsigned num_workers;
-  treadle__mutex_t mu;
+  treadle__os_mutex_t mu;
   unsigned *sleepers;      /* stack of parked worker indices; guarded */
   unsigned num_sleepers;   /* guarded by mu */
   bool *is_sleeping;       /* per worker; guarded by mu */
@@ -349,8 +349,8 @@ unsigned treadle__idle_num_searching(treadle__idle_t *idle);
 typedef struct treadle__park_s {
   _Atomic uint32_t state; /* EMPTY / PARKED_CONDVAR / PARKED_DRIVER /
                              NOTIFIED, see park.c */
-  treadle__mutex_t mu;
-  treadle__cond_t cv;
+  treadle__os_mutex_t mu;
+  treadle__os_cond_t cv;
 } treadle__park_t;
 
 void treadle__park_init(treadle__park_t *p);
@@ -358,7 +358,7 @@ void treadle__park_destroy(treadle__park_t *p);
 /* Sleeps until unparked. `driver_mu` is tried: its holder parks in the
  * driver (timers and I/O are served there). */
 void treadle__park_park(treadle__park_t *p, treadle__driver_t *d,
-                        treadle__mutex_t *driver_mu);
+                        treadle__os_mutex_t *driver_mu);
 void treadle__park_unpark(treadle__park_t *p, treadle__driver_t *d);
 
 /* ---------------------------------------------------- blocking_pool.c */
@@ -431,7 +431,7 @@ treadle__timer_t *treadle__wheel_pop_any(treadle__wheel_t *w);
 /* ------------------------------------------------------ driver_time.c */
 
 struct treadle__time_s {
-  treadle__mutex_t mu;
+  treadle__os_mutex_t mu;
   treadle__wheel_t wheel;         /* guarded by mu */
   bool shut;                      /* guarded by mu */
   uint64_t origin_ns;             /* tick 0; constant */
@@ -504,7 +504,7 @@ typedef struct treadle__io_reg_s {
 typedef struct treadle__io_s {
   int epfd;  /* epoll instance, -1 when closed; guarded by mu */
   int evfd;  /* eventfd that unparks epoll_wait */
-  treadle__mutex_t mu;       /* table growth, free list, epoll_ctl, shut */
+  treadle__os_mutex_t mu;    /* table growth, free list, epoll_ctl, shut */
   bool shut;                 /* guarded by mu */
   uint32_t free_head;        /* UINT32_MAX: none; guarded by mu */
   uint32_t slots;            /* slots handed out so far; guarded by mu */
@@ -683,7 +683,7 @@ static inline bool treadle__leaf_start(treadle__source_t *src,
 /* ---------------------------------------------------- driver_signal.c */
 
 typedef struct treadle__signal_s {
-  treadle__mutex_t mu;
+  treadle__os_mutex_t mu;
   treadle__list_t waiters[65]; /* per signal; guarded by mu */
   uint64_t listening;          /* signals this runtime listens for (bit
                                   n-1 for signal n); guarded by mu */
@@ -717,8 +717,8 @@ struct treadle__driver_s {
   treadle__signal_t signal;
   _Atomic uint32_t park_state;   /* EMPTY / PARKED / NOTIFIED, see driver.c */
   _Atomic uint64_t parks;        /* parks with a timeout (metrics) */
-  treadle__mutex_t park_mu;      /* condvar fallback without io */
-  treadle__cond_t park_cv;
+  treadle__os_mutex_t park_mu;   /* condvar fallback without io */
+  treadle__os_cond_t park_cv;
 };
 
 treadle_err_t treadle__driver_init(treadle__driver_t *d,

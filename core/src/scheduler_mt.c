@@ -51,7 +51,7 @@
 #define INJECT_BATCH 32
 
 typedef struct shard_s {
-  treadle__mutex_t mu;
+  treadle__os_mutex_t mu;
   treadle__list_t tasks; /* guarded by mu */
   bool closed;           /* guarded by mu */
   _Atomic size_t count;  /* written under mu; read anywhere */
@@ -85,7 +85,7 @@ struct worker_s {
 
   unsigned index;
   treadle__mt_t *mt;
-  treadle__thread_t thread;
+  treadle__os_thread_t thread;
   bool started;
 } __attribute__((aligned(TREADLE_CACHELINE)));
 
@@ -97,7 +97,7 @@ struct treadle__mt_s {
   shard_t *shards;
   treadle__inject_t inject;
   treadle__idle_t idle;
-  treadle__mutex_t driver_mu; /* held by the worker parked in the driver */
+  treadle__os_mutex_t driver_mu; /* held by the worker parked in the driver */
   _Atomic bool shutdown;
   _Atomic bool closed;             /* spawns fail from now on */
   _Atomic uint64_t spawned, finished; /* by threads that are not workers */
@@ -144,9 +144,9 @@ static shard_t *shard_of(treadle__mt_t *mt, treadle__task_t *t) {
 
 static bool mt_bind(treadle__sched_t *s, treadle__task_t *t) {
   shard_t *sh = shard_of(as_mt(s), t);
-  treadle__mutex_lock(&sh->mu);
+  treadle__os_mutex_lock(&sh->mu);
   if (sh->closed) {
-    treadle__mutex_unlock(&sh->mu);
+    treadle__os_mutex_unlock(&sh->mu);
     return false;
   }
   treadle__list_push_back(&sh->tasks, &t->owned);
@@ -157,7 +157,7 @@ static bool mt_bind(treadle__sched_t *s, treadle__task_t *t) {
                         atomic_load_explicit(&sh->count, memory_order_relaxed) +
                             1,
                         memory_order_relaxed);
-  treadle__mutex_unlock(&sh->mu);
+  treadle__os_mutex_unlock(&sh->mu);
   return true;
 }
 
@@ -178,7 +178,7 @@ static int mt_release(treadle__sched_t *s, treadle__task_t *t) {
   }
   shard_t *sh = shard_of(mt, t);
   int refs = 0;
-  treadle__mutex_lock(&sh->mu);
+  treadle__os_mutex_lock(&sh->mu);
   if (atomic_load_explicit(&t->owned_state, memory_order_relaxed) ==
       TREADLE__BOUND) {
     treadle__list_unlink(&t->owned);
@@ -189,7 +189,7 @@ static int mt_release(treadle__sched_t *s, treadle__task_t *t) {
   }
   atomic_store_explicit(&t->owned_state, TREADLE__UNLINKED,
                         memory_order_relaxed);
-  treadle__mutex_unlock(&sh->mu);
+  treadle__os_mutex_unlock(&sh->mu);
   return refs;
 }
 
@@ -197,7 +197,7 @@ static int mt_release(treadle__sched_t *s, treadle__task_t *t) {
 static bool drain_shard(shard_t *sh) {
   bool any = false;
   for (;;) {
-    treadle__mutex_lock(&sh->mu);
+    treadle__os_mutex_lock(&sh->mu);
     treadle__list_t *n = treadle__list_pop_front(&sh->tasks);
     treadle__task_t *t = NULL;
     if (n != NULL) {
@@ -209,7 +209,7 @@ static bool drain_shard(shard_t *sh) {
           atomic_load_explicit(&sh->count, memory_order_relaxed) - 1,
           memory_order_relaxed);
     }
-    treadle__mutex_unlock(&sh->mu);
+    treadle__os_mutex_unlock(&sh->mu);
     if (t == NULL)
       return any;
     treadle__task_shutdown(t); /* the owned reference */
@@ -519,12 +519,12 @@ static void park(worker_t *w) {
 
 static void maintenance(worker_t *w) {
   treadle__mt_t *mt = w->mt;
-  if (!treadle__mutex_trylock(&mt->driver_mu))
+  if (!treadle__os_mutex_trylock(&mt->driver_mu))
     return; /* another worker is parked in the drivers */
   w->in_park = true;
   treadle__driver_park(driver_of(mt), 0);
   w->in_park = false;
-  treadle__mutex_unlock(&mt->driver_mu);
+  treadle__os_mutex_unlock(&mt->driver_mu);
   if (treadle__deque_has_stealable(&w->queue))
     notify_parked(mt);
 }
@@ -610,9 +610,9 @@ static void close_spawns(treadle__mt_t *mt) {
   /* release: pairs with mt_spawn's acquire. */
   atomic_store_explicit(&mt->closed, true, memory_order_release);
   for (unsigned i = 0; i < mt->nshards + mt->nworkers; i++) {
-    treadle__mutex_lock(&mt->shards[i].mu);
+    treadle__os_mutex_lock(&mt->shards[i].mu);
     mt->shards[i].closed = true;
-    treadle__mutex_unlock(&mt->shards[i].mu);
+    treadle__os_mutex_unlock(&mt->shards[i].mu);
   }
 }
 
@@ -633,7 +633,7 @@ static void stop_workers(treadle__mt_t *mt) {
       treadle__park_unpark(&mt->workers[i].park, driver_of(mt));
   for (unsigned i = 0; i < mt->nworkers; i++) {
     if (mt->workers[i].started) {
-      treadle__thread_join(mt->workers[i].thread);
+      treadle__os_thread_join(mt->workers[i].thread);
       mt->workers[i].started = false;
     }
   }
@@ -668,10 +668,10 @@ static void mt_free(treadle__sched_t *s) {
     treadle__park_destroy(&mt->workers[i].park);
   }
   for (unsigned i = 0; i < mt->nshards + mt->nworkers; i++)
-    treadle__mutex_destroy(&mt->shards[i].mu);
+    treadle__os_mutex_destroy(&mt->shards[i].mu);
   treadle__inject_destroy(&mt->inject);
   treadle__idle_destroy(&mt->idle);
-  treadle__mutex_destroy(&mt->driver_mu);
+  treadle__os_mutex_destroy(&mt->driver_mu);
   treadle__free(mt->shards);
   treadle__free(mt->workers);
   treadle__free(mt);
@@ -741,12 +741,12 @@ static treadle_err_t mt_dump(treadle__sched_t *s, FILE *out) {
   }
   for (unsigned i = 0; i < mt->nshards + mt->nworkers; i++) {
     shard_t *sh = &mt->shards[i];
-    treadle__mutex_lock(&sh->mu);
+    treadle__os_mutex_lock(&sh->mu);
     for (treadle__list_t *n = sh->tasks.next; n != &sh->tasks; n = n->next) {
       treadle__task_t *t = treadle__container_of(n, treadle__task_t, owned);
       treadle__dump_task(out, t, t->pinned != 0 ? (int)t->pinned - 1 : -1);
     }
-    treadle__mutex_unlock(&sh->mu);
+    treadle__os_mutex_unlock(&sh->mu);
   }
   return 0;
 }
@@ -797,12 +797,12 @@ treadle_err_t treadle__mt_new(treadle_handle_t *h, treadle__sched_t **out) {
     return TREADLE_ENOMEM;
   }
   for (unsigned i = 0; i < mt->nshards + n; i++) {
-    treadle__mutex_init(&mt->shards[i].mu);
+    treadle__os_mutex_init(&mt->shards[i].mu);
     treadle__list_init(&mt->shards[i].tasks);
     atomic_init(&mt->shards[i].count, 0);
   }
   treadle__inject_init(&mt->inject);
-  treadle__mutex_init(&mt->driver_mu);
+  treadle__os_mutex_init(&mt->driver_mu);
   atomic_init(&mt->shutdown, false);
   atomic_init(&mt->closed, false);
   for (unsigned i = 0; i < n; i++) {
@@ -818,8 +818,8 @@ treadle_err_t treadle__mt_new(treadle_handle_t *h, treadle__sched_t **out) {
   treadle_err_t err = 0;
   for (unsigned i = 0; i < n && err == 0; i++) {
     worker_t *w = &mt->workers[i];
-    err = treadle__thread_start(&w->thread, worker_main, w,
-                                h->cfg.thread_name);
+    err = treadle__os_thread_start(&w->thread, worker_main, w,
+                                   h->cfg.thread_name);
     w->started = err == 0;
   }
   if (err != 0) {

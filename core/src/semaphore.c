@@ -45,7 +45,7 @@ _Static_assert(offsetof(struct treadle_mutex_s, sem) == 0,
 /* --------------------------------------------------------- wait queue */
 
 void treadle__waitq_init(treadle__waitq_t *q, treadle__waitq_kind_t kind) {
-  treadle__mutex_init(&q->mu);
+  treadle__os_mutex_init(&q->mu);
   treadle__list_init(&q->waiters);
   atomic_init(&q->refs, 1);
   q->kind = (uint8_t)kind;
@@ -61,7 +61,7 @@ void treadle__waitq_unref(treadle__waitq_t *q) {
   if (atomic_fetch_sub_explicit(&q->refs, 1, memory_order_acq_rel) != 1)
     return;
   TREADLE_ASSERT(treadle__list_empty(&q->waiters)); /* each holds a ref */
-  treadle__mutex_destroy(&q->mu);
+  treadle__os_mutex_destroy(&q->mu);
   treadle__free(q); /* the object starts with q */
 }
 
@@ -111,7 +111,7 @@ void treadle_waiter_drop(treadle_waiter_t *wp) {
   treadle_waker_t *own = NULL;
   treadle__wakelist_t wl = {.n = 0};
   uint64_t give_back = 0;
-  treadle__mutex_lock(&q->mu);
+  treadle__os_mutex_lock(&q->mu);
   st = atomic_load_explicit(&w->state, memory_order_relaxed);
   switch (st & TREADLE__W_MASK) {
   case TREADLE__W_WAITING:
@@ -136,7 +136,7 @@ void treadle_waiter_drop(treadle_waiter_t *wp) {
   if (give_back > 0)
     add_permits_locked((struct treadle_semaphore_s *)q, give_back);
   else
-    treadle__mutex_unlock(&q->mu);
+    treadle__os_mutex_unlock(&q->mu);
   treadle__wakelist_wake(&wl);
   treadle_waker_drop(own);
   treadle__waitq_unref(q);
@@ -183,11 +183,11 @@ static void add_permits_locked(struct treadle_semaphore_s *s, uint64_t n) {
                                 memory_order_release);
       n = 0;
     }
-    treadle__mutex_unlock(&s->q.mu);
+    treadle__os_mutex_unlock(&s->q.mu);
     treadle__wakelist_wake(&wl);
     if (n == 0)
       return;
-    treadle__mutex_lock(&s->q.mu);
+    treadle__os_mutex_lock(&s->q.mu);
   }
 }
 
@@ -246,18 +246,18 @@ static treadle_poll_t acquire_idle(struct treadle_semaphore_s *s,
     *err = TREADLE_ECLOSED;
     return TREADLE_READY;
   }
-  treadle__mutex_lock(&s->q.mu);
+  treadle__os_mutex_lock(&s->q.mu);
   cur = atomic_load_explicit(&s->permits, memory_order_relaxed);
   for (;;) {
     if (cur & CLOSED) {
-      treadle__mutex_unlock(&s->q.mu);
+      treadle__os_mutex_unlock(&s->q.mu);
       *err = TREADLE_ECLOSED;
       return TREADLE_READY;
     }
     size_t take = cur >= need ? need : cur; /* cur is even here */
     if (take == need && !spent) {
       if (!treadle_cx_poll_proceed(cx)) {
-        treadle__mutex_unlock(&s->q.mu);
+        treadle__os_mutex_unlock(&s->q.mu);
         return TREADLE_PENDING;
       }
       spent = true;
@@ -270,7 +270,7 @@ static treadle_poll_t acquire_idle(struct treadle_semaphore_s *s,
   }
   size_t taken = (cur >= need ? need : cur) >> SHIFT;
   if (taken == n) {
-    treadle__mutex_unlock(&s->q.mu);
+    treadle__os_mutex_unlock(&s->q.mu);
     *err = 0;
     return TREADLE_READY;
   }
@@ -278,7 +278,7 @@ static treadle_poll_t acquire_idle(struct treadle_semaphore_s *s,
   treadle__waiter_enqueue(&s->q, w, cx,
                           (uint64_t)(n - taken) << TREADLE__W_SHIFT |
                               TREADLE__W_WAITING);
-  treadle__mutex_unlock(&s->q.mu);
+  treadle__os_mutex_unlock(&s->q.mu);
   treadle__sync_waits_on(cx, wait);
   return TREADLE_PENDING;
 }
@@ -295,16 +295,16 @@ treadle_poll_t treadle__sem_acquire_poll(struct treadle_semaphore_s *s,
     return acquire_idle(s, cx, w, n, wait, err);
   case TREADLE__W_WAITING: {
     treadle__waitq_t *q = w->q;
-    treadle__mutex_lock(&q->mu);
+    treadle__os_mutex_lock(&q->mu);
     st = atomic_load_explicit(&w->state, memory_order_relaxed);
     if ((st & TREADLE__W_MASK) == TREADLE__W_WAITING) {
       treadle_waker_t *old = treadle__waiter_rewake(w, cx);
-      treadle__mutex_unlock(&q->mu);
+      treadle__os_mutex_unlock(&q->mu);
       treadle_waker_drop(old);
       treadle__sync_waits_on(cx, wait);
       return TREADLE_PENDING;
     }
-    treadle__mutex_unlock(&q->mu); /* finished meanwhile; q.mu ordered it */
+    treadle__os_mutex_unlock(&q->mu); /* finished meanwhile; q.mu ordered it */
     break;
   }
   default:
@@ -319,13 +319,13 @@ treadle_err_t treadle__sem_release(struct treadle_semaphore_s *s, size_t n,
     return 0;
   if (n > max)
     return TREADLE_EINVAL;
-  treadle__mutex_lock(&s->q.mu);
+  treadle__os_mutex_lock(&s->q.mu);
   /* Relaxed: increases happen under q.mu, which we hold; a decrease we
    * miss only makes the check stricter. */
   size_t avail =
       atomic_load_explicit(&s->permits, memory_order_relaxed) >> SHIFT;
   if (avail > max - n) {
-    treadle__mutex_unlock(&s->q.mu);
+    treadle__os_mutex_unlock(&s->q.mu);
     return TREADLE_EINVAL;
   }
   add_permits_locked(s, n);
@@ -386,7 +386,7 @@ treadle_err_t treadle_semaphore_release(treadle_semaphore_t *s, size_t n) {
 void treadle_semaphore_close(treadle_semaphore_t *s) {
   if (s == NULL)
     return;
-  treadle__mutex_lock(&s->q.mu);
+  treadle__os_mutex_lock(&s->q.mu);
   /* Relaxed: acquirers that see CLOSED take nothing; under q.mu, so no
    * waiter queues after this. */
   atomic_fetch_or_explicit(&s->permits, CLOSED, memory_order_relaxed);
@@ -410,11 +410,11 @@ void treadle_semaphore_close(treadle_semaphore_t *s) {
                                 memory_order_release);
     }
     bool more = !treadle__list_empty(&s->q.waiters);
-    treadle__mutex_unlock(&s->q.mu);
+    treadle__os_mutex_unlock(&s->q.mu);
     treadle__wakelist_wake(&wl);
     if (!more)
       return;
-    treadle__mutex_lock(&s->q.mu);
+    treadle__os_mutex_lock(&s->q.mu);
   }
 }
 

@@ -49,7 +49,7 @@ typedef enum {
  * waiter can be dropped knowing only its queue, and so that the object's
  * last reference frees it whatever its kind. */
 typedef struct treadle__waitq_s {
-  treadle__mutex_t mu;
+  treadle__os_mutex_t mu;
   treadle__list_t waiters; /* FIFO of treadle__waiter_t; guarded by mu */
   _Atomic size_t refs;     /* users' references + one per queued or
                               notified waiter; any thread */
