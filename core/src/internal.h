@@ -279,7 +279,7 @@ static inline size_t treadle__inject_len(treadle__inject_t *q) {
   return atomic_load_explicit(&q->len, memory_order_relaxed);
 }
 
-/* ------------------------------------------------------------ deque.c */
+/* ------------------------------------------------------------- runq.c */
 
 #ifdef TREADLE_TEST_SMALL
 #define TREADLE__LOCAL_QUEUE_CAPACITY 4 /* as tokio under loom */
@@ -287,28 +287,28 @@ static inline size_t treadle__inject_len(treadle__inject_t *q) {
 #define TREADLE__LOCAL_QUEUE_CAPACITY 256
 #endif
 
-/* A worker's local run queue (deque.c): one owner, many stealers. */
-typedef struct treadle__deque_s {
+/* A worker's local run queue (runq.c): one owner, many stealers. */
+typedef struct treadle__runq_s {
   _Atomic uint64_t head; /* steal index (low 32) | real head (high 32) */
   _Atomic uint32_t tail; /* written by the owner only */
   treadle__task_t *slots[TREADLE__LOCAL_QUEUE_CAPACITY];
-} treadle__deque_t;
+} treadle__runq_t;
 
-void treadle__deque_init(treadle__deque_t *q);
+void treadle__runq_init(treadle__runq_t *q);
 /* Owner: appends `t`; when full, moves half the queue and `t` to `inject`
  * and returns true (an overflow). Tasks refused by a closed inject queue
  * are unreferenced. */
-bool treadle__deque_push(treadle__deque_t *q, treadle__task_t *t,
-                         treadle__inject_t *inject);
+bool treadle__runq_push(treadle__runq_t *q, treadle__task_t *t,
+                        treadle__inject_t *inject);
 /* Owner: takes the oldest task, or NULL. */
-treadle__task_t *treadle__deque_pop(treadle__deque_t *q);
+treadle__task_t *treadle__runq_pop(treadle__runq_t *q);
 /* Thief: moves half of src into dst (dst's owner calls this) and returns
  * one of them to run now, or NULL; *stolen says how many moved. */
-treadle__task_t *treadle__deque_steal_into(treadle__deque_t *src,
-                                           treadle__deque_t *dst,
-                                           uint32_t *stolen);
-size_t treadle__deque_len(treadle__deque_t *q);
-bool treadle__deque_has_stealable(treadle__deque_t *q);
+treadle__task_t *treadle__runq_steal_into(treadle__runq_t *src,
+                                          treadle__runq_t *dst,
+                                          uint32_t *stolen);
+size_t treadle__runq_len(treadle__runq_t *q);
+bool treadle__runq_has_stealable(treadle__runq_t *q);
 
 /* ------------------------------------------------------------- idle.c */
 

@@ -1,7 +1,7 @@
 /* The multi_thread scheduler: N workers share the tasks by work stealing
  * (tokio scheduler/multi_thread/worker.rs).
  *
- * Each worker owns a LIFO slot, a local ring (deque.c) and a list of tasks
+ * Each worker owns a LIFO slot, a local ring (runq.c) and a list of tasks
  * pinned to it; all share the inject queue. The rules (DESIGN.md):
  *
  * 1. Spawn or wake on a worker: the task takes the LIFO slot and the slot's
@@ -74,7 +74,7 @@ struct worker_s {
   uint32_t credits; /* handle references in reserve (handle.c) */
 
   /* Any thread. */
-  treadle__deque_t queue;
+  treadle__runq_t queue;
   treadle__inject_t inbox; /* pinned tasks woken from other threads */
   treadle__park_t park;
   _Atomic uint64_t current; /* id of the task being polled, or 0 */
@@ -228,7 +228,7 @@ static void notify_parked(treadle__mt_t *mt) {
 /* Step 4: the last searcher's final look. */
 static void notify_if_work_pending(treadle__mt_t *mt) {
   for (unsigned i = 0; i < mt->nworkers; i++) {
-    if (treadle__deque_has_stealable(&mt->workers[i].queue)) {
+    if (treadle__runq_has_stealable(&mt->workers[i].queue)) {
       notify_parked(mt);
       return;
     }
@@ -238,7 +238,7 @@ static void notify_if_work_pending(treadle__mt_t *mt) {
 }
 
 static void push_ring(worker_t *w, treadle__task_t *t) {
-  if (treadle__deque_push(&w->queue, t, &w->mt->inject))
+  if (treadle__runq_push(&w->queue, t, &w->mt->inject))
     bump(&w->overflows);
 }
 
@@ -272,7 +272,7 @@ static void schedule_local(worker_t *w, treadle__task_t *t, bool yield) {
     if (pushed == NULL)
       return; /* it runs next, here */
   }
-  bool surplus = w->lifo != NULL || treadle__deque_len(&w->queue) > 0;
+  bool surplus = w->lifo != NULL || treadle__runq_len(&w->queue) > 0;
   push_ring(w, pushed);
   if (surplus && !w->in_park)
     notify_parked(w->mt);
@@ -371,7 +371,7 @@ static treadle__task_t *pop_global(worker_t *w) {
   if (len == 0)
     return NULL;
   size_t room = TREADLE__LOCAL_QUEUE_CAPACITY / 2;
-  size_t used = treadle__deque_len(&w->queue);
+  size_t used = treadle__runq_len(&w->queue);
   room = used < room ? room - used : 0;
   size_t want = len / mt->nworkers + 1;
   if (want > INJECT_BATCH)
@@ -403,7 +403,7 @@ static treadle__task_t *next_task(worker_t *w) {
   w->pick_pinned = !w->pick_pinned;
   if (w->pick_pinned && (t = pinned_pop(w)) != NULL)
     return t;
-  if ((t = treadle__deque_pop(&w->queue)) != NULL)
+  if ((t = treadle__runq_pop(&w->queue)) != NULL)
     return t;
   if ((t = pinned_pop(w)) != NULL)
     return t;
@@ -424,9 +424,8 @@ static treadle__task_t *steal_work(worker_t *w) {
     if (victim == w->index)
       continue;
     uint32_t stolen = 0;
-    treadle__task_t *t =
-        treadle__deque_steal_into(&mt->workers[victim].queue, &w->queue,
-                                  &stolen);
+    treadle__task_t *t = treadle__runq_steal_into(&mt->workers[victim].queue,
+                                                  &w->queue, &stolen);
     if (t != NULL) {
       add(&w->steals, stolen);
       bump(&w->steal_ops);
@@ -471,8 +470,7 @@ static void run_task(worker_t *w, treadle__task_t *t) {
 
 static bool has_local_work(worker_t *w) {
   return w->lifo != NULL || w->pinned_head != NULL ||
-         treadle__inject_len(&w->inbox) > 0 ||
-         treadle__deque_len(&w->queue) > 0;
+         treadle__inject_len(&w->inbox) > 0 || treadle__runq_len(&w->queue) > 0;
 }
 
 static bool transition_from_parked(worker_t *w) {
@@ -513,7 +511,7 @@ static void park(worker_t *w) {
   }
   w->in_park = false;
   bump(&w->unparks);
-  if (!w->searching && treadle__deque_has_stealable(&w->queue))
+  if (!w->searching && treadle__runq_has_stealable(&w->queue))
     notify_parked(mt); /* the driver turn gave us more than we can run */
 }
 
@@ -525,7 +523,7 @@ static void maintenance(worker_t *w) {
   treadle__driver_park(driver_of(mt), 0);
   w->in_park = false;
   treadle__os_mutex_unlock(&mt->driver_mu);
-  if (treadle__deque_has_stealable(&w->queue))
+  if (treadle__runq_has_stealable(&w->queue))
     notify_parked(mt);
 }
 
@@ -558,7 +556,7 @@ static bool drain_worker(worker_t *w) {
     treadle__task_shutdown(t);
     any = true;
   }
-  while ((t = pinned_pop(w)) != NULL || (t = treadle__deque_pop(&w->queue)) ||
+  while ((t = pinned_pop(w)) != NULL || (t = treadle__runq_pop(&w->queue)) ||
          (t = treadle__inject_pop(&w->inbox))) {
     treadle__task_shutdown(t);
     any = true;
@@ -713,7 +711,7 @@ static treadle_err_t mt_worker_metrics(treadle__sched_t *s, unsigned index,
   m->lifo_hits = LOAD(lifo_hits);
   m->overflows = LOAD(overflows);
 #undef LOAD
-  m->local_queue_depth = treadle__deque_len(&w->queue);
+  m->local_queue_depth = treadle__runq_len(&w->queue);
   return 0;
 }
 
@@ -735,7 +733,7 @@ static treadle_err_t mt_dump(treadle__sched_t *s, FILE *out) {
       fprintf(out, "%s", treadle__idle_is_parked(&mt->idle, i) ? "parked"
                                                                : "idle");
     fprintf(out, ", local queue %zu, inbox %zu, polls %llu\n",
-            treadle__deque_len(&w->queue), treadle__inject_len(&w->inbox),
+            treadle__runq_len(&w->queue), treadle__inject_len(&w->inbox),
             (unsigned long long)atomic_load_explicit(&w->polls,
                                                      memory_order_relaxed));
   }
@@ -810,7 +808,7 @@ treadle_err_t treadle__mt_new(treadle_handle_t *h, treadle__sched_t **out) {
     w->index = i;
     w->mt = mt;
     w->rand = 0x9E3779B9u * (i + 1);
-    treadle__deque_init(&w->queue);
+    treadle__runq_init(&w->queue);
     treadle__inject_init(&w->inbox);
     treadle__park_init(&w->park);
     atomic_init(&w->current, 0);
