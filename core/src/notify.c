@@ -1,8 +1,8 @@
 /* Notify (tokio::sync::Notify): tasks wait on a treadle_waiter_t until
- * notified; the wait queue and waiter protocol are semaphore.c's.
+ * notified; the wait queue and waiter protocol are waitq.c's.
  *
  * 1. Everything is guarded by q.mu: the FIFO of waiters and the stored
- *    permit. A waiter's state follows semaphore.c step 4: DONE when
+ *    permit. A waiter's state follows waitq.c step 2: DONE when
  *    notify_one picked it, DONE_ALL when notify_waiters did.
  * 2. notify_one wakes the head waiter; with none queued it sets `permit`
  *    (a flag: permits do not accumulate). A poll of an IDLE waiter
@@ -109,7 +109,7 @@ treadle_poll_t treadle_notify_poll(treadle_notify_t *n, treadle_cx_t *cx,
   if (n == NULL || cx == NULL || wp == NULL)
     return TREADLE_READY; /* nothing to wait for; never hang on bad input */
   treadle__waiter_t *w = treadle__as_waiter(wp);
-  /* acquire: pairs with treadle__waiter_finish (semaphore.c step 4). */
+  /* acquire: pairs with treadle__waiter_finish (waitq.c step 2). */
   uint64_t st = atomic_load_explicit(&w->state, memory_order_acquire);
   if ((st & TREADLE__W_MASK) == TREADLE__W_IDLE) {
     treadle__os_mutex_lock(&n->q.mu);
