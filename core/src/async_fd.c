@@ -7,7 +7,7 @@
 #include <limits.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "io.h"
 
 struct treadle_async_fd_s {
   treadle__source_t src;

@@ -26,7 +26,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "io.h"
 
 #define EVENTS 1024 /* as mio/tokio: one park takes a large batch */
 #define TOKEN_UNPARK UINT64_MAX

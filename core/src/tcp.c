@@ -14,7 +14,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "io.h"
 
 struct treadle_tcp_stream_s {
   treadle__source_t src;
