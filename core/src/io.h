@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <sys/types.h>
 
 #include "internal.h"
 
@@ -136,39 +137,52 @@ static inline bool treadle__cx_proceed(treadle_cx_t *cx) {
       return TREADLE_PENDING;                                                  \
   } while (0)
 
-/* Runs `syscall` (an expression that sets `r` and errno) when the source
- * is ready for `interest`, retrying on EINTR and waiting on EAGAIN. `full`
- * says whether a success may have left more (a full read or write), so
- * readiness stays; otherwise it is cleared, which saves the system call
- * that would only say EAGAIN. Needs <errno.h>. */
-#define TREADLE__IO_LOOP(src, cx, interest, clear_bit, err, syscall, full)     \
-  for (;;) {                                                                   \
-    uint32_t tick_;                                                            \
-    if (treadle__source_poll_ready((src), (cx), (interest), &tick_, (err)) ==  \
-        TREADLE_PENDING) {                                                     \
-      treadle__source_leave(src);                                              \
-      return TREADLE_PENDING;                                                  \
-    }                                                                          \
-    if (*(err) != 0)                                                           \
-      break;                                                                   \
-    syscall;                                                                   \
-    if (r >= 0) {                                                              \
-      if (!(full))                                                             \
-        treadle__source_clear((src), (clear_bit), tick_);                      \
-      break;                                                                   \
-    }                                                                          \
-    if (errno == EINTR)                                                        \
-      continue;                                                                \
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {                             \
-      treadle__source_clear((src), (clear_bit), tick_);                        \
-      continue;                                                                \
-    }                                                                          \
-    *(err) = -errno;                                                           \
-    break;                                                                     \
+/* One non-blocking system call on `fd` for treadle__io_loop: returns its
+ * result, or -1 with errno set. On success it sets *full when the call
+ * may have left more to do (a full read or write), so that readiness
+ * stays. */
+typedef ssize_t (*treadle__io_call_t)(int fd, void *state, bool *full);
+
+/* Runs `call(src->fd, state, ...)` when src is ready for `interest`,
+ * retrying on EINTR and, on EAGAIN, clearing `clear_bit` and waiting for
+ * the next edge. A success that was not full clears it too, which saves
+ * the system call that would only say EAGAIN. PENDING: the task's waker is
+ * stored. READY: *err = 0 and *r = the call's result, or *err = the
+ * error (*r untouched). Call it between enter and leave; it leaves
+ * nothing. always_inline: `call` is then a direct call the compiler
+ * inlines, as the system call written in place would be. */
+static inline __attribute__((always_inline)) treadle_poll_t
+treadle__io_loop(treadle__source_t *src, treadle_cx_t *cx, unsigned interest,
+                 unsigned clear_bit, treadle__io_call_t call, void *state,
+                 ssize_t *r, treadle_err_t *err) {
+  for (;;) {
+    uint32_t tick;
+    if (treadle__source_poll_ready(src, cx, interest, &tick, err) ==
+        TREADLE_PENDING)
+      return TREADLE_PENDING;
+    if (*err != 0)
+      return TREADLE_READY;
+    bool full = false;
+    ssize_t res = call(src->fd, state, &full);
+    if (res >= 0) {
+      if (!full)
+        treadle__source_clear(src, clear_bit, tick);
+      *r = res;
+      return TREADLE_READY;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      treadle__source_clear(src, clear_bit, tick);
+      continue;
+    }
+    *err = -errno;
+    return TREADLE_READY;
   }
+}
 
 /* The most one system call moves (the kernel's MAX_RW_COUNT): longer
- * lengths are clamped, so a huge len is not an error. Needs <limits.h>. */
+ * lengths are clamped, so a huge len is not an error. */
 #define TREADLE__MAX_IO ((size_t)INT_MAX & ~(size_t)4095)
 
 /* The start every read and write leaf shares: a NULL source or `bad`
@@ -198,6 +212,23 @@ static inline bool treadle__leaf_start(treadle__source_t *src, treadle_cx_t *cx,
     return false;
   }
   return true;
+}
+
+/* The end every read and write leaf shares, after treadle__leaf_start:
+ * treadle__io_loop, then leave the source; *n is the bytes moved once
+ * READY without error. */
+static inline __attribute__((always_inline)) treadle_poll_t
+treadle__leaf_transfer(treadle__source_t *src, treadle_cx_t *cx,
+                       unsigned interest, unsigned clear_bit,
+                       treadle__io_call_t call, void *state, size_t *n,
+                       treadle_err_t *err) {
+  ssize_t r = -1;
+  treadle_poll_t ret =
+      treadle__io_loop(src, cx, interest, clear_bit, call, state, &r, err);
+  treadle__source_leave(src);
+  if (ret == TREADLE_READY && *err == 0)
+    *n = (size_t)r;
+  return ret;
 }
 
 #endif /* TREADLE_IO_H */
