@@ -207,7 +207,9 @@ typedef struct treadle__sched_vtable_s {
    * returns how many owned references to drop (0 if shutdown already took
    * it off the list, else 1). */
   int (*release)(treadle__sched_t *s, treadle__task_t *t);
-  /* Runs (current_thread) or waits (multi_thread) until `main` completes. */
+  /* Runs the scheduler on the calling thread until `main` completes
+   * (current_thread). NULL: other threads run it (multi_thread), and
+   * block_on just waits on main's join handle. */
   treadle_err_t (*block_on)(treadle__sched_t *s, treadle__task_t *main);
   /* Cancels every task and stops the scheduler's threads. */
   treadle_err_t (*shutdown)(treadle__sched_t *s);

@@ -594,12 +594,6 @@ static void *worker_main(void *arg) {
 
 /* ---------------------------------------------------------- lifecycle */
 
-static treadle_err_t mt_block_on(treadle__sched_t *s, treadle__task_t *main) {
-  (void)s;
-  (void)main; /* the workers run it; the caller waits on its join handle */
-  return 0;
-}
-
 /* Step 7, first half: no more spawns, no more binding (a task about to
  * wait is cancelled instead). The queues stay open while workers run:
  * a worker whose ring overflows, or that wakes a task pinned elsewhere,
@@ -758,7 +752,7 @@ static const treadle__sched_vtable_t mt_vtable = {
     .bind = mt_bind,
     .schedule = mt_schedule,
     .release = mt_release,
-    .block_on = mt_block_on,
+    .block_on = NULL, /* the workers run main; block_on waits on it */
     .shutdown = mt_shutdown,
     .free = mt_free,
     .metrics = mt_metrics,
