@@ -45,7 +45,7 @@ static void reg_lock(treadle__io_reg_t *r) {
       if (++spins > 64)
         sched_yield(); /* the holder may be preempted (or under valgrind) */
       else
-        __builtin_ia32_pause();
+        treadle__cpu_relax();
     }
   }
 }

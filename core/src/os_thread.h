@@ -29,6 +29,18 @@
 #define treadle__likely(x) __builtin_expect(!!(x), 1)
 #define treadle__unlikely(x) __builtin_expect(!!(x), 0)
 
+/* A spin-wait hint to the CPU: pause on x86, yield on ARM, elsewhere only
+ * a compiler barrier (the loop reloads what it waits on). */
+static inline void treadle__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__) || defined(__arm__)
+  __asm__ volatile("yield" ::: "memory");
+#else
+  __asm__ volatile("" ::: "memory");
+#endif
+}
+
 /* A full barrier that TSan can see: on plain builds a fence, under TSan a
  * seq_cst RMW on `word` (an atomic the protocol already touches). */
 #ifdef TREADLE_TSAN
