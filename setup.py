@@ -1,10 +1,11 @@
 """Builds and installs the Python package `treadle` (pip install .).
 
 The extension treadle._core is made of the SWIG wrapper (swig/treadle.i),
-the binding's C driver (bindings/python/*.c) and treadle's core
-(core/src/*.c), so that it needs no installed libtreadle. SWIG writes the
-proxy module treadle/core.py, which build_py must therefore run after
-build_ext. Build in place for the tests with:
+the binding's C driver (bindings/python/*.c) and treadle's core (the
+files core/sources.txt lists, as CMakeLists.txt reads them), so that it
+needs no installed libtreadle. SWIG writes the proxy module
+treadle/core.py, which build_py must therefore run after build_ext. Build
+in place for the tests with:
 
     PYTHON=/usr/bin/python3 scripts/build_python.sh
 
@@ -34,12 +35,18 @@ class BuildPyAfterExt(build_py):
         super().run()
 
 
+def core_sources():
+    """core/sources.txt: one path a line, relative to this directory."""
+    with open(os.path.join(HERE, "core", "sources.txt")) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
 core = Extension(
     "treadle._core",
     sources=["swig/treadle.i"]
     + sorted(glob.glob("bindings/python/*.c"))
     + sorted(glob.glob("bindings/common/*.c"))
-    + sorted(glob.glob("core/src/*.c")),
+    + core_sources(),
     include_dirs=["core/include", "core/src", "bindings/common",
                   "bindings/python"],
     define_macros=[("TREADLE_BUILDING", "1"), ("TREADLE_DLOPEN", "1")],

@@ -7,7 +7,7 @@
 #include <limits.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "io.h"
 
 struct treadle_async_fd_s {
   treadle__source_t src;
@@ -82,6 +82,20 @@ void treadle_async_fd_clear_ready(treadle_async_fd_t *a,
                         ready->tick);
 }
 
+/* A read or write's buffer, for call_transfer. */
+typedef struct {
+  void *buf;
+  size_t len;
+  bool writing;
+} transfer_t;
+
+/* Readiness stays after any success (see the top). */
+static ssize_t call_transfer(int fd, void *state, bool *full) {
+  transfer_t *t = state;
+  *full = true;
+  return t->writing ? write(fd, t->buf, t->len) : read(fd, t->buf, t->len);
+}
+
 /* read(2) or write(2) of up to len bytes once the fd is ready for it. */
 static treadle_poll_t transfer(treadle_async_fd_t *a, treadle_cx_t *cx,
                                bool writing, void *buf, size_t len, size_t *n,
@@ -91,20 +105,12 @@ static treadle_poll_t transfer(treadle_async_fd_t *a, treadle_cx_t *cx,
   if (!treadle__leaf_start(a ? &a->src : NULL, cx, buf == NULL && len > 0, len,
                            &ret, err))
     return ret;
-  if (len > TREADLE__MAX_IO)
-    len = TREADLE__MAX_IO;
+  transfer_t t = {buf, len > TREADLE__MAX_IO ? TREADLE__MAX_IO : len, writing};
   unsigned interest =
       writing ? TREADLE__IO_WRITE_INTEREST : TREADLE__IO_READ_INTEREST;
   unsigned bit = writing ? TREADLE__IO_WRITABLE : TREADLE__IO_READABLE;
-  ssize_t r = -1;
-  TREADLE__IO_LOOP(&a->src, cx, interest, bit, err,
-                   r = writing ? write(a->src.fd, buf, len)
-                               : read(a->src.fd, buf, len),
-                   true);
-  treadle__source_leave(&a->src);
-  if (*err == 0)
-    *n = (size_t)r;
-  return TREADLE_READY;
+  return treadle__leaf_transfer(&a->src, cx, interest, bit, call_transfer, &t,
+                                n, err);
 }
 
 treadle_poll_t treadle_async_fd_read_poll(treadle_async_fd_t *a,

@@ -19,7 +19,7 @@
 
 typedef struct pool_thread_s {
   treadle__list_t node;   /* on pool->threads_list while joinable */
-  treadle__thread_t th;
+  treadle__os_thread_t th;
   treadle__blocking_t *pool;
   bool exited;            /* guarded by pool->mu */
   bool detached;          /* guarded by pool->mu: nobody will join it */
@@ -29,9 +29,9 @@ struct treadle__blocking_s {
   treadle__sched_t base;     /* the scheduler of job tasks */
   treadle__config_t cfg;     /* a copy: threads may outlive the handle */
   _Atomic uint64_t refs;     /* the handle's + one per live thread */
-  treadle__mutex_t mu;
-  treadle__cond_t work_cv;   /* idle threads wait for jobs */
-  treadle__cond_t exit_cv;   /* shutdown waits for threads */
+  treadle__os_mutex_t mu;
+  treadle__os_cond_t work_cv; /* idle threads wait for jobs */
+  treadle__os_cond_t exit_cv; /* shutdown waits for threads */
   treadle__task_t *head;     /* queued jobs; guarded by mu */
   treadle__task_t *tail;
   size_t queued;             /* guarded by mu */
@@ -70,9 +70,9 @@ static void pool_unref(treadle__blocking_t *b) {
   /* acq_rel: the last owner sees every thread's writes before free. */
   if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) != 1)
     return;
-  treadle__cond_destroy(&b->work_cv);
-  treadle__cond_destroy(&b->exit_cv);
-  treadle__mutex_destroy(&b->mu);
+  treadle__os_cond_destroy(&b->work_cv);
+  treadle__os_cond_destroy(&b->exit_cv);
+  treadle__os_mutex_destroy(&b->mu);
   treadle__free(b);
 }
 
@@ -90,7 +90,7 @@ static void *pool_thread_main(void *arg) {
   if (cfg->on_thread_start != NULL)
     cfg->on_thread_start(cfg->on_thread_start_ud);
   bool expired = false;
-  treadle__mutex_lock(&b->mu);
+  treadle__os_mutex_lock(&b->mu);
   for (;;) {
     treadle__task_t *t = b->head;
     if (t != NULL) {
@@ -98,9 +98,9 @@ static void *pool_thread_main(void *arg) {
       if (b->head == NULL)
         b->tail = NULL;
       b->queued--;
-      treadle__mutex_unlock(&b->mu);
+      treadle__os_mutex_unlock(&b->mu);
       treadle__task_run(t);
-      treadle__mutex_lock(&b->mu);
+      treadle__os_mutex_lock(&b->mu);
       continue;
     }
     if (b->shutdown)
@@ -112,7 +112,7 @@ static void *pool_thread_main(void *arg) {
                             : treadle__now() + keep_alive;
     bool woken = true;
     while (b->signalled == 0 && !b->shutdown && woken)
-      woken = treadle__cond_wait_until(&b->work_cv, &b->mu, deadline);
+      woken = treadle__os_cond_wait_until(&b->work_cv, &b->mu, deadline);
     b->idle--;
     if (b->signalled > 0) {
       b->signalled--;
@@ -121,11 +121,11 @@ static void *pool_thread_main(void *arg) {
       break;
     }
   }
-  treadle__mutex_unlock(&b->mu);
+  treadle__os_mutex_unlock(&b->mu);
   memset(&treadle__ctx, 0, sizeof treadle__ctx);
   if (cfg->on_thread_stop != NULL)
     cfg->on_thread_stop(cfg->on_thread_stop_ud);
-  treadle__mutex_lock(&b->mu);
+  treadle__os_mutex_lock(&b->mu);
   b->threads--;
   pt->exited = true;
   bool free_record = false;
@@ -137,8 +137,8 @@ static void *pool_thread_main(void *arg) {
   } else if (pt->detached) {
     free_record = true; /* shutdown gave up on us (step 4) */
   }
-  treadle__cond_broadcast(&b->exit_cv);
-  treadle__mutex_unlock(&b->mu);
+  treadle__os_cond_broadcast(&b->exit_cv);
+  treadle__os_mutex_unlock(&b->mu);
   if (free_record)
     treadle__free(pt);
   pool_unref(b);
@@ -159,7 +159,7 @@ static treadle_err_t enqueue_locked(treadle__blocking_t *b,
   b->queued++;
   if (b->idle > b->signalled) {
     b->signalled++;
-    treadle__cond_signal(&b->work_cv);
+    treadle__os_cond_signal(&b->work_cv);
     return 0;
   }
   if (b->threads >= b->cfg.max_blocking_threads)
@@ -170,8 +170,8 @@ static treadle_err_t enqueue_locked(treadle__blocking_t *b,
     pt->pool = b;
     /* Relaxed: a new reference made from the one the caller holds. */
     atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
-    err = treadle__thread_start(&pt->th, pool_thread_main, pt,
-                                b->cfg.thread_name);
+    err = treadle__os_thread_start(&pt->th, pool_thread_main, pt,
+                                   b->cfg.thread_name);
     if (err != 0) {
       atomic_fetch_sub_explicit(&b->refs, 1, memory_order_relaxed);
       treadle__free(pt);
@@ -200,9 +200,9 @@ static treadle_err_t enqueue_locked(treadle__blocking_t *b,
 
 static treadle_err_t pool_spawn(treadle__sched_t *s, treadle__task_t *t) {
   treadle__blocking_t *b = (treadle__blocking_t *)s;
-  treadle__mutex_lock(&b->mu);
+  treadle__os_mutex_lock(&b->mu);
   treadle_err_t err = enqueue_locked(b, t);
-  treadle__mutex_unlock(&b->mu);
+  treadle__os_mutex_unlock(&b->mu);
   return err;
 }
 
@@ -243,9 +243,9 @@ treadle_err_t treadle__blocking_new(treadle_handle_t *h,
   b->base.handle = h;
   b->cfg = h->cfg;
   atomic_init(&b->refs, 1);
-  treadle__mutex_init(&b->mu);
-  treadle__cond_init(&b->work_cv);
-  treadle__cond_init(&b->exit_cv);
+  treadle__os_mutex_init(&b->mu);
+  treadle__os_cond_init(&b->work_cv);
+  treadle__os_cond_init(&b->exit_cv);
   treadle__list_init(&b->threads_list);
   *out = b;
   return 0;
@@ -255,13 +255,13 @@ bool treadle__blocking_shutdown(treadle__blocking_t *b, uint64_t timeout_ns) {
   uint64_t deadline = timeout_ns >= TREADLE_FOREVER - treadle__now()
                           ? TREADLE_FOREVER
                           : treadle__now() + timeout_ns;
-  treadle__mutex_lock(&b->mu);
+  treadle__os_mutex_lock(&b->mu);
   b->shutdown = true;
   treadle__task_t *queued = b->head;
   b->head = b->tail = NULL;
   b->queued = 0;
-  treadle__cond_broadcast(&b->work_cv);
-  treadle__mutex_unlock(&b->mu);
+  treadle__os_cond_broadcast(&b->work_cv);
+  treadle__os_mutex_unlock(&b->mu);
   /* Cancel what never started (their join handles see ECANCELED). */
   while (queued != NULL) {
     treadle__task_t *next = queued->next;
@@ -270,9 +270,9 @@ bool treadle__blocking_shutdown(treadle__blocking_t *b, uint64_t timeout_ns) {
   }
   treadle__list_t joinable;
   treadle__list_init(&joinable);
-  treadle__mutex_lock(&b->mu);
+  treadle__os_mutex_lock(&b->mu);
   while (b->threads > 0 &&
-         treadle__cond_wait_until(&b->exit_cv, &b->mu, deadline))
+         treadle__os_cond_wait_until(&b->exit_cv, &b->mu, deadline))
     ;
   bool all_done = b->threads == 0;
   treadle__list_t *n;
@@ -285,10 +285,10 @@ bool treadle__blocking_shutdown(treadle__blocking_t *b, uint64_t timeout_ns) {
       pthread_detach(pt->th);
     }
   }
-  treadle__mutex_unlock(&b->mu);
+  treadle__os_mutex_unlock(&b->mu);
   while ((n = treadle__list_pop_front(&joinable)) != NULL) {
     pool_thread_t *pt = treadle__container_of(n, pool_thread_t, node);
-    treadle__thread_join(pt->th);
+    treadle__os_thread_join(pt->th);
     treadle__free(pt);
   }
   return all_done;
@@ -296,11 +296,11 @@ bool treadle__blocking_shutdown(treadle__blocking_t *b, uint64_t timeout_ns) {
 
 void treadle__blocking_metrics(treadle__blocking_t *b, uint64_t *threads,
                                uint64_t *idle, uint64_t *queued) {
-  treadle__mutex_lock(&b->mu);
+  treadle__os_mutex_lock(&b->mu);
   *threads = b->threads;
   *idle = b->idle;
   *queued = b->queued;
-  treadle__mutex_unlock(&b->mu);
+  treadle__os_mutex_unlock(&b->mu);
 }
 
 treadle_err_t treadle_spawn_blocking(treadle_handle_t *h,

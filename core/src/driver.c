@@ -28,8 +28,8 @@ treadle_err_t treadle__driver_init(treadle__driver_t *d,
   atomic_init(&d->parks, 0);
   d->io.epfd = d->io.evfd = -1;
   treadle__signal_init(&d->signal);
-  treadle__mutex_init(&d->park_mu);
-  treadle__cond_init(&d->park_cv);
+  treadle__os_mutex_init(&d->park_mu);
+  treadle__os_cond_init(&d->park_cv);
   treadle__time_init(&d->time, d);
   if (d->has_io) {
     treadle_err_t err = treadle__io_init(&d->io);
@@ -47,15 +47,15 @@ static void sleep_condvar(treadle__driver_t *d, uint64_t timeout_ns) {
   uint64_t deadline = timeout_ns == TREADLE_FOREVER
                           ? TREADLE_FOREVER
                           : treadle__now() + timeout_ns;
-  treadle__mutex_lock(&d->park_mu);
+  treadle__os_mutex_lock(&d->park_mu);
   /* The unparker signals under park_mu, so checking the word under it
    * before each wait cannot miss the signal. */
   while (atomic_load_explicit(&d->park_state, memory_order_seq_cst) ==
          PARKED) {
-    if (!treadle__cond_wait_until(&d->park_cv, &d->park_mu, deadline))
+    if (!treadle__os_cond_wait_until(&d->park_cv, &d->park_mu, deadline))
       break;
   }
-  treadle__mutex_unlock(&d->park_mu);
+  treadle__os_mutex_unlock(&d->park_mu);
 }
 
 /* For a paused clock (driver_time.c step 5): true when no other thread
@@ -122,9 +122,9 @@ void treadle__driver_unpark(treadle__driver_t *d) {
   if (d->has_io) {
     treadle__io_unpark(&d->io);
   } else {
-    treadle__mutex_lock(&d->park_mu);
-    treadle__cond_signal(&d->park_cv);
-    treadle__mutex_unlock(&d->park_mu);
+    treadle__os_mutex_lock(&d->park_mu);
+    treadle__os_cond_signal(&d->park_cv);
+    treadle__os_mutex_unlock(&d->park_mu);
   }
 }
 
@@ -142,6 +142,6 @@ void treadle__driver_destroy(treadle__driver_t *d) {
     treadle__io_destroy(&d->io);
   treadle__signal_destroy(&d->signal);
   treadle__time_destroy(&d->time);
-  treadle__cond_destroy(&d->park_cv);
-  treadle__mutex_destroy(&d->park_mu);
+  treadle__os_cond_destroy(&d->park_cv);
+  treadle__os_mutex_destroy(&d->park_mu);
 }

@@ -26,7 +26,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "io.h"
 
 #define EVENTS 1024 /* as mio/tokio: one park takes a large batch */
 #define TOKEN_UNPARK UINT64_MAX
@@ -45,7 +45,7 @@ static void reg_lock(treadle__io_reg_t *r) {
       if (++spins > 64)
         sched_yield(); /* the holder may be preempted (or under valgrind) */
       else
-        __builtin_ia32_pause();
+        treadle__cpu_relax();
     }
   }
 }
@@ -151,7 +151,7 @@ static void dispatch(treadle__io_t *io, uint64_t token, uint32_t events) {
 /* -------------------------------------------------------------- driver */
 
 treadle_err_t treadle__io_init(treadle__io_t *io) {
-  treadle__mutex_init(&io->mu);
+  treadle__os_mutex_init(&io->mu);
   io->free_head = NO_SLOT;
   io->evfd = -1;
   io->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -223,7 +223,7 @@ void treadle__io_unpark(treadle__io_t *io) {
 }
 
 void treadle__io_shutdown(treadle__io_t *io) {
-  treadle__mutex_lock(&io->mu);
+  treadle__os_mutex_lock(&io->mu);
   io->shut = true;
   uint32_t slots = io->slots;
   if (io->evfd >= 0)
@@ -231,7 +231,7 @@ void treadle__io_shutdown(treadle__io_t *io) {
   if (io->epfd >= 0)
     close(io->epfd);
   io->evfd = io->epfd = -1;
-  treadle__mutex_unlock(&io->mu);
+  treadle__os_mutex_unlock(&io->mu);
   /* Sources that outlive the runtime see GONE; their waiters wake. */
   for (uint32_t i = 0; i < slots; i++) {
     treadle__io_reg_t *r = slot_at(io, i);
@@ -255,7 +255,7 @@ void treadle__io_destroy(treadle__io_t *io) {
     }
     treadle__free(page);
   }
-  treadle__mutex_destroy(&io->mu);
+  treadle__os_mutex_destroy(&io->mu);
 }
 
 /* ------------------------------------------------------------- sources */
@@ -268,7 +268,7 @@ treadle_err_t treadle__source_open(treadle__source_t *src, treadle_handle_t *h,
     return TREADLE_ENOIO;
   treadle__io_t *io = &h->driver.io;
   treadle_err_t err = 0;
-  treadle__mutex_lock(&io->mu);
+  treadle__os_mutex_lock(&io->mu);
   treadle__io_reg_t *r = io->shut ? NULL : slot_alloc(io);
   if (r == NULL) {
     err = io->shut ? TREADLE_ESHUTDOWN : TREADLE_ENOMEM;
@@ -287,7 +287,7 @@ treadle_err_t treadle__source_open(treadle__source_t *src, treadle_handle_t *h,
       io->free_head = r->index;
     }
   }
-  treadle__mutex_unlock(&io->mu);
+  treadle__os_mutex_unlock(&io->mu);
   if (err != 0)
     return err;
   src->fd = fd;
@@ -301,7 +301,7 @@ treadle_err_t treadle__source_open(treadle__source_t *src, treadle_handle_t *h,
 static void source_finish_close(treadle__source_t *src) {
   treadle__io_t *io = &src->h->driver.io;
   treadle__io_reg_t *r = src->reg;
-  treadle__mutex_lock(&io->mu);
+  treadle__os_mutex_lock(&io->mu);
   if (io->epfd >= 0)
     epoll_ctl(io->epfd, EPOLL_CTL_DEL, src->fd, NULL);
   close(src->fd);
@@ -315,7 +315,7 @@ static void source_finish_close(treadle__source_t *src) {
   reg_unlock(r);
   r->next_free = io->free_head;
   io->free_head = r->index;
-  treadle__mutex_unlock(&io->mu);
+  treadle__os_mutex_unlock(&io->mu);
   treadle_waker_drop(reader);
   treadle_waker_drop(writer);
 }

@@ -219,7 +219,7 @@ static void uninstall(int signum) {
 }
 
 void treadle__signal_init(treadle__signal_t *sig) {
-  treadle__mutex_init(&sig->mu);
+  treadle__os_mutex_init(&sig->mu);
   for (int i = 0; i <= MAX_SIGNAL; i++)
     treadle__list_init(&sig->waiters[i]);
   sig->slot = -1;
@@ -228,7 +228,7 @@ void treadle__signal_init(treadle__signal_t *sig) {
 }
 
 void treadle__signal_destroy(treadle__signal_t *sig) {
-  treadle__mutex_destroy(&sig->mu);
+  treadle__os_mutex_destroy(&sig->mu);
 }
 
 /* Takes the listeners waiting on `list` off it and wakes them (after the
@@ -237,7 +237,7 @@ static void wake_list(treadle__signal_t *sig, treadle__list_t *list) {
   treadle_waker_t *wakers[32];
   for (;;) {
     int n = 0;
-    treadle__mutex_lock(&sig->mu);
+    treadle__os_mutex_lock(&sig->mu);
     while (!treadle__list_empty(list) && n < 32) {
       listener_t *l = treadle__container_of(list->next, listener_t, node);
       listener_unlink(l);
@@ -246,7 +246,7 @@ static void wake_list(treadle__signal_t *sig, treadle__list_t *list) {
       l->waker = NULL;
     }
     bool more = !treadle__list_empty(list);
-    treadle__mutex_unlock(&sig->mu);
+    treadle__os_mutex_unlock(&sig->mu);
     for (int i = 0; i < n; i++)
       treadle_wake(wakers[i]);
     if (!more)
@@ -261,7 +261,7 @@ void treadle__signal_process(treadle__signal_t *sig) {
   /* seq_cst: pairs with the handler's store; counts are read after. */
   atomic_exchange_explicit(&sig->pending, 0, memory_order_seq_cst);
   for (int s = 1; s <= MAX_SIGNAL; s++) {
-    treadle__mutex_lock(&sig->mu);
+    treadle__os_mutex_lock(&sig->mu);
     bool fire = false;
     if (sig->listening & (UINT64_C(1) << (s - 1))) {
       /* seq_cst: pairs with the handler's increment. */
@@ -269,7 +269,7 @@ void treadle__signal_process(treadle__signal_t *sig) {
       fire = c != sig->seen[s];
       sig->seen[s] = c;
     }
-    treadle__mutex_unlock(&sig->mu);
+    treadle__os_mutex_unlock(&sig->mu);
     if (fire)
       wake_list(sig, &sig->waiters[s]);
   }
@@ -277,14 +277,14 @@ void treadle__signal_process(treadle__signal_t *sig) {
 
 void treadle__signal_shutdown(treadle__signal_t *sig) {
   pthread_mutex_lock(&g.mu);
-  treadle__mutex_lock(&sig->mu);
+  treadle__os_mutex_lock(&sig->mu);
   sig->shut = true;
   for (int s = 1; s <= MAX_SIGNAL; s++)
     if (sig->listening & (UINT64_C(1) << (s - 1)))
       uninstall(s);
   sig->listening = 0;
   leave_table(sig);
-  treadle__mutex_unlock(&sig->mu);
+  treadle__os_mutex_unlock(&sig->mu);
   pthread_mutex_unlock(&g.mu);
   for (int s = 1; s <= MAX_SIGNAL; s++)
     wake_list(sig, &sig->waiters[s]);
@@ -305,7 +305,7 @@ treadle_err_t treadle_signal_init(treadle_signal_t *s, treadle_handle_t *h,
   treadle__signal_t *sig = &h->driver.signal;
   treadle_err_t err = 0;
   pthread_mutex_lock(&g.mu);
-  treadle__mutex_lock(&sig->mu);
+  treadle__os_mutex_lock(&sig->mu);
   uint64_t bit = UINT64_C(1) << (signum - 1);
   if (sig->shut) {
     err = TREADLE_ESHUTDOWN;
@@ -326,7 +326,7 @@ treadle_err_t treadle_signal_init(treadle_signal_t *s, treadle_handle_t *h,
     /* seq_cst: deliveries from now on count for this listener. */
     l->seen = atomic_load_explicit(&g.count[signum], memory_order_seq_cst);
   }
-  treadle__mutex_unlock(&sig->mu);
+  treadle__os_mutex_unlock(&sig->mu);
   pthread_mutex_unlock(&g.mu);
   if (err != 0)
     return err;
@@ -346,7 +346,7 @@ treadle_poll_t treadle_signal_poll(treadle_signal_t *s, treadle_cx_t *cx,
     return TREADLE_PENDING;
   treadle__signal_t *sig = &l->h->driver.signal;
   treadle_waker_t *mine = treadle_cx_waker(cx), *old = NULL;
-  treadle__mutex_lock(&sig->mu);
+  treadle__os_mutex_lock(&sig->mu);
   /* seq_cst: pairs with the handler's increment. */
   uint64_t c = atomic_load_explicit(&g.count[l->signum], memory_order_seq_cst);
   bool ready = c != l->seen || sig->shut;
@@ -364,7 +364,7 @@ treadle_poll_t treadle_signal_poll(treadle_signal_t *s, treadle_cx_t *cx,
       l->waker = treadle_waker_clone(mine);
     }
   }
-  treadle__mutex_unlock(&sig->mu);
+  treadle__os_mutex_unlock(&sig->mu);
   treadle_waker_drop(old);
   if (!ready) {
     treadle__task_waits_on(cx->task, TREADLE__WAIT_SIGNAL);
@@ -378,11 +378,11 @@ void treadle_signal_drop(treadle_signal_t *s) {
   if (l == NULL || l->h == NULL)
     return;
   treadle__signal_t *sig = &l->h->driver.signal;
-  treadle__mutex_lock(&sig->mu);
+  treadle__os_mutex_lock(&sig->mu);
   listener_unlink(l);
   treadle_waker_t *w = l->waker;
   l->waker = NULL;
-  treadle__mutex_unlock(&sig->mu);
+  treadle__os_mutex_unlock(&sig->mu);
   treadle_waker_drop(w);
   treadle_handle_unref(l->h);
   l->h = NULL;

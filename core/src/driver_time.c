@@ -100,7 +100,7 @@ treadle_err_t treadle_duration_from_secs(double secs, uint64_t *ns) {
 }
 
 void treadle__time_init(treadle__time_t *tm, treadle__driver_t *d) {
-  treadle__mutex_init(&tm->mu);
+  treadle__os_mutex_init(&tm->mu);
   tm->origin_ns = treadle__now();
   atomic_init(&tm->virtual_ns, 0);
   treadle__wheel_init(&tm->wheel, 0);
@@ -111,15 +111,15 @@ void treadle__time_init(treadle__time_t *tm, treadle__driver_t *d) {
 }
 
 void treadle__time_destroy(treadle__time_t *tm) {
-  treadle__mutex_destroy(&tm->mu);
+  treadle__os_mutex_destroy(&tm->mu);
 }
 
 uint64_t treadle__time_park_timeout(treadle__time_t *tm) {
-  treadle__mutex_lock(&tm->mu);
+  treadle__os_mutex_lock(&tm->mu);
   uint64_t next = treadle__wheel_next_expiration(&tm->wheel);
   /* Relaxed: read and written under mu (step 4). */
   atomic_store_explicit(&tm->parked_until, next, memory_order_relaxed);
-  treadle__mutex_unlock(&tm->mu);
+  treadle__os_mutex_unlock(&tm->mu);
   if (next == TREADLE__TICK_NEVER)
     return TREADLE_FOREVER;
   uint64_t at = tick_to_ns(tm, next);
@@ -133,7 +133,7 @@ static unsigned drain_batch(treadle__time_t *tm, uint64_t now_tick,
                             bool shutdown) {
   treadle_waker_t *wakers[BATCH];
   unsigned n = 0;
-  treadle__mutex_lock(&tm->mu);
+  treadle__os_mutex_lock(&tm->mu);
   while (n < BATCH) {
     treadle__timer_t *t = shutdown ? treadle__wheel_pop_any(&tm->wheel)
                                    : treadle__wheel_poll(&tm->wheel, now_tick);
@@ -153,7 +153,7 @@ static unsigned drain_batch(treadle__time_t *tm, uint64_t now_tick,
                           treadle__wheel_next_expiration(&tm->wheel),
                           memory_order_relaxed);
   }
-  treadle__mutex_unlock(&tm->mu);
+  treadle__os_mutex_unlock(&tm->mu);
   for (unsigned i = 0; i < n; i++) {
     if (shutdown)
       treadle_waker_drop(wakers[i]);
@@ -173,9 +173,9 @@ void treadle__time_process(treadle__time_t *tm) {
 }
 
 void treadle__time_shutdown(treadle__time_t *tm) {
-  treadle__mutex_lock(&tm->mu);
+  treadle__os_mutex_lock(&tm->mu);
   tm->shut = true;
-  treadle__mutex_unlock(&tm->mu);
+  treadle__os_mutex_unlock(&tm->mu);
   while (drain_batch(tm, 0, true) == BATCH)
     ;
 }
@@ -234,7 +234,7 @@ static void insert_locked(treadle__time_t *tm, treadle__timer_t *t,
     atomic_store_explicit(&tm->next_due, due, memory_order_relaxed);
   bool unpark =
       due < atomic_load_explicit(&tm->parked_until, memory_order_relaxed);
-  treadle__mutex_unlock(&tm->mu);
+  treadle__os_mutex_unlock(&tm->mu);
   if (unpark)
     treadle__driver_unpark(tm->driver);
 }
@@ -251,14 +251,14 @@ static treadle_poll_t sleep_register(treadle__timer_t *t, treadle_cx_t *cx,
   if (t->deadline_ns <= treadle__time_now(tm))
     return sleep_ready(cx, err);
   uint64_t tick = deadline_tick(tm, t->deadline_ns);
-  treadle__mutex_lock(&tm->mu);
+  treadle__os_mutex_lock(&tm->mu);
   if (tm->shut) {
-    treadle__mutex_unlock(&tm->mu);
+    treadle__os_mutex_unlock(&tm->mu);
     *err = TREADLE_ESHUTDOWN;
     return TREADLE_READY;
   }
   if (tick <= tm->wheel.elapsed) {
-    treadle__mutex_unlock(&tm->mu);
+    treadle__os_mutex_unlock(&tm->mu);
     return sleep_ready(cx, err);
   }
   t->waker = treadle_waker_clone(&cx->task->waker);
@@ -286,14 +286,14 @@ treadle_poll_t treadle_sleep_poll(treadle_sleep_t *s, treadle_cx_t *cx,
     /* Still waiting: make sure it will wake the task polling it now. */
     treadle__time_t *tm = t->driver;
     treadle_waker_t *old = NULL;
-    treadle__mutex_lock(&tm->mu);
+    treadle__os_mutex_lock(&tm->mu);
     state = atomic_load_explicit(&t->state, memory_order_relaxed);
     if (state == TREADLE__TIMER_REGISTERED &&
         t->waker != &cx->task->waker) {
       old = t->waker;
       t->waker = treadle_waker_clone(&cx->task->waker);
     }
-    treadle__mutex_unlock(&tm->mu);
+    treadle__os_mutex_unlock(&tm->mu);
     treadle_waker_drop(old);
     if (state == TREADLE__TIMER_REGISTERED) {
       treadle__task_waits_on(cx->task, TREADLE__WAIT_SLEEP);
@@ -316,7 +316,7 @@ static treadle_waker_t *sleep_cancel(treadle__timer_t *t) {
     return NULL;
   treadle__time_t *tm = t->driver;
   treadle_waker_t *w = NULL;
-  treadle__mutex_lock(&tm->mu);
+  treadle__os_mutex_lock(&tm->mu);
   if (atomic_load_explicit(&t->state, memory_order_relaxed) ==
       TREADLE__TIMER_REGISTERED) {
     treadle__wheel_remove(&tm->wheel, t);
@@ -325,7 +325,7 @@ static treadle_waker_t *sleep_cancel(treadle__timer_t *t) {
     atomic_store_explicit(&t->state, TREADLE__TIMER_IDLE,
                           memory_order_relaxed);
   }
-  treadle__mutex_unlock(&tm->mu);
+  treadle__os_mutex_unlock(&tm->mu);
   return w;
 }
 
@@ -344,7 +344,7 @@ void treadle_sleep_reset(treadle_sleep_t *s, uint64_t deadline_ns) {
     /* A task waits on it: move it in place, keeping its waker, or wake
      * the task now if the new deadline has already passed. */
     treadle__time_t *tm = t->driver;
-    treadle__mutex_lock(&tm->mu);
+    treadle__os_mutex_lock(&tm->mu);
     state = atomic_load_explicit(&t->state, memory_order_relaxed);
     if (state == TREADLE__TIMER_REGISTERED) {
       treadle__wheel_remove(&tm->wheel, t);
@@ -358,11 +358,11 @@ void treadle_sleep_reset(treadle_sleep_t *s, uint64_t deadline_ns) {
       t->waker = NULL;
       atomic_store_explicit(&t->state, TREADLE__TIMER_IDLE,
                             memory_order_relaxed);
-      treadle__mutex_unlock(&tm->mu);
+      treadle__os_mutex_unlock(&tm->mu);
       treadle_wake(w);
       return;
     }
-    treadle__mutex_unlock(&tm->mu);
+    treadle__os_mutex_unlock(&tm->mu);
   }
   t->deadline_ns = deadline_ns;
   if (state == TREADLE__TIMER_FIRED)

@@ -147,7 +147,8 @@ treadle_err_t treadle_handle_block_on(treadle_handle_t *h,
   treadle_err_t err = treadle_spawn(h, vt, state, state_size, &j);
   if (err != 0)
     return err;
-  h->sched->vt->block_on(h->sched, (treadle__task_t *)j);
+  if (h->sched->vt->block_on != NULL)
+    h->sched->vt->block_on(h->sched, (treadle__task_t *)j);
   err = treadle_join_wait(j, value);
   treadle_join_detach(j);
   return err;

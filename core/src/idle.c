@@ -42,12 +42,12 @@ treadle_err_t treadle__idle_init(treadle__idle_t *idle, unsigned workers) {
   atomic_init(&idle->state, (uint64_t)workers << UNPARK_SHIFT);
   idle->num_workers = workers;
   idle->num_sleepers = 0;
-  treadle__mutex_init(&idle->mu);
+  treadle__os_mutex_init(&idle->mu);
   return 0;
 }
 
 void treadle__idle_destroy(treadle__idle_t *idle) {
-  treadle__mutex_destroy(&idle->mu);
+  treadle__os_mutex_destroy(&idle->mu);
   treadle__free(idle->sleepers);
   treadle__free(idle->is_sleeping);
 }
@@ -63,9 +63,9 @@ bool treadle__idle_worker_to_notify(treadle__idle_t *idle, unsigned *index) {
   treadle__fence_seq_cst(&idle->state);
   if (!should_wake(idle))
     return false;
-  treadle__mutex_lock(&idle->mu);
+  treadle__os_mutex_lock(&idle->mu);
   if (!should_wake(idle) || idle->num_sleepers == 0) {
-    treadle__mutex_unlock(&idle->mu);
+    treadle__os_mutex_unlock(&idle->mu);
     return false;
   }
   /* seq_cst: the woken worker counts as unparked and searching before
@@ -74,20 +74,20 @@ bool treadle__idle_worker_to_notify(treadle__idle_t *idle, unsigned *index) {
                             memory_order_seq_cst);
   *index = idle->sleepers[--idle->num_sleepers];
   idle->is_sleeping[*index] = false;
-  treadle__mutex_unlock(&idle->mu);
+  treadle__os_mutex_unlock(&idle->mu);
   return true;
 }
 
 bool treadle__idle_transition_to_parked(treadle__idle_t *idle, unsigned index,
                                         bool is_searching) {
-  treadle__mutex_lock(&idle->mu);
+  treadle__os_mutex_lock(&idle->mu);
   /* seq_cst: step 4, the parker's side. */
   uint64_t prev = atomic_fetch_sub_explicit(
       &idle->state, UNPARK_ONE + (is_searching ? 1 : 0),
       memory_order_seq_cst);
   idle->sleepers[idle->num_sleepers++] = index;
   idle->is_sleeping[index] = true;
-  treadle__mutex_unlock(&idle->mu);
+  treadle__os_mutex_unlock(&idle->mu);
   return is_searching && searching(prev) == 1;
 }
 
@@ -109,9 +109,9 @@ bool treadle__idle_transition_from_searching(treadle__idle_t *idle) {
 }
 
 bool treadle__idle_unpark_worker_by_id(treadle__idle_t *idle, unsigned index) {
-  treadle__mutex_lock(&idle->mu);
+  treadle__os_mutex_lock(&idle->mu);
   if (!idle->is_sleeping[index]) {
-    treadle__mutex_unlock(&idle->mu);
+    treadle__os_mutex_unlock(&idle->mu);
     return false;
   }
   for (unsigned i = 0; i < idle->num_sleepers; i++) {
@@ -123,14 +123,14 @@ bool treadle__idle_unpark_worker_by_id(treadle__idle_t *idle, unsigned index) {
   idle->is_sleeping[index] = false;
   /* seq_cst: counted unparked (not searching) before it runs. */
   atomic_fetch_add_explicit(&idle->state, UNPARK_ONE, memory_order_seq_cst);
-  treadle__mutex_unlock(&idle->mu);
+  treadle__os_mutex_unlock(&idle->mu);
   return true;
 }
 
 bool treadle__idle_is_parked(treadle__idle_t *idle, unsigned index) {
-  treadle__mutex_lock(&idle->mu);
+  treadle__os_mutex_lock(&idle->mu);
   bool parked = idle->is_sleeping[index];
-  treadle__mutex_unlock(&idle->mu);
+  treadle__os_mutex_unlock(&idle->mu);
   return parked;
 }
 

@@ -9,7 +9,7 @@
 #include "internal.h"
 
 void treadle__inject_init(treadle__inject_t *q) {
-  treadle__mutex_init(&q->mu);
+  treadle__os_mutex_init(&q->mu);
   q->head = NULL;
   q->tail = NULL;
   q->closed = false;
@@ -17,13 +17,13 @@ void treadle__inject_init(treadle__inject_t *q) {
 }
 
 void treadle__inject_destroy(treadle__inject_t *q) {
-  treadle__mutex_destroy(&q->mu);
+  treadle__os_mutex_destroy(&q->mu);
 }
 
 bool treadle__inject_push(treadle__inject_t *q, treadle__task_t *t) {
-  treadle__mutex_lock(&q->mu);
+  treadle__os_mutex_lock(&q->mu);
   if (q->closed) {
-    treadle__mutex_unlock(&q->mu);
+    treadle__os_mutex_unlock(&q->mu);
     return false;
   }
   t->next = NULL;
@@ -38,15 +38,15 @@ bool treadle__inject_push(treadle__inject_t *q, treadle__task_t *t) {
                                                       memory_order_relaxed) +
                                      1,
                         memory_order_relaxed);
-  treadle__mutex_unlock(&q->mu);
+  treadle__os_mutex_unlock(&q->mu);
   return true;
 }
 
 bool treadle__inject_push_batch(treadle__inject_t *q, treadle__task_t *first,
                                 treadle__task_t *last, size_t n) {
-  treadle__mutex_lock(&q->mu);
+  treadle__os_mutex_lock(&q->mu);
   if (q->closed) {
-    treadle__mutex_unlock(&q->mu);
+    treadle__os_mutex_unlock(&q->mu);
     return false;
   }
   last->next = NULL;
@@ -59,7 +59,7 @@ bool treadle__inject_push_batch(treadle__inject_t *q, treadle__task_t *first,
   atomic_store_explicit(
       &q->len, atomic_load_explicit(&q->len, memory_order_relaxed) + n,
       memory_order_relaxed);
-  treadle__mutex_unlock(&q->mu);
+  treadle__os_mutex_unlock(&q->mu);
   return true;
 }
 
@@ -68,7 +68,7 @@ size_t treadle__inject_pop_batch(treadle__inject_t *q, size_t max,
   *first = NULL;
   if (max == 0 || atomic_load_explicit(&q->len, memory_order_relaxed) == 0)
     return 0;
-  treadle__mutex_lock(&q->mu);
+  treadle__os_mutex_lock(&q->mu);
   size_t len = atomic_load_explicit(&q->len, memory_order_relaxed);
   size_t n = len < max ? len : max;
   treadle__task_t *head = q->head, *last = NULL;
@@ -83,14 +83,14 @@ size_t treadle__inject_pop_batch(treadle__inject_t *q, size_t max,
     *first = head;
     atomic_store_explicit(&q->len, len - n, memory_order_relaxed);
   }
-  treadle__mutex_unlock(&q->mu);
+  treadle__os_mutex_unlock(&q->mu);
   return n;
 }
 
 treadle__task_t *treadle__inject_pop(treadle__inject_t *q) {
   if (atomic_load_explicit(&q->len, memory_order_relaxed) == 0)
     return NULL;
-  treadle__mutex_lock(&q->mu);
+  treadle__os_mutex_lock(&q->mu);
   treadle__task_t *t = q->head;
   if (t != NULL) {
     q->head = t->next;
@@ -101,12 +101,12 @@ treadle__task_t *treadle__inject_pop(treadle__inject_t *q) {
         &q->len, atomic_load_explicit(&q->len, memory_order_relaxed) - 1,
         memory_order_relaxed);
   }
-  treadle__mutex_unlock(&q->mu);
+  treadle__os_mutex_unlock(&q->mu);
   return t;
 }
 
 void treadle__inject_close(treadle__inject_t *q) {
-  treadle__mutex_lock(&q->mu);
+  treadle__os_mutex_lock(&q->mu);
   q->closed = true;
-  treadle__mutex_unlock(&q->mu);
+  treadle__os_mutex_unlock(&q->mu);
 }

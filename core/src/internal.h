@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "os_thread.h"
 #include "queue.h"
-#include "sync.h"
 #include "treadle.h"
 
 #define TREADLE_UNREACHABLE() __builtin_unreachable()
@@ -207,7 +207,9 @@ typedef struct treadle__sched_vtable_s {
    * returns how many owned references to drop (0 if shutdown already took
    * it off the list, else 1). */
   int (*release)(treadle__sched_t *s, treadle__task_t *t);
-  /* Runs (current_thread) or waits (multi_thread) until `main` completes. */
+  /* Runs the scheduler on the calling thread until `main` completes
+   * (current_thread). NULL: other threads run it (multi_thread), and
+   * block_on just waits on main's join handle. */
   treadle_err_t (*block_on)(treadle__sched_t *s, treadle__task_t *main);
   /* Cancels every task and stops the scheduler's threads. */
   treadle_err_t (*shutdown)(treadle__sched_t *s);
@@ -254,7 +256,7 @@ extern __thread treadle__context_t treadle__ctx TREADLE_TLS_MODEL;
 /* The global queue: a locked intrusive FIFO with an atomic length, so that
  * emptiness checks take no lock (RELIABILITY.md c.3 item 7). */
 typedef struct treadle__inject_s {
-  treadle__mutex_t mu;
+  treadle__os_mutex_t mu;
   treadle__task_t *head;   /* guarded by mu */
   treadle__task_t *tail;   /* guarded by mu */
   bool closed;             /* guarded by mu */
@@ -279,7 +281,7 @@ static inline size_t treadle__inject_len(treadle__inject_t *q) {
   return atomic_load_explicit(&q->len, memory_order_relaxed);
 }
 
-/* ------------------------------------------------------------ deque.c */
+/* ------------------------------------------------------------- runq.c */
 
 #ifdef TREADLE_TEST_SMALL
 #define TREADLE__LOCAL_QUEUE_CAPACITY 4 /* as tokio under loom */
@@ -287,28 +289,28 @@ static inline size_t treadle__inject_len(treadle__inject_t *q) {
 #define TREADLE__LOCAL_QUEUE_CAPACITY 256
 #endif
 
-/* A worker's local run queue (deque.c): one owner, many stealers. */
-typedef struct treadle__deque_s {
+/* A worker's local run queue (runq.c): one owner, many stealers. */
+typedef struct treadle__runq_s {
   _Atomic uint64_t head; /* steal index (low 32) | real head (high 32) */
   _Atomic uint32_t tail; /* written by the owner only */
   treadle__task_t *slots[TREADLE__LOCAL_QUEUE_CAPACITY];
-} treadle__deque_t;
+} treadle__runq_t;
 
-void treadle__deque_init(treadle__deque_t *q);
+void treadle__runq_init(treadle__runq_t *q);
 /* Owner: appends `t`; when full, moves half the queue and `t` to `inject`
  * and returns true (an overflow). Tasks refused by a closed inject queue
  * are unreferenced. */
-bool treadle__deque_push(treadle__deque_t *q, treadle__task_t *t,
-                         treadle__inject_t *inject);
+bool treadle__runq_push(treadle__runq_t *q, treadle__task_t *t,
+                        treadle__inject_t *inject);
 /* Owner: takes the oldest task, or NULL. */
-treadle__task_t *treadle__deque_pop(treadle__deque_t *q);
+treadle__task_t *treadle__runq_pop(treadle__runq_t *q);
 /* Thief: moves half of src into dst (dst's owner calls this) and returns
  * one of them to run now, or NULL; *stolen says how many moved. */
-treadle__task_t *treadle__deque_steal_into(treadle__deque_t *src,
-                                           treadle__deque_t *dst,
-                                           uint32_t *stolen);
-size_t treadle__deque_len(treadle__deque_t *q);
-bool treadle__deque_has_stealable(treadle__deque_t *q);
+treadle__task_t *treadle__runq_steal_into(treadle__runq_t *src,
+                                          treadle__runq_t *dst,
+                                          uint32_t *stolen);
+size_t treadle__runq_len(treadle__runq_t *q);
+bool treadle__runq_has_stealable(treadle__runq_t *q);
 
 /* ------------------------------------------------------------- idle.c */
 
@@ -316,7 +318,7 @@ bool treadle__deque_has_stealable(treadle__deque_t *q);
 typedef struct treadle__idle_s {
   _Atomic uint64_t state;  /* unparked workers << 16 | searching workers */
   unsigned num_workers;
-  treadle__mutex_t mu;
+  treadle__os_mutex_t mu;
   unsigned *sleepers;      /* stack of parked worker indices; guarded */
   unsigned num_sleepers;   /* guarded by mu */
   bool *is_sleeping;       /* per worker; guarded by mu */
@@ -349,8 +351,8 @@ unsigned treadle__idle_num_searching(treadle__idle_t *idle);
 typedef struct treadle__park_s {
   _Atomic uint32_t state; /* EMPTY / PARKED_CONDVAR / PARKED_DRIVER /
                              NOTIFIED, see park.c */
-  treadle__mutex_t mu;
-  treadle__cond_t cv;
+  treadle__os_mutex_t mu;
+  treadle__os_cond_t cv;
 } treadle__park_t;
 
 void treadle__park_init(treadle__park_t *p);
@@ -358,7 +360,7 @@ void treadle__park_destroy(treadle__park_t *p);
 /* Sleeps until unparked. `driver_mu` is tried: its holder parks in the
  * driver (timers and I/O are served there). */
 void treadle__park_park(treadle__park_t *p, treadle__driver_t *d,
-                        treadle__mutex_t *driver_mu);
+                        treadle__os_mutex_t *driver_mu);
 void treadle__park_unpark(treadle__park_t *p, treadle__driver_t *d);
 
 /* ---------------------------------------------------- blocking_pool.c */
@@ -431,7 +433,7 @@ treadle__timer_t *treadle__wheel_pop_any(treadle__wheel_t *w);
 /* ------------------------------------------------------ driver_time.c */
 
 struct treadle__time_s {
-  treadle__mutex_t mu;
+  treadle__os_mutex_t mu;
   treadle__wheel_t wheel;         /* guarded by mu */
   bool shut;                      /* guarded by mu */
   uint64_t origin_ns;             /* tick 0; constant */
@@ -468,43 +470,19 @@ void treadle__time_advance(treadle__time_t *tm, uint64_t ns);
 
 /* -------------------------------------------------------- driver_io.c */
 
-/* Readiness bits of a registration (tokio's Ready). */
-#define TREADLE__IO_READABLE 0x01u
-#define TREADLE__IO_WRITABLE 0x02u
-#define TREADLE__IO_READ_CLOSED 0x04u
-#define TREADLE__IO_WRITE_CLOSED 0x08u
-#define TREADLE__IO_ERROR 0x10u
-#define TREADLE__IO_CLOSED 0x20u  /* its source was closed */
-#define TREADLE__IO_GONE 0x40u    /* the driver shut down */
-/* What wakes a reader, a writer. */
-#define TREADLE__IO_READ_INTEREST                                              \
-  (TREADLE__IO_READABLE | TREADLE__IO_READ_CLOSED | TREADLE__IO_ERROR |        \
-   TREADLE__IO_CLOSED | TREADLE__IO_GONE)
-#define TREADLE__IO_WRITE_INTEREST                                             \
-  (TREADLE__IO_WRITABLE | TREADLE__IO_WRITE_CLOSED | TREADLE__IO_ERROR |       \
-   TREADLE__IO_CLOSED | TREADLE__IO_GONE)
+/* The I/O driver's registration table; what sources, readiness bits and
+ * the leaves that use them need is io.h's, included by the I/O files. */
 
 #define TREADLE__IO_PAGE_SHIFT 10
 #define TREADLE__IO_PAGE_SLOTS (1u << TREADLE__IO_PAGE_SHIFT)
 #define TREADLE__IO_PAGES 4096 /* 4M registrations */
 
-/* One slot of the registration table (tokio's ScheduledIo). Slots are
- * never freed before the driver, so an event for a released slot touches
- * valid memory; the generation in the epoll token tells it apart. */
-typedef struct treadle__io_reg_s {
-  _Atomic uint64_t readiness;  /* bits | tick << 16; written under lock */
-  _Atomic uint32_t lock;       /* spin lock for the fields below */
-  uint32_t generation;         /* bumped at release; guarded by lock */
-  treadle_waker_t *reader;     /* guarded by lock */
-  treadle_waker_t *writer;     /* guarded by lock */
-  uint32_t index;              /* constant */
-  uint32_t next_free;          /* free-list link; guarded by io->mu */
-} __attribute__((aligned(64))) treadle__io_reg_t;
+typedef struct treadle__io_reg_s treadle__io_reg_t; /* io.h */
 
 typedef struct treadle__io_s {
   int epfd;  /* epoll instance, -1 when closed; guarded by mu */
   int evfd;  /* eventfd that unparks epoll_wait */
-  treadle__mutex_t mu;       /* table growth, free list, epoll_ctl, shut */
+  treadle__os_mutex_t mu;    /* table growth, free list, epoll_ctl, shut */
   bool shut;                 /* guarded by mu */
   uint32_t free_head;        /* UINT32_MAX: none; guarded by mu */
   uint32_t slots;            /* slots handed out so far; guarded by mu */
@@ -520,176 +498,10 @@ void treadle__io_unpark(treadle__io_t *io);
 void treadle__io_shutdown(treadle__io_t *io);
 void treadle__io_destroy(treadle__io_t *io);
 
-/* A registered file descriptor (mio's IoSource): any thread may close it
- * while others use it; the fd is closed by whoever leaves it last, so an
- * operation never touches a closed-and-reused fd. */
-typedef struct treadle__source_s {
-  int fd;
-  _Atomic uint32_t users;  /* CLOSED | FINISHED | operations in progress */
-  treadle__io_reg_t *reg;
-  treadle_handle_t *h;     /* holds a reference */
-} treadle__source_t;
-
-/* Registers `fd` (non-blocking) with h's driver. On failure the fd is
- * left open: TREADLE_ENOIO, TREADLE_ESHUTDOWN, TREADLE_ENOMEM, -errno. */
-treadle_err_t treadle__source_open(treadle__source_t *src, treadle_handle_t *h,
-                                   int fd);
-/* Wakes the waiters and closes the fd (now, or when the last operation
- * leaves); idempotent. */
-void treadle__source_close(treadle__source_t *src);
-/* Closes if needed and drops the handle reference. Nothing may use src. */
-void treadle__source_free(treadle__source_t *src);
-/* poll_ready's slow path: stores the task's waker, or finds it ready. */
-treadle_poll_t treadle__source_wait(treadle__source_t *src, treadle_cx_t *cx,
-                                    unsigned interest, uint32_t *tick,
-                                    treadle_err_t *err);
-
-#define TREADLE__SRC_CLOSED (UINT32_C(1) << 31)
-#define TREADLE__SRC_FINISHED (UINT32_C(1) << 30) /* the fd was closed */
-
-/* Closes the fd if `now` (the users word just written) says the source is
- * closed and nobody is inside: exactly one caller wins the CAS. */
-void treadle__source_try_finish(treadle__source_t *src, uint32_t now);
-
-/* Brackets an operation on src->fd; enter fails once it is closed. */
-static inline void treadle__source_leave(treadle__source_t *src) {
-  /* acq_rel: the last one out after close closes the fd, after every
-   * other user's system call on it. */
-  uint32_t now = atomic_fetch_sub_explicit(&src->users, 1,
-                                           memory_order_acq_rel) - 1;
-  if (treadle__unlikely(now == TREADLE__SRC_CLOSED))
-    treadle__source_try_finish(src, now);
-}
-
-static inline bool treadle__source_enter(treadle__source_t *src) {
-  /* acquire: pairs with close's release, so a closed source is seen. */
-  uint32_t old = atomic_fetch_add_explicit(&src->users, 1,
-                                           memory_order_acquire);
-  if (treadle__likely(!(old & TREADLE__SRC_CLOSED)))
-    return true;
-  treadle__source_leave(src);
-  return false;
-}
-
-/* READY (*err = 0, *tick for treadle__source_clear) once one of
- * `interest`'s bits is set, or with TREADLE_ECLOSED / TREADLE_ESHUTDOWN.
- * Else stores the task's waker (reader or writer side) and returns
- * PENDING. Must be called between enter and leave. */
-static inline treadle_poll_t
-treadle__source_poll_ready(treadle__source_t *src, treadle_cx_t *cx,
-                           unsigned interest, uint32_t *tick,
-                           treadle_err_t *err) {
-  /* acquire: pairs with the driver's release of the readiness word. */
-  uint64_t word =
-      atomic_load_explicit(&src->reg->readiness, memory_order_acquire);
-  unsigned bits = (unsigned)(word & 0xffffu);
-  if (treadle__unlikely(!(bits & interest) ||
-                        (bits & (TREADLE__IO_CLOSED | TREADLE__IO_GONE))))
-    return treadle__source_wait(src, cx, interest, tick, err);
-  *tick = (uint32_t)((word >> 16) & 0xffffu);
-  *err = 0;
-  return TREADLE_READY;
-}
-
-/* Clears readiness `bits` after EAGAIN, unless an event came in after
- * `tick` was read. */
-void treadle__source_clear(treadle__source_t *src, unsigned bits,
-                           uint32_t tick);
-
-/* treadle_cx_poll_proceed for the core's own leaves. */
-static inline bool treadle__cx_proceed(treadle_cx_t *cx) {
-  if (treadle__unlikely(cx->budget == 0)) {
-    cx->yielded = true;
-    return false;
-  }
-  cx->budget--;
-  return true;
-}
-
-/* What the I/O leaves (tcp.c, async_fd.c) share. */
-
-/* The budget check every leaf makes first: a task that had its 128 ready
- * leaves in this poll yields (coop, DESIGN.md). */
-#define TREADLE__LEAF_BUDGET(cx)                                               \
-  do {                                                                         \
-    if (!treadle__cx_proceed(cx))                                              \
-      return TREADLE_PENDING;                                                  \
-  } while (0)
-
-/* Runs `syscall` (an expression that sets `r` and errno) when the source
- * is ready for `interest`, retrying on EINTR and waiting on EAGAIN. `full`
- * says whether a success may have left more (a full read or write), so
- * readiness stays; otherwise it is cleared, which saves the system call
- * that would only say EAGAIN. Needs <errno.h>. */
-#define TREADLE__IO_LOOP(src, cx, interest, clear_bit, err, syscall, full)    \
-  for (;;) {                                                                   \
-    uint32_t tick_;                                                            \
-    if (treadle__source_poll_ready((src), (cx), (interest), &tick_, (err)) ==  \
-        TREADLE_PENDING) {                                                     \
-      treadle__source_leave(src);                                              \
-      return TREADLE_PENDING;                                                  \
-    }                                                                          \
-    if (*(err) != 0)                                                           \
-      break;                                                                   \
-    syscall;                                                                   \
-    if (r >= 0) {                                                              \
-      if (!(full))                                                             \
-        treadle__source_clear((src), (clear_bit), tick_);                      \
-      break;                                                                   \
-    }                                                                          \
-    if (errno == EINTR)                                                        \
-      continue;                                                                \
-    if (errno == EAGAIN || errno == EWOULDBLOCK) {                             \
-      treadle__source_clear((src), (clear_bit), tick_);                        \
-      continue;                                                                \
-    }                                                                          \
-    *(err) = -errno;                                                           \
-    break;                                                                     \
-  }
-
-/* The most one system call moves (the kernel's MAX_RW_COUNT): longer
- * lengths are clamped, so a huge len is not an error. Needs <limits.h>. */
-#define TREADLE__MAX_IO ((size_t)INT_MAX & ~(size_t)4095)
-
-/* The start every read and write leaf shares: a NULL source or `bad`
- * arguments give EINVAL, a task of another runtime EFOREIGN (its driver
- * may never run: the task would wait forever), then the coop budget is
- * spent, then the source is entered (ECLOSED once closed); a zero length
- * is done at once. True: go on to the system call, inside the source;
- * false: return *ret. */
-static inline bool treadle__leaf_start(treadle__source_t *src,
-                                       treadle_cx_t *cx, bool bad, size_t len,
-                                       treadle_poll_t *ret,
-                                       treadle_err_t *err) {
-  *ret = TREADLE_READY;
-  if (src == NULL || bad) {
-    *err = TREADLE_EINVAL;
-    return false;
-  }
-  if (cx->task->sched->handle != src->h) {
-    *err = TREADLE_EFOREIGN;
-    return false;
-  }
-  if (!treadle__cx_proceed(cx)) {
-    *ret = TREADLE_PENDING;
-    return false;
-  }
-  if (!treadle__source_enter(src)) {
-    *err = TREADLE_ECLOSED;
-    return false;
-  }
-  if (len == 0) {
-    *err = 0;
-    treadle__source_leave(src);
-    return false;
-  }
-  return true;
-}
-
 /* ---------------------------------------------------- driver_signal.c */
 
 typedef struct treadle__signal_s {
-  treadle__mutex_t mu;
+  treadle__os_mutex_t mu;
   treadle__list_t waiters[65]; /* per signal; guarded by mu */
   uint64_t listening;          /* signals this runtime listens for (bit
                                   n-1 for signal n); guarded by mu */
@@ -723,8 +535,8 @@ struct treadle__driver_s {
   treadle__signal_t signal;
   _Atomic uint32_t park_state;   /* EMPTY / PARKED / NOTIFIED, see driver.c */
   _Atomic uint64_t parks;        /* parks with a timeout (metrics) */
-  treadle__mutex_t park_mu;      /* condvar fallback without io */
-  treadle__cond_t park_cv;
+  treadle__os_mutex_t park_mu;   /* condvar fallback without io */
+  treadle__os_cond_t park_cv;
 };
 
 treadle_err_t treadle__driver_init(treadle__driver_t *d,

@@ -44,7 +44,7 @@ struct treadle_mpsc_rx_s {
 };
 
 struct chan_s {
-  treadle__mutex_t mu;
+  treadle__os_mutex_t mu;
   /* Guarded by mu. */
   size_t head;               /* slot of the oldest item */
   size_t len;                /* items queued */
@@ -72,7 +72,7 @@ static void chan_unref(chan_t *ch) {
     return;
   TREADLE_ASSERT(treadle__list_empty(&ch->waiting));
   treadle_waker_drop(ch->rx_waker);
-  treadle__mutex_destroy(&ch->mu);
+  treadle__os_mutex_destroy(&ch->mu);
   treadle__free(ch);
 }
 
@@ -101,7 +101,7 @@ treadle_err_t treadle_mpsc_new(size_t capacity, void (*drop_item)(void *item),
     treadle__free(ch);
     return TREADLE_ENOMEM;
   }
-  treadle__mutex_init(&ch->mu);
+  treadle__os_mutex_init(&ch->mu);
   ch->head = 0;
   ch->len = 0;
   ch->reserved = 0;
@@ -212,9 +212,9 @@ treadle_mpsc_tx_t *treadle_mpsc_tx_clone(treadle_mpsc_tx_t *tx) {
     return NULL;
   chan_t *ch = tx->ch;
   tx_init(t, ch);
-  treadle__mutex_lock(&ch->mu);
+  treadle__os_mutex_lock(&ch->mu);
   ch->senders++;
-  treadle__mutex_unlock(&ch->mu);
+  treadle__os_mutex_unlock(&ch->mu);
   /* Relaxed: made from a reference the caller holds. */
   atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
   return t;
@@ -225,7 +225,7 @@ void treadle_mpsc_tx_drop(treadle_mpsc_tx_t *tx) {
     return;
   chan_t *ch = tx->ch;
   treadle_waker_t *own = NULL, *next = NULL, *rx = NULL;
-  treadle__mutex_lock(&ch->mu);
+  treadle__os_mutex_lock(&ch->mu);
   if (treadle__list_linked(&tx->node)) {
     treadle__list_unlink(&tx->node);
     own = tx->waker;
@@ -238,7 +238,7 @@ void treadle_mpsc_tx_drop(treadle_mpsc_tx_t *tx) {
   }
   if (--ch->senders == 0)
     rx = take_rx_waker(ch); /* step 5: the receiver will see ECLOSED */
-  treadle__mutex_unlock(&ch->mu);
+  treadle__os_mutex_unlock(&ch->mu);
   treadle_waker_drop(own);
   treadle_wake(next);
   treadle_wake(rx);
@@ -256,26 +256,26 @@ treadle_poll_t treadle_mpsc_send_poll(treadle_mpsc_tx_t *tx, treadle_cx_t *cx,
     return TREADLE_READY;
   }
   chan_t *ch = tx->ch;
-  treadle__mutex_lock(&ch->mu);
+  treadle__os_mutex_lock(&ch->mu);
   treadle_err_t rc = room_for(ch, tx);
   if (rc == 0) {
     if (!treadle_cx_poll_proceed(cx)) {
-      treadle__mutex_unlock(&ch->mu);
+      treadle__os_mutex_unlock(&ch->mu);
       return TREADLE_PENDING; /* coop budget spent; any reservation kept */
     }
     treadle_waker_t *w = push_from(ch, tx, item);
-    treadle__mutex_unlock(&ch->mu);
+    treadle__os_mutex_unlock(&ch->mu);
     treadle_wake(w);
     *err = 0;
     return TREADLE_READY;
   }
   if (rc == TREADLE_ECLOSED) {
-    treadle__mutex_unlock(&ch->mu);
+    treadle__os_mutex_unlock(&ch->mu);
     *err = rc;
     return TREADLE_READY;
   }
   treadle_waker_t *old = wait_for_room(ch, tx, &cx->task->waker);
-  treadle__mutex_unlock(&ch->mu);
+  treadle__os_mutex_unlock(&ch->mu);
   treadle_waker_drop(old);
   treadle__sync_waits_on(cx, TREADLE__WAIT_MPSC_SEND);
   return TREADLE_PENDING;
@@ -286,11 +286,11 @@ treadle_err_t treadle_mpsc_try_send(treadle_mpsc_tx_t *tx, void *item) {
     return TREADLE_EINVAL;
   chan_t *ch = tx->ch;
   treadle_waker_t *w = NULL;
-  treadle__mutex_lock(&ch->mu);
+  treadle__os_mutex_lock(&ch->mu);
   treadle_err_t rc = room_for(ch, tx);
   if (rc == 0)
     w = push_from(ch, tx, item);
-  treadle__mutex_unlock(&ch->mu);
+  treadle__os_mutex_unlock(&ch->mu);
   treadle_wake(w);
   return rc;
 }
@@ -303,26 +303,26 @@ treadle_err_t treadle_mpsc_send_wait(treadle_mpsc_tx_t *tx, void *item) {
   chan_t *ch = tx->ch;
   treadle__parker_t *p = NULL;
   treadle_err_t rc;
-  treadle__mutex_lock(&ch->mu);
+  treadle__os_mutex_lock(&ch->mu);
   while ((rc = room_for(ch, tx)) == TREADLE_EAGAIN) {
     if (p == NULL) {
-      treadle__mutex_unlock(&ch->mu);
+      treadle__os_mutex_unlock(&ch->mu);
       p = treadle__parker_new();
       if (p == NULL)
         return TREADLE_ENOMEM;
-      treadle__mutex_lock(&ch->mu);
+      treadle__os_mutex_lock(&ch->mu);
       continue; /* room may have come meanwhile */
     }
     treadle_waker_t *old = wait_for_room(ch, tx, &p->waker);
-    treadle__mutex_unlock(&ch->mu);
+    treadle__os_mutex_unlock(&ch->mu);
     treadle_waker_drop(old);
     treadle__parker_park(p);
-    treadle__mutex_lock(&ch->mu);
+    treadle__os_mutex_lock(&ch->mu);
   }
   /* Granted (step 3) or closed (step 6): either way off `waiting`, and
    * whoever unlinked us took the parker's waker. */
   treadle_waker_t *w = rc == 0 ? push_from(ch, tx, item) : NULL;
-  treadle__mutex_unlock(&ch->mu);
+  treadle__os_mutex_unlock(&ch->mu);
   treadle_wake(w);
   if (p != NULL)
     treadle_waker_drop(&p->waker);
@@ -368,9 +368,9 @@ treadle_poll_t treadle_mpsc_recv_poll(treadle_mpsc_rx_t *rx, treadle_cx_t *cx,
   }
   chan_t *ch = of_rx(rx);
   treadle_waker_t *wake = NULL;
-  treadle__mutex_lock(&ch->mu);
+  treadle__os_mutex_lock(&ch->mu);
   if (ch->len > 0 && !treadle_cx_poll_proceed(cx)) {
-    treadle__mutex_unlock(&ch->mu);
+    treadle__os_mutex_unlock(&ch->mu);
     return TREADLE_PENDING; /* coop budget spent: polled again soon */
   }
   treadle_err_t rc = recv_locked(ch, item, &wake);
@@ -380,12 +380,12 @@ treadle_poll_t treadle_mpsc_recv_poll(treadle_mpsc_rx_t *rx, treadle_cx_t *cx,
       wake = ch->rx_waker; /* the old one, dropped below */
       ch->rx_waker = treadle_waker_clone(mine);
     }
-    treadle__mutex_unlock(&ch->mu);
+    treadle__os_mutex_unlock(&ch->mu);
     treadle_waker_drop(wake);
     treadle__sync_waits_on(cx, TREADLE__WAIT_MPSC_RECV);
     return TREADLE_PENDING;
   }
-  treadle__mutex_unlock(&ch->mu);
+  treadle__os_mutex_unlock(&ch->mu);
   treadle_wake(wake);
   if (!keep)
     drop_unreceived(ch, declined);
@@ -403,9 +403,9 @@ treadle_err_t treadle_mpsc_try_recv(treadle_mpsc_rx_t *rx, void **item) {
     return TREADLE_EINVAL;
   chan_t *ch = of_rx(rx);
   treadle_waker_t *wake = NULL;
-  treadle__mutex_lock(&ch->mu);
+  treadle__os_mutex_lock(&ch->mu);
   treadle_err_t rc = recv_locked(ch, item, &wake);
-  treadle__mutex_unlock(&ch->mu);
+  treadle__os_mutex_unlock(&ch->mu);
   treadle_wake(wake);
   if (!keep)
     drop_unreceived(ch, declined);
@@ -426,14 +426,14 @@ treadle_err_t treadle_mpsc_recv_wait(treadle_mpsc_rx_t *rx, void **item) {
   treadle__parker_t *p = NULL;
   treadle_waker_t *wake = NULL;
   treadle_err_t rc;
-  treadle__mutex_lock(&ch->mu);
+  treadle__os_mutex_lock(&ch->mu);
   while ((rc = recv_locked(ch, item, &wake)) == TREADLE_EAGAIN) {
     if (p == NULL) {
-      treadle__mutex_unlock(&ch->mu);
+      treadle__os_mutex_unlock(&ch->mu);
       p = treadle__parker_new();
       if (p == NULL)
         return TREADLE_ENOMEM;
-      treadle__mutex_lock(&ch->mu);
+      treadle__os_mutex_lock(&ch->mu);
       continue; /* an item may have come meanwhile */
     }
     treadle_waker_t *old = NULL;
@@ -441,15 +441,15 @@ treadle_err_t treadle_mpsc_recv_wait(treadle_mpsc_rx_t *rx, void **item) {
       old = ch->rx_waker;
       ch->rx_waker = treadle_waker_clone(&p->waker);
     }
-    treadle__mutex_unlock(&ch->mu);
+    treadle__os_mutex_unlock(&ch->mu);
     treadle_waker_drop(old);
     treadle__parker_park(p);
-    treadle__mutex_lock(&ch->mu);
+    treadle__os_mutex_lock(&ch->mu);
   }
   treadle_waker_t *mine = NULL;
   if (p != NULL && ch->rx_waker == &p->waker)
     mine = take_rx_waker(ch); /* not taken by a sender: ours to drop */
-  treadle__mutex_unlock(&ch->mu);
+  treadle__os_mutex_unlock(&ch->mu);
   treadle_wake(wake);
   treadle_waker_drop(mine);
   if (p != NULL)
@@ -461,7 +461,7 @@ treadle_err_t treadle_mpsc_recv_wait(treadle_mpsc_rx_t *rx, void **item) {
 
 /* Step 6: refuses sends and wakes every waiting sender. */
 static void close_chan(chan_t *ch) {
-  treadle__mutex_lock(&ch->mu);
+  treadle__os_mutex_lock(&ch->mu);
   ch->closed = true;
   for (;;) {
     treadle__wakelist_t wl = {.n = 0};
@@ -473,11 +473,11 @@ static void close_chan(chan_t *ch) {
       tx->waker = NULL;
     }
     bool more = !treadle__list_empty(&ch->waiting);
-    treadle__mutex_unlock(&ch->mu);
+    treadle__os_mutex_unlock(&ch->mu);
     treadle__wakelist_wake(&wl);
     if (!more)
       return;
-    treadle__mutex_lock(&ch->mu);
+    treadle__os_mutex_lock(&ch->mu);
   }
 }
 
@@ -491,11 +491,11 @@ void treadle_mpsc_rx_drop(treadle_mpsc_rx_t *rx) {
     return;
   chan_t *ch = of_rx(rx);
   close_chan(ch);
-  treadle__mutex_lock(&ch->mu);
+  treadle__os_mutex_lock(&ch->mu);
   size_t head = ch->head, len = ch->len;
   ch->len = 0; /* closed: nobody queues again; we were the only reader */
   treadle_waker_t *w = take_rx_waker(ch);
-  treadle__mutex_unlock(&ch->mu);
+  treadle__os_mutex_unlock(&ch->mu);
   treadle_waker_drop(w);
   for (size_t i = 0; i < len; i++) {
     drop_unreceived(ch, ch->buf[(head + i) % ch->cap]);

@@ -1,8 +1,8 @@
 /* Notify (tokio::sync::Notify): tasks wait on a treadle_waiter_t until
- * notified; the wait queue and waiter protocol are semaphore.c's.
+ * notified; the wait queue and waiter protocol are waitq.c's.
  *
  * 1. Everything is guarded by q.mu: the FIFO of waiters and the stored
- *    permit. A waiter's state follows semaphore.c step 4: DONE when
+ *    permit. A waiter's state follows waitq.c step 2: DONE when
  *    notify_one picked it, DONE_ALL when notify_waiters did.
  * 2. notify_one wakes the head waiter; with none queued it sets `permit`
  *    (a flag: permits do not accumulate). A poll of an IDLE waiter
@@ -71,9 +71,9 @@ void treadle_notify_one(treadle_notify_t *n) {
   if (n == NULL)
     return;
   treadle__wakelist_t wl = {.n = 0};
-  treadle__mutex_lock(&n->q.mu);
+  treadle__os_mutex_lock(&n->q.mu);
   notify_locked(n, &wl);
-  treadle__mutex_unlock(&n->q.mu);
+  treadle__os_mutex_unlock(&n->q.mu);
   treadle__wakelist_wake(&wl);
 }
 
@@ -82,7 +82,7 @@ void treadle_notify_waiters(treadle_notify_t *n) {
     return;
   treadle__list_t batch; /* step 3: guarded by q.mu like the queue */
   treadle__list_init(&batch);
-  treadle__mutex_lock(&n->q.mu);
+  treadle__os_mutex_lock(&n->q.mu);
   treadle__list_move_all(&n->q.waiters, &batch);
   for (;;) {
     treadle__wakelist_t wl = {.n = 0};
@@ -96,11 +96,11 @@ void treadle_notify_waiters(treadle_notify_t *n) {
       treadle__waiter_finish(w, TREADLE__W_DONE_ALL);
     }
     bool more = !treadle__list_empty(&batch);
-    treadle__mutex_unlock(&n->q.mu);
+    treadle__os_mutex_unlock(&n->q.mu);
     treadle__wakelist_wake(&wl);
     if (!more)
       return;
-    treadle__mutex_lock(&n->q.mu);
+    treadle__os_mutex_lock(&n->q.mu);
   }
 }
 
@@ -109,34 +109,34 @@ treadle_poll_t treadle_notify_poll(treadle_notify_t *n, treadle_cx_t *cx,
   if (n == NULL || cx == NULL || wp == NULL)
     return TREADLE_READY; /* nothing to wait for; never hang on bad input */
   treadle__waiter_t *w = treadle__as_waiter(wp);
-  /* acquire: pairs with treadle__waiter_finish (semaphore.c step 4). */
+  /* acquire: pairs with treadle__waiter_finish (waitq.c step 2). */
   uint64_t st = atomic_load_explicit(&w->state, memory_order_acquire);
   if ((st & TREADLE__W_MASK) == TREADLE__W_IDLE) {
-    treadle__mutex_lock(&n->q.mu);
+    treadle__os_mutex_lock(&n->q.mu);
     if (n->permit) {
       bool go = treadle_cx_poll_proceed(cx); /* else keep it: yield */
       if (go)
         n->permit = false;
-      treadle__mutex_unlock(&n->q.mu);
+      treadle__os_mutex_unlock(&n->q.mu);
       return go ? TREADLE_READY : TREADLE_PENDING;
     }
     treadle__waiter_enqueue(&n->q, w, cx, TREADLE__W_WAITING);
-    treadle__mutex_unlock(&n->q.mu);
+    treadle__os_mutex_unlock(&n->q.mu);
     treadle__sync_waits_on(cx, TREADLE__WAIT_NOTIFY);
     return TREADLE_PENDING;
   }
   if ((st & TREADLE__W_MASK) == TREADLE__W_WAITING) {
     treadle__waitq_t *q = w->q;
-    treadle__mutex_lock(&q->mu);
+    treadle__os_mutex_lock(&q->mu);
     st = atomic_load_explicit(&w->state, memory_order_relaxed);
     if ((st & TREADLE__W_MASK) == TREADLE__W_WAITING) {
       treadle_waker_t *old = treadle__waiter_rewake(w, cx);
-      treadle__mutex_unlock(&q->mu);
+      treadle__os_mutex_unlock(&q->mu);
       treadle_waker_drop(old);
       treadle__sync_waits_on(cx, TREADLE__WAIT_NOTIFY);
       return TREADLE_PENDING;
     }
-    treadle__mutex_unlock(&q->mu); /* notified meanwhile */
+    treadle__os_mutex_unlock(&q->mu); /* notified meanwhile */
   }
   /* DONE or DONE_ALL. */
   if (!treadle_cx_poll_proceed(cx))

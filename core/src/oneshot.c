@@ -26,7 +26,7 @@ struct treadle_oneshot_rx_s {
 };
 
 typedef struct oneshot_s {
-  treadle__mutex_t mu;
+  treadle__os_mutex_t mu;
   /* Guarded by mu. */
   void *value;               /* while SENT */
   treadle_waker_t *rx_waker; /* the receiver's, or NULL */
@@ -54,7 +54,7 @@ static void unref(oneshot_t *o) {
   if (atomic_fetch_sub_explicit(&o->refs, 1, memory_order_acq_rel) != 1)
     return;
   treadle_waker_drop(o->rx_waker);
-  treadle__mutex_destroy(&o->mu);
+  treadle__os_mutex_destroy(&o->mu);
   treadle__free(o);
 }
 
@@ -70,7 +70,7 @@ treadle_err_t treadle_oneshot_new(void (*drop_value)(void *value),
   oneshot_t *o = treadle__malloc(sizeof *o);
   if (o == NULL)
     return TREADLE_ENOMEM;
-  treadle__mutex_init(&o->mu);
+  treadle__os_mutex_init(&o->mu);
   o->value = NULL;
   o->rx_waker = NULL;
   o->state = EMPTY;
@@ -92,7 +92,7 @@ static void drop_value(oneshot_t *o, void *value) {
 /* Step 2 or 3: the sender's last act. */
 static treadle_err_t finish_tx(oneshot_t *o, bool send, void *value) {
   treadle_err_t rc = 0;
-  treadle__mutex_lock(&o->mu);
+  treadle__os_mutex_lock(&o->mu);
   if (send) {
     if (o->rx_gone) {
       rc = TREADLE_ECLOSED; /* the value stays the caller's */
@@ -104,7 +104,7 @@ static treadle_err_t finish_tx(oneshot_t *o, bool send, void *value) {
   o->tx_gone = true;
   treadle_waker_t *w = o->rx_waker;
   o->rx_waker = NULL;
-  treadle__mutex_unlock(&o->mu);
+  treadle__os_mutex_unlock(&o->mu);
   treadle_wake(w);
   unref(o);
   return rc;
@@ -151,9 +151,9 @@ treadle_poll_t treadle_oneshot_recv_poll(treadle_oneshot_rx_t *rx,
   }
   oneshot_t *o = of_rx(rx);
   treadle_waker_t *old = NULL;
-  treadle__mutex_lock(&o->mu);
+  treadle__os_mutex_lock(&o->mu);
   if (o->state == SENT && !treadle_cx_poll_proceed(cx)) {
-    treadle__mutex_unlock(&o->mu);
+    treadle__os_mutex_unlock(&o->mu);
     return TREADLE_PENDING; /* coop budget spent: polled again soon */
   }
   treadle_err_t rc = try_take(o, value);
@@ -167,7 +167,7 @@ treadle_poll_t treadle_oneshot_recv_poll(treadle_oneshot_rx_t *rx,
     old = o->rx_waker; /* no longer needed */
     o->rx_waker = NULL;
   }
-  treadle__mutex_unlock(&o->mu);
+  treadle__os_mutex_unlock(&o->mu);
   treadle_waker_drop(old);
   if (rc == TREADLE_EAGAIN) {
     treadle__sync_waits_on(cx, TREADLE__WAIT_ONESHOT);
@@ -194,29 +194,29 @@ treadle_err_t treadle_oneshot_recv_wait(treadle_oneshot_rx_t *rx,
   treadle__parker_t *p = NULL;
   treadle_waker_t *old = NULL;
   treadle_err_t rc;
-  treadle__mutex_lock(&o->mu);
+  treadle__os_mutex_lock(&o->mu);
   while ((rc = try_take(o, value)) == TREADLE_EAGAIN) {
     if (p == NULL) {
-      treadle__mutex_unlock(&o->mu);
+      treadle__os_mutex_unlock(&o->mu);
       p = treadle__parker_new();
       if (p == NULL)
         return TREADLE_ENOMEM;
-      treadle__mutex_lock(&o->mu);
+      treadle__os_mutex_lock(&o->mu);
       continue; /* the value may have come meanwhile */
     }
     if (o->rx_waker != &p->waker) {
       old = o->rx_waker;
       o->rx_waker = treadle_waker_clone(&p->waker);
     }
-    treadle__mutex_unlock(&o->mu);
+    treadle__os_mutex_unlock(&o->mu);
     treadle_waker_drop(old);
     old = NULL;
     treadle__parker_park(p);
-    treadle__mutex_lock(&o->mu);
+    treadle__os_mutex_lock(&o->mu);
   }
   old = o->rx_waker; /* ours, if the sender has not taken it */
   o->rx_waker = NULL;
-  treadle__mutex_unlock(&o->mu);
+  treadle__os_mutex_unlock(&o->mu);
   treadle_waker_drop(old);
   if (p != NULL)
     treadle_waker_drop(&p->waker);
@@ -230,7 +230,7 @@ void treadle_oneshot_rx_drop(treadle_oneshot_rx_t *rx) {
     return;
   oneshot_t *o = of_rx(rx);
   void *value = NULL;
-  treadle__mutex_lock(&o->mu);
+  treadle__os_mutex_lock(&o->mu);
   o->rx_gone = true;
   bool had = o->state == SENT; /* step 4 */
   if (had) {
@@ -240,7 +240,7 @@ void treadle_oneshot_rx_drop(treadle_oneshot_rx_t *rx) {
   }
   treadle_waker_t *w = o->rx_waker;
   o->rx_waker = NULL;
-  treadle__mutex_unlock(&o->mu);
+  treadle__os_mutex_unlock(&o->mu);
   treadle_waker_drop(w);
   if (had)
     drop_value(o, value);

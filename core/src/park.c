@@ -19,13 +19,13 @@ enum { EMPTY = 0, PARKED_CONDVAR = 1, PARKED_DRIVER = 2, NOTIFIED = 3 };
 
 void treadle__park_init(treadle__park_t *p) {
   atomic_init(&p->state, EMPTY);
-  treadle__mutex_init(&p->mu);
-  treadle__cond_init(&p->cv);
+  treadle__os_mutex_init(&p->mu);
+  treadle__os_cond_init(&p->cv);
 }
 
 void treadle__park_destroy(treadle__park_t *p) {
-  treadle__cond_destroy(&p->cv);
-  treadle__mutex_destroy(&p->mu);
+  treadle__os_cond_destroy(&p->cv);
+  treadle__os_mutex_destroy(&p->mu);
 }
 
 static bool consume_notified(treadle__park_t *p) {
@@ -36,7 +36,7 @@ static bool consume_notified(treadle__park_t *p) {
 }
 
 static void park_condvar(treadle__park_t *p) {
-  treadle__mutex_lock(&p->mu);
+  treadle__os_mutex_lock(&p->mu);
   uint32_t expected = EMPTY;
   /* seq_cst: step 2. */
   if (!atomic_compare_exchange_strong_explicit(&p->state, &expected,
@@ -44,14 +44,14 @@ static void park_condvar(treadle__park_t *p) {
                                                memory_order_seq_cst,
                                                memory_order_seq_cst)) {
     atomic_store_explicit(&p->state, EMPTY, memory_order_seq_cst);
-    treadle__mutex_unlock(&p->mu);
+    treadle__os_mutex_unlock(&p->mu);
     return;
   }
   /* The unparker signals under mu, after its swap: waiting while the word
    * still says PARKED_CONDVAR cannot miss it; spurious wakeups loop. */
   while (!consume_notified(p))
-    treadle__cond_wait_until(&p->cv, &p->mu, TREADLE_FOREVER);
-  treadle__mutex_unlock(&p->mu);
+    treadle__os_cond_wait_until(&p->cv, &p->mu, TREADLE_FOREVER);
+  treadle__os_mutex_unlock(&p->mu);
 }
 
 static void park_driver(treadle__park_t *p, treadle__driver_t *d) {
@@ -71,12 +71,12 @@ static void park_driver(treadle__park_t *p, treadle__driver_t *d) {
 }
 
 void treadle__park_park(treadle__park_t *p, treadle__driver_t *d,
-                        treadle__mutex_t *driver_mu) {
+                        treadle__os_mutex_t *driver_mu) {
   if (consume_notified(p))
     return;
-  if (treadle__mutex_trylock(driver_mu)) {
+  if (treadle__os_mutex_trylock(driver_mu)) {
     park_driver(p, d);
-    treadle__mutex_unlock(driver_mu);
+    treadle__os_mutex_unlock(driver_mu);
   } else {
     park_condvar(p);
   }
@@ -86,9 +86,9 @@ void treadle__park_unpark(treadle__park_t *p, treadle__driver_t *d) {
   /* seq_cst: step 1; orders the caller's queue push before the check. */
   switch (atomic_exchange_explicit(&p->state, NOTIFIED, memory_order_seq_cst)) {
   case PARKED_CONDVAR:
-    treadle__mutex_lock(&p->mu);
-    treadle__mutex_unlock(&p->mu);
-    treadle__cond_signal(&p->cv);
+    treadle__os_mutex_lock(&p->mu);
+    treadle__os_mutex_unlock(&p->mu);
+    treadle__os_cond_signal(&p->cv);
     break;
   case PARKED_DRIVER:
     treadle__driver_unpark(d);

@@ -40,7 +40,7 @@ typedef struct treadle__ct_s {
   _Atomic size_t live;      /* spawned, not finished (metrics) */
   _Atomic size_t runq_len;  /* written by the core's holder (metrics) */
   _Atomic uint64_t polls, parks, unparks; /* likewise */
-  treadle__mutex_t waiters_mu;
+  treadle__os_mutex_t waiters_mu;
   treadle__list_t waiters; /* block_on callers waiting for the core;
                               guarded by waiters_mu */
 } treadle__ct_t;
@@ -116,11 +116,11 @@ static void release_core(treadle__ct_t *ct) {
   /* seq_cst: release the core to the next holder, and order this store
    * before the waiter list is read (a waiter pushes, then loads). */
   atomic_store_explicit(&ct->core_taken, false, memory_order_seq_cst);
-  treadle__mutex_lock(&ct->waiters_mu);
+  treadle__os_mutex_lock(&ct->waiters_mu);
   for (treadle__list_t *n = ct->waiters.next; n != &ct->waiters; n = n->next)
     treadle_wake_by_ref(
         &treadle__container_of(n, core_waiter_t, node)->parker->waker);
-  treadle__mutex_unlock(&ct->waiters_mu);
+  treadle__os_mutex_unlock(&ct->waiters_mu);
 }
 
 static treadle_err_t ct_spawn(treadle__sched_t *s, treadle__task_t *t) {
@@ -237,17 +237,17 @@ static treadle_err_t ct_block_on(treadle__sched_t *s, treadle__task_t *main) {
       continue;
     }
     core_waiter_t w = {.parker = parker};
-    treadle__mutex_lock(&ct->waiters_mu);
+    treadle__os_mutex_lock(&ct->waiters_mu);
     treadle__list_push_back(&ct->waiters, &w.node);
-    treadle__mutex_unlock(&ct->waiters_mu);
+    treadle__os_mutex_unlock(&ct->waiters_mu);
     /* seq_cst: load core_taken after publishing ourselves (see
      * release_core). */
     if (treadle__task_join_register(main, &parker->waker) &&
         atomic_load_explicit(&ct->core_taken, memory_order_seq_cst))
       treadle__parker_park(parker);
-    treadle__mutex_lock(&ct->waiters_mu);
+    treadle__os_mutex_lock(&ct->waiters_mu);
     treadle__list_unlink(&w.node);
-    treadle__mutex_unlock(&ct->waiters_mu);
+    treadle__os_mutex_unlock(&ct->waiters_mu);
   }
   if (parker != NULL)
     treadle_waker_drop(&parker->waker);
@@ -293,7 +293,7 @@ static treadle_err_t ct_shutdown(treadle__sched_t *s) {
 static void ct_free(treadle__sched_t *s) {
   treadle__ct_t *ct = as_ct(s);
   treadle__inject_destroy(&ct->inject);
-  treadle__mutex_destroy(&ct->waiters_mu);
+  treadle__os_mutex_destroy(&ct->waiters_mu);
   treadle__free(ct);
 }
 
@@ -333,10 +333,10 @@ static void dump_locked(treadle__ct_t *ct, FILE *out) {
   }
   for (treadle__task_t *t = ct->head; t != NULL; t = t->next)
     treadle__dump_task(out, t, 0);
-  treadle__mutex_lock(&ct->inject.mu);
+  treadle__os_mutex_lock(&ct->inject.mu);
   for (treadle__task_t *t = ct->inject.head; t != NULL; t = t->next)
     treadle__dump_task(out, t, 0);
-  treadle__mutex_unlock(&ct->inject.mu);
+  treadle__os_mutex_unlock(&ct->inject.mu);
 }
 
 typedef struct {
@@ -402,7 +402,7 @@ treadle_err_t treadle__ct_new(treadle_handle_t *h, treadle__sched_t **out) {
   atomic_init(&ct->polls, 0);
   atomic_init(&ct->parks, 0);
   atomic_init(&ct->unparks, 0);
-  treadle__mutex_init(&ct->waiters_mu);
+  treadle__os_mutex_init(&ct->waiters_mu);
   treadle__list_init(&ct->waiters);
   *out = &ct->base;
   return 0;

@@ -1,7 +1,7 @@
 /* The multi_thread scheduler: N workers share the tasks by work stealing
  * (tokio scheduler/multi_thread/worker.rs).
  *
- * Each worker owns a LIFO slot, a local ring (deque.c) and a list of tasks
+ * Each worker owns a LIFO slot, a local ring (runq.c) and a list of tasks
  * pinned to it; all share the inject queue. The rules (DESIGN.md):
  *
  * 1. Spawn or wake on a worker: the task takes the LIFO slot and the slot's
@@ -51,7 +51,7 @@
 #define INJECT_BATCH 32
 
 typedef struct shard_s {
-  treadle__mutex_t mu;
+  treadle__os_mutex_t mu;
   treadle__list_t tasks; /* guarded by mu */
   bool closed;           /* guarded by mu */
   _Atomic size_t count;  /* written under mu; read anywhere */
@@ -74,7 +74,7 @@ struct worker_s {
   uint32_t credits; /* handle references in reserve (handle.c) */
 
   /* Any thread. */
-  treadle__deque_t queue;
+  treadle__runq_t queue;
   treadle__inject_t inbox; /* pinned tasks woken from other threads */
   treadle__park_t park;
   _Atomic uint64_t current; /* id of the task being polled, or 0 */
@@ -85,7 +85,7 @@ struct worker_s {
 
   unsigned index;
   treadle__mt_t *mt;
-  treadle__thread_t thread;
+  treadle__os_thread_t thread;
   bool started;
 } __attribute__((aligned(TREADLE_CACHELINE)));
 
@@ -97,7 +97,7 @@ struct treadle__mt_s {
   shard_t *shards;
   treadle__inject_t inject;
   treadle__idle_t idle;
-  treadle__mutex_t driver_mu; /* held by the worker parked in the driver */
+  treadle__os_mutex_t driver_mu; /* held by the worker parked in the driver */
   _Atomic bool shutdown;
   _Atomic bool closed;             /* spawns fail from now on */
   _Atomic uint64_t spawned, finished; /* by threads that are not workers */
@@ -144,9 +144,9 @@ static shard_t *shard_of(treadle__mt_t *mt, treadle__task_t *t) {
 
 static bool mt_bind(treadle__sched_t *s, treadle__task_t *t) {
   shard_t *sh = shard_of(as_mt(s), t);
-  treadle__mutex_lock(&sh->mu);
+  treadle__os_mutex_lock(&sh->mu);
   if (sh->closed) {
-    treadle__mutex_unlock(&sh->mu);
+    treadle__os_mutex_unlock(&sh->mu);
     return false;
   }
   treadle__list_push_back(&sh->tasks, &t->owned);
@@ -157,7 +157,7 @@ static bool mt_bind(treadle__sched_t *s, treadle__task_t *t) {
                         atomic_load_explicit(&sh->count, memory_order_relaxed) +
                             1,
                         memory_order_relaxed);
-  treadle__mutex_unlock(&sh->mu);
+  treadle__os_mutex_unlock(&sh->mu);
   return true;
 }
 
@@ -178,7 +178,7 @@ static int mt_release(treadle__sched_t *s, treadle__task_t *t) {
   }
   shard_t *sh = shard_of(mt, t);
   int refs = 0;
-  treadle__mutex_lock(&sh->mu);
+  treadle__os_mutex_lock(&sh->mu);
   if (atomic_load_explicit(&t->owned_state, memory_order_relaxed) ==
       TREADLE__BOUND) {
     treadle__list_unlink(&t->owned);
@@ -189,7 +189,7 @@ static int mt_release(treadle__sched_t *s, treadle__task_t *t) {
   }
   atomic_store_explicit(&t->owned_state, TREADLE__UNLINKED,
                         memory_order_relaxed);
-  treadle__mutex_unlock(&sh->mu);
+  treadle__os_mutex_unlock(&sh->mu);
   return refs;
 }
 
@@ -197,7 +197,7 @@ static int mt_release(treadle__sched_t *s, treadle__task_t *t) {
 static bool drain_shard(shard_t *sh) {
   bool any = false;
   for (;;) {
-    treadle__mutex_lock(&sh->mu);
+    treadle__os_mutex_lock(&sh->mu);
     treadle__list_t *n = treadle__list_pop_front(&sh->tasks);
     treadle__task_t *t = NULL;
     if (n != NULL) {
@@ -209,7 +209,7 @@ static bool drain_shard(shard_t *sh) {
           atomic_load_explicit(&sh->count, memory_order_relaxed) - 1,
           memory_order_relaxed);
     }
-    treadle__mutex_unlock(&sh->mu);
+    treadle__os_mutex_unlock(&sh->mu);
     if (t == NULL)
       return any;
     treadle__task_shutdown(t); /* the owned reference */
@@ -228,7 +228,7 @@ static void notify_parked(treadle__mt_t *mt) {
 /* Step 4: the last searcher's final look. */
 static void notify_if_work_pending(treadle__mt_t *mt) {
   for (unsigned i = 0; i < mt->nworkers; i++) {
-    if (treadle__deque_has_stealable(&mt->workers[i].queue)) {
+    if (treadle__runq_has_stealable(&mt->workers[i].queue)) {
       notify_parked(mt);
       return;
     }
@@ -238,7 +238,7 @@ static void notify_if_work_pending(treadle__mt_t *mt) {
 }
 
 static void push_ring(worker_t *w, treadle__task_t *t) {
-  if (treadle__deque_push(&w->queue, t, &w->mt->inject))
+  if (treadle__runq_push(&w->queue, t, &w->mt->inject))
     bump(&w->overflows);
 }
 
@@ -272,7 +272,7 @@ static void schedule_local(worker_t *w, treadle__task_t *t, bool yield) {
     if (pushed == NULL)
       return; /* it runs next, here */
   }
-  bool surplus = w->lifo != NULL || treadle__deque_len(&w->queue) > 0;
+  bool surplus = w->lifo != NULL || treadle__runq_len(&w->queue) > 0;
   push_ring(w, pushed);
   if (surplus && !w->in_park)
     notify_parked(w->mt);
@@ -371,7 +371,7 @@ static treadle__task_t *pop_global(worker_t *w) {
   if (len == 0)
     return NULL;
   size_t room = TREADLE__LOCAL_QUEUE_CAPACITY / 2;
-  size_t used = treadle__deque_len(&w->queue);
+  size_t used = treadle__runq_len(&w->queue);
   room = used < room ? room - used : 0;
   size_t want = len / mt->nworkers + 1;
   if (want > INJECT_BATCH)
@@ -403,7 +403,7 @@ static treadle__task_t *next_task(worker_t *w) {
   w->pick_pinned = !w->pick_pinned;
   if (w->pick_pinned && (t = pinned_pop(w)) != NULL)
     return t;
-  if ((t = treadle__deque_pop(&w->queue)) != NULL)
+  if ((t = treadle__runq_pop(&w->queue)) != NULL)
     return t;
   if ((t = pinned_pop(w)) != NULL)
     return t;
@@ -424,9 +424,8 @@ static treadle__task_t *steal_work(worker_t *w) {
     if (victim == w->index)
       continue;
     uint32_t stolen = 0;
-    treadle__task_t *t =
-        treadle__deque_steal_into(&mt->workers[victim].queue, &w->queue,
-                                  &stolen);
+    treadle__task_t *t = treadle__runq_steal_into(&mt->workers[victim].queue,
+                                                  &w->queue, &stolen);
     if (t != NULL) {
       add(&w->steals, stolen);
       bump(&w->steal_ops);
@@ -471,8 +470,7 @@ static void run_task(worker_t *w, treadle__task_t *t) {
 
 static bool has_local_work(worker_t *w) {
   return w->lifo != NULL || w->pinned_head != NULL ||
-         treadle__inject_len(&w->inbox) > 0 ||
-         treadle__deque_len(&w->queue) > 0;
+         treadle__inject_len(&w->inbox) > 0 || treadle__runq_len(&w->queue) > 0;
 }
 
 static bool transition_from_parked(worker_t *w) {
@@ -513,19 +511,19 @@ static void park(worker_t *w) {
   }
   w->in_park = false;
   bump(&w->unparks);
-  if (!w->searching && treadle__deque_has_stealable(&w->queue))
+  if (!w->searching && treadle__runq_has_stealable(&w->queue))
     notify_parked(mt); /* the driver turn gave us more than we can run */
 }
 
 static void maintenance(worker_t *w) {
   treadle__mt_t *mt = w->mt;
-  if (!treadle__mutex_trylock(&mt->driver_mu))
+  if (!treadle__os_mutex_trylock(&mt->driver_mu))
     return; /* another worker is parked in the drivers */
   w->in_park = true;
   treadle__driver_park(driver_of(mt), 0);
   w->in_park = false;
-  treadle__mutex_unlock(&mt->driver_mu);
-  if (treadle__deque_has_stealable(&w->queue))
+  treadle__os_mutex_unlock(&mt->driver_mu);
+  if (treadle__runq_has_stealable(&w->queue))
     notify_parked(mt);
 }
 
@@ -558,7 +556,7 @@ static bool drain_worker(worker_t *w) {
     treadle__task_shutdown(t);
     any = true;
   }
-  while ((t = pinned_pop(w)) != NULL || (t = treadle__deque_pop(&w->queue)) ||
+  while ((t = pinned_pop(w)) != NULL || (t = treadle__runq_pop(&w->queue)) ||
          (t = treadle__inject_pop(&w->inbox))) {
     treadle__task_shutdown(t);
     any = true;
@@ -596,12 +594,6 @@ static void *worker_main(void *arg) {
 
 /* ---------------------------------------------------------- lifecycle */
 
-static treadle_err_t mt_block_on(treadle__sched_t *s, treadle__task_t *main) {
-  (void)s;
-  (void)main; /* the workers run it; the caller waits on its join handle */
-  return 0;
-}
-
 /* Step 7, first half: no more spawns, no more binding (a task about to
  * wait is cancelled instead). The queues stay open while workers run:
  * a worker whose ring overflows, or that wakes a task pinned elsewhere,
@@ -610,9 +602,9 @@ static void close_spawns(treadle__mt_t *mt) {
   /* release: pairs with mt_spawn's acquire. */
   atomic_store_explicit(&mt->closed, true, memory_order_release);
   for (unsigned i = 0; i < mt->nshards + mt->nworkers; i++) {
-    treadle__mutex_lock(&mt->shards[i].mu);
+    treadle__os_mutex_lock(&mt->shards[i].mu);
     mt->shards[i].closed = true;
-    treadle__mutex_unlock(&mt->shards[i].mu);
+    treadle__os_mutex_unlock(&mt->shards[i].mu);
   }
 }
 
@@ -633,7 +625,7 @@ static void stop_workers(treadle__mt_t *mt) {
       treadle__park_unpark(&mt->workers[i].park, driver_of(mt));
   for (unsigned i = 0; i < mt->nworkers; i++) {
     if (mt->workers[i].started) {
-      treadle__thread_join(mt->workers[i].thread);
+      treadle__os_thread_join(mt->workers[i].thread);
       mt->workers[i].started = false;
     }
   }
@@ -668,10 +660,10 @@ static void mt_free(treadle__sched_t *s) {
     treadle__park_destroy(&mt->workers[i].park);
   }
   for (unsigned i = 0; i < mt->nshards + mt->nworkers; i++)
-    treadle__mutex_destroy(&mt->shards[i].mu);
+    treadle__os_mutex_destroy(&mt->shards[i].mu);
   treadle__inject_destroy(&mt->inject);
   treadle__idle_destroy(&mt->idle);
-  treadle__mutex_destroy(&mt->driver_mu);
+  treadle__os_mutex_destroy(&mt->driver_mu);
   treadle__free(mt->shards);
   treadle__free(mt->workers);
   treadle__free(mt);
@@ -713,7 +705,7 @@ static treadle_err_t mt_worker_metrics(treadle__sched_t *s, unsigned index,
   m->lifo_hits = LOAD(lifo_hits);
   m->overflows = LOAD(overflows);
 #undef LOAD
-  m->local_queue_depth = treadle__deque_len(&w->queue);
+  m->local_queue_depth = treadle__runq_len(&w->queue);
   return 0;
 }
 
@@ -735,18 +727,18 @@ static treadle_err_t mt_dump(treadle__sched_t *s, FILE *out) {
       fprintf(out, "%s", treadle__idle_is_parked(&mt->idle, i) ? "parked"
                                                                : "idle");
     fprintf(out, ", local queue %zu, inbox %zu, polls %llu\n",
-            treadle__deque_len(&w->queue), treadle__inject_len(&w->inbox),
+            treadle__runq_len(&w->queue), treadle__inject_len(&w->inbox),
             (unsigned long long)atomic_load_explicit(&w->polls,
                                                      memory_order_relaxed));
   }
   for (unsigned i = 0; i < mt->nshards + mt->nworkers; i++) {
     shard_t *sh = &mt->shards[i];
-    treadle__mutex_lock(&sh->mu);
+    treadle__os_mutex_lock(&sh->mu);
     for (treadle__list_t *n = sh->tasks.next; n != &sh->tasks; n = n->next) {
       treadle__task_t *t = treadle__container_of(n, treadle__task_t, owned);
       treadle__dump_task(out, t, t->pinned != 0 ? (int)t->pinned - 1 : -1);
     }
-    treadle__mutex_unlock(&sh->mu);
+    treadle__os_mutex_unlock(&sh->mu);
   }
   return 0;
 }
@@ -760,7 +752,7 @@ static const treadle__sched_vtable_t mt_vtable = {
     .bind = mt_bind,
     .schedule = mt_schedule,
     .release = mt_release,
-    .block_on = mt_block_on,
+    .block_on = NULL, /* the workers run main; block_on waits on it */
     .shutdown = mt_shutdown,
     .free = mt_free,
     .metrics = mt_metrics,
@@ -797,12 +789,12 @@ treadle_err_t treadle__mt_new(treadle_handle_t *h, treadle__sched_t **out) {
     return TREADLE_ENOMEM;
   }
   for (unsigned i = 0; i < mt->nshards + n; i++) {
-    treadle__mutex_init(&mt->shards[i].mu);
+    treadle__os_mutex_init(&mt->shards[i].mu);
     treadle__list_init(&mt->shards[i].tasks);
     atomic_init(&mt->shards[i].count, 0);
   }
   treadle__inject_init(&mt->inject);
-  treadle__mutex_init(&mt->driver_mu);
+  treadle__os_mutex_init(&mt->driver_mu);
   atomic_init(&mt->shutdown, false);
   atomic_init(&mt->closed, false);
   for (unsigned i = 0; i < n; i++) {
@@ -810,7 +802,7 @@ treadle_err_t treadle__mt_new(treadle_handle_t *h, treadle__sched_t **out) {
     w->index = i;
     w->mt = mt;
     w->rand = 0x9E3779B9u * (i + 1);
-    treadle__deque_init(&w->queue);
+    treadle__runq_init(&w->queue);
     treadle__inject_init(&w->inbox);
     treadle__park_init(&w->park);
     atomic_init(&w->current, 0);
@@ -818,8 +810,8 @@ treadle_err_t treadle__mt_new(treadle_handle_t *h, treadle__sched_t **out) {
   treadle_err_t err = 0;
   for (unsigned i = 0; i < n && err == 0; i++) {
     worker_t *w = &mt->workers[i];
-    err = treadle__thread_start(&w->thread, worker_main, w,
-                                h->cfg.thread_name);
+    err = treadle__os_thread_start(&w->thread, worker_main, w,
+                                   h->cfg.thread_name);
     w->started = err == 0;
   }
   if (err != 0) {

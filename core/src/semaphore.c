@@ -1,5 +1,5 @@
-/* The batch semaphore (tokio's batch_semaphore), and the wait queue and
- * waiter it shares with Notify (notify.c) and the async Mutex (mutex.c).
+/* The batch semaphore (tokio's batch_semaphore), which the async Mutex
+ * (mutex.c) is built on; its wait queue and waiters are waitq.c's.
  *
  * 1. `permits` holds the permits nobody has been given, shifted left one,
  *    with SEM_CLOSED in bit 0. Acquirers take from it by CAS, with or
@@ -13,26 +13,19 @@
  * 3. An acquirer that finds too few permits takes what there is, under
  *    q.mu, and queues for the rest: its state word holds the count it
  *    still needs, `want` the count it asked for.
- * 4. A waiter's state: IDLE -> WAITING (its owner, under q.mu: takes a q
- *    reference and a clone of the task's waker) -> DONE or CLOSED (a
- *    releaser or closer, under q.mu: unlinks it, takes its waker, then
- *    stores the state with release as its last touch) -> IDLE (the owner,
- *    when its poll returns READY or it is dropped; the q reference goes
- *    then). The owner reads the state with acquire and, while WAITING,
- *    takes q.mu before touching anything else.
+ * 4. A waiter's state moves as waitq.c step 2 says: a releaser makes it
+ *    DONE once all its permits are assigned, a closer CLOSED, each under
+ *    q.mu with a release store as its last touch. The owner reads the
+ *    state with acquire and, while WAITING, takes q.mu before touching
+ *    anything else.
  * 5. A waiter dropped while WAITING returns the permits it was partly
- *    given; one dropped while DONE returns all it was given (step 2 hands
- *    them on); a Notify waiter dropped after notify_one passes the
- *    notification on (notify.c).
+ *    given; one dropped while DONE returns all it was given (waitq.c step
+ *    3; step 2 hands them on).
  * 6. Wakers are collected under q.mu and woken once it is released,
  *    TREADLE__WAKE_BATCH at a time: a release that completes many waiters
  *    unlocks between batches, holding the permits not yet handed out. */
 #include "waitq.h"
 
-_Static_assert(sizeof(treadle__waiter_t) <= sizeof(treadle_waiter_t),
-               "treadle_waiter_t too small");
-_Static_assert(_Alignof(treadle__waiter_t) <= _Alignof(treadle_waiter_t),
-               "treadle_waiter_t under-aligned");
 _Static_assert(offsetof(struct treadle_semaphore_s, q) == 0,
                "the wait queue must come first");
 _Static_assert(offsetof(struct treadle_mutex_s, sem) == 0,
@@ -42,106 +35,6 @@ _Static_assert(offsetof(struct treadle_mutex_s, sem) == 0,
 #define CLOSED TREADLE__SEM_CLOSED
 #define SHIFT TREADLE__SEM_SHIFT
 
-/* --------------------------------------------------------- wait queue */
-
-void treadle__waitq_init(treadle__waitq_t *q, treadle__waitq_kind_t kind) {
-  treadle__mutex_init(&q->mu);
-  treadle__list_init(&q->waiters);
-  atomic_init(&q->refs, 1);
-  q->kind = (uint8_t)kind;
-}
-
-void treadle__waitq_ref(treadle__waitq_t *q) {
-  /* Relaxed: made from a reference the caller holds. */
-  atomic_fetch_add_explicit(&q->refs, 1, memory_order_relaxed);
-}
-
-void treadle__waitq_unref(treadle__waitq_t *q) {
-  /* acq_rel: the last owner sees every other owner's use before free. */
-  if (atomic_fetch_sub_explicit(&q->refs, 1, memory_order_acq_rel) != 1)
-    return;
-  TREADLE_ASSERT(treadle__list_empty(&q->waiters)); /* each holds a ref */
-  treadle__mutex_destroy(&q->mu);
-  treadle__free(q); /* the object starts with q */
-}
-
-/* ------------------------------------------------------------- waiter */
-
-void treadle_waiter_init(treadle_waiter_t *wp) {
-  if (wp == NULL)
-    return;
-  treadle__waiter_t *w = treadle__as_waiter(wp);
-  memset(wp, 0, sizeof *wp);
-  treadle__list_init(&w->node);
-  atomic_init(&w->state, TREADLE__W_IDLE);
-}
-
-void treadle__waiter_enqueue(treadle__waitq_t *q, treadle__waiter_t *w,
-                             treadle_cx_t *cx, uint64_t state) {
-  w->q = q;
-  w->waker = treadle_waker_clone(&cx->task->waker);
-  treadle__list_push_back(&q->waiters, &w->node);
-  treadle__waitq_ref(q);
-  /* Relaxed: any other thread reads a WAITING waiter under q->mu, which
-   * we hold (step 4). */
-  atomic_store_explicit(&w->state, state, memory_order_relaxed);
-}
-
-treadle_waker_t *treadle__waiter_rewake(treadle__waiter_t *w,
-                                        treadle_cx_t *cx) {
-  treadle_waker_t *mine = &cx->task->waker;
-  if (w->waker == mine)
-    return NULL;
-  treadle_waker_t *old = w->waker;
-  w->waker = treadle_waker_clone(mine);
-  return old;
-}
-
-static void add_permits_locked(struct treadle_semaphore_s *s, uint64_t n);
-
-void treadle_waiter_drop(treadle_waiter_t *wp) {
-  if (wp == NULL)
-    return;
-  treadle__waiter_t *w = treadle__as_waiter(wp);
-  /* acquire: pairs with treadle__waiter_finish (step 4). */
-  uint64_t st = atomic_load_explicit(&w->state, memory_order_acquire);
-  if ((st & TREADLE__W_MASK) == TREADLE__W_IDLE)
-    return;
-  treadle__waitq_t *q = w->q;
-  treadle_waker_t *own = NULL;
-  treadle__wakelist_t wl = {.n = 0};
-  uint64_t give_back = 0;
-  treadle__mutex_lock(&q->mu);
-  st = atomic_load_explicit(&w->state, memory_order_relaxed);
-  switch (st & TREADLE__W_MASK) {
-  case TREADLE__W_WAITING:
-    treadle__list_unlink(&w->node);
-    own = w->waker;
-    w->waker = NULL;
-    if (q->kind == TREADLE__WAITQ_SEMAPHORE)
-      give_back = w->want - (st >> TREADLE__W_SHIFT); /* step 5 */
-    break;
-  case TREADLE__W_DONE:
-    if (q->kind == TREADLE__WAITQ_SEMAPHORE)
-      give_back = w->want;
-    else
-      treadle__notify_pass_on(q, &wl);
-    break;
-  default: /* DONE_ALL, CLOSED: nothing to pass on */
-    break;
-  }
-  w->q = NULL;
-  /* Relaxed: off every queue; only the owner looks at it from now on. */
-  atomic_store_explicit(&w->state, TREADLE__W_IDLE, memory_order_relaxed);
-  if (give_back > 0)
-    add_permits_locked((struct treadle_semaphore_s *)q, give_back);
-  else
-    treadle__mutex_unlock(&q->mu);
-  treadle__wakelist_wake(&wl);
-  treadle_waker_drop(own);
-  treadle__waitq_unref(q);
-}
-
 /* ---------------------------------------------------------- semaphore */
 
 void treadle__sem_init(struct treadle_semaphore_s *s, size_t permits) {
@@ -149,10 +42,8 @@ void treadle__sem_init(struct treadle_semaphore_s *s, size_t permits) {
   atomic_init(&s->permits, permits << SHIFT);
 }
 
-/* Hands `n` permits to the waiters, then to `permits` (step 2). Called
- * with q.mu held; returns with it released, having woken every waiter it
- * completed (step 6). */
-static void add_permits_locked(struct treadle_semaphore_s *s, uint64_t n) {
+void treadle__sem_add_permits_locked(struct treadle_semaphore_s *s,
+                                     uint64_t n) {
   treadle__wakelist_t wl = {.n = 0};
   for (;;) {
     treadle__list_t *node;
@@ -183,11 +74,11 @@ static void add_permits_locked(struct treadle_semaphore_s *s, uint64_t n) {
                                 memory_order_release);
       n = 0;
     }
-    treadle__mutex_unlock(&s->q.mu);
+    treadle__os_mutex_unlock(&s->q.mu);
     treadle__wakelist_wake(&wl);
     if (n == 0)
       return;
-    treadle__mutex_lock(&s->q.mu);
+    treadle__os_mutex_lock(&s->q.mu);
   }
 }
 
@@ -200,7 +91,7 @@ treadle_err_t treadle__sem_try_acquire(struct treadle_semaphore_s *s,
       return TREADLE_ECLOSED;
     if (cur < need)
       return TREADLE_EAGAIN; /* too few, or waiters queued (step 2) */
-    /* acquire: pairs with add_permits_locked's release. */
+    /* acquire: pairs with treadle__sem_add_permits_locked's release. */
   } while (!atomic_compare_exchange_weak_explicit(&s->permits, &cur, cur - need,
                                                   memory_order_acquire,
                                                   memory_order_relaxed));
@@ -234,7 +125,7 @@ static treadle_poll_t acquire_idle(struct treadle_semaphore_s *s,
     if (!spent && !treadle_cx_poll_proceed(cx))
       return TREADLE_PENDING;
     spent = true;
-    /* acquire: pairs with add_permits_locked's release. */
+    /* acquire: pairs with treadle__sem_add_permits_locked's release. */
     if (atomic_compare_exchange_weak_explicit(&s->permits, &cur, cur - need,
                                               memory_order_acquire,
                                               memory_order_relaxed)) {
@@ -246,23 +137,23 @@ static treadle_poll_t acquire_idle(struct treadle_semaphore_s *s,
     *err = TREADLE_ECLOSED;
     return TREADLE_READY;
   }
-  treadle__mutex_lock(&s->q.mu);
+  treadle__os_mutex_lock(&s->q.mu);
   cur = atomic_load_explicit(&s->permits, memory_order_relaxed);
   for (;;) {
     if (cur & CLOSED) {
-      treadle__mutex_unlock(&s->q.mu);
+      treadle__os_mutex_unlock(&s->q.mu);
       *err = TREADLE_ECLOSED;
       return TREADLE_READY;
     }
     size_t take = cur >= need ? need : cur; /* cur is even here */
     if (take == need && !spent) {
       if (!treadle_cx_poll_proceed(cx)) {
-        treadle__mutex_unlock(&s->q.mu);
+        treadle__os_mutex_unlock(&s->q.mu);
         return TREADLE_PENDING;
       }
       spent = true;
     }
-    /* acquire: pairs with add_permits_locked's release. */
+    /* acquire: pairs with treadle__sem_add_permits_locked's release. */
     if (atomic_compare_exchange_weak_explicit(&s->permits, &cur, cur - take,
                                               memory_order_acquire,
                                               memory_order_relaxed))
@@ -270,7 +161,7 @@ static treadle_poll_t acquire_idle(struct treadle_semaphore_s *s,
   }
   size_t taken = (cur >= need ? need : cur) >> SHIFT;
   if (taken == n) {
-    treadle__mutex_unlock(&s->q.mu);
+    treadle__os_mutex_unlock(&s->q.mu);
     *err = 0;
     return TREADLE_READY;
   }
@@ -278,7 +169,7 @@ static treadle_poll_t acquire_idle(struct treadle_semaphore_s *s,
   treadle__waiter_enqueue(&s->q, w, cx,
                           (uint64_t)(n - taken) << TREADLE__W_SHIFT |
                               TREADLE__W_WAITING);
-  treadle__mutex_unlock(&s->q.mu);
+  treadle__os_mutex_unlock(&s->q.mu);
   treadle__sync_waits_on(cx, wait);
   return TREADLE_PENDING;
 }
@@ -295,16 +186,16 @@ treadle_poll_t treadle__sem_acquire_poll(struct treadle_semaphore_s *s,
     return acquire_idle(s, cx, w, n, wait, err);
   case TREADLE__W_WAITING: {
     treadle__waitq_t *q = w->q;
-    treadle__mutex_lock(&q->mu);
+    treadle__os_mutex_lock(&q->mu);
     st = atomic_load_explicit(&w->state, memory_order_relaxed);
     if ((st & TREADLE__W_MASK) == TREADLE__W_WAITING) {
       treadle_waker_t *old = treadle__waiter_rewake(w, cx);
-      treadle__mutex_unlock(&q->mu);
+      treadle__os_mutex_unlock(&q->mu);
       treadle_waker_drop(old);
       treadle__sync_waits_on(cx, wait);
       return TREADLE_PENDING;
     }
-    treadle__mutex_unlock(&q->mu); /* finished meanwhile; q.mu ordered it */
+    treadle__os_mutex_unlock(&q->mu); /* finished meanwhile; q.mu ordered it */
     break;
   }
   default:
@@ -319,16 +210,16 @@ treadle_err_t treadle__sem_release(struct treadle_semaphore_s *s, size_t n,
     return 0;
   if (n > max)
     return TREADLE_EINVAL;
-  treadle__mutex_lock(&s->q.mu);
+  treadle__os_mutex_lock(&s->q.mu);
   /* Relaxed: increases happen under q.mu, which we hold; a decrease we
    * miss only makes the check stricter. */
   size_t avail =
       atomic_load_explicit(&s->permits, memory_order_relaxed) >> SHIFT;
   if (avail > max - n) {
-    treadle__mutex_unlock(&s->q.mu);
+    treadle__os_mutex_unlock(&s->q.mu);
     return TREADLE_EINVAL;
   }
-  add_permits_locked(s, n);
+  treadle__sem_add_permits_locked(s, n);
   return 0;
 }
 
@@ -386,7 +277,7 @@ treadle_err_t treadle_semaphore_release(treadle_semaphore_t *s, size_t n) {
 void treadle_semaphore_close(treadle_semaphore_t *s) {
   if (s == NULL)
     return;
-  treadle__mutex_lock(&s->q.mu);
+  treadle__os_mutex_lock(&s->q.mu);
   /* Relaxed: acquirers that see CLOSED take nothing; under q.mu, so no
    * waiter queues after this. */
   atomic_fetch_or_explicit(&s->permits, CLOSED, memory_order_relaxed);
@@ -405,16 +296,17 @@ void treadle_semaphore_close(treadle_semaphore_t *s) {
       treadle__waiter_finish(w, TREADLE__W_CLOSED);
     }
     if (back > 0) {
-      /* release: as add_permits_locked (available() counts them). */
+      /* release: as treadle__sem_add_permits_locked (available() counts
+       * them). */
       atomic_fetch_add_explicit(&s->permits, (size_t)back << SHIFT,
                                 memory_order_release);
     }
     bool more = !treadle__list_empty(&s->q.waiters);
-    treadle__mutex_unlock(&s->q.mu);
+    treadle__os_mutex_unlock(&s->q.mu);
     treadle__wakelist_wake(&wl);
     if (!more)
       return;
-    treadle__mutex_lock(&s->q.mu);
+    treadle__os_mutex_lock(&s->q.mu);
   }
 }
 

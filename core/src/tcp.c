@@ -14,7 +14,7 @@
 #include <stdio.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "io.h"
 
 struct treadle_tcp_stream_s {
   treadle__source_t src;
@@ -141,6 +141,39 @@ static treadle_err_t stream_new(treadle_handle_t *h, int fd,
   return 0;
 }
 
+/* A read or write leaf's buffer, for its treadle__io_call_t. */
+typedef struct {
+  void *buf;
+  size_t len;
+} span_t;
+
+static ssize_t call_recv(int fd, void *state, bool *full) {
+  span_t *sp = state;
+  ssize_t r = recv(fd, sp->buf, sp->len, 0);
+  *full = r == 0 || (size_t)r == sp->len;
+  return r;
+}
+
+/* MSG_NOSIGNAL: a closed peer gives EPIPE, never SIGPIPE. */
+static ssize_t call_send(int fd, void *state, bool *full) {
+  span_t *sp = state;
+  ssize_t r = send(fd, sp->buf, sp->len, MSG_NOSIGNAL);
+  *full = (size_t)r == sp->len;
+  return r;
+}
+
+typedef struct {
+  struct msghdr msg;
+  size_t total;
+} gather_t;
+
+static ssize_t call_sendmsg(int fd, void *state, bool *full) {
+  gather_t *g = state;
+  ssize_t r = sendmsg(fd, &g->msg, MSG_NOSIGNAL);
+  *full = (size_t)r == g->total;
+  return r;
+}
+
 treadle_poll_t treadle_tcp_read_poll(treadle_tcp_stream_t *s, treadle_cx_t *cx,
                                      void *buf, size_t len, size_t *n,
                                      treadle_err_t *err) {
@@ -149,17 +182,9 @@ treadle_poll_t treadle_tcp_read_poll(treadle_tcp_stream_t *s, treadle_cx_t *cx,
   if (!treadle__leaf_start(s ? &s->src : NULL, cx, buf == NULL && len > 0, len,
                            &ret, err))
     return ret;
-  if (len > TREADLE__MAX_IO)
-    len = TREADLE__MAX_IO;
-  ssize_t r = -1;
-  TREADLE__IO_LOOP(&s->src, cx, TREADLE__IO_READ_INTEREST,
-                   TREADLE__IO_READABLE, err,
-                   r = recv(s->src.fd, buf, len, 0),
-                   r == 0 || (size_t)r == len);
-  treadle__source_leave(&s->src);
-  if (*err == 0)
-    *n = (size_t)r;
-  return TREADLE_READY;
+  span_t sp = {buf, len > TREADLE__MAX_IO ? TREADLE__MAX_IO : len};
+  return treadle__leaf_transfer(&s->src, cx, TREADLE__IO_READ_INTEREST,
+                                TREADLE__IO_READABLE, call_recv, &sp, n, err);
 }
 
 treadle_poll_t treadle_tcp_writev_poll(treadle_tcp_stream_t *s,
@@ -178,18 +203,11 @@ treadle_poll_t treadle_tcp_writev_poll(treadle_tcp_stream_t *s,
   if (!treadle__leaf_start(s ? &s->src : NULL, cx, bad, total, &ret,
                            err))
     return ret;
-  struct msghdr msg = {.msg_iov = (struct iovec *)iov,
-                       .msg_iovlen = (size_t)iovcnt};
-  ssize_t r = -1;
-  /* MSG_NOSIGNAL: a closed peer gives EPIPE, never SIGPIPE. */
-  TREADLE__IO_LOOP(&s->src, cx, TREADLE__IO_WRITE_INTEREST,
-                   TREADLE__IO_WRITABLE, err,
-                   r = sendmsg(s->src.fd, &msg, MSG_NOSIGNAL),
-                   (size_t)r == total);
-  treadle__source_leave(&s->src);
-  if (*err == 0)
-    *n = (size_t)r;
-  return TREADLE_READY;
+  gather_t g = {
+      .msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt},
+      .total = total};
+  return treadle__leaf_transfer(&s->src, cx, TREADLE__IO_WRITE_INTEREST,
+                                TREADLE__IO_WRITABLE, call_sendmsg, &g, n, err);
 }
 
 treadle_poll_t treadle_tcp_write_poll(treadle_tcp_stream_t *s,
@@ -201,17 +219,9 @@ treadle_poll_t treadle_tcp_write_poll(treadle_tcp_stream_t *s,
   if (!treadle__leaf_start(s ? &s->src : NULL, cx, buf == NULL && len > 0, len,
                            &ret, err))
     return ret;
-  if (len > TREADLE__MAX_IO)
-    len = TREADLE__MAX_IO;
-  ssize_t r = -1;
-  TREADLE__IO_LOOP(&s->src, cx, TREADLE__IO_WRITE_INTEREST,
-                   TREADLE__IO_WRITABLE, err,
-                   r = send(s->src.fd, buf, len, MSG_NOSIGNAL),
-                   (size_t)r == len);
-  treadle__source_leave(&s->src);
-  if (*err == 0)
-    *n = (size_t)r;
-  return TREADLE_READY;
+  span_t sp = {(void *)buf, len > TREADLE__MAX_IO ? TREADLE__MAX_IO : len};
+  return treadle__leaf_transfer(&s->src, cx, TREADLE__IO_WRITE_INTEREST,
+                                TREADLE__IO_WRITABLE, call_send, &sp, n, err);
 }
 
 treadle_poll_t treadle_tcp_write_all_poll(treadle_tcp_stream_t *s,
@@ -360,6 +370,20 @@ static bool start_backoff(treadle_tcp_listener_t *l) {
   return true;
 }
 
+/* The peer's address, for call_accept. */
+typedef struct {
+  struct sockaddr_storage addr;
+  socklen_t len;
+} accepted_t;
+
+/* Readiness stays after a success: more connections may be queued. */
+static ssize_t call_accept(int fd, void *state, bool *full) {
+  accepted_t *a = state;
+  *full = true;
+  return accept4(fd, (struct sockaddr *)&a->addr, &a->len,
+                 SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
 treadle_poll_t treadle_tcp_accept_poll(treadle_tcp_listener_t *l,
                                        treadle_cx_t *cx,
                                        treadle_tcp_stream_t **out,
@@ -379,14 +403,15 @@ treadle_poll_t treadle_tcp_accept_poll(treadle_tcp_listener_t *l,
         return TREADLE_PENDING;
       }
     }
-    struct sockaddr_storage addr;
-    socklen_t alen = sizeof addr;
-    int r = -1;
-    TREADLE__IO_LOOP(&l->src, cx, TREADLE__IO_READ_INTEREST,
-                     TREADLE__IO_READABLE, err,
-                     r = accept4(l->src.fd, (struct sockaddr *)&addr, &alen,
-                                 SOCK_NONBLOCK | SOCK_CLOEXEC),
-                     true);
+    accepted_t a;
+    a.len = sizeof a.addr;
+    ssize_t r = -1;
+    if (treadle__io_loop(&l->src, cx, TREADLE__IO_READ_INTEREST,
+                         TREADLE__IO_READABLE, call_accept, &a, &r,
+                         err) == TREADLE_PENDING) {
+      treadle__source_leave(&l->src);
+      return TREADLE_PENDING;
+    }
     if (*err == TREADLE_EMFILE || *err == TREADLE_ENFILE ||
         *err == -ENOBUFS || *err == -ENOMEM) {
       if (start_backoff(l))
@@ -396,11 +421,11 @@ treadle_poll_t treadle_tcp_accept_poll(treadle_tcp_listener_t *l,
     }
     if (*err == 0) {
       l->backoff_ns = 0;
-      *err = stream_new(l->src.h, r, out);
+      *err = stream_new(l->src.h, (int)r, out);
       if (*err != 0)
-        close(r);
+        close((int)r);
       else if (peer != NULL)
-        memcpy(peer, &addr, sizeof addr);
+        memcpy(peer, &a.addr, sizeof a.addr);
     }
     break;
   }

@@ -1,6 +1,7 @@
 /* Internal declarations shared by the synchronisation primitives: the wait
- * queue (semaphore.c, notify.c, mutex.c), the private layout of
- * treadle_waiter_t, and a batch of wakers to call once a lock is let go.
+ * queue (waitq.c; used by semaphore.c, notify.c, mutex.c), the private
+ * layout of treadle_waiter_t, and a batch of wakers to call once a lock is
+ * let go.
  * Nothing here is public API. */
 #ifndef TREADLE_WAITQ_H
 #define TREADLE_WAITQ_H
@@ -49,7 +50,7 @@ typedef enum {
  * waiter can be dropped knowing only its queue, and so that the object's
  * last reference frees it whatever its kind. */
 typedef struct treadle__waitq_s {
-  treadle__mutex_t mu;
+  treadle__os_mutex_t mu;
   treadle__list_t waiters; /* FIFO of treadle__waiter_t; guarded by mu */
   _Atomic size_t refs;     /* users' references + one per queued or
                               notified waiter; any thread */
@@ -147,6 +148,10 @@ treadle_err_t treadle__sem_try_acquire(struct treadle_semaphore_s *s, size_t n);
  * permits would pass `max`. */
 treadle_err_t treadle__sem_release(struct treadle_semaphore_s *s, size_t n,
                                    size_t max);
+/* Hands `n` permits to the waiters, then to `permits` (semaphore.c step
+ * 2). Called with q.mu held; returns with it released, having woken every
+ * waiter it completed (step 6). */
+void treadle__sem_add_permits_locked(struct treadle_semaphore_s *s, uint64_t n);
 
 /* Records what the polling task waits on, for dumps. */
 static inline void treadle__sync_waits_on(treadle_cx_t *cx, int what) {

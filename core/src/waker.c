@@ -44,7 +44,7 @@ static void parker_wake_by_ref(treadle_waker_t *w) {
   treadle__parker_t *p = (treadle__parker_t *)w;
   /* release: what the waker wrote is visible to the parked thread. */
   if (atomic_exchange_explicit(&p->notified, 1, memory_order_release) == 0)
-    treadle__futex_wake(&p->notified, 1);
+    treadle__os_futex_wake(&p->notified, 1);
 }
 
 static void parker_wake(treadle_waker_t *w) {
@@ -73,5 +73,5 @@ void treadle__parker_park(treadle__parker_t *p) {
   /* acquire: pairs with the waker's release. */
   while (atomic_exchange_explicit(&p->notified, 0, memory_order_acquire) ==
          0)
-    treadle__futex_wait(&p->notified, 0);
+    treadle__os_futex_wait(&p->notified, 0);
 }

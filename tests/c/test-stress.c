@@ -400,8 +400,8 @@ static void spawning_tree_is_stolen(void **state) {
 /* S2/S3: the owner pushes ids and pops some while thieves steal; with the
  * inject queue catching overflows, every id is seen exactly once. */
 typedef struct {
-  treadle__deque_t *victim;
-  treadle__deque_t own;
+  treadle__runq_t *victim;
+  treadle__runq_t own;
   treadle__task_t *base;
   tally_t *tally;
   _Atomic bool *stop;
@@ -413,12 +413,12 @@ static void *thief_main(void *arg) {
     bool stop = atomic_load(t->stop);
     uint32_t stolen;
     treadle__task_t *task =
-        treadle__deque_steal_into(t->victim, &t->own, &stolen);
+        treadle__runq_steal_into(t->victim, &t->own, &stolen);
     if (task == NULL && stop)
       break;
     while (task != NULL) {
       tally_mark(t->tally, (size_t)(task - t->base));
-      task = treadle__deque_pop(&t->own);
+      task = treadle__runq_pop(&t->own);
     }
   }
   return NULL;
@@ -429,8 +429,8 @@ static void run_conservation(uint32_t start) {
   treadle__task_t *tasks = calloc(n, sizeof *tasks);
   tally_t tally;
   tally_init(&tally, n);
-  treadle__deque_t *q = calloc(1, sizeof *q);
-  treadle__deque_init(q);
+  treadle__runq_t *q = calloc(1, sizeof *q);
+  treadle__runq_init(q);
   /* S3: start the counters just before they wrap. */
   atomic_store(&q->head, (uint64_t)start | ((uint64_t)start << 32));
   atomic_store(&q->tail, start);
@@ -443,7 +443,7 @@ static void run_conservation(uint32_t start) {
   for (int i = 0; i < THIEVES; i++) {
     thieves[i] = (thief_t){.victim = q, .base = tasks, .tally = &tally,
                            .stop = &stop};
-    treadle__deque_init(&thieves[i].own);
+    treadle__runq_init(&thieves[i].own);
     atomic_store(&thieves[i].own.head,
                  (uint64_t)start | ((uint64_t)start << 32));
     atomic_store(&thieves[i].own.tail, start);
@@ -451,14 +451,14 @@ static void run_conservation(uint32_t start) {
   }
   treadle__task_t *t;
   for (size_t i = 0; i < n; i++) {
-    treadle__deque_push(q, &tasks[i], &inject);
-    if (i % 3 == 0 && (t = treadle__deque_pop(q)) != NULL)
+    treadle__runq_push(q, &tasks[i], &inject);
+    if (i % 3 == 0 && (t = treadle__runq_pop(q)) != NULL)
       tally_mark(&tally, (size_t)(t - tasks));
     if (i % 64 == 0)
       while ((t = treadle__inject_pop(&inject)) != NULL)
         tally_mark(&tally, (size_t)(t - tasks));
   }
-  while ((t = treadle__deque_pop(q)) != NULL)
+  while ((t = treadle__runq_pop(q)) != NULL)
     tally_mark(&tally, (size_t)(t - tasks));
   atomic_store(&stop, true);
   for (int i = 0; i < THIEVES; i++)
@@ -468,7 +468,7 @@ static void run_conservation(uint32_t start) {
   tally_check_all(&tally);
   /* S4: popping an empty queue returns nothing and changes nothing. */
   uint64_t head = atomic_load(&q->head);
-  assert_null(treadle__deque_pop(q));
+  assert_null(treadle__runq_pop(q));
   assert_true(atomic_load(&q->head) == head);
   treadle__inject_destroy(&inject);
   free(thieves);

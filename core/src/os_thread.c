@@ -1,6 +1,6 @@
-/* Thread, condition variable and futex helpers behind sync.h. */
+/* OS thread, condition variable and futex helpers behind os_thread.h. */
 #define _GNU_SOURCE
-#include "sync.h"
+#include "os_thread.h"
 
 #include <errno.h>
 #include <linux/futex.h>
@@ -10,7 +10,7 @@
 
 #include "internal.h"
 
-void treadle__cond_init(treadle__cond_t *cv) {
+void treadle__os_cond_init(treadle__os_cond_t *cv) {
   pthread_condattr_t attr;
   pthread_condattr_init(&attr);
   pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
@@ -18,8 +18,9 @@ void treadle__cond_init(treadle__cond_t *cv) {
   pthread_condattr_destroy(&attr);
 }
 
-bool treadle__cond_wait_until(treadle__cond_t *cv, treadle__mutex_t *mu,
-                              uint64_t deadline_ns) {
+bool treadle__os_cond_wait_until(treadle__os_cond_t *cv,
+                                 treadle__os_mutex_t *mu,
+                                 uint64_t deadline_ns) {
   if (deadline_ns == TREADLE_FOREVER) {
     pthread_cond_wait(cv, mu);
     return true;
@@ -31,18 +32,18 @@ bool treadle__cond_wait_until(treadle__cond_t *cv, treadle__mutex_t *mu,
   return pthread_cond_timedwait(cv, mu, &ts) != ETIMEDOUT;
 }
 
-void treadle__futex_wait(_Atomic uint32_t *word, uint32_t expected) {
-  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, expected, NULL,
-          NULL, 0);
+void treadle__os_futex_wait(_Atomic uint32_t *word, uint32_t expected) {
+  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, expected, NULL, NULL,
+          0);
 }
 
-void treadle__futex_wake(_Atomic uint32_t *word, int count) {
+void treadle__os_futex_wake(_Atomic uint32_t *word, int count) {
   syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, count, NULL, NULL,
           0);
 }
 
-int treadle__thread_start(treadle__thread_t *th, void *(*fn)(void *),
-                          void *arg, const char *name) {
+int treadle__os_thread_start(treadle__os_thread_t *th, void *(*fn)(void *),
+                             void *arg, const char *name) {
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   /* 2 MiB like Tokio's default; glibc's default follows ulimit -s (8 MiB). */
@@ -60,4 +61,6 @@ int treadle__thread_start(treadle__thread_t *th, void *(*fn)(void *),
   return 0;
 }
 
-void treadle__thread_join(treadle__thread_t th) { pthread_join(th, NULL); }
+void treadle__os_thread_join(treadle__os_thread_t th) {
+  pthread_join(th, NULL);
+}

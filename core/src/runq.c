@@ -40,19 +40,19 @@ static uint64_t pack(uint32_t steal, uint32_t real) {
 static uint32_t steal_of(uint64_t h) { return (uint32_t)h; }
 static uint32_t real_of(uint64_t h) { return (uint32_t)(h >> 32); }
 
-void treadle__deque_init(treadle__deque_t *q) {
+void treadle__runq_init(treadle__runq_t *q) {
   atomic_init(&q->head, 0);
   atomic_init(&q->tail, 0);
 }
 
-size_t treadle__deque_len(treadle__deque_t *q) {
+size_t treadle__runq_len(treadle__runq_t *q) {
   /* Relaxed: a snapshot for metrics and heuristics only. */
   uint64_t h = atomic_load_explicit(&q->head, memory_order_relaxed);
   uint32_t t = atomic_load_explicit(&q->tail, memory_order_relaxed);
   return (uint32_t)(t - real_of(h));
 }
 
-bool treadle__deque_has_stealable(treadle__deque_t *q) {
+bool treadle__runq_has_stealable(treadle__runq_t *q) {
   /* Acquire: pairs with the owner's tail release, as a thief would. */
   uint64_t h = atomic_load_explicit(&q->head, memory_order_acquire);
   uint32_t t = atomic_load_explicit(&q->tail, memory_order_acquire);
@@ -61,7 +61,7 @@ bool treadle__deque_has_stealable(treadle__deque_t *q) {
 
 /* Step 1, full queue: moves half the queue and `t` to the inject queue.
  * False if a thief or the owner's own state changed head meanwhile. */
-static bool push_overflow(treadle__deque_t *q, treadle__task_t *t,
+static bool push_overflow(treadle__runq_t *q, treadle__task_t *t,
                           uint32_t real, uint32_t tail,
                           treadle__inject_t *inject) {
   const uint32_t n = CAP / 2;
@@ -95,8 +95,8 @@ static bool push_overflow(treadle__deque_t *q, treadle__task_t *t,
   return true;
 }
 
-bool treadle__deque_push(treadle__deque_t *q, treadle__task_t *t,
-                         treadle__inject_t *inject) {
+bool treadle__runq_push(treadle__runq_t *q, treadle__task_t *t,
+                        treadle__inject_t *inject) {
   for (;;) {
     /* acquire: a thief's final CAS (its copy is done) happens-before we
      * reuse the slots it copied. */
@@ -121,7 +121,7 @@ bool treadle__deque_push(treadle__deque_t *q, treadle__task_t *t,
   }
 }
 
-treadle__task_t *treadle__deque_pop(treadle__deque_t *q) {
+treadle__task_t *treadle__runq_pop(treadle__runq_t *q) {
   /* acquire: the freshest head, as thieves leave it; the CAS below
    * re-validates it. The slot itself was written by this thread. */
   uint64_t h = atomic_load_explicit(&q->head, memory_order_acquire);
@@ -143,7 +143,7 @@ treadle__task_t *treadle__deque_pop(treadle__deque_t *q) {
 
 /* Step 3: claims and copies half of `src` into `dst` starting at
  * dst_tail; returns how many. */
-static uint32_t steal_batch(treadle__deque_t *src, treadle__deque_t *dst,
+static uint32_t steal_batch(treadle__runq_t *src, treadle__runq_t *dst,
                             uint32_t dst_tail) {
   /* acquire: pairs with other thieves' and the owner's CAS on head. */
   uint64_t prev = atomic_load_explicit(&src->head, memory_order_acquire);
@@ -187,9 +187,9 @@ static uint32_t steal_batch(treadle__deque_t *src, treadle__deque_t *dst,
   }
 }
 
-treadle__task_t *treadle__deque_steal_into(treadle__deque_t *src,
-                                           treadle__deque_t *dst,
-                                           uint32_t *stolen) {
+treadle__task_t *treadle__runq_steal_into(treadle__runq_t *src,
+                                          treadle__runq_t *dst,
+                                          uint32_t *stolen) {
   uint32_t dst_tail = atomic_load_explicit(&dst->tail, memory_order_relaxed);
   /* acquire: as in push (we are dst's owner). */
   uint64_t dh = atomic_load_explicit(&dst->head, memory_order_acquire);
