@@ -396,7 +396,7 @@ static treadle_poll_t ponger_poll(treadle_cx_t *cx, void *st) {
     void *item;
     if (treadle_mpsc_recv_poll(p->rx, cx, &item, &err) == TREADLE_PENDING)
       return TREADLE_PENDING;
-    if (err == TREADLE_ECLOSED)
+    if (err == TREADLE_ECHANCLOSED)
       return TREADLE_READY; /* A is done */
     if (err != 0)
       abort();

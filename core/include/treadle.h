@@ -389,6 +389,14 @@ treadle_poll_t treadle_join_poll(treadle_join_t *j, treadle_cx_t *cx,
  * and stores its value as treadle_join_poll does. TREADLE_EINRUNTIME from a
  * runtime thread (it would block the tasks it waits for). */
 treadle_err_t treadle_join_wait(treadle_join_t *j, void **value);
+/** treadle_join_wait for at most `timeout_ns`: TREADLE_ETIMEDOUT (and
+ * nothing taken) when the task has not completed by then. */
+treadle_err_t treadle_join_wait_timeout(treadle_join_t *j, uint64_t timeout_ns,
+                                        void **value);
+/** Takes a completed task's output without waiting, from any thread (a
+ * runtime's too): its status and value as treadle_join_wait returns them,
+ * TREADLE_EAGAIN while it has not completed, TREADLE_EJOINED once taken. */
+treadle_err_t treadle_join_try(treadle_join_t *j, void **value);
 /** Cancels the task: not yet polled, it never runs; pending, it is dropped
  * at the scheduler's next look (its drop runs once) and its joiner sees
  * TREADLE_ECANCELED; running, it is dropped when this poll returns PENDING.
@@ -553,8 +561,11 @@ treadle_poll_t treadle_tcp_writev_poll(treadle_tcp_stream_t *s,
 /** Shuts the write side down: the peer reads end of stream; reading goes
  * on. */
 treadle_err_t treadle_tcp_shutdown(treadle_tcp_stream_t *s);
-/** TCP_NODELAY on or off. */
+/** TCP_NODELAY on or off (off, Nagle's algorithm, is the kernel's default
+ * for the C API's streams; the Python and Lua bindings turn it on). */
 treadle_err_t treadle_tcp_set_nodelay(treadle_tcp_stream_t *s, bool on);
+/** Whether TCP_NODELAY is on. */
+treadle_err_t treadle_tcp_nodelay(treadle_tcp_stream_t *s, bool *on);
 treadle_err_t treadle_tcp_local_addr(treadle_tcp_stream_t *s,
                                      struct sockaddr_storage *addr);
 treadle_err_t treadle_tcp_peer_addr(treadle_tcp_stream_t *s,
@@ -777,11 +788,11 @@ treadle_err_t treadle_oneshot_new(void (*drop_value)(void *value),
                                   treadle_oneshot_tx_t **tx,
                                   treadle_oneshot_rx_t **rx);
 /** Sends and releases the sender (takes ownership of tx, always). 0, or
- * TREADLE_ECLOSED when the receiver is gone: the value is then not taken. */
+ * TREADLE_ECHANCLOSED when the receiver is gone: the value is then not taken. */
 treadle_err_t treadle_oneshot_send(treadle_oneshot_tx_t *tx, void *value);
-/** Releases the sender without sending: the receiver sees ECLOSED. */
+/** Releases the sender without sending: the receiver sees TREADLE_ECHANCLOSED. */
 void treadle_oneshot_tx_drop(treadle_oneshot_tx_t *tx);
-/** READY with the value (*err = 0), or *err = TREADLE_ECLOSED if the
+/** READY with the value (*err = 0), or *err = TREADLE_ECHANCLOSED if the
  * sender went without sending, TREADLE_EJOINED if it was received. */
 treadle_poll_t treadle_oneshot_recv_poll(treadle_oneshot_rx_t *rx,
                                          treadle_cx_t *cx, void **value,
@@ -802,26 +813,26 @@ treadle_err_t treadle_mpsc_new(size_t capacity, void (*drop_item)(void *item),
 /** Another sender for the same channel (NULL when out of memory). */
 treadle_mpsc_tx_t *treadle_mpsc_tx_clone(treadle_mpsc_tx_t *tx);
 /** Releases a sender; when the last goes, the receiver drains what is
- * queued and then sees TREADLE_ECLOSED. */
+ * queued and then sees TREADLE_ECHANCLOSED. */
 void treadle_mpsc_tx_drop(treadle_mpsc_tx_t *tx);
 /** READY with *err = 0 once `item` is queued (the channel owns it), or
- * *err = TREADLE_ECLOSED (receiver gone; the item was not taken). PENDING
+ * *err = TREADLE_ECHANCLOSED (receiver gone; the item was not taken). PENDING
  * while full: the item was not taken; poll again with it. */
 treadle_poll_t treadle_mpsc_send_poll(treadle_mpsc_tx_t *tx, treadle_cx_t *cx,
                                       void *item, treadle_err_t *err);
-/** 0, TREADLE_EAGAIN (full), TREADLE_ECLOSED. Any thread. */
+/** 0, TREADLE_EAGAIN (full), TREADLE_ECHANCLOSED. Any thread. */
 treadle_err_t treadle_mpsc_try_send(treadle_mpsc_tx_t *tx, void *item);
 /** Blocks a thread that is not running tasks until there is room. */
 treadle_err_t treadle_mpsc_send_wait(treadle_mpsc_tx_t *tx, void *item);
-/** READY with an item (*err = 0), or *err = TREADLE_ECLOSED once every
+/** READY with an item (*err = 0), or *err = TREADLE_ECHANCLOSED once every
  * sender is gone and the queue is empty. */
 treadle_poll_t treadle_mpsc_recv_poll(treadle_mpsc_rx_t *rx, treadle_cx_t *cx,
                                       void **item, treadle_err_t *err);
-/** 0, TREADLE_EAGAIN (empty), TREADLE_ECLOSED. */
+/** 0, TREADLE_EAGAIN (empty), TREADLE_ECHANCLOSED. */
 treadle_err_t treadle_mpsc_try_recv(treadle_mpsc_rx_t *rx, void **item);
 /** Blocks a thread that is not running tasks until an item comes. */
 treadle_err_t treadle_mpsc_recv_wait(treadle_mpsc_rx_t *rx, void **item);
-/** Refuses further sends (senders see TREADLE_ECLOSED); queued items can
+/** Refuses further sends (senders see TREADLE_ECHANCLOSED); queued items can
  * still be received. */
 void treadle_mpsc_rx_close(treadle_mpsc_rx_t *rx);
 /** Releases the receiver: closes the channel and drops queued items. */

@@ -596,6 +596,9 @@ typedef struct treadle__parker_s {
 } treadle__parker_t;
 
 treadle__parker_t *treadle__parker_new(void);
+/* Blocks until woken (consuming the wake, true) or until the monotonic
+ * deadline (ns; UINT64_MAX: none) passes (false). */
+bool treadle__parker_park_until(treadle__parker_t *p, uint64_t deadline_ns);
 /* Blocks until woken (consumes the wake). */
 void treadle__parker_park(treadle__parker_t *p);
 

@@ -20,8 +20,8 @@
  * 5. The receiver has one waker slot (a task's waker, or a parker's for
  *    recv_wait); a send takes it out and wakes it after unlocking; so
  *    does the last sender's drop, after which a receive drains the ring
- *    and then returns ECLOSED.
- * 6. rx_close sets `closed`: every send from then on fails with ECLOSED
+ *    and then returns ECHANCLOSED.
+ * 6. rx_close sets `closed`: every send from then on fails with ECHANCLOSED
  *    (the item not taken) and the waiting senders are woken to see it,
  *    TREADLE__WAKE_BATCH at a time. rx_drop closes, then takes the queued
  *    items and gives them to drop_item after unlocking: with `closed` set
@@ -158,14 +158,14 @@ static treadle_waker_t *grant_room(chan_t *ch) {
 }
 
 /* Step 2: 0 if tx may queue an item now, TREADLE_EAGAIN, or
- * TREADLE_ECLOSED. */
+ * TREADLE_ECHANCLOSED. */
 static treadle_err_t room_for(chan_t *ch, treadle_mpsc_tx_t *tx) {
   if (ch->closed) {
     if (tx->reserved) {
       tx->reserved = false;
       ch->reserved--;
     }
-    return TREADLE_ECLOSED;
+    return TREADLE_ECHANCLOSED;
   }
   if (tx->reserved)
     return 0;
@@ -237,7 +237,7 @@ void treadle_mpsc_tx_drop(treadle_mpsc_tx_t *tx) {
     next = grant_room(ch);
   }
   if (--ch->senders == 0)
-    rx = take_rx_waker(ch); /* step 5: the receiver will see ECLOSED */
+    rx = take_rx_waker(ch); /* step 5: the receiver will see ECHANCLOSED */
   treadle__os_mutex_unlock(&ch->mu);
   treadle_waker_drop(own);
   treadle_wake(next);
@@ -269,7 +269,7 @@ treadle_poll_t treadle_mpsc_send_poll(treadle_mpsc_tx_t *tx, treadle_cx_t *cx,
     *err = 0;
     return TREADLE_READY;
   }
-  if (rc == TREADLE_ECLOSED) {
+  if (rc == TREADLE_ECHANCLOSED) {
     treadle__os_mutex_unlock(&ch->mu);
     *err = rc;
     return TREADLE_READY;
@@ -338,7 +338,7 @@ static void drop_unreceived(chan_t *ch, void *item) {
     ch->drop_item(item);
 }
 
-/* With mu held: 0 and an item, TREADLE_ECLOSED or TREADLE_EAGAIN. *wake
+/* With mu held: 0 and an item, TREADLE_ECHANCLOSED or TREADLE_EAGAIN. *wake
  * gets the waker of a sender granted the freed slot. */
 static treadle_err_t recv_locked(chan_t *ch, void **item,
                                  treadle_waker_t **wake) {
@@ -348,7 +348,7 @@ static treadle_err_t recv_locked(chan_t *ch, void **item,
     return 0;
   }
   if (ch->closed || ch->senders == 0)
-    return TREADLE_ECLOSED;
+    return TREADLE_ECHANCLOSED;
   return TREADLE_EAGAIN;
 }
 

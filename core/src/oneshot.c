@@ -6,9 +6,9 @@
  *    guarded by `mu`.
  * 2. The value's life: EMPTY -> SENT (send stores it and takes the
  *    receiver's waker) -> RECEIVED (recv takes it). A send after the
- *    receiver went fails with ECLOSED and does not take the value.
+ *    receiver went fails with ECHANCLOSED and does not take the value.
  * 3. The sender leaving without sending (tx_drop) marks `tx_gone` and
- *    wakes the receiver, which then sees ECLOSED once nothing is SENT.
+ *    wakes the receiver, which then sees ECHANCLOSED once nothing is SENT.
  * 4. The receiver leaving (rx_drop) marks `rx_gone` and takes a value that
  *    was SENT but not received; it goes to drop_value after unlocking, as
  *    does a value received by a caller that passed value == NULL.
@@ -95,7 +95,7 @@ static treadle_err_t finish_tx(oneshot_t *o, bool send, void *value) {
   treadle__os_mutex_lock(&o->mu);
   if (send) {
     if (o->rx_gone) {
-      rc = TREADLE_ECLOSED; /* the value stays the caller's */
+      rc = TREADLE_ECHANCLOSED; /* the value stays the caller's */
     } else {
       o->value = value;
       o->state = SENT;
@@ -121,7 +121,7 @@ void treadle_oneshot_tx_drop(treadle_oneshot_tx_t *tx) {
     (void)finish_tx(of_tx(tx), false, NULL);
 }
 
-/* With mu held: 0 (value taken), ECLOSED, EJOINED, or EAGAIN (wait). */
+/* With mu held: 0 (value taken), ECHANCLOSED, EJOINED, or EAGAIN (wait). */
 static treadle_err_t try_take(oneshot_t *o, void **value) {
   if (o->state == SENT) {
     *value = o->value;
@@ -131,7 +131,7 @@ static treadle_err_t try_take(oneshot_t *o, void **value) {
   }
   if (o->state == RECEIVED)
     return TREADLE_EJOINED;
-  return o->tx_gone ? TREADLE_ECLOSED : TREADLE_EAGAIN;
+  return o->tx_gone ? TREADLE_ECHANCLOSED : TREADLE_EAGAIN;
 }
 
 treadle_poll_t treadle_oneshot_recv_poll(treadle_oneshot_rx_t *rx,

@@ -37,6 +37,22 @@ void treadle__os_futex_wait(_Atomic uint32_t *word, uint32_t expected) {
           0);
 }
 
+bool treadle__os_futex_wait_until(_Atomic uint32_t *word, uint32_t expected,
+                                  uint64_t deadline_ns) {
+  if (deadline_ns == UINT64_MAX) {
+    treadle__os_futex_wait(word, expected);
+    return true;
+  }
+  struct timespec ts = {
+      .tv_sec = (time_t)(deadline_ns / TREADLE_NSEC_PER_SEC),
+      .tv_nsec = (long)(deadline_ns % TREADLE_NSEC_PER_SEC),
+  };
+  /* WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline. */
+  return syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_BITSET_PRIVATE,
+                 expected, &ts, NULL, FUTEX_BITSET_MATCH_ANY) == 0 ||
+         errno != ETIMEDOUT;
+}
+
 void treadle__os_futex_wake(_Atomic uint32_t *word, int count) {
   syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, count, NULL, NULL,
           0);

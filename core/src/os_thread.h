@@ -87,8 +87,12 @@ static inline void treadle__os_cond_broadcast(treadle__os_cond_t *cv) {
 bool treadle__os_cond_wait_until(treadle__os_cond_t *cv,
                                  treadle__os_mutex_t *mu, uint64_t deadline_ns);
 
-/* Futex wait while *word == expected (spurious returns allowed), and wake. */
+/* Futex wait while *word == expected (spurious returns allowed), and wake.
+ * _until gives up at a monotonic deadline (ns; UINT64_MAX: none) and then
+ * returns false. */
 void treadle__os_futex_wait(_Atomic uint32_t *word, uint32_t expected);
+bool treadle__os_futex_wait_until(_Atomic uint32_t *word, uint32_t expected,
+                                  uint64_t deadline_ns);
 void treadle__os_futex_wake(_Atomic uint32_t *word, int count);
 
 /* Starts a joinable thread with a small default stack; returns 0 or -errno. */

@@ -476,25 +476,48 @@ treadle_poll_t treadle_join_poll(treadle_join_t *j, treadle_cx_t *cx,
   return TREADLE_READY;
 }
 
-treadle_err_t treadle_join_wait(treadle_join_t *j, void **value) {
+treadle_err_t treadle_join_try(treadle_join_t *j, void **value) {
   treadle__task_t *t = (treadle__task_t *)j;
   if (value != NULL)
     *value = NULL;
   if (t == NULL)
     return TREADLE_EINVAL;
-  if (treadle__ctx.sched != NULL)
-    return TREADLE_EINRUNTIME;
   if (t->output_taken)
     return TREADLE_EJOINED;
-  if (atomic_load_explicit(&t->state, memory_order_acquire) & COMPLETE)
-    return take_output(t, value); /* acquire above: output visible */
+  if (!(atomic_load_explicit(&t->state, memory_order_acquire) & COMPLETE))
+    return TREADLE_EAGAIN;
+  return take_output(t, value); /* acquire above: output visible */
+}
+
+treadle_err_t treadle_join_wait_timeout(treadle_join_t *j, uint64_t timeout_ns,
+                                        void **value) {
+  treadle__task_t *t = (treadle__task_t *)j;
+  if (t != NULL && treadle__ctx.sched != NULL) {
+    if (value != NULL)
+      *value = NULL;
+    return TREADLE_EINRUNTIME;
+  }
+  treadle_err_t err = treadle_join_try(j, value);
+  if (err != TREADLE_EAGAIN)
+    return err;
+  uint64_t now = treadle__now();
+  uint64_t deadline =
+      timeout_ns >= UINT64_MAX - now ? UINT64_MAX : now + timeout_ns;
   treadle__parker_t *p = treadle__parker_new();
   if (p == NULL)
     return TREADLE_ENOMEM;
-  while (treadle__task_join_register(t, &p->waker))
-    treadle__parker_park(p);
+  bool done = true;
+  while (done && treadle__task_join_register(t, &p->waker))
+    done = treadle__parker_park_until(p, deadline);
+  /* On a timeout the task keeps a reference to the parker as its join
+   * waker; a later join replaces it, and the wake of a parker that nobody
+   * parks on is harmless. */
   treadle_waker_drop(&p->waker);
-  return take_output(t, value);
+  return done ? take_output(t, value) : TREADLE_ETIMEDOUT;
+}
+
+treadle_err_t treadle_join_wait(treadle_join_t *j, void **value) {
+  return treadle_join_wait_timeout(j, TREADLE_FOREVER, value);
 }
 
 void treadle_join_abort(treadle_join_t *j) {

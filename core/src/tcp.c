@@ -125,6 +125,15 @@ static treadle_err_t set_int_opt(int fd, int level, int opt, int value) {
   return setsockopt(fd, level, opt, &value, sizeof value) < 0 ? -errno : 0;
 }
 
+static treadle_err_t get_bool_opt(int fd, int level, int opt, bool *on) {
+  int value = 0;
+  socklen_t len = sizeof value;
+  if (getsockopt(fd, level, opt, &value, &len) < 0)
+    return -errno;
+  *on = value != 0;
+  return 0;
+}
+
 /* ------------------------------------------------------------- streams */
 
 static treadle_err_t stream_new(treadle_handle_t *h, int fd,
@@ -263,6 +272,12 @@ treadle_err_t treadle_tcp_shutdown(treadle_tcp_stream_t *s) {
 
 treadle_err_t treadle_tcp_set_nodelay(treadle_tcp_stream_t *s, bool on) {
   WITH_FD(s, set_int_opt(s->src.fd, IPPROTO_TCP, TCP_NODELAY, on));
+}
+
+treadle_err_t treadle_tcp_nodelay(treadle_tcp_stream_t *s, bool *on) {
+  if (on == NULL)
+    return TREADLE_EINVAL;
+  WITH_FD(s, get_bool_opt(s->src.fd, IPPROTO_TCP, TCP_NODELAY, on));
 }
 
 treadle_err_t treadle_tcp_local_addr(treadle_tcp_stream_t *s,

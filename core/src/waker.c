@@ -70,8 +70,16 @@ treadle__parker_t *treadle__parker_new(void) {
 }
 
 void treadle__parker_park(treadle__parker_t *p) {
+  treadle__parker_park_until(p, UINT64_MAX);
+}
+
+bool treadle__parker_park_until(treadle__parker_t *p, uint64_t deadline_ns) {
   /* acquire: pairs with the waker's release. */
   while (atomic_exchange_explicit(&p->notified, 0, memory_order_acquire) ==
-         0)
-    treadle__os_futex_wait(&p->notified, 0);
+         0) {
+    if (deadline_ns != UINT64_MAX && treadle__now() >= deadline_ns)
+      return false;
+    treadle__os_futex_wait_until(&p->notified, 0, deadline_ns);
+  }
+  return true;
 }

@@ -125,7 +125,7 @@ static treadle_poll_t dispatcher_poll(treadle_cx_t *cx, void *state) {
       if (treadle_mpsc_recv_poll(d->s->rx, cx, &d->item, &err) ==
           TREADLE_PENDING)
         return TREADLE_PENDING;
-      if (err == TREADLE_ECLOSED)
+      if (err == TREADLE_ECHANCLOSED)
         return TREADLE_READY; /* the producer is done */
       d->have_item = true;
       treadle_waiter_init(&d->permit);

@@ -72,12 +72,12 @@ return function(worker)
   _G.echo_stats = stats
   local accept_loop = treadle.spawn(function()
     while true do
-      local conn, aerr = listener:accept()
+      local conn, aerr, ename = listener:accept()
       if conn then
         served = served + 1
         stats.served = served
         treadle.spawn(serve, conn)
-      elseif aerr == nil or aerr == "the other end is closed" then
+      elseif aerr == nil or ename == "ECLOSED" then   -- closed by the signal watcher
         return
       else
         io.stderr:write("accept: ", tostring(aerr), "\n")   -- EMFILE and the like

@@ -149,6 +149,40 @@ static void job_joined_from_a_thread(void **state) {
   assert_int_equal(treadle_runtime_free(rt), 0);
 }
 
+/* A thread that must not block for long looks with treadle_join_try and
+ * waits with a timeout (issue 13: Python's JoinHandle.result from outside
+ * the runtime): EAGAIN and ETIMEDOUT while the job runs, nothing taken;
+ * then the value; then EJOINED. */
+static void job_tried_and_waited_with_a_timeout(void **state) {
+  (void)state;
+  treadle_runtime_t *rt = test_runtime();
+  gate_t gate = GATE_INIT;
+  job_t j = {.gate = &gate, .value = 9};
+  treadle_join_t *h;
+  assert_int_equal(treadle_spawn_blocking(treadle_runtime_handle(rt),
+                                          &job_vt, &j, sizeof j, &h),
+                   0);
+  gate_until_waiting(&gate, 1);
+  void *out = (void *)1;
+  assert_int_equal(treadle_join_try(h, &out), TREADLE_EAGAIN);
+  assert_null(out);
+  out = (void *)1;
+  assert_int_equal(treadle_join_wait_timeout(h, 5 * TREADLE_NSEC_PER_MSEC,
+                                             &out),
+                   TREADLE_ETIMEDOUT);
+  assert_null(out);
+  assert_int_equal(treadle_join_wait_timeout(h, 0, &out), TREADLE_ETIMEDOUT);
+  gate_open(&gate);
+  assert_int_equal(
+      treadle_join_wait_timeout(h, 60 * TREADLE_NSEC_PER_SEC, &out), 0);
+  assert_int_equal((intptr_t)out, 9);
+  assert_int_equal(treadle_join_try(h, &out), TREADLE_EJOINED);
+  assert_int_equal(treadle_join_wait_timeout(h, 0, &out), TREADLE_EJOINED);
+  treadle_join_detach(h);
+  assert_int_equal(treadle_join_try(NULL, &out), TREADLE_EINVAL);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+}
+
 static void threads_are_capped(void **state) {
   (void)state;
   treadle_runtime_t *rt = runtime_with(2, 10 * TREADLE_NSEC_PER_SEC);
@@ -372,6 +406,7 @@ static void block_on_from_a_job(void **state) {
 static const struct CMUnitTest tests[] = {
     RT_TEST(job_joined_from_a_task),
     RT_TEST(job_joined_from_a_thread),
+    RT_TEST(job_tried_and_waited_with_a_timeout),
     RT_TEST(threads_are_capped),
     RT_TEST(idle_threads_leave_after_keep_alive),
     RT_TEST(thread_hooks_run_on_every_thread),

@@ -46,7 +46,7 @@ static bool ping_kid(actor_t *a, treadle_cx_t *cx) {
   for (;;) {
     if (a->stage == 0) {
       if (a->i == p->rounds)
-        return true; /* the drop function drops tx: pong sees ECLOSED */
+        return true; /* the drop function drops tx: pong sees ECHANCLOSED */
       if (treadle_mpsc_send_poll(a->tx, cx, item_of(a->i + 1), &err) ==
           TREADLE_PENDING)
         return false;
@@ -69,7 +69,7 @@ static bool pong_kid(actor_t *a, treadle_cx_t *cx) {
     if (a->stage == 0) {
       if (treadle_mpsc_recv_poll(a->rx, cx, &a->item, &err) == TREADLE_PENDING)
         return false;
-      if (err == TREADLE_ECLOSED)
+      if (err == TREADLE_ECHANCLOSED)
         return true;
       assert_int_equal(err, 0);
       a->stage = 1;
@@ -339,7 +339,7 @@ static bool consumer_step(actor_t *m, treadle_cx_t *cx) {
     treadle_err_t err;
     if (treadle_mpsc_recv_poll(m->rx, cx, &v, &err) == TREADLE_PENDING)
       return false;
-    if (err == TREADLE_ECLOSED)
+    if (err == TREADLE_ECHANCLOSED)
       return true;
     assert_int_equal(err, 0);
     long x = value_of(v);
@@ -388,7 +388,7 @@ static void *recv_wait_consumer(void *arg) {
   for (;;) {
     void *v;
     treadle_err_t rc = treadle_mpsc_recv_wait(w->rx, &v);
-    if (rc == TREADLE_ECLOSED)
+    if (rc == TREADLE_ECHANCLOSED)
       break;
     assert_int_equal(rc, 0);
     w->got++;
@@ -456,7 +456,7 @@ static void mpsc_closing(void **state) {
   treadle_mpsc_tx_t *tx, *tx2;
   treadle_mpsc_rx_t *rx;
   void *v;
-  /* Last sender gone: drain, then ECLOSED. */
+  /* Last sender gone: drain, then ECHANCLOSED. */
   assert_int_equal(treadle_mpsc_new(8, NULL, &tx, &rx), 0);
   tx2 = treadle_mpsc_tx_clone(tx);
   for (long i = 1; i <= 3; i++)
@@ -469,27 +469,27 @@ static void mpsc_closing(void **state) {
     assert_int_equal(treadle_mpsc_recv_wait(rx, &v), 0);
     assert_int_equal(value_of(v), i);
   }
-  assert_int_equal(treadle_mpsc_try_recv(rx, &v), TREADLE_ECLOSED);
-  assert_int_equal(treadle_mpsc_recv_wait(rx, &v), TREADLE_ECLOSED);
+  assert_int_equal(treadle_mpsc_try_recv(rx, &v), TREADLE_ECHANCLOSED);
+  assert_int_equal(treadle_mpsc_recv_wait(rx, &v), TREADLE_ECHANCLOSED);
   treadle_mpsc_rx_drop(rx);
   /* Receiver closed: sends fail, queued items still come. */
   assert_int_equal(treadle_mpsc_new(8, NULL, &tx, &rx), 0);
   assert_int_equal(treadle_mpsc_try_send(tx, item_of(1)), 0);
   assert_int_equal(treadle_mpsc_try_send(tx, item_of(2)), 0);
   treadle_mpsc_rx_close(rx);
-  assert_int_equal(treadle_mpsc_try_send(tx, item_of(3)), TREADLE_ECLOSED);
-  assert_int_equal(treadle_mpsc_send_wait(tx, item_of(3)), TREADLE_ECLOSED);
+  assert_int_equal(treadle_mpsc_try_send(tx, item_of(3)), TREADLE_ECHANCLOSED);
+  assert_int_equal(treadle_mpsc_send_wait(tx, item_of(3)), TREADLE_ECHANCLOSED);
   assert_int_equal(treadle_mpsc_try_recv(rx, &v), 0);
   assert_int_equal(value_of(v), 1);
   assert_int_equal(treadle_mpsc_try_recv(rx, &v), 0);
   assert_int_equal(value_of(v), 2);
-  assert_int_equal(treadle_mpsc_try_recv(rx, &v), TREADLE_ECLOSED);
+  assert_int_equal(treadle_mpsc_try_recv(rx, &v), TREADLE_ECHANCLOSED);
   treadle_mpsc_tx_drop(tx);
   treadle_mpsc_rx_drop(rx);
 }
 
 /* Receiver dropped: queued items go to drop_item exactly once; sends fail
- * and keep their item; a blocked sender wakes with ECLOSED. */
+ * and keep their item; a blocked sender wakes with ECHANCLOSED. */
 static _Atomic int items_dropped;
 static void free_item(void *item) {
   atomic_fetch_add(&items_dropped, 1);
@@ -499,7 +499,7 @@ static void free_item(void *item) {
 static void *blocked_send_thread(void *arg) {
   treadle_mpsc_tx_t *tx = arg;
   int *item = malloc(sizeof *item);
-  assert_int_equal(treadle_mpsc_send_wait(tx, item), TREADLE_ECLOSED);
+  assert_int_equal(treadle_mpsc_send_wait(tx, item), TREADLE_ECHANCLOSED);
   free(item); /* not taken */
   treadle_mpsc_tx_drop(tx);
   return NULL;
@@ -519,14 +519,14 @@ static void mpsc_rx_dropped_drops_items_once(void **state) {
   assert_int_equal(atomic_load(&items_dropped), 3);
   pthread_join(th, NULL);
   int *mine = malloc(sizeof *mine);
-  assert_int_equal(treadle_mpsc_try_send(tx, mine), TREADLE_ECLOSED);
-  assert_int_equal(treadle_mpsc_send_wait(tx, mine), TREADLE_ECLOSED);
+  assert_int_equal(treadle_mpsc_try_send(tx, mine), TREADLE_ECHANCLOSED);
+  assert_int_equal(treadle_mpsc_send_wait(tx, mine), TREADLE_ECHANCLOSED);
   free(mine); /* still ours */
   treadle_mpsc_tx_drop(tx);
   assert_int_equal(atomic_load(&items_dropped), 3);
 }
 
-/* A task blocked in send_poll sees ECLOSED when the receiver goes, and
+/* A task blocked in send_poll sees ECHANCLOSED when the receiver goes, and
  * its item is not taken. */
 static bool rx_gone_kid(actor_t *a, treadle_cx_t *cx) {
   if (treadle_mpsc_send_poll(a->tx, cx, a->item, &a->err) == TREADLE_PENDING) {
@@ -562,7 +562,7 @@ static bool rx_gone_step(actor_t *m, treadle_cx_t *cx) {
   }
   if (!join_kids(m, cx))
     return false;
-  assert_int_equal(m->kids[0].err, TREADLE_ECLOSED);
+  assert_int_equal(m->kids[0].err, TREADLE_ECHANCLOSED);
   free(m->kids[0].item); /* not taken */
   return true;
 }
@@ -712,7 +712,7 @@ static void sync_new_out_of_memory(void **state) {
   assert_null(treadle_mpsc_tx_clone(tx));
   treadle_mpsc_tx_drop(tx);
   void *v;
-  assert_int_equal(treadle_mpsc_try_recv(rx, &v), TREADLE_ECLOSED);
+  assert_int_equal(treadle_mpsc_try_recv(rx, &v), TREADLE_ECHANCLOSED);
   treadle_mpsc_rx_drop(rx);
   /* A blocking wait whose parker cannot be allocated. */
   assert_int_equal(treadle_oneshot_new(NULL, &otx, &orx), 0);

@@ -48,7 +48,7 @@ static bool oneshot_recv_step(actor_t *m, treadle_cx_t *cx) {
   err = 1;
   assert_int_equal(treadle_oneshot_recv_poll(o->rx, cx, &v, &err),
                    TREADLE_READY);
-  assert_int_equal(err, m->err == 0 ? TREADLE_EJOINED : TREADLE_ECLOSED);
+  assert_int_equal(err, m->err == 0 ? TREADLE_EJOINED : TREADLE_ECHANCLOSED);
   assert_null(v);
   return true;
 }
@@ -64,7 +64,7 @@ static void oneshot_send_and_recv(void **state) {
     actor_init(&m, oneshot_recv_step, &o, id);
     m.item = &th;
     run_main_joining(&m, &th, 1);
-    assert_int_equal(m.err, id == 0 ? 0 : TREADLE_ECLOSED);
+    assert_int_equal(m.err, id == 0 ? 0 : TREADLE_ECHANCLOSED);
     assert_int_equal(m.v, id == 0 ? 42 : 0);
     treadle_oneshot_rx_drop(o.rx);
   }
@@ -81,7 +81,7 @@ static void oneshot_value_ownership(void **state) {
   /* Receiver gone: the send fails and the value is not taken. */
   assert_int_equal(treadle_oneshot_new(count_value_drop, &tx, &rx), 0);
   treadle_oneshot_rx_drop(rx);
-  assert_int_equal(treadle_oneshot_send(tx, &value), TREADLE_ECLOSED);
+  assert_int_equal(treadle_oneshot_send(tx, &value), TREADLE_ECHANCLOSED);
   assert_int_equal(atomic_load(&values_dropped), 0);
   /* Sent, never received: dropped with the receiver, once. */
   assert_int_equal(treadle_oneshot_new(count_value_drop, &tx, &rx), 0);
@@ -103,10 +103,10 @@ static void oneshot_value_ownership(void **state) {
   assert_int_equal(treadle_oneshot_recv_wait(rx, NULL), 0);
   treadle_oneshot_rx_drop(rx);
   assert_int_equal(atomic_load(&values_dropped), 2);
-  /* Sender dropped: recv_wait sees ECLOSED. */
+  /* Sender dropped: recv_wait sees ECHANCLOSED. */
   assert_int_equal(treadle_oneshot_new(NULL, &tx, &rx), 0);
   treadle_oneshot_tx_drop(tx);
-  assert_int_equal(treadle_oneshot_recv_wait(rx, &v), TREADLE_ECLOSED);
+  assert_int_equal(treadle_oneshot_recv_wait(rx, &v), TREADLE_ECHANCLOSED);
   treadle_oneshot_rx_drop(rx);
   /* Bad input. */
   assert_int_equal(treadle_oneshot_new(NULL, NULL, &rx), TREADLE_EINVAL);
@@ -214,7 +214,7 @@ static bool oneshot_closed_kid(actor_t *a, treadle_cx_t *cx) {
   treadle_err_t err;
   if (treadle_oneshot_recv_poll(o->rx, cx, &v, &err) == TREADLE_PENDING)
     return false;
-  assert_int_equal(err, TREADLE_ECLOSED);
+  assert_int_equal(err, TREADLE_ECHANCLOSED);
   treadle_oneshot_rx_drop(o->rx);
   o->rx = NULL;
   return true;

@@ -119,9 +119,17 @@ static void addresses_agree(void **state) {
     assert_true(cport > 0 && cport != port);
     snprintf(want, sizeof want, k == 0 ? "127.0.0.1:%d" : "[::1]:%d", cport);
     assert_string_equal(cl, want);
+    bool on = true;
+    assert_int_equal(treadle_tcp_nodelay(p.client, &on), 0);
+    assert_false(on); /* the kernel's default: Nagle */
     assert_int_equal(treadle_tcp_set_nodelay(p.client, true), 0);
     assert_int_equal(treadle_tcp_set_nodelay(p.server, true), 0);
+    assert_int_equal(treadle_tcp_nodelay(p.server, &on), 0);
+    assert_true(on);
     assert_int_equal(treadle_tcp_set_nodelay(p.client, false), 0);
+    assert_int_equal(treadle_tcp_nodelay(p.client, &on), 0);
+    assert_false(on);
+    assert_int_equal(treadle_tcp_nodelay(p.client, NULL), TREADLE_EINVAL);
     treadle_tcp_stream_free(p.client);
     treadle_tcp_stream_free(p.server);
     treadle_tcp_listener_free(l);

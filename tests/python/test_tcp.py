@@ -455,8 +455,12 @@ def test_close_wakes_reader(run):
         await treadle.sleep(0.02)
         assert not jh.done()
         c.close()
-        with pytest.raises(treadle.ClosedError):
+        with pytest.raises(treadle.ClosedError) as e:
             await treadle.timeout(5, jh)
+        # issue 13: the message says which side closed it
+        assert "closed on this side" in str(e.value), str(e.value)
+        with pytest.raises(treadle.ClosedError, match="closed on this side"):
+            await c.read()  # a new read of a stream closed here
         s.close()
         lst.close()
         return "ok"

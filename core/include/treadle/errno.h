@@ -21,6 +21,7 @@
 #define TREADLE__ENOHOST (-4007)
 #define TREADLE__EFORKED (-4008)
 #define TREADLE__EFOREIGN (-4009)
+#define TREADLE__ECHANCLOSED (-4010)
 
 /* XX(name, message) */
 #define TREADLE_ERRNO_MAP(XX)                                                  \
@@ -61,14 +62,17 @@
   XX(EINRUNTIME, TREADLE__EINRUNTIME,                                          \
      "cannot start a runtime from within a runtime")                           \
   XX(EJOINED, TREADLE__EJOINED, "the task's output was already taken")         \
-  XX(ECLOSED, TREADLE__ECLOSED, "the other end is closed")                    \
+  XX(ECLOSED, TREADLE__ECLOSED,                                                \
+     "closed on this side (by a close call)")                                \
   XX(ENOHOST, TREADLE__ENOHOST, "host name not found")                         \
   XX(EFORKED, TREADLE__EFORKED,                                                \
      "the process forked: this runtime belongs to the parent; build a new "   \
      "one in the child")                                                       \
   XX(EFOREIGN, TREADLE__EFOREIGN,                                              \
      "the object belongs to another runtime: use it from that runtime's "     \
-     "tasks")
+     "tasks")                                                                  \
+  XX(ECHANCLOSED, TREADLE__ECHANCLOSED,                                        \
+     "the other end of the channel is gone")
 
 typedef enum {
 #define TREADLE__ERRNO_ENUM(name, code, msg) TREADLE_##name = (code),
