@@ -369,7 +369,7 @@ int treadle_cx_worker(treadle_cx_t *cx);
  * joiner (or by the vtable's drop_output). Default: 0 and NULL. */
 void treadle_cx_set_output(treadle_cx_t *cx, treadle_err_t status,
                            void *value);
-/** The cooperative budget (DESIGN.md): a leaf future that is about to return
+/** The cooperative budget (docs/ARCHITECTURE.md "Coop budget"): a leaf future that is about to return
  * TREADLE_READY calls this first. It returns true and spends one unit, or,
  * once the task has had 128 ready leaves in this poll, returns false; the
  * leaf then returns TREADLE_PENDING and the task is polled again later. */

@@ -3,7 +3,7 @@
  *
  * Every allocation the core makes goes through here, so a test can make the
  * N-th one fail and check that the caller returns TREADLE_ENOMEM and loses
- * nothing (STYLE.md "fail-next allocator"). The hook costs one relaxed load
+ * nothing (TESTING.md "Fail-next allocator"). The hook costs one relaxed load
  * on the allocation path.
  *
  * Task blocks: a task is freed, most often, on the thread that allocated

@@ -1,5 +1,5 @@
 /* The driver stack: time over I/O, or over a condition variable when the
- * runtime has no I/O (DESIGN.md "driver").
+ * runtime has no I/O (ARCHITECTURE.md "Driver stack").
  *
  * park(timeout) goes down: the time layer shortens the timeout to the next
  * timer, then the thread sleeps in epoll or on the condvar. Coming back up,

@@ -1,5 +1,5 @@
 /* The I/O driver: epoll (edge-triggered), a registration table, and an
- * eventfd that unparks it (DESIGN.md "I/O driver"; tokio's io/driver.rs
+ * eventfd that unparks it (ARCHITECTURE.md "I/O driver"; tokio's io/driver.rs
  * and scheduled_io.rs).
  *
  * Every registered fd owns a slot of a grow-only table. Its epoll token is

@@ -1,4 +1,4 @@
-/* The signal driver (DESIGN.md "signal driver"; tokio signal/unix.rs).
+/* The signal driver (ARCHITECTURE.md "Signal driver"; tokio signal/unix.rs).
  *
  * Process-wide: one handler per signal, installed by the first runtime
  * that listens for it and put back by the last. The handler counts the

@@ -11,7 +11,7 @@
 #include "treadle.h"
 
 #define TREADLE_UNREACHABLE() __builtin_unreachable()
-/* Broken internal invariants only: never for bad input (STYLE.md). */
+/* Broken internal invariants only: never for bad input (ARCHITECTURE.md "Errors"). */
 /* Thread-locals use the initial-exec model (no __tls_get_addr call) when
  * treadle is linked into a program. A build that is loaded with dlopen (the
  * Python and Lua modules) defines TREADLE_DLOPEN: a dlopened library may
@@ -91,7 +91,7 @@ struct treadle_builder_s {
 #define TREADLE__REF_ONE (UINT64_C(1) << 6)
 #define TREADLE__REF_SHIFT 6
 
-/* Coop budget per poll (DESIGN.md). */
+/* Coop budget per poll (ARCHITECTURE.md "Coop budget"). */
 #define TREADLE__BUDGET 128
 
 /* What a pending task waits on, for dumps: set by leaf futures. */
@@ -254,7 +254,7 @@ extern __thread treadle__context_t treadle__ctx TREADLE_TLS_MODEL;
 /* ----------------------------------------------------------- inject.c */
 
 /* The global queue: a locked intrusive FIFO with an atomic length, so that
- * emptiness checks take no lock (RELIABILITY.md c.3 item 7). */
+ * emptiness checks take no lock (TESTING.md c.3 item 7). */
 typedef struct treadle__inject_s {
   treadle__os_mutex_t mu;
   treadle__task_t *head;   /* guarded by mu */

@@ -130,7 +130,7 @@ static inline bool treadle__cx_proceed(treadle_cx_t *cx) {
 /* What the I/O leaves (tcp.c, async_fd.c) share. */
 
 /* The budget check every leaf makes first: a task that had its 128 ready
- * leaves in this poll yields (coop, DESIGN.md). */
+ * leaves in this poll yields (ARCHITECTURE.md "Coop budget"). */
 #define TREADLE__LEAF_BUDGET(cx)                                               \
   do {                                                                         \
     if (!treadle__cx_proceed(cx))                                              \

@@ -5,7 +5,7 @@
  * Atomics are C11 <stdatomic.h>; every non-relaxed use carries a one-line
  * reason beside it. Locks and condition variables are pthread's, so that
  * ThreadSanitizer and valgrind understand them. A thread parker is a futex
- * word. TSan does not model stand-alone fences (RELIABILITY.md c.4), so
+ * word. TSan does not model stand-alone fences (TESTING.md c.4), so
  * treadle__fence_seq_cst() becomes a seq_cst RMW on the caller's own word
  * under TSan. */
 #ifndef TREADLE_OS_THREAD_H

@@ -2,7 +2,7 @@
  * (tokio scheduler/multi_thread/worker.rs).
  *
  * Each worker owns a LIFO slot, a local ring (runq.c) and a list of tasks
- * pinned to it; all share the inject queue. The rules (DESIGN.md):
+ * pinned to it; all share the inject queue. The rules (ARCHITECTURE.md "multi_thread"):
  *
  * 1. Spawn or wake on a worker: the task takes the LIFO slot and the slot's
  *    previous occupant goes to the back of the local ring (a full ring moves

@@ -1,4 +1,4 @@
-/* TCP: listeners, streams and the connect future (DESIGN.md "leaf
+/* TCP: listeners, streams and the connect future (ARCHITECTURE.md "Leaf
  * futures"; tokio net/tcp). Sockets are non-blocking sources of the I/O
  * driver; every leaf tries the system call when the registration says
  * ready, and on EAGAIN clears that readiness and waits for the next edge.

@@ -1,6 +1,6 @@
 /* The blocking pool: jobs on threads of their own, the thread cap, idle
  * threads leaving, hooks, abort, and shutdown with a timeout
- * (RELIABILITY.md S14, D3). No assertion depends on timing: jobs that must
+ * (TESTING.md S14, D3). No assertion depends on timing: jobs that must
  * stay busy wait on a gate the test opens. */
 #include <time.h>
 

@@ -463,7 +463,7 @@ static bool epoll_watches(int epfd, int fd) {
 /* A dup keeps the pipe's description open after the async fd closes its
  * fd: had the driver closed without EPOLL_CTL_DEL first, the epoll set
  * would keep the registration, and events for it, forever (libuv's
- * closed_fd_events, RELIABILITY I4). */
+ * closed_fd_events, TESTING.md I4). */
 static void close_with_a_dup_open(void **state) {
   (void)state;
   treadle_runtime_t *rt = test_runtime();

@@ -1,6 +1,6 @@
 /* Scheduler features across flavors: pinned tasks, the current handle,
  * metrics, the dump, the slow-poll warning, shutdown while tasks run and
- * spawns racing shutdown (RELIABILITY.md S5, D4). */
+ * spawns racing shutdown (TESTING.md S5, D4). */
 #include <time.h>
 #include <unistd.h>
 

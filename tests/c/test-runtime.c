@@ -1,6 +1,6 @@
 /* The runtime: builder, block_on, handles from other threads, nesting
  * errors, shutdown (every task dropped once, even when drop functions wake
- * and spawn), and use after shutdown (RELIABILITY.md S13, S15, D1-D4, D7,
+ * and spawn), and use after shutdown (TESTING.md S13, S15, D1-D4, D7,
  * B5, B6). */
 #include "harness.h"
 #include "internal.h"

@@ -1,7 +1,7 @@
 /* Stress: millions of spawns from tasks and plain threads, storms of
  * wakes from foreign threads, aborts and joins racing completions, a
  * spawning tree that overflows local queues and forces steals, and the
- * local queue itself under thieves (RELIABILITY.md S2, S3, S4, S8, S9).
+ * local queue itself under thieves (TESTING.md S2, S3, S4, S8, S9).
  * Every task is counted exactly once (a bitmap, set with fetch_or).
  * Counts scale with TREADLE_TEST_SCALE; under TSan they are smaller, and
  * the tsan preset also shrinks local queues to 4 slots. */

@@ -1,7 +1,7 @@
 /* The time driver on the real clock: sleeps never end early, zero and past
  * deadlines complete at once, huge ones clamp, a runtime without timers
  * says so, timeouts wrap any poll function, timers are cancelled and reset
- * from other threads (RELIABILITY.md T3-T6). Only lower bounds on elapsed
+ * from other threads (TESTING.md T3-T6). Only lower bounds on elapsed
  * time are asserted: upper bounds belong to benchmarks. */
 #include "harness.h"
 #include "internal.h"

@@ -1,6 +1,6 @@
 /* The timer wheel on a virtual clock, against a plain reference model:
  * random insert / cancel / advance sequences with deadlines on every level
- * boundary and past the wheel's span (RELIABILITY.md T1, T2, T7). */
+ * boundary and past the wheel's span (TESTING.md T1, T2, T7). */
 #include "harness.h"
 #include "internal.h"
 
