@@ -68,7 +68,7 @@ end
 local function elsewhere_env()
   local root = abs_root()
   return string.format("cd /tmp && exec env -u LUA_PATH -u LUA_PATH_5_4 LUA_CPATH=%s",
-    H.q(root .. "build/bindings/lua/?.so;" .. (os.getenv("LUA_CPATH") or ";"))), root
+    H.q(os.getenv("LUA_CPATH") or (root .. "build/bindings/lua/?.so;;"))), root
 end
 
 for _, ex in ipairs({{"hello.lua", ""}, {"remote_spawn.lua", "3 9"},
