@@ -356,6 +356,28 @@ T.case("a connection between two workers", {flavors = {"multi_thread"}, on = "al
   end
 end)
 
+T.case("issue 13: a conn of one runtime used from another runtime's task answers EFOREIGN at once",
+       {outside = true, flavors = {"current_thread"}}, function()
+  local rt1 <close> = treadle.runtime()
+  local rt2 <close> = treadle.runtime()
+  local c, s, l = rt1:block_on(pair)
+  -- rt1 is alive but not running: a wait on its driver would never end
+  local r = H.pack(rt2:block_on(function() return H.within(5, c.read, c) end))
+  H.eq(r[1], nil, "read")
+  H.has(r[2], "the object belongs to another runtime", "read's message")
+  H.eq(r[3], "EFOREIGN", "read's errno name")
+  r = H.pack(rt2:block_on(function() return H.within(5, c.write, c, "x") end))
+  H.eq(r[3], "EFOREIGN", "write's errno name")
+  r = H.pack(rt2:block_on(function() return H.within(5, l.accept, l) end))
+  H.eq(r[3], "EFOREIGN", "accept's errno name")
+  -- the objects still work in their own runtime
+  rt1:block_on(function()
+    s:write("still mine")
+    H.eq(H.read_n(c, 10), "still mine")
+    c:close(); s:close(); l:close()
+  end)
+end)
+
 T.case("bind / connect: bad arguments", function()
   H.bad_arg(tcp.bind)
   -- (bind(nil, port) binds every address, 0.0.0.0: not tried here)
