@@ -9,8 +9,11 @@
  *    with data waiting, a send with room) returns without yielding.
  * 3. A yield means a new op (or a plain coroutine.yield: run again soon);
  *    a return or an error finishes the task.
- * abort() sets a flag and wakes the task; its next poll closes the
- * coroutine (running its to-be-closed variables) instead of resuming it. */
+ * abort() sets a flag, clears the op the task waits on (so that the conn,
+ * listener or stdin it read is free for another task at once) and wakes
+ * the task; its next poll closes the coroutine (running its to-be-closed
+ * variables) instead of resuming it. Abort runs on the task's own thread:
+ * the tasks of a state never run at the same time. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdatomic.h>
@@ -430,6 +433,17 @@ treadle_poll_t lt_op_poll(ltask_t *t, treadle_cx_t *cx) {
   return TREADLE_READY;
 }
 
+/* Cancels c (abort, a timeout, a stopping worker); see the top. A task
+ * that aborts itself runs, so it waits on nothing. */
+static void task_cancel(ltask_t *c) {
+  if (c->status != LT_RUNNING || c->cancel)
+    return;
+  c->cancel = true;
+  lt_op_clear(c);
+  if (c->waker != NULL)
+    treadle_wake_by_ref(c->waker);
+}
+
 /* Pushes a copy of a finished task's outcome onto `to`, flag first. */
 static int push_outcome(lua_State *to, ltask_t *c) {
   if (c->status == LT_CANCELLED) {
@@ -479,18 +493,12 @@ int lt_op_push(lua_State *co, ltask_t *t) {
     break;
   case LOP_JOIN:
     if (op->tb.timed_out && op->tb.err != TREADLE_ETIMEDOUT) { /* no timers */
-      ltask_t *c = op->u.join.child;
-      c->cancel = true;
-      if (c->waker != NULL)
-        treadle_wake_by_ref(c->waker);
+      task_cancel(op->u.join.child);
       lua_pushboolean(co, 0);
       lua_pushstring(co, treadle_strerror(op->tb.err));
       n = 2;
     } else if (op->tb.timed_out) {
-      ltask_t *c = op->u.join.child;
-      c->cancel = true;
-      if (c->waker != NULL)
-        treadle_wake_by_ref(c->waker);
+      task_cancel(op->u.join.child);
       lua_pushboolean(co, 1);
       lua_pushnil(co);
       lua_pushliteral(co, "timeout");
@@ -791,16 +799,13 @@ static int l_task_join(lua_State *L) {
 
 /* lua: task:abort()
  * Cancels the task: it stops at its next wait, its to-be-closed variables
- * are closed, and join raises "cancelled". Does nothing once it finished. A
- * task in a `<close>` variable is aborted at the end of its scope.
+ * are closed, and join raises "cancelled". What it waits on is let go of at
+ * once: another task may read the conn it was reading right away. Does
+ * nothing once it finished. A task in a `<close>` variable is aborted at the
+ * end of its scope.
  * Returns: nothing. */
 static int l_task_abort(lua_State *L) {
-  ltask_t *c = check_task(L, 1);
-  if (c->status == LT_RUNNING && !c->cancel) {
-    c->cancel = true;
-    if (c->waker != NULL)
-      treadle_wake_by_ref(c->waker);
-  }
+  task_cancel(check_task(L, 1));
   return 0;
 }
 

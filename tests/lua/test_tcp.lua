@@ -215,6 +215,65 @@ T.case("abort a task waiting in read; the conn still works", function()
   c:close(); s:close(); l:close()
 end)
 
+T.case("issue 13: right after abort() of the reader or acceptor, a new one goes ahead", function()
+  local c, s, l = pair()
+  local reader = treadle.spawn(function() return c:read() end)
+  H.settle()
+  H.eq(reader:done(), false, "the reader waits")
+  reader:abort()
+  -- the aborted task has not run since: its read must not hold the conn
+  s:write("for the new reader")
+  H.eq(H.read_n(c, 18), "for the new reader")
+  H.raises("cancelled", reader.join, reader)
+  local acc = treadle.spawn(function() return l:accept() end)
+  H.settle()
+  acc:abort()
+  local _, port = l:addr()
+  local client = treadle.spawn(tcp.connect, "127.0.0.1", port)
+  local s2 = H.within(5, l.accept, l)
+  H.ok(s2, "accepted right after the abort")
+  H.raises("cancelled", acc.join, acc)
+  client:join():close(); s2:close()
+  c:close(); s:close(); l:close()
+end)
+
+T.case("issue 13: reading after close() while another task reads answers ECLOSED", function()
+  local c, s, l = pair()
+  local reader = treadle.spawn(function() return c:read() end)
+  H.settle()
+  c:close()
+  -- the first reader has not run since the close: closed says so before busy
+  local r = H.pack(c:read())
+  H.eq(r[1], nil)
+  H.eq(r[2], "closed on this side (by a close call)")
+  H.eq(r[3], "ECLOSED")
+  H.eq(H.within(2, reader.join, reader), nil, "the first reader ends too")
+  s:close(); l:close()
+end)
+
+T.case("issue 13: writes of several tasks queue: each goes out whole, in call order", {timeout = 60}, function()
+  local c, s, l = pair()
+  local size = H.n(4 * 1024 * 1024, 256 * 1024) -- more than the socket buffers take
+  local order, writers = {}, {}
+  for i = 1, 4 do
+    writers[i] = treadle.spawn(function()
+      local letter = string.char(string.byte("a") + i - 1)
+      order[#order + 1] = letter -- the call, with no wait before it
+      return c:write(string.rep(letter, size))
+    end)
+  end
+  local got = H.read_n(s, 4 * size)
+  for i = 1, 4 do H.eq(writers[i]:join(), true, "write " .. i) end
+  H.eq(#order, 4)
+  for k = 1, 4 do
+    local part = got:sub((k - 1) * size + 1, k * size)
+    H.ok(part == string.rep(order[k], size),
+         string.format("bytes %d..%d are write %d's (%s), whole: %s", (k - 1) * size + 1,
+                       k * size, k, order[k], H.repr(part:sub(1, 8))))
+  end
+  c:close(); s:close(); l:close()
+end)
+
 T.case("abort a task waiting in accept; the listener still works", function()
   local l = assert(tcp.bind("127.0.0.1", 0))
   local _, port = l:addr()
