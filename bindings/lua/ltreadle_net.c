@@ -272,14 +272,30 @@ static int l_peer(lua_State *L) { return l_conn_addr(L, true); }
 static int l_addr(lua_State *L) { return l_conn_addr(L, false); }
 
 /* lua: conn:set_nodelay([on])
- * Turns TCP_NODELAY on (the default) or off.
- * Returns: true, or nil, message, errno name. */
+ * Turns TCP_NODELAY on (the default: small writes go out at once) or off
+ * (Nagle's algorithm gathers them); see conn:nodelay.
+ * Returns: true, or nil, message, errno name.
+ * Example: conn:set_nodelay(false) */
 static int l_nodelay(lua_State *L) {
   lconn_t *c = check_conn(L);
   treadle_err_t err = treadle_tcp_set_nodelay(c->st.s, lua_isnone(L, 2) || lua_toboolean(L, 2));
   if (err != 0)
     return lt_fail(L, err);
   lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* lua: conn:nodelay()
+ * Whether TCP_NODELAY is on: it is for every connected and accepted conn
+ * until set_nodelay(false).
+ * Returns: true or false, or nil, message, errno name.
+ * Example: print(conn:nodelay()) */
+static int l_get_nodelay(lua_State *L) {
+  bool on;
+  treadle_err_t err = treadle_tcp_nodelay(check_conn(L)->st.s, &on);
+  if (err != 0)
+    return lt_fail(L, err);
+  lua_pushboolean(L, on);
   return 1;
 }
 
@@ -420,7 +436,7 @@ static const luaL_Reg listener_methods[] = {
 static const luaL_Reg conn_methods[] = {
     {"read", l_read},   {"write", l_write}, {"shutdown", l_shutdown},
     {"close", l_conn_close}, {"peer", l_peer}, {"addr", l_addr},
-    {"set_nodelay", l_nodelay}, {NULL, NULL}};
+    {"set_nodelay", l_nodelay}, {"nodelay", l_get_nodelay}, {NULL, NULL}};
 static const luaL_Reg stdin_methods[] = {
     {"read", l_stdin_read}, {"close", l_stdin_close}, {NULL, NULL}};
 static const luaL_Reg tcp_functions[] = {
