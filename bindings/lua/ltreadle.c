@@ -596,6 +596,11 @@ static const luaL_Reg rt_methods[] = {
  * treadle.version ("0.1.0").
  * Errors: I/O failures return nil, a message and the errno name (nil,
  * "connection refused", "ECONNREFUSED"); wrong arguments and misuse raise.
+ * Argument errors name the function, also when it is called through pcall:
+ * treadle.tcp and the method tables are package.loaded["treadle.tcp"],
+ * ["treadle.conn"], ["treadle.listener"], ["treadle.task"],
+ * ["treadle.channel"], ["treadle.stdin"] and ["treadle.runtime"], where Lua
+ * looks such names up ("bad argument #2 to 'treadle.conn.read'").
  * Handles (runtime, task, channel, listener, conn) close when collected
  * and at the end of a `<close>` variable; tostring names them.
  * Example: local treadle = require "treadle" */

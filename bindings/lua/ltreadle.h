@@ -108,9 +108,15 @@ int lt_fail(lua_State *L, treadle_err_t err);
 uint64_t lt_check_duration(lua_State *L, int idx);
 
 /* Registers metatable `name`: methods as __index, and __gc, __close,
- * __tostring where given (NULL: none). */
+ * __tostring where given (NULL: none). The methods are also
+ * package.loaded[name] (lt_name_table). */
 void lt_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
                   lua_CFunction gc, lua_CFunction close, lua_CFunction tostring);
+
+/* Makes the table on top package.loaded[name] (kept on the stack), where
+ * luaL_argerror looks for the names of functions called without a name
+ * (through pcall): "bad argument #1 to 'treadle.tcp.connect'", not '?'. */
+void lt_name_table(lua_State *L, const char *name);
 
 /* Net ops (ltreadle_net.c): the results of a ready accept, connect, read
  * or write leaf; releases a stdin read's reader. */

@@ -448,6 +448,7 @@ void lt_open_net(lua_State *L) {
   lt_new_class(L, CONN_MT, conn_methods, l_conn_gc, l_conn_close, l_conn_tostring);
   lt_new_class(L, STDIN_MT, stdin_methods, l_stdin_gc, l_stdin_close, l_stdin_tostring);
   luaL_newlib(L, tcp_functions);
+  lt_name_table(L, "treadle.tcp");
   lua_setfield(L, -2, "tcp");
   lua_pushcfunction(L, l_stdin);
   lua_setfield(L, -2, "stdin");

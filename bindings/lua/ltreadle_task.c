@@ -932,11 +932,19 @@ static const luaL_Reg functions[] = {
     {"thread_id", l_thread_id}, {"signal", l_signal}, {"channel", l_channel},
     {NULL, NULL}};
 
+void lt_name_table(lua_State *L, const char *name) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, name);
+  lua_pop(L, 1);
+}
+
 void lt_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
                   lua_CFunction gc, lua_CFunction close, lua_CFunction tostring) {
   luaL_newmetatable(L, name);
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);
+  lt_name_table(L, name);
   lua_setfield(L, -2, "__index");
   const struct { const char *key; lua_CFunction fn; } meta[] = {
       {"__gc", gc}, {"__close", close}, {"__tostring", tostring}};
