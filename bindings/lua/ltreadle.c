@@ -384,9 +384,9 @@ static void drive(lua_State *L, lrt_t *r, root_t *st) {
 static int block_on_current(lua_State *L, lrt_t *r) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
   ltask_t *main = lt_spawn(L, r->homes[0], 2, lua_gettop(L) - 2);
+  main->joined = true; /* block_on raises its error: no report */
   root_t st = {.r = r, .main = main};
   drive(L, r, &st);
-  main->joined = true;
   return lt_task_results(L, main);
 }
 
@@ -455,7 +455,8 @@ static int block_on_multi(lua_State *L, lrt_t *r) {
  * table with `main`), called as main(worker) on each worker.
  * Returns: fn's results; on multi_thread worker 0's, copied as channel
  * values are.
- * Errors: raises fn's error (on multi_thread, the first worker's);
+ * Errors: raises fn's error, with its traceback as task:join raises it (on
+ * multi_thread, the first worker's);
  * "interrupted" after a SIGINT that no task waits for (the runtime has then
  * shut down); a multi_thread runtime runs its module once; not from a task.
  * Example: local a, b = rt:block_on(function() return 1, 2 end) */

@@ -620,18 +620,44 @@ static void check_thread(lhome_t *home) {
 #endif
 }
 
-static void report_unjoined(ltask_t *t) {
+/* A failed task's string error gets the coroutine's traceback, as lua.c's
+ * message handler adds it: after an error the coroutine's stack stays as
+ * it was where the error was raised. Other error values stay as they are
+ * (a join raises the same object). */
+static void add_traceback(lua_State *co) {
+  if (lua_type(co, -1) != LUA_TSTRING)
+    return;
+  luaL_traceback(co, co, lua_tostring(co, -1), 0);
+  lua_replace(co, -2);
+}
+
+/* Prints a failed task's error to stderr, once: when it ends with no task
+ * waiting to join it (as OpenResty logs "lua entry thread aborted" at
+ * once), or when its handle is collected after the task that waited went
+ * away without the error. A join that takes it counts as the report. */
+static void report_error(ltask_t *t) {
   if (t->status != LT_ERROR || t->joined || t->reported)
     return;
   t->reported = true;
-  const char *msg = lua_tostring(t->co, -1);
-  fprintf(stderr, "treadle: error in a task nobody joined: %s\n",
-          msg != NULL ? msg : luaL_typename(t->co, -1));
+  lua_State *co = t->co;
+  if (lua_type(co, -1) == LUA_TSTRING) {
+    fprintf(stderr, "treadle: a task failed and nobody joins it: %s\n",
+            lua_tostring(co, -1));
+    return;
+  }
+  lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, -1));
+  luaL_traceback(co, co, lua_tostring(co, -1), 0);
+  fprintf(stderr, "treadle: a task failed and nobody joins it: %s\n",
+          lua_tostring(co, -1));
+  lua_pop(co, 2);
 }
 
 /* On the home thread: the task is over; let go of what held it. */
 static void finish(ltask_t *t, int status) {
+  bool awaited = t->joiner != NULL;
   t->status = status;
+  if (status == LT_ERROR)
+    add_traceback(t->co);
   lt_op_clear(t);
   if (t->joiner != NULL) {
     treadle_wake(t->joiner);
@@ -640,7 +666,9 @@ static void finish(ltask_t *t, int status) {
   treadle_waker_drop(t->waker);
   t->waker = NULL;
   if (t->on_done != NULL)
-    t->on_done(t, t->on_done_ud);
+    t->on_done(t, t->on_done_ud); /* a worker's main: block_on takes it */
+  if (!awaited)
+    report_error(t);
   if (t->anchor != LUA_NOREF) {
     luaL_unref(t->home->L, LUA_REGISTRYINDEX, t->anchor);
     t->anchor = LUA_NOREF;
@@ -689,7 +717,7 @@ static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
     t->nresults = nres;
     finish(t, LT_OK);
   } else {
-    finish(t, LT_ERROR); /* reported at __gc if nobody joins it */
+    finish(t, LT_ERROR);
   }
   return TREADLE_READY;
 }
@@ -749,6 +777,9 @@ ltask_t *lt_spawn(lua_State *L, lhome_t *home, int idx, int nargs) {
 
 /* lua: treadle.spawn(fn, ...)
  * Runs fn(...) as a new task (a coroutine) on the calling task's worker.
+ * If fn raises and no task is waiting in task:join then, the error and its
+ * traceback go to stderr at once ("treadle: a task failed and nobody joins
+ * it: ..."), once; a join raises it all the same.
  * Returns: the task; it starts once the calling task waits or yields.
  * Errors: raises outside a task.
  * Example: local t = treadle.spawn(function(a, b) return a + b end, 1, 2) */
@@ -777,7 +808,9 @@ lhome_t *lt_home(lua_State *L) {
 /* lua: task:join()
  * Waits for the task to finish.
  * Returns: the task's results.
- * Errors: raises the task's error, or "cancelled" after task:abort();
+ * Errors: raises the task's error (a string error with the task's traceback
+ * appended, as lua5.4 prints one; other values as they are), or
+ * "cancelled" after task:abort();
  * raises when it would have to wait outside a task, from the task itself,
  * from another worker's state, or while another task joins it.
  * Example: local sum = t:join() */
@@ -817,7 +850,7 @@ static int l_task_done(lua_State *L) {
 }
 
 static int l_task_gc(lua_State *L) {
-  report_unjoined(check_task(L, 1));
+  report_error(check_task(L, 1));
   return 0;
 }
 
