@@ -22,14 +22,21 @@
 #include "tbind.h"
 #include "treadle.h"
 
+typedef struct ltask_s ltask_t;
+
 /* One lua_State's place in a runtime. */
 typedef struct lhome_s {
   lua_State *L;           /* the main thread of the state */
   treadle_handle_t *h;    /* a reference */
+  void *rt;               /* the runtime's lrt_t (ltreadle.c) */
   int worker;             /* the worker its tasks are pinned to */
   bool owns_state;        /* a worker state: closed after the runtime */
   pthread_t thread;       /* the one thread that runs it (checked in debug) */
   bool thread_known;
+  /* Owned by the home's thread: */
+  ltask_t *tasks;         /* the live tasks, through ltask_t.live_next */
+  bool stopping;          /* lt_home_stop: every task is cancelled */
+  bool stopped;           /* and lt_home_stopped was told none is left */
 } lhome_t;
 
 /* What a task waits on. */
@@ -43,7 +50,6 @@ typedef enum {
 } lopkind_t;
 
 typedef struct lchan_s lchan_t;
-typedef struct ltask_s ltask_t;
 
 typedef struct {
   lopkind_t kind;
@@ -73,6 +79,7 @@ struct ltask_s {
   treadle_waker_t *joiner;  /* a task waiting in join */
   void (*on_done)(ltask_t *t, void *ud); /* worker mains report here */
   void *on_done_ud;
+  ltask_t *live_next, **live_prev; /* on home->tasks until it is over */
   lop_t op;
 };
 
@@ -99,8 +106,17 @@ void lt_op_clear(ltask_t *t);
 int lt_task_results(lua_State *L, ltask_t *t);
 
 /* Spawns fn (at `idx`, followed by nargs arguments on top) as a task of
- * `home`; pushes the task userdata. Raises on failure. */
+ * `home`; pushes the task userdata. Raises on failure. A stopping home's
+ * new task is cancelled before it runs. */
 ltask_t *lt_spawn(lua_State *L, lhome_t *home, int idx, int nargs);
+
+/* On the home's thread: cancels every task of the home (as task:abort
+ * does: their to-be-closed variables are closed), and every task spawned
+ * there from now on; once none is left, calls lt_home_stopped (at once
+ * when there is none). */
+void lt_home_stop(lhome_t *home);
+/* ltreadle.c: a stopping home has no task left (its thread, once). */
+void lt_home_stopped(lhome_t *home);
 
 /* Pushes nil, message, errno name; returns 3. */
 int lt_fail(lua_State *L, treadle_err_t err);

@@ -652,6 +652,43 @@ static void report_error(ltask_t *t) {
   lua_pop(co, 2);
 }
 
+/* The home's list of live tasks (its thread only). */
+static void live_add(ltask_t *t) {
+  lhome_t *home = t->home;
+  t->live_next = home->tasks;
+  t->live_prev = &home->tasks;
+  if (home->tasks != NULL)
+    home->tasks->live_prev = &t->live_next;
+  home->tasks = t;
+}
+
+static void live_remove(ltask_t *t) {
+  if (t->live_prev == NULL)
+    return;
+  *t->live_prev = t->live_next;
+  if (t->live_next != NULL)
+    t->live_next->live_prev = t->live_prev;
+  t->live_next = NULL;
+  t->live_prev = NULL;
+  lhome_t *home = t->home;
+  if (home->stopping && !home->stopped && home->tasks == NULL) {
+    home->stopped = true;
+    lt_home_stopped(home);
+  }
+}
+
+void lt_home_stop(lhome_t *home) {
+  if (home->stopping)
+    return;
+  home->stopping = true;
+  for (ltask_t *t = home->tasks; t != NULL; t = t->live_next)
+    task_cancel(t); /* takes none off the list: that is their next poll */
+  if (home->tasks == NULL) {
+    home->stopped = true;
+    lt_home_stopped(home);
+  }
+}
+
 /* On the home thread: the task is over; let go of what held it. */
 static void finish(ltask_t *t, int status) {
   bool awaited = t->joiner != NULL;
@@ -673,6 +710,7 @@ static void finish(ltask_t *t, int status) {
     luaL_unref(t->home->L, LUA_REGISTRYINDEX, t->anchor);
     t->anchor = LUA_NOREF;
   }
+  live_remove(t);
 }
 
 static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
@@ -740,6 +778,9 @@ static void task_drop(void *state) {
   if (home_thread && t->anchor != LUA_NOREF) /* else the state is closed next */
     luaL_unref(t->home->L, LUA_REGISTRYINDEX, t->anchor);
   t->anchor = LUA_NOREF;
+  /* Off the home thread only once its worker has stopped: the list is
+   * this thread's now. */
+  live_remove(t);
 }
 
 static const treadle_task_vtable_t task_vt = {.poll = task_poll, .drop = task_drop};
@@ -772,6 +813,8 @@ ltask_t *lt_spawn(lua_State *L, lhome_t *home, int idx, int nargs) {
     t->status = LT_CANCELLED;
     luaL_error(L, "cannot spawn: %s", treadle_strerror(err));
   }
+  live_add(t); /* it runs on this thread, after we return */
+  t->cancel = home->stopping;
   return t;
 }
 
