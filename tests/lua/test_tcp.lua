@@ -18,6 +18,15 @@ local function pair()
   return c, s, l, peer
 end
 
+-- pair(), with a task waiting to read the client side
+local function pair_with_reader()
+  local c, s, l = pair()
+  local reader = treadle.spawn(function() return c:read() end)
+  H.settle()
+  H.eq(reader:done(), false, "the reader waits")
+  return c, s, l, reader
+end
+
 T.case("bind, addr, connect, accept, peer", function()
   local l = assert(tcp.bind("127.0.0.1", 0))
   local host, port = l:addr()
@@ -149,10 +158,7 @@ T.case("host names and odd hosts: a result or an error, no crash", function()
 end)
 
 T.case("closing a conn another task waits on in read (issue 13: the message says which side)", function()
-  local c, s, l = pair()
-  local reader = treadle.spawn(function() return c:read() end)
-  H.settle()
-  H.eq(reader:done(), false, "the reader waits")
+  local c, s, l, reader = pair_with_reader()
   c:close()
   local r = H.pack(H.within(2, reader.join, reader))
   H.eq(r[1], nil)
@@ -205,9 +211,7 @@ T.case("use after close: an error result or a raise, never a crash", function()
 end)
 
 T.case("abort a task waiting in read; the conn still works", function()
-  local c, s, l = pair()
-  local reader = treadle.spawn(function() return c:read() end)
-  H.settle()
+  local c, s, l, reader = pair_with_reader()
   reader:abort()
   H.raises("cancelled", reader.join, reader)
   s:write("after the abort")
@@ -216,10 +220,7 @@ T.case("abort a task waiting in read; the conn still works", function()
 end)
 
 T.case("issue 13: right after abort() of the reader or acceptor, a new one goes ahead", function()
-  local c, s, l = pair()
-  local reader = treadle.spawn(function() return c:read() end)
-  H.settle()
-  H.eq(reader:done(), false, "the reader waits")
+  local c, s, l, reader = pair_with_reader()
   reader:abort()
   -- the aborted task has not run since: its read must not hold the conn
   s:write("for the new reader")
@@ -238,9 +239,7 @@ T.case("issue 13: right after abort() of the reader or acceptor, a new one goes 
 end)
 
 T.case("issue 13: reading after close() while another task reads answers ECLOSED", function()
-  local c, s, l = pair()
-  local reader = treadle.spawn(function() return c:read() end)
-  H.settle()
+  local c, s, l, reader = pair_with_reader()
   c:close()
   -- the first reader has not run since the close: closed says so before busy
   local r = H.pack(c:read())
