@@ -46,7 +46,7 @@ typedef enum {
   LOP_JOIN,    /* another task; with a deadline for treadle.timeout */
   LOP_SEND,    /* a channel (`tb` waits on its semaphores) */
   LOP_RECV,
-  LOP_STDIN_READ, /* `tb` reads stdin (u.stdin_reader is the lstdin_t) */
+  LOP_OWN,     /* a file's own: `tb` waits, u.own says the rest */
 } lopkind_t;
 
 typedef struct lchan_s lchan_t;
@@ -55,11 +55,15 @@ typedef struct {
   lopkind_t kind;
   bool started;
   treadle_err_t err;
-  tb_op_t tb;  /* the operation of LOP_LEAF, LOP_JOIN, LOP_STDIN_READ */
+  tb_op_t tb;  /* the operation of every kind but LOP_NONE */
   union {
     struct { ltask_t *child; bool is_timeout; } join; /* `tb` waits */
     struct { lchan_t *ch; treadle_waiter_t w; void *blob; } chan;
-    void *stdin_reader;
+    struct {
+      int (*push)(lua_State *co, ltask_t *t); /* the results (count) */
+      void (*done)(void *ud); /* NULL, or after tb is cleared */
+      void *ud;               /* the object (stdin, the console) */
+    } own;
   } u;
 } lop_t;
 
@@ -102,6 +106,8 @@ treadle_poll_t lt_op_poll(ltask_t *t, treadle_cx_t *cx);
 int lt_op_push(lua_State *co, ltask_t *t);
 /* Releases what an op holds (no Lua calls: any thread); idempotent. */
 void lt_op_clear(ltask_t *t);
+/* The task at idx, or raises. */
+ltask_t *lt_check_task(lua_State *L, int idx);
 /* Pushes a finished task's results (or raises its error) on L. */
 int lt_task_results(lua_State *L, ltask_t *t);
 
@@ -135,9 +141,13 @@ void lt_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
 void lt_name_table(lua_State *L, const char *name);
 
 /* Net ops (ltreadle_net.c): the results of a ready accept, connect, read
- * or write leaf; releases a stdin read's reader. */
+ * or write leaf. */
 int lt_net_push(lua_State *co, ltask_t *t);
-void lt_stdin_done(void *reader);
+/* Opens stdin for the I/O driver: an async fd of a file description of its
+ * own (*afd), or where epoll refuses it, a dup of fd 0 for plain reads
+ * (*fd). 0 or an error. */
+treadle_err_t lt_stdin_open(treadle_handle_t *h, treadle_async_fd_t **afd,
+                            int *fd);
 void lt_open_net(lua_State *L);
 /* Sets treadle.repl in the module table on top (ltreadle_repl.c). */
 void lt_open_repl(lua_State *L);

@@ -427,7 +427,7 @@ treadle_poll_t lt_op_poll(ltask_t *t, treadle_cx_t *cx) {
   case LOP_JOIN:
   case LOP_SEND:
   case LOP_RECV:
-  case LOP_STDIN_READ:
+  case LOP_OWN:
     return tb_op_poll(&op->tb, cx);
   }
   return TREADLE_READY;
@@ -487,9 +487,9 @@ int lt_op_push(lua_State *co, ltask_t *t) {
       lua_pushboolean(co, 1);
     }
     break;
-  case LOP_STDIN_READ:
+  case LOP_OWN:
     lua_pushboolean(co, 1);
-    n += lt_net_push(co, t);
+    n += op->u.own.push(co, t);
     break;
   case LOP_JOIN:
     if (op->tb.timed_out && op->tb.err != TREADLE_ETIMEDOUT) { /* no timers */
@@ -539,9 +539,10 @@ void lt_op_clear(ltask_t *t) {
   case LOP_RECV:
     tb_op_clear(&op->tb);
     break;
-  case LOP_STDIN_READ:
+  case LOP_OWN:
     tb_op_clear(&op->tb);
-    lt_stdin_done(op->u.stdin_reader);
+    if (op->u.own.done != NULL)
+      op->u.own.done(op->u.own.ud);
     break;
   case LOP_NONE:
     break;
@@ -835,7 +836,7 @@ static int l_spawn(lua_State *L) {
   return 1;
 }
 
-static ltask_t *check_task(lua_State *L, int idx) {
+ltask_t *lt_check_task(lua_State *L, int idx) {
   return luaL_checkudata(L, idx, TASK_MT);
 }
 
@@ -858,7 +859,7 @@ lhome_t *lt_home(lua_State *L) {
  * from another worker's state, or while another task joins it.
  * Example: local sum = t:join() */
 static int l_task_join(lua_State *L) {
-  ltask_t *c = check_task(L, 1);
+  ltask_t *c = lt_check_task(L, 1);
   if (c->status != LT_RUNNING) /* done: no need to wait, or a task */
     return op_return(L, push_outcome(L, c));
   ltask_t *t = lt_need_task(L, "join");
@@ -881,25 +882,25 @@ static int l_task_join(lua_State *L) {
  * end of its scope.
  * Returns: nothing. */
 static int l_task_abort(lua_State *L) {
-  task_cancel(check_task(L, 1));
+  task_cancel(lt_check_task(L, 1));
   return 0;
 }
 
 /* lua: task:done()
  * Returns: true once the task has finished, failed or been cancelled. */
 static int l_task_done(lua_State *L) {
-  lua_pushboolean(L, check_task(L, 1)->status != LT_RUNNING);
+  lua_pushboolean(L, lt_check_task(L, 1)->status != LT_RUNNING);
   return 1;
 }
 
 static int l_task_gc(lua_State *L) {
-  report_error(check_task(L, 1));
+  report_error(lt_check_task(L, 1));
   return 0;
 }
 
 static int l_task_tostring(lua_State *L) {
   static const char *names[] = {"running", "done", "failed", "cancelled"};
-  ltask_t *t = check_task(L, 1);
+  ltask_t *t = lt_check_task(L, 1);
   lua_pushfstring(L, "treadle.task (%s, worker %d): %p", names[t->status],
                   t->home->worker, (void *)t);
   return 1;
