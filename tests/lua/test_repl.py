@@ -147,6 +147,34 @@ def test_ctrl_c_interrupts_the_running_line(console):
     assert progresses(console)  # the task the line spawned earlier goes on
 
 
+@pytest.mark.skipif(os.environ.get("TREADLE_LUA_READLINE") == "0",
+                    reason="built without GNU readline (plain lines)")
+def test_up_recalls_the_previous_line(console):
+    """issue 13: line editing and history through readline, as lua5.4 -i
+    has them (the Up key used to print ^[[A)."""
+    assert console.line("6 * 7") == "42"
+    console.child.send("\x1b[A")  # Up
+    console.child.expect_exact("6 * 7", timeout=5)  # recalled
+    console.child.send("\x1b[D1\r")  # Left, 1: "6 * 17"
+    console.child.expect_exact(PROMPT)
+    assert console.child.before.replace("\r\n", "\n").strip("\n").split("\n")[-1] == "102"
+
+
+def test_ctrl_c_stops_a_busy_loop(console):
+    """issue 13: Ctrl-C interrupts Lua code that never waits (a hook raises
+    "interrupted" in it, as lua5.4 does); the console and the tasks spawned
+    before go on."""
+    start_ticker(console)
+    console.child.sendline("while true do end")
+    console.child.expect_exact("while true do end")
+    time.sleep(0.3)
+    console.child.sendintr()
+    console.child.expect_exact("interrupted", timeout=10)
+    console.child.expect_exact(PROMPT)
+    assert console.line("'still here'") == "still here"
+    assert progresses(console)
+
+
 def test_ctrl_d_exits(console):
     start_ticker(console)
     assert console.eof() == 0
