@@ -78,7 +78,9 @@ int pyt_duration(PyObject *secs, uint64_t *ns) {
     if (!PyErr_ExceptionMatches(PyExc_OverflowError))
       return -1;
     PyErr_Clear();
-    d = _PyLong_Sign(secs) < 0 ? 0.0 : INFINITY;
+    int sign; /* past a long's range too: -1 or 1 */
+    (void)PyLong_AsLongAndOverflow(secs, &sign);
+    d = sign < 0 ? 0.0 : INFINITY;
   }
   if (treadle_duration_from_secs(d, ns) != 0) {
     PyErr_SetString(PyExc_ValueError, "seconds must not be NaN");

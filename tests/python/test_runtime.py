@@ -562,3 +562,13 @@ def test_public_names_have_docstrings():
     assert not missing, missing
     undocumented = [n for n in names if n != "CancelledError" and not (getattr(treadle, n).__doc__ or "").strip()]
     assert not undocumented, undocumented
+
+
+def test_issue13_binding_uses_only_public_c_api():
+    # CPython's private API (_Py*) changes between versions: the binding
+    # builds on 3.11 through 3.13 because it calls none of it
+    sources = [*(ROOT / "bindings" / "python").glob("*.[ch]"), *(ROOT / "swig").glob("*.i")]
+    assert sources
+    private = [f"{p.name}: {m.group(0)}" for p in sources
+               for m in re.finditer(r"\b_Py\w*\s*\(", p.read_text())]
+    assert not private, private

@@ -115,6 +115,19 @@ def test_sleep_huge_waits_until_timeout(run, arg):
     assert "woke" not in log
 
 
+def test_issue13_ints_past_a_double_range(run):
+    # an int too big for a double is judged by its sign (public C API only)
+    async def main():
+        t0 = time.monotonic()
+        await treadle.sleep(-10**400)
+        took = time.monotonic() - t0
+        with pytest.raises(TimeoutError):
+            await treadle.timeout(0.05, treadle.sleep(10**400))
+        return took
+
+    assert run(main()) < 2
+
+
 def test_sleep_inf_waits_until_aborted(run):
     log = []
 
