@@ -279,7 +279,8 @@ static PySendResult op_send(op_t *op, PyObject *Py_UNUSED(arg), PyObject **out) 
       joinobj_t *jo = (joinobj_t *)op->owner;
       if (jo->awaiting) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "another task is already awaiting this JoinHandle");
+                        "another task or thread is already waiting for "
+                        "this JoinHandle");
         *out = NULL;
         return PYGEN_ERROR;
       }
@@ -714,24 +715,100 @@ static PyObject *join_done(joinobj_t *jo, PyObject *Py_UNUSED(unused)) {
                          (jo->j != NULL && treadle_join_is_finished(jo->j)));
 }
 
-/* After block_on: the task's value, or its exception raised. */
-static PyObject *join_result(joinobj_t *jo, PyObject *Py_UNUSED(unused)) {
+/* What result() says on a thread that runs the runtime's tasks, where
+ * waiting would stall the very tasks it waits for. */
+static PyObject *no_wait_here(void) {
+  PyErr_SetString(PyExc_RuntimeError,
+                  "the task has not finished, and a thread that runs treadle "
+                  "tasks cannot wait for it: `await` the JoinHandle instead "
+                  "of calling result()");
+  return NULL;
+}
+
+/* How long one wait of result() lasts at most, so that Ctrl-C reaches a
+ * main thread that waits (Python runs signal handlers between waits). */
+#define RESULT_SLICE_NS (100 * 1000 * 1000ull)
+
+/* GIL. Brings the task's outcome into the JoinHandle, waiting up to `ns`
+ * for it outside the runtime's threads (without the GIL). 0, or -1 with
+ * an exception set: TimeoutError, or RuntimeError where it cannot wait.
+ * The core's join is used by one thread at a time: `awaiting` marks the
+ * task or thread that uses it without the GIL. */
+static int join_collect(joinobj_t *jo, uint64_t ns) {
   if (jo->has_pending)
     join_take(jo, jo->pending_status, jo->pending_value);
+  if (jo->outcome != JOIN_PENDING)
+    return 0;
+  if (jo->awaiting) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "another task or thread is already waiting for this "
+                    "JoinHandle");
+    return -1;
+  }
+  void *value = NULL;
+  treadle_err_t err = treadle_join_try(jo->j, &value);
+  if (err != TREADLE_EAGAIN) {
+    join_take(jo, err, value);
+    return 0;
+  }
+  if (ns == 0) {
+    PyErr_SetString(PyExc_TimeoutError, "the task has not finished");
+    return -1;
+  }
+  if (pyt_current != NULL) {
+    no_wait_here();
+    return -1;
+  }
+  uint64_t start = treadle_now();
+  jo->awaiting = true;
+  for (;;) {
+    uint64_t spent = treadle_now() - start;
+    if (spent >= ns) {
+      err = TREADLE_ETIMEDOUT;
+      break;
+    }
+    uint64_t slice = ns - spent < RESULT_SLICE_NS ? ns - spent : RESULT_SLICE_NS;
+    Py_BEGIN_ALLOW_THREADS
+    err = treadle_join_wait_timeout(jo->j, slice, &value);
+    Py_END_ALLOW_THREADS
+    if (err != TREADLE_ETIMEDOUT || PyErr_CheckSignals() < 0)
+      break;
+  }
+  jo->awaiting = false;
+  if (PyErr_Occurred()) /* a signal handler raised (KeyboardInterrupt) */
+    return -1;
+  switch (err) {
+  case TREADLE_ETIMEDOUT: /* a task's status is never ETIMEDOUT */
+    PyErr_SetString(PyExc_TimeoutError, "the task has not finished");
+    return -1;
+  case TREADLE_EINRUNTIME: /* a runtime's thread outside a task: a hook */
+    no_wait_here();
+    return -1;
+  case TREADLE_ENOMEM:
+    PyErr_NoMemory();
+    return -1;
+  default:
+    join_take(jo, err, value);
+    return 0;
+  }
+}
+
+static PyObject *join_result(joinobj_t *jo, PyObject *args, PyObject *kw) {
+  static char *names[] = {"timeout", NULL};
+  PyObject *timeout = Py_None;
+  uint64_t ns = TREADLE_FOREVER;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:result", names, &timeout) ||
+      (timeout != Py_None && pyt_duration(timeout, &ns) < 0) ||
+      join_collect(jo, ns) < 0)
+    return NULL;
   jo->retrieved = true;
-  switch (jo->outcome) {
-  case JOIN_VALUE:
+  if (jo->outcome == JOIN_VALUE)
     return Py_NewRef(jo->value);
-  case JOIN_EXCEPTION:
+  if (jo->outcome == JOIN_EXCEPTION) {
     PyErr_SetObject((PyObject *)Py_TYPE(jo->value), jo->value);
     return NULL;
-  case JOIN_CANCELLED:
-    return pyt_raise(TREADLE_ECANCELED);
-  case JOIN_PENDING:
-    break;
   }
-  PyErr_SetString(PyExc_RuntimeError, "the task has not finished");
-  return NULL;
+  return pyt_raise(TREADLE_ECANCELED); /* JOIN_CANCELLED */
 }
 
 static PyObject *join_id(joinobj_t *jo, void *Py_UNUSED(unused)) {
@@ -745,8 +822,14 @@ static PyMethodDef join_methods[] = {
      "cancelled only if it has not started."},
     {"done", (PyCFunction)join_done, METH_NOARGS,
      "True once the task has finished, failed or been cancelled."},
-    {"result", (PyCFunction)join_result, METH_NOARGS,
-     "The finished task's value; raises its exception, or CancelledError."},
+    {"result", (PyCFunction)(void (*)(void))join_result,
+     METH_VARARGS | METH_KEYWORDS,
+     "result(timeout=None): the task's value; raises its exception, or "
+     "CancelledError. From any thread once the task has finished (done()). "
+     "Until then a thread outside the runtime waits for it, at most timeout "
+     "seconds (TimeoutError), without the GIL (concurrent.futures.Future."
+     "result); timeout=0 never waits. A thread that runs the runtime's "
+     "tasks never waits: inside a task, await the handle."},
     {NULL}};
 
 static PyGetSetDef join_getset[] = {
@@ -764,7 +847,14 @@ static PyTypeObject join_type = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A spawned task. `await handle` returns its value or raises "
               "its exception (CancelledError once aborted). Dropping it "
-              "detaches the task.",
+              "detaches the task.\n\n"
+              "Outside a task, result() gives the outcome, waiting for it on "
+              "a thread outside the runtime:\n\n"
+              "    h = runtime.spawn(main())\n"
+              "    value = h.result(timeout=10)\n\n"
+              "asyncio code waits with `await asyncio.to_thread(h.result)`; "
+              "`executor.submit(h.result)` makes a concurrent.futures.Future "
+              "of it (asyncio.wrap_future takes that).",
     .tp_methods = join_methods,
     .tp_getset = join_getset,
 };

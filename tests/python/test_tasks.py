@@ -112,6 +112,138 @@ def test_done(run):
     run(main())
 
 
+# ------------------------------------------- result() without awaiting (issue 13)
+
+def test_issue13_result_of_a_done_task_from_a_task(run):
+    # done() said True, yet result() raised until some task awaited it
+    async def main():
+        ok = treadle.spawn(square(7))
+        bad = treadle.spawn(fails())
+        gone = treadle.spawn(forever())
+        await treadle.yield_now()
+        gone.abort()
+        await wait_for(lambda: ok.done() and bad.done() and gone.done())
+        assert ok.result() == 49
+        assert ok.result() == 49  # the outcome stays
+        with pytest.raises(Boom):
+            bad.result()
+        with pytest.raises(treadle.CancelledError):
+            gone.result()
+        return await ok  # awaiting afterwards still gives it
+
+    assert run(main()) == 49
+
+
+async def fails():
+    await treadle.yield_now()
+    raise Boom("late")
+
+
+def test_issue13_result_inside_a_task_does_not_block(run):
+    async def main():
+        jh = treadle.spawn(forever())
+        with pytest.raises(RuntimeError, match="await"):
+            jh.result()  # waiting here would stall the runtime's thread
+        with pytest.raises(RuntimeError, match="await"):
+            jh.result(timeout=1)
+        with pytest.raises(TimeoutError):
+            jh.result(timeout=0)  # a poll: never waits
+        jh.abort()
+        with pytest.raises(treadle.CancelledError):
+            await jh
+        return "ok"
+
+    assert run(main()) == "ok"
+
+
+def test_issue13_result_from_a_thread_after_handle_spawn(run):
+    async def main():
+        h = treadle.Handle.current()
+        out = {}
+
+        def body():
+            jh = h.spawn(square(12))
+            out["value"] = jh.result(timeout=10)  # blocks this thread only
+            slow = h.spawn(forever())
+            try:
+                slow.result(timeout=0.05)
+            except TimeoutError:
+                out["timed_out"] = True
+            slow.abort()
+            try:
+                slow.result()
+            except treadle.CancelledError:
+                out["cancelled"] = True
+
+        t = threading.Thread(target=body)
+        t.start()
+        await treadle.spawn_blocking(t.join, 20)
+        return out
+
+    assert run(main()) == {"value": 144, "timed_out": True, "cancelled": True}
+
+
+def test_issue13_result_from_the_main_thread_after_runtime_spawn():
+    with treadle.Runtime(flavor="multi_thread", workers=2) as rt:
+        jh = rt.spawn(square(5))
+        assert jh.result(timeout=10) == 25  # no block_on: the GIL is let go
+        assert jh.done()
+        blocking = rt.handle().spawn(treadle_blocking_call())
+        assert blocking.result(timeout=10) == 6
+        slow = rt.spawn(forever())
+        with pytest.raises(TimeoutError):
+            slow.result(timeout=0.05)
+        assert not slow.done()
+        slow.abort()
+        with pytest.raises(treadle.CancelledError):
+            slow.result(timeout=10)
+
+
+async def treadle_blocking_call():
+    return await treadle.spawn_blocking(sum, [1, 2, 3])
+
+
+def test_issue13_result_of_a_blocking_job_from_a_thread(run):
+    async def main():
+        job = treadle.spawn_blocking(sum, [4, 5])
+        out = []
+        t = threading.Thread(target=lambda: out.append(job.result(timeout=10)))
+        t.start()
+        await treadle.spawn_blocking(t.join, 20)
+        return out
+
+    assert run(main()) == [9]
+
+
+def test_issue13_one_waiter_at_a_time(run):
+    async def main():
+        jh = treadle.spawn(forever())
+        errors = []
+
+        def body():
+            try:
+                jh.result(timeout=0.5)
+            except RuntimeError as exc:
+                errors.append(str(exc))
+            except TimeoutError:
+                errors.append("timed out")
+
+        async def awaiter():
+            await jh
+
+        aw = treadle.spawn(awaiter())
+        await treadle.sleep(0.02)  # the awaiter waits on jh now
+        t = threading.Thread(target=body)
+        t.start()
+        await treadle.spawn_blocking(t.join, 20)
+        aw.abort()
+        jh.abort()
+        return errors
+
+    [msg] = run(main())
+    assert "already waiting" in msg, msg
+
+
 # ---------------------------------------------------------------- abort
 
 def test_abort_raises_cancelled_error_at_the_await(run):

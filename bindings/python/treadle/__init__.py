@@ -242,7 +242,9 @@ class Runtime:
 
     def spawn(self, coro: Awaitable[T]) -> JoinHandle:
         """Spawns ``coro`` from any thread. On multi_thread it starts at
-        once; on current_thread it runs while some block_on runs."""
+        once; on current_thread it runs while some block_on runs (so a
+        ``result()`` that waits for it there needs another thread in
+        block_on). ``handle.result(timeout)`` waits for it outside tasks."""
         return self._core.spawn(coro)
 
     def handle(self) -> Handle:
