@@ -39,6 +39,10 @@ typedef struct pyrt_s {
   PyObject *on_start, *on_stop;  /* user hooks or NULL; freed with GIL */
 } pyrt_t;
 
+/* The runtime that started this thread (a worker or a blocking-pool
+ * thread; the thread holds a reference), or NULL. */
+extern __thread pyrt_t *pyt_thread_rt;
+
 pyrt_t *pyrt_ref(pyrt_t *r);
 void pyrt_unref(pyrt_t *r); /* any thread; takes the GIL itself */
 

@@ -178,6 +178,7 @@ void pyrt_lane_leave(pyrt_t *r) {
 
 /* -------------------------------------------------------- thread hooks */
 
+__thread pyrt_t *pyt_thread_rt;
 static __thread PyGILState_STATE hook_gil;
 static __thread PyThreadState *hook_ts;
 
@@ -193,7 +194,7 @@ static void call_hook(PyObject *fn) {
 /* Each thread holds a reference: blocking threads may outlive a runtime
  * shut down with a timeout. */
 static void thread_start(void *ud) {
-  pyrt_t *r = pyrt_ref(ud);
+  pyrt_t *r = pyt_thread_rt = pyrt_ref(ud); /* for Handle.current() */
   hook_gil = PyGILState_Ensure();
   call_hook(r->on_start);
   hook_ts = PyEval_SaveThread();
@@ -204,6 +205,7 @@ static void thread_stop(void *ud) {
   PyEval_RestoreThread(hook_ts);
   call_hook(r->on_stop);
   PyGILState_Release(hook_gil);
+  pyt_thread_rt = NULL;
   pyrt_unref(r);
 }
 
@@ -386,13 +388,17 @@ static PyObject *handle_spawn(coreobj_t *self, PyObject *coro) {
   return pyt_spawn(self->r, coro);
 }
 
+/* The runtime of the running task, else the one whose thread this is (a
+ * blocking job, a thread hook), as treadle_handle_current() finds it. */
 static PyObject *handle_current(PyObject *Py_UNUSED(cls), PyObject *Py_UNUSED(unused)) {
-  if (pyt_current == NULL) {
+  pyrt_t *r = pyt_current != NULL ? pytask_runtime(pyt_current) : pyt_thread_rt;
+  if (r == NULL) {
     PyErr_SetString(PyExc_RuntimeError,
-                    "no treadle task is running on this thread");
+                    "no treadle task is running on this thread, and no "
+                    "runtime started it");
     return NULL;
   }
-  return handle_wrap(pytask_runtime(pyt_current));
+  return handle_wrap(r);
 }
 
 static PyMethodDef handle_methods[] = {
@@ -400,8 +406,9 @@ static PyMethodDef handle_methods[] = {
      "spawn(coro) -> JoinHandle: spawns coro onto the runtime, from any "
      "thread (a worker, the main thread, a threading.Thread)."},
     {"current", (PyCFunction)handle_current, METH_NOARGS | METH_STATIC,
-     "Handle.current() -> Handle: the runtime of the running task "
-     "(RuntimeError outside a task)."},
+     "Handle.current() -> Handle: the runtime of the running task, or of "
+     "the runtime's thread this is (a blocking job, a thread hook); "
+     "RuntimeError elsewhere."},
     {NULL}};
 
 static PyTypeObject handle_type = {

@@ -862,13 +862,13 @@ static PyTypeObject join_type = {
 /* ------------------------------------------------------ blocking jobs */
 
 typedef struct {
-  PyObject *fn, *args, *ctx;
+  PyObject *fn, *args, *kwargs, *ctx; /* kwargs: a dict of its own, or NULL */
 } bjob_t;
 
 static treadle_err_t bjob_run(void *state, void **value) {
   bjob_t *b = state;
   PyGILState_STATE g = PyGILState_Ensure();
-  PyObject *res = PyContext_Enter(b->ctx) == 0 ? PyObject_Call(b->fn, b->args, NULL) : NULL;
+  PyObject *res = PyContext_Enter(b->ctx) == 0 ? PyObject_Call(b->fn, b->args, b->kwargs) : NULL;
   if (res != NULL) {
     *value = res == Py_None ? (Py_DECREF(res), NULL) : res;
   } else {
@@ -885,6 +885,7 @@ static void bjob_drop(void *state) {
   PyGILState_STATE g = PyGILState_Ensure();
   Py_XDECREF(b->fn);
   Py_XDECREF(b->args);
+  Py_XDECREF(b->kwargs);
   Py_XDECREF(b->ctx);
   PyGILState_Release(g);
 }
@@ -897,7 +898,12 @@ static const treadle_blocking_vtable_t bjob_vt = {
 static pytask_t *need_task(void) {
   if (pyt_current == NULL)
     PyErr_SetString(PyExc_RuntimeError,
-                    "no treadle task is running on this thread");
+                    pyt_thread_rt != NULL
+                        ? "no treadle task is running on this thread (a "
+                          "runtime's thread outside its tasks, such as a "
+                          "blocking job, spawns with "
+                          "treadle.Handle.current().spawn)"
+                        : "no treadle task is running on this thread");
   return pyt_current;
 }
 
@@ -923,19 +929,25 @@ static PyObject *mod_spawn(PyObject *Py_UNUSED(m), PyObject *coro) {
   return t != NULL ? pyt_spawn(t->r, coro) : NULL;
 }
 
-static PyObject *mod_spawn_blocking(PyObject *Py_UNUSED(m), PyObject *args) {
+/* spawn_blocking(fn, /, *args, **kwargs): the keywords are copied, as
+ * asyncio.to_thread's are, so that the caller may change its dict. */
+static PyObject *mod_spawn_blocking(PyObject *Py_UNUSED(m), PyObject *args,
+                                    PyObject *kw) {
   pytask_t *t = need_task();
   if (t == NULL)
     return NULL;
   if (PyTuple_GET_SIZE(args) < 1 || !PyCallable_Check(PyTuple_GET_ITEM(args, 0))) {
-    PyErr_SetString(PyExc_TypeError, "spawn_blocking(fn, *args): fn must be callable");
+    PyErr_SetString(PyExc_TypeError,
+                    "spawn_blocking(fn, /, *args, **kwargs): fn must be callable");
     return NULL;
   }
   bjob_t b = {.fn = Py_NewRef(PyTuple_GET_ITEM(args, 0)),
               .args = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args)),
+              .kwargs = kw != NULL ? PyDict_Copy(kw) : NULL,
               .ctx = PyContext_CopyCurrent()};
   joinobj_t *jo = join_new(NULL);
-  if (b.args == NULL || b.ctx == NULL || jo == NULL) {
+  if (b.args == NULL || (kw != NULL && b.kwargs == NULL) || b.ctx == NULL ||
+      jo == NULL) {
     Py_XDECREF(jo);
     bjob_drop(&b);
     return NULL;
@@ -1012,8 +1024,9 @@ static PyMethodDef task_functions[] = {
     {"sleep", mod_sleep, METH_O, "sleep(seconds): an awaitable."},
     {"yield_now", mod_yield_now, METH_NOARGS, "yield_now(): an awaitable."},
     {"spawn", mod_spawn, METH_O, "spawn(coro) -> JoinHandle."},
-    {"spawn_blocking", mod_spawn_blocking, METH_VARARGS,
-     "spawn_blocking(fn, *args) -> JoinHandle (awaitable)."},
+    {"spawn_blocking", (PyCFunction)(void (*)(void))mod_spawn_blocking,
+     METH_VARARGS | METH_KEYWORDS,
+     "spawn_blocking(fn, /, *args, **kwargs) -> JoinHandle (awaitable)."},
     {"current_worker", mod_current_worker, METH_NOARGS, "current_worker() -> int."},
     {"signal", mod_signal, METH_O, "signal(signum): an awaitable."},
     {"sigint_taken", mod_sigint_taken, METH_NOARGS,

@@ -76,11 +76,16 @@ def current_worker() -> int:
     return _core.current_worker()
 
 
-def spawn_blocking(fn: Callable[..., T], *args: Any) -> JoinHandle:
-    """Runs ``fn(*args)`` on the blocking pool; await the result (or
-    exception). For code that blocks its thread: file I/O, sleeps, C
-    libraries. contextvars are copied."""
-    return _core.spawn_blocking(fn, *args)
+def spawn_blocking(fn: Callable[..., T], /, *args: Any,
+                   **kwargs: Any) -> JoinHandle:
+    """Runs ``fn(*args, **kwargs)`` on the blocking pool (as
+    asyncio.to_thread does); await the result (or exception). For code
+    that blocks its thread: file I/O, sleeps, C libraries. contextvars are
+    copied. Inside the job, :meth:`Handle.current` is the runtime::
+
+        data = await treadle.spawn_blocking(open_and_read, path, mode="rb")
+    """
+    return _core.spawn_blocking(fn, *args, **kwargs)
 
 
 async def _await(aw: Awaitable[T]) -> T:
