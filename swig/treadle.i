@@ -24,7 +24,8 @@
 #include "pytreadle.h"
 
 PyObject *treadle_py_build(treadle_builder_t *b, int flavor,
-                           PyObject *on_start, PyObject *on_stop);
+                           PyObject *on_start, PyObject *on_stop,
+                           PyObject *thread_name);
 treadle_handle_t *treadle_py_handle(PyObject *core);
 int treadle_py_init(PyObject *m);
 
@@ -151,6 +152,8 @@ METRICS_OUT(treadle_worker_metrics_t)
 /* --------------------------------------------------- the binding's own */
 PyObject *treadle_py_error_map(void);
 /* Builds the runtime; the hooks (callables or None) run on every thread
- * the runtime starts. Returns the RuntimeCore. */
+ * the runtime starts, which `threading` knows as thread_name (a str, the
+ * name given to the builder). Returns the RuntimeCore. */
 PyObject *treadle_py_build(treadle_builder_t *b, int flavor,
-                           PyObject *on_start, PyObject *on_stop);
+                           PyObject *on_start, PyObject *on_stop,
+                           PyObject *thread_name);

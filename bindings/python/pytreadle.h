@@ -37,6 +37,7 @@ typedef struct pyrt_s {
   treadle_waker_t **lane_wakers; /* guarded by lane_mu */
   size_t lane_len, lane_cap;     /* guarded by lane_mu */
   PyObject *on_start, *on_stop;  /* user hooks or NULL; freed with GIL */
+  PyObject *thread_name;         /* str: its threads' name in `threading` */
 } pyrt_t;
 
 /* The runtime that started this thread (a worker or a blocking-pool

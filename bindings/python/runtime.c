@@ -22,6 +22,7 @@
 
 PyObject *pyt_Error, *pyt_ShutdownError, *pyt_ClosedError, *pyt_CancelledError;
 static PyObject *gaierror;
+static PyObject *current_thread; /* threading.current_thread */
 
 /* ------------------------------------------------------------- errors */
 
@@ -104,10 +105,11 @@ void pyrt_unref(pyrt_t *r) {
   if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
     return;
   treadle_handle_unref(r->h);
-  if (r->on_start != NULL || r->on_stop != NULL) {
+  if (r->on_start != NULL || r->on_stop != NULL || r->thread_name != NULL) {
     PyGILState_STATE g = PyGILState_Ensure();
     Py_CLEAR(r->on_start);
     Py_CLEAR(r->on_stop);
+    Py_CLEAR(r->thread_name);
     PyGILState_Release(g);
   }
   for (size_t i = 0; i < r->lane_len; i++)
@@ -181,6 +183,7 @@ void pyrt_lane_leave(pyrt_t *r) {
 __thread pyrt_t *pyt_thread_rt;
 static __thread PyGILState_STATE hook_gil;
 static __thread PyThreadState *hook_ts;
+static __thread PyObject *hook_thread; /* the thread's threading.Thread */
 
 static void call_hook(PyObject *fn) {
   if (fn == NULL)
@@ -191,11 +194,36 @@ static void call_hook(PyObject *fn) {
   Py_XDECREF(res);
 }
 
+/* Names the thread in `threading`, which would call it Dummy-N, after
+ * the runtime's thread_name (the OS has it too, cut to 15 bytes). */
+static void name_thread(pyrt_t *r) {
+  hook_thread = PyObject_CallNoArgs(current_thread);
+  if (hook_thread == NULL ||
+      PyObject_SetAttrString(hook_thread, "name", r->thread_name) < 0)
+    PyErr_WriteUnraisable(current_thread);
+}
+
+/* Drops the thread from `threading`'s table of live threads. Python 3.13
+ * does that itself for a thread it did not start; 3.11 and 3.12 never do,
+ * and would list the thread in threading.enumerate() forever. */
+static void forget_thread(void) {
+  if (hook_thread == NULL)
+    return;
+#if PY_VERSION_HEX < 0x030D0000
+  PyObject *res = PyObject_CallMethod(hook_thread, "_delete", NULL);
+  if (res == NULL)
+    PyErr_Clear(); /* a program took it out itself */
+  Py_XDECREF(res);
+#endif
+  Py_CLEAR(hook_thread);
+}
+
 /* Each thread holds a reference: blocking threads may outlive a runtime
  * shut down with a timeout. */
 static void thread_start(void *ud) {
   pyrt_t *r = pyt_thread_rt = pyrt_ref(ud); /* for Handle.current() */
   hook_gil = PyGILState_Ensure();
+  name_thread(r);
   call_hook(r->on_start);
   hook_ts = PyEval_SaveThread();
 }
@@ -204,6 +232,7 @@ static void thread_stop(void *ud) {
   pyrt_t *r = ud;
   PyEval_RestoreThread(hook_ts);
   call_hook(r->on_stop);
+  forget_thread();
   PyGILState_Release(hook_gil);
   pyt_thread_rt = NULL;
   pyrt_unref(r);
@@ -221,9 +250,14 @@ static PyTypeObject core_type, handle_type;
 /* Builds a runtime from a builder the package has configured through
  * the SWIG functions. Called from swig/treadle.i. */
 PyObject *treadle_py_build(treadle_builder_t *b, int flavor,
-                           PyObject *on_start, PyObject *on_stop) {
+                           PyObject *on_start, PyObject *on_stop,
+                           PyObject *thread_name) {
   if (b == NULL) {
     PyErr_SetString(PyExc_ValueError, "no builder");
+    return NULL;
+  }
+  if (!PyUnicode_Check(thread_name)) {
+    PyErr_SetString(PyExc_TypeError, "thread_name must be a str");
     return NULL;
   }
   for (PyObject **fn = (PyObject *[]){on_start, on_stop}, **end = fn + 2;
@@ -245,6 +279,7 @@ PyObject *treadle_py_build(treadle_builder_t *b, int flavor,
   r->flavor = flavor;
   r->on_start = on_start == Py_None ? NULL : Py_NewRef(on_start);
   r->on_stop = on_stop == Py_None ? NULL : Py_NewRef(on_stop);
+  r->thread_name = Py_NewRef(thread_name);
   treadle_builder_on_thread_start(b, thread_start, r);
   treadle_builder_on_thread_stop(b, thread_stop, r);
   treadle_runtime_t *rt = NULL;
@@ -426,13 +461,20 @@ static PyTypeObject handle_type = {
 int pyt_runtime_init(PyObject *m) {
   PyObject *sock = PyImport_ImportModule("socket");
   PyObject *aio = PyImport_ImportModule("asyncio");
-  if (sock == NULL || aio == NULL)
+  PyObject *threading = PyImport_ImportModule("threading");
+  if (sock == NULL || aio == NULL || threading == NULL) {
+    Py_XDECREF(sock);
+    Py_XDECREF(aio);
+    Py_XDECREF(threading);
     return -1;
+  }
   gaierror = PyObject_GetAttrString(sock, "gaierror");
   pyt_CancelledError = PyObject_GetAttrString(aio, "CancelledError");
+  current_thread = PyObject_GetAttrString(threading, "current_thread");
   Py_DECREF(sock);
   Py_DECREF(aio);
-  if (gaierror == NULL || pyt_CancelledError == NULL)
+  Py_DECREF(threading);
+  if (gaierror == NULL || pyt_CancelledError == NULL || current_thread == NULL)
     return -1;
   pyt_Error = PyErr_NewExceptionWithDoc(
       "treadle.Error", "An error from treadle's core; .code and .name "

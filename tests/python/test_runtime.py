@@ -572,3 +572,34 @@ def test_issue13_binding_uses_only_public_c_api():
     private = [f"{p.name}: {m.group(0)}" for p in sources
                for m in re.finditer(r"\b_Py\w*\s*\(", p.read_text())]
     assert not private, private
+
+
+@pytest.mark.parametrize("thread_name", [None, "tr-pool-with-a-long-name"])
+def test_issue13_runtime_threads_carry_their_name_in_threading(flavor, thread_name):
+    # they were "Dummy-N" to threading (and to logging's %(threadName)s)
+    expected = thread_name or "treadle-worker"
+    seen = []
+
+    def on_start():
+        seen.append(threading.current_thread().name)
+
+    def name():
+        return threading.current_thread().name
+
+    async def where():
+        await treadle.yield_now()
+        return name()
+
+    async def main():
+        tasks = {await treadle.spawn(where()) for _ in range(8)}
+        return tasks, await treadle.spawn_blocking(name)
+
+    options = {} if thread_name is None else {"thread_name": thread_name}
+    with treadle.Runtime(flavor=flavor, workers=2, on_thread_start=on_start,
+                         **options) as rt:
+        tasks, blocking = rt.block_on(guarded(main()))
+    assert blocking == expected
+    assert tasks == ({expected} if flavor == "multi_thread" else {"MainThread"})
+    assert seen and set(seen) == {expected}, seen  # the hook sees it too
+    # the threads are gone, and threading does not list them any more
+    assert expected not in {t.name for t in threading.enumerate()}

@@ -187,6 +187,11 @@ class Runtime:
     or "current_thread" (tasks run on the thread in :meth:`block_on`).
     Use it as a context manager, or call :meth:`shutdown`; a runtime still
     alive at interpreter exit is shut down then.
+
+    The threads it starts (workers and the blocking pool) are named
+    ``thread_name``, for the OS (its first 15 bytes) and for ``threading``
+    (``threading.current_thread().name``, logging's ``%(threadName)s``);
+    ``on_thread_start`` and ``on_thread_stop`` run first and last on each.
     """
 
     def __init__(self, flavor: str = "multi_thread", workers: Optional[int] = None,
@@ -214,7 +219,7 @@ class Runtime:
             if enable_time:
                 _swig.treadle_builder_enable_time(b)
             self._core = _swig.treadle_py_build(b, _FLAVORS[flavor], on_thread_start,
-                                               on_thread_stop)
+                                               on_thread_stop, thread_name)
         finally:
             _swig.treadle_builder_free(b)
         self.flavor = flavor
