@@ -2,7 +2,8 @@
  * and listener. Their methods return Ops (task.c) whose leaves run without
  * the GIL. A stream has one read in flight at a time (a second raises
  * RuntimeError, as asyncio's streams do); writes from several tasks queue
- * and go out whole, in order. */
+ * and go out whole, in order, each with the bytes its buffer held when
+ * write() was called. */
 #include "pytreadle.h"
 
 #include <arpa/inet.h>
@@ -149,6 +150,19 @@ static PyObject *stream_read_into(streamobj_t *o, PyObject *buf) {
                    "reading from this stream");
 }
 
+/* True for bytes, and for a memoryview of bytes: buffers nobody can
+ * change. */
+static bool immutable_buffer(PyObject *data) {
+  if (PyMemoryView_Check(data))
+    data = PyMemoryView_GET_BASE(data); /* NULL: made from raw memory */
+  return data != NULL && PyBytes_Check(data);
+}
+
+/* A write sends what `data` holds at the call: a buffer that the caller
+ * may change (bytearray, writable memoryview, array) is copied now, as
+ * asyncio's transports copy what they cannot send at once, because the
+ * op reads it only from its first poll on, and for as long as the peer
+ * takes. Bytes are sent from where they are. */
 static PyObject *stream_write(streamobj_t *o, PyObject *data) {
   op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o);
   if (op == NULL)
@@ -158,6 +172,17 @@ static PyObject *stream_write(streamobj_t *o, PyObject *data) {
     return NULL;
   }
   op->has_view = true;
+  if (!immutable_buffer(data)) {
+    PyObject *copy = PyBytes_FromStringAndSize(op->view.buf, op->view.len);
+    PyBuffer_Release(&op->view);
+    op->has_view = copy != NULL &&
+                   PyObject_GetBuffer(copy, &op->view, PyBUF_SIMPLE) == 0;
+    Py_XDECREF(copy); /* the view holds it */
+    if (!op->has_view) {
+      Py_DECREF(op);
+      return NULL;
+    }
+  }
   return stream_op(op, tb_op_write(&op->tb, &o->st, op->view.buf,
                                    (size_t)op->view.len),
                    "writing to this stream");
@@ -235,8 +260,11 @@ static PyMethodDef stream_methods[] = {
     {"read_into", (PyCFunction)stream_read_into, METH_O,
      "await read_into(buffer) -> int: reads into a writable buffer."},
     {"write", (PyCFunction)stream_write, METH_O,
-     "await write(data): writes all of a bytes-like object (no copy), after "
-     "the writes other tasks started before it."},
+     "await write(data): writes all of a bytes-like object, after the "
+     "writes other tasks started before it. It sends what data holds when "
+     "write() is called: a mutable buffer (bytearray, array, writable "
+     "memoryview) is copied then, and may be reused at once; bytes are "
+     "sent without a copy."},
     {"shutdown", (PyCFunction)stream_shutdown, METH_NOARGS,
      "await shutdown(): shuts the write side; the peer reads end of stream."},
     {"close", (PyCFunction)stream_close, METH_NOARGS,
