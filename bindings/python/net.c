@@ -100,12 +100,13 @@ static void stream_dealloc(streamobj_t *o) {
 static PyObject *stream_op(op_t *op, treadle_err_t err, const char *busy) {
   if (err == 0)
     return (PyObject *)op;
-  Py_DECREF(op);
+  const char *what = op->what;
+  pyt_op_drop(op);
   if (err == TREADLE_EBUSY) {
     PyErr_Format(PyExc_RuntimeError, "another task is already %s", busy);
     return NULL;
   }
-  return pyt_op_error(err);
+  return pyt_op_error(err, what);
 }
 
 static PyObject *stream_read(streamobj_t *o, PyObject *const *args,
@@ -129,7 +130,7 @@ static PyObject *stream_read(streamobj_t *o, PyObject *const *args,
       return NULL;
     }
   }
-  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o);
+  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o, "TcpStream.read");
   if (op == NULL)
     return NULL;
   return stream_op(op, tb_op_read(&op->tb, &o->st, (size_t)want),
@@ -137,11 +138,11 @@ static PyObject *stream_read(streamobj_t *o, PyObject *const *args,
 }
 
 static PyObject *stream_read_into(streamobj_t *o, PyObject *buf) {
-  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o);
+  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o, "TcpStream.read_into");
   if (op == NULL)
     return NULL;
   if (PyObject_GetBuffer(buf, &op->view, PyBUF_WRITABLE) < 0) {
-    Py_DECREF(op);
+    pyt_op_drop(op);
     return NULL;
   }
   op->has_view = true;
@@ -164,11 +165,11 @@ static bool immutable_buffer(PyObject *data) {
  * op reads it only from its first poll on, and for as long as the peer
  * takes. Bytes are sent from where they are. */
 static PyObject *stream_write(streamobj_t *o, PyObject *data) {
-  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o);
+  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o, "TcpStream.write");
   if (op == NULL)
     return NULL;
   if (PyObject_GetBuffer(data, &op->view, PyBUF_SIMPLE) < 0) {
-    Py_DECREF(op);
+    pyt_op_drop(op);
     return NULL;
   }
   op->has_view = true;
@@ -179,7 +180,7 @@ static PyObject *stream_write(streamobj_t *o, PyObject *data) {
                    PyObject_GetBuffer(copy, &op->view, PyBUF_SIMPLE) == 0;
     Py_XDECREF(copy); /* the view holds it */
     if (!op->has_view) {
-      Py_DECREF(op);
+      pyt_op_drop(op);
       return NULL;
     }
   }
@@ -190,7 +191,8 @@ static PyObject *stream_write(streamobj_t *o, PyObject *data) {
 
 static PyObject *stream_shutdown(streamobj_t *o, PyObject *Py_UNUSED(unused)) {
   treadle_err_t err = treadle_tcp_shutdown(o->st.s);
-  return err != 0 ? pyt_op_error(err) : pyt_op_ready(Py_NewRef(Py_None));
+  return err != 0 ? pyt_op_error(err, "TcpStream.shutdown")
+                  : pyt_op_ready(Py_NewRef(Py_None), "TcpStream.shutdown");
 }
 
 static PyObject *stream_close(streamobj_t *o, PyObject *Py_UNUSED(unused)) {
@@ -233,21 +235,23 @@ static PyObject *stream_connect(PyObject *Py_UNUSED(cls), PyObject *const *args,
     PyErr_SetString(PyExc_ValueError, "connect needs a host");
     return NULL;
   }
-  op_t *op = pyt_op_new(OP_LEAF, NULL);
+  op_t *op = pyt_op_new(OP_LEAF, NULL, "TcpStream.connect");
   if (op != NULL && tb_op_connect(&op->tb, host, port) != 0) {
-    Py_DECREF(op);
+    pyt_op_drop(op);
     return PyErr_NoMemory();
   }
   return (PyObject *)op;
 }
 
 static PyObject *self_ready(PyObject *o, PyObject *Py_UNUSED(unused)) {
-  return pyt_op_ready(Py_NewRef(o));
+  return pyt_op_ready(Py_NewRef(o), Py_IS_TYPE(o, &pyt_stream_type)
+                                        ? "TcpStream.__aenter__"
+                                        : "TcpListener.__aenter__");
 }
 
 static PyObject *stream_aexit(streamobj_t *o, PyObject *Py_UNUSED(args)) {
   tb_stream_close(&o->st);
-  return pyt_op_ready(Py_NewRef(Py_False));
+  return pyt_op_ready(Py_NewRef(Py_False), "TcpStream.__aexit__");
 }
 
 static PyMethodDef stream_methods[] = {
@@ -319,24 +323,25 @@ static PyObject *listener_bind(PyObject *Py_UNUSED(cls), PyObject *args, PyObjec
   unsigned char addr[sizeof(struct in6_addr)];
   if (*host != '\0' && strcmp(host, "localhost") != 0 &&
       inet_pton(AF_INET, host, addr) != 1 && inet_pton(AF_INET6, host, addr) != 1) {
-    return pyt_op_error(TREADLE_ENOHOST); /* bind resolves no names */
+    /* bind resolves no names */
+    return pyt_op_error(TREADLE_ENOHOST, "TcpListener.bind");
   }
   treadle_tcp_bind_opts_t opts = {backlog, reuse != 0};
   treadle_tcp_listener_t *l;
   treadle_err_t err = treadle_tcp_bind(h, host, port, &opts, &l);
   if (err != 0)
-    return pyt_op_error(err);
+    return pyt_op_error(err, "TcpListener.bind");
   listenerobj_t *o = PyObject_New(listenerobj_t, &pyt_listener_type);
   if (o == NULL) {
     treadle_tcp_listener_free(l);
     return NULL;
   }
   tb_listener_init(&o->ls, l);
-  return pyt_op_ready((PyObject *)o);
+  return pyt_op_ready((PyObject *)o, "TcpListener.bind");
 }
 
 static op_t *accept_op(listenerobj_t *o) {
-  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o);
+  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o, "TcpListener.accept");
   if (op == NULL)
     return NULL;
   return (op_t *)stream_op(op, tb_op_accept(&op->tb, &o->ls),
@@ -361,7 +366,7 @@ static PyObject *listener_close(listenerobj_t *o, PyObject *Py_UNUSED(unused)) {
 
 static PyObject *listener_aexit(listenerobj_t *o, PyObject *Py_UNUSED(args)) {
   tb_listener_close(&o->ls);
-  return pyt_op_ready(Py_NewRef(Py_False));
+  return pyt_op_ready(Py_NewRef(Py_False), "TcpListener.__aexit__");
 }
 
 static PyObject *listener_addr(listenerobj_t *o, void *Py_UNUSED(unused)) {

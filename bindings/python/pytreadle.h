@@ -106,6 +106,8 @@ typedef struct op_s {
   PyObject_HEAD
   opkind_t kind;
   op_stage_t stage;
+  const char *what;     /* what it is, for messages: "sleep", "TcpStream.read" */
+  bool awaited;         /* awaited once (else it warns when freed) */
   bool anext;           /* an accept for `async for`: ECLOSED ends it */
   bool has_view;        /* `view` holds a buffer (read_into, write) */
   PyObject *result;     /* OP_READY's value, or the finished outcome */
@@ -115,12 +117,16 @@ typedef struct op_s {
 } op_t;
 
 extern PyTypeObject pyt_op_type;
-op_t *pyt_op_new(opkind_t kind, PyObject *owner);
+/* A new op; `what` (a static string) names it in messages. An op freed
+ * without ever being awaited gives a RuntimeWarning. */
+op_t *pyt_op_new(opkind_t kind, PyObject *owner, const char *what);
+/* Frees an op that was never handed to Python code (no warning). */
+void pyt_op_drop(op_t *op);
 /* An op whose await returns `value` (stolen) at once. */
-PyObject *pyt_op_ready(PyObject *value);
+PyObject *pyt_op_ready(PyObject *value, const char *what);
 /* An op whose await raises the error of `err` (or the exception set now,
  * when err is 0). */
-PyObject *pyt_op_error(treadle_err_t err);
+PyObject *pyt_op_error(treadle_err_t err, const char *what);
 
 /* ---------------------------------------------------------------- net */
 

@@ -120,12 +120,18 @@ static void output_drop(void *value) {
 
 /* ----------------------------------------------------------------- Op */
 
-op_t *pyt_op_new(opkind_t kind, PyObject *owner) {
+/* Set by an atexit hook: ops freed while the interpreter exits (module
+ * globals) were not forgotten by anyone, so they do not warn. */
+static bool exiting;
+
+op_t *pyt_op_new(opkind_t kind, PyObject *owner, const char *what) {
   op_t *op = PyObject_New(op_t, &pyt_op_type);
   if (op == NULL)
     return NULL;
   op->kind = kind;
   op->stage = OP_NEW;
+  op->what = what;
+  op->awaited = false;
   op->anext = false;
   op->has_view = false;
   op->result = NULL;
@@ -134,10 +140,15 @@ op_t *pyt_op_new(opkind_t kind, PyObject *owner) {
   return op;
 }
 
-PyObject *pyt_op_ready(PyObject *value) {
+void pyt_op_drop(op_t *op) {
+  op->awaited = true; /* nobody had it to forget */
+  Py_DECREF(op);
+}
+
+PyObject *pyt_op_ready(PyObject *value, const char *what) {
   if (value == NULL)
     return NULL;
-  op_t *op = pyt_op_new(OP_READY, NULL);
+  op_t *op = pyt_op_new(OP_READY, NULL, what);
   if (op == NULL) {
     Py_DECREF(value);
     return NULL;
@@ -151,10 +162,10 @@ static void join_take(joinobj_t *jo, treadle_err_t status, void *value);
 
 static void *fetch_exception(void);
 
-PyObject *pyt_op_error(treadle_err_t err) {
+PyObject *pyt_op_error(treadle_err_t err, const char *what) {
   if (err != 0)
     pyt_raise(err);
-  op_t *op = pyt_op_new(OP_READY, NULL);
+  op_t *op = pyt_op_new(OP_READY, NULL, what);
   void *exc = fetch_exception();
   if (op == NULL) {
     Py_DECREF((PyObject *)((uintptr_t)exc & ~EXC_TAG));
@@ -165,8 +176,21 @@ PyObject *pyt_op_error(treadle_err_t err) {
   return (PyObject *)op;
 }
 
+/* A RuntimeWarning for an op that nobody awaited, as Python gives one for
+ * a coroutine: `treadle.sleep(1)` without `await` does nothing. Keeps the
+ * exception being raised, if any (dealloc may run in the middle of it). */
+static void warn_never_awaited(op_t *op) {
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                       "treadle operation %s was never awaited", op->what) < 0)
+    PyErr_WriteUnraisable(NULL); /* op is going: no repr of it */
+  PyErr_Restore(type, value, tb);
+}
 
 static void op_dealloc(op_t *op) {
+  if (!op->awaited && !exiting)
+    warn_never_awaited(op);
   switch (op->kind) {
   case OP_READY:
   case OP_LEAF:
@@ -264,6 +288,7 @@ static int op_finish(op_t *op) {
 }
 
 static PySendResult op_send(op_t *op, PyObject *Py_UNUSED(arg), PyObject **out) {
+  op->awaited = true;
   if (op->stage == OP_NEW) {
     if (pyt_current == NULL) {
       if (dropping)
@@ -353,7 +378,9 @@ PyTypeObject pyt_op_type = {
     .tp_dealloc = (destructor)op_dealloc,
     .tp_as_async = &op_async,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A treadle operation; await it inside a treadle task.",
+    .tp_doc = "A treadle operation; await it inside a treadle task. One "
+              "that is freed without ever being awaited gives a "
+              "RuntimeWarning, as a coroutine does.",
     .tp_iter = PyObject_SelfIter,
     .tp_iternext = (iternextfunc)op_iternext,
     .tp_methods = op_methods,
@@ -400,6 +427,64 @@ static void task_release_python(pytask_t *t) {
   Py_CLEAR(t->ctx);
 }
 
+/* What a treadle task says instead of its awaits, for people who know
+ * asyncio. */
+#define USE_INSTEAD                                                          \
+  "await treadle's own awaitables (treadle.sleep, yield_now, spawn, "       \
+  "timeout, a JoinHandle, TcpStream), or run asyncio code in a thread: "    \
+  "await treadle.spawn_blocking(asyncio.run, coro)"
+
+/* The RuntimeError (new reference, or NULL) thrown into a coroutine that
+ * yielded `out`, which is not an op: what it awaited, and what to use. */
+static PyObject *not_an_op(PyObject *out) {
+  PyObject *msg;
+  if (out == Py_None) /* asyncio.sleep(0), a bare yield */
+    msg = PyUnicode_FromString(
+        "a treadle task awaited None (a bare yield, such as asyncio.sleep(0) "
+        "makes): use treadle.sleep() or treadle.yield_now(); " USE_INSTEAD);
+  else if (PyObject_HasAttrString((PyObject *)Py_TYPE(out),
+                                  "_asyncio_future_blocking")) /* isfuture */
+    msg = PyUnicode_FromFormat(
+        "a treadle task awaited %R, an asyncio future: asyncio's objects "
+        "need asyncio's event loop, which treadle tasks do not run on; "
+        USE_INSTEAD, out);
+  else
+    msg = PyUnicode_FromFormat(
+        "a treadle task awaited %R, which is not a treadle awaitable; "
+        USE_INSTEAD, out);
+  if (msg == NULL)
+    return NULL;
+  PyObject *exc = PyObject_CallOneArg(PyExc_RuntimeError, msg);
+  Py_DECREF(msg);
+  return exc;
+}
+
+/* asyncio.sleep(1), asyncio.get_running_loop() and the like raise
+ * "no running event loop" in a treadle task: a note on that exception, as
+ * it leaves the task, says why and what to use. */
+static void add_asyncio_note(PyObject *exc) {
+  static const char note[] =
+      "treadle tasks do not run on asyncio's event loop: " USE_INSTEAD;
+  if (!PyErr_GivenExceptionMatches(exc, PyExc_RuntimeError))
+    return;
+  PyObject *text = PyObject_Str(exc);
+  PyObject *notes = NULL, *res = NULL;
+  if (text != NULL &&
+      PyUnicode_CompareWithASCIIString(text, "no running event loop") == 0) {
+    /* Once, though it leaves several tasks that await each other. */
+    notes = PyObject_GetAttrString(exc, "__notes__");
+    PyErr_Clear();
+    PyObject *str = PyUnicode_FromString(note);
+    if (str != NULL && (notes == NULL || PySequence_Contains(notes, str) == 0))
+      res = PyObject_CallMethod(exc, "add_note", "O", str);
+    Py_XDECREF(str);
+  }
+  PyErr_Clear(); /* only a hint: never an error of its own */
+  Py_XDECREF(res);
+  Py_XDECREF(notes);
+  Py_XDECREF(text);
+}
+
 /* GIL, lane. Runs the coroutine until it awaits an op that is not ready
  * (false) or finishes (true, output set). */
 static bool step(pytask_t *t, treadle_cx_t *cx) {
@@ -436,15 +521,8 @@ static bool step(pytask_t *t, treadle_cx_t *cx) {
         t->op = (op_t *)out;
         break;
       }
-      exc = PyUnicode_FromFormat("a treadle task awaited %R, which is not a "
-                                 "treadle awaitable (asyncio futures do not "
-                                 "work on treadle)", out);
+      exc = not_an_op(out);
       Py_DECREF(out);
-      if (exc != NULL) {
-        PyObject *msg = exc;
-        exc = PyObject_CallOneArg(PyExc_RuntimeError, msg);
-        Py_DECREF(msg);
-      }
       continue;
     }
     done = true;
@@ -455,6 +533,7 @@ static bool step(pytask_t *t, treadle_cx_t *cx) {
         treadle_cx_set_output(cx, 0, out);
     } else {
       PyObject *value = (PyObject *)((uintptr_t)fetch_exception() & ~EXC_TAG);
+      add_asyncio_note(value);
       if (PyErr_GivenExceptionMatches(value, pyt_CancelledError)) {
         Py_DECREF(value);
         treadle_cx_set_output(cx, TREADLE_ECANCELED, NULL);
@@ -689,7 +768,7 @@ static void join_dealloc(joinobj_t *jo) {
 }
 
 static PyObject *join_await(joinobj_t *jo) {
-  op_t *op = pyt_op_new(OP_JOIN, (PyObject *)jo);
+  op_t *op = pyt_op_new(OP_JOIN, (PyObject *)jo, "JoinHandle");
   if (op != NULL)
     tb_op_join(&op->tb, jo->j);
   return (PyObject *)op;
@@ -911,14 +990,14 @@ static PyObject *mod_sleep(PyObject *Py_UNUSED(m), PyObject *secs) {
   uint64_t ns;
   if (pyt_duration(secs, &ns) < 0)
     return NULL;
-  op_t *op = pyt_op_new(OP_LEAF, NULL);
+  op_t *op = pyt_op_new(OP_LEAF, NULL, "sleep");
   if (op != NULL)
     tb_op_sleep(&op->tb, ns);
   return (PyObject *)op;
 }
 
 static PyObject *mod_yield_now(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(unused)) {
-  op_t *op = pyt_op_new(OP_LEAF, NULL);
+  op_t *op = pyt_op_new(OP_LEAF, NULL, "yield_now");
   if (op != NULL)
     tb_op_yield(&op->tb);
   return (PyObject *)op;
@@ -975,12 +1054,12 @@ static PyObject *mod_signal(PyObject *Py_UNUSED(m), PyObject *arg) {
   long signum = PyLong_AsLongAndOverflow(arg, &overflow);
   if (signum == -1 && PyErr_Occurred())
     return NULL;
-  op_t *op = pyt_op_new(OP_LEAF, NULL);
+  op_t *op = pyt_op_new(OP_LEAF, NULL, "signal");
   if (op == NULL)
     return NULL;
   if (overflow != 0 || signum < INT_MIN || signum > INT_MAX ||
       tb_op_signal(&op->tb, (int)signum) != 0) {
-    Py_DECREF(op);
+    pyt_op_drop(op);
     return PyErr_Format(PyExc_ValueError, "cannot wait for signal %R", arg);
   }
   return (PyObject *)op;
@@ -1012,7 +1091,7 @@ static PyObject *mod_wait(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssiz
   }
   if (pyt_duration(args[1], &ns) < 0)
     return NULL;
-  op_t *op = pyt_op_new(OP_JOIN, args[0]);
+  op_t *op = pyt_op_new(OP_JOIN, args[0], "wait");
   if (op != NULL) {
     tb_op_join(&op->tb, ((joinobj_t *)args[0])->j);
     tb_op_set_deadline(&op->tb, ns); /* counted from the first poll */
@@ -1037,8 +1116,32 @@ static PyMethodDef task_functions[] = {
      "wait(join, seconds): awaitable, True when done, False on deadline."},
     {NULL}};
 
+static PyObject *mark_exiting(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(unused)) {
+  exiting = true;
+  Py_RETURN_NONE;
+}
+
+static PyMethodDef exiting_def = {
+    "_mark_exiting", mark_exiting, METH_NOARGS,
+    "_mark_exiting($module, /)\n--\n\n"
+    "An atexit hook: ops freed from now on do not warn."};
+
+/* Runs mark_exiting when the interpreter exits. */
+static int register_exiting(void) {
+  PyObject *atexit = PyImport_ImportModule("atexit");
+  PyObject *fn = PyCFunction_New(&exiting_def, NULL);
+  PyObject *res = atexit != NULL && fn != NULL
+                      ? PyObject_CallMethod(atexit, "register", "O", fn)
+                      : NULL;
+  Py_XDECREF(atexit);
+  Py_XDECREF(fn);
+  Py_XDECREF(res);
+  return res != NULL ? 0 : -1;
+}
+
 int pyt_task_init(PyObject *m) {
-  if (PyType_Ready(&pyt_op_type) < 0 || PyType_Ready(&join_type) < 0)
+  if (PyType_Ready(&pyt_op_type) < 0 || PyType_Ready(&join_type) < 0 ||
+      register_exiting() < 0)
     return -1;
   if (PyModule_AddObjectRef(m, "JoinHandle", (PyObject *)&join_type) < 0 ||
       PyModule_AddObjectRef(m, "Op", (PyObject *)&pyt_op_type) < 0)

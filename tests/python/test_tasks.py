@@ -2,6 +2,7 @@
 
 import contextvars
 import threading
+import warnings
 
 import pytest
 
@@ -514,6 +515,124 @@ def test_unretrieved_exception_via_capfd(capfd, flavor):
     err = capfd.readouterr().err
     assert err.count("Task exception was never retrieved") == 1, err
     assert "LookupError: capfd-0815" in err
+
+
+# ------------------------------------------- mistakes new users make (issue 13)
+
+def never_awaited(caught):
+    return [str(w.message) for w in caught if "never awaited" in str(w.message)]
+
+
+def test_issue13_an_operation_never_awaited_warns(run):
+    async def main():
+        c_lst = await treadle.TcpListener.bind("127.0.0.1", 0)
+        c = await treadle.TcpStream.connect("127.0.0.1", c_lst.local_addr[1])
+        s, _ = await c_lst.accept()
+        with pytest.warns(RuntimeWarning) as caught:
+            treadle.sleep(1)  # forgot the await: dropped at once
+            treadle.yield_now()
+            s.write(b"x")
+            s.read(10)
+            c_lst.accept()
+        for x in (c, s, c_lst):
+            x.close()
+        return never_awaited(caught)
+
+    assert run(main()) == [
+        f"treadle operation {what} was never awaited"
+        for what in ("sleep", "yield_now", "TcpStream.write", "TcpStream.read",
+                     "TcpListener.accept")]
+
+
+def test_issue13_never_awaited_outside_a_task_warns_too():
+    with pytest.warns(RuntimeWarning, match="treadle operation sleep was never awaited"):
+        treadle.sleep(1)
+
+
+def test_issue13_awaited_operations_do_not_warn(run):
+    async def main():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            await treadle.sleep(0)
+            await treadle.yield_now()
+            jh = treadle.spawn(square(3))
+            assert await treadle.timeout(5, jh) == 9
+            async with await treadle.TcpListener.bind("127.0.0.1", 0) as lst:
+                port = lst.local_addr[1]
+                async with await treadle.TcpStream.connect("127.0.0.1", port) as c:
+                    s, _ = await lst.accept()
+                    await c.write(bytearray(b"hi"))
+                    assert await s.read(2) == b"hi"
+                    with pytest.raises(TypeError):
+                        c.write("text")  # refused at the call: nothing to await
+                    s.close()
+            with pytest.raises(treadle.ClosedError):
+                await c.write(b"late")
+        return never_awaited(caught)
+
+    assert run(main()) == []
+
+
+NOT_AWAITED_AT_EXIT = """
+import warnings
+import treadle
+
+warnings.simplefilter("always")
+treadle.sleep(1)               # dropped now: warns
+kept = treadle.sleep(1)        # dropped while the interpreter exits: does not
+rt = treadle.Runtime("multi_thread", workers=1)
+also_kept = [treadle.yield_now()]
+print("done", flush=True)
+"""
+
+
+def test_issue13_no_never_awaited_warning_at_exit(tmp_path):
+    p = run_script(write_script(tmp_path, "exit_ops.py", NOT_AWAITED_AT_EXIT))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "done\n"
+    assert p.stderr.count("was never awaited") == 1, p.stderr
+
+
+def test_issue13_awaiting_asyncio_explains_what_to_use(run):
+    import asyncio
+
+    async def main():
+        with pytest.raises(RuntimeError, match=r"awaited None.*treadle\.sleep"):
+            await asyncio.sleep(0)  # asyncio's bare yield
+        loop = asyncio.new_event_loop()
+        try:
+            with pytest.raises(RuntimeError, match=r"asyncio future.*asyncio's event loop"):
+                await loop.create_future()
+        finally:
+            loop.close()
+        with pytest.raises(RuntimeError, match="not a treadle awaitable"):
+            await Yields(42)
+        return "ok"
+
+    assert run(main()) == "ok"
+
+
+class Yields:
+    def __init__(self, value):
+        self.value = value
+
+    def __await__(self):
+        yield self.value
+
+
+def test_issue13_asyncio_sleep_in_a_task_gets_a_hint(run):
+    import asyncio
+
+    async def uses_asyncio():
+        await asyncio.sleep(0.01)  # asyncio.sleep needs asyncio's running loop
+
+    async def main():
+        with pytest.raises(RuntimeError, match="no running event loop") as info:
+            await treadle.spawn(uses_asyncio())
+        return getattr(info.value, "__notes__", [])
+
+    [note] = run(main())
+    assert "treadle.sleep" in note and "asyncio" in note, note
 
 
 # ---------------------------------------------------------------- contextvars
