@@ -257,26 +257,34 @@ static PyObject *stream_aexit(streamobj_t *o, PyObject *Py_UNUSED(args)) {
 static PyMethodDef stream_methods[] = {
     {"connect", (PyCFunction)(void (*)(void))stream_connect,
      METH_FASTCALL | METH_STATIC,
+     "connect(host, port, /)\n--\n\n"
      "await TcpStream.connect(host, port) -> TcpStream. host is an address "
      "or a name (resolved on the blocking pool)."},
     {"read", (PyCFunction)(void (*)(void))stream_read, METH_FASTCALL,
+     "read($self, n=65536, /)\n--\n\n"
      "await read(n=65536) -> bytes: up to n bytes; b'' at end of stream."},
     {"read_into", (PyCFunction)stream_read_into, METH_O,
+     "read_into($self, buffer, /)\n--\n\n"
      "await read_into(buffer) -> int: reads into a writable buffer."},
     {"write", (PyCFunction)stream_write, METH_O,
+     "write($self, data, /)\n--\n\n"
      "await write(data): writes all of a bytes-like object, after the "
      "writes other tasks started before it. It sends what data holds when "
      "write() is called: a mutable buffer (bytearray, array, writable "
      "memoryview) is copied then, and may be reused at once; bytes are "
      "sent without a copy."},
     {"shutdown", (PyCFunction)stream_shutdown, METH_NOARGS,
+     "shutdown($self, /)\n--\n\n"
      "await shutdown(): shuts the write side; the peer reads end of stream."},
     {"close", (PyCFunction)stream_close, METH_NOARGS,
-     "close(): closes the socket; a task waiting on it gets ClosedError."},
+     "close($self, /)\n--\n\n"
+     "Closes the socket; a task waiting on it gets ClosedError."},
     {"set_nodelay", (PyCFunction)(void (*)(void))stream_set_nodelay, METH_FASTCALL,
-     "set_nodelay(on=True): TCP_NODELAY."},
-    {"__aenter__", self_ready, METH_NOARGS, "async with: the stream."},
-    {"__aexit__", (PyCFunction)stream_aexit, METH_VARARGS, "async with: closes it."},
+     "set_nodelay($self, on=True, /)\n--\n\nSets TCP_NODELAY (on by default)."},
+    {"__aenter__", self_ready, METH_NOARGS,
+     "__aenter__($self, /)\n--\n\nasync with: the stream."},
+    {"__aexit__", (PyCFunction)stream_aexit, METH_VARARGS,
+     "__aexit__($self, *exc)\n--\n\nasync with: closes it."},
     {NULL}};
 
 static PyGetSetDef stream_getset[] = {
@@ -383,16 +391,21 @@ static PyObject *listener_exhaustions(listenerobj_t *o, void *Py_UNUSED(unused))
 static PyMethodDef listener_methods[] = {
     {"bind", (PyCFunction)(void (*)(void))listener_bind,
      METH_VARARGS | METH_KEYWORDS | METH_STATIC,
+     "bind(host, port, *, backlog=1024, reuse_port=False)\n--\n\n"
      "await TcpListener.bind(host, port, *, backlog=1024, reuse_port=False) "
      "-> TcpListener. host: a numeric IPv4/IPv6 address, \"localhost\", or "
      "\"\"/None for every IPv4 address; port 0 picks one (see local_addr)."},
     {"accept", (PyCFunction)listener_accept, METH_NOARGS,
+     "accept($self, /)\n--\n\n"
      "await accept() -> (TcpStream, (host, port))."},
     {"close", (PyCFunction)listener_close, METH_NOARGS,
-     "close(): stops listening; a task in accept() gets ClosedError and "
+     "close($self, /)\n--\n\n"
+     "Stops listening; a task in accept() gets ClosedError and "
      "`async for` ends."},
-    {"__aenter__", self_ready, METH_NOARGS, "async with: the listener."},
-    {"__aexit__", (PyCFunction)listener_aexit, METH_VARARGS, "async with: closes it."},
+    {"__aenter__", self_ready, METH_NOARGS,
+     "__aenter__($self, /)\n--\n\nasync with: the listener."},
+    {"__aexit__", (PyCFunction)listener_aexit, METH_VARARGS,
+     "__aexit__($self, *exc)\n--\n\nasync with: closes it."},
     {NULL}};
 
 static PyGetSetDef listener_getset[] = {

@@ -385,15 +385,18 @@ static PyObject *core_flavor(coreobj_t *self, void *Py_UNUSED(unused)) {
 
 static PyMethodDef core_methods[] = {
     {"spawn", (PyCFunction)core_spawn, METH_O,
-     "spawn(coro) -> JoinHandle: runs coro as a task of this runtime."},
+     "spawn($self, coro, /)\n--\n\n"
+     "Runs coro as a task of this runtime: a JoinHandle."},
     {"block_on_step", (PyCFunction)core_block_on_step, METH_VARARGS,
-     "block_on_step(join, watch_sigint) -> bool: drives the runtime until "
-     "the task of `join` finishes (True) or a signal needs Python (False)."},
+     "block_on_step($self, join, watch_sigint, /)\n--\n\n"
+     "Drives the runtime until the task of `join` finishes (True) or a "
+     "signal needs Python (False)."},
     {"shutdown", (PyCFunction)core_shutdown, METH_O,
-     "shutdown(timeout) -> bool: cancels every task and joins every thread; "
-     "False if blocking jobs were still running after timeout seconds."},
+     "shutdown($self, timeout, /)\n--\n\n"
+     "Cancels every task and joins every thread; False if blocking jobs "
+     "were still running after timeout seconds (None: no limit)."},
     {"handle", (PyCFunction)core_handle, METH_NOARGS,
-     "handle() -> Handle: a thread-safe handle to this runtime."},
+     "handle($self, /)\n--\n\nA thread-safe Handle to this runtime."},
     {NULL}};
 
 static PyGetSetDef core_getset[] = {
@@ -438,12 +441,14 @@ static PyObject *handle_current(PyObject *Py_UNUSED(cls), PyObject *Py_UNUSED(un
 
 static PyMethodDef handle_methods[] = {
     {"spawn", (PyCFunction)handle_spawn, METH_O,
-     "spawn(coro) -> JoinHandle: spawns coro onto the runtime, from any "
-     "thread (a worker, the main thread, a threading.Thread)."},
+     "spawn($self, coro, /)\n--\n\n"
+     "Spawns coro onto the runtime, from any thread (a worker, the main "
+     "thread, a threading.Thread): a JoinHandle."},
     {"current", (PyCFunction)handle_current, METH_NOARGS | METH_STATIC,
-     "Handle.current() -> Handle: the runtime of the running task, or of "
-     "the runtime's thread this is (a blocking job, a thread hook); "
-     "RuntimeError elsewhere."},
+     "current()\n--\n\n"
+     "The Handle of the running task's runtime, or of the runtime whose "
+     "thread this is (a blocking job, a thread hook); RuntimeError "
+     "elsewhere."},
     {NULL}};
 
 static PyTypeObject handle_type = {

@@ -368,7 +368,11 @@ static PyAsyncMethods op_async = {
 };
 
 static PyMethodDef op_methods[] = {
-    {"send", (PyCFunction)op_send_method, METH_O, "Generator protocol."},
+    {"send", (PyCFunction)op_send_method, METH_O,
+     "send($self, value, /)\n--\n\nThe generator protocol (await uses it)."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
+     "__class_getitem__($type, item, /)\n--\n\n"
+     "Op[T]: an op whose await gives a T (PEP 585)."},
     {NULL}};
 
 PyTypeObject pyt_op_type = {
@@ -896,19 +900,25 @@ static PyObject *join_id(joinobj_t *jo, void *Py_UNUSED(unused)) {
 
 static PyMethodDef join_methods[] = {
     {"abort", (PyCFunction)join_abort, METH_NOARGS,
+     "abort($self, /)\n--\n\n"
      "Cancels the task: CancelledError is thrown into it at its current "
      "await (before its first step, it never runs). A blocking job is "
      "cancelled only if it has not started."},
     {"done", (PyCFunction)join_done, METH_NOARGS,
+     "done($self, /)\n--\n\n"
      "True once the task has finished, failed or been cancelled."},
     {"result", (PyCFunction)(void (*)(void))join_result,
      METH_VARARGS | METH_KEYWORDS,
-     "result(timeout=None): the task's value; raises its exception, or "
+     "result($self, /, timeout=None)\n--\n\n"
+     "The task's value; raises its exception, or "
      "CancelledError. From any thread once the task has finished (done()). "
      "Until then a thread outside the runtime waits for it, at most timeout "
      "seconds (TimeoutError), without the GIL (concurrent.futures.Future."
      "result); timeout=0 never waits. A thread that runs the runtime's "
      "tasks never waits: inside a task, await the handle."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
+     "__class_getitem__($type, item, /)\n--\n\n"
+     "JoinHandle[T]: the handle of a task that returns a T (PEP 585)."},
     {NULL}};
 
 static PyGetSetDef join_getset[] = {
@@ -1100,20 +1110,32 @@ static PyObject *mod_wait(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssiz
 }
 
 static PyMethodDef task_functions[] = {
-    {"sleep", mod_sleep, METH_O, "sleep(seconds): an awaitable."},
-    {"yield_now", mod_yield_now, METH_NOARGS, "yield_now(): an awaitable."},
-    {"spawn", mod_spawn, METH_O, "spawn(coro) -> JoinHandle."},
+    {"sleep", mod_sleep, METH_O,
+     "sleep($module, seconds, /)\n--\n\nAn op: await it to sleep."},
+    {"yield_now", mod_yield_now, METH_NOARGS,
+     "yield_now($module, /)\n--\n\nAn op: await it to let others run."},
+    {"spawn", mod_spawn, METH_O,
+     "spawn($module, coro, /)\n--\n\n"
+     "Spawns coro onto the running task's runtime: a JoinHandle."},
     {"spawn_blocking", (PyCFunction)(void (*)(void))mod_spawn_blocking,
      METH_VARARGS | METH_KEYWORDS,
-     "spawn_blocking(fn, /, *args, **kwargs) -> JoinHandle (awaitable)."},
-    {"current_worker", mod_current_worker, METH_NOARGS, "current_worker() -> int."},
-    {"signal", mod_signal, METH_O, "signal(signum): an awaitable."},
+     "spawn_blocking($module, fn, /, *args, **kwargs)\n--\n\n"
+     "Runs fn(*args, **kwargs) on the blocking pool: a JoinHandle."},
+    {"current_worker", mod_current_worker, METH_NOARGS,
+     "current_worker($module, /)\n--\n\n"
+     "The index of the worker running this task (0 on current_thread)."},
+    {"signal", mod_signal, METH_O,
+     "signal($module, signum, /)\n--\n\n"
+     "An op: await it for the next delivery of a Unix signal."},
     {"sigint_taken", mod_sigint_taken, METH_NOARGS,
-     "sigint_taken() -> bool: a task has waited for SIGINT."},
+     "sigint_taken($module, /)\n--\n\nTrue once a task has waited for "
+     "SIGINT."},
     {"check_not_in_task", mod_check_not_in_task, METH_NOARGS,
+     "check_not_in_task($module, /)\n--\n\n"
      "Raises treadle.Error (EINRUNTIME) inside a treadle task."},
     {"wait", (PyCFunction)(void (*)(void))mod_wait, METH_FASTCALL,
-     "wait(join, seconds): awaitable, True when done, False on deadline."},
+     "wait($module, join, seconds, /)\n--\n\n"
+     "An op: True once the task finished, False at the deadline."},
     {NULL}};
 
 static PyObject *mark_exiting(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(unused)) {

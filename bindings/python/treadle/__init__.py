@@ -52,10 +52,11 @@ _FLAVORS = {"current_thread": _swig.TREADLE_CURRENT_THREAD,
             "multi_thread": _swig.TREADLE_MULTI_THREAD}
 
 
-def spawn(coro: Awaitable[T]) -> JoinHandle:
+def spawn(coro: Awaitable[T]) -> JoinHandle[T]:
     """Spawns ``coro`` as a new task of the running task's runtime and
-    returns its :class:`JoinHandle` (RuntimeError outside a task).
-    contextvars are copied, as asyncio.create_task copies them."""
+    returns its :class:`JoinHandle` (RuntimeError outside a task): a
+    ``JoinHandle[int]`` for a coroutine that returns an int. contextvars
+    are copied, as asyncio.create_task copies them."""
     return _core.spawn(coro)
 
 
@@ -77,7 +78,7 @@ def current_worker() -> int:
 
 
 def spawn_blocking(fn: Callable[..., T], /, *args: Any,
-                   **kwargs: Any) -> JoinHandle:
+                   **kwargs: Any) -> JoinHandle[T]:
     """Runs ``fn(*args, **kwargs)`` on the blocking pool (as
     asyncio.to_thread does); await the result (or exception). For code
     that blocks its thread: file I/O, sleeps, C libraries. contextvars are
@@ -250,7 +251,7 @@ class Runtime:
                 raise KeyboardInterrupt from None
         return main.result()
 
-    def spawn(self, coro: Awaitable[T]) -> JoinHandle:
+    def spawn(self, coro: Awaitable[T]) -> JoinHandle[T]:
         """Spawns ``coro`` from any thread. On multi_thread it starts at
         once; on current_thread it runs while some block_on runs (so a
         ``result()`` that waits for it there needs another thread in
@@ -300,7 +301,7 @@ class _Interrupt:
     """asyncio.Runner's SIGINT policy: the first cancels the main task, a
     second raises KeyboardInterrupt."""
 
-    def __init__(self, main: JoinHandle) -> None:
+    def __init__(self, main: JoinHandle[Any]) -> None:
         self.main = main
         self.count = 0
 
