@@ -311,6 +311,19 @@ def refill(buf, byte):
     memoryview(buf).cast("B")[:] = bytes([byte]) * len(memoryview(buf).cast("B"))
 
 
+async def read_while_writing(c, s, lst, writers):
+    """Reads s to its end while the `writers` tasks finish writing on c,
+    then closes all three; returns what s read."""
+    reader = treadle.spawn(read_all(s))
+    for w in writers:
+        await w
+    await c.shutdown()
+    got = await reader
+    for x in (c, s, lst):
+        x.close()
+    return got
+
+
 @pytest.mark.parametrize("kind", MUTABLE_BUFFERS)
 def test_issue13_write_takes_a_mutable_buffer_at_the_call(run, kind):
     # the bytes sent are those the buffer held when write() was called, as
@@ -325,13 +338,7 @@ def test_issue13_write_takes_a_mutable_buffer_at_the_call(run, kind):
         await treadle.sleep(0.05)
         assert not writer.done()  # nobody reads: it waits
         refill(buf, ord("c"))  # while it waits
-        reader = treadle.spawn(read_all(s))
-        await writer
-        await c.shutdown()
-        got = await reader
-        for x in (c, s, lst):
-            x.close()
-        return got
+        return await read_while_writing(c, s, lst, [writer])
 
     got = run(main())
     assert len(got) == BIG
@@ -358,14 +365,7 @@ def test_issue13_writers_of_several_tasks_go_out_whole_in_order(run):
                 await treadle.sleep(0.001)
             await treadle.sleep(0.01)
         assert not any(w.done() for w in writers)  # nobody reads yet
-        reader = treadle.spawn(read_all(s))
-        for w in writers:
-            await w
-        await c.shutdown()
-        got = await reader
-        for x in (c, s, lst):
-            x.close()
-        return got
+        return await read_while_writing(c, s, lst, writers)
 
     got = run(main())
     expected = b"".join(bytes([ord("A") + i]) * n for i in range(4))
