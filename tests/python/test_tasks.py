@@ -229,11 +229,14 @@ def test_issue13_one_waiter_at_a_time(run):
             except TimeoutError:
                 errors.append("timed out")
 
+        started = []
+
         async def awaiter():
+            started.append(1)  # in the step that starts awaiting jh
             await jh
 
         aw = treadle.spawn(awaiter())
-        await treadle.sleep(0.02)  # the awaiter waits on jh now
+        await wait_for(lambda: started)  # the awaiter waits on jh now
         t = threading.Thread(target=body)
         t.start()
         await treadle.spawn_blocking(t.join, 20)
