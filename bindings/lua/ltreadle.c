@@ -1,4 +1,4 @@
-/* luaopen_treadle: the module, its runtimes and treadle.run (DESIGN.md
+/* luaopen_treadle: the module, its runtimes and treadle.run (ARCHITECTURE.md
  * "Lua").
  *
  * current_thread: the runtime's one home is the caller's lua_State; tasks

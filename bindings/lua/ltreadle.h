@@ -1,4 +1,4 @@
-/* The Lua module's C side, shared by its files (DESIGN.md "Lua").
+/* The Lua module's C side, shared by its files (ARCHITECTURE.md "Lua").
  *
  * ltreadle.c       luaopen_treadle, runtimes, treadle.run, worker states
  * ltreadle_task.c  tasks (a coroutine of one lua_State), the ops a task

@@ -1,4 +1,4 @@
-/* Lua tasks and the ops they wait on (DESIGN.md "Lua").
+/* Lua tasks and the ops they wait on (ARCHITECTURE.md "Lua").
  *
  * A task is a coroutine of its home's lua_State, driven by a treadle task
  * pinned to the home's worker. Its poll:

@@ -1,4 +1,4 @@
-/* The Python binding's C side, shared by its files (DESIGN.md "Python").
+/* The Python binding's C side, shared by its files (ARCHITECTURE.md "Python").
  *
  * runtime.c  the per-runtime record, the Python lane, GIL and thread
  *            hooks, block_on, shutdown, Runtime and Handle types
@@ -30,7 +30,7 @@ typedef struct pyrt_s {
   int flavor;                /* TREADLE_CURRENT_THREAD or _MULTI_THREAD */
   /* The Python lane: at most one thread of this runtime steps Python
    * code at a time; the others queue the task's waker and go on with C
-   * work (DESIGN.md "GIL discipline"). */
+   * work (ARCHITECTURE.md "GIL discipline"). */
   _Atomic int lane_held;
   _Atomic int lane_waiting;  /* wakers queued; read without mu */
   pthread_mutex_t lane_mu;

@@ -1,5 +1,5 @@
 /* The binding's runtime record, the Python lane, thread hooks, errors and
- * the RuntimeCore and Handle types (DESIGN.md "Python").
+ * the RuntimeCore and Handle types (ARCHITECTURE.md "Python").
  *
  * GIL protocol:
  * 1. A thread the runtime starts takes a Python thread state once, in its

@@ -1,5 +1,5 @@
 /* Python tasks, the awaitable Op, JoinHandle, and the module functions
- * that make ops (DESIGN.md "Python").
+ * that make ops (ARCHITECTURE.md "Python").
  *
  * A Python task is a treadle task whose state holds a coroutine. Its poll:
  * 1. If the coroutine waits on an op and no cancel is pending, poll the

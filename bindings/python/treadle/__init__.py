@@ -12,7 +12,7 @@ Write ``async def`` code as with asyncio and run it with :func:`run`::
     print(treadle.run(main()))
 
 Worker threads do the I/O and run the scheduler without the GIL; Python
-steps of one runtime run one at a time (DESIGN.md, "GIL discipline").
+steps of one runtime run one at a time (docs/ARCHITECTURE.md, "GIL discipline").
 """
 from __future__ import annotations
 
