@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "treadle/errno.h"
@@ -450,23 +451,107 @@ treadle_poll_t treadle_timeout_poll(treadle_sleep_t *deadline,
                                     void *inner_state, treadle_err_t *err);
 
 
-/* ------------------------------------------------------------------ TCP
+/* --------------------------------------------------------------- sockets
+ *
+ * Socket objects, whatever the transport: a stream (a connected byte
+ * stream: TCP) and a listener (accepts streams). The transport's functions
+ * (treadle_tcp_*) make them and set their options; reading, writing and
+ * accepting are functions of the object (treadle_stream_*,
+ * treadle_listener_*), so code over a stream (a protocol, a TLS layer) is
+ * written once for every transport.
  *
  * Sockets are non-blocking and registered with the runtime's I/O driver
  * (epoll, edge-triggered). Leaf futures (accept, connect, read, write)
- * are polled from a task: they hand the task's waker to the driver and
- * return TREADLE_PENDING until the socket is ready. Every one needs a
- * runtime built with enable_io (else TREADLE_ENOIO). A socket is used by
- * one reading and one writing task at a time; any thread may close it.
- * Closing wakes the tasks that wait on it, which then see TREADLE_ECLOSED;
- * the memory stays until _free. Writes never raise SIGPIPE (EPIPE is
- * returned instead). After the runtime shut down, waits end with
- * TREADLE_ESHUTDOWN. A socket belongs to the runtime it was made on: a
- * task of another runtime that polls it gets TREADLE_EFOREIGN at once
- * (that runtime's driver might never run to wake it); so do async fds. */
+ * are polled from a task: they hand the task's waker to the
+ * driver and return TREADLE_PENDING until the socket is ready. Every one
+ * needs a runtime built with enable_io (else TREADLE_ENOIO). A socket is
+ * used by one reading and one writing task at a time; any thread may close
+ * it. Closing wakes the tasks that wait on it, which then see
+ * TREADLE_ECLOSED; the memory stays until _free. Writes never raise
+ * SIGPIPE (EPIPE is returned instead). After the runtime shut down, waits
+ * end with TREADLE_ESHUTDOWN. A socket belongs to the runtime it was made
+ * on: a task of another runtime that polls it gets TREADLE_EFOREIGN at
+ * once (that runtime's driver might never run to wake it); so do async
+ * fds. Sockets are close-on-exec. A NULL object is TREADLE_EINVAL. */
 
-typedef struct treadle_tcp_listener_s treadle_tcp_listener_t;
-typedef struct treadle_tcp_stream_s treadle_tcp_stream_t;
+typedef struct treadle_stream_s treadle_stream_t;
+typedef struct treadle_listener_s treadle_listener_t;
+
+/* ---------------------------------------------------------------- streams */
+
+/** Reads up to `len` bytes (one call moves at most 2 GiB - 4 KiB; longer
+ * lengths are clamped): READY with *n > 0, or *n = 0 at end of stream (or
+ * for len 0), with *err = 0; or an error (*n = 0): TREADLE_ECONNRESET,
+ * TREADLE_ECLOSED, ... */
+treadle_poll_t treadle_stream_read_poll(treadle_stream_t *s, treadle_cx_t *cx,
+                                        void *buf, size_t len, size_t *n,
+                                        treadle_err_t *err);
+/** Writes some of `len` bytes: READY with *n > 0 written (the socket took
+ * what it could), or an error (TREADLE_EPIPE, TREADLE_ECONNRESET, ...). */
+treadle_poll_t treadle_stream_write_poll(treadle_stream_t *s,
+                                         treadle_cx_t *cx, const void *buf,
+                                         size_t len, size_t *n,
+                                         treadle_err_t *err);
+/** Writes all `len` bytes. *done counts what was written so far: set it to
+ * 0 before the first poll and keep it between polls; READY when *done ==
+ * len (*err = 0) or on error (*done says how much went out). */
+treadle_poll_t treadle_stream_write_all_poll(treadle_stream_t *s,
+                                             treadle_cx_t *cx, const void *buf,
+                                             size_t len, size_t *done,
+                                             treadle_err_t *err);
+/** Gathers up to `iovcnt` buffers (at most IOV_MAX, together under 2 GiB)
+ * in one system call: READY with *n bytes written, as
+ * treadle_stream_write_poll. */
+treadle_poll_t treadle_stream_writev_poll(treadle_stream_t *s,
+                                          treadle_cx_t *cx,
+                                          const struct iovec *iov, int iovcnt,
+                                          size_t *n, treadle_err_t *err);
+/** Shuts the write side down: the peer reads end of stream; reading goes
+ * on. */
+treadle_err_t treadle_stream_shutdown(treadle_stream_t *s);
+/** This end's address. */
+treadle_err_t treadle_stream_local_addr(treadle_stream_t *s,
+                                        struct sockaddr_storage *addr);
+/** The other end's address, as treadle_stream_local_addr. */
+treadle_err_t treadle_stream_peer_addr(treadle_stream_t *s,
+                                       struct sockaddr_storage *addr);
+/** Closes the socket and wakes its waiters (idempotent, any thread). */
+void treadle_stream_close(treadle_stream_t *s);
+/** Closes (if needed) and frees (takes ownership; NULL ignored). No task
+ * may be polling it. */
+void treadle_stream_free(treadle_stream_t *s);
+
+/* -------------------------------------------------------------- listeners */
+
+/** READY with a new stream in *out and *err = 0 (and the peer's address in
+ * *peer when peer is not NULL), or with *out = NULL and an error: -errno,
+ * TREADLE_ECLOSED. Accepted sockets are non-blocking and close-on-exec.
+ * When the process is out of file descriptors (EMFILE, ENFILE) the
+ * listener does not fail or spin: it retries with a growing pause (1 ms
+ * up to 128 ms) and serves again once descriptors free up. */
+treadle_poll_t treadle_listener_accept_poll(treadle_listener_t *l,
+                                            treadle_cx_t *cx,
+                                            treadle_stream_t **out,
+                                            struct sockaddr_storage *peer,
+                                            treadle_err_t *err);
+/** The address the listener is bound to (a TCP port filled in). */
+treadle_err_t treadle_listener_addr(treadle_listener_t *l,
+                                    struct sockaddr_storage *addr);
+/** How many times accept ran out of file descriptors and backed off. */
+uint64_t treadle_listener_fd_exhaustions(treadle_listener_t *l);
+/** Closes the socket and wakes a task waiting in accept (idempotent, any
+ * thread). */
+void treadle_listener_close(treadle_listener_t *l);
+/** Closes (if needed) and frees (takes ownership; NULL ignored). No task
+ * may be polling it. */
+void treadle_listener_free(treadle_listener_t *l);
+
+/* -------------------------------------------------------------------- TCP */
+
+/** A TCP stream is a stream, a TCP listener a listener: these names are
+ * the same types, kept for the programs written with them. */
+typedef treadle_stream_t treadle_tcp_stream_t;
+typedef treadle_listener_t treadle_tcp_listener_t;
 
 /** Options for treadle_tcp_bind. Start from TREADLE_TCP_BIND_OPTS_INIT. */
 typedef struct treadle_tcp_bind_opts_s {
@@ -477,34 +562,13 @@ typedef struct treadle_tcp_bind_opts_s {
 
 /** Binds a listener to `host` (a numeric IPv4 or IPv6 address, "localhost",
  * or NULL/"" for every IPv4 address) and `port` (0: the system picks one;
- * see treadle_tcp_listener_addr). SO_REUSEADDR is on. opts may be NULL.
+ * see treadle_listener_addr). SO_REUSEADDR is on. opts may be NULL.
  * Any thread. Errors: TREADLE_EINVAL (NULL handle or out, a host that is
  * not an address, a bad backlog), TREADLE_ENOIO, TREADLE_ESHUTDOWN,
  * TREADLE_EADDRINUSE and other -errno. */
 treadle_err_t treadle_tcp_bind(treadle_handle_t *h, const char *host,
                                int port, const treadle_tcp_bind_opts_t *opts,
                                treadle_tcp_listener_t **out);
-/** The address the listener is bound to (port filled in). */
-treadle_err_t treadle_tcp_listener_addr(treadle_tcp_listener_t *l,
-                                        struct sockaddr_storage *addr);
-/** READY with a new stream in *out and *err = 0 (and the peer's address in
- * *peer when peer is not NULL), or with *out = NULL and an error: -errno,
- * TREADLE_ECLOSED. Accepted sockets are non-blocking and close-on-exec.
- * When the process is out of file descriptors (EMFILE, ENFILE) the
- * listener does not fail or spin: it retries with a growing pause (1 ms
- * up to 128 ms) and serves again once descriptors free up. */
-treadle_poll_t treadle_tcp_accept_poll(treadle_tcp_listener_t *l,
-                                       treadle_cx_t *cx,
-                                       treadle_tcp_stream_t **out,
-                                       struct sockaddr_storage *peer,
-                                       treadle_err_t *err);
-/** How many times accept ran out of file descriptors and backed off. */
-uint64_t treadle_tcp_listener_fd_exhaustions(treadle_tcp_listener_t *l);
-/** Closes the socket and wakes a task waiting in accept (idempotent). */
-void treadle_tcp_listener_close(treadle_tcp_listener_t *l);
-/** Closes (if needed) and frees (takes ownership; NULL ignored). No task
- * may be polling it. */
-void treadle_tcp_listener_free(treadle_tcp_listener_t *l);
 
 /** A connect future, embedded in the caller's state (no allocation of its
  * own beyond a copy of the host). Fields are private. */
@@ -531,50 +595,31 @@ treadle_poll_t treadle_tcp_connect_poll(treadle_tcp_connect_t *c,
  * resolver job); idempotent. Any thread. */
 void treadle_tcp_connect_drop(treadle_tcp_connect_t *c);
 
-/** Reads up to `len` bytes (one call moves at most 2 GiB - 4 KiB; longer
- * lengths are clamped): READY with *n > 0, or *n = 0 at end of stream (or
- * for len 0), with *err = 0; or an error (*n = 0): TREADLE_ECONNRESET,
- * TREADLE_ECLOSED, ... */
-treadle_poll_t treadle_tcp_read_poll(treadle_tcp_stream_t *s, treadle_cx_t *cx,
-                                     void *buf, size_t len, size_t *n,
-                                     treadle_err_t *err);
-/** Writes some of `len` bytes: READY with *n > 0 written (the socket took
- * what it could), or an error (TREADLE_EPIPE, TREADLE_ECONNRESET, ...). */
-treadle_poll_t treadle_tcp_write_poll(treadle_tcp_stream_t *s,
-                                      treadle_cx_t *cx, const void *buf,
-                                      size_t len, size_t *n,
-                                      treadle_err_t *err);
-/** Writes all `len` bytes. *done counts what was written so far: set it to
- * 0 before the first poll and keep it between polls; READY when *done ==
- * len (*err = 0) or on error (*done says how much went out). */
-treadle_poll_t treadle_tcp_write_all_poll(treadle_tcp_stream_t *s,
-                                          treadle_cx_t *cx, const void *buf,
-                                          size_t len, size_t *done,
-                                          treadle_err_t *err);
-/** Gathers up to `iovcnt` buffers (at most IOV_MAX, together under 2 GiB)
- * in one system call: READY with *n bytes written, as
- * treadle_tcp_write_poll. */
-treadle_poll_t treadle_tcp_writev_poll(treadle_tcp_stream_t *s,
-                                       treadle_cx_t *cx,
-                                       const struct iovec *iov, int iovcnt,
-                                       size_t *n, treadle_err_t *err);
-/** Shuts the write side down: the peer reads end of stream; reading goes
- * on. */
-treadle_err_t treadle_tcp_shutdown(treadle_tcp_stream_t *s);
 /** TCP_NODELAY on or off (off, Nagle's algorithm, is the kernel's default
  * for the C API's streams; the Python and Lua bindings turn it on). */
 treadle_err_t treadle_tcp_set_nodelay(treadle_tcp_stream_t *s, bool on);
 /** Whether TCP_NODELAY is on. */
 treadle_err_t treadle_tcp_nodelay(treadle_tcp_stream_t *s, bool *on);
-treadle_err_t treadle_tcp_local_addr(treadle_tcp_stream_t *s,
-                                     struct sockaddr_storage *addr);
-treadle_err_t treadle_tcp_peer_addr(treadle_tcp_stream_t *s,
-                                    struct sockaddr_storage *addr);
-/** Closes the socket and wakes its waiters (idempotent, any thread). */
-void treadle_tcp_stream_close(treadle_tcp_stream_t *s);
-/** Closes (if needed) and frees (takes ownership; NULL ignored). No task
- * may be polling it. */
-void treadle_tcp_stream_free(treadle_tcp_stream_t *s);
+
+/* The TCP names the stream and listener functions had before every
+ * transport shared them: each is the treadle_stream_ or treadle_listener_
+ * function it names, so programs written with them build unchanged. */
+#define treadle_tcp_read_poll treadle_stream_read_poll
+#define treadle_tcp_write_poll treadle_stream_write_poll
+#define treadle_tcp_write_all_poll treadle_stream_write_all_poll
+#define treadle_tcp_writev_poll treadle_stream_writev_poll
+#define treadle_tcp_shutdown treadle_stream_shutdown
+#define treadle_tcp_local_addr treadle_stream_local_addr
+#define treadle_tcp_peer_addr treadle_stream_peer_addr
+#define treadle_tcp_stream_close treadle_stream_close
+#define treadle_tcp_stream_free treadle_stream_free
+#define treadle_tcp_accept_poll treadle_listener_accept_poll
+#define treadle_tcp_listener_addr treadle_listener_addr
+#define treadle_tcp_listener_fd_exhaustions treadle_listener_fd_exhaustions
+#define treadle_tcp_listener_close treadle_listener_close
+#define treadle_tcp_listener_free treadle_listener_free
+
+/* -------------------------------------------------------------- addresses */
 
 /** Room for the host part of an address, NUL included. */
 #define TREADLE_HOST_LEN 46 /* INET6_ADDRSTRLEN */
