@@ -453,16 +453,17 @@ treadle_poll_t treadle_timeout_poll(treadle_sleep_t *deadline,
 
 /* --------------------------------------------------------------- sockets
  *
- * Socket objects, whatever the transport: a stream (a connected byte
- * stream: TCP) and a listener (accepts streams). The transport's functions
- * (treadle_tcp_*) make them and set their options; reading, writing and
- * accepting are functions of the object (treadle_stream_*,
- * treadle_listener_*), so code over a stream (a protocol, a TLS layer) is
- * written once for every transport.
+ * Three kinds of socket object, whatever the transport: a stream (a
+ * connected byte stream: TCP), a listener (accepts streams: TCP) and a
+ * datagram socket (UDP). The transport's functions (treadle_tcp_*,
+ * treadle_udp_*) make them and set their options; reading, writing,
+ * accepting, sending and receiving are functions of the object
+ * (treadle_stream_*, treadle_listener_*, treadle_dgram_*), so code over a
+ * stream (a protocol, a TLS layer) is written once for every transport.
  *
  * Sockets are non-blocking and registered with the runtime's I/O driver
- * (epoll, edge-triggered). Leaf futures (accept, connect, read, write)
- * are polled from a task: they hand the task's waker to the
+ * (epoll, edge-triggered). Leaf futures (accept, connect, read, write,
+ * send, recv) are polled from a task: they hand the task's waker to the
  * driver and return TREADLE_PENDING until the socket is ready. Every one
  * needs a runtime built with enable_io (else TREADLE_ENOIO). A socket is
  * used by one reading and one writing task at a time; any thread may close
@@ -476,6 +477,7 @@ treadle_poll_t treadle_timeout_poll(treadle_sleep_t *deadline,
 
 typedef struct treadle_stream_s treadle_stream_t;
 typedef struct treadle_listener_s treadle_listener_t;
+typedef struct treadle_dgram_s treadle_dgram_t;
 
 /* ---------------------------------------------------------------- streams */
 
@@ -619,6 +621,155 @@ treadle_err_t treadle_tcp_nodelay(treadle_tcp_stream_t *s, bool *on);
 #define treadle_tcp_listener_close treadle_listener_close
 #define treadle_tcp_listener_free treadle_listener_free
 
+/* -------------------------------------------------------------- datagrams
+ *
+ * A datagram socket (UDP) sends and receives whole messages. A
+ * datagram is never split: a receive takes one datagram, and one longer
+ * than the buffer is cut short and reported (TREADLE_EMSGSIZE with its
+ * full length). Zero-length datagrams are datagrams. On a connected
+ * socket, an error the network reports later (an ICMP "port unreachable"
+ * for UDP) comes back once, from the next send or receive, as
+ * TREADLE_ECONNREFUSED; a task waiting to receive is woken for it. */
+
+/** One datagram of a batch (treadle_dgram_send_many_poll,
+ * treadle_dgram_recv_many_poll). */
+typedef struct treadle_dgram_msg_s {
+  void *buf;   /**< send: the datagram; receive: room for it */
+  size_t len;  /**< send: its length; receive: buf's size */
+  size_t n;    /**< receive: the datagram's full length, which is more than
+                  len when it was cut short (then only len bytes are in
+                  buf); send: unused */
+  bool truncated; /**< receive: n > len, the rest of it is lost */
+  struct sockaddr_storage addr; /**< receive: the sender; send: where to, or
+                                   ss_family AF_UNSPEC (zeroed) for the
+                                   connected peer */
+} treadle_dgram_msg_t;
+
+/** The most datagrams one batch call moves; more are left to the next. */
+#define TREADLE_DGRAM_BATCH_MAX 64
+
+/** Sends one datagram of `len` bytes to the connected peer: READY with
+ * *n = len and *err = 0, or an error: TREADLE_EDESTADDRREQ (not
+ * connected), TREADLE_EMSGSIZE (too long for the socket: over 65507 bytes
+ * for UDP on IPv4), TREADLE_ECONNREFUSED (an earlier datagram found nobody),
+ * TREADLE_ECLOSED, ... */
+treadle_poll_t treadle_dgram_send_poll(treadle_dgram_t *d, treadle_cx_t *cx,
+                                       const void *buf, size_t len, size_t *n,
+                                       treadle_err_t *err);
+/** Receives one datagram into buf: READY with its length in *n and *err =
+ * 0; or, when it was longer than len, *err = TREADLE_EMSGSIZE, its full
+ * length in *n and its first len bytes in buf (the rest is lost); or
+ * another error (*n = 0): TREADLE_ECONNREFUSED, TREADLE_ECLOSED, ... */
+treadle_poll_t treadle_dgram_recv_poll(treadle_dgram_t *d, treadle_cx_t *cx,
+                                       void *buf, size_t len, size_t *n,
+                                       treadle_err_t *err);
+/** treadle_dgram_send_poll to `to` (an address from treadle_sockaddr_parse,
+ * or a receive's sender). TREADLE_EINVAL for a NULL address or one that is
+ * not one; a UDP datagram to a port nobody listens on is sent all the
+ * same (*err = 0). */
+treadle_poll_t treadle_dgram_send_to_poll(treadle_dgram_t *d, treadle_cx_t *cx,
+                                          const void *buf, size_t len,
+                                          const struct sockaddr_storage *to,
+                                          size_t *n, treadle_err_t *err);
+/** treadle_dgram_recv_poll that also stores the sender's address in *from
+ * (may be NULL); with TREADLE_EMSGSIZE too. */
+treadle_poll_t treadle_dgram_recv_from_poll(treadle_dgram_t *d,
+                                            treadle_cx_t *cx, void *buf,
+                                            size_t len,
+                                            struct sockaddr_storage *from,
+                                            size_t *n, treadle_err_t *err);
+/** Sends up to `count` datagrams (at most TREADLE_DGRAM_BATCH_MAX) in one
+ * system call (sendmmsg): READY with *sent >= 1, the first *sent of msgs
+ * went out (send the rest in another call), and *err = 0; or an error for
+ * msgs[0], as treadle_dgram_send_to_poll (*sent = 0). TREADLE_EINVAL for
+ * count 0 or a bad address. */
+treadle_poll_t treadle_dgram_send_many_poll(treadle_dgram_t *d,
+                                            treadle_cx_t *cx,
+                                            const treadle_dgram_msg_t *msgs,
+                                            size_t count, size_t *sent,
+                                            treadle_err_t *err);
+/** Receives up to `count` datagrams (at most TREADLE_DGRAM_BATCH_MAX) in
+ * one system call (recvmmsg), as many as are queued: READY with *received
+ * >= 1 and, for each of the first *received of msgs, its length, whether
+ * it was cut short and its sender; or an error (*received = 0), as
+ * treadle_dgram_recv_poll. An error met after the first datagram comes
+ * from the next call. TREADLE_EINVAL for count 0. */
+treadle_poll_t treadle_dgram_recv_many_poll(treadle_dgram_t *d,
+                                            treadle_cx_t *cx,
+                                            treadle_dgram_msg_t *msgs,
+                                            size_t count, size_t *received,
+                                            treadle_err_t *err);
+/** The address the socket is bound to (a UDP port filled in). */
+treadle_err_t treadle_dgram_local_addr(treadle_dgram_t *d,
+                                       struct sockaddr_storage *addr);
+/** The connected peer's address; TREADLE_ENOTCONN when not connected. */
+treadle_err_t treadle_dgram_peer_addr(treadle_dgram_t *d,
+                                      struct sockaddr_storage *addr);
+/** Closes the socket and wakes its waiters (idempotent, any thread). */
+void treadle_dgram_close(treadle_dgram_t *d);
+/** Closes (if needed) and frees (takes ownership; NULL ignored). No task
+ * may be polling it. */
+void treadle_dgram_free(treadle_dgram_t *d);
+
+/* -------------------------------------------------------------------- UDP */
+
+/** Options for treadle_udp_bind. Start from TREADLE_UDP_BIND_OPTS_INIT. */
+typedef struct treadle_udp_bind_opts_s {
+  bool reuse_addr; /**< SO_REUSEADDR (off by default, as Tokio's) */
+  bool reuse_port; /**< SO_REUSEPORT: several sockets share the port and
+                      the kernel spreads the datagrams over them */
+} treadle_udp_bind_opts_t;
+#define TREADLE_UDP_BIND_OPTS_INIT {false, false}
+
+/** A UDP socket bound to `host` (a numeric IPv4 or IPv6 address,
+ * "localhost", or NULL/"" for every IPv4 address; an IPv6 socket is IPv6
+ * only) and `port` (0: the system picks one, see treadle_dgram_local_addr).
+ * opts may be NULL. Any thread. Errors: TREADLE_EINVAL (NULL handle or
+ * out, a host that is not an address, a port outside 0..65535),
+ * TREADLE_ENOIO, TREADLE_ESHUTDOWN, TREADLE_EADDRINUSE,
+ * TREADLE_EADDRNOTAVAIL (an address this machine does not have), ... */
+treadle_err_t treadle_udp_bind(treadle_handle_t *h, const char *host, int port,
+                               const treadle_udp_bind_opts_t *opts,
+                               treadle_dgram_t **out);
+/** Connects the socket to `host` (a numeric address or "localhost": names
+ * are not resolved here yet; resolve them first) and `port` (1..65535):
+ * from then on it receives only from there, treadle_dgram_send_poll sends
+ * there, and an ICMP error for what it sent comes back as
+ * TREADLE_ECONNREFUSED. Connecting again moves it. No waiting: UDP has no
+ * handshake. */
+treadle_err_t treadle_udp_connect(treadle_dgram_t *d, const char *host,
+                                  int port);
+/** SO_BROADCAST: may send to a broadcast address (off by default). */
+treadle_err_t treadle_udp_set_broadcast(treadle_dgram_t *d, bool on);
+/** Whether SO_BROADCAST is on. */
+treadle_err_t treadle_udp_broadcast(treadle_dgram_t *d, bool *on);
+/** The unicast TTL (IPv6: hop limit), 1..255. */
+treadle_err_t treadle_udp_set_ttl(treadle_dgram_t *d, unsigned ttl);
+/** The unicast TTL (IPv6: hop limit). */
+treadle_err_t treadle_udp_ttl(treadle_dgram_t *d, unsigned *ttl);
+/** The TTL (IPv6: hop limit) of multicast datagrams, 0..255 (default 1:
+ * the local network; 0: this host only). */
+treadle_err_t treadle_udp_set_multicast_ttl(treadle_dgram_t *d, unsigned ttl);
+/** The multicast TTL (IPv6: hop limit). */
+treadle_err_t treadle_udp_multicast_ttl(treadle_dgram_t *d, unsigned *ttl);
+/** Whether multicast datagrams this host sends come back to its own
+ * members (IP_MULTICAST_LOOP, IPV6_MULTICAST_LOOP; on by default). */
+treadle_err_t treadle_udp_set_multicast_loop(treadle_dgram_t *d, bool on);
+/** Whether multicast loopback is on. */
+treadle_err_t treadle_udp_multicast_loop(treadle_dgram_t *d, bool *on);
+/** Joins the multicast group `group` (a numeric address of the socket's
+ * family: 224.0.0.0/4, ff00::/8) on the interface of index `ifindex`
+ * (if_nametoindex; 0: the system's choice): the socket, bound to the
+ * group's port, then receives its datagrams. Errors: TREADLE_EINVAL (not a
+ * multicast address, or of the other family), TREADLE_EADDRINUSE (joined
+ * already), TREADLE_ENODEV (no such interface), ... */
+treadle_err_t treadle_udp_join_multicast(treadle_dgram_t *d, const char *group,
+                                         unsigned ifindex);
+/** Leaves a group joined with treadle_udp_join_multicast (the same group
+ * and ifindex); TREADLE_EADDRNOTAVAIL when not a member. */
+treadle_err_t treadle_udp_leave_multicast(treadle_dgram_t *d,
+                                          const char *group, unsigned ifindex);
+
 /* -------------------------------------------------------------- addresses */
 
 /** Room for the host part of an address, NUL included. */
@@ -633,6 +784,11 @@ int treadle_sockaddr_host(const struct sockaddr_storage *addr,
  * AF_INET/AF_INET6. */
 int treadle_sockaddr_format(const struct sockaddr_storage *addr, char *buf,
                             size_t len);
+/** Makes an IPv4 or IPv6 address (for treadle_dgram_send_to_poll) from a
+ * numeric host (or "localhost", or NULL/"" for 0.0.0.0) and a port,
+ * 0..65535; TREADLE_EINVAL otherwise (names are not resolved here). */
+treadle_err_t treadle_sockaddr_parse(const char *host, int port,
+                                     struct sockaddr_storage *addr);
 
 /* ------------------------------------------------------------ async fds
  *

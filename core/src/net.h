@@ -4,7 +4,9 @@
  *
  *   stream.c   streams and listeners: read, write, shutdown, accept with
  *              its EMFILE back-off, close
- *   tcp.c      the front end: binding, connecting, options
+ *   dgram.c    datagram sockets: send, recv, send_to, recv_from and the
+ *              batches
+ *   tcp.c udp.c   the front ends: binding, connecting, options
  *   sockaddr.c  numeric addresses
  *
  * Nothing here is public API. */
@@ -30,6 +32,12 @@ struct treadle_listener_s {
   _Atomic uint64_t exhaustions;
 };
 
+/* A datagram socket. */
+struct treadle_dgram_s {
+  treadle__source_t src;
+  int family; /* constant */
+};
+
 /* Wraps a connected, non-blocking `fd` of `family`. Takes the fd in every
  * case: on failure it is closed. */
 treadle_err_t treadle__stream_new(treadle_handle_t *h, int fd, int family,
@@ -38,6 +46,10 @@ treadle_err_t treadle__stream_new(treadle_handle_t *h, int fd, int family,
  * failure it is closed. */
 treadle_err_t treadle__listener_new(treadle_handle_t *h, int fd, int family,
                                     int backlog, treadle_listener_t **out);
+/* Wraps a datagram `fd`, taking it as treadle__listener_new. */
+treadle_err_t treadle__dgram_new(treadle_handle_t *h, int fd, int family,
+                                 treadle_dgram_t **out);
+
 /* ------------------------------------------------------------ addresses */
 
 /* A numeric host (or "localhost", or NULL/"" for every IPv4 address) and
@@ -55,7 +67,7 @@ treadle_err_t treadle__sock_name(int fd, struct sockaddr_storage *addr,
 
 /* socket(2), non-blocking and close-on-exec: the fd, or -errno. */
 int treadle__socket(int family, int type);
-/* A bind for TCP (and the transports to come): a socket of `type` bound to host and port (IPv6
+/* TCP's and UDP's bind: a socket of `type` bound to host and port (IPv6
  * only for an IPv6 address, as Tokio's), with *family its family: the fd,
  * or TREADLE_EINVAL (NULL handle, a port outside 0..65535, a host that is
  * not an address), TREADLE_ENOIO, -errno. */

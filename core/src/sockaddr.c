@@ -1,5 +1,7 @@
 /* Socket addresses (ARCHITECTURE.md "Sockets"): numeric IPv4 and IPv6
- * hosts, and the socket calls every transport's front end makes. */
+ * hosts, and the socket calls every transport's front end makes. An
+ * address's length follows from its family, so one struct
+ * sockaddr_storage carries any address from recv_from to send_to. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -47,6 +49,18 @@ bool treadle__addr_parse(const char *host, int port,
     return true;
   }
   return false;
+}
+
+treadle_err_t treadle_sockaddr_parse(const char *host, int port,
+                                     struct sockaddr_storage *addr) {
+  socklen_t len;
+  if (addr == NULL)
+    return TREADLE_EINVAL;
+  if (port < 0 || port > 65535 || !treadle__addr_parse(host, port, addr, &len)) {
+    memset(addr, 0, sizeof *addr);
+    return TREADLE_EINVAL;
+  }
+  return 0;
 }
 
 int treadle_sockaddr_host(const struct sockaddr_storage *addr,

@@ -19,17 +19,6 @@ treadle_tcp_listener_t *listen_on(treadle_handle_t *h, const char *host,
   return l;
 }
 
-bool have_ipv6(void) {
-  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0)
-    return false;
-  struct sockaddr_in6 a = {.sin6_family = AF_INET6,
-                           .sin6_addr = IN6ADDR_LOOPBACK_INIT};
-  bool ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-  close(fd);
-  return ok;
-}
-
 int plain_connect(int port, int rcvbuf) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   assert_true(fd >= 0);

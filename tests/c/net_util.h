@@ -31,8 +31,6 @@ int addr_port(const struct sockaddr_storage *a);
 /* A listener on host, port 0; *port is the port it got. */
 treadle_tcp_listener_t *listen_on(treadle_handle_t *h, const char *host,
                                   int *port);
-/* True when the machine has an IPv6 loopback. */
-bool have_ipv6(void);
 /* A plain blocking socket connected to 127.0.0.1:port (with SO_RCVBUF
  * rcvbuf if > 0). */
 int plain_connect(int port, int rcvbuf);

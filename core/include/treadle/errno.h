@@ -36,6 +36,7 @@
   XX(EFAULT, -EFAULT, "bad address in system call argument")                   \
   XX(EBUSY, -EBUSY, "resource busy or locked")                                 \
   XX(EEXIST, -EEXIST, "file already exists")                                   \
+  XX(ENODEV, -ENODEV, "no such device")                                        \
   XX(EINVAL, -EINVAL, "invalid argument")                                      \
   XX(EMFILE, -EMFILE, "too many open files")                                   \
   XX(ENFILE, -ENFILE, "file table overflow")                                   \
@@ -43,7 +44,13 @@
   XX(EPIPE, -EPIPE, "broken pipe")                                             \
   XX(ERANGE, -ERANGE, "result too large")                                      \
   XX(ENOSYS, -ENOSYS, "function not implemented")                              \
+  XX(EDESTADDRREQ, -EDESTADDRREQ,                                              \
+     "destination address required: the socket is not connected")             \
+  XX(EMSGSIZE, -EMSGSIZE,                                                      \
+     "message too long: for the socket, or for the buffer it was received "   \
+     "into")                                                                   \
   XX(ENOTSUP, -ENOTSUP, "operation not supported")                             \
+  XX(EAFNOSUPPORT, -EAFNOSUPPORT, "address family not supported")             \
   XX(EADDRINUSE, -EADDRINUSE, "address already in use")                        \
   XX(EADDRNOTAVAIL, -EADDRNOTAVAIL, "address not available")                   \
   XX(ECONNABORTED, -ECONNABORTED, "software caused connection abort")          \
@@ -52,6 +59,7 @@
   XX(ENOTCONN, -ENOTCONN, "socket is not connected")                           \
   XX(ETIMEDOUT, -ETIMEDOUT, "operation timed out")                             \
   XX(EHOSTUNREACH, -EHOSTUNREACH, "host is unreachable")                       \
+  XX(ENETUNREACH, -ENETUNREACH, "network is unreachable")                      \
   XX(EALREADY, -EALREADY, "connection already in progress")                    \
   XX(ECANCELED, -ECANCELED, "operation cancelled")                             \
   XX(ENOTIME, TREADLE__ENOTIME,                                                \
