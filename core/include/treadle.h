@@ -454,12 +454,13 @@ treadle_poll_t treadle_timeout_poll(treadle_sleep_t *deadline,
 /* --------------------------------------------------------------- sockets
  *
  * Three kinds of socket object, whatever the transport: a stream (a
- * connected byte stream: TCP), a listener (accepts streams: TCP) and a
- * datagram socket (UDP). The transport's functions (treadle_tcp_*,
- * treadle_udp_*) make them and set their options; reading, writing,
- * accepting, sending and receiving are functions of the object
- * (treadle_stream_*, treadle_listener_*, treadle_dgram_*), so code over a
- * stream (a protocol, a TLS layer) is written once for every transport.
+ * connected byte stream: TCP or Unix), a listener (accepts streams: TCP
+ * or Unix) and a datagram socket (UDP or Unix). The transport's functions
+ * (treadle_tcp_*, treadle_udp_*, treadle_unix_*) make them and set their
+ * options; reading, writing, accepting, sending and receiving are the same
+ * functions for every transport (treadle_stream_*, treadle_listener_*,
+ * treadle_dgram_*), so code over a stream (a protocol, a TLS layer) serves
+ * TCP and Unix streams alike.
  *
  * Sockets are non-blocking and registered with the runtime's I/O driver
  * (epoll, edge-triggered). Leaf futures (accept, connect, read, write,
@@ -511,7 +512,8 @@ treadle_poll_t treadle_stream_writev_poll(treadle_stream_t *s,
 /** Shuts the write side down: the peer reads end of stream; reading goes
  * on. */
 treadle_err_t treadle_stream_shutdown(treadle_stream_t *s);
-/** This end's address. */
+/** This end's address: IPv4 or IPv6 for TCP; for Unix, the path or name it
+ * was bound to, or an unnamed address (see treadle_sockaddr_unix_path). */
 treadle_err_t treadle_stream_local_addr(treadle_stream_t *s,
                                         struct sockaddr_storage *addr);
 /** The other end's address, as treadle_stream_local_addr. */
@@ -536,13 +538,15 @@ treadle_poll_t treadle_listener_accept_poll(treadle_listener_t *l,
                                             treadle_stream_t **out,
                                             struct sockaddr_storage *peer,
                                             treadle_err_t *err);
-/** The address the listener is bound to (a TCP port filled in). */
+/** The address the listener is bound to (a TCP port filled in, a Unix path
+ * or name). */
 treadle_err_t treadle_listener_addr(treadle_listener_t *l,
                                     struct sockaddr_storage *addr);
 /** How many times accept ran out of file descriptors and backed off. */
 uint64_t treadle_listener_fd_exhaustions(treadle_listener_t *l);
 /** Closes the socket and wakes a task waiting in accept (idempotent, any
- * thread). */
+ * thread). A Unix listener bound to a path removes it first (see "Unix
+ * sockets"). */
 void treadle_listener_close(treadle_listener_t *l);
 /** Closes (if needed) and frees (takes ownership; NULL ignored). No task
  * may be polling it. */
@@ -598,7 +602,8 @@ treadle_poll_t treadle_tcp_connect_poll(treadle_tcp_connect_t *c,
 void treadle_tcp_connect_drop(treadle_tcp_connect_t *c);
 
 /** TCP_NODELAY on or off (off, Nagle's algorithm, is the kernel's default
- * for the C API's streams; the Python and Lua bindings turn it on). */
+ * for the C API's streams; the Python and Lua bindings turn it on). On a
+ * Unix stream: TREADLE_ENOTSUP. */
 treadle_err_t treadle_tcp_set_nodelay(treadle_tcp_stream_t *s, bool on);
 /** Whether TCP_NODELAY is on. */
 treadle_err_t treadle_tcp_nodelay(treadle_tcp_stream_t *s, bool *on);
@@ -623,7 +628,7 @@ treadle_err_t treadle_tcp_nodelay(treadle_tcp_stream_t *s, bool *on);
 
 /* -------------------------------------------------------------- datagrams
  *
- * A datagram socket (UDP) sends and receives whole messages. A
+ * A datagram socket (UDP or Unix) sends and receives whole messages. A
  * datagram is never split: a receive takes one datagram, and one longer
  * than the buffer is cut short and reported (TREADLE_EMSGSIZE with its
  * full length). Zero-length datagrams are datagrams. On a connected
@@ -664,9 +669,9 @@ treadle_poll_t treadle_dgram_recv_poll(treadle_dgram_t *d, treadle_cx_t *cx,
                                        void *buf, size_t len, size_t *n,
                                        treadle_err_t *err);
 /** treadle_dgram_send_poll to `to` (an address from treadle_sockaddr_parse,
- * or a receive's sender). TREADLE_EINVAL for a NULL address or one that is
- * not one; a UDP datagram to a port nobody listens on is sent all the
- * same (*err = 0). */
+ * treadle_sockaddr_unix, or a receive's sender). TREADLE_EINVAL for a NULL
+ * or unnamed address; a UDP datagram to a port nobody listens on is sent
+ * all the same (*err = 0). */
 treadle_poll_t treadle_dgram_send_to_poll(treadle_dgram_t *d, treadle_cx_t *cx,
                                           const void *buf, size_t len,
                                           const struct sockaddr_storage *to,
@@ -705,7 +710,8 @@ treadle_err_t treadle_dgram_local_addr(treadle_dgram_t *d,
 /** The connected peer's address; TREADLE_ENOTCONN when not connected. */
 treadle_err_t treadle_dgram_peer_addr(treadle_dgram_t *d,
                                       struct sockaddr_storage *addr);
-/** Closes the socket and wakes its waiters (idempotent, any thread). */
+/** Closes the socket and wakes its waiters (idempotent, any thread); a
+ * Unix socket bound to a path removes it first. */
 void treadle_dgram_close(treadle_dgram_t *d);
 /** Closes (if needed) and frees (takes ownership; NULL ignored). No task
  * may be polling it. */
@@ -736,7 +742,7 @@ treadle_err_t treadle_udp_bind(treadle_handle_t *h, const char *host, int port,
  * from then on it receives only from there, treadle_dgram_send_poll sends
  * there, and an ICMP error for what it sent comes back as
  * TREADLE_ECONNREFUSED. Connecting again moves it. No waiting: UDP has no
- * handshake. */
+ * handshake. TREADLE_ENOTSUP on a Unix socket. */
 treadle_err_t treadle_udp_connect(treadle_dgram_t *d, const char *host,
                                   int port);
 /** SO_BROADCAST: may send to a broadcast address (off by default). */
@@ -770,6 +776,133 @@ treadle_err_t treadle_udp_join_multicast(treadle_dgram_t *d, const char *group,
 treadle_err_t treadle_udp_leave_multicast(treadle_dgram_t *d,
                                           const char *group, unsigned ifindex);
 
+/* ------------------------------------------------------------------- Unix
+ *
+ * Unix domain sockets (Linux): streams and listeners, datagram sockets,
+ * pairs of connected sockets, the peer's credentials, and passing file
+ * descriptors.
+ *
+ * Names. A path names a file ("/run/app.sock", "rel/app.sock"): at most
+ * TREADLE_UNIX_PATH_MAX (107) bytes. A leading '@' names a socket in
+ * Linux's abstract namespace instead: "@app" is the abstract name "app"
+ * (on the wire, sun_path is '\0' followed by "app", and the address's
+ * length ends the name, as `ss -x` and systemd show it). An abstract name
+ * is at most 107 bytes after the '@', has no file (nothing to remove, no
+ * permissions), is freed when its last socket closes, and belongs to one
+ * socket type (a stream socket and a datagram socket may each hold
+ * "@app"). A path that
+ * starts with '@' is written "./@name". Names are text: an abstract name
+ * padded with NUL bytes by another program is not reachable by name.
+ * Errors for a name: TREADLE_EINVAL (NULL, "", "@"), TREADLE_ENAMETOOLONG
+ * (over 107 bytes), and the file system's (TREADLE_ENOENT for a directory
+ * that does not exist, TREADLE_EACCES).
+ *
+ * Binding a path: TREADLE_EADDRINUSE when a live socket has it (or a file
+ * that is not a socket is there: it is never removed). A socket file that
+ * nobody serves any more (a connect to it answers ECONNREFUSED: its
+ * program exited without removing it) is stale: bind removes it and binds
+ * over it. The check connects once, so a live listener sees a connection
+ * that closes at once.
+ *
+ * Closing a listener or datagram socket bound to a path removes the path
+ * (as Go does, and unlike libuv and Tokio, which leave the file behind),
+ * before closing the socket, and only if the file there is still the one
+ * its bind made: a file someone put in its place since stays. A forked
+ * child that closes its copy of the parent's socket leaves the path to
+ * the parent. Abstract names need none of this. */
+
+/** The longest path or abstract name, in bytes (sun_path less its NUL). */
+#define TREADLE_UNIX_PATH_MAX 107
+/** The most file descriptors one message carries (the kernel's
+ * SCM_MAX_FD). */
+#define TREADLE_UNIX_MAX_FDS 253
+
+/** Options for treadle_unix_bind. Start from TREADLE_UNIX_BIND_OPTS_INIT. */
+typedef struct treadle_unix_bind_opts_s {
+  int backlog; /**< listen() backlog, 1..65535 (default 1024) */
+} treadle_unix_bind_opts_t;
+#define TREADLE_UNIX_BIND_OPTS_INIT {1024}
+
+/** A Unix stream listener on `path` (a path or "@name", see above). opts
+ * may be NULL. Any thread. Errors: those of a name, TREADLE_EADDRINUSE,
+ * TREADLE_EINVAL (NULL handle or out, a bad backlog), TREADLE_ENOIO,
+ * TREADLE_ESHUTDOWN, ... */
+treadle_err_t treadle_unix_bind(treadle_handle_t *h, const char *path,
+                                const treadle_unix_bind_opts_t *opts,
+                                treadle_listener_t **out);
+/** A Unix stream connected to the listener at `path`. A Unix connect does
+ * not wait: the connection is queued on the listener at once. Errors:
+ * those of a name, TREADLE_ENOENT (no such file), TREADLE_ECONNREFUSED
+ * (nobody listens there), TREADLE_EAGAIN (the listener's backlog is full:
+ * try again later), TREADLE_EPROTOTYPE (a datagram socket has that path),
+ * ... */
+treadle_err_t treadle_unix_connect(treadle_handle_t *h, const char *path,
+                                   treadle_stream_t **out);
+/** Two Unix streams connected to each other (socketpair). */
+treadle_err_t treadle_unix_stream_pair(treadle_handle_t *h,
+                                       treadle_stream_t **a,
+                                       treadle_stream_t **b);
+
+/** A Unix datagram socket bound to `path`: others send to it there. Errors
+ * as treadle_unix_bind. */
+treadle_err_t treadle_unix_dgram_bind(treadle_handle_t *h, const char *path,
+                                      treadle_dgram_t **out);
+/** A Unix datagram socket bound to nothing: it can send (to a path, or to
+ * its peer once connected) but nobody can send to it by name. */
+treadle_err_t treadle_unix_dgram_unbound(treadle_handle_t *h,
+                                         treadle_dgram_t **out);
+/** Connects a Unix datagram socket to the one bound at `path`: it then
+ * sends there with treadle_dgram_send_poll and receives only from there.
+ * Errors: those of a name, TREADLE_ENOENT, TREADLE_ECONNREFUSED (nobody
+ * bound there), TREADLE_EPROTOTYPE (a stream socket is there),
+ * TREADLE_ENOTSUP on a UDP socket. (Abstract names are per socket type:
+ * a stream socket's name is nobody's to a datagram socket, ECONNREFUSED.)
+ */
+treadle_err_t treadle_unix_dgram_connect(treadle_dgram_t *d, const char *path);
+/** Two Unix datagram sockets connected to each other (socketpair). */
+treadle_err_t treadle_unix_dgram_pair(treadle_handle_t *h, treadle_dgram_t **a,
+                                      treadle_dgram_t **b);
+
+/** The credentials of the process at the other end of a Unix stream, as
+ * they were when it connected (or made the pair): SO_PEERCRED. */
+typedef struct treadle_unix_cred_s {
+  pid_t pid;
+  uid_t uid;
+  gid_t gid;
+} treadle_unix_cred_t;
+
+/** Fills *cred; TREADLE_ENOTSUP for a TCP stream. */
+treadle_err_t treadle_unix_peer_cred(treadle_stream_t *s,
+                                     treadle_unix_cred_t *cred);
+
+/** Writes some of `len` bytes (at least 1), as treadle_stream_write_poll,
+ * with copies of the file descriptors fds[0..nfds) (1..TREADLE_UNIX_MAX_FDS)
+ * attached to the first byte (SCM_RIGHTS). READY with *n > 0 means the
+ * descriptors went too (the caller keeps its own; write the rest of the
+ * bytes with treadle_stream_write_poll). Errors: TREADLE_EINVAL (len 0, nfds
+ * out of range, NULL pointers), TREADLE_EBADF (one is not open),
+ * TREADLE_ENOTSUP (a TCP stream), those of a write. */
+treadle_poll_t treadle_unix_send_fds_poll(treadle_stream_t *s,
+                                          treadle_cx_t *cx, const void *buf,
+                                          size_t len, const int *fds,
+                                          size_t nfds, size_t *n,
+                                          treadle_err_t *err);
+/** Reads as treadle_stream_read_poll and takes the file descriptors that
+ * came with those bytes: *nfds is fds' room on the way in (0 to
+ * TREADLE_UNIX_MAX_FDS) and how many arrived on the way out (it is left
+ * alone while PENDING); they are the caller's, close-on-exec. When more
+ * arrived than fit, all that did arrive are closed (none leaks), *nfds =
+ * 0 and *err = TREADLE_EMSGSIZE; the *n bytes read are in buf all the
+ * same. A read (this one or treadle_stream_read_poll) ends right after
+ * the bytes that carried descriptors, so each read takes at most one
+ * sender's batch of them. Descriptors that come to a plain
+ * treadle_stream_read_poll are closed by the kernel: on a stream that may
+ * carry them, read with this function. */
+treadle_poll_t treadle_unix_recv_fds_poll(treadle_stream_t *s,
+                                          treadle_cx_t *cx, void *buf,
+                                          size_t len, int *fds, size_t *nfds,
+                                          size_t *n, treadle_err_t *err);
+
 /* -------------------------------------------------------------- addresses */
 
 /** Room for the host part of an address, NUL included. */
@@ -789,6 +922,16 @@ int treadle_sockaddr_format(const struct sockaddr_storage *addr, char *buf,
  * 0..65535; TREADLE_EINVAL otherwise (names are not resolved here). */
 treadle_err_t treadle_sockaddr_parse(const char *host, int port,
                                      struct sockaddr_storage *addr);
+/** Makes a Unix address from a path or "@name" (see "Unix" above); errors
+ * as for a name. */
+treadle_err_t treadle_sockaddr_unix(const char *path,
+                                    struct sockaddr_storage *addr);
+/** Writes a Unix address as treadle takes it: "/path", "@name", or "" for
+ * an unnamed socket (a client that never bound); NUL-terminated, truncated
+ * to len. Returns the length of the whole text (as snprintf), or
+ * TREADLE_EINVAL for another family or a NULL argument. */
+int treadle_sockaddr_unix_path(const struct sockaddr_storage *addr, char *buf,
+                               size_t len);
 
 /* ------------------------------------------------------------ async fds
  *

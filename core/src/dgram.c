@@ -1,6 +1,6 @@
-/* Datagram sockets (ARCHITECTURE.md "Sockets"; tokio net/udp). A front end
- * (udp.c) makes the socket; from then on these leaves send and receive,
- * whatever the transport.
+/* Datagram sockets, UDP and Unix alike (ARCHITECTURE.md "Sockets"; tokio
+ * net/udp and net/unix/datagram). The front ends (udp.c, unix.c) make the
+ * socket; from then on these leaves send and receive for every family.
  *
  * 1. One leaf, one system call: send, sendto, recv, recvfrom, or for a
  *    batch sendmmsg or recvmmsg. Nothing is allocated.
@@ -26,6 +26,7 @@
   (TREADLE__IO_WRITABLE | TREADLE__IO_WRITE_CLOSED | TREADLE__IO_ERROR)
 
 treadle_err_t treadle__dgram_new(treadle_handle_t *h, int fd, int family,
+                                 treadle__unix_path_t *path,
                                  treadle_dgram_t **out) {
   treadle_dgram_t *d = treadle__calloc(1, sizeof *d);
   treadle_err_t err =
@@ -33,9 +34,11 @@ treadle_err_t treadle__dgram_new(treadle_handle_t *h, int fd, int family,
   if (err != 0) {
     treadle__free(d);
     close(fd);
+    treadle__unix_path_remove(path);
     return err;
   }
   d->family = family;
+  atomic_init(&d->path, path);
   *out = d;
   return 0;
 }
@@ -100,8 +103,12 @@ static treadle_poll_t recv_one(treadle_dgram_t *d, treadle_cx_t *cx,
   one_t o = {buf, len, from, sizeof *from};
   ret = treadle__leaf_transfer(&d->src, cx, TREADLE__IO_READ_INTEREST,
                                RECV_CLEAR, call_recvfrom, &o, n, err);
-  if (ret == TREADLE_READY && *err == 0 && *n > len)
-    *err = TREADLE_EMSGSIZE; /* cut short: *n is its full length */
+  if (ret == TREADLE_READY && *err == 0) {
+    if (*n > len)
+      *err = TREADLE_EMSGSIZE; /* cut short: *n is its full length */
+    if (from != NULL)
+      treadle__addr_tidy(from, o.addr_len, d->family);
+  }
   return ret;
 }
 
@@ -225,6 +232,7 @@ treadle_poll_t treadle_dgram_recv_many_poll(treadle_dgram_t *d,
       treadle_dgram_msg_t *m = &msgs[i];
       m->n = b.hdr[i].msg_len;
       m->truncated = (b.hdr[i].msg_hdr.msg_flags & MSG_TRUNC) != 0;
+      treadle__addr_tidy(&m->addr, b.hdr[i].msg_hdr.msg_namelen, d->family);
     }
   }
   return ret;
@@ -247,8 +255,11 @@ treadle_err_t treadle_dgram_peer_addr(treadle_dgram_t *d,
 }
 
 void treadle_dgram_close(treadle_dgram_t *d) {
-  if (d != NULL)
-    treadle__source_close(&d->src);
+  if (d == NULL)
+    return;
+  /* The path goes first, as a listener's (stream.c). */
+  treadle__unix_path_release(&d->path, d->src.h);
+  treadle__source_close(&d->src);
 }
 
 void treadle_dgram_free(treadle_dgram_t *d) {

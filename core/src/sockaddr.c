@@ -1,17 +1,32 @@
 /* Socket addresses (ARCHITECTURE.md "Sockets"): numeric IPv4 and IPv6
- * hosts, and the socket calls every transport's front end makes. An
- * address's length follows from its family, so one struct
- * sockaddr_storage carries any address from recv_from to send_to. */
+ * hosts, Unix paths and abstract names, and the socket calls every
+ * transport's front end makes.
+ *
+ * A Unix address in a struct sockaddr_storage is in treadle's form when
+ * the bytes after its path or name are zero: sun_path holds "/path" and
+ * NULs, or '\0' then "name" and NULs (an abstract name), or nothing (an
+ * unnamed socket). Its length then follows from its bytes, as an IPv4 or
+ * IPv6 address's follows from its family, so one struct carries any
+ * address from recv_from to send_to. treadle__addr_tidy makes what the
+ * kernel wrote into that form. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stddef.h>
 #include <stdio.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "net.h"
 
 _Static_assert(TREADLE_HOST_LEN >= INET6_ADDRSTRLEN, "TREADLE_HOST_LEN");
+_Static_assert(TREADLE_UNIX_PATH_MAX == sizeof(((struct sockaddr_un *)0)->sun_path) - 1,
+               "TREADLE_UNIX_PATH_MAX");
+_Static_assert(sizeof(struct sockaddr_un) <= sizeof(struct sockaddr_storage),
+               "sockaddr_un fits a sockaddr_storage");
+
+#define SUN_PATH_OFF offsetof(struct sockaddr_un, sun_path)
 
 /* ------------------------------------------------------------ numeric */
 
@@ -97,12 +112,59 @@ int treadle_sockaddr_format(const struct sockaddr_storage *addr, char *buf,
   return port;
 }
 
+/* --------------------------------------------------------------- Unix */
+
+treadle_err_t treadle_sockaddr_unix(const char *path,
+                                    struct sockaddr_storage *addr) {
+  if (addr == NULL)
+    return TREADLE_EINVAL;
+  memset(addr, 0, sizeof *addr);
+  if (path == NULL || path[0] == '\0' || strcmp(path, "@") == 0)
+    return TREADLE_EINVAL;
+  struct sockaddr_un *un = (struct sockaddr_un *)addr;
+  bool abstract = path[0] == '@';
+  const char *name = abstract ? path + 1 : path;
+  size_t n = strlen(name);
+  if (n > TREADLE_UNIX_PATH_MAX)
+    return TREADLE_ENAMETOOLONG;
+  un->sun_family = AF_UNIX;
+  /* An abstract name starts with a NUL byte; a path ends with one. */
+  memcpy(un->sun_path + abstract, name, n);
+  return 0;
+}
+
+int treadle_sockaddr_unix_path(const struct sockaddr_storage *addr, char *buf,
+                               size_t len) {
+  if (addr == NULL || buf == NULL || len == 0 || addr->ss_family != AF_UNIX) {
+    if (buf != NULL && len > 0)
+      buf[0] = '\0';
+    return TREADLE_EINVAL;
+  }
+  const struct sockaddr_un *un = (const struct sockaddr_un *)addr;
+  if (un->sun_path[0] != '\0')
+    return snprintf(buf, len, "%.*s", (int)sizeof un->sun_path, un->sun_path);
+  int n = (int)strnlen(un->sun_path + 1, sizeof un->sun_path - 1);
+  if (n == 0) {
+    buf[0] = '\0'; /* unnamed */
+    return 0;
+  }
+  return snprintf(buf, len, "@%.*s", n, un->sun_path + 1);
+}
+
 socklen_t treadle__addr_len(const struct sockaddr_storage *addr) {
   switch (addr->ss_family) {
   case AF_INET:
     return sizeof(struct sockaddr_in);
   case AF_INET6:
     return sizeof(struct sockaddr_in6);
+  case AF_UNIX: {
+    const struct sockaddr_un *un = (const struct sockaddr_un *)addr;
+    if (un->sun_path[0] != '\0') /* a path, with its NUL if it fits */
+      return (socklen_t)(SUN_PATH_OFF +
+                         strnlen(un->sun_path, sizeof un->sun_path - 1) + 1);
+    size_t n = strnlen(un->sun_path + 1, sizeof un->sun_path - 1);
+    return n == 0 ? 0 : (socklen_t)(SUN_PATH_OFF + 1 + n); /* abstract */
+  }
   default:
     return 0;
   }
@@ -115,7 +177,10 @@ treadle_err_t treadle__sock_name(int fd, struct sockaddr_storage *addr,
   socklen_t len = sizeof *addr;
   int r = peer ? getpeername(fd, (struct sockaddr *)addr, &len)
                : getsockname(fd, (struct sockaddr *)addr, &len);
-  return r < 0 ? -errno : 0;
+  if (r < 0)
+    return -errno;
+  treadle__addr_tidy(addr, len, AF_UNIX);
+  return 0;
 }
 
 int treadle__socket(int family, int type) {

@@ -1,7 +1,8 @@
-/* Streams and listeners (ARCHITECTURE.md "Sockets"; tokio net/tcp). A
- * front end (tcp.c) makes the socket; from then on one stream reads,
- * writes, shuts down and closes, and one listener accepts, whatever the
- * transport.
+/* Streams and listeners, TCP and Unix alike (ARCHITECTURE.md "Sockets";
+ * tokio net/tcp and net/unix, which share mio's code the same way). The
+ * front ends (tcp.c, unix.c) make the socket; from then on one stream
+ * reads, writes, shuts down and closes, and one listener accepts, whatever
+ * the family.
  *
  * Sockets are non-blocking sources of the I/O driver; every leaf tries the
  * system call when the registration says ready, and on EAGAIN clears that
@@ -31,6 +32,7 @@ treadle_err_t treadle__stream_new(treadle_handle_t *h, int fd, int family,
     return err;
   }
   s->family = family;
+  s->read_full = family == AF_UNIX ? SIZE_MAX : 0;
   *out = s;
   return 0;
 }
@@ -39,12 +41,18 @@ treadle_err_t treadle__stream_new(treadle_handle_t *h, int fd, int family,
 typedef struct {
   void *buf;
   size_t len;
+  const treadle_stream_t *s;
 } span_t;
 
+/* A short read of a TCP stream emptied it. A Unix stream's read also
+ * stops after bytes that carried file descriptors, with more queued, so
+ * there only EAGAIN clears readiness (else those bytes would wait for an
+ * edge that never comes): its read_full mask makes every read count as
+ * full, at the cost of one OR on TCP's path. */
 static ssize_t call_recv(int fd, void *state, bool *full) {
   span_t *sp = state;
   ssize_t r = recv(fd, sp->buf, sp->len, 0);
-  *full = r == 0 || (size_t)r == sp->len;
+  *full = r == 0 || ((size_t)r | sp->s->read_full) >= sp->len;
   return r;
 }
 
@@ -56,13 +64,8 @@ static ssize_t call_send(int fd, void *state, bool *full) {
   return r;
 }
 
-typedef struct {
-  struct msghdr msg;
-  size_t total;
-} gather_t;
-
-static ssize_t call_sendmsg(int fd, void *state, bool *full) {
-  gather_t *g = state;
+ssize_t treadle__call_sendmsg(int fd, void *state, bool *full) {
+  treadle__gather_t *g = state;
   ssize_t r = sendmsg(fd, &g->msg, MSG_NOSIGNAL);
   *full = (size_t)r == g->total;
   return r;
@@ -76,7 +79,7 @@ treadle_poll_t treadle_stream_read_poll(treadle_stream_t *s, treadle_cx_t *cx,
   if (!treadle__leaf_start(s ? &s->src : NULL, cx, buf == NULL && len > 0, len,
                            &ret, err))
     return ret;
-  span_t sp = {buf, len > TREADLE__MAX_IO ? TREADLE__MAX_IO : len};
+  span_t sp = {buf, len > TREADLE__MAX_IO ? TREADLE__MAX_IO : len, s};
   return treadle__leaf_transfer(&s->src, cx, TREADLE__IO_READ_INTEREST,
                                 TREADLE__IO_READABLE, call_recv, &sp, n, err);
 }
@@ -97,11 +100,11 @@ treadle_poll_t treadle_stream_writev_poll(treadle_stream_t *s,
   if (!treadle__leaf_start(s ? &s->src : NULL, cx, bad, total, &ret,
                            err))
     return ret;
-  gather_t g = {
+  treadle__gather_t g = {
       .msg = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)iovcnt},
       .total = total};
   return treadle__leaf_transfer(&s->src, cx, TREADLE__IO_WRITE_INTEREST,
-                                TREADLE__IO_WRITABLE, call_sendmsg, &g, n, err);
+                                TREADLE__IO_WRITABLE, treadle__call_sendmsg, &g, n, err);
 }
 
 treadle_poll_t treadle_stream_write_poll(treadle_stream_t *s,
@@ -113,7 +116,7 @@ treadle_poll_t treadle_stream_write_poll(treadle_stream_t *s,
   if (!treadle__leaf_start(s ? &s->src : NULL, cx, buf == NULL && len > 0, len,
                            &ret, err))
     return ret;
-  span_t sp = {(void *)buf, len > TREADLE__MAX_IO ? TREADLE__MAX_IO : len};
+  span_t sp = {(void *)buf, len > TREADLE__MAX_IO ? TREADLE__MAX_IO : len, s};
   return treadle__leaf_transfer(&s->src, cx, TREADLE__IO_WRITE_INTEREST,
                                 TREADLE__IO_WRITABLE, call_send, &sp, n, err);
 }
@@ -172,7 +175,8 @@ void treadle_stream_free(treadle_stream_t *s) {
 /* ----------------------------------------------------------- listeners */
 
 treadle_err_t treadle__listener_new(treadle_handle_t *h, int fd, int family,
-                                    int backlog, treadle_listener_t **out) {
+                                    int backlog, treadle__unix_path_t *path,
+                                    treadle_listener_t **out) {
   treadle_err_t err = listen(fd, backlog) < 0 ? -errno : 0;
   treadle_listener_t *l = NULL;
   if (err == 0) {
@@ -182,10 +186,12 @@ treadle_err_t treadle__listener_new(treadle_handle_t *h, int fd, int family,
   if (err != 0) {
     treadle__free(l);
     close(fd);
+    treadle__unix_path_remove(path);
     return err;
   }
   l->family = family;
   atomic_init(&l->exhaustions, 0);
+  atomic_init(&l->path, path);
   *out = l;
   return 0;
 }
@@ -272,8 +278,10 @@ treadle_poll_t treadle_listener_accept_poll(treadle_listener_t *l,
     if (*err == 0) {
       l->backoff_ns = 0;
       *err = treadle__stream_new(l->src.h, (int)r, l->family, out);
-      if (*err == 0 && peer != NULL)
+      if (*err == 0 && peer != NULL) {
+        treadle__addr_tidy(&a.addr, a.len, l->family);
         memcpy(peer, &a.addr, sizeof a.addr);
+      }
     }
     break;
   }
@@ -282,8 +290,12 @@ treadle_poll_t treadle_listener_accept_poll(treadle_listener_t *l,
 }
 
 void treadle_listener_close(treadle_listener_t *l) {
-  if (l != NULL)
-    treadle__source_close(&l->src);
+  if (l == NULL)
+    return;
+  /* The path goes first: once the fd is closed, another listener may bind
+   * it, and its file must stay. */
+  treadle__unix_path_release(&l->path, l->src.h);
+  treadle__source_close(&l->src);
 }
 
 void treadle_listener_free(treadle_listener_t *l) {

@@ -1,6 +1,7 @@
 /* TCP's front end (ARCHITECTURE.md "Sockets"; tokio net/tcp): binding a
  * listener, the connect future (names resolved on the blocking pool) and
- * TCP_NODELAY. What a stream or listener does once made is stream.c's. */
+ * TCP_NODELAY. What a stream or listener does once made is stream.c's,
+ * shared with Unix streams. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <netdb.h>
@@ -28,7 +29,7 @@ treadle_err_t treadle_tcp_bind(treadle_handle_t *h, const char *host,
                               opts->reuse_port, &family);
   if (fd < 0)
     return fd;
-  return treadle__listener_new(h, fd, family, opts->backlog, out);
+  return treadle__listener_new(h, fd, family, opts->backlog, NULL, out);
 }
 
 /* ------------------------------------------------------------- options */

@@ -1,6 +1,6 @@
 /* UDP's front end (ARCHITECTURE.md "Sockets"; tokio net/udp): binding,
  * connecting and the options of a UDP socket. Sending and receiving are
- * dgram.c's. */
+ * dgram.c's, shared with Unix datagram sockets. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -24,7 +24,7 @@ treadle_err_t treadle_udp_bind(treadle_handle_t *h, const char *host, int port,
                               opts->reuse_port, &family);
   if (fd < 0)
     return fd;
-  return treadle__dgram_new(h, fd, family, out);
+  return treadle__dgram_new(h, fd, family, NULL, out);
 }
 
 /* The UDP functions' check: an open UDP socket. */

@@ -69,6 +69,11 @@ treadle_poll_t test_within(test_deadline_t *d, long ms, treadle_cx_t *cx,
   return treadle_timeout_poll(&d->sleep, cx, step, st, err);
 }
 
+void test_tmpdir(char dir[64]) {
+  snprintf(dir, 64, "/tmp/treadle-test-XXXXXX");
+  assert_non_null(mkdtemp(dir));
+}
+
 /* Stores its thread id in *arg. */
 static void *noop_thread(void *arg) {
   *(pid_t *)arg = gettid();

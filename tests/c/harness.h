@@ -63,6 +63,11 @@ treadle_poll_t test_within(test_deadline_t *d, long ms, treadle_cx_t *cx,
                            treadle_poll_fn step, void *st,
                            treadle_err_t *err);
 
+/* Makes a new, empty directory for the case's files (mkdtemp under /tmp)
+ * and writes its path into dir. The case removes what it made there, then
+ * the directory (rmdir, which fails if anything was left). */
+void test_tmpdir(char dir[64]);
+
 /* Sleeps the calling thread for `ms` milliseconds. */
 void test_sleep_ms(long ms);
 

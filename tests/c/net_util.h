@@ -98,4 +98,12 @@ extern const treadle_task_vtable_t echo_vt;
 void echo_run_on(treadle_runtime_t *rt, const char *host, size_t n,
                  const size_t *sizes, size_t nsizes, bool writev_all);
 
+/* Echoes `len` pattern bytes through a connected pair of streams of any
+ * kind (TCP, Unix): an echo task on `server`, and a client task on
+ * `client` that writes them (with writev in pieces when use_writev),
+ * shuts its write side down, and checks every byte that comes back until
+ * end of stream. Takes both streams. */
+void echo_pair(treadle_runtime_t *rt, treadle_stream_t *client,
+               treadle_stream_t *server, size_t len, bool use_writev);
+
 #endif

@@ -43,12 +43,14 @@
   XX(ENOSPC, -ENOSPC, "no space left on device")                               \
   XX(EPIPE, -EPIPE, "broken pipe")                                             \
   XX(ERANGE, -ERANGE, "result too large")                                      \
+  XX(ENAMETOOLONG, -ENAMETOOLONG, "name too long")                             \
   XX(ENOSYS, -ENOSYS, "function not implemented")                              \
   XX(EDESTADDRREQ, -EDESTADDRREQ,                                              \
      "destination address required: the socket is not connected")             \
   XX(EMSGSIZE, -EMSGSIZE,                                                      \
      "message too long: for the socket, or for the buffer it was received "   \
      "into")                                                                   \
+  XX(EPROTOTYPE, -EPROTOTYPE, "protocol wrong type for socket")                \
   XX(ENOTSUP, -ENOTSUP, "operation not supported")                             \
   XX(EAFNOSUPPORT, -EAFNOSUPPORT, "address family not supported")             \
   XX(EADDRINUSE, -EADDRINUSE, "address already in use")                        \
@@ -56,6 +58,7 @@
   XX(ECONNABORTED, -ECONNABORTED, "software caused connection abort")          \
   XX(ECONNRESET, -ECONNRESET, "connection reset by peer")                      \
   XX(ECONNREFUSED, -ECONNREFUSED, "connection refused")                        \
+  XX(EISCONN, -EISCONN, "socket is already connected")                        \
   XX(ENOTCONN, -ENOTCONN, "socket is not connected")                           \
   XX(ETIMEDOUT, -ETIMEDOUT, "operation timed out")                             \
   XX(EHOSTUNREACH, -EHOSTUNREACH, "host is unreachable")                       \
