@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <sys/socket.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include "treadle/errno.h"
@@ -450,23 +451,113 @@ treadle_poll_t treadle_timeout_poll(treadle_sleep_t *deadline,
                                     void *inner_state, treadle_err_t *err);
 
 
-/* ------------------------------------------------------------------ TCP
+/* --------------------------------------------------------------- sockets
+ *
+ * Three kinds of socket object, whatever the transport: a stream (a
+ * connected byte stream: TCP or Unix), a listener (accepts streams: TCP
+ * or Unix) and a datagram socket (UDP or Unix). The transport's functions
+ * (treadle_tcp_*, treadle_udp_*, treadle_unix_*) make them and set their
+ * options; reading, writing, accepting, sending and receiving are the same
+ * functions for every transport (treadle_stream_*, treadle_listener_*,
+ * treadle_dgram_*), so code over a stream (a protocol, a TLS layer) serves
+ * TCP and Unix streams alike.
  *
  * Sockets are non-blocking and registered with the runtime's I/O driver
- * (epoll, edge-triggered). Leaf futures (accept, connect, read, write)
- * are polled from a task: they hand the task's waker to the driver and
- * return TREADLE_PENDING until the socket is ready. Every one needs a
- * runtime built with enable_io (else TREADLE_ENOIO). A socket is used by
- * one reading and one writing task at a time; any thread may close it.
- * Closing wakes the tasks that wait on it, which then see TREADLE_ECLOSED;
- * the memory stays until _free. Writes never raise SIGPIPE (EPIPE is
- * returned instead). After the runtime shut down, waits end with
- * TREADLE_ESHUTDOWN. A socket belongs to the runtime it was made on: a
- * task of another runtime that polls it gets TREADLE_EFOREIGN at once
- * (that runtime's driver might never run to wake it); so do async fds. */
+ * (epoll, edge-triggered). Leaf futures (accept, connect, read, write,
+ * send, recv) are polled from a task: they hand the task's waker to the
+ * driver and return TREADLE_PENDING until the socket is ready. Every one
+ * needs a runtime built with enable_io (else TREADLE_ENOIO). A socket is
+ * used by one reading and one writing task at a time; any thread may close
+ * it. Closing wakes the tasks that wait on it, which then see
+ * TREADLE_ECLOSED; the memory stays until _free. Writes never raise
+ * SIGPIPE (EPIPE is returned instead). After the runtime shut down, waits
+ * end with TREADLE_ESHUTDOWN. A socket belongs to the runtime it was made
+ * on: a task of another runtime that polls it gets TREADLE_EFOREIGN at
+ * once (that runtime's driver might never run to wake it); so do async
+ * fds. Sockets are close-on-exec. A NULL object is TREADLE_EINVAL. */
 
-typedef struct treadle_tcp_listener_s treadle_tcp_listener_t;
-typedef struct treadle_tcp_stream_s treadle_tcp_stream_t;
+typedef struct treadle_stream_s treadle_stream_t;
+typedef struct treadle_listener_s treadle_listener_t;
+typedef struct treadle_dgram_s treadle_dgram_t;
+
+/* ---------------------------------------------------------------- streams */
+
+/** Reads up to `len` bytes (one call moves at most 2 GiB - 4 KiB; longer
+ * lengths are clamped): READY with *n > 0, or *n = 0 at end of stream (or
+ * for len 0), with *err = 0; or an error (*n = 0): TREADLE_ECONNRESET,
+ * TREADLE_ECLOSED, ... */
+treadle_poll_t treadle_stream_read_poll(treadle_stream_t *s, treadle_cx_t *cx,
+                                        void *buf, size_t len, size_t *n,
+                                        treadle_err_t *err);
+/** Writes some of `len` bytes: READY with *n > 0 written (the socket took
+ * what it could), or an error (TREADLE_EPIPE, TREADLE_ECONNRESET, ...). */
+treadle_poll_t treadle_stream_write_poll(treadle_stream_t *s,
+                                         treadle_cx_t *cx, const void *buf,
+                                         size_t len, size_t *n,
+                                         treadle_err_t *err);
+/** Writes all `len` bytes. *done counts what was written so far: set it to
+ * 0 before the first poll and keep it between polls; READY when *done ==
+ * len (*err = 0) or on error (*done says how much went out). */
+treadle_poll_t treadle_stream_write_all_poll(treadle_stream_t *s,
+                                             treadle_cx_t *cx, const void *buf,
+                                             size_t len, size_t *done,
+                                             treadle_err_t *err);
+/** Gathers up to `iovcnt` buffers (at most IOV_MAX, together under 2 GiB)
+ * in one system call: READY with *n bytes written, as
+ * treadle_stream_write_poll. */
+treadle_poll_t treadle_stream_writev_poll(treadle_stream_t *s,
+                                          treadle_cx_t *cx,
+                                          const struct iovec *iov, int iovcnt,
+                                          size_t *n, treadle_err_t *err);
+/** Shuts the write side down: the peer reads end of stream; reading goes
+ * on. */
+treadle_err_t treadle_stream_shutdown(treadle_stream_t *s);
+/** This end's address: IPv4 or IPv6 for TCP; for Unix, the path or name it
+ * was bound to, or an unnamed address (see treadle_sockaddr_unix_path). */
+treadle_err_t treadle_stream_local_addr(treadle_stream_t *s,
+                                        struct sockaddr_storage *addr);
+/** The other end's address, as treadle_stream_local_addr. */
+treadle_err_t treadle_stream_peer_addr(treadle_stream_t *s,
+                                       struct sockaddr_storage *addr);
+/** Closes the socket and wakes its waiters (idempotent, any thread). */
+void treadle_stream_close(treadle_stream_t *s);
+/** Closes (if needed) and frees (takes ownership; NULL ignored). No task
+ * may be polling it. */
+void treadle_stream_free(treadle_stream_t *s);
+
+/* -------------------------------------------------------------- listeners */
+
+/** READY with a new stream in *out and *err = 0 (and the peer's address in
+ * *peer when peer is not NULL), or with *out = NULL and an error: -errno,
+ * TREADLE_ECLOSED. Accepted sockets are non-blocking and close-on-exec.
+ * When the process is out of file descriptors (EMFILE, ENFILE) the
+ * listener does not fail or spin: it retries with a growing pause (1 ms
+ * up to 128 ms) and serves again once descriptors free up. */
+treadle_poll_t treadle_listener_accept_poll(treadle_listener_t *l,
+                                            treadle_cx_t *cx,
+                                            treadle_stream_t **out,
+                                            struct sockaddr_storage *peer,
+                                            treadle_err_t *err);
+/** The address the listener is bound to (a TCP port filled in, a Unix path
+ * or name). */
+treadle_err_t treadle_listener_addr(treadle_listener_t *l,
+                                    struct sockaddr_storage *addr);
+/** How many times accept ran out of file descriptors and backed off. */
+uint64_t treadle_listener_fd_exhaustions(treadle_listener_t *l);
+/** Closes the socket and wakes a task waiting in accept (idempotent, any
+ * thread). A Unix listener bound to a path removes it first (see "Unix
+ * sockets"). */
+void treadle_listener_close(treadle_listener_t *l);
+/** Closes (if needed) and frees (takes ownership; NULL ignored). No task
+ * may be polling it. */
+void treadle_listener_free(treadle_listener_t *l);
+
+/* -------------------------------------------------------------------- TCP */
+
+/** A TCP stream is a stream, a TCP listener a listener: these names are
+ * the same types, kept for the programs written with them. */
+typedef treadle_stream_t treadle_tcp_stream_t;
+typedef treadle_listener_t treadle_tcp_listener_t;
 
 /** Options for treadle_tcp_bind. Start from TREADLE_TCP_BIND_OPTS_INIT. */
 typedef struct treadle_tcp_bind_opts_s {
@@ -477,34 +568,13 @@ typedef struct treadle_tcp_bind_opts_s {
 
 /** Binds a listener to `host` (a numeric IPv4 or IPv6 address, "localhost",
  * or NULL/"" for every IPv4 address) and `port` (0: the system picks one;
- * see treadle_tcp_listener_addr). SO_REUSEADDR is on. opts may be NULL.
+ * see treadle_listener_addr). SO_REUSEADDR is on. opts may be NULL.
  * Any thread. Errors: TREADLE_EINVAL (NULL handle or out, a host that is
  * not an address, a bad backlog), TREADLE_ENOIO, TREADLE_ESHUTDOWN,
  * TREADLE_EADDRINUSE and other -errno. */
 treadle_err_t treadle_tcp_bind(treadle_handle_t *h, const char *host,
                                int port, const treadle_tcp_bind_opts_t *opts,
                                treadle_tcp_listener_t **out);
-/** The address the listener is bound to (port filled in). */
-treadle_err_t treadle_tcp_listener_addr(treadle_tcp_listener_t *l,
-                                        struct sockaddr_storage *addr);
-/** READY with a new stream in *out and *err = 0 (and the peer's address in
- * *peer when peer is not NULL), or with *out = NULL and an error: -errno,
- * TREADLE_ECLOSED. Accepted sockets are non-blocking and close-on-exec.
- * When the process is out of file descriptors (EMFILE, ENFILE) the
- * listener does not fail or spin: it retries with a growing pause (1 ms
- * up to 128 ms) and serves again once descriptors free up. */
-treadle_poll_t treadle_tcp_accept_poll(treadle_tcp_listener_t *l,
-                                       treadle_cx_t *cx,
-                                       treadle_tcp_stream_t **out,
-                                       struct sockaddr_storage *peer,
-                                       treadle_err_t *err);
-/** How many times accept ran out of file descriptors and backed off. */
-uint64_t treadle_tcp_listener_fd_exhaustions(treadle_tcp_listener_t *l);
-/** Closes the socket and wakes a task waiting in accept (idempotent). */
-void treadle_tcp_listener_close(treadle_tcp_listener_t *l);
-/** Closes (if needed) and frees (takes ownership; NULL ignored). No task
- * may be polling it. */
-void treadle_tcp_listener_free(treadle_tcp_listener_t *l);
 
 /** A connect future, embedded in the caller's state (no allocation of its
  * own beyond a copy of the host). Fields are private. */
@@ -531,50 +601,309 @@ treadle_poll_t treadle_tcp_connect_poll(treadle_tcp_connect_t *c,
  * resolver job); idempotent. Any thread. */
 void treadle_tcp_connect_drop(treadle_tcp_connect_t *c);
 
-/** Reads up to `len` bytes (one call moves at most 2 GiB - 4 KiB; longer
- * lengths are clamped): READY with *n > 0, or *n = 0 at end of stream (or
- * for len 0), with *err = 0; or an error (*n = 0): TREADLE_ECONNRESET,
- * TREADLE_ECLOSED, ... */
-treadle_poll_t treadle_tcp_read_poll(treadle_tcp_stream_t *s, treadle_cx_t *cx,
-                                     void *buf, size_t len, size_t *n,
-                                     treadle_err_t *err);
-/** Writes some of `len` bytes: READY with *n > 0 written (the socket took
- * what it could), or an error (TREADLE_EPIPE, TREADLE_ECONNRESET, ...). */
-treadle_poll_t treadle_tcp_write_poll(treadle_tcp_stream_t *s,
-                                      treadle_cx_t *cx, const void *buf,
-                                      size_t len, size_t *n,
-                                      treadle_err_t *err);
-/** Writes all `len` bytes. *done counts what was written so far: set it to
- * 0 before the first poll and keep it between polls; READY when *done ==
- * len (*err = 0) or on error (*done says how much went out). */
-treadle_poll_t treadle_tcp_write_all_poll(treadle_tcp_stream_t *s,
-                                          treadle_cx_t *cx, const void *buf,
-                                          size_t len, size_t *done,
-                                          treadle_err_t *err);
-/** Gathers up to `iovcnt` buffers (at most IOV_MAX, together under 2 GiB)
- * in one system call: READY with *n bytes written, as
- * treadle_tcp_write_poll. */
-treadle_poll_t treadle_tcp_writev_poll(treadle_tcp_stream_t *s,
-                                       treadle_cx_t *cx,
-                                       const struct iovec *iov, int iovcnt,
-                                       size_t *n, treadle_err_t *err);
-/** Shuts the write side down: the peer reads end of stream; reading goes
- * on. */
-treadle_err_t treadle_tcp_shutdown(treadle_tcp_stream_t *s);
 /** TCP_NODELAY on or off (off, Nagle's algorithm, is the kernel's default
- * for the C API's streams; the Python and Lua bindings turn it on). */
+ * for the C API's streams; the Python and Lua bindings turn it on). On a
+ * Unix stream: TREADLE_ENOTSUP. */
 treadle_err_t treadle_tcp_set_nodelay(treadle_tcp_stream_t *s, bool on);
 /** Whether TCP_NODELAY is on. */
 treadle_err_t treadle_tcp_nodelay(treadle_tcp_stream_t *s, bool *on);
-treadle_err_t treadle_tcp_local_addr(treadle_tcp_stream_t *s,
-                                     struct sockaddr_storage *addr);
-treadle_err_t treadle_tcp_peer_addr(treadle_tcp_stream_t *s,
-                                    struct sockaddr_storage *addr);
-/** Closes the socket and wakes its waiters (idempotent, any thread). */
-void treadle_tcp_stream_close(treadle_tcp_stream_t *s);
+
+/* The TCP names the stream and listener functions had before every
+ * transport shared them: each is the treadle_stream_ or treadle_listener_
+ * function it names, so programs written with them build unchanged. */
+#define treadle_tcp_read_poll treadle_stream_read_poll
+#define treadle_tcp_write_poll treadle_stream_write_poll
+#define treadle_tcp_write_all_poll treadle_stream_write_all_poll
+#define treadle_tcp_writev_poll treadle_stream_writev_poll
+#define treadle_tcp_shutdown treadle_stream_shutdown
+#define treadle_tcp_local_addr treadle_stream_local_addr
+#define treadle_tcp_peer_addr treadle_stream_peer_addr
+#define treadle_tcp_stream_close treadle_stream_close
+#define treadle_tcp_stream_free treadle_stream_free
+#define treadle_tcp_accept_poll treadle_listener_accept_poll
+#define treadle_tcp_listener_addr treadle_listener_addr
+#define treadle_tcp_listener_fd_exhaustions treadle_listener_fd_exhaustions
+#define treadle_tcp_listener_close treadle_listener_close
+#define treadle_tcp_listener_free treadle_listener_free
+
+/* -------------------------------------------------------------- datagrams
+ *
+ * A datagram socket (UDP or Unix) sends and receives whole messages. A
+ * datagram is never split: a receive takes one datagram, and one longer
+ * than the buffer is cut short and reported (TREADLE_EMSGSIZE with its
+ * full length). Zero-length datagrams are datagrams. On a connected
+ * socket, an error the network reports later (an ICMP "port unreachable"
+ * for UDP) comes back once, from the next send or receive, as
+ * TREADLE_ECONNREFUSED; a task waiting to receive is woken for it. */
+
+/** One datagram of a batch (treadle_dgram_send_many_poll,
+ * treadle_dgram_recv_many_poll). */
+typedef struct treadle_dgram_msg_s {
+  void *buf;   /**< send: the datagram; receive: room for it */
+  size_t len;  /**< send: its length; receive: buf's size */
+  size_t n;    /**< receive: the datagram's full length, which is more than
+                  len when it was cut short (then only len bytes are in
+                  buf); send: unused */
+  bool truncated; /**< receive: n > len, the rest of it is lost */
+  struct sockaddr_storage addr; /**< receive: the sender; send: where to, or
+                                   ss_family AF_UNSPEC (zeroed) for the
+                                   connected peer */
+} treadle_dgram_msg_t;
+
+/** The most datagrams one batch call moves; more are left to the next. */
+#define TREADLE_DGRAM_BATCH_MAX 64
+
+/** Sends one datagram of `len` bytes to the connected peer: READY with
+ * *n = len and *err = 0, or an error: TREADLE_EDESTADDRREQ (not
+ * connected), TREADLE_EMSGSIZE (too long for the socket: over 65507 bytes
+ * for UDP on IPv4), TREADLE_ECONNREFUSED (an earlier datagram found nobody),
+ * TREADLE_ECLOSED, ... */
+treadle_poll_t treadle_dgram_send_poll(treadle_dgram_t *d, treadle_cx_t *cx,
+                                       const void *buf, size_t len, size_t *n,
+                                       treadle_err_t *err);
+/** Receives one datagram into buf: READY with its length in *n and *err =
+ * 0; or, when it was longer than len, *err = TREADLE_EMSGSIZE, its full
+ * length in *n and its first len bytes in buf (the rest is lost); or
+ * another error (*n = 0): TREADLE_ECONNREFUSED, TREADLE_ECLOSED, ... */
+treadle_poll_t treadle_dgram_recv_poll(treadle_dgram_t *d, treadle_cx_t *cx,
+                                       void *buf, size_t len, size_t *n,
+                                       treadle_err_t *err);
+/** treadle_dgram_send_poll to `to` (an address from treadle_sockaddr_parse,
+ * treadle_sockaddr_unix, or a receive's sender). TREADLE_EINVAL for a NULL
+ * or unnamed address; a UDP datagram to a port nobody listens on is sent
+ * all the same (*err = 0). */
+treadle_poll_t treadle_dgram_send_to_poll(treadle_dgram_t *d, treadle_cx_t *cx,
+                                          const void *buf, size_t len,
+                                          const struct sockaddr_storage *to,
+                                          size_t *n, treadle_err_t *err);
+/** treadle_dgram_recv_poll that also stores the sender's address in *from
+ * (may be NULL); with TREADLE_EMSGSIZE too. */
+treadle_poll_t treadle_dgram_recv_from_poll(treadle_dgram_t *d,
+                                            treadle_cx_t *cx, void *buf,
+                                            size_t len,
+                                            struct sockaddr_storage *from,
+                                            size_t *n, treadle_err_t *err);
+/** Sends up to `count` datagrams (at most TREADLE_DGRAM_BATCH_MAX) in one
+ * system call (sendmmsg): READY with *sent >= 1, the first *sent of msgs
+ * went out (send the rest in another call), and *err = 0; or an error for
+ * msgs[0], as treadle_dgram_send_to_poll (*sent = 0). TREADLE_EINVAL for
+ * count 0 or a bad address. */
+treadle_poll_t treadle_dgram_send_many_poll(treadle_dgram_t *d,
+                                            treadle_cx_t *cx,
+                                            const treadle_dgram_msg_t *msgs,
+                                            size_t count, size_t *sent,
+                                            treadle_err_t *err);
+/** Receives up to `count` datagrams (at most TREADLE_DGRAM_BATCH_MAX) in
+ * one system call (recvmmsg), as many as are queued: READY with *received
+ * >= 1 and, for each of the first *received of msgs, its length, whether
+ * it was cut short and its sender; or an error (*received = 0), as
+ * treadle_dgram_recv_poll. An error met after the first datagram comes
+ * from the next call. TREADLE_EINVAL for count 0. */
+treadle_poll_t treadle_dgram_recv_many_poll(treadle_dgram_t *d,
+                                            treadle_cx_t *cx,
+                                            treadle_dgram_msg_t *msgs,
+                                            size_t count, size_t *received,
+                                            treadle_err_t *err);
+/** The address the socket is bound to (a UDP port filled in). */
+treadle_err_t treadle_dgram_local_addr(treadle_dgram_t *d,
+                                       struct sockaddr_storage *addr);
+/** The connected peer's address; TREADLE_ENOTCONN when not connected. */
+treadle_err_t treadle_dgram_peer_addr(treadle_dgram_t *d,
+                                      struct sockaddr_storage *addr);
+/** Closes the socket and wakes its waiters (idempotent, any thread); a
+ * Unix socket bound to a path removes it first. */
+void treadle_dgram_close(treadle_dgram_t *d);
 /** Closes (if needed) and frees (takes ownership; NULL ignored). No task
  * may be polling it. */
-void treadle_tcp_stream_free(treadle_tcp_stream_t *s);
+void treadle_dgram_free(treadle_dgram_t *d);
+
+/* -------------------------------------------------------------------- UDP */
+
+/** Options for treadle_udp_bind. Start from TREADLE_UDP_BIND_OPTS_INIT. */
+typedef struct treadle_udp_bind_opts_s {
+  bool reuse_addr; /**< SO_REUSEADDR (off by default, as Tokio's) */
+  bool reuse_port; /**< SO_REUSEPORT: several sockets share the port and
+                      the kernel spreads the datagrams over them */
+} treadle_udp_bind_opts_t;
+#define TREADLE_UDP_BIND_OPTS_INIT {false, false}
+
+/** A UDP socket bound to `host` (a numeric IPv4 or IPv6 address,
+ * "localhost", or NULL/"" for every IPv4 address; an IPv6 socket is IPv6
+ * only) and `port` (0: the system picks one, see treadle_dgram_local_addr).
+ * opts may be NULL. Any thread. Errors: TREADLE_EINVAL (NULL handle or
+ * out, a host that is not an address, a port outside 0..65535),
+ * TREADLE_ENOIO, TREADLE_ESHUTDOWN, TREADLE_EADDRINUSE,
+ * TREADLE_EADDRNOTAVAIL (an address this machine does not have), ... */
+treadle_err_t treadle_udp_bind(treadle_handle_t *h, const char *host, int port,
+                               const treadle_udp_bind_opts_t *opts,
+                               treadle_dgram_t **out);
+/** Connects the socket to `host` (a numeric address or "localhost": names
+ * are not resolved here yet; resolve them first) and `port` (1..65535):
+ * from then on it receives only from there, treadle_dgram_send_poll sends
+ * there, and an ICMP error for what it sent comes back as
+ * TREADLE_ECONNREFUSED. Connecting again moves it. No waiting: UDP has no
+ * handshake. TREADLE_ENOTSUP on a Unix socket. */
+treadle_err_t treadle_udp_connect(treadle_dgram_t *d, const char *host,
+                                  int port);
+/** SO_BROADCAST: may send to a broadcast address (off by default). */
+treadle_err_t treadle_udp_set_broadcast(treadle_dgram_t *d, bool on);
+/** Whether SO_BROADCAST is on. */
+treadle_err_t treadle_udp_broadcast(treadle_dgram_t *d, bool *on);
+/** The unicast TTL (IPv6: hop limit), 1..255. */
+treadle_err_t treadle_udp_set_ttl(treadle_dgram_t *d, unsigned ttl);
+/** The unicast TTL (IPv6: hop limit). */
+treadle_err_t treadle_udp_ttl(treadle_dgram_t *d, unsigned *ttl);
+/** The TTL (IPv6: hop limit) of multicast datagrams, 0..255 (default 1:
+ * the local network; 0: this host only). */
+treadle_err_t treadle_udp_set_multicast_ttl(treadle_dgram_t *d, unsigned ttl);
+/** The multicast TTL (IPv6: hop limit). */
+treadle_err_t treadle_udp_multicast_ttl(treadle_dgram_t *d, unsigned *ttl);
+/** Whether multicast datagrams this host sends come back to its own
+ * members (IP_MULTICAST_LOOP, IPV6_MULTICAST_LOOP; on by default). */
+treadle_err_t treadle_udp_set_multicast_loop(treadle_dgram_t *d, bool on);
+/** Whether multicast loopback is on. */
+treadle_err_t treadle_udp_multicast_loop(treadle_dgram_t *d, bool *on);
+/** Joins the multicast group `group` (a numeric address of the socket's
+ * family: 224.0.0.0/4, ff00::/8) on the interface of index `ifindex`
+ * (if_nametoindex; 0: the system's choice): the socket, bound to the
+ * group's port, then receives its datagrams. Errors: TREADLE_EINVAL (not a
+ * multicast address, or of the other family), TREADLE_EADDRINUSE (joined
+ * already), TREADLE_ENODEV (no such interface), ... */
+treadle_err_t treadle_udp_join_multicast(treadle_dgram_t *d, const char *group,
+                                         unsigned ifindex);
+/** Leaves a group joined with treadle_udp_join_multicast (the same group
+ * and ifindex); TREADLE_EADDRNOTAVAIL when not a member. */
+treadle_err_t treadle_udp_leave_multicast(treadle_dgram_t *d,
+                                          const char *group, unsigned ifindex);
+
+/* ------------------------------------------------------------------- Unix
+ *
+ * Unix domain sockets (Linux): streams and listeners, datagram sockets,
+ * pairs of connected sockets, the peer's credentials, and passing file
+ * descriptors.
+ *
+ * Names. A path names a file ("/run/app.sock", "rel/app.sock"): at most
+ * TREADLE_UNIX_PATH_MAX (107) bytes. A leading '@' names a socket in
+ * Linux's abstract namespace instead: "@app" is the abstract name "app"
+ * (on the wire, sun_path is '\0' followed by "app", and the address's
+ * length ends the name, as `ss -x` and systemd show it). An abstract name
+ * is at most 107 bytes after the '@', has no file (nothing to remove, no
+ * permissions), is freed when its last socket closes, and belongs to one
+ * socket type (a stream socket and a datagram socket may each hold
+ * "@app"). A path that
+ * starts with '@' is written "./@name". Names are text: an abstract name
+ * padded with NUL bytes by another program is not reachable by name.
+ * Errors for a name: TREADLE_EINVAL (NULL, "", "@"), TREADLE_ENAMETOOLONG
+ * (over 107 bytes), and the file system's (TREADLE_ENOENT for a directory
+ * that does not exist, TREADLE_EACCES).
+ *
+ * Binding a path: TREADLE_EADDRINUSE when a live socket has it (or a file
+ * that is not a socket is there: it is never removed). A socket file that
+ * nobody serves any more (a connect to it answers ECONNREFUSED: its
+ * program exited without removing it) is stale: bind removes it and binds
+ * over it. The check connects once, so a live listener sees a connection
+ * that closes at once.
+ *
+ * Closing a listener or datagram socket bound to a path removes the path
+ * (as Go does, and unlike libuv and Tokio, which leave the file behind),
+ * before closing the socket, and only if the file there is still the one
+ * its bind made: a file someone put in its place since stays. A forked
+ * child that closes its copy of the parent's socket leaves the path to
+ * the parent. Abstract names need none of this. */
+
+/** The longest path or abstract name, in bytes (sun_path less its NUL). */
+#define TREADLE_UNIX_PATH_MAX 107
+/** The most file descriptors one message carries (the kernel's
+ * SCM_MAX_FD). */
+#define TREADLE_UNIX_MAX_FDS 253
+
+/** Options for treadle_unix_bind. Start from TREADLE_UNIX_BIND_OPTS_INIT. */
+typedef struct treadle_unix_bind_opts_s {
+  int backlog; /**< listen() backlog, 1..65535 (default 1024) */
+} treadle_unix_bind_opts_t;
+#define TREADLE_UNIX_BIND_OPTS_INIT {1024}
+
+/** A Unix stream listener on `path` (a path or "@name", see above). opts
+ * may be NULL. Any thread. Errors: those of a name, TREADLE_EADDRINUSE,
+ * TREADLE_EINVAL (NULL handle or out, a bad backlog), TREADLE_ENOIO,
+ * TREADLE_ESHUTDOWN, ... */
+treadle_err_t treadle_unix_bind(treadle_handle_t *h, const char *path,
+                                const treadle_unix_bind_opts_t *opts,
+                                treadle_listener_t **out);
+/** A Unix stream connected to the listener at `path`. A Unix connect does
+ * not wait: the connection is queued on the listener at once. Errors:
+ * those of a name, TREADLE_ENOENT (no such file), TREADLE_ECONNREFUSED
+ * (nobody listens there), TREADLE_EAGAIN (the listener's backlog is full:
+ * try again later), TREADLE_EPROTOTYPE (a datagram socket has that path),
+ * ... */
+treadle_err_t treadle_unix_connect(treadle_handle_t *h, const char *path,
+                                   treadle_stream_t **out);
+/** Two Unix streams connected to each other (socketpair). */
+treadle_err_t treadle_unix_stream_pair(treadle_handle_t *h,
+                                       treadle_stream_t **a,
+                                       treadle_stream_t **b);
+
+/** A Unix datagram socket bound to `path`: others send to it there. Errors
+ * as treadle_unix_bind. */
+treadle_err_t treadle_unix_dgram_bind(treadle_handle_t *h, const char *path,
+                                      treadle_dgram_t **out);
+/** A Unix datagram socket bound to nothing: it can send (to a path, or to
+ * its peer once connected) but nobody can send to it by name. */
+treadle_err_t treadle_unix_dgram_unbound(treadle_handle_t *h,
+                                         treadle_dgram_t **out);
+/** Connects a Unix datagram socket to the one bound at `path`: it then
+ * sends there with treadle_dgram_send_poll and receives only from there.
+ * Errors: those of a name, TREADLE_ENOENT, TREADLE_ECONNREFUSED (nobody
+ * bound there), TREADLE_EPROTOTYPE (a stream socket is there),
+ * TREADLE_ENOTSUP on a UDP socket. (Abstract names are per socket type:
+ * a stream socket's name is nobody's to a datagram socket, ECONNREFUSED.)
+ */
+treadle_err_t treadle_unix_dgram_connect(treadle_dgram_t *d, const char *path);
+/** Two Unix datagram sockets connected to each other (socketpair). */
+treadle_err_t treadle_unix_dgram_pair(treadle_handle_t *h, treadle_dgram_t **a,
+                                      treadle_dgram_t **b);
+
+/** The credentials of the process at the other end of a Unix stream, as
+ * they were when it connected (or made the pair): SO_PEERCRED. */
+typedef struct treadle_unix_cred_s {
+  pid_t pid;
+  uid_t uid;
+  gid_t gid;
+} treadle_unix_cred_t;
+
+/** Fills *cred; TREADLE_ENOTSUP for a TCP stream. */
+treadle_err_t treadle_unix_peer_cred(treadle_stream_t *s,
+                                     treadle_unix_cred_t *cred);
+
+/** Writes some of `len` bytes (at least 1), as treadle_stream_write_poll,
+ * with copies of the file descriptors fds[0..nfds) (1..TREADLE_UNIX_MAX_FDS)
+ * attached to the first byte (SCM_RIGHTS). READY with *n > 0 means the
+ * descriptors went too (the caller keeps its own; write the rest of the
+ * bytes with treadle_stream_write_poll). Errors: TREADLE_EINVAL (len 0, nfds
+ * out of range, NULL pointers), TREADLE_EBADF (one is not open),
+ * TREADLE_ENOTSUP (a TCP stream), those of a write. */
+treadle_poll_t treadle_unix_send_fds_poll(treadle_stream_t *s,
+                                          treadle_cx_t *cx, const void *buf,
+                                          size_t len, const int *fds,
+                                          size_t nfds, size_t *n,
+                                          treadle_err_t *err);
+/** Reads as treadle_stream_read_poll and takes the file descriptors that
+ * came with those bytes: *nfds is fds' room on the way in (0 to
+ * TREADLE_UNIX_MAX_FDS) and how many arrived on the way out (it is left
+ * alone while PENDING); they are the caller's, close-on-exec. When more
+ * arrived than fit, all that did arrive are closed (none leaks), *nfds =
+ * 0 and *err = TREADLE_EMSGSIZE; the *n bytes read are in buf all the
+ * same. A read (this one or treadle_stream_read_poll) ends right after
+ * the bytes that carried descriptors, so each read takes at most one
+ * sender's batch of them. Descriptors that come to a plain
+ * treadle_stream_read_poll are closed by the kernel: on a stream that may
+ * carry them, read with this function. */
+treadle_poll_t treadle_unix_recv_fds_poll(treadle_stream_t *s,
+                                          treadle_cx_t *cx, void *buf,
+                                          size_t len, int *fds, size_t *nfds,
+                                          size_t *n, treadle_err_t *err);
+
+/* -------------------------------------------------------------- addresses */
 
 /** Room for the host part of an address, NUL included. */
 #define TREADLE_HOST_LEN 46 /* INET6_ADDRSTRLEN */
@@ -588,6 +917,21 @@ int treadle_sockaddr_host(const struct sockaddr_storage *addr,
  * AF_INET/AF_INET6. */
 int treadle_sockaddr_format(const struct sockaddr_storage *addr, char *buf,
                             size_t len);
+/** Makes an IPv4 or IPv6 address (for treadle_dgram_send_to_poll) from a
+ * numeric host (or "localhost", or NULL/"" for 0.0.0.0) and a port,
+ * 0..65535; TREADLE_EINVAL otherwise (names are not resolved here). */
+treadle_err_t treadle_sockaddr_parse(const char *host, int port,
+                                     struct sockaddr_storage *addr);
+/** Makes a Unix address from a path or "@name" (see "Unix" above); errors
+ * as for a name. */
+treadle_err_t treadle_sockaddr_unix(const char *path,
+                                    struct sockaddr_storage *addr);
+/** Writes a Unix address as treadle takes it: "/path", "@name", or "" for
+ * an unnamed socket (a client that never bound); NUL-terminated, truncated
+ * to len. Returns the length of the whole text (as snprintf), or
+ * TREADLE_EINVAL for another family or a NULL argument. */
+int treadle_sockaddr_unix_path(const struct sockaddr_storage *addr, char *buf,
+                               size_t len);
 
 /* ------------------------------------------------------------ async fds
  *

@@ -1,7 +1,8 @@
-/* What the I/O files (driver_io.c, tcp.c, async_fd.c) share: readiness
- * bits, a registration slot's layout, registered sources and the leaf
- * helpers. The driver's table itself (treadle__io_t) is in internal.h,
- * since the driver struct embeds it. Nothing here is public API. */
+/* What the I/O files (driver_io.c, the sockets' files in net.h,
+ * async_fd.c) share: readiness bits, a registration slot's layout,
+ * registered sources and the leaf helpers. The driver's table itself
+ * (treadle__io_t) is in internal.h, since the driver struct embeds it.
+ * Nothing here is public API. */
 #ifndef TREADLE_IO_H
 #define TREADLE_IO_H
 
@@ -127,7 +128,7 @@ static inline bool treadle__cx_proceed(treadle_cx_t *cx) {
   return true;
 }
 
-/* What the I/O leaves (tcp.c, async_fd.c) share. */
+/* What the I/O leaves (stream.c, dgram.c, unix.c, async_fd.c) share. */
 
 /* The budget check every leaf makes first: a task that had its 128 ready
  * leaves in this poll yields (ARCHITECTURE.md "Coop budget"). */

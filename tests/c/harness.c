@@ -3,12 +3,14 @@
 #include "harness.h"
 
 #include <dirent.h>
+#include <netinet/in.h>
 #include <stdio.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
-static int count_fds(void) {
+int test_open_fds(void) {
   DIR *d = opendir("/proc/self/fd");
   int n = 0;
   struct dirent *e;
@@ -36,6 +38,41 @@ static int count_threads(void) { return (int)proc_status("Threads: %ld"); }
 long test_rss_kib(void) { return proc_status("VmRSS: %ld kB"); }
 
 static int baseline_fds, baseline_threads;
+
+treadle_runtime_t *test_runtime_without_io(void) {
+  treadle_builder_t *b = test_builder();
+  assert_int_equal(treadle_builder_enable_time(b), 0);
+  treadle_runtime_t *rt;
+  assert_int_equal(treadle_builder_build(b, &rt), 0);
+  treadle_builder_free(b);
+  return rt;
+}
+
+bool test_have_ipv6(void) {
+  int fd = socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return false;
+  struct sockaddr_in6 a = {.sin6_family = AF_INET6,
+                           .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+  bool ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+  close(fd);
+  return ok;
+}
+
+treadle_poll_t test_within(test_deadline_t *d, long ms, treadle_cx_t *cx,
+                           treadle_poll_fn step, void *st,
+                           treadle_err_t *err) {
+  if (!d->armed) {
+    treadle_sleep_init(&d->sleep, (uint64_t)ms * TREADLE_NSEC_PER_MSEC);
+    d->armed = true;
+  }
+  return treadle_timeout_poll(&d->sleep, cx, step, st, err);
+}
+
+void test_tmpdir(char dir[64]) {
+  snprintf(dir, 64, "/tmp/treadle-test-XXXXXX");
+  assert_non_null(mkdtemp(dir));
+}
 
 /* Stores its thread id in *arg. */
 static void *noop_thread(void *arg) {
@@ -74,7 +111,7 @@ int test_setup(void **state) {
   pthread_create(&th, NULL, noop_thread, &tid);
   pthread_join(th, NULL);
   wait_until(thread_gone, &tid); /* else the baseline counts it */
-  baseline_fds = count_fds();
+  baseline_fds = test_open_fds();
   baseline_threads = count_threads();
   return 0;
 }
@@ -84,7 +121,7 @@ int test_teardown(void **state) {
   /* Threads the runtime started are joined by treadle_runtime_free, but
    * the kernel may take a moment to reap a joined thread's entry. */
   wait_until(threads_back, NULL);
-  assert_int_equal(count_fds(), baseline_fds);
+  assert_int_equal(test_open_fds(), baseline_fds);
   assert_int_equal(count_threads(), baseline_threads);
   return 0;
 }

@@ -44,6 +44,30 @@ unsigned long test_scale(unsigned long n);
 /* This process's resident memory, KiB. */
 long test_rss_kib(void);
 
+/* A runtime of the flavor under test with timers and without I/O. */
+treadle_runtime_t *test_runtime_without_io(void);
+/* How many file descriptors the process has open. */
+int test_open_fds(void);
+/* True when the machine has an IPv6 loopback (::1 can be bound). */
+bool test_have_ipv6(void);
+
+/* A deadline for one wait in a task: test_within polls step(cx, st)
+ * until it is READY (*err = 0) or `ms` milliseconds have passed since the
+ * first call (*err = TREADLE_ETIMEDOUT); PENDING meanwhile. Drop
+ * d->sleep in the task's drop, or after READY. Zero-initialise it. */
+typedef struct {
+  treadle_sleep_t sleep;
+  bool armed;
+} test_deadline_t;
+treadle_poll_t test_within(test_deadline_t *d, long ms, treadle_cx_t *cx,
+                           treadle_poll_fn step, void *st,
+                           treadle_err_t *err);
+
+/* Makes a new, empty directory for the case's files (mkdtemp under /tmp)
+ * and writes its path into dir. The case removes what it made there, then
+ * the directory (rmdir, which fails if anything was left). */
+void test_tmpdir(char dir[64]);
+
 /* Sleeps the calling thread for `ms` milliseconds. */
 void test_sleep_ms(long ms);
 

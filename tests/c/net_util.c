@@ -19,17 +19,6 @@ treadle_tcp_listener_t *listen_on(treadle_handle_t *h, const char *host,
   return l;
 }
 
-bool have_ipv6(void) {
-  int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0)
-    return false;
-  struct sockaddr_in6 a = {.sin6_family = AF_INET6,
-                           .sin6_addr = IN6ADDR_LOOPBACK_INIT};
-  bool ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
-  close(fd);
-  return ok;
-}
-
 int plain_connect(int port, int rcvbuf) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   assert_true(fd >= 0);
@@ -391,6 +380,28 @@ void echo_run_on(treadle_runtime_t *rt, const char *host, size_t n,
   free(joins);
   free(status);
   free(values);
+}
+
+void echo_pair(treadle_runtime_t *rt, treadle_stream_t *client,
+               treadle_stream_t *server, size_t len, bool use_writev) {
+  treadle_handle_t *h = treadle_runtime_handle(rt);
+  treadle_join_t *joins[2];
+  treadle_err_t status[2];
+  void *values[2];
+  echo_t e = {.s = server};
+  assert_int_equal(treadle_spawn(h, &echo_vt, &e, sizeof e, &joins[0]), 0);
+  /* Already connected: no connect future (a zeroed one drops as none). */
+  client_t c = {.len = len, .use_writev = use_writev, .started = true,
+                .s = client};
+  c.msg = malloc(len);
+  for (size_t k = 0; k < len; k++)
+    c.msg[k] = pattern(c.id, k);
+  assert_int_equal(treadle_spawn(h, &client_vt, &c, sizeof c, &joins[1]), 0);
+  join_all(rt, joins, status, values, 2);
+  assert_int_equal(status[0], 0);
+  assert_int_equal(status[1], 0);
+  assert_int_equal((uintptr_t)values[0], len); /* echoed */
+  assert_int_equal((uintptr_t)values[1], len); /* checked */
 }
 
 static treadle_poll_t connect_task_poll(treadle_cx_t *cx, void *st) {

@@ -31,8 +31,6 @@ int addr_port(const struct sockaddr_storage *a);
 /* A listener on host, port 0; *port is the port it got. */
 treadle_tcp_listener_t *listen_on(treadle_handle_t *h, const char *host,
                                   int *port);
-/* True when the machine has an IPv6 loopback. */
-bool have_ipv6(void);
 /* A plain blocking socket connected to 127.0.0.1:port (with SO_RCVBUF
  * rcvbuf if > 0). */
 int plain_connect(int port, int rcvbuf);
@@ -99,5 +97,13 @@ extern const treadle_task_vtable_t echo_vt;
  * round of sizes) and checks every byte that comes back. */
 void echo_run_on(treadle_runtime_t *rt, const char *host, size_t n,
                  const size_t *sizes, size_t nsizes, bool writev_all);
+
+/* Echoes `len` pattern bytes through a connected pair of streams of any
+ * kind (TCP, Unix): an echo task on `server`, and a client task on
+ * `client` that writes them (with writev in pieces when use_writev),
+ * shuts its write side down, and checks every byte that comes back until
+ * end of stream. Takes both streams. */
+void echo_pair(treadle_runtime_t *rt, treadle_stream_t *client,
+               treadle_stream_t *server, size_t len, bool use_writev);
 
 #endif

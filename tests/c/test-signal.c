@@ -301,11 +301,7 @@ static void bad_signums_are_refused(void **state) {
 
 static void runtime_without_io_refuses(void **state) {
   (void)state;
-  treadle_builder_t *b = test_builder();
-  assert_int_equal(treadle_builder_enable_time(b), 0);
-  treadle_runtime_t *rt;
-  assert_int_equal(treadle_builder_build(b, &rt), 0);
-  treadle_builder_free(b);
+  treadle_runtime_t *rt = test_runtime_without_io();
   treadle_signal_t s;
   assert_int_equal(treadle_signal_init(&s, treadle_runtime_handle(rt), SIGUSR1),
                    TREADLE_ENOIO);

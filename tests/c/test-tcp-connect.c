@@ -95,7 +95,7 @@ static void addresses_agree(void **state) {
   treadle_handle_t *h = treadle_runtime_handle(rt);
   const char *hosts[] = {"127.0.0.1", "::1"};
   for (size_t k = 0; k < TEST_ARRAY_LEN(hosts); k++) {
-    if (k == 1 && !have_ipv6())
+    if (k == 1 && !test_have_ipv6())
       continue;
     int port;
     treadle_tcp_listener_t *l = listen_on(h, hosts[k], &port);

@@ -44,7 +44,7 @@ static void bind_reports_a_port(void **state) {
   assert_int_equal(addr_port(&a), lport);
   treadle_tcp_listener_free(lp);
 
-  if (have_ipv6()) {
+  if (test_have_ipv6()) {
     int port6;
     treadle_tcp_listener_t *l6 = listen_on(h, "::1", &port6);
     assert_int_equal(treadle_tcp_listener_addr(l6, &a), 0);
@@ -169,11 +169,7 @@ static void bind_twice_is_addr_in_use(void **state) {
 
 static void runtime_without_io_says_so(void **state) {
   (void)state;
-  treadle_builder_t *b = test_builder();
-  assert_int_equal(treadle_builder_enable_time(b), 0);
-  treadle_runtime_t *rt;
-  assert_int_equal(treadle_builder_build(b, &rt), 0);
-  treadle_builder_free(b);
+  treadle_runtime_t *rt = test_runtime_without_io();
   treadle_handle_t *h = treadle_runtime_handle(rt);
   treadle_tcp_listener_t *l = (treadle_tcp_listener_t *)1;
   treadle_err_t err = treadle_tcp_bind(h, "127.0.0.1", 0, NULL, &l);

@@ -31,7 +31,7 @@ static void echo_many_sizes_many_connections(void **state) {
 
 static void echo_over_ipv6(void **state) {
   (void)state;
-  if (!have_ipv6()) {
+  if (!test_have_ipv6()) {
     fprintf(stderr, "no IPv6 loopback: skipped\n");
     return;
   }

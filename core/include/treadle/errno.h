@@ -36,22 +36,33 @@
   XX(EFAULT, -EFAULT, "bad address in system call argument")                   \
   XX(EBUSY, -EBUSY, "resource busy or locked")                                 \
   XX(EEXIST, -EEXIST, "file already exists")                                   \
+  XX(ENODEV, -ENODEV, "no such device")                                        \
   XX(EINVAL, -EINVAL, "invalid argument")                                      \
   XX(EMFILE, -EMFILE, "too many open files")                                   \
   XX(ENFILE, -ENFILE, "file table overflow")                                   \
   XX(ENOSPC, -ENOSPC, "no space left on device")                               \
   XX(EPIPE, -EPIPE, "broken pipe")                                             \
   XX(ERANGE, -ERANGE, "result too large")                                      \
+  XX(ENAMETOOLONG, -ENAMETOOLONG, "name too long")                             \
   XX(ENOSYS, -ENOSYS, "function not implemented")                              \
+  XX(EDESTADDRREQ, -EDESTADDRREQ,                                              \
+     "destination address required: the socket is not connected")             \
+  XX(EMSGSIZE, -EMSGSIZE,                                                      \
+     "message too long: for the socket, or for the buffer it was received "   \
+     "into")                                                                   \
+  XX(EPROTOTYPE, -EPROTOTYPE, "protocol wrong type for socket")                \
   XX(ENOTSUP, -ENOTSUP, "operation not supported")                             \
+  XX(EAFNOSUPPORT, -EAFNOSUPPORT, "address family not supported")             \
   XX(EADDRINUSE, -EADDRINUSE, "address already in use")                        \
   XX(EADDRNOTAVAIL, -EADDRNOTAVAIL, "address not available")                   \
   XX(ECONNABORTED, -ECONNABORTED, "software caused connection abort")          \
   XX(ECONNRESET, -ECONNRESET, "connection reset by peer")                      \
   XX(ECONNREFUSED, -ECONNREFUSED, "connection refused")                        \
+  XX(EISCONN, -EISCONN, "socket is already connected")                        \
   XX(ENOTCONN, -ENOTCONN, "socket is not connected")                           \
   XX(ETIMEDOUT, -ETIMEDOUT, "operation timed out")                             \
   XX(EHOSTUNREACH, -EHOSTUNREACH, "host is unreachable")                       \
+  XX(ENETUNREACH, -ENETUNREACH, "network is unreachable")                      \
   XX(EALREADY, -EALREADY, "connection already in progress")                    \
   XX(ECANCELED, -ECANCELED, "operation cancelled")                             \
   XX(ENOTIME, TREADLE__ENOTIME,                                                \
