@@ -576,16 +576,54 @@ treadle_err_t treadle_tcp_bind(treadle_handle_t *h, const char *host,
                                int port, const treadle_tcp_bind_opts_t *opts,
                                treadle_tcp_listener_t **out);
 
+/* ------------------------------------------------------------ host names */
+
+/** A host name lookup future (Tokio's lookup_host), embedded in the
+ * caller's state. Fields are private. getaddrinfo runs on the blocking
+ * pool, so a slow resolver never blocks a worker; a numeric address is
+ * the result at once. */
+typedef struct treadle_lookup_s {
+  uint64_t opaque_[6];
+} treadle_lookup_t;
+
+/** The addresses a lookup found (library-allocated; free with
+ * treadle_addrs_free). */
+typedef struct treadle_addrs_s treadle_addrs_t;
+
+/** Prepares a lookup of `host` (a name, or a numeric IPv4 or IPv6 address,
+ * "[::1]" too) for `port` (0..65535, written into every address). Errors:
+ * TREADLE_EINVAL (NULL, an empty host, a bad port), TREADLE_ENOMEM; the
+ * future then need not be dropped. Any thread. */
+treadle_err_t treadle_lookup_host_init(treadle_lookup_t *lk,
+                                       treadle_handle_t *h, const char *host,
+                                       int port);
+/** READY with the IPv4 and IPv6 addresses in the resolver's order, without
+ * repeats, in *out (the caller's) and *err = 0; or *out = NULL and
+ * TREADLE_ENOHOST (no such host), TREADLE_ENOMEM, TREADLE_ESHUTDOWN, or
+ * -errno. READY once: poll it no more after. */
+treadle_poll_t treadle_lookup_host_poll(treadle_lookup_t *lk, treadle_cx_t *cx,
+                                        treadle_addrs_t **out,
+                                        treadle_err_t *err);
+/** Cancels a lookup in flight (its result, when it comes, is freed) and
+ * releases the future; idempotent, any thread. */
+void treadle_lookup_host_drop(treadle_lookup_t *lk);
+/** How many addresses (0 for NULL). */
+size_t treadle_addrs_count(const treadle_addrs_t *a);
+/** The i-th address, or NULL past the last. */
+const struct sockaddr_storage *treadle_addrs_get(const treadle_addrs_t *a,
+                                                 size_t i);
+/** Frees the list (NULL ignored). */
+void treadle_addrs_free(treadle_addrs_t *a);
+
 /** A connect future, embedded in the caller's state (no allocation of its
- * own beyond a copy of the host). Fields are private. */
+ * own beyond the lookup of its host). Fields are private. */
 typedef struct treadle_tcp_connect_s {
   uint64_t opaque_[12];
 } treadle_tcp_connect_t;
 
 /** Prepares a connection to `host` (an address, or a name resolved with
- * getaddrinfo on the blocking pool so that a slow resolver never blocks a
- * worker) and `port` (1..65535). Errors: TREADLE_EINVAL, TREADLE_ENOIO,
- * TREADLE_ENOMEM; the future then need not be dropped. */
+ * treadle_lookup_host) and `port` (1..65535). Errors: TREADLE_EINVAL,
+ * TREADLE_ENOIO, TREADLE_ENOMEM; the future then need not be dropped. */
 treadle_err_t treadle_tcp_connect_init(treadle_tcp_connect_t *c,
                                        treadle_handle_t *h, const char *host,
                                        int port);
