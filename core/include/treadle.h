@@ -777,7 +777,8 @@ treadle_err_t treadle_command_env_clear(treadle_command_t *cmd);
 treadle_err_t treadle_command_cwd(treadle_command_t *cmd, const char *dir);
 /** What the child's stdin is: TREADLE_STDIO_INHERIT, _NULL or _PIPE
  * (else TREADLE_EINVAL). */
-treadle_err_t treadle_command_stdin(treadle_command_t *cmd, treadle_stdio_t how);
+treadle_err_t treadle_command_stdin(treadle_command_t *cmd,
+                                    treadle_stdio_t how);
 /** What the child's stdout is (as treadle_command_stdin). */
 treadle_err_t treadle_command_stdout(treadle_command_t *cmd,
                                      treadle_stdio_t how);

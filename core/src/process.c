@@ -95,19 +95,19 @@ extern char **environ;
 /* ------------------------------------------------------------- commands */
 
 typedef struct env_edit_s {
-  char *entry;    /* "KEY=VALUE" to set, "KEY" to remove */
+  char *entry; /* "KEY=VALUE" to set, "KEY" to remove */
   size_t key_len;
   bool remove;
 } env_edit_t;
 
 struct treadle_command_s {
   char *program;
-  char **argv;     /* argc entries and a NULL */
+  char **argv; /* argc entries and a NULL */
   size_t argc, argv_cap;
   env_edit_t *env; /* at most one edit per key, in the order first made */
   size_t env_n, env_cap;
-  bool env_clear;  /* start from an empty environment */
-  char *cwd;       /* or NULL */
+  bool env_clear; /* start from an empty environment */
+  char *cwd;      /* or NULL */
   treadle_stdio_t stdio[3];
   bool kill_on_drop;
 };
@@ -170,8 +170,7 @@ static bool bad_key(const char *key) {
 
 /* Does environment entry `entry` ("KEY=VALUE") have the key of edit e? */
 static bool same_key(const env_edit_t *e, const char *entry) {
-  return strncmp(entry, e->entry, e->key_len) == 0 &&
-         entry[e->key_len] == '=';
+  return strncmp(entry, e->entry, e->key_len) == 0 && entry[e->key_len] == '=';
 }
 
 /* Records one edit, replacing an earlier one for the same key. */
@@ -203,8 +202,8 @@ static treadle_err_t edit_env(treadle_command_t *cmd, const char *key,
   } else {
     treadle__free(e->entry);
   }
-  *e = (env_edit_t){.entry = entry, .key_len = key_len,
-                    .remove = value == NULL};
+  *e =
+      (env_edit_t){.entry = entry, .key_len = key_len, .remove = value == NULL};
   return 0;
 }
 
@@ -451,8 +450,8 @@ static treadle_err_t prepare(const treadle_command_t *cmd, treadle_handle_t *h,
   int rc = 0;
   for (int i = 0; i < 3 && rc == 0; i++) {
     if (cmd->stdio[i] == TREADLE_STDIO_NULL) {
-      rc = posix_spawn_file_actions_addopen(fa, i, "/dev/null",
-                                            null_flags[i], 0);
+      rc = posix_spawn_file_actions_addopen(fa, i, "/dev/null", null_flags[i],
+                                            0);
     } else if (cmd->stdio[i] == TREADLE_STDIO_PIPE) {
       treadle_err_t err = make_pipe(h, i, &child_end[i], &parent_end[i]);
       if (err != 0)
@@ -475,8 +474,8 @@ static treadle_err_t prepare(const treadle_command_t *cmd, treadle_handle_t *h,
   if (rc == 0)
     rc = posix_spawnattr_setsigdefault(attr, &defaults);
   if (rc == 0)
-    rc = posix_spawnattr_setflags(attr,
-                                  POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    rc = posix_spawnattr_setflags(attr, POSIX_SPAWN_SETSIGMASK |
+                                            POSIX_SPAWN_SETSIGDEF);
   return -rc;
 }
 
@@ -578,9 +577,8 @@ static bool reap_locked(treadle_child_t *c) {
     memset(&info, 0, sizeof info); /* si_pid stays 0 while it runs */
     /* Relaxed: a capability flag. The pidfd is open: it is closed only
      * after the state left RUNNING. */
-    bool by_pidfd =
-        c->has_pidfd &&
-        !atomic_load_explicit(&no_wait_pidfd, memory_order_relaxed);
+    bool by_pidfd = c->has_pidfd &&
+                    !atomic_load_explicit(&no_wait_pidfd, memory_order_relaxed);
     int r = by_pidfd ? waitid(WAIT_PIDFD, (id_t)c->pidfd.fd, &info,
                               WEXITED | WNOHANG)
                      : waitid(P_PID, (id_t)c->pid, &info, WEXITED | WNOHANG);
@@ -632,8 +630,8 @@ bool treadle__child_reap_nowait(treadle_child_t *c) {
 
 int treadle__child_pidfd(treadle_child_t *c) {
   treadle__os_mutex_lock(&c->mu);
-  int fd = c->has_pidfd && c->state == TREADLE__CHILD_RUNNING ? c->pidfd.fd
-                                                               : -1;
+  int fd =
+      c->has_pidfd && c->state == TREADLE__CHILD_RUNNING ? c->pidfd.fd : -1;
   treadle__os_mutex_unlock(&c->mu);
   return fd;
 }

@@ -191,9 +191,8 @@ void treadle__reaper_adopt(treadle_child_t *c) {
      * the next adopt. */
     r.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     treadle__os_thread_t th;
-    if (r.wake_fd >= 0 &&
-        treadle__os_thread_start(&th, reaper_main, NULL, "treadle-reaper") ==
-            0) {
+    if (r.wake_fd >= 0 && treadle__os_thread_start(&th, reaper_main, NULL,
+                                                   "treadle-reaper") == 0) {
       pthread_detach(th);
       r.running = true;
     } else if (r.wake_fd >= 0) {

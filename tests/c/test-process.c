@@ -4,7 +4,8 @@
  * than a pipe holds, stdin written and closed, /dev/null, kill-on-drop,
  * children freed before they exit (reaped by their runtime, or by the
  * process-wide reaper once the runtime has gone), a runtime shut down while
- * a task waits, many children at once, fork, bad input and out of memory.
+ * a task waits, a child reaped elsewhere (ECHILD), many children at once,
+ * fork, bad input and out of memory.
  * The wait cases run twice: through a pidfd, and through SIGCHLD (the
  * `_sigchld` cases, with treadle__process_force_sigchld). No case leaves a
  * child behind: `children()` counts this process's children in /proc, and
@@ -224,8 +225,8 @@ static bool pump_out(sink_t *s, treadle_async_fd_t *fd, treadle_cx_t *cx) {
     }
     size_t n;
     treadle_err_t e;
-    if (treadle_async_fd_read_poll(fd, cx, s->buf + s->len, s->cap - s->len,
-                                   &n, &e) == TREADLE_PENDING)
+    if (treadle_async_fd_read_poll(fd, cx, s->buf + s->len, s->cap - s->len, &n,
+                                   &e) == TREADLE_PENDING)
       return false;
     if (e != 0 || n == 0) {
       s->err = e;
@@ -389,6 +390,27 @@ static void killed_by_a_signal(void **state) {
 }
 SIGCHLD_TOO(killed_by_a_signal)
 
+/* Something else in the program reaps the child (waitpid on its pid):
+ * the wait says ECHILD, and nothing is signalled or reaped afterwards. */
+static void reaped_elsewhere_says_echild(void **state) {
+  (void)state;
+  treadle_runtime_t *rt = runtime();
+  treadle_command_t *cmd = command("/bin/true", NULL);
+  run_t r = {.child = spawn(rt, cmd)};
+  int wstatus;
+  assert_int_equal(waitpid(treadle_child_pid(r.child), &wstatus, 0),
+                   treadle_child_pid(r.child));
+  run(rt, &r);
+  assert_int_equal(r.wait_err, -ECHILD);
+  treadle_exit_status_t s;
+  assert_int_equal(treadle_child_try_wait(r.child, &s), -ECHILD);
+  assert_int_equal(treadle_child_kill(r.child, SIGKILL), 0);
+  treadle_child_free(r.child);
+  treadle_command_free(cmd);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+}
+SIGCHLD_TOO(reaped_elsewhere_says_echild)
+
 /* ----------------------------------------------------------- spawn errors */
 
 static void spawn_errors(void **state) {
@@ -401,8 +423,8 @@ static void spawn_errors(void **state) {
   } cases[] = {
       {"/nonexistent/treadle-test", NULL, TREADLE_ENOENT},
       {"treadle-no-such-program", NULL, TREADLE_ENOENT}, /* PATH search */
-      {"/etc/passwd", NULL, TREADLE_EACCES},            /* not executable */
-      {"/tmp", NULL, TREADLE_EACCES},                   /* a directory */
+      {"/etc/passwd", NULL, TREADLE_EACCES},             /* not executable */
+      {"/tmp", NULL, TREADLE_EACCES},                    /* a directory */
       {"/bin/true", "/nonexistent/dir", TREADLE_ENOENT},
       {"/bin/true", "/etc/passwd", -ENOTDIR},
   };
@@ -470,12 +492,12 @@ static void argv_and_env_reach_the_child(void **state) {
   treadle_runtime_t *rt = runtime();
   /* argv: $0 is the first argument after -c's script; empty arguments and
    * spaces arrive as they were. */
-  treadle_command_t *cmd = command(
-      "sh", "-c",
-      "printf '%s|' \"$0\" \"$@\"; printf '%s|' \"$TREADLE_TEST_KEEP\" "
-      "\"${TREADLE_TEST_GONE-unset}\" \"$TREADLE_TEST_OVER\" "
-      "\"$TREADLE_TEST_NEW\"",
-      "zero", "a b", "", "c", NULL);
+  treadle_command_t *cmd =
+      command("sh", "-c",
+              "printf '%s|' \"$0\" \"$@\"; printf '%s|' \"$TREADLE_TEST_KEEP\" "
+              "\"${TREADLE_TEST_GONE-unset}\" \"$TREADLE_TEST_OVER\" "
+              "\"$TREADLE_TEST_NEW\"",
+              "zero", "a b", "", "c", NULL);
   assert_int_equal(treadle_command_env_remove(cmd, "TREADLE_TEST_GONE"), 0);
   assert_int_equal(treadle_command_env(cmd, "TREADLE_TEST_OVER", "first"), 0);
   assert_int_equal(treadle_command_env(cmd, "TREADLE_TEST_OVER", "new=x"), 0);
@@ -559,11 +581,11 @@ static void pipes_read_to_the_end(void **state) {
   struct sigaction ign = {.sa_handler = SIG_IGN}, old;
   assert_int_equal(sigaction(SIGPIPE, &ign, &old), 0);
   treadle_runtime_t *rt = runtime();
-  treadle_command_t *cmd = command(
-      "/bin/sh", "-c",
-      "yes abcdefghijklmno | head -c 1048576 & "
-      "yes ABCDEFGHIJKLMNO | head -c 1048576 >&2; wait",
-      NULL);
+  treadle_command_t *cmd =
+      command("/bin/sh", "-c",
+              "yes abcdefghijklmno | head -c 1048576 & "
+              "yes ABCDEFGHIJKLMNO | head -c 1048576 >&2; wait",
+              NULL);
   assert_int_equal(treadle_command_stdout(cmd, TREADLE_STDIO_PIPE), 0);
   assert_int_equal(treadle_command_stderr(cmd, TREADLE_STDIO_PIPE), 0);
   run_t r = {.child = spawn(rt, cmd)};
@@ -926,7 +948,7 @@ static void child_checks(treadle_runtime_t *rt, treadle_command_t *cmd,
   treadle_exit_status_t s;
   int check = 0;
   if (++check, treadle_command_spawn(cmd, treadle_runtime_handle(rt), &c2) !=
-                   TREADLE_EFORKED ||
+                       TREADLE_EFORKED ||
                    c2 != NULL)
     _exit(check);
   if (++check, treadle_child_try_wait(c, &s) != TREADLE_EFORKED)
@@ -1128,6 +1150,8 @@ static const struct CMUnitTest tests[] = {
     RT_TEST(exit_codes_sigchld),
     RT_TEST(killed_by_a_signal),
     RT_TEST(killed_by_a_signal_sigchld),
+    RT_TEST(reaped_elsewhere_says_echild),
+    RT_TEST(reaped_elsewhere_says_echild_sigchld),
     RT_TEST(spawn_errors),
     RT_TEST(argv_and_env_reach_the_child),
     RT_TEST(cwd_reaches_the_child),
