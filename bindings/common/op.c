@@ -28,9 +28,15 @@ atomic_bool tb_sigint_taken;
 
 static __thread char read_buf[TB_READ_CHUNK];
 
+/* Sets the header only: each kind's maker sets its own member of u, and
+ * the deadline's sleep is touched once armed. Zeroing the whole op (the
+ * accept member alone is a sockaddr_storage) was most of a yield's cost. */
 static void make(tb_op_t *op, tb_kind_t kind) {
-  memset(op, 0, sizeof *op);
   op->kind = kind;
+  op->started = op->ready = op->timed_out = false;
+  op->has_deadline = op->deadline_armed = false;
+  op->err = 0;
+  op->deadline_ns = 0;
 }
 
 void tb_op_none(tb_op_t *op) { make(op, TB_NONE); }
@@ -58,6 +64,8 @@ treadle_err_t tb_op_signal(tb_op_t *op, int signum) {
 void tb_op_join(tb_op_t *op, treadle_join_t *j) {
   make(op, TB_JOIN);
   op->u.join.j = j;
+  op->u.join.status = 0;
+  op->u.join.value = NULL;
 }
 
 void tb_op_wait(tb_op_t *op, tb_wait_fn poll, void (*clear)(void *ud),
@@ -77,6 +85,7 @@ treadle_err_t tb_op_accept(tb_op_t *op, tb_listener_t *ls) {
   ls->accepting = true;
   op->kind = TB_ACCEPT;
   op->u.accept.ls = ls;
+  op->u.accept.out = NULL;
   return 0;
 }
 
@@ -88,6 +97,7 @@ treadle_err_t tb_op_connect(tb_op_t *op, const char *host, int port) {
   op->kind = TB_CONNECT;
   op->u.connect.host = copy;
   op->u.connect.port = port;
+  op->u.connect.out = NULL;
   return 0;
 }
 
@@ -110,6 +120,8 @@ treadle_err_t tb_op_read(tb_op_t *op, tb_stream_t *st, size_t want) {
   op->kind = TB_READ;
   op->u.read.st = st;
   op->u.read.want = want;
+  op->u.read.got = 0;
+  op->u.read.heap = NULL;
   return 0;
 }
 
@@ -122,6 +134,7 @@ treadle_err_t tb_op_read_into(tb_op_t *op, tb_stream_t *st, void *buf,
   op->u.read_into.st = st;
   op->u.read_into.buf = buf;
   op->u.read_into.len = len;
+  op->u.read_into.got = 0;
   return 0;
 }
 
@@ -134,6 +147,8 @@ treadle_err_t tb_op_write(tb_op_t *op, tb_stream_t *st, const void *buf,
   op->u.write.st = st;
   op->u.write.buf = buf;
   op->u.write.len = len;
+  op->u.write.done = 0;
+  op->u.write.locked = false;
   treadle_waiter_init(&op->u.write.w);
   return 0;
 }
@@ -144,6 +159,8 @@ void tb_op_fd_read(tb_op_t *op, treadle_async_fd_t *afd, int fd,
   op->u.fd_read.afd = afd;
   op->u.fd_read.fd = fd;
   op->u.fd_read.want = want;
+  op->u.fd_read.got = 0;
+  op->u.fd_read.heap = NULL;
 }
 
 void tb_op_fd_readable(tb_op_t *op, treadle_async_fd_t *afd) {

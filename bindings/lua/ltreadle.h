@@ -53,8 +53,6 @@ typedef struct lchan_s lchan_t;
 
 typedef struct {
   lopkind_t kind;
-  bool started;
-  treadle_err_t err;
   tb_op_t tb;  /* the operation of every kind but LOP_NONE */
   union {
     struct { ltask_t *child; bool is_timeout; } join; /* `tb` waits */

@@ -547,7 +547,8 @@ void lt_op_clear(ltask_t *t) {
   case LOP_NONE:
     break;
   }
-  memset(op, 0, sizeof *op);
+  /* tb is TB_NONE again; each kind's maker sets its own member of u. */
+  op->kind = LOP_NONE;
 }
 
 /* A join's leaf: READY once the child finished; until then the waiting
