@@ -149,7 +149,7 @@ treadle_err_t tb_op_write(tb_op_t *op, tb_stream_t *st, const void *buf,
   op->u.write.len = len;
   op->u.write.done = 0;
   op->u.write.locked = false;
-  treadle_waiter_init(&op->u.write.w);
+  op->u.write.queued = false;
   return 0;
 }
 
@@ -286,9 +286,17 @@ static treadle_poll_t leaf_poll(tb_op_t *op, treadle_cx_t *cx) {
   case TB_WRITE: {
     /* First the writers queued before this one, then all of its bytes. */
     if (!op->u.write.locked) {
-      if (treadle_mutex_lock_poll(op->u.write.st->write_lock, cx,
-                                  &op->u.write.w) == TREADLE_PENDING)
-        return TREADLE_PENDING;
+      /* try_lock first: one CAS when nobody writes, and it never
+       * overtakes a queued writer; lock_poll queues. */
+      if (!treadle_mutex_try_lock(op->u.write.st->write_lock)) {
+        if (!op->u.write.queued) {
+          treadle_waiter_init(&op->u.write.w);
+          op->u.write.queued = true;
+        }
+        if (treadle_mutex_lock_poll(op->u.write.st->write_lock, cx,
+                                    &op->u.write.w) == TREADLE_PENDING)
+          return TREADLE_PENDING;
+      }
       op->u.write.locked = true;
     }
     treadle_poll_t p = treadle_tcp_write_all_poll(
@@ -417,7 +425,8 @@ void tb_op_clear(tb_op_t *op) {
     op->u.read_into.st->reading = false;
     break;
   case TB_WRITE:
-    treadle_waiter_drop(&op->u.write.w); /* passes the lock on if handed */
+    if (op->u.write.queued) /* passes the lock on if it was handed it */
+      treadle_waiter_drop(&op->u.write.w);
     if (op->u.write.locked)
       treadle_mutex_unlock(op->u.write.st->write_lock);
     break;

@@ -102,7 +102,7 @@ typedef struct tb_op_s {
     struct { tb_stream_t *st; size_t want, got; char *heap; } read;
     struct { tb_stream_t *st; char *buf; size_t len, got; } read_into;
     struct { tb_stream_t *st; const char *buf; size_t len, done;
-             bool locked; treadle_waiter_t w; } write;
+             bool locked, queued; treadle_waiter_t w; } write;
     struct { treadle_async_fd_t *afd; int fd; size_t want, got;
              char *heap; } fd_read;
     struct { treadle_async_fd_t *afd; } fd_readable;

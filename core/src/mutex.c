@@ -4,10 +4,10 @@
  *    acquirer does (semaphore.c): a CAS on `permits` when it is free,
  *    which it is only while nobody waits, so the fast path never
  *    overtakes a queued task.
- * 2. unlock returns the permit under q.mu: it goes straight to the first
- *    waiter (FIFO hand-off; the lock is never free in between, so a
- *    try_lock racing the hand-off fails), or back to `permits` when
- *    nobody waits. Release/acquire on the hand-off carries the holder's
+ * 2. unlock returns the permit: by a CAS on `permits` when nobody waits
+ *    (no lock taken), else under q.mu straight to the first waiter (FIFO
+ *    hand-off; the lock is never free in between, so a try_lock racing
+ *    the hand-off fails). Release/acquire on either carries the holder's
  *    writes to the next holder.
  * 3. A waiter handed the lock and then dropped without polling passes it
  *    to the next waiter (semaphore.c step 5).

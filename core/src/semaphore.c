@@ -1,9 +1,12 @@
 /* The batch semaphore (tokio's batch_semaphore), which the async Mutex
  * (mutex.c) is built on; its wait queue and waiters are waitq.c's.
  *
- * 1. `permits` holds the permits nobody has been given, shifted left one,
- *    with SEM_CLOSED in bit 0. Acquirers take from it by CAS, with or
- *    without q.mu; only code holding q.mu adds to it.
+ * 1. `permits` holds the permits nobody has been given, shifted left two,
+ *    with SEM_CLOSED in bit 0 and SEM_QUEUED in bit 1. Acquirers take
+ *    from it by CAS, with or without q.mu. QUEUED is set, by the CAS of
+ *    the acquirer that queues, and cleared, once the queue is empty, only
+ *    under q.mu. A release adds by CAS without q.mu while QUEUED is clear
+ *    (nobody to hand permits to), and under q.mu otherwise.
  * 2. Fairness: returned permits go to the queued waiters first, in FIFO
  *    order, the head taking all it can even when that is not yet enough;
  *    only what is left once the queue is empty goes back to `permits`.
@@ -33,6 +36,7 @@ _Static_assert(offsetof(struct treadle_mutex_s, sem) == 0,
 
 #define MAX_PERMITS TREADLE_SEMAPHORE_MAX_PERMITS
 #define CLOSED TREADLE__SEM_CLOSED
+#define QUEUED TREADLE__SEM_QUEUED
 #define SHIFT TREADLE__SEM_SHIFT
 
 /* ---------------------------------------------------------- semaphore */
@@ -67,11 +71,16 @@ void treadle__sem_add_permits_locked(struct treadle_semaphore_s *s,
       w->waker = NULL;
       treadle__waiter_finish(w, TREADLE__W_DONE);
     }
-    if (n > 0 && treadle__list_empty(&s->q.waiters)) {
+    if (treadle__list_empty(&s->q.waiters)) {
+      /* Relaxed: QUEUED changes under q.mu only, which we hold. */
+      size_t queued =
+          atomic_load_explicit(&s->permits, memory_order_relaxed) & QUEUED;
       /* release: the permits carry what the releaser did to the acquirer
-       * that takes them (a Mutex's critical section). */
-      atomic_fetch_add_explicit(&s->permits, (size_t)n << SHIFT,
-                                memory_order_release);
+       * that takes them (a Mutex's critical section). Clears QUEUED in
+       * the same step (subtracting a set bit). */
+      if (n > 0 || queued != 0)
+        atomic_fetch_add_explicit(&s->permits, ((size_t)n << SHIFT) - queued,
+                                  memory_order_release);
       n = 0;
     }
     treadle__os_mutex_unlock(&s->q.mu);
@@ -145,7 +154,8 @@ static treadle_poll_t acquire_idle(struct treadle_semaphore_s *s,
       *err = TREADLE_ECLOSED;
       return TREADLE_READY;
     }
-    size_t take = cur >= need ? need : cur; /* cur is even here */
+    size_t avail = cur & ~QUEUED; /* CLOSED is clear here */
+    size_t take = avail >= need ? need : avail;
     if (take == need && !spent) {
       if (!treadle_cx_poll_proceed(cx)) {
         treadle__os_mutex_unlock(&s->q.mu);
@@ -153,13 +163,15 @@ static treadle_poll_t acquire_idle(struct treadle_semaphore_s *s,
       }
       spent = true;
     }
-    /* acquire: pairs with treadle__sem_add_permits_locked's release. */
-    if (atomic_compare_exchange_weak_explicit(&s->permits, &cur, cur - take,
-                                              memory_order_acquire,
-                                              memory_order_relaxed))
+    /* acquire: pairs with the releases' release. One that queues sets
+     * QUEUED in the same step, so no release adds without q.mu after. */
+    if (atomic_compare_exchange_weak_explicit(
+            &s->permits, &cur, (cur - take) | (take < need ? QUEUED : 0),
+            memory_order_acquire, memory_order_relaxed))
       break;
   }
-  size_t taken = (cur >= need ? need : cur) >> SHIFT;
+  size_t avail = cur & ~QUEUED;
+  size_t taken = (avail >= need ? need : avail) >> SHIFT;
   if (taken == n) {
     treadle__os_mutex_unlock(&s->q.mu);
     *err = 0;
@@ -210,6 +222,19 @@ treadle_err_t treadle__sem_release(struct treadle_semaphore_s *s, size_t n,
     return 0;
   if (n > max)
     return TREADLE_EINVAL;
+  /* Fast path, no lock: nobody queued, so the permits go to `permits`. */
+  size_t cur = atomic_load_explicit(&s->permits, memory_order_relaxed);
+  while (!(cur & QUEUED)) {
+    if ((cur >> SHIFT) > max - n)
+      return TREADLE_EINVAL;
+    /* release: pairs with the acquirers' acquire CAS (a Mutex's critical
+     * section goes to the next holder); fails if QUEUED was set since. */
+    if (atomic_compare_exchange_weak_explicit(&s->permits, &cur,
+                                              cur + ((size_t)n << SHIFT),
+                                              memory_order_release,
+                                              memory_order_relaxed))
+      return 0;
+  }
   treadle__os_mutex_lock(&s->q.mu);
   /* Relaxed: increases happen under q.mu, which we hold; a decrease we
    * miss only makes the check stricter. */
@@ -302,6 +327,9 @@ void treadle_semaphore_close(treadle_semaphore_t *s) {
                                 memory_order_release);
     }
     bool more = !treadle__list_empty(&s->q.waiters);
+    if (!more)
+      /* Relaxed: under q.mu; the queue is empty for good (CLOSED). */
+      atomic_fetch_and_explicit(&s->permits, ~QUEUED, memory_order_relaxed);
     treadle__os_mutex_unlock(&s->q.mu);
     treadle__wakelist_wake(&wl);
     if (!more)

@@ -113,7 +113,9 @@ void treadle_waiter_drop(treadle_waiter_t *wp) {
   w->q = NULL;
   /* Relaxed: off every queue; only the owner looks at it from now on. */
   atomic_store_explicit(&w->state, TREADLE__W_IDLE, memory_order_relaxed);
-  if (give_back > 0)
+  if (q->kind == TREADLE__WAITQ_SEMAPHORE)
+    /* Even with nothing to give back: the queue may be empty now, and
+     * SEM_QUEUED must be cleared with it (semaphore.c step 1). */
     treadle__sem_add_permits_locked((struct treadle_semaphore_s *)q, give_back);
   else
     treadle__os_mutex_unlock(&q->mu);

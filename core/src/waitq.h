@@ -120,14 +120,19 @@ void treadle__notify_pass_on(treadle__waitq_t *q, treadle__wakelist_t *wl);
 
 /* --------------------------------------------------------- semaphore */
 
-/* permits << 1 | SEM_CLOSED: tokio's batch_semaphore layout. */
+/* permits << 2 | SEM_QUEUED | SEM_CLOSED: tokio's batch_semaphore layout
+ * and a bit set while a waiter is queued, so that a release with nobody
+ * queued (an uncontended unlock) adds its permits without q.mu. */
 #define TREADLE__SEM_CLOSED ((size_t)1)
-#define TREADLE__SEM_SHIFT 1
+#define TREADLE__SEM_QUEUED ((size_t)2)
+#define TREADLE__SEM_SHIFT 2
 
 struct treadle_semaphore_s {
   treadle__waitq_t q;     /* first: see treadle__waitq_t */
-  _Atomic size_t permits; /* unassigned permits << 1 | SEM_CLOSED;
-                             increased under q.mu only, decreased by CAS
+  _Atomic size_t permits; /* unassigned permits << 2 | SEM_QUEUED |
+                             SEM_CLOSED; QUEUED is set and cleared under
+                             q.mu only, and while it is set permits are
+                             added under q.mu only; decreased by CAS
                              anywhere; nonzero permits imply no waiter */
 };
 
