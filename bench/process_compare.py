@@ -6,6 +6,7 @@ interleaved (A B B A ...), medians and ratios as a Markdown table.
     bench/process_compare.py [--reps 7] [--n 1000] [--in-flight 64]
                              [--flavors current,multi] [--program /bin/true]
                              [--syscalls] [--instructions] [--json FILE]
+                             [--with-sigchld]
 
 Each run spawns N children of the program (default 1000 of /bin/true), at
 most K at once (default 64): K tasks each take the next number, spawn,
@@ -16,6 +17,10 @@ own cost, children not included) and the children's (RUSAGE_CHILDREN:
 what exec, the dynamic loader and /bin/true cost, the same for both).
 Runs are unpinned (both cores: a child runs beside its parent).
 
+--with-sigchld adds treadle-sigchld: treadle_bench --wait-sigchld, which
+waits for the children through SIGCHLD (as Tokio 1.24 does) instead of
+pidfds, to tell what the exit-wait mechanism costs from the rest.
+
 --syscalls runs each once more under `strace -f` and counts the system
 calls per process, split into the parent's (every thread of the runtime)
 and the child's (the clone from posix_spawn's clone3 to its exit: what it
@@ -23,7 +28,7 @@ runs before exec and /bin/true itself); --instructions counts the parent's
 user-space instructions per process under callgrind
 (../shared/bench/tools/instructions.sh; valgrind follows no child).
 
-Builds what is missing: treadle's release preset (treadle_bench) and the
+Builds first (only what changed): treadle's release preset (treadle_bench) and the
 Tokio program (cargo, offline, Debian's crates, into build-bench/rust-target).
 """
 import argparse
@@ -50,26 +55,31 @@ def log(msg):
 
 
 def build():
-    if not os.path.exists(TREADLE):
+    """Brings the programs up to date (cmake and cargo rebuild only what
+    changed), so a run always measures the tree as it is."""
+    if not os.path.exists(os.path.join(ROOT, "build-release",
+                                       "CMakeCache.txt")):
+        log("configuring treadle's release preset")
         subprocess.run(["cmake", "--preset", "release"], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL)
-        subprocess.run(["cmake", "--build", "--preset", "release", "-j",
-                        str(os.cpu_count() or 2), "--target", "treadle_bench"],
-                       cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    if not os.path.exists(TOKIO):
-        cargo = os.environ.get("CARGO", "cargo")
-        subprocess.run([cargo, "build", "--release", "--offline", "--bin",
-                        "processes_tokio"],
-                       cwd=os.path.join(ROOT, "bench", "rust"), check=True,
-                       env=dict(os.environ, CARGO_TARGET_DIR=TARGET),
-                       stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", "--preset", "release", "-j",
+                    str(min(os.cpu_count() or 2, 2)), "--target",
+                    "treadle_bench"],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    cargo = os.environ.get("CARGO", "cargo")
+    subprocess.run([cargo, "build", "--quiet", "--release", "--offline",
+                    "--bin", "processes_tokio"],
+                   cwd=os.path.join(ROOT, "bench", "rust"), check=True,
+                   env=dict(os.environ, CARGO_TARGET_DIR=TARGET),
+                   stdout=subprocess.DEVNULL)
 
 
 def command(who, flavor, args):
-    if who == "treadle":
+    if who.startswith("treadle"):
         return [TREADLE, "spawn_processes", "--flavor", flavor,
                 "--in-flight", str(args.in_flight), "--program", args.program,
-                str(args.n)]
+                str(args.n)] + (["--wait-sigchld"] if who.endswith("sigchld")
+                                else [])
     return [TOKIO, flavor, str(args.n), str(args.in_flight), args.program]
 
 
@@ -125,17 +135,20 @@ def main():
     ap.add_argument("--syscalls", action="store_true")
     ap.add_argument("--instructions", action="store_true")
     ap.add_argument("--json")
+    ap.add_argument("--with-sigchld", action="store_true")
     args = ap.parse_args()
+    whos = ["treadle", "tokio"] + (["treadle-sigchld"] if args.with_sigchld
+                                   else [])
     build()
     flavors = args.flavors.split(",")
     log(f"uptime: {os.popen('uptime').read().strip()}")
     runs = collections.defaultdict(list)
     for rep in range(args.reps):
         for flavor in flavors:
-            pair = ["treadle", "tokio"]
+            order = list(whos)
             if rep % 2:
-                pair.reverse()
-            for who in pair:
+                order.reverse()
+            for who in order:
                 rec = run(command(who, flavor, args))
                 rec.update(rep=rep, flavor=flavor, who=who)
                 runs[(flavor, who)].append(rec)
@@ -159,7 +172,7 @@ def main():
               "children CPU µs/process |")
         print("|---|---|---:|---:|---:|")
         for flavor in flavors:
-            for who in ("treadle", "tokio"):
+            for who in whos:
                 rs = runs[(flavor, who)]
                 pps = [r["processes_per_sec"] for r in rs]
                 print(f"| {flavor} | {who} | {med(flavor, who, 'processes_per_sec'):,.0f} "
@@ -167,17 +180,25 @@ def main():
                       f"{1e6 * med(flavor, who, 'cpu_self_secs') / args.n:.1f} | "
                       f"{1e6 * med(flavor, who, 'cpu_children_secs') / args.n:.1f} |")
         print("\n| flavor | treadle/Tokio processes/s (of the medians / paired) "
-              "| treadle/Tokio parent CPU per process |")
+              "| treadle/Tokio parent CPU per process (of the medians / "
+              "paired) |")
         print("|---|---:|---:|")
         for flavor in flavors:
-            a, b = runs[(flavor, "treadle")], runs[(flavor, "tokio")]
-            paired = statistics.median(
-                x["processes_per_sec"] / y["processes_per_sec"]
-                for x, y in zip(a, b))
-            print(f"| {flavor} | "
-                  f"{med(flavor, 'treadle', 'processes_per_sec') / med(flavor, 'tokio', 'processes_per_sec'):.2f}x"
-                  f" / {paired:.2f}x | "
-                  f"{med(flavor, 'treadle', 'cpu_self_secs') / med(flavor, 'tokio', 'cpu_self_secs'):.2f}x |")
+            for who in whos:
+                if who == "tokio":
+                    continue
+                a, b = runs[(flavor, who)], runs[(flavor, "tokio")]
+                paired = statistics.median(
+                    x["processes_per_sec"] / y["processes_per_sec"]
+                    for x, y in zip(a, b))
+                pcpu = statistics.median(
+                    x["cpu_self_secs"] / y["cpu_self_secs"]
+                    for x, y in zip(a, b))
+                print(f"| {flavor} ({who}) | "
+                      f"{med(flavor, who, 'processes_per_sec') / med(flavor, 'tokio', 'processes_per_sec'):.2f}x"
+                      f" / {paired:.2f}x | "
+                      f"{med(flavor, who, 'cpu_self_secs') / med(flavor, 'tokio', 'cpu_self_secs'):.2f}x"
+                      f" / {pcpu:.2f}x |")
 
     if args.syscalls:
         print(f"\nSystem calls per process (`strace -f`, one run of "
@@ -186,7 +207,7 @@ def main():
               f"\n")
         cols = []
         for flavor in flavors:
-            for who in ("treadle", "tokio"):
+            for who in whos:
                 p, c = strace_per_process(command(who, flavor, args), args.n)
                 cols.append((f"{who} {flavor}", p, c))
         names = sorted({k for _, p, _ in cols for k in p},

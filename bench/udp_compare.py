@@ -34,7 +34,7 @@ server busy. --instructions runs each server under callgrind
 (../shared/bench/tools/instructions.sh) through a fixed load and divides
 its user-space instructions by the datagrams echoed.
 
-Builds what is missing: treadle's release preset (udp_echo, udpload) and
+Builds first (only what changed): treadle's release preset (udp_echo, udpload) and
 the Tokio program (cargo, offline, Debian's crates, into
 build-bench/rust-target).
 """
@@ -78,22 +78,23 @@ def log(msg):
 
 
 def build():
-    if not (os.path.exists(UDP_ECHO) and os.path.exists(UDPLOAD)):
-        log("building treadle's release preset (udp_echo, udpload)")
+    """Brings the programs up to date (cmake and cargo rebuild only what
+    changed), so a run always measures the tree as it is."""
+    if not os.path.exists(os.path.join(ROOT, "build-release",
+                                       "CMakeCache.txt")):
+        log("configuring treadle's release preset")
         subprocess.run(["cmake", "--preset", "release"], cwd=ROOT, check=True,
                        stdout=subprocess.DEVNULL)
-        subprocess.run(["cmake", "--build", "--preset", "release", "-j",
-                        str(os.cpu_count() or 2), "--target", "udp_echo",
-                        "udpload"], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)
-    if not os.path.exists(TOKIO):
-        log("building udp_echo_tokio (cargo --offline)")
-        cargo = os.environ.get("CARGO", "cargo")
-        subprocess.run([cargo, "build", "--release", "--offline", "--bin",
-                        "udp_echo_tokio"],
-                       cwd=os.path.join(ROOT, "bench", "rust"), check=True,
-                       env=dict(os.environ, CARGO_TARGET_DIR=TARGET),
-                       stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", "--preset", "release", "-j",
+                    str(min(os.cpu_count() or 2, 2)), "--target", "udp_echo",
+                    "udpload"],
+                   cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    cargo = os.environ.get("CARGO", "cargo")
+    subprocess.run([cargo, "build", "--quiet", "--release", "--offline",
+                    "--bin", "udp_echo_tokio"],
+                   cwd=os.path.join(ROOT, "bench", "rust"), check=True,
+                   env=dict(os.environ, CARGO_TARGET_DIR=TARGET),
+                   stdout=subprocess.DEVNULL)
 
 
 def probe(port, timeout):
@@ -200,7 +201,7 @@ def report(runs, servers, conns_list, args):
           f"thousand datagrams per second of server CPU (server CPU µs per "
           f"datagram).\n")
     print("| server | conns | rps k | eff k (µs/dgram) | p50 µs | p99 µs | "
-          "server CPU % | udpload CPU % | lost / late / mismatches |")
+          "server CPU % | udpload CPU % | lost / late / stray / mismatches |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
     cells = {}
     for name in servers:
@@ -226,6 +227,7 @@ def report(runs, servers, conns_list, args):
                   f"{cell['srv']:.0f} | {cell['cli']:.0f} | "
                   f"{sum(r['lost'] for r in rs)} / "
                   f"{sum(r['late'] for r in rs)} / "
+                  f"{sum(r.get('stray', 0) for r in rs)} / "
                   f"{sum(r['mismatches'] for r in rs)} |")
     print("\n| ratio | " + " | ".join(f"c={c}" for c in conns_list) +
           " |\n|---|" + "---:|" * len(conns_list))
@@ -361,7 +363,7 @@ def instructions(args, servers, conns):
         log(f"{INSTRUCTIONS} not found: no instruction counts")
         return
     print(f"\nUser-space instructions per datagram echoed (callgrind, "
-          f"{INSTRUCTIONS.replace(ROOT + '/', '')}; udpload --conns {conns} "
+          f"../shared/bench/tools/instructions.sh; udpload --conns {conns} "
           f"for 5 s; start-up included; under valgrind the server is the "
           f"bottleneck, so treadle's batches are full):\n")
     print("| server | datagrams echoed | instructions | per datagram |")

@@ -12,10 +12,13 @@
  * echo has not come back after --timeout-ms (default 200) is counted as
  * lost and sent again, unchanged; its round trip is then counted from the
  * first send, as the user would see it. Every datagram carries its
- * socket's number and sequence number in its first 8 bytes and a window of
- * a random pattern chosen by both after them: an echo of an earlier
- * datagram of the same socket (a late echo of one sent again) is counted as
- * `late` and dropped; any other difference is a mismatch.
+ * socket's number (with this run's random tag in the upper 16 bits) and
+ * sequence number in its first 8 bytes and a window of a random pattern
+ * chosen by both after them: an echo of an earlier datagram of the same
+ * socket (a late echo of one sent again) is counted as `late` and dropped;
+ * an echo of another run's datagram (one still in flight when an earlier
+ * udpload closed a socket whose port this run was given again) is counted
+ * as `stray` and dropped; any other difference is a mismatch.
  *
  * --warmup seconds (default 1) run unmeasured, then --duration seconds
  * (default 5) are measured: only round trips that end inside the window
@@ -28,7 +31,8 @@
  * Output, one JSON line in echoload's shape: conns, size, threads, secs,
  * requests, rps (round trips per second, all sockets), p50_us p90_us p99_us
  * p999_us mean_us max_us (log-linear histogram, < 0.8% bucket error),
- * lost (timeouts, each followed by a resend), late, mismatches, errors
+ * lost (timeouts in the window, each followed by a resend), late (echoes
+ * of datagrams sent again, in the window), stray, mismatches, errors
  * (send or receive errors, such as ECONNREFUSED when nobody listens),
  * client_cpu_pct (this process, user + system, % of one core over the
  * window), server_cpu_pct (with --server-pid: that process's CPU over the
@@ -141,7 +145,7 @@ typedef struct {
   sock_t *socks;
   int n;
   hist_t hist;
-  uint64_t requests, lost, late, mismatches, errors;
+  uint64_t requests, lost, late, stray, mismatches, errors;
   uint64_t calls_in_window; /* send + recv + epoll_wait, in the window */
   unsigned char *rbuf, *sbuf;
 } worker_t;
@@ -211,14 +215,18 @@ static void on_readable(worker_t *w, sock_t *s) {
     memcpy(&id, w->rbuf, 4);
     memcpy(&seq, w->rbuf + 4, 4);
   }
+  if (n >= 8 && (id >> 16) != (s->id >> 16)) {
+    w->stray++; /* another run's datagram: not this run's to check */
+    return;
+  }
   if (n == opt.size && id == s->id && seq != s->seq &&
       (uint32_t)(s->seq - seq) < 0x80000000u) {
     /* An earlier datagram's echo: check it all the same. */
     datagram(w->sbuf, id, seq);
-    if (memcmp(w->rbuf, w->sbuf, (size_t)n) == 0)
-      w->late++;
-    else
+    if (memcmp(w->rbuf, w->sbuf, (size_t)n) != 0)
       w->mismatches++;
+    else if (t >= t_start && t < t_end)
+      w->late++;
     return;
   }
   datagram(w->sbuf, s->id, s->seq);
@@ -428,6 +436,11 @@ int main(int argc, char **argv) {
     pattern[i] = (unsigned char)(x >> 24);
   }
 
+  /* This run's tag: never 0, and different from the last run's. */
+  uint64_t seed = now_ns() ^ (uint64_t)getpid() * 2654435761u;
+  uint32_t run_tag = (uint32_t)(seed >> 8) & 0xffff;
+  if (run_tag == 0)
+    run_tag = 1;
   worker_t *ws = calloc(MAX_THREADS, sizeof *ws); /* big: the histograms */
   sock_t *all = calloc((size_t)opt.conns, sizeof *all);
   if (ws == NULL || all == NULL)
@@ -445,7 +458,7 @@ int main(int argc, char **argv) {
       die("epoll_create1 or out of memory");
     for (int i = 0; i < w->n; i++) {
       sock_t *s = &w->socks[i];
-      s->id = (uint32_t)(s - all);
+      s->id = run_tag << 16 | (uint32_t)(s - all);
       s->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
       if (s->fd < 0)
         die("socket");
@@ -479,8 +492,8 @@ int main(int argc, char **argv) {
   hist_t *h = calloc(1, sizeof *h);
   if (h == NULL)
     die("out of memory");
-  uint64_t requests = 0, lost = 0, late = 0, mismatches = 0, errors = 0,
-           calls = 0;
+  uint64_t requests = 0, lost = 0, late = 0, stray = 0, mismatches = 0,
+           errors = 0, calls = 0;
   for (int t = 0; t < opt.threads; t++) {
     worker_t *w = &ws[t];
     for (int i = 0; i < H_BUCKETS; i++)
@@ -492,6 +505,7 @@ int main(int argc, char **argv) {
     requests += w->requests;
     lost += w->lost;
     late += w->late;
+    stray += w->stray;
     mismatches += w->mismatches;
     errors += w->errors;
     calls += w->calls_in_window;
@@ -509,14 +523,16 @@ int main(int argc, char **argv) {
   printf("{\"conns\":%d,\"size\":%d,\"threads\":%d,\"secs\":%.3f,"
          "\"requests\":%llu,\"rps\":%.1f,\"p50_us\":%.1f,\"p90_us\":%.1f,"
          "\"p99_us\":%.1f,\"p999_us\":%.1f,\"mean_us\":%.1f,\"max_us\":%llu,"
-         "\"lost\":%llu,\"late\":%llu,\"mismatches\":%llu,\"errors\":%llu,"
+         "\"lost\":%llu,\"late\":%llu,\"stray\":%llu,\"mismatches\":%llu,"
+         "\"errors\":%llu,"
          "\"client_cpu_pct\":%.1f,\"server_cpu_pct\":%s,"
          "\"client_syscalls_per_rt\":%.2f}\n",
          opt.conns, opt.size, opt.threads, secs, (unsigned long long)requests,
          (double)requests / secs, h_pct(h, 50), h_pct(h, 90), h_pct(h, 99),
          h_pct(h, 99.9), h->n ? h->sum_us / (double)h->n : 0.0,
          (unsigned long long)h->max_us, (unsigned long long)lost,
-         (unsigned long long)late, (unsigned long long)mismatches,
+         (unsigned long long)late, (unsigned long long)stray,
+         (unsigned long long)mismatches,
          (unsigned long long)errors, cli_cpu, srv,
          requests ? (double)calls / (double)requests : 0.0);
   return 0;
