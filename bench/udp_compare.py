@@ -364,8 +364,9 @@ def instructions(args, servers, conns):
         return
     print(f"\nUser-space instructions per datagram echoed (callgrind, "
           f"../shared/bench/tools/instructions.sh; udpload --conns {conns} "
-          f"for 5 s; start-up included; under valgrind the server is the "
-          f"bottleneck, so treadle's batches are full):\n")
+          f"for 5 s; start-up included, under 0.5 M). Valgrind slows the "
+          f"server, which changes how full its batches are and how often "
+          f"it waits: compare servers at the same --conns only.\n")
     print("| server | datagrams echoed | instructions | per datagram |")
     print("|---|---:|---:|---:|")
     for i, name in enumerate(servers):
