@@ -211,7 +211,7 @@ static ssize_t call_recvmmsg(int fd, void *state, bool *full) {
 static bool batch_check(const treadle_dgram_msg_t *msgs, size_t count,
                         bool sending) {
   bool bad = false;
-  for (size_t i = 0; i < count; i++) /* no early exit: it vectorises */
+  for (size_t i = 0; i < count; i++) /* no early exit: no branch per message */
     bad |= msgs[i].buf == NULL && msgs[i].len > 0;
   if (sending)
     for (size_t i = 0; i < count && !bad; i++)
