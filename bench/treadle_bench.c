@@ -13,8 +13,13 @@
  * resident memory of N tasks asleep, default 1,000,000), held_timers (N
  * tasks, default 1000, sleeping from 1 ms to 60 s, spread evenly on a log
  * scale, held for --seconds S, default 10: the process CPU a runtime that
- * only waits uses, beside bench/rust's held_timers_tokio). --metrics prints
- * the runtime's metrics on stderr at the end.
+ * only waits uses, beside bench/rust's held_timers_tokio), spawn_processes
+ * (N children of --program P, default 1000 of /bin/true, at most
+ * --in-flight K at once, default 64, each spawned and waited for by one of
+ * K tasks: beside bench/rust's processes_tokio; --wait-sigchld waits for
+ * them through SIGCHLD, as Tokio 1.24 does, instead of pidfds, to compare
+ * the two paths). --metrics prints the
+ * runtime's metrics on stderr at the end.
  *
  * All work starts inside the block_on task, a spawned task like any other
  * (as micro_tokio spawns its root task). */
@@ -28,10 +33,17 @@
 
 #include "treadle.h"
 
+/* The runtime's test hook (core/src/internal.h): children are waited for
+ * through SIGCHLD instead of pidfds (spawn_processes --wait-sigchld). */
+void treadle__process_force_sigchld(bool on);
+
 static const char *flavor_name = "current";
 static unsigned workers = 2;
 static bool show_metrics = false;
 static double hold_secs = 10;
+static size_t in_flight = 64;
+static const char *program = "/bin/true";
+static bool wait_sigchld = false;
 
 static double secs_since(uint64_t t0) {
   return (double)(treadle_now() - t0) / 1e9;
@@ -645,6 +657,108 @@ static treadle_poll_t held_poll(treadle_cx_t *cx, void *st) {
 /* The tasks still asleep are dropped with the runtime, after these. */
 static void held_drop(void *st) { treadle_sleep_drop(&((held_t *)st)->hold); }
 
+/* ------------------------------------------------------ spawn_processes */
+
+/* K runner tasks: each takes the next number, spawns the program, waits
+ * for it, frees it, until N were started; the root waits for all K. The
+ * same work as bench/rust's processes_tokio. */
+typedef struct {
+  _Atomic size_t next, failed;
+  size_t n;
+  treadle_command_t *cmd;
+  done_t done;
+} procs_shared_t;
+
+typedef struct {
+  procs_shared_t *sh;
+  treadle_child_t *child;
+} runner_t;
+
+static treadle_poll_t runner_poll(treadle_cx_t *cx, void *st) {
+  runner_t *r = st;
+  for (;;) {
+    if (r->child == NULL) {
+      if (atomic_fetch_add_explicit(&r->sh->next, 1, memory_order_relaxed) >=
+          r->sh->n) {
+        done_one(&r->sh->done);
+        return TREADLE_READY;
+      }
+      treadle_err_t err =
+          treadle_command_spawn(r->sh->cmd, treadle_cx_handle(cx), &r->child);
+      if (err != 0) {
+        fprintf(stderr, "spawn %s: %s\n", program, treadle_strerror(err));
+        abort();
+      }
+    }
+    treadle_exit_status_t status;
+    treadle_err_t err;
+    if (treadle_child_wait_poll(r->child, cx, &status, &err) ==
+        TREADLE_PENDING)
+      return TREADLE_PENDING;
+    if (err != 0) {
+      fprintf(stderr, "wait: %s\n", treadle_strerror(err));
+      abort();
+    }
+    if (!status.exited || status.code != 0)
+      atomic_fetch_add_explicit(&r->sh->failed, 1, memory_order_relaxed);
+    treadle_child_free(r->child);
+    r->child = NULL;
+  }
+}
+
+static void runner_drop(void *st) { treadle_child_free(((runner_t *)st)->child); }
+
+static const treadle_task_vtable_t runner_vt = {.poll = runner_poll,
+                                                .drop = runner_drop};
+
+/* CPU time so far (user + system), seconds: RUSAGE_SELF or _CHILDREN. */
+static double rusage_secs(int who) {
+  struct rusage ru;
+  getrusage(who, &ru);
+  return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+         (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+typedef struct {
+  size_t n;
+  bool started;
+  double self0, kids0;
+  uint64_t t0;
+  procs_shared_t *sh; /* main's */
+} procs_t;
+
+static treadle_poll_t procs_poll(treadle_cx_t *cx, void *st) {
+  procs_t *p = st;
+  procs_shared_t *sh = p->sh;
+  if (!p->started) {
+    p->started = true;
+    size_t k = in_flight < p->n ? in_flight : p->n;
+    atomic_init(&sh->done.left, k);
+    done_arm(&sh->done, cx);
+    p->self0 = rusage_secs(RUSAGE_SELF);
+    p->kids0 = rusage_secs(RUSAGE_CHILDREN);
+    p->t0 = treadle_now();
+    for (size_t i = 0; i < k; i++) {
+      runner_t r = {.sh = sh};
+      if (treadle_spawn(treadle_cx_handle(cx), &runner_vt, &r, sizeof r,
+                        NULL) != 0)
+        abort();
+    }
+  }
+  if (!done_finished(&sh->done))
+    return TREADLE_PENDING;
+  double secs = secs_since(p->t0);
+  json_head("spawn_processes");
+  printf(",\"wait\":\"%s\",\"n\":%zu,\"in_flight\":%zu,\"secs\":%.4f,"
+         "\"processes_per_sec\":%.1f,\"failed\":%zu,\"cpu_self_secs\":%.4f,"
+         "\"cpu_children_secs\":%.4f}\n",
+         wait_sigchld ? "sigchld" : "pidfd", p->n, in_flight, secs,
+         (double)p->n / secs,
+         atomic_load(&sh->failed), rusage_secs(RUSAGE_SELF) - p->self0,
+         rusage_secs(RUSAGE_CHILDREN) - p->kids0);
+  return TREADLE_READY;
+}
+
 /* ------------------------------------------------------------------ main */
 
 static uint64_t *held_starts, *held_wokes; /* freed after the runtime */
@@ -652,9 +766,10 @@ static uint64_t *held_starts, *held_wokes; /* freed after the runtime */
 static void usage(const char *argv0) {
   fprintf(stderr,
           "usage: %s spawn_many|yield_many|chained_spawn|ping_pong|timers|"
-          "idle_timers|cpu_bound|sleepers_rss|held_timers"
+          "idle_timers|cpu_bound|sleepers_rss|held_timers|spawn_processes"
           " [--flavor current|multi] [--workers N] [--metrics]"
-          " [--seconds S] [N]\n",
+          " [--seconds S] [--in-flight K] [--program PATH] [--wait-sigchld]"
+          " [N]\n",
           argv0);
   exit(2);
 }
@@ -674,6 +789,16 @@ int main(int argc, char **argv) {
       hold_secs = atof(argv[++i]);
       if (!(hold_secs > 0))
         usage(argv[0]);
+    } else if (strcmp(argv[i], "--in-flight") == 0 && i + 1 < argc) {
+      long k = atol(argv[++i]);
+      if (k < 1)
+        usage(argv[0]);
+      in_flight = (size_t)k;
+    } else if (strcmp(argv[i], "--wait-sigchld") == 0) {
+      wait_sigchld = true;
+      treadle__process_force_sigchld(true);
+    } else if (strcmp(argv[i], "--program") == 0 && i + 1 < argc) {
+      program = argv[++i];
     } else if (strcmp(argv[i], "--metrics") == 0) {
       show_metrics = true;
     } else if (strcmp(argv[i], "--workers") == 0 && i + 1 < argc) {
@@ -739,6 +864,15 @@ int main(int argc, char **argv) {
     if (s.starts == NULL || s.wokes == NULL)
       abort();
     err = treadle_runtime_block_on(rt, &vt, &s, sizeof s, NULL);
+  } else if (strcmp(bench, "spawn_processes") == 0) {
+    static const treadle_task_vtable_t vt = {.poll = procs_poll};
+    static procs_shared_t sh; /* the runners point into it */
+    sh.n = n > 0 ? (size_t)n : 1000;
+    if (treadle_command_new(program, &sh.cmd) != 0)
+      abort();
+    procs_t s = {.n = sh.n, .sh = &sh};
+    err = treadle_runtime_block_on(rt, &vt, &s, sizeof s, NULL);
+    treadle_command_free(sh.cmd);
   } else if (strcmp(bench, "cpu_bound") == 0) {
     static const treadle_task_vtable_t vt = {.poll = cpu_bound_poll};
     cpu_bound_t s = {.steps = n > 0 ? (size_t)n : 4000000};

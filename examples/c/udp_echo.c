@@ -31,6 +31,7 @@ typedef struct {
   treadle_dgram_msg_t msgs[BATCH];
   char bufs[BATCH][ROOM];
   size_t have, sent; /* datagrams received in this batch, and sent back */
+  bool started;      /* msgs point into this copy of the state */
   unsigned long echoed;
 } server_t;
 
@@ -57,10 +58,15 @@ static treadle_poll_t server_poll(treadle_cx_t *cx, void *state) {
       }
       s->sent += k;
     }
-    for (size_t i = 0; i < BATCH; i++) {
+    /* Give the buffers their room back: all at the first poll (the task
+     * has its own copy of the state, so the pointers are set here), then
+     * those the last batch used. */
+    for (size_t i = 0; i < (s->started ? s->have : BATCH); i++) {
       s->msgs[i].buf = s->bufs[i];
       s->msgs[i].len = ROOM;
     }
+    s->started = true;
+    s->have = s->sent = 0;
     size_t k;
     if (treadle_dgram_recv_many_poll(s->sock, cx, s->msgs, BATCH, &k, &err) ==
         TREADLE_PENDING)

@@ -2,7 +2,8 @@
  * 127.255.255.255 is refused without it and arrives with it), the unicast
  * and multicast TTL, multicast loopback, joining and leaving groups (IPv4
  * and IPv6, with delivery where the machine routes multicast), and
- * sendmmsg/recvmmsg through the batch leaves. */
+ * sendmmsg/recvmmsg through the batch leaves (a short receive batch clears
+ * readiness). */
 #define _GNU_SOURCE
 #include <net/if.h>
 
@@ -246,11 +247,114 @@ static void batches_send_and_receive_many(void **state) {
   assert_int_equal(treadle_runtime_free(rt), 0);
 }
 
+/* A batch receive that comes back short has emptied the socket: it clears
+ * readiness, so the next receive waits for the next datagram's edge
+ * instead of making a call that would only say EAGAIN; and that edge
+ * wakes it. A plain socket sends. On current_thread the driver cannot run
+ * between the two receives, so the second finds readiness cleared and
+ * waits even with "2" already queued: counted as `waited_with_one_queued`.
+ * Elsewhere a worker's driver may see the edge first; the datagram must
+ * come all the same. */
+typedef struct {
+  treadle_dgram_t *b;
+  int plain;
+  struct sockaddr_storage to;
+  treadle_dgram_msg_t msgs[8];
+  char in[8][4];
+  int phase; /* 0: receive "1"; 1: send "2", receive it */
+  size_t got[2];
+  char first[2];
+  ssize_t sent2;
+  int waited_with_one_queued;
+  treadle_err_t err;
+} short_batch_t;
+
+static treadle_poll_t short_batch_step(treadle_cx_t *cx, void *st) {
+  short_batch_t *t = st;
+  for (;;) {
+    for (int i = 0; i < 8; i++)
+      t->msgs[i] = (treadle_dgram_msg_t){.buf = t->in[i], .len = 4};
+    size_t k;
+    if (treadle_dgram_recv_many_poll(t->b, cx, t->msgs, 8, &k, &t->err) ==
+        TREADLE_PENDING)
+      return TREADLE_PENDING;
+    if (t->err != 0)
+      return TREADLE_READY;
+    t->got[t->phase] = k;
+    t->first[t->phase] = t->in[0][0];
+    if (t->phase == 1)
+      return TREADLE_READY;
+    t->phase = 1;
+    t->sent2 = sendto(t->plain, "2", 1, 0, (struct sockaddr *)&t->to,
+                      sizeof(struct sockaddr_in));
+    for (int i = 0; i < 8; i++)
+      t->msgs[i] = (treadle_dgram_msg_t){.buf = t->in[i], .len = 4};
+    if (treadle_dgram_recv_many_poll(t->b, cx, t->msgs, 8, &k, &t->err) ==
+        TREADLE_PENDING) {
+      t->waited_with_one_queued++;
+      return TREADLE_PENDING;
+    }
+    if (t->err != 0)
+      return TREADLE_READY;
+    t->got[1] = k;
+    t->first[1] = t->in[0][0];
+    return TREADLE_READY;
+  }
+}
+
+typedef struct {
+  short_batch_t *t;
+  test_deadline_t deadline;
+} short_batch_task_t;
+
+static treadle_poll_t short_batch_poll(treadle_cx_t *cx, void *st) {
+  short_batch_task_t *s = st;
+  treadle_err_t err;
+  if (test_within(&s->deadline, 10000, cx, short_batch_step, s->t, &err) ==
+      TREADLE_PENDING)
+    return TREADLE_PENDING;
+  if (err != 0)
+    s->t->err = err; /* ETIMEDOUT: the edge was lost */
+  return TREADLE_READY;
+}
+
+static void short_batch_drop(void *st) {
+  treadle_sleep_drop(&((short_batch_task_t *)st)->deadline.sleep);
+}
+
+static void short_batch_clears_readiness(void **state) {
+  (void)state;
+  treadle_runtime_t *rt = test_runtime();
+  short_batch_t t = {.got = {99, 99}};
+  t.b = dg_bound(rt, "127.0.0.1", &t.to);
+  t.plain = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  assert_true(t.plain >= 0);
+  assert_int_equal(sendto(t.plain, "1", 1, 0, (struct sockaddr *)&t.to,
+                          sizeof(struct sockaddr_in)),
+                   1);
+  static const treadle_task_vtable_t vt = {.poll = short_batch_poll,
+                                           .drop = short_batch_drop};
+  short_batch_task_t task = {.t = &t};
+  assert_int_equal(RUN(rt, &vt, task), 0);
+  assert_int_equal(t.err, 0);
+  assert_int_equal(t.sent2, 1);
+  assert_int_equal(t.got[0], 1);
+  assert_int_equal(t.first[0], '1');
+  assert_int_equal(t.got[1], 1);
+  assert_int_equal(t.first[1], '2');
+  if (strcmp(test_flavor(), "ct") == 0)
+    assert_int_equal(t.waited_with_one_queued, 1);
+  close(t.plain);
+  treadle_dgram_free(t.b);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+}
+
 static const struct CMUnitTest tests[] = {
     RT_TEST(broadcast_needs_the_option),
     RT_TEST(ttl_and_multicast_loop),
     RT_TEST(multicast_join_and_leave),
     RT_TEST(batches_send_and_receive_many),
+    RT_TEST(short_batch_clears_readiness),
 };
 
 TEST_MAIN(tests)
