@@ -1,0 +1,543 @@
+/* treadle.shared: shared dictionaries for Lua (ARCHITECTURE.md "Shared
+ * dictionaries"), with ngx.shared.DICT's methods and return conventions
+ * over bindings/common's store (shdict.h). A dict is process-wide, found by
+ * name; each lua_State holds one userdata per dict (a reference), cached
+ * by name in a weak table, so that every worker's state sees the same
+ * entries. No call waits: each takes the dict's mutex once, for a lookup
+ * and its change, and makes its Lua values after releasing it.
+ *
+ * As in OpenResty, a bad key or value is a return value (nil, "nil key"),
+ * since libraries written for ngx.shared test for it; arguments of the
+ * wrong kind elsewhere (exptime, flags, incr's numbers) raise. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ltreadle.h"
+#include "shdict.h"
+
+#define SHDICT_MT "treadle.shdict"
+#define CACHE_KEY "treadle.shared.cache" /* registry: name -> userdata, weak */
+
+/* The store's clock: treadle's (monotonic) in ms; + 1 as the store wants
+ * every `now` >= 1. */
+static uint64_t now_ms(void) { return treadle_now() / 1000000 + 1; }
+
+static shd_dict_t *check_dict(lua_State *L) {
+  shd_dict_t **ud = luaL_checkudata(L, 1, SHDICT_MT);
+  return *ud;
+}
+
+/* The key at idx (strings, and numbers as their string), or NULL with
+ * OpenResty's message in *err. Other types raise. */
+static const char *check_key(lua_State *L, int idx, size_t *klen, const char **err) {
+  int t = lua_type(L, idx);
+  if (t == LUA_TNIL || t == LUA_TNONE) {
+    *err = "nil key";
+    return NULL;
+  }
+  if (t != LUA_TSTRING && t != LUA_TNUMBER)
+    luaL_typeerror(L, idx, "string");
+  const char *key = lua_tolstring(L, idx, klen);
+  *err = *klen == 0 ? "empty key" : *klen > SHD_KEY_MAX ? "key too long" : NULL;
+  return *err == NULL ? key : NULL;
+}
+
+/* Seconds at idx (nil or absent: 0) as whole ms, a positive time below 1 ms
+ * as 1 ms (so it does expire); raises for negative, NaN, non-numbers. */
+static uint64_t check_exptime(lua_State *L, int idx, const char *what) {
+  lua_Number s = luaL_optnumber(L, idx, 0);
+  if (!(s >= 0))
+    luaL_argerror(L, idx, lua_pushfstring(L, "%s must be >= 0 seconds", what));
+  if (s == 0)
+    return 0;
+  if (s > 1e12) /* 31,000 years: never, in practice */
+    s = 1e12;
+  uint64_t ms = (uint64_t)(s * 1000);
+  return ms == 0 ? 1 : ms;
+}
+
+/* The value at idx into *v; false for a type a dict cannot hold. */
+static bool to_value(lua_State *L, int idx, shd_value_t *v) {
+  memset(v, 0, sizeof *v);
+  switch (lua_type(L, idx)) {
+  case LUA_TNIL:
+  case LUA_TNONE:
+    v->type = SHD_NIL;
+    return true;
+  case LUA_TBOOLEAN:
+    v->type = SHD_BOOL;
+    v->u.b = lua_toboolean(L, idx);
+    return true;
+  case LUA_TNUMBER:
+    if (lua_isinteger(L, idx)) {
+      v->type = SHD_INT;
+      v->u.i = lua_tointeger(L, idx);
+    } else {
+      v->type = SHD_NUM;
+      v->u.n = lua_tonumber(L, idx);
+    }
+    return true;
+  case LUA_TSTRING:
+    v->type = SHD_STR;
+    v->str = lua_tolstring(L, idx, &v->len);
+    return true;
+  default:
+    return false;
+  }
+}
+
+static void push_value(lua_State *L, const shd_value_t *v) {
+  switch (v->type) {
+  case SHD_BOOL:
+    lua_pushboolean(L, v->u.b);
+    break;
+  case SHD_INT:
+    lua_pushinteger(L, v->u.i);
+    break;
+  case SHD_NUM:
+    lua_pushnumber(L, v->u.n);
+    break;
+  case SHD_STR:
+    lua_pushlstring(L, v->str, v->len);
+    break;
+  case SHD_NIL:
+    lua_pushnil(L);
+    break;
+  }
+}
+
+static int fail(lua_State *L, bool with_false, const char *err) {
+  if (with_false)
+    lua_pushboolean(L, 0);
+  else
+    lua_pushnil(L);
+  lua_pushstring(L, err);
+  return 2;
+}
+
+/* get and get_stale: the value, its flags (nil when 0), [stale]. */
+static int get_helper(lua_State *L, bool want_stale) {
+  shd_dict_t *d = check_dict(L);
+  size_t klen;
+  const char *err;
+  const char *key = check_key(L, 2, &klen, &err);
+  if (key == NULL)
+    return fail(L, false, err);
+  char small[512];
+  char *buf = small;
+  size_t cap = sizeof small;
+  shd_value_t v;
+  bool stale = false;
+  for (;;) {
+    if (shd_get(d, key, klen, now_ms(), &v, buf, cap, want_stale ? &stale : NULL) != SHD_OK) {
+      lua_pushnil(L);
+      return 1;
+    }
+    if (v.type != SHD_STR || v.str != NULL)
+      break;
+    /* A longer string than the buffer: a Lua-owned one (no leak if a
+     * later push raises), and ask again, as it may have changed. */
+    cap = v.len;
+    buf = lua_newuserdatauv(L, cap, 0);
+  }
+  push_value(L, &v);
+  if (!want_stale && v.flags == 0)
+    return 1;
+  if (v.flags != 0)
+    lua_pushinteger(L, v.flags);
+  else
+    lua_pushnil(L);
+  if (!want_stale)
+    return 2;
+  lua_pushboolean(L, stale);
+  return 3;
+}
+
+/* lua: dict:get(key)
+ * The value stored under key (nil, a boolean, a number or a string), and
+ * its flags when they are not 0. An expired key reads as missing. The key
+ * becomes the most recently used. Keys are strings (numbers become their
+ * string) of 1 to 65535 bytes.
+ * Returns: value [, flags]; nil when missing; nil, "nil key" | "empty key"
+ * | "key too long" for such a key.
+ * Errors: raises for a key of another type (a table, a boolean).
+ * Example: local hits, flags = dict:get("hits") */
+static int l_get(lua_State *L) { return get_helper(L, false); }
+
+/* lua: dict:get_stale(key)
+ * As dict:get, but also returns a value that has expired and not yet been
+ * freed, and says whether it had.
+ * Returns: value, flags (nil when 0), stale (a boolean); nil when missing.
+ * Errors: as dict:get.
+ * Example: local v, flags, stale = dict:get_stale("config") */
+static int l_get_stale(lua_State *L) { return get_helper(L, true); }
+
+/* set, safe_set, add, safe_add, replace: (key, value [, exptime [, flags]]) */
+static int store_helper(lua_State *L, shd_op_t op) {
+  shd_dict_t *d = check_dict(L);
+  size_t klen;
+  const char *err;
+  const char *key = check_key(L, 2, &klen, &err);
+  uint64_t ttl = check_exptime(L, 4, "exptime");
+  lua_Integer flags = luaL_optinteger(L, 5, 0);
+  luaL_argcheck(L, flags >= 0 && flags <= UINT32_MAX, 5, "flags must be in 0..4294967295");
+  if (key == NULL)
+    return fail(L, true, err);
+  shd_value_t v;
+  if (!to_value(L, 3, &v))
+    return fail(L, true, "bad value type");
+  v.flags = (uint32_t)flags;
+  bool forcible;
+  shd_err_t rc = shd_store(d, op, key, klen, &v, ttl, now_ms(), &forcible);
+  lua_pushboolean(L, rc == SHD_OK);
+  if (rc == SHD_OK)
+    lua_pushnil(L);
+  else
+    lua_pushstring(L, shd_strerror(rc));
+  lua_pushboolean(L, forcible);
+  return 3;
+}
+
+/* lua: dict:set(key, value [, exptime [, flags]])
+ * Stores value (nil, a boolean, a number or a string; nil deletes the key)
+ * under key, with its flags (an integer in 0..2^32-1, default 0),
+ * expiring after exptime seconds (0 or nil: never; millisecond
+ * resolution). When the dict is full, the least recently used entries are
+ * evicted to make room: forcible is then true. Integers stay integers.
+ * Returns: true, nil, forcible; or false, "no memory" (larger than the whole
+ * dict), "bad value type" (a table, a function) or a key's error.
+ * Errors: raises for a negative or non-number exptime and for bad flags.
+ * Example: local ok, err, forcible = dict:set("greeting", "hello", 60) */
+static int l_set(lua_State *L) { return store_helper(L, SHD_SET); }
+
+/* lua: dict:safe_set(key, value [, exptime [, flags]])
+ * As dict:set, but never evicts a valid entry: when expired entries do not
+ * make enough room, it fails and the old value stays.
+ * Returns: true, nil, false; or false, "no memory", false; or as dict:set.
+ * Errors: as dict:set.
+ * Example: local ok, err = dict:safe_set("session:42", token, 3600) */
+static int l_safe_set(lua_State *L) { return store_helper(L, SHD_SAFE_SET); }
+
+/* lua: dict:add(key, value [, exptime [, flags]])
+ * As dict:set, only when the key is missing (or expired).
+ * Returns: true, nil, forcible; or false, "exists", false; or as dict:set.
+ * Errors: as dict:set.
+ * Example: if dict:add("lock", true, 5) then --[[ ours ]] end */
+static int l_add(lua_State *L) { return store_helper(L, SHD_ADD); }
+
+/* lua: dict:safe_add(key, value [, exptime [, flags]])
+ * As dict:add, but never evicts a valid entry (as dict:safe_set).
+ * Returns: true, nil, false; or false, "exists" | "no memory", false.
+ * Errors: as dict:set.
+ * Example: local ok, err = dict:safe_add("job:7", "queued") */
+static int l_safe_add(lua_State *L) { return store_helper(L, SHD_SAFE_ADD); }
+
+/* lua: dict:replace(key, value [, exptime [, flags]])
+ * As dict:set, only when the key is there (and not expired).
+ * Returns: true, nil, forcible; or false, "not found", false; or as dict:set.
+ * Errors: as dict:set.
+ * Example: dict:replace("config", new_text) */
+static int l_replace(lua_State *L) { return store_helper(L, SHD_REPLACE); }
+
+/* lua: dict:delete(key)
+ * Removes key (dict:set(key, nil)).
+ * Returns: true; or nil and a key's error.
+ * Errors: as dict:get.
+ * Example: dict:delete("session:42") */
+static int l_delete(lua_State *L) {
+  shd_dict_t *d = check_dict(L);
+  size_t klen;
+  const char *err;
+  const char *key = check_key(L, 2, &klen, &err);
+  if (key == NULL)
+    return fail(L, false, err);
+  shd_value_t nil = {.type = SHD_NIL};
+  bool forcible;
+  shd_store(d, SHD_SET, key, klen, &nil, 0, now_ms(), &forcible); /* cannot fail */
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static bool opt_number(lua_State *L, int idx, const char *what, shd_value_t *v) {
+  if (lua_isnoneornil(L, idx))
+    return false;
+  if (lua_isinteger(L, idx)) {
+    v->type = SHD_INT;
+    v->u.i = lua_tointeger(L, idx);
+  } else {
+    int ok;
+    v->type = SHD_NUM;
+    v->u.n = lua_tonumberx(L, idx, &ok);
+    if (!ok)
+      luaL_argerror(L, idx, lua_pushfstring(L, "%s must be a number, not %s", what,
+                                            luaL_typename(L, idx)));
+  }
+  return true;
+}
+
+/* lua: dict:incr(key, value [, init [, init_ttl]])
+ * Adds value (a number) to the number stored under key, atomically: from
+ * every worker at once, no increment is lost. A missing (or expired) key is
+ * "not found", unless init is given: then it is stored as init + value,
+ * expiring after init_ttl seconds (default: never), evicting as dict:set
+ * does. An existing key keeps its expiry. Integers stay integers unless
+ * the sum overflows.
+ * Returns: the new value, nil, forcible; or nil, "not found" | "not a
+ * number" (the value is not a number) | "no memory" | a key's error.
+ * Errors: raises when value or init is not a number, for a negative
+ * init_ttl, and for an init_ttl without init.
+ * Example: local hits = dict:incr("hits", 1, 0) */
+static int l_incr(lua_State *L) {
+  shd_dict_t *d = check_dict(L);
+  size_t klen;
+  const char *err;
+  const char *key = check_key(L, 2, &klen, &err);
+  shd_value_t delta, init;
+  if (!opt_number(L, 3, "value", &delta))
+    luaL_argerror(L, 3, "value must be a number, not nil");
+  bool has_init = opt_number(L, 4, "init", &init);
+  uint64_t init_ttl = check_exptime(L, 5, "init_ttl");
+  luaL_argcheck(L, has_init || lua_isnoneornil(L, 5), 5, "init_ttl needs an init");
+  if (key == NULL)
+    return fail(L, false, err);
+  shd_value_t out;
+  bool forcible;
+  shd_err_t rc = shd_incr(d, key, klen, &delta, has_init ? &init : NULL, init_ttl,
+                          now_ms(), &out, &forcible);
+  if (rc != SHD_OK)
+    return fail(L, false, shd_strerror(rc));
+  push_value(L, &out);
+  lua_pushnil(L);
+  lua_pushboolean(L, forcible);
+  return 3;
+}
+
+/* lua: dict:expire(key, exptime)
+ * Sets a key's expiry to exptime seconds from now (0: never), keeping its
+ * value.
+ * Returns: true; or nil, "not found" (missing or expired) | a key's error.
+ * Errors: raises for a negative or non-number exptime.
+ * Example: dict:expire("session:42", 300) */
+static int l_expire(lua_State *L) {
+  shd_dict_t *d = check_dict(L);
+  size_t klen;
+  const char *err;
+  const char *key = check_key(L, 2, &klen, &err);
+  luaL_checknumber(L, 3);
+  uint64_t ttl = check_exptime(L, 3, "exptime");
+  if (key == NULL)
+    return fail(L, false, err);
+  shd_err_t rc = shd_expire(d, key, klen, ttl, now_ms());
+  if (rc != SHD_OK)
+    return fail(L, false, shd_strerror(rc));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* lua: dict:ttl(key)
+ * The seconds (millisecond resolution) until key expires; 0 when it never
+ * does.
+ * Returns: the seconds; or nil, "not found" (missing or expired) | a key's
+ * error.
+ * Errors: as dict:get.
+ * Example: local left = dict:ttl("session:42") */
+static int l_ttl(lua_State *L) {
+  shd_dict_t *d = check_dict(L);
+  size_t klen;
+  const char *err;
+  const char *key = check_key(L, 2, &klen, &err);
+  if (key == NULL)
+    return fail(L, false, err);
+  uint64_t ms;
+  shd_err_t rc = shd_ttl(d, key, klen, now_ms(), &ms);
+  if (rc != SHD_OK)
+    return fail(L, false, shd_strerror(rc));
+  lua_pushnumber(L, (lua_Number)ms / 1000);
+  return 1;
+}
+
+/* lua: dict:flush_all()
+ * Marks every entry expired: get finds none, get_stale still finds them
+ * until stores or dict:flush_expired free their memory.
+ * Returns: nothing.
+ * Example: dict:flush_all() */
+static int l_flush_all(lua_State *L) {
+  shd_flush_all(check_dict(L));
+  return 0;
+}
+
+static size_t opt_max(lua_State *L, int idx, lua_Integer dflt) {
+  lua_Integer max = luaL_optinteger(L, idx, dflt);
+  luaL_argcheck(L, max >= 0, idx, "max must be >= 0 (0: no limit)");
+  return (size_t)max;
+}
+
+/* lua: dict:flush_expired([max])
+ * Frees up to max expired entries (0 or nil: all), least recently used
+ * first.
+ * Returns: how many it freed.
+ * Errors: raises for a negative max.
+ * Example: local freed = dict:flush_expired() */
+static int l_flush_expired(lua_State *L) {
+  shd_dict_t *d = check_dict(L);
+  size_t max = opt_max(L, 2, 0);
+  lua_pushinteger(L, (lua_Integer)shd_flush_expired(d, max, now_ms()));
+  return 1;
+}
+
+/* lua: dict:get_keys([max])
+ * The keys of the entries that have not expired, most recently used first,
+ * up to max (default 1024; 0: all, which may hold the dict's mutex for
+ * long on a big dict).
+ * Returns: an array of the keys.
+ * Errors: raises for a negative max.
+ * Example: for _, k in ipairs(dict:get_keys(0)) do print(k) end */
+static int l_get_keys(lua_State *L) {
+  shd_dict_t *d = check_dict(L);
+  size_t max = opt_max(L, 2, 1024);
+  size_t count;
+  shd_err_t err;
+  void *block = shd_keys(d, max, now_ms(), &count, &err);
+  if (err != SHD_OK)
+    return luaL_error(L, "not enough memory");
+  /* The block is C memory: a Lua allocation that fails must not lose it. */
+  void **box = lua_newuserdatauv(L, sizeof *box, 0);
+  *box = block;
+  lua_createtable(L, (int)(count < 1000000 ? count : 1000000), 0);
+  size_t pos = 0, klen;
+  for (size_t i = 0; i < count; i++) {
+    const char *k = shd_keys_next(block, &pos, &klen);
+    lua_pushlstring(L, k, klen);
+    lua_rawseti(L, -2, (lua_Integer)i + 1);
+  }
+  *box = NULL;
+  free(block);
+  return 1;
+}
+
+/* lua: dict:capacity()
+ * The dict's capacity in bytes, as made.
+ * Returns: an integer.
+ * Example: print(dict:capacity()) */
+static int l_capacity(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)shd_capacity(check_dict(L)));
+  return 1;
+}
+
+/* lua: dict:free_space()
+ * The bytes not taken by entries. Each entry takes 64 bytes plus its key
+ * and string value; expired entries count until they are freed.
+ * Returns: an integer.
+ * Example: if dict:free_space() < 4096 then dict:flush_expired() end */
+static int l_free_space(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)shd_free_space(check_dict(L)));
+  return 1;
+}
+
+static int l_dict_gc(lua_State *L) {
+  shd_dict_t **ud = luaL_checkudata(L, 1, SHDICT_MT);
+  shd_unref(*ud);
+  *ud = NULL;
+  return 0;
+}
+
+static int l_dict_tostring(lua_State *L) {
+  shd_dict_t *d = check_dict(L);
+  lua_pushfstring(L, "treadle.shdict (%s, %I of %I bytes free)", shd_name(d),
+                  (lua_Integer)shd_free_space(d), (lua_Integer)shd_capacity(d));
+  return 1;
+}
+
+/* Pushes this state's userdata for d, taking over the caller's reference. */
+static void push_dict(lua_State *L, shd_dict_t *d) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, CACHE_KEY);
+  if (lua_getfield(L, -1, shd_name(d)) == LUA_TUSERDATA) {
+    shd_unref(d); /* the cached userdata holds one */
+    lua_remove(L, -2);
+    return;
+  }
+  lua_pop(L, 1);
+  shd_dict_t **ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  *ud = d;
+  luaL_setmetatable(L, SHDICT_MT);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, shd_name(d));
+  lua_remove(L, -2);
+}
+
+/* lua: treadle.shared.dict(name, capacity)
+ * The shared dictionary called name, made with room for capacity bytes if
+ * there is none (each entry takes 64 bytes plus its key and string value).
+ * Every call with the same name, in any worker's state, gives the same
+ * dict; within one state, the same object. It is process-wide and lives as
+ * long as some state holds it. Its methods never wait: from every worker
+ * at once each takes the dict's lock for one short lookup.
+ * Returns: the dict.
+ * Errors: raises for a name that is not a non-empty string, for a capacity
+ * that is not a positive integer, and for a name that exists with another
+ * capacity.
+ * Example: local hits = treadle.shared.dict("hits", 1024 * 1024) */
+static int l_shared_dict(lua_State *L) {
+  size_t nlen;
+  const char *name = luaL_checklstring(L, 1, &nlen);
+  luaL_argcheck(L, nlen > 0, 1, "name must not be empty");
+  lua_Integer cap = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, cap > 0, 2, "capacity must be a positive number of bytes");
+  shd_dict_t *d;
+  shd_err_t rc = shd_open(name, (size_t)cap, &d);
+  if (rc == SHD_ECAPACITY) {
+    d = shd_find(name);
+    size_t had = d != NULL ? shd_capacity(d) : 0;
+    shd_unref(d);
+    return luaL_error(L, "shared dict '%s' exists with capacity %I, not %I", name,
+                      (lua_Integer)had, cap);
+  }
+  if (rc != SHD_OK)
+    return luaL_error(L, "not enough memory");
+  push_dict(L, d);
+  return 1;
+}
+
+/* lua: treadle.shared.get(name)
+ * The shared dictionary called name if some state made it with
+ * treadle.shared.dict, else nil: what an `ngx.shared` table answers for
+ * ngx.shared[name] (its __index can be this function).
+ * Returns: the dict, or nil.
+ * Errors: raises for a name that is not a string.
+ * Example: local hits = treadle.shared.get("hits") */
+static int l_shared_get(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1);
+  shd_dict_t *d = shd_find(name);
+  if (d == NULL) {
+    lua_pushnil(L);
+    return 1;
+  }
+  push_dict(L, d);
+  return 1;
+}
+
+static const luaL_Reg dict_methods[] = {
+    {"get", l_get},         {"get_stale", l_get_stale}, {"set", l_set},
+    {"safe_set", l_safe_set}, {"add", l_add},         {"safe_add", l_safe_add},
+    {"replace", l_replace}, {"delete", l_delete},     {"incr", l_incr},
+    {"expire", l_expire},   {"ttl", l_ttl},           {"flush_all", l_flush_all},
+    {"flush_expired", l_flush_expired}, {"get_keys", l_get_keys},
+    {"capacity", l_capacity}, {"free_space", l_free_space}, {NULL, NULL}};
+static const luaL_Reg shared_functions[] = {
+    {"dict", l_shared_dict}, {"get", l_shared_get}, {NULL, NULL}};
+
+void lt_open_shdict(lua_State *L) {
+  lt_new_class(L, SHDICT_MT, dict_methods, l_dict_gc, NULL, l_dict_tostring);
+  /* the per-state cache: weak values, so an unused dict is let go */
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, CACHE_KEY);
+  lua_createtable(L, 0, 1);
+  lua_pushliteral(L, "v");
+  lua_setfield(L, -2, "__mode");
+  lua_setmetatable(L, -2);
+  lua_pop(L, 1);
+  luaL_newlib(L, shared_functions);
+  lt_name_table(L, "treadle.shared");
+  lua_setfield(L, -2, "shared");
+}
