@@ -8,12 +8,19 @@
  *    allocates, outside the mutex, and then looks again (another thread may
  *    have stored the key meanwhile: the increment is then made in place).
  * 3. shd_keys measures under the mutex, allocates outside, copies under it.
- * The mutex is adaptive (glibc spins a little before sleeping), as the
- * sections are a few hundred instructions. */
+ * So the mutex is a spin lock, as nginx's shared-memory mutex and the I/O
+ * driver's slot lock are: a waiter spins (the holder is a few hundred
+ * instructions from the end), then yields the CPU in case the holder was
+ * preempted. A pthread mutex put both workers of a tight incr loop to
+ * sleep in futex calls thousands of times a second, at a third of the
+ * throughput. */
 #define _GNU_SOURCE
 #include "shdict.h"
 
+#include "os_thread.h" /* treadle__cpu_relax */
+
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,7 +49,8 @@ typedef struct entry {
 _Static_assert(sizeof(entry_t) <= SHD_ENTRY_OVERHEAD, "entry header larger than its charge");
 
 struct shd_dict {
-  pthread_mutex_t mu;
+  _Atomic uint32_t mu; /* the spin lock: 1 while held */
+  shd_clock_fn clock;
   size_t capacity;
   size_t used, count;  /* guarded by mu */
   lru_t lru;           /* guarded by mu; next: most recently used */
@@ -74,6 +82,24 @@ const char *shd_strerror(shd_err_t err) {
   return "unknown error";
 }
 
+static void lock(shd_dict_t *d) {
+  unsigned spins = 0;
+  /* acquire: pairs with unlock's release. */
+  while (atomic_exchange_explicit(&d->mu, 1, memory_order_acquire)) {
+    while (atomic_load_explicit(&d->mu, memory_order_relaxed)) {
+      if (++spins > 64)
+        sched_yield(); /* the holder may be preempted (or under valgrind) */
+      else
+        treadle__cpu_relax();
+    }
+  }
+}
+
+static void unlock(shd_dict_t *d) {
+  /* release: publishes what was written under the lock. */
+  atomic_store_explicit(&d->mu, 0, memory_order_release);
+}
+
 /* FNV-1a: keys are short, and this is a few cycles a byte. */
 static uint64_t hash_key(const char *key, size_t klen) {
   uint64_t h = UINT64_C(14695981039346656037);
@@ -88,8 +114,21 @@ static size_t cost(const entry_t *e) {
   return SHD_ENTRY_OVERHEAD + e->klen + e->vlen;
 }
 
-static bool expired(const entry_t *e, uint64_t now) {
-  return e->expires != 0 && e->expires <= now;
+/* One call's view of the clock: read at most once, and only when an entry
+ * with an expiry is looked at or made (most counters have none). */
+typedef struct {
+  shd_dict_t *d;
+  uint64_t now; /* 0: not read yet */
+} call_t;
+
+static uint64_t now_of(call_t *c) {
+  if (c->now == 0)
+    c->now = c->d->clock();
+  return c->now;
+}
+
+static bool expired(call_t *c, const entry_t *e) {
+  return e->expires != 0 && e->expires <= now_of(c);
 }
 
 static entry_t *tail(shd_dict_t *d) {
@@ -154,8 +193,8 @@ static void free_list(entry_t *e) {
 
 /* ------------------------------------------------------------ the dicts */
 
-shd_dict_t *shd_new(size_t capacity) {
-  if (capacity == 0)
+shd_dict_t *shd_new(size_t capacity, shd_clock_fn clock) {
+  if (capacity == 0 || clock == NULL)
     return NULL;
   /* About one bucket per 128 bytes of capacity: chains stay short even
    * when every entry is the smallest there is (65 bytes). */
@@ -168,13 +207,8 @@ shd_dict_t *shd_new(size_t capacity) {
     free(d);
     return NULL;
   }
-  pthread_mutexattr_t attr;
-  pthread_mutexattr_init(&attr);
-#ifdef PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP
-  pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ADAPTIVE_NP);
-#endif
-  pthread_mutex_init(&d->mu, &attr);
-  pthread_mutexattr_destroy(&attr);
+  atomic_init(&d->mu, 0);
+  d->clock = clock;
   d->capacity = capacity;
   d->lru.prev = d->lru.next = &d->lru;
   d->buckets = buckets;
@@ -183,7 +217,8 @@ shd_dict_t *shd_new(size_t capacity) {
   return d;
 }
 
-shd_err_t shd_open(const char *name, size_t capacity, shd_dict_t **out) {
+shd_err_t shd_open(const char *name, size_t capacity, shd_clock_fn clock,
+                   shd_dict_t **out) {
   *out = NULL;
   shd_err_t err = SHD_OK;
   pthread_mutex_lock(&named_mu);
@@ -199,7 +234,7 @@ shd_err_t shd_open(const char *name, size_t capacity, shd_dict_t **out) {
   } else if (capacity == 0) {
     err = SHD_ENOTFOUND;
   } else {
-    d = shd_new(capacity);
+    d = shd_new(capacity, clock);
     char *copy = d != NULL ? strdup(name) : NULL;
     if (copy == NULL) {
       shd_unref(d);
@@ -217,7 +252,7 @@ shd_err_t shd_open(const char *name, size_t capacity, shd_dict_t **out) {
 
 shd_dict_t *shd_find(const char *name) {
   shd_dict_t *d = NULL;
-  return shd_open(name, 0, &d) == SHD_OK ? d : NULL;
+  return shd_open(name, 0, NULL, &d) == SHD_OK ? d : NULL;
 }
 
 void shd_ref(shd_dict_t *d) {
@@ -249,7 +284,6 @@ void shd_unref(shd_dict_t *d) {
   }
   free(d->buckets);
   free(d->name);
-  pthread_mutex_destroy(&d->mu);
   free(d);
 }
 
@@ -258,16 +292,16 @@ const char *shd_name(const shd_dict_t *d) { return d->name; }
 size_t shd_capacity(const shd_dict_t *d) { return d->capacity; }
 
 size_t shd_free_space(shd_dict_t *d) {
-  pthread_mutex_lock(&d->mu);
+  lock(d);
   size_t free_bytes = d->capacity - d->used;
-  pthread_mutex_unlock(&d->mu);
+  unlock(d);
   return free_bytes;
 }
 
 size_t shd_count(shd_dict_t *d) {
-  pthread_mutex_lock(&d->mu);
+  lock(d);
   size_t n = d->count;
-  pthread_mutex_unlock(&d->mu);
+  unlock(d);
   return n;
 }
 
@@ -301,56 +335,57 @@ static void read_value(const entry_t *e, shd_value_t *out, char *buf, size_t buf
   }
 }
 
-shd_err_t shd_get(shd_dict_t *d, const char *key, size_t klen, uint64_t now,
-                  shd_value_t *out, char *buf, size_t bufcap, bool *stale) {
+shd_err_t shd_get(shd_dict_t *d, const char *key, size_t klen, shd_value_t *out,
+                  char *buf, size_t bufcap, bool *stale) {
   uint64_t hash = hash_key(key, klen);
+  call_t c = {d, 0};
   shd_err_t err = SHD_ENOTFOUND;
-  pthread_mutex_lock(&d->mu);
+  lock(d);
   entry_t *e = find(d, hash, key, klen);
-  if (e != NULL && (stale != NULL || !expired(e, now))) {
+  if (e != NULL && (stale != NULL || !expired(&c, e))) {
     if (stale != NULL)
-      *stale = expired(e, now);
+      *stale = expired(&c, e);
     touch(d, e);
     read_value(e, out, buf, bufcap);
     err = SHD_OK;
   }
-  pthread_mutex_unlock(&d->mu);
+  unlock(d);
   return err;
 }
 
-shd_err_t shd_ttl(shd_dict_t *d, const char *key, size_t klen, uint64_t now,
-                  uint64_t *ms) {
+shd_err_t shd_ttl(shd_dict_t *d, const char *key, size_t klen, uint64_t *ms) {
   uint64_t hash = hash_key(key, klen);
+  call_t c = {d, 0};
   shd_err_t err = SHD_ENOTFOUND;
-  pthread_mutex_lock(&d->mu);
+  lock(d);
   entry_t *e = find(d, hash, key, klen);
-  if (e != NULL && !expired(e, now)) {
-    *ms = e->expires == 0 ? 0 : e->expires - now;
+  if (e != NULL && !expired(&c, e)) {
+    *ms = e->expires == 0 ? 0 : e->expires - now_of(&c);
     err = SHD_OK;
   }
-  pthread_mutex_unlock(&d->mu);
+  unlock(d);
   return err;
 }
 
-shd_err_t shd_expire(shd_dict_t *d, const char *key, size_t klen,
-                     uint64_t ttl_ms, uint64_t now) {
+shd_err_t shd_expire(shd_dict_t *d, const char *key, size_t klen, uint64_t ttl_ms) {
   uint64_t hash = hash_key(key, klen);
+  call_t c = {d, 0};
   shd_err_t err = SHD_ENOTFOUND;
-  pthread_mutex_lock(&d->mu);
+  lock(d);
   entry_t *e = find(d, hash, key, klen);
-  if (e != NULL && !expired(e, now)) {
-    e->expires = ttl_ms == 0 ? 0 : now + ttl_ms;
+  if (e != NULL && !expired(&c, e)) {
+    e->expires = ttl_ms == 0 ? 0 : now_of(&c) + ttl_ms;
     err = SHD_OK;
   }
-  pthread_mutex_unlock(&d->mu);
+  unlock(d);
   return err;
 }
 
 /* ------------------------------------------------------------ stores */
 
 /* A new entry for key and v (not SHD_NIL), or NULL: out of memory. */
-static entry_t *new_entry(uint64_t hash, const char *key, size_t klen,
-                          const shd_value_t *v, uint64_t ttl_ms, uint64_t now) {
+static entry_t *new_entry(call_t *c, uint64_t hash, const char *key, size_t klen,
+                          const shd_value_t *v, uint64_t ttl_ms) {
   size_t vlen = v->type == SHD_STR ? v->len : 0;
   if (vlen > UINT32_MAX)
     return NULL;
@@ -358,7 +393,7 @@ static entry_t *new_entry(uint64_t hash, const char *key, size_t klen,
   if (e == NULL)
     return NULL;
   e->hash = hash;
-  e->expires = ttl_ms == 0 ? 0 : now + ttl_ms;
+  e->expires = ttl_ms == 0 ? 0 : now_of(c) + ttl_ms;
   e->u.i = 0;
   switch (v->type) {
   case SHD_BOOL:
@@ -388,14 +423,15 @@ static entry_t *new_entry(uint64_t hash, const char *key, size_t klen,
  * then, if it does not fit, a safe store frees expired entries from the
  * tail on and fails if that is not enough (old stays), any other evicts
  * entries from the tail until it fits (*forcible: a valid one went). */
-static shd_err_t put_locked(shd_dict_t *d, entry_t *old, entry_t *fresh, bool safe,
-                            uint64_t now, bool *forcible, entry_t **garbage) {
+static shd_err_t put_locked(call_t *c, entry_t *old, entry_t *fresh, bool safe,
+                            bool *forcible, entry_t **garbage) {
+  shd_dict_t *d = c->d;
   size_t need = cost(fresh);
   if (need > d->capacity)
     return SHD_ENOMEM;
   for (int i = 0; i < 2; i++) {
     entry_t *t = tail(d);
-    if (t == NULL || !expired(t, now))
+    if (t == NULL || !expired(c, t))
       break;
     if (t == old)
       old = NULL;
@@ -406,7 +442,7 @@ static shd_err_t put_locked(shd_dict_t *d, entry_t *old, entry_t *fresh, bool sa
     for (lru_t *l = d->lru.prev; l != &d->lru && need > room;) {
       entry_t *e = (entry_t *)l;
       l = l->prev;
-      if (e != old && expired(e, now)) {
+      if (e != old && expired(c, e)) {
         room += cost(e);
         remove_entry(d, e, garbage);
       }
@@ -418,7 +454,7 @@ static shd_err_t put_locked(shd_dict_t *d, entry_t *old, entry_t *fresh, bool sa
     remove_entry(d, old, garbage);
   while (d->capacity - d->used < need) {
     entry_t *t = tail(d); /* not NULL: need <= capacity */
-    if (!expired(t, now))
+    if (!expired(c, t))
       *forcible = true;
     remove_entry(d, t, garbage);
   }
@@ -427,21 +463,21 @@ static shd_err_t put_locked(shd_dict_t *d, entry_t *old, entry_t *fresh, bool sa
 }
 
 shd_err_t shd_store(shd_dict_t *d, shd_op_t op, const char *key, size_t klen,
-                    const shd_value_t *v, uint64_t ttl_ms, uint64_t now,
-                    bool *forcible) {
+                    const shd_value_t *v, uint64_t ttl_ms, bool *forcible) {
   *forcible = false;
   uint64_t hash = hash_key(key, klen);
+  call_t c = {d, 0};
   entry_t *fresh = NULL;
   if (v->type != SHD_NIL) {
-    fresh = new_entry(hash, key, klen, v, ttl_ms, now);
+    fresh = new_entry(&c, hash, key, klen, v, ttl_ms);
     if (fresh == NULL)
       return SHD_ENOMEM;
   }
   entry_t *garbage = NULL;
   shd_err_t err = SHD_OK;
-  pthread_mutex_lock(&d->mu);
+  lock(d);
   entry_t *old = find(d, hash, key, klen);
-  bool valid = old != NULL && !expired(old, now);
+  bool valid = old != NULL && !expired(&c, old);
   if ((op == SHD_ADD || op == SHD_SAFE_ADD) && valid)
     err = SHD_EEXISTS;
   else if (op == SHD_REPLACE && !valid)
@@ -450,12 +486,12 @@ shd_err_t shd_store(shd_dict_t *d, shd_op_t op, const char *key, size_t klen,
     if (old != NULL)
       remove_entry(d, old, &garbage);
   } else {
-    err = put_locked(d, old, fresh, op == SHD_SAFE_SET || op == SHD_SAFE_ADD, now,
-                     forcible, &garbage);
+    err = put_locked(&c, old, fresh, op == SHD_SAFE_SET || op == SHD_SAFE_ADD, forcible,
+                     &garbage);
     if (err == SHD_OK)
       fresh = NULL;
   }
-  pthread_mutex_unlock(&d->mu);
+  unlock(d);
   free(fresh);
   free_list(garbage);
   return err;
@@ -480,16 +516,16 @@ static shd_value_t add_numbers(const shd_value_t *a, const shd_value_t *b) {
 
 shd_err_t shd_incr(shd_dict_t *d, const char *key, size_t klen,
                    const shd_value_t *delta, const shd_value_t *init,
-                   uint64_t init_ttl_ms, uint64_t now, shd_value_t *out,
-                   bool *forcible) {
+                   uint64_t init_ttl_ms, shd_value_t *out, bool *forcible) {
   *forcible = false;
   uint64_t hash = hash_key(key, klen);
+  call_t c = {d, 0};
   entry_t *fresh = NULL, *garbage = NULL;
   shd_err_t err;
   for (;;) {
-    pthread_mutex_lock(&d->mu);
+    lock(d);
     entry_t *e = find(d, hash, key, klen);
-    if (e != NULL && !expired(e, now)) {
+    if (e != NULL && !expired(&c, e)) {
       if (!is_number((shd_type_t)e->type)) {
         err = SHD_ENOTNUM;
       } else {
@@ -508,18 +544,18 @@ shd_err_t shd_incr(shd_dict_t *d, const char *key, size_t klen,
     }
     if (fresh != NULL) { /* allocated in the last round, still missing */
       *out = add_numbers(init, delta);
-      err = put_locked(d, e, fresh, false, now, forcible, &garbage);
+      err = put_locked(&c, e, fresh, false, forcible, &garbage);
       if (err == SHD_OK)
         fresh = NULL;
       break;
     }
-    pthread_mutex_unlock(&d->mu);
+    unlock(d);
     shd_value_t first = add_numbers(init, delta);
-    fresh = new_entry(hash, key, klen, &first, init_ttl_ms, now);
+    fresh = new_entry(&c, hash, key, klen, &first, init_ttl_ms);
     if (fresh == NULL)
       return SHD_ENOMEM;
   }
-  pthread_mutex_unlock(&d->mu);
+  unlock(d);
   free(fresh);
   free_list(garbage);
   return err;
@@ -528,25 +564,26 @@ shd_err_t shd_incr(shd_dict_t *d, const char *key, size_t klen,
 /* ------------------------------------------------------------ flushes */
 
 void shd_flush_all(shd_dict_t *d) {
-  pthread_mutex_lock(&d->mu);
+  lock(d);
   for (lru_t *l = d->lru.next; l != &d->lru; l = l->next)
-    ((entry_t *)l)->expires = 1; /* every `now` is >= 1 */
-  pthread_mutex_unlock(&d->mu);
+    ((entry_t *)l)->expires = 1; /* the clock says >= 1 */
+  unlock(d);
 }
 
-size_t shd_flush_expired(shd_dict_t *d, size_t max, uint64_t now) {
+size_t shd_flush_expired(shd_dict_t *d, size_t max) {
+  call_t c = {d, 0};
   entry_t *garbage = NULL;
   size_t n = 0;
-  pthread_mutex_lock(&d->mu);
+  lock(d);
   for (lru_t *l = d->lru.prev; l != &d->lru && (max == 0 || n < max);) {
     entry_t *e = (entry_t *)l;
     l = l->prev;
-    if (expired(e, now)) {
+    if (expired(&c, e)) {
       remove_entry(d, e, &garbage);
       n++;
     }
   }
-  pthread_mutex_unlock(&d->mu);
+  unlock(d);
   free_list(garbage);
   return n;
 }
@@ -554,12 +591,13 @@ size_t shd_flush_expired(shd_dict_t *d, size_t max, uint64_t now) {
 /* Walks the valid keys from the most recent, up to max (0: all) and, when
  * block is not NULL, while they fit in `size` bytes, copying them there.
  * Returns the bytes they take; *count the keys. */
-static size_t walk_keys(shd_dict_t *d, size_t max, uint64_t now, char *block,
-                        size_t size, size_t *count) {
+static size_t walk_keys(shd_dict_t *d, size_t max, char *block, size_t size,
+                        size_t *count) {
+  call_t c = {d, 0};
   size_t at = 0, n = 0;
   for (lru_t *l = d->lru.next; l != &d->lru && (max == 0 || n < max); l = l->next) {
     entry_t *e = (entry_t *)l;
-    if (expired(e, now))
+    if (expired(&c, e))
       continue;
     if (block != NULL) {
       if (at + 2 + e->klen > size)
@@ -574,12 +612,11 @@ static size_t walk_keys(shd_dict_t *d, size_t max, uint64_t now, char *block,
   return at;
 }
 
-void *shd_keys(shd_dict_t *d, size_t max, uint64_t now, size_t *count,
-               shd_err_t *err) {
+void *shd_keys(shd_dict_t *d, size_t max, size_t *count, shd_err_t *err) {
   *err = SHD_OK;
-  pthread_mutex_lock(&d->mu);
-  size_t size = walk_keys(d, max, now, NULL, 0, count);
-  pthread_mutex_unlock(&d->mu);
+  lock(d);
+  size_t size = walk_keys(d, max, NULL, 0, count);
+  unlock(d);
   if (*count == 0)
     return NULL;
   /* Keys may come meanwhile: the copy takes those that fit. */
@@ -589,9 +626,9 @@ void *shd_keys(shd_dict_t *d, size_t max, uint64_t now, size_t *count,
     *err = SHD_ENOMEM;
     return NULL;
   }
-  pthread_mutex_lock(&d->mu);
-  walk_keys(d, max, now, block, size, count);
-  pthread_mutex_unlock(&d->mu);
+  lock(d);
+  walk_keys(d, max, block, size, count);
+  unlock(d);
   if (*count == 0) {
     free(block);
     return NULL;

@@ -1,9 +1,10 @@
 /* Shared dictionaries: a key-value store of fixed capacity that every
  * thread of the process may use at once (ARCHITECTURE.md "Shared
  * dictionaries"), with OpenResty's ngx.shared.DICT semantics. It knows no
- * scripting language and reads no clock: every call that looks at expiry
- * takes `now` (milliseconds on any clock that never goes back, >= 1), so
- * a test or a fuzz target can drive it against a model on a virtual clock.
+ * scripting language, and reads time from the clock it is given
+ * (milliseconds that never go back, >= 1), so that a test or a fuzz target
+ * can drive it against a model on a virtual clock. A call reads the clock
+ * at most once, and only when it makes or looks at an entry that expires.
  *
  * A dict is a hash table (a fixed number of buckets, chosen from the
  * capacity) over entries kept on an LRU list, all under one mutex. Each
@@ -25,6 +26,10 @@
 #include <stdint.h>
 
 typedef struct shd_dict shd_dict_t;
+
+/* Milliseconds on a clock that never goes back; always >= 1. Called
+ * under the dict's mutex, from any thread. */
+typedef uint64_t (*shd_clock_fn)(void);
 
 typedef enum { SHD_NIL, SHD_BOOL, SHD_INT, SHD_NUM, SHD_STR } shd_type_t;
 
@@ -62,14 +67,15 @@ typedef enum { SHD_SET, SHD_SAFE_SET, SHD_ADD, SHD_SAFE_ADD, SHD_REPLACE } shd_o
 /* The message of an error: "not found", "exists", "no memory", ... */
 const char *shd_strerror(shd_err_t err);
 
-/* A dict without a name, holding one reference; NULL when out of memory
- * or capacity is 0. */
-shd_dict_t *shd_new(size_t capacity);
-/* The dict called `name`, made with `capacity` if there is none, holding a
- * new reference. SHD_ECAPACITY if it exists with another capacity (and
+/* A dict without a name, holding one reference; NULL when out of memory,
+ * or capacity is 0, or clock NULL. */
+shd_dict_t *shd_new(size_t capacity, shd_clock_fn clock);
+/* The dict called `name`, made with `capacity` and `clock` if there is
+ * none, holding a new reference. SHD_ECAPACITY if it exists with another capacity (and
  * capacity != 0; 0 means "whatever it has", and fails with SHD_ENOTFOUND
  * when there is none), SHD_ENOMEM. */
-shd_err_t shd_open(const char *name, size_t capacity, shd_dict_t **out);
+shd_err_t shd_open(const char *name, size_t capacity, shd_clock_fn clock,
+                   shd_dict_t **out);
 /* The dict called `name` with a new reference, or NULL. */
 shd_dict_t *shd_find(const char *name);
 void shd_ref(shd_dict_t *d);
@@ -90,44 +96,39 @@ size_t shd_count(shd_dict_t *d);
  * asks again with a larger buffer), or SHD_ENOTFOUND. Expired entries are
  * found only when `stale` is not NULL (get_stale), which says whether it
  * was. A found entry becomes the most recently used. */
-shd_err_t shd_get(shd_dict_t *d, const char *key, size_t klen, uint64_t now,
-                  shd_value_t *out, char *buf, size_t bufcap, bool *stale);
+shd_err_t shd_get(shd_dict_t *d, const char *key, size_t klen, shd_value_t *out,
+                  char *buf, size_t bufcap, bool *stale);
 /* set, safe_set, add, safe_add, replace: stores v under key, expiring
- * ttl_ms after now (0: never). A SHD_NIL value removes the key (add: stores
+ * in ttl_ms (0: never). A SHD_NIL value removes the key (add: stores
  * nothing; replace: "not found" when missing). *forcible says whether valid
  * entries were evicted to make room. A safe op or a replace that fails
  * leaves the old value in place. */
 shd_err_t shd_store(shd_dict_t *d, shd_op_t op, const char *key, size_t klen,
-                    const shd_value_t *v, uint64_t ttl_ms, uint64_t now,
-                    bool *forcible);
+                    const shd_value_t *v, uint64_t ttl_ms, bool *forcible);
 /* incr: adds delta (SHD_INT or SHD_NUM) to the number under key and puts
  * the sum in *out; integers stay integers unless the sum overflows. A
  * missing key is SHD_ENOTFOUND unless init (not NULL) is given: then the
- * key is stored as init + delta, expiring init_ttl_ms after now (0: never),
+ * key is stored as init + delta, expiring in init_ttl_ms (0: never),
  * evicting as set does (*forcible). The TTL of an existing key is kept. */
 shd_err_t shd_incr(shd_dict_t *d, const char *key, size_t klen,
                    const shd_value_t *delta, const shd_value_t *init,
-                   uint64_t init_ttl_ms, uint64_t now, shd_value_t *out,
-                   bool *forcible);
+                   uint64_t init_ttl_ms, shd_value_t *out, bool *forcible);
 /* The key's TTL: *ms left, 0 for one that never expires; SHD_ENOTFOUND for
  * a missing or expired key. */
-shd_err_t shd_ttl(shd_dict_t *d, const char *key, size_t klen, uint64_t now,
-                  uint64_t *ms);
+shd_err_t shd_ttl(shd_dict_t *d, const char *key, size_t klen, uint64_t *ms);
 /* Sets a valid key's TTL to ttl_ms from now (0: never); SHD_ENOTFOUND. */
-shd_err_t shd_expire(shd_dict_t *d, const char *key, size_t klen,
-                     uint64_t ttl_ms, uint64_t now);
+shd_err_t shd_expire(shd_dict_t *d, const char *key, size_t klen, uint64_t ttl_ms);
 /* Marks every entry expired (get_stale still finds them until freed). */
 void shd_flush_all(shd_dict_t *d);
 /* Frees up to max expired entries (0: all), least recently used first;
  * returns how many. */
-size_t shd_flush_expired(shd_dict_t *d, size_t max, uint64_t now);
+size_t shd_flush_expired(shd_dict_t *d, size_t max);
 
 /* The keys of valid entries, most recently used first, up to max (0:
  * all): a malloc'd block of *count keys, each a uint16_t length then its
  * bytes, to be freed by the caller; NULL with *count 0 when there are none
  * or malloc failed (*err SHD_ENOMEM). Iterate with shd_keys_next. */
-void *shd_keys(shd_dict_t *d, size_t max, uint64_t now, size_t *count,
-               shd_err_t *err);
+void *shd_keys(shd_dict_t *d, size_t max, size_t *count, shd_err_t *err);
 /* The key at *pos in such a block (its bytes, *klen), and moves *pos on. */
 const char *shd_keys_next(const void *block, size_t *pos, size_t *klen);
 

@@ -21,11 +21,17 @@
 #define CACHE_KEY "treadle.shared.cache" /* registry: name -> userdata, weak */
 
 /* The store's clock: treadle's (monotonic) in ms; + 1 as the store wants
- * every `now` >= 1. */
-static uint64_t now_ms(void) { return treadle_now() / 1000000 + 1; }
+ * it >= 1. */
+static uint64_t clock_ms(void) { return treadle_now() / 1000000 + 1; }
 
+/* The dict at 1. The methods have the metatable as upvalue 1: a compare
+ * of two tables, where luaL_checkudata would look its name up (a third of
+ * an incr's time in a loop). */
 static shd_dict_t *check_dict(lua_State *L) {
-  shd_dict_t **ud = luaL_checkudata(L, 1, SHDICT_MT);
+  shd_dict_t **ud = lua_touserdata(L, 1);
+  if (ud == NULL || !lua_getmetatable(L, 1) || !lua_rawequal(L, -1, lua_upvalueindex(1)))
+    luaL_typeerror(L, 1, SHDICT_MT);
+  lua_pop(L, 1);
   return *ud;
 }
 
@@ -131,7 +137,7 @@ static int get_helper(lua_State *L, bool want_stale) {
   shd_value_t v;
   bool stale = false;
   for (;;) {
-    if (shd_get(d, key, klen, now_ms(), &v, buf, cap, want_stale ? &stale : NULL) != SHD_OK) {
+    if (shd_get(d, key, klen, &v, buf, cap, want_stale ? &stale : NULL) != SHD_OK) {
       lua_pushnil(L);
       return 1;
     }
@@ -190,7 +196,7 @@ static int store_helper(lua_State *L, shd_op_t op) {
     return fail(L, true, "bad value type");
   v.flags = (uint32_t)flags;
   bool forcible;
-  shd_err_t rc = shd_store(d, op, key, klen, &v, ttl, now_ms(), &forcible);
+  shd_err_t rc = shd_store(d, op, key, klen, &v, ttl, &forcible);
   lua_pushboolean(L, rc == SHD_OK);
   if (rc == SHD_OK)
     lua_pushnil(L);
@@ -255,25 +261,29 @@ static int l_delete(lua_State *L) {
     return fail(L, false, err);
   shd_value_t nil = {.type = SHD_NIL};
   bool forcible;
-  shd_store(d, SHD_SET, key, klen, &nil, 0, now_ms(), &forcible); /* cannot fail */
+  shd_store(d, SHD_SET, key, klen, &nil, 0, &forcible); /* cannot fail */
   lua_pushboolean(L, 1);
   return 1;
 }
 
-static bool opt_number(lua_State *L, int idx, const char *what, shd_value_t *v) {
-  if (lua_isnoneornil(L, idx))
+/* The number at idx (absent: false), an integer if it is one; raises for
+ * anything else. One or two API calls: incr's loop is what a counter does. */
+static bool opt_number(lua_State *L, int idx, int top, const char *what, shd_value_t *v) {
+  if (idx > top)
     return false;
-  if (lua_isinteger(L, idx)) {
+  int ok;
+  v->u.i = lua_tointegerx(L, idx, &ok);
+  if (ok && lua_isinteger(L, idx)) {
     v->type = SHD_INT;
-    v->u.i = lua_tointeger(L, idx);
-  } else {
-    int ok;
-    v->type = SHD_NUM;
-    v->u.n = lua_tonumberx(L, idx, &ok);
-    if (!ok)
-      luaL_argerror(L, idx, lua_pushfstring(L, "%s must be a number, not %s", what,
-                                            luaL_typename(L, idx)));
+    return true;
   }
+  if (lua_isnil(L, idx))
+    return false;
+  v->type = SHD_NUM;
+  v->u.n = lua_tonumberx(L, idx, &ok);
+  if (!ok)
+    luaL_argerror(L, idx, lua_pushfstring(L, "%s must be a number, not %s", what,
+                                          luaL_typename(L, idx)));
   return true;
 }
 
@@ -284,31 +294,38 @@ static bool opt_number(lua_State *L, int idx, const char *what, shd_value_t *v) 
  * expiring after init_ttl seconds (default: never), evicting as dict:set
  * does. An existing key keeps its expiry. Integers stay integers unless
  * the sum overflows.
- * Returns: the new value, nil, forcible; or nil, "not found" | "not a
- * number" (the value is not a number) | "no memory" | a key's error.
+ * Returns: the new value, and with an init also nil and forcible; or nil,
+ * "not found" | "not a number" (the value is not a number) | "no memory" |
+ * a key's error.
  * Errors: raises when value or init is not a number, for a negative
  * init_ttl, and for an init_ttl without init.
  * Example: local hits = dict:incr("hits", 1, 0) */
 static int l_incr(lua_State *L) {
   shd_dict_t *d = check_dict(L);
+  int top = lua_gettop(L);
   size_t klen;
   const char *err;
   const char *key = check_key(L, 2, &klen, &err);
   shd_value_t delta, init;
-  if (!opt_number(L, 3, "value", &delta))
+  if (!opt_number(L, 3, top, "value", &delta))
     luaL_argerror(L, 3, "value must be a number, not nil");
-  bool has_init = opt_number(L, 4, "init", &init);
-  uint64_t init_ttl = check_exptime(L, 5, "init_ttl");
-  luaL_argcheck(L, has_init || lua_isnoneornil(L, 5), 5, "init_ttl needs an init");
+  bool has_init = opt_number(L, 4, top, "init", &init);
+  uint64_t init_ttl = 0;
+  if (top >= 5 && !lua_isnil(L, 5)) {
+    luaL_argcheck(L, has_init, 5, "init_ttl needs an init");
+    init_ttl = check_exptime(L, 5, "init_ttl");
+  }
   if (key == NULL)
     return fail(L, false, err);
   shd_value_t out;
   bool forcible;
   shd_err_t rc = shd_incr(d, key, klen, &delta, has_init ? &init : NULL, init_ttl,
-                          now_ms(), &out, &forcible);
+                          &out, &forcible);
   if (rc != SHD_OK)
     return fail(L, false, shd_strerror(rc));
   push_value(L, &out);
+  if (!has_init)
+    return 1;
   lua_pushnil(L);
   lua_pushboolean(L, forcible);
   return 3;
@@ -329,7 +346,7 @@ static int l_expire(lua_State *L) {
   uint64_t ttl = check_exptime(L, 3, "exptime");
   if (key == NULL)
     return fail(L, false, err);
-  shd_err_t rc = shd_expire(d, key, klen, ttl, now_ms());
+  shd_err_t rc = shd_expire(d, key, klen, ttl);
   if (rc != SHD_OK)
     return fail(L, false, shd_strerror(rc));
   lua_pushboolean(L, 1);
@@ -351,7 +368,7 @@ static int l_ttl(lua_State *L) {
   if (key == NULL)
     return fail(L, false, err);
   uint64_t ms;
-  shd_err_t rc = shd_ttl(d, key, klen, now_ms(), &ms);
+  shd_err_t rc = shd_ttl(d, key, klen, &ms);
   if (rc != SHD_OK)
     return fail(L, false, shd_strerror(rc));
   lua_pushnumber(L, (lua_Number)ms / 1000);
@@ -383,7 +400,7 @@ static size_t opt_max(lua_State *L, int idx, lua_Integer dflt) {
 static int l_flush_expired(lua_State *L) {
   shd_dict_t *d = check_dict(L);
   size_t max = opt_max(L, 2, 0);
-  lua_pushinteger(L, (lua_Integer)shd_flush_expired(d, max, now_ms()));
+  lua_pushinteger(L, (lua_Integer)shd_flush_expired(d, max));
   return 1;
 }
 
@@ -399,7 +416,7 @@ static int l_get_keys(lua_State *L) {
   size_t max = opt_max(L, 2, 1024);
   size_t count;
   shd_err_t err;
-  void *block = shd_keys(d, max, now_ms(), &count, &err);
+  void *block = shd_keys(d, max, &count, &err);
   if (err != SHD_OK)
     return luaL_error(L, "not enough memory");
   /* The block is C memory: a Lua allocation that fails must not lose it. */
@@ -486,7 +503,7 @@ static int l_shared_dict(lua_State *L) {
   lua_Integer cap = luaL_checkinteger(L, 2);
   luaL_argcheck(L, cap > 0, 2, "capacity must be a positive number of bytes");
   shd_dict_t *d;
-  shd_err_t rc = shd_open(name, (size_t)cap, &d);
+  shd_err_t rc = shd_open(name, (size_t)cap, clock_ms, &d);
   if (rc == SHD_ECAPACITY) {
     d = shd_find(name);
     size_t had = d != NULL ? shd_capacity(d) : 0;
@@ -529,7 +546,18 @@ static const luaL_Reg shared_functions[] = {
     {"dict", l_shared_dict}, {"get", l_shared_get}, {NULL, NULL}};
 
 void lt_open_shdict(lua_State *L) {
-  lt_new_class(L, SHDICT_MT, dict_methods, l_dict_gc, NULL, l_dict_tostring);
+  luaL_newmetatable(L, SHDICT_MT);
+  lua_newtable(L);
+  lua_pushvalue(L, -2);
+  luaL_setfuncs(L, dict_methods, 1);
+  lt_name_table(L, SHDICT_MT);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, l_dict_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, l_dict_tostring, 1);
+  lua_setfield(L, -2, "__tostring");
+  lua_pop(L, 1);
   /* the per-state cache: weak values, so an unused dict is let go */
   luaL_getsubtable(L, LUA_REGISTRYINDEX, CACHE_KEY);
   lua_createtable(L, 0, 1);

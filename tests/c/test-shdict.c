@@ -7,6 +7,14 @@
 #include "harness.h"
 #include "shdict.h"
 
+/* The virtual clock every dict of this test reads. */
+static _Atomic uint64_t vnow = 1;
+static uint64_t vclock(void) {
+  /* Relaxed: threads only need some recent value. */
+  return atomic_load_explicit(&vnow, memory_order_relaxed);
+}
+static void set_now(uint64_t t) { atomic_store_explicit(&vnow, t, memory_order_relaxed); }
+
 static uint64_t rng_state;
 static uint64_t rng(void) {
   rng_state ^= rng_state << 13;
@@ -207,7 +215,7 @@ static void check_all(shd_dict_t *d, model_t *m, uint64_t now) {
   assert_int_equal(shd_count(d), m->n);
   size_t count;
   shd_err_t err;
-  void *block = shd_keys(d, 0, now, &count, &err);
+  void *block = shd_keys(d, 0, &count, &err);
   assert_int_equal(err, SHD_OK);
   size_t pos = 0, j = 0;
   for (size_t i = 0; i < m->n; i++) {
@@ -256,9 +264,10 @@ static void run_against_model(size_t capacity, int steps, uint64_t start) {
   static model_t m;
   memset(&m, 0, sizeof m);
   m.capacity = capacity;
-  shd_dict_t *d = shd_new(capacity);
+  shd_dict_t *d = shd_new(capacity, vclock);
   assert_non_null(d);
   uint64_t now = start;
+  set_now(now);
   char vbuf[MAX_STR], got[MAX_STR];
   for (int step = 0; step < steps; step++) {
     char key[16];
@@ -274,7 +283,7 @@ static void run_against_model(size_t capacity, int steps, uint64_t start) {
       bool want = op == 1;
       int i = mfind(&m, key, klen);
       bool found = i >= 0 && (want || !mexpired(&m.e[i], now));
-      shd_err_t rc = shd_get(d, key, klen, now, &out, got, sizeof got, want ? &st1 : NULL);
+      shd_err_t rc = shd_get(d, key, klen, &out, got, sizeof got, want ? &st1 : NULL);
       assert_int_equal(rc, found ? SHD_OK : SHD_ENOTFOUND);
       if (found) {
         check_value(&m.e[i], &out);
@@ -294,7 +303,7 @@ static void run_against_model(size_t capacity, int steps, uint64_t start) {
       random_value(&v, vbuf);
       mv = v;
       shd_err_t want = mstore(&m, sop, key, klen, &mv, ttl, now, &f2);
-      assert_int_equal(shd_store(d, sop, key, klen, &v, ttl, now, &f1), want);
+      assert_int_equal(shd_store(d, sop, key, klen, &v, ttl, &f1), want);
       assert_int_equal(f1, f2);
       break;
     }
@@ -309,7 +318,7 @@ static void run_against_model(size_t capacity, int steps, uint64_t start) {
       shd_value_t *ip = op == 8 ? &init : NULL;
       shd_value_t mout;
       shd_err_t want = mincr(&m, key, klen, &delta, ip, ttl, now, &mout, &f2);
-      assert_int_equal(shd_incr(d, key, klen, &delta, ip, ttl, now, &out, &f1), want);
+      assert_int_equal(shd_incr(d, key, klen, &delta, ip, ttl, &out, &f1), want);
       assert_int_equal(f1, f2);
       if (want == SHD_OK) {
         assert_int_equal(out.type, mout.type);
@@ -320,7 +329,7 @@ static void run_against_model(size_t capacity, int steps, uint64_t start) {
     case 9: { /* ttl */
       int i = mfind(&m, key, klen);
       bool found = i >= 0 && !mexpired(&m.e[i], now);
-      assert_int_equal(shd_ttl(d, key, klen, now, &ms1), found ? SHD_OK : SHD_ENOTFOUND);
+      assert_int_equal(shd_ttl(d, key, klen, &ms1), found ? SHD_OK : SHD_ENOTFOUND);
       if (found) {
         ms2 = m.e[i].expires == 0 ? 0 : m.e[i].expires - now;
         assert_int_equal(ms1, ms2);
@@ -330,13 +339,14 @@ static void run_against_model(size_t capacity, int steps, uint64_t start) {
     case 10: { /* expire */
       int i = mfind(&m, key, klen);
       bool found = i >= 0 && !mexpired(&m.e[i], now);
-      assert_int_equal(shd_expire(d, key, klen, ttl, now), found ? SHD_OK : SHD_ENOTFOUND);
+      assert_int_equal(shd_expire(d, key, klen, ttl), found ? SHD_OK : SHD_ENOTFOUND);
       if (found)
         m.e[i].expires = ttl == 0 ? 0 : now + ttl;
       break;
     }
     case 11: /* the clock moves on */
       now += rng() % 20;
+      set_now(now);
       break;
     case 12: { /* flush_expired */
       size_t max = rng() % 4, n = 0;
@@ -345,7 +355,7 @@ static void run_against_model(size_t capacity, int steps, uint64_t start) {
           mremove(&m, (size_t)i);
           n++;
         }
-      assert_int_equal(shd_flush_expired(d, max, now), n);
+      assert_int_equal(shd_flush_expired(d, max), n);
       break;
     }
     case 13: /* flush_all, rarely */
@@ -358,7 +368,7 @@ static void run_against_model(size_t capacity, int steps, uint64_t start) {
     default: { /* keys, limited */
       size_t max = 1 + rng() % 5, count;
       shd_err_t err;
-      void *block = shd_keys(d, max, now, &count, &err);
+      void *block = shd_keys(d, max, &count, &err);
       size_t j = 0, pos = 0, kl;
       for (size_t i = 0; i < m.n && j < max; i++)
         if (!mexpired(&m.e[i], now)) {
@@ -402,34 +412,36 @@ static void matches_model_tiny(void **state) {
 static void lru_eviction_order(void **state) {
   (void)state;
   /* four 100-byte entries fit in 400 bytes (64 + 2 + 34 each) */
-  shd_dict_t *d = shd_new(400);
+  set_now(1);
+  shd_dict_t *d = shd_new(400, vclock);
   char val[34] = {0};
   shd_value_t v = {.type = SHD_STR, .str = val, .len = sizeof val};
   bool forcible;
   const char *keys[] = {"k1", "k2", "k3", "k4"};
   for (int i = 0; i < 4; i++)
-    assert_int_equal(shd_store(d, SHD_SET, keys[i], 2, &v, 0, 1, &forcible), SHD_OK);
+    assert_int_equal(shd_store(d, SHD_SET, keys[i], 2, &v, 0, &forcible), SHD_OK);
   assert_int_equal(shd_free_space(d), 0);
   shd_value_t out;
   char buf[64];
-  assert_int_equal(shd_get(d, "k1", 2, 1, &out, buf, sizeof buf, NULL), SHD_OK);
+  assert_int_equal(shd_get(d, "k1", 2, &out, buf, sizeof buf, NULL), SHD_OK);
   /* LRU now k2: a safe_set fails and keeps everything, a set evicts k2 */
-  assert_int_equal(shd_store(d, SHD_SAFE_SET, "k5", 2, &v, 0, 1, &forcible), SHD_ENOMEM);
+  assert_int_equal(shd_store(d, SHD_SAFE_SET, "k5", 2, &v, 0, &forcible), SHD_ENOMEM);
   assert_false(forcible);
   assert_int_equal(shd_count(d), 4);
-  assert_int_equal(shd_store(d, SHD_SET, "k5", 2, &v, 0, 1, &forcible), SHD_OK);
+  assert_int_equal(shd_store(d, SHD_SET, "k5", 2, &v, 0, &forcible), SHD_OK);
   assert_true(forcible);
-  assert_int_equal(shd_get(d, "k2", 2, 1, &out, buf, sizeof buf, NULL), SHD_ENOTFOUND);
-  assert_int_equal(shd_get(d, "k3", 2, 1, &out, buf, sizeof buf, NULL), SHD_OK);
+  assert_int_equal(shd_get(d, "k2", 2, &out, buf, sizeof buf, NULL), SHD_ENOTFOUND);
+  assert_int_equal(shd_get(d, "k3", 2, &out, buf, sizeof buf, NULL), SHD_OK);
   /* an expired entry makes room without forcing anything */
-  assert_int_equal(shd_expire(d, "k4", 2, 5, 1), SHD_OK);
-  assert_int_equal(shd_store(d, SHD_SAFE_SET, "k6", 2, &v, 0, 10, &forcible), SHD_OK);
+  assert_int_equal(shd_expire(d, "k4", 2, 5), SHD_OK);
+  set_now(10);
+  assert_int_equal(shd_store(d, SHD_SAFE_SET, "k6", 2, &v, 0, &forcible), SHD_OK);
   assert_false(forcible);
-  assert_int_equal(shd_get(d, "k4", 2, 10, &out, buf, sizeof buf, &forcible), SHD_ENOTFOUND);
+  assert_int_equal(shd_get(d, "k4", 2, &out, buf, sizeof buf, &forcible), SHD_ENOTFOUND);
   /* larger than the dict: no memory, even for set */
   char big[400];
   shd_value_t vb = {.type = SHD_STR, .str = big, .len = sizeof big};
-  assert_int_equal(shd_store(d, SHD_SET, "kb", 2, &vb, 0, 10, &forcible), SHD_ENOMEM);
+  assert_int_equal(shd_store(d, SHD_SET, "kb", 2, &vb, 0, &forcible), SHD_ENOMEM);
   assert_int_equal(shd_count(d), 4);
   shd_unref(d);
 }
@@ -438,18 +450,18 @@ static void names_and_references(void **state) {
   (void)state;
   shd_dict_t *a, *b;
   assert_null(shd_find("test-shdict-names"));
-  assert_int_equal(shd_open("test-shdict-names", 0, &a), SHD_ENOTFOUND);
-  assert_int_equal(shd_open("test-shdict-names", 1000, &a), SHD_OK);
-  assert_int_equal(shd_open("test-shdict-names", 1000, &b), SHD_OK);
+  assert_int_equal(shd_open("test-shdict-names", 0, vclock, &a), SHD_ENOTFOUND);
+  assert_int_equal(shd_open("test-shdict-names", 1000, vclock, &a), SHD_OK);
+  assert_int_equal(shd_open("test-shdict-names", 1000, vclock, &b), SHD_OK);
   assert_ptr_equal(a, b);
-  assert_int_equal(shd_open("test-shdict-names", 999, &b), SHD_ECAPACITY);
+  assert_int_equal(shd_open("test-shdict-names", 999, vclock, &b), SHD_ECAPACITY);
   assert_null(b);
   b = shd_find("test-shdict-names");
   assert_ptr_equal(a, b);
   assert_string_equal(shd_name(b), "test-shdict-names");
   shd_value_t v = {.type = SHD_INT, .u.i = 7};
   bool forcible;
-  assert_int_equal(shd_store(a, SHD_SET, "x", 1, &v, 0, 1, &forcible), SHD_OK);
+  assert_int_equal(shd_store(a, SHD_SET, "x", 1, &v, 0, &forcible), SHD_OK);
   shd_unref(a);
   shd_unref(b);
   b = shd_find("test-shdict-names");
@@ -457,42 +469,46 @@ static void names_and_references(void **state) {
   shd_unref(b);
   shd_unref(a); /* the last: gone, entries and all (valgrind, ASan) */
   assert_null(shd_find("test-shdict-names"));
-  assert_null(shd_new(0));
+  assert_null(shd_new(0, vclock));
   assert_string_equal(shd_strerror(SHD_ENOMEM), "no memory");
   assert_string_equal(shd_strerror(SHD_ENOTNUM), "not a number");
 }
 
 static void incr_rules(void **state) {
   (void)state;
-  shd_dict_t *d = shd_new(4096);
+  set_now(1);
+  shd_dict_t *d = shd_new(4096, vclock);
   shd_value_t one = {.type = SHD_INT, .u.i = 1}, out;
   shd_value_t zero = {.type = SHD_INT, .u.i = 0};
   bool forcible;
-  assert_int_equal(shd_incr(d, "n", 1, &one, NULL, 0, 1, &out, &forcible), SHD_ENOTFOUND);
-  assert_int_equal(shd_incr(d, "n", 1, &one, &zero, 10, 1, &out, &forcible), SHD_OK);
+  assert_int_equal(shd_incr(d, "n", 1, &one, NULL, 0, &out, &forcible), SHD_ENOTFOUND);
+  assert_int_equal(shd_incr(d, "n", 1, &one, &zero, 10, &out, &forcible), SHD_OK);
   assert_true(out.type == SHD_INT && out.u.i == 1);
   uint64_t ms;
-  assert_int_equal(shd_ttl(d, "n", 1, 4, &ms), SHD_OK);
+  set_now(4);
+  assert_int_equal(shd_ttl(d, "n", 1, &ms), SHD_OK);
   assert_int_equal(ms, 7);
   /* an existing key keeps its TTL; init is ignored */
-  assert_int_equal(shd_incr(d, "n", 1, &one, &zero, 100, 5, &out, &forcible), SHD_OK);
+  set_now(5);
+  assert_int_equal(shd_incr(d, "n", 1, &one, &zero, 100, &out, &forcible), SHD_OK);
   assert_true(out.u.i == 2);
-  assert_int_equal(shd_ttl(d, "n", 1, 5, &ms), SHD_OK);
+  assert_int_equal(shd_ttl(d, "n", 1, &ms), SHD_OK);
   assert_int_equal(ms, 6);
   /* expired: init again */
-  assert_int_equal(shd_incr(d, "n", 1, &one, &zero, 0, 11, &out, &forcible), SHD_OK);
+  set_now(11);
+  assert_int_equal(shd_incr(d, "n", 1, &one, &zero, 0, &out, &forcible), SHD_OK);
   assert_true(out.u.i == 1);
   shd_value_t s = {.type = SHD_STR, .str = "x", .len = 1};
-  assert_int_equal(shd_store(d, SHD_SET, "s", 1, &s, 0, 11, &forcible), SHD_OK);
-  assert_int_equal(shd_incr(d, "s", 1, &one, &zero, 0, 11, &out, &forcible), SHD_ENOTNUM);
+  assert_int_equal(shd_store(d, SHD_SET, "s", 1, &s, 0, &forcible), SHD_OK);
+  assert_int_equal(shd_incr(d, "s", 1, &one, &zero, 0, &out, &forcible), SHD_ENOTNUM);
   /* integer overflow turns into a double */
   shd_value_t max = {.type = SHD_INT, .u.i = INT64_MAX};
-  assert_int_equal(shd_store(d, SHD_SET, "m", 1, &max, 0, 11, &forcible), SHD_OK);
-  assert_int_equal(shd_incr(d, "m", 1, &one, NULL, 0, 11, &out, &forcible), SHD_OK);
+  assert_int_equal(shd_store(d, SHD_SET, "m", 1, &max, 0, &forcible), SHD_OK);
+  assert_int_equal(shd_incr(d, "m", 1, &one, NULL, 0, &out, &forcible), SHD_OK);
   assert_int_equal(out.type, SHD_NUM);
   assert_true(out.u.n == 9223372036854775808.0);
   shd_value_t half = {.type = SHD_NUM, .u.n = 0.5};
-  assert_int_equal(shd_incr(d, "n", 1, &half, NULL, 0, 11, &out, &forcible), SHD_OK);
+  assert_int_equal(shd_incr(d, "n", 1, &half, NULL, 0, &out, &forcible), SHD_OK);
   assert_true(out.type == SHD_NUM && out.u.n == 1.5);
   shd_unref(d);
 }
@@ -510,7 +526,7 @@ static void *incr_worker(void *p) {
   shd_value_t one = {.type = SHD_INT, .u.i = 1}, zero = {.type = SHD_INT}, out;
   bool forcible;
   for (long i = 0; i < a->n; i++) {
-    shd_err_t rc = shd_incr(a->d, "hits", 4, &one, &zero, 0, 1, &out, &forcible);
+    shd_err_t rc = shd_incr(a->d, "hits", 4, &one, &zero, 0, &out, &forcible);
     if (rc != SHD_OK)
       return (void *)1;
   }
@@ -519,7 +535,7 @@ static void *incr_worker(void *p) {
 
 static void concurrent_incr_is_exact(void **state) {
   (void)state;
-  shd_dict_t *d = shd_new(1 << 16);
+  shd_dict_t *d = shd_new(1 << 16, vclock);
   enum { THREADS = 4 };
   long n = (long)test_scale(200000);
   pthread_t th[THREADS];
@@ -535,7 +551,7 @@ static void concurrent_incr_is_exact(void **state) {
   }
   shd_value_t out;
   char buf[8];
-  assert_int_equal(shd_get(d, "hits", 4, 1, &out, buf, sizeof buf, NULL), SHD_OK);
+  assert_int_equal(shd_get(d, "hits", 4, &out, buf, sizeof buf, NULL), SHD_OK);
   assert_int_equal(out.type, SHD_INT);
   assert_int_equal(out.u.i, n * THREADS);
   shd_unref(d);
@@ -550,7 +566,8 @@ static void *mixed_worker(void *p) {
     s ^= s >> 7;
     s ^= s << 17;
     size_t klen = (size_t)snprintf(key, sizeof key, "k%d", (int)(s % 64));
-    uint64_t now = 1 + (uint64_t)i / 16;
+    if (i % 16 == 0) /* Relaxed: any order of the threads' ticks will do. */
+      atomic_fetch_add_explicit(&vnow, 1, memory_order_relaxed);
     shd_value_t v = {.type = SHD_STR, .str = val, .len = s % sizeof val}, out;
     shd_value_t one = {.type = SHD_INT, .u.i = 1};
     bool forcible;
@@ -559,26 +576,26 @@ static void *mixed_worker(void *p) {
     shd_err_t err;
     switch (s % 8) {
     case 0:
-      shd_store(a->d, SHD_SET, key, klen, &v, s % 3, now, &forcible);
+      shd_store(a->d, SHD_SET, key, klen, &v, s % 3, &forcible);
       break;
     case 1:
-      shd_store(a->d, SHD_SAFE_ADD, key, klen, &v, 0, now, &forcible);
+      shd_store(a->d, SHD_SAFE_ADD, key, klen, &v, 0, &forcible);
       break;
     case 2:
-      shd_incr(a->d, key, klen, &one, &one, 2, now, &out, &forcible);
+      shd_incr(a->d, key, klen, &one, &one, 2, &out, &forcible);
       break;
     case 3:
-      shd_get(a->d, key, klen, now, &out, buf, sizeof buf, NULL);
+      shd_get(a->d, key, klen, &out, buf, sizeof buf, NULL);
       break;
     case 4:
-      shd_ttl(a->d, key, klen, now, &ms);
-      shd_expire(a->d, key, klen, 1, now);
+      shd_ttl(a->d, key, klen, &ms);
+      shd_expire(a->d, key, klen, 1);
       break;
     case 5:
-      shd_flush_expired(a->d, 2, now);
+      shd_flush_expired(a->d, 2);
       break;
     case 6:
-      free(shd_keys(a->d, 8, now, &count, &err));
+      free(shd_keys(a->d, 8, &count, &err));
       break;
     default:
       shd_free_space(a->d);
@@ -589,7 +606,7 @@ static void *mixed_worker(void *p) {
 
 static void concurrent_mixed_load(void **state) {
   (void)state;
-  shd_dict_t *d = shd_new(4096); /* small: evictions all the time */
+  shd_dict_t *d = shd_new(4096, vclock); /* small: evictions all the time */
   enum { THREADS = 4 };
   pthread_t th[THREADS];
   worker_arg_t args[THREADS];
