@@ -48,14 +48,17 @@ typedef struct entry {
 
 _Static_assert(sizeof(entry_t) <= SHD_ENTRY_OVERHEAD, "entry header larger than its charge");
 
+/* The first cache line holds the lock and what every call reads under it,
+ * so a call that takes the lock from another core fetches one line for
+ * all of them. */
 struct shd_dict {
-  _Atomic uint32_t mu; /* the spin lock: 1 while held */
-  shd_clock_fn clock;
-  size_t capacity;
-  size_t used, count;  /* guarded by mu */
-  lru_t lru;           /* guarded by mu; next: most recently used */
+  _Alignas(64) _Atomic uint32_t mu; /* the spin lock: 1 while held */
   entry_t **buckets;   /* guarded by mu; mask + 1 chains */
   size_t mask;
+  lru_t lru;           /* guarded by mu; next: most recently used */
+  size_t used, count;  /* guarded by mu */
+  shd_clock_fn clock;
+  size_t capacity;
   _Atomic long refs;
   char *name;              /* NULL, or its key in `named` */
   struct shd_dict *next;   /* on `named`; guarded by named_mu */
@@ -201,12 +204,13 @@ shd_dict_t *shd_new(size_t capacity, shd_clock_fn clock) {
   size_t n = 16;
   while (n < capacity / 128 && n < ((size_t)1 << 24))
     n *= 2;
-  shd_dict_t *d = calloc(1, sizeof *d);
+  shd_dict_t *d = aligned_alloc(64, sizeof *d); /* a multiple of 64 */
   entry_t **buckets = d != NULL ? calloc(n, sizeof *buckets) : NULL;
   if (buckets == NULL) {
     free(d);
     return NULL;
   }
+  memset(d, 0, sizeof *d);
   atomic_init(&d->mu, 0);
   d->clock = clock;
   d->capacity = capacity;
