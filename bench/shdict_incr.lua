@@ -46,7 +46,7 @@ for w = 0, WORKERS - 1 do
   first = math.min(first, d:get("t0:" .. w))
   last = math.max(last, d:get("t1:" .. w))
 end
-local hits = d:get("hits")
+local hits = d:get("hits") or 0
 if hits ~= N * WORKERS then
   io.stderr:write(string.format("hits %s, expected %d\n", tostring(hits), N * WORKERS))
   os.exit(1)

@@ -155,6 +155,8 @@ static int get_helper(lua_State *L, bool want_stale) {
       break;
     /* A longer string than the buffer: a Lua-owned one (no leak if a
      * later push raises), and ask again, as it may have changed. */
+    if (buf != small)
+      lua_pop(L, 1);
     cap = v.len;
     buf = lua_newuserdatauv(L, cap, 0);
   }

@@ -277,6 +277,38 @@ T.case("workers share a dict", {flavors = {"multi_thread"}, on = "all", workers 
   end
 end)
 
+T.case("get while another worker rewrites the value: always a whole value",
+  {flavors = {"multi_thread"}, on = "all", workers = 2, timeout = 120}, function(ctx)
+  local d = treadle.shared.dict("t-rewrite-" .. ctx.pid, 1 << 20)
+  local rounds = H.n(20000, 500)
+  -- each value says its own length in its first 5 bytes; lengths cross
+  -- get's 512-byte buffer both ways
+  local function value(i)
+    local len = 6 + (i * 7919) % 3000
+    return string.format("%05d", len) .. string.rep("x", len - 5)
+  end
+  local done = treadle.channel(2, "t-rewrite-done-" .. ctx.pid)
+  if ctx.worker == 1 then
+    for i = 1, rounds do
+      d:set("v", value(i))
+      if i % 100 == 0 then treadle.yield() end
+    end
+    done:send(true)
+    return
+  end
+  d:set("v", value(0))
+  local seen = 0
+  repeat
+    local v = d:get("v")
+    local len = tonumber(v:sub(1, 5))
+    if len ~= #v or v:find("[^x]", 6) then error("a torn value of " .. #v .. " bytes") end
+    seen = seen + 1
+    if seen % 100 == 0 then treadle.yield() end
+  until seen >= rounds
+  done:recv()
+  H.ok(seen >= rounds)
+end)
+
 -- every worker adds n to one key, yielding now and then; the total is exact
 local function hammer(ctx, n)
   local name = "t-hammer-" .. ctx.pid
