@@ -29,6 +29,26 @@ typedef struct lru {
   struct lru *prev, *next;
 } lru_t;
 
+/* A list's item (lpush, rpush). */
+typedef struct node {
+  struct node *prev, *next;
+  union {
+    int64_t i;
+    double n;
+  } u;
+  uint32_t len;        /* string's length */
+  uint8_t type;        /* SHD_INT, SHD_NUM or SHD_STR */
+  char data[];         /* the string */
+} node_t;
+
+_Static_assert(sizeof(node_t) <= SHD_NODE_OVERHEAD, "node header larger than its charge");
+
+/* A list value: its items, and the bytes they are charged. */
+typedef struct {
+  node_t *head, *tail;
+  size_t len, bytes;
+} list_t;
+
 typedef struct entry {
   lru_t lru;           /* first: an lru_t * is its entry */
   struct entry *hnext; /* the bucket's chain; the free list after removal */
@@ -38,6 +58,7 @@ typedef struct entry {
     bool b;
     int64_t i;
     double n;
+    list_t *list;      /* SHD_LIST */
   } u;
   uint32_t flags;
   uint32_t vlen;       /* string value's length */
@@ -81,6 +102,10 @@ const char *shd_strerror(shd_err_t err) {
     return "not a number";
   case SHD_ECAPACITY:
     return "exists with another capacity";
+  case SHD_ENOTLIST:
+    return "value not a list";
+  case SHD_EISLIST:
+    return "value is a list";
   }
   return "unknown error";
 }
@@ -113,8 +138,12 @@ static uint64_t hash_key(const char *key, size_t klen) {
   return h;
 }
 
+static size_t node_cost(const node_t *n) { return SHD_NODE_OVERHEAD + n->len; }
+
+/* An entry's charge; a list's changes with its items (d->used with it). */
 static size_t cost(const entry_t *e) {
-  return SHD_ENTRY_OVERHEAD + e->klen + e->vlen;
+  return SHD_ENTRY_OVERHEAD + e->klen + e->vlen +
+         (e->type == SHD_LIST ? e->u.list->bytes : 0);
 }
 
 /* One call's view of the clock: read at most once, and only when an entry
@@ -186,10 +215,22 @@ static void insert_entry(shd_dict_t *d, entry_t *e) {
   d->count++;
 }
 
+static void free_entry(entry_t *e) {
+  if (e->type == SHD_LIST) {
+    for (node_t *n = e->u.list->head; n != NULL;) {
+      node_t *next = n->next;
+      free(n);
+      n = next;
+    }
+    free(e->u.list);
+  }
+  free(e);
+}
+
 static void free_list(entry_t *e) {
   while (e != NULL) {
     entry_t *next = e->hnext;
-    free(e);
+    free_entry(e);
     e = next;
   }
 }
@@ -335,6 +376,7 @@ static void read_value(const entry_t *e, shd_value_t *out, char *buf, size_t buf
     }
     break;
   case SHD_NIL:
+  case SHD_LIST:
     break;
   }
 }
@@ -349,9 +391,13 @@ shd_err_t shd_get(shd_dict_t *d, const char *key, size_t klen, shd_value_t *out,
   if (e != NULL && (stale != NULL || !expired(&c, e))) {
     if (stale != NULL)
       *stale = expired(&c, e);
-    touch(d, e);
-    read_value(e, out, buf, bufcap);
-    err = SHD_OK;
+    if (e->type == SHD_LIST) {
+      err = SHD_EISLIST;
+    } else {
+      touch(d, e);
+      read_value(e, out, buf, bufcap);
+      err = SHD_OK;
+    }
   }
   unlock(d);
   return err;
@@ -496,7 +542,8 @@ shd_err_t shd_store(shd_dict_t *d, shd_op_t op, const char *key, size_t klen,
       fresh = NULL;
   }
   unlock(d);
-  free(fresh);
+  if (fresh != NULL)
+    free_entry(fresh);
   free_list(garbage);
   return err;
 }
@@ -562,6 +609,186 @@ shd_err_t shd_incr(shd_dict_t *d, const char *key, size_t klen,
   unlock(d);
   free(fresh);
   free_list(garbage);
+  return err;
+}
+
+/* ------------------------------------------------------------ lists */
+
+static node_t *new_node(const shd_value_t *v) {
+  size_t len = v->type == SHD_STR ? v->len : 0;
+  if (len > UINT32_MAX)
+    return NULL;
+  node_t *n = malloc(sizeof *n + len);
+  if (n == NULL)
+    return NULL;
+  n->prev = n->next = NULL;
+  n->type = (uint8_t)v->type;
+  n->len = (uint32_t)len;
+  if (v->type == SHD_INT)
+    n->u.i = v->u.i;
+  else
+    n->u.n = v->type == SHD_NUM ? v->u.n : 0;
+  if (len != 0)
+    memcpy(n->data, v->str, len);
+  return n;
+}
+
+static void link_node(list_t *l, node_t *n, bool left) {
+  if (left) {
+    n->next = l->head;
+    if (l->head != NULL)
+      l->head->prev = n;
+    l->head = n;
+    if (l->tail == NULL)
+      l->tail = n;
+  } else {
+    n->prev = l->tail;
+    if (l->tail != NULL)
+      l->tail->next = n;
+    l->tail = n;
+    if (l->head == NULL)
+      l->head = n;
+  }
+  l->len++;
+  l->bytes += node_cost(n);
+}
+
+shd_err_t shd_push(shd_dict_t *d, const char *key, size_t klen, bool left,
+                   const shd_value_t *v, size_t *len) {
+  node_t *n = new_node(v);
+  if (n == NULL)
+    return SHD_ENOMEM;
+  uint64_t hash = hash_key(key, klen);
+  call_t c = {d, 0};
+  entry_t *fresh = NULL, *garbage = NULL;
+  shd_err_t err;
+  for (;;) {
+    lock(d);
+    entry_t *e = find(d, hash, key, klen);
+    if (e != NULL && !expired(&c, e)) {
+      if (e->type != SHD_LIST) {
+        err = SHD_ENOTLIST;
+        break;
+      }
+      /* First the list, then evictions from the tail: only a list that is
+       * alone in the dict can be reached, and then it does not fit. */
+      size_t need = node_cost(n);
+      touch(d, e);
+      err = SHD_OK;
+      while (d->capacity - d->used < need) {
+        entry_t *t = tail(d);
+        if (t == e) {
+          err = SHD_ENOMEM;
+          break;
+        }
+        remove_entry(d, t, &garbage);
+      }
+      if (err == SHD_OK) {
+        link_node(e->u.list, n, left);
+        d->used += need;
+        *len = e->u.list->len;
+        n = NULL;
+      }
+      break;
+    }
+    if (fresh != NULL) { /* made in the last round: a new list of one */
+      link_node(fresh->u.list, n, left);
+      n = NULL;
+      err = put_locked(&c, e, fresh, false, &(bool){false}, &garbage);
+      if (err == SHD_OK) {
+        fresh = NULL;
+        *len = 1;
+      }
+      break;
+    }
+    unlock(d);
+    shd_value_t empty = {.type = SHD_LIST};
+    fresh = new_entry(&c, hash, key, klen, &empty, 0);
+    list_t *l = fresh != NULL ? calloc(1, sizeof *l) : NULL;
+    if (l == NULL) {
+      free(fresh);
+      free(n);
+      return SHD_ENOMEM;
+    }
+    fresh->u.list = l;
+  }
+  unlock(d);
+  free(n);
+  if (fresh != NULL)
+    free_entry(fresh);
+  free_list(garbage);
+  return err;
+}
+
+shd_err_t shd_pop(shd_dict_t *d, const char *key, size_t klen, bool left,
+                  shd_value_t *out, void **item) {
+  *item = NULL;
+  uint64_t hash = hash_key(key, klen);
+  call_t c = {d, 0};
+  entry_t *garbage = NULL;
+  shd_err_t err = SHD_ENOTFOUND;
+  lock(d);
+  entry_t *e = find(d, hash, key, klen);
+  if (e != NULL && !expired(&c, e)) {
+    if (e->type != SHD_LIST) {
+      err = SHD_ENOTLIST;
+    } else {
+      list_t *l = e->u.list;
+      node_t *n = left ? l->head : l->tail;
+      if (left) {
+        l->head = n->next;
+        if (l->head != NULL)
+          l->head->prev = NULL;
+        else
+          l->tail = NULL;
+      } else {
+        l->tail = n->prev;
+        if (l->tail != NULL)
+          l->tail->next = NULL;
+        else
+          l->head = NULL;
+      }
+      l->len--;
+      l->bytes -= node_cost(n);
+      d->used -= node_cost(n);
+      if (l->len == 0) /* an empty list is no list: the key goes */
+        remove_entry(d, e, &garbage);
+      *item = n;
+      err = SHD_OK;
+    }
+  }
+  unlock(d);
+  free_list(garbage);
+  if (err == SHD_OK) {
+    node_t *n = *item;
+    memset(out, 0, sizeof *out);
+    out->type = (shd_type_t)n->type;
+    if (n->type == SHD_STR) {
+      out->str = n->data;
+      out->len = n->len;
+    } else {
+      out->u.i = n->u.i; /* the union's bytes, whichever it holds */
+    }
+  }
+  return err;
+}
+
+void shd_item_free(void *item) { free(item); }
+
+shd_err_t shd_llen(shd_dict_t *d, const char *key, size_t klen, size_t *len) {
+  uint64_t hash = hash_key(key, klen);
+  call_t c = {d, 0};
+  shd_err_t err = SHD_OK;
+  *len = 0;
+  lock(d);
+  entry_t *e = find(d, hash, key, klen);
+  if (e != NULL && !expired(&c, e)) {
+    if (e->type != SHD_LIST)
+      err = SHD_ENOTLIST;
+    else
+      *len = e->u.list->len;
+  }
+  unlock(d);
   return err;
 }
 

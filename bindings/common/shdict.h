@@ -31,7 +31,7 @@ typedef struct shd_dict shd_dict_t;
  * under the dict's mutex, from any thread. */
 typedef uint64_t (*shd_clock_fn)(void);
 
-typedef enum { SHD_NIL, SHD_BOOL, SHD_INT, SHD_NUM, SHD_STR } shd_type_t;
+typedef enum { SHD_NIL, SHD_BOOL, SHD_INT, SHD_NUM, SHD_STR, SHD_LIST } shd_type_t;
 
 /* A value. Strings are bytes the caller owns: when storing, `str` points to
  * the value; when reading, shd_get copies into the caller's buffer. */
@@ -54,6 +54,8 @@ typedef enum {
   SHD_ENOMEM,     /* "no memory": full (safe ops, or larger than the dict), or malloc failed */
   SHD_ENOTNUM,    /* "not a number": incr on a value that is not one */
   SHD_ECAPACITY,  /* shd_open: the name exists with another capacity */
+  SHD_ENOTLIST,   /* "value not a list": a push, pop or llen on another value */
+  SHD_EISLIST,    /* "value is a list": a get of a list */
 } shd_err_t;
 
 /* Store operations (ngx.shared.DICT's names). The SAFE ones never evict a
@@ -63,6 +65,8 @@ typedef enum { SHD_SET, SHD_SAFE_SET, SHD_ADD, SHD_SAFE_ADD, SHD_REPLACE } shd_o
 /* What one entry costs beyond its key and string value. */
 #define SHD_ENTRY_OVERHEAD 64
 #define SHD_KEY_MAX 65535
+/* What one list item costs beyond its string. */
+#define SHD_NODE_OVERHEAD 40
 
 /* The message of an error: "not found", "exists", "no memory", ... */
 const char *shd_strerror(shd_err_t err);
@@ -98,6 +102,8 @@ size_t shd_count(shd_dict_t *d);
  * was. A found entry becomes the most recently used. */
 shd_err_t shd_get(shd_dict_t *d, const char *key, size_t klen, shd_value_t *out,
                   char *buf, size_t bufcap, bool *stale);
+/* A list's items count against the capacity too; get answers SHD_EISLIST
+ * for a list, incr SHD_ENOTNUM, and a store replaces it. */
 /* set, safe_set, add, safe_add, replace: stores v under key, expiring
  * in ttl_ms (0: never). A SHD_NIL value removes the key (add: stores
  * nothing; replace: "not found" when missing). *forcible says whether valid
@@ -123,6 +129,21 @@ void shd_flush_all(shd_dict_t *d);
 /* Frees up to max expired entries (0: all), least recently used first;
  * returns how many. */
 size_t shd_flush_expired(shd_dict_t *d, size_t max);
+
+/* lpush (left) and rpush: adds v (SHD_INT, SHD_NUM or SHD_STR) at one end
+ * of the list under key, made (never expiring) when the key is missing or
+ * expired; *len: its length after. Makes room as set does, but never by
+ * evicting the list itself (SHD_ENOMEM). SHD_ENOTLIST for another value. */
+shd_err_t shd_push(shd_dict_t *d, const char *key, size_t klen, bool left,
+                   const shd_value_t *v, size_t *len);
+/* lpop (left) and rpop: takes the item at one end into *out, whose string
+ * lives in *item until shd_item_free(*item); the key goes with the last
+ * item. SHD_ENOTFOUND (missing or expired), SHD_ENOTLIST. */
+shd_err_t shd_pop(shd_dict_t *d, const char *key, size_t klen, bool left,
+                  shd_value_t *out, void **item);
+void shd_item_free(void *item);
+/* The list's length (0 when missing or expired); SHD_ENOTLIST. */
+shd_err_t shd_llen(shd_dict_t *d, const char *key, size_t klen, size_t *len);
 
 /* The keys of valid entries, most recently used first, up to max (0:
  * all): a malloc'd block of *count keys, each a uint16_t length then its

@@ -119,6 +119,7 @@ static void push_value(lua_State *L, const shd_value_t *v) {
     lua_pushlstring(L, v->str, v->len);
     break;
   case SHD_NIL:
+  case SHD_LIST: /* never read as a value */
     lua_pushnil(L);
     break;
   }
@@ -147,7 +148,10 @@ static int get_helper(lua_State *L, bool want_stale) {
   shd_value_t v;
   bool stale = false;
   for (;;) {
-    if (shd_get(d, key, klen, &v, buf, cap, want_stale ? &stale : NULL) != SHD_OK) {
+    shd_err_t rc = shd_get(d, key, klen, &v, buf, cap, want_stale ? &stale : NULL);
+    if (rc == SHD_EISLIST)
+      return fail(L, false, shd_strerror(rc));
+    if (rc != SHD_OK) {
       lua_pushnil(L);
       return 1;
     }
@@ -178,8 +182,8 @@ static int get_helper(lua_State *L, bool want_stale) {
  * its flags when they are not 0. An expired key reads as missing. The key
  * becomes the most recently used. Keys are strings (numbers become their
  * string) of 1 to 65535 bytes.
- * Returns: value [, flags]; nil when missing; nil, "nil key" | "empty key"
- * | "key too long" for such a key.
+ * Returns: value [, flags]; nil when missing; nil, "value is a list" (see
+ * dict:lpush); nil, "nil key" | "empty key" | "key too long" for such a key.
  * Errors: raises for a key of another type (a table, a boolean).
  * Example: local hits, flags = dict:get("hits") */
 static int l_get(lua_State *L) { return get_helper(L, false); }
@@ -345,6 +349,108 @@ static int l_incr(lua_State *L) {
   return 3;
 }
 
+/* lpush and rpush */
+static int push_helper(lua_State *L, bool left) {
+  shd_dict_t *d = check_dict(L);
+  size_t klen;
+  const char *err;
+  const char *key = check_key(L, 2, &klen, &err);
+  if (key == NULL)
+    return fail(L, false, err);
+  shd_value_t v;
+  if (!to_value(L, 3, &v) || (v.type != SHD_INT && v.type != SHD_NUM && v.type != SHD_STR))
+    return fail(L, false, "bad value type");
+  size_t len;
+  shd_err_t rc = shd_push(d, key, klen, left, &v, &len);
+  if (rc != SHD_OK)
+    return fail(L, false, shd_strerror(rc));
+  lua_pushinteger(L, (lua_Integer)len);
+  return 1;
+}
+
+/* lua: dict:lpush(key, value)
+ * Puts value (a number or a string) at the head (left end) of the list
+ * stored under key, making the list (never expiring) when the key is
+ * missing or expired. Each item takes 40 bytes plus its string; when the
+ * dict is full, the least recently used other entries are evicted.
+ * Returns: the list's length; or nil, "value not a list" (the key holds
+ * another value), "no memory" (the list alone fills the dict), "bad value
+ * type" or a key's error.
+ * Errors: raises for a key of another type (a table, a boolean).
+ * Example: local n = dict:lpush("jobs", "resize:42") */
+static int l_lpush(lua_State *L) { return push_helper(L, true); }
+
+/* lua: dict:rpush(key, value)
+ * As dict:lpush, at the tail (right end).
+ * Returns: as dict:lpush.
+ * Errors: as dict:lpush.
+ * Example: dict:rpush("jobs", "resize:43") */
+static int l_rpush(lua_State *L) { return push_helper(L, false); }
+
+/* lpop and rpop */
+static int pop_helper(lua_State *L, bool left) {
+  shd_dict_t *d = check_dict(L);
+  size_t klen;
+  const char *err;
+  const char *key = check_key(L, 2, &klen, &err);
+  if (key == NULL)
+    return fail(L, false, err);
+  shd_value_t v;
+  void *item;
+  shd_err_t rc = shd_pop(d, key, klen, left, &v, &item);
+  if (rc == SHD_ENOTFOUND) {
+    lua_pushnil(L);
+    return 1;
+  }
+  if (rc != SHD_OK)
+    return fail(L, false, shd_strerror(rc));
+  /* The item is C memory: hold it in a box so that a failing push does
+   * not lose it. */
+  void **box = lua_newuserdatauv(L, sizeof *box, 0);
+  *box = item;
+  push_value(L, &v);
+  *box = NULL;
+  shd_item_free(item);
+  return 1;
+}
+
+/* lua: dict:lpop(key)
+ * Takes the item at the head (left end) of the list under key; the key
+ * goes with its last item.
+ * Returns: the item; nil when the key is missing or expired; or nil, "value
+ * not a list" or a key's error.
+ * Errors: as dict:get.
+ * Example: local job = dict:lpop("jobs") */
+static int l_lpop(lua_State *L) { return pop_helper(L, true); }
+
+/* lua: dict:rpop(key)
+ * As dict:lpop, at the tail (right end).
+ * Returns: as dict:lpop.
+ * Errors: as dict:get.
+ * Example: local newest = dict:rpop("jobs") */
+static int l_rpop(lua_State *L) { return pop_helper(L, false); }
+
+/* lua: dict:llen(key)
+ * The number of items of the list under key: 0 when the key is missing or
+ * expired.
+ * Returns: the length; or nil, "value not a list" or a key's error.
+ * Errors: as dict:get.
+ * Example: if dict:llen("jobs") > 1000 then --[[ shed load ]] end */
+static int l_llen(lua_State *L) {
+  shd_dict_t *d = check_dict(L);
+  size_t klen;
+  const char *err;
+  const char *key = check_key(L, 2, &klen, &err);
+  if (key == NULL)
+    return fail(L, false, err);
+  size_t len;
+  shd_err_t rc = shd_llen(d, key, klen, &len);
+  if (rc != SHD_OK)
+    return fail(L, false, shd_strerror(rc));
+  lua_pushinteger(L, (lua_Integer)len);
+  return 1;
+}
+
 /* lua: dict:expire(key, exptime)
  * Sets a key's expiry to exptime seconds from now (0: never), keeping its
  * value.
@@ -491,7 +597,9 @@ static const luaL_Reg dict_methods[] = {
     {"replace", l_replace}, {"delete", l_delete},     {"incr", l_incr},
     {"expire", l_expire},   {"ttl", l_ttl},           {"flush_all", l_flush_all},
     {"flush_expired", l_flush_expired}, {"get_keys", l_get_keys},
-    {"capacity", l_capacity}, {"free_space", l_free_space}, {NULL, NULL}};
+    {"capacity", l_capacity}, {"free_space", l_free_space}, {"lpush", l_lpush},
+    {"rpush", l_rpush},     {"lpop", l_lpop},         {"rpop", l_rpop},
+    {"llen", l_llen},       {NULL, NULL}};
 
 /* Pushes this state's table for d, taking over the caller's reference. */
 static void push_dict(lua_State *L, shd_dict_t *d) {
@@ -502,7 +610,7 @@ static void push_dict(lua_State *L, shd_dict_t *d) {
     return;
   }
   lua_pop(L, 1);
-  lua_createtable(L, 1, 16);
+  lua_createtable(L, 1, 21);
   ldict_t *u = lua_newuserdatauv(L, sizeof *u, 0);
   u->d = d;
   u->self = lua_topointer(L, -2);

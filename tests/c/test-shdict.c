@@ -27,6 +27,15 @@ static uint64_t rng(void) {
 
 #define MAX_ENTRIES 512
 #define MAX_STR 400
+#define MAX_ITEMS 48  /* a model list's length: longer ones are not pushed to */
+#define ITEM_STR 20
+
+typedef struct {
+  shd_type_t type; /* SHD_INT or SHD_STR */
+  int64_t i;
+  char s[ITEM_STR];
+  size_t len;
+} mitem_t;
 
 typedef struct {
   char key[16];
@@ -39,6 +48,8 @@ typedef struct {
   size_t len;
   uint32_t flags;
   uint64_t expires;
+  mitem_t items[MAX_ITEMS]; /* SHD_LIST: items[0] is the left end */
+  size_t nitems;
 } mentry_t;
 
 typedef struct {
@@ -47,8 +58,14 @@ typedef struct {
   size_t n;
 } model_t;
 
+static size_t icost(const mitem_t *it) {
+  return SHD_NODE_OVERHEAD + (it->type == SHD_STR ? it->len : 0);
+}
 static size_t mcost(const mentry_t *e) {
-  return SHD_ENTRY_OVERHEAD + e->klen + (e->type == SHD_STR ? e->len : 0);
+  size_t c = SHD_ENTRY_OVERHEAD + e->klen + (e->type == SHD_STR ? e->len : 0);
+  for (size_t k = 0; e->type == SHD_LIST && k < e->nitems; k++)
+    c += icost(&e->items[k]);
+  return c;
 }
 static bool mexpired(const mentry_t *e, uint64_t now) {
   return e->expires != 0 && e->expires <= now;
@@ -206,8 +223,67 @@ static void check_value(const mentry_t *e, const shd_value_t *v) {
     assert_memory_equal(v->str, e->str, e->len);
     break;
   case SHD_NIL:
+  case SHD_LIST:
     break;
   }
+}
+
+/* lpush / rpush, as shd_push states it. */
+static shd_err_t mpush(model_t *m, const char *key, size_t klen, bool left,
+                       const mitem_t *it, uint64_t now, size_t *len) {
+  int i = mfind(m, key, klen);
+  if (i >= 0 && !mexpired(&m->e[i], now)) {
+    if (m->e[i].type != SHD_LIST)
+      return SHD_ENOTLIST;
+    mtouch(m, (size_t)i);
+    size_t need = icost(it);
+    while (m->capacity - m->used < need) {
+      if (m->n == 1)
+        return SHD_ENOMEM;
+      mremove(m, m->n - 1);
+    }
+    mentry_t *e = &m->e[0];
+    if (left) {
+      memmove(&e->items[1], &e->items[0], e->nitems * sizeof e->items[0]);
+      e->items[0] = *it;
+    } else {
+      e->items[e->nitems] = *it;
+    }
+    e->nitems++;
+    m->used += need;
+    *len = e->nitems;
+    return SHD_OK;
+  }
+  static mentry_t fresh;
+  memset(&fresh, 0, sizeof fresh);
+  memcpy(fresh.key, key, klen);
+  fresh.klen = klen;
+  fresh.type = SHD_LIST;
+  fresh.items[0] = *it;
+  fresh.nitems = 1;
+  bool forcible = false;
+  shd_err_t err = mput(m, i, &fresh, false, now, &forcible);
+  if (err == SHD_OK)
+    *len = 1;
+  return err;
+}
+
+static shd_err_t mpop(model_t *m, const char *key, size_t klen, bool left, uint64_t now,
+                      mitem_t *out) {
+  int i = mfind(m, key, klen);
+  if (i < 0 || mexpired(&m->e[i], now))
+    return SHD_ENOTFOUND;
+  mentry_t *e = &m->e[i];
+  if (e->type != SHD_LIST)
+    return SHD_ENOTLIST;
+  *out = left ? e->items[0] : e->items[e->nitems - 1];
+  if (left)
+    memmove(&e->items[0], &e->items[1], (e->nitems - 1) * sizeof e->items[0]);
+  e->nitems--;
+  m->used -= icost(out);
+  if (e->nitems == 0)
+    mremove(m, (size_t)i);
+  return SHD_OK;
 }
 
 static void check_all(shd_dict_t *d, model_t *m, uint64_t now) {
@@ -276,16 +352,17 @@ static void run_against_model(size_t capacity, int steps, uint64_t start) {
     shd_value_t v, mv, out;
     bool f1, f2, st1, st2;
     uint64_t ms1, ms2;
-    unsigned op = (unsigned)(rng() % 16);
+    unsigned op = (unsigned)(rng() % 20);
     switch (op) {
     case 0:
     case 1: { /* get, get_stale */
       bool want = op == 1;
       int i = mfind(&m, key, klen);
       bool found = i >= 0 && (want || !mexpired(&m.e[i], now));
+      bool list = found && m.e[i].type == SHD_LIST;
       shd_err_t rc = shd_get(d, key, klen, &out, got, sizeof got, want ? &st1 : NULL);
-      assert_int_equal(rc, found ? SHD_OK : SHD_ENOTFOUND);
-      if (found) {
+      assert_int_equal(rc, list ? SHD_EISLIST : found ? SHD_OK : SHD_ENOTFOUND);
+      if (found && !list) {
         check_value(&m.e[i], &out);
         if (want)
           assert_int_equal(st1, mexpired(&m.e[i], now));
@@ -365,6 +442,55 @@ static void run_against_model(size_t capacity, int steps, uint64_t start) {
           m.e[i].expires = 1;
       }
       break;
+    case 16:
+    case 17: { /* lpush, rpush */
+      int i = mfind(&m, key, klen);
+      if (i >= 0 && m.e[i].type == SHD_LIST && m.e[i].nitems == MAX_ITEMS)
+        break; /* the model's limit */
+      mitem_t it = {.type = rng() % 2 ? SHD_INT : SHD_STR, .i = (int64_t)(rng() % 1000)};
+      if (it.type == SHD_STR) {
+        it.len = rng() % ITEM_STR;
+        for (size_t k = 0; k < it.len; k++)
+          it.s[k] = (char)rng();
+      }
+      shd_value_t iv = {.type = it.type, .u.i = it.i, .str = it.s, .len = it.len};
+      size_t n1 = 0, n2 = 0;
+      shd_err_t want = mpush(&m, key, klen, op == 16, &it, now, &n2);
+      assert_int_equal(shd_push(d, key, klen, op == 16, &iv, &n1), want);
+      if (want == SHD_OK)
+        assert_int_equal(n1, n2);
+      break;
+    }
+    case 18: { /* lpop, rpop */
+      bool left = rng() % 2;
+      mitem_t it;
+      void *item;
+      shd_err_t want = mpop(&m, key, klen, left, now, &it);
+      assert_int_equal(shd_pop(d, key, klen, left, &out, &item), want);
+      if (want == SHD_OK) {
+        assert_int_equal(out.type, it.type);
+        if (it.type == SHD_INT)
+          assert_true(out.u.i == it.i);
+        else {
+          assert_int_equal(out.len, it.len);
+          assert_memory_equal(out.str, it.s, it.len);
+        }
+        shd_item_free(item);
+      } else {
+        assert_null(item);
+      }
+      break;
+    }
+    case 19: { /* llen */
+      int i = mfind(&m, key, klen);
+      bool valid = i >= 0 && !mexpired(&m.e[i], now);
+      size_t n1;
+      shd_err_t want = valid && m.e[i].type != SHD_LIST ? SHD_ENOTLIST : SHD_OK;
+      assert_int_equal(shd_llen(d, key, klen, &n1), want);
+      if (want == SHD_OK)
+        assert_int_equal(n1, valid ? m.e[i].nitems : 0);
+      break;
+    }
     default: { /* keys, limited */
       size_t max = 1 + rng() % 5, count;
       shd_err_t err;
@@ -513,6 +639,60 @@ static void incr_rules(void **state) {
   shd_unref(d);
 }
 
+static void lists(void **state) {
+  (void)state;
+  set_now(1);
+  /* the list's entry (64 + 1) and three items (40 + 8 each) fill 209 bytes */
+  shd_dict_t *d = shd_new(209, vclock);
+  shd_value_t v = {.type = SHD_STR, .str = "abcdefgh", .len = 8}, out;
+  size_t len;
+  assert_int_equal(shd_push(d, "l", 1, false, &v, &len), SHD_OK);
+  assert_int_equal(len, 1);
+  shd_value_t n = {.type = SHD_INT, .u.i = 5};
+  assert_int_equal(shd_push(d, "l", 1, true, &v, &len), SHD_OK);
+  assert_int_equal(shd_push(d, "l", 1, false, &v, &len), SHD_OK);
+  assert_int_equal(len, 3);
+  assert_int_equal(shd_free_space(d), 0);
+  /* alone and full: the list is not evicted for its own item */
+  assert_int_equal(shd_push(d, "l", 1, true, &n, &len), SHD_ENOMEM);
+  assert_int_equal(shd_llen(d, "l", 1, &len), SHD_OK);
+  assert_int_equal(len, 3);
+  char buf[16];
+  assert_int_equal(shd_get(d, "l", 1, &out, buf, sizeof buf, NULL), SHD_EISLIST);
+  bool forcible;
+  assert_int_equal(shd_incr(d, "l", 1, &n, NULL, 0, &out, &forcible), SHD_ENOTNUM);
+  /* pops from both ends; the last one takes the key */
+  void *item;
+  for (int k = 0; k < 3; k++) {
+    assert_int_equal(shd_pop(d, "l", 1, k % 2 == 0, &out, &item), SHD_OK);
+    assert_int_equal(out.type, SHD_STR);
+    assert_memory_equal(out.str, "abcdefgh", 8);
+    shd_item_free(item);
+  }
+  assert_int_equal(shd_pop(d, "l", 1, true, &out, &item), SHD_ENOTFOUND);
+  assert_null(item);
+  assert_int_equal(shd_count(d), 0);
+  assert_int_equal(shd_free_space(d), 209);
+  /* another value is not a list; a set replaces a list, items and all */
+  assert_int_equal(shd_store(d, SHD_SET, "s", 1, &n, 0, &forcible), SHD_OK);
+  assert_int_equal(shd_push(d, "s", 1, true, &n, &len), SHD_ENOTLIST);
+  assert_int_equal(shd_pop(d, "s", 1, true, &out, &item), SHD_ENOTLIST);
+  assert_int_equal(shd_llen(d, "s", 1, &len), SHD_ENOTLIST);
+  assert_int_equal(shd_push(d, "l", 1, true, &n, &len), SHD_OK);
+  assert_int_equal(shd_store(d, SHD_SET, "l", 1, &n, 0, &forcible), SHD_OK);
+  assert_int_equal(shd_get(d, "l", 1, &out, buf, sizeof buf, NULL), SHD_OK);
+  assert_int_equal(shd_free_space(d), 209 - 2 * (SHD_ENTRY_OVERHEAD + 1));
+  /* a list that expires goes as a whole (freed with its items: ASan) */
+  assert_int_equal(shd_push(d, "e", 1, true, &v, &len), SHD_OK);
+  assert_int_equal(shd_expire(d, "e", 1, 5), SHD_OK);
+  set_now(10);
+  assert_int_equal(shd_llen(d, "e", 1, &len), SHD_OK);
+  assert_int_equal(len, 0);
+  assert_int_equal(shd_flush_expired(d, 0), 1);
+  assert_int_equal(shd_push(d, "e", 1, true, &v, &len), SHD_OK);
+  shd_unref(d); /* with a list in it */
+}
+
 /* ------------------------------------------------------------ threads */
 
 typedef struct {
@@ -627,6 +807,7 @@ static const struct CMUnitTest tests[] = {
     TEST(lru_eviction_order),
     TEST(names_and_references),
     TEST(incr_rules),
+    TEST(lists),
     TEST(concurrent_incr_is_exact),
     TEST(concurrent_mixed_load),
 };

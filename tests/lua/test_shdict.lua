@@ -192,6 +192,52 @@ T.case("get_keys: most recent first, max", function()
   H.same_table(fresh():get_keys(), {}, "an empty dict")
 end)
 
+T.case("lists: lpush, rpush, lpop, rpop, llen", function()
+  local d = fresh(65536)
+  H.eq(d:llen("q"), 0, "a missing list is empty")
+  H.eq(d:lpop("q"), nil)
+  H.eq(d:rpush("q", "b"), 1)
+  H.eq(d:rpush("q", 3), 2)
+  H.eq(d:lpush("q", "a"), 3)
+  H.eq(d:rpush("q", 4.5), 4)
+  H.eq(d:llen("q"), 4)
+  H.eq(d:free_space(), 65536 - OVERHEAD - 1 - 4 * 40 - 2, "items cost 40 bytes and their string")
+  H.same_table({d:get("q")}, {nil, "value is a list"})
+  H.same_table({d:incr("q", 1)}, {nil, "not a number"})
+  H.eq(d:lpop("q"), "a")
+  H.eq(d:rpop("q"), 4.5)
+  H.eq(math.type(d:rpop("q")), "integer")
+  H.eq(d:lpop("q"), "b")
+  H.eq(d:lpop("q"), nil, "the last pop took the key")
+  H.eq(d:free_space(), 65536)
+  -- another value is not a list; set replaces a list
+  d:set("s", "str")
+  H.same_table({d:lpush("s", 1)}, {nil, "value not a list"})
+  H.same_table({d:lpop("s")}, {nil, "value not a list"})
+  H.same_table({d:llen("s")}, {nil, "value not a list"})
+  d:rpush("l", 1)
+  d:set("l", "now a string")
+  H.eq(d:get("l"), "now a string")
+  -- values: numbers and strings only
+  H.same_table({d:lpush("l2", {})}, {nil, "bad value type"})
+  H.same_table({d:lpush("l2", true)}, {nil, "bad value type"})
+  H.same_table({d:rpush("l2", nil)}, {nil, "bad value type"})
+  H.same_table({d:lpush(nil, 1)}, {nil, "nil key"})
+  H.same_table({d:llen("")}, {nil, "empty key"})
+  H.has(H.bad_arg(d.lpop, d, {}), "string expected")
+  -- a list expires as a whole
+  d:rpush("e", "x")
+  d:expire("e", 0.001)
+  treadle.sleep(0.005)
+  H.eq(d:llen("e"), 0)
+  H.eq(d:rpush("e", "y"), 1, "a new list in its place")
+  -- a list alone in a full dict does not evict itself
+  local small = fresh(64 + 1 + 3 * 40, "small")
+  for i = 1, 3 do H.eq(small:rpush("k", i), i) end
+  H.same_table({small:rpush("k", 4)}, {nil, "no memory"})
+  H.eq(small:llen("k"), 3)
+end)
+
 T.case("capacity and free_space count keys, values and 64 bytes each", function()
   local d = fresh(10000)
   H.eq(d:capacity(), 10000)
@@ -307,6 +353,30 @@ T.case("get while another worker rewrites the value: always a whole value",
   until seen >= rounds
   done:recv()
   H.ok(seen >= rounds)
+end)
+
+T.case("a list as a queue between workers: every item once, in order",
+  {flavors = {"multi_thread"}, on = "all", workers = 2, timeout = 120}, function(ctx)
+  local d = treadle.shared.dict("t-queue-" .. ctx.pid, 1 << 20)
+  local n = H.n(20000, 500)
+  if ctx.worker == 1 then
+    for i = 1, n do
+      while not d:rpush("q", i) do treadle.yield() end   -- full: wait for the consumer
+      if i % 50 == 0 then treadle.yield() end
+    end
+    return
+  end
+  local want = 1
+  while want <= n do
+    local v = d:lpop("q")
+    if v then
+      if v ~= want then error(string.format("got %s, expected %d", tostring(v), want)) end
+      want = want + 1
+    else
+      treadle.yield()
+    end
+  end
+  H.eq(d:llen("q"), 0)
 end)
 
 -- every worker adds n to one key, yielding now and then; the total is exact
