@@ -8,6 +8,8 @@
  *    allocates, outside the mutex, and then looks again (another thread may
  *    have stored the key meanwhile: the increment is then made in place).
  * 3. shd_keys measures under the mutex, allocates outside, copies under it.
+ * 4. A push allocates its item (and, for a new list, the entry) outside;
+ *    a pop hands its item to the caller, who frees it after reading it.
  * So the mutex is a spin lock, as nginx's shared-memory mutex and the I/O
  * driver's slot lock are: a waiter spins (the holder is a few hundred
  * instructions from the end), then yields the CPU in case the holder was
