@@ -326,7 +326,7 @@ void shd_unref(shd_dict_t *d) {
     return;
   for (lru_t *l = d->lru.next; l != &d->lru;) {
     lru_t *next = l->next;
-    free(l);
+    free_entry((entry_t *)l);
     l = next;
   }
   free(d->buckets);
