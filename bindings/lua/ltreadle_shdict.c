@@ -17,7 +17,6 @@
  * since libraries written for ngx.shared test for it; arguments of the
  * wrong kind elsewhere (exptime, flags, incr's numbers) raise. */
 #define _GNU_SOURCE
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,7 +25,7 @@
 
 #define SHDICT_MT "treadle.shdict"      /* the dict tables' metatable */
 #define REF_MT "treadle.shdict.ref"      /* the userdata's */
-#define CACHE_KEY "treadle.shared.cache" /* registry: name -> userdata, weak */
+#define CACHE_KEY "treadle.shared.cache" /* registry: name -> dict table, weak */
 
 /* The store's clock: treadle's (monotonic) in ms; + 1 as the store wants
  * it >= 1. */
