@@ -44,6 +44,9 @@ SECTIONS = {
     "treadle.tcp": ("TCP", None),
     "listener": ("Listeners", "`listener` is what `treadle.tcp.bind()` returns."),
     "conn": ("Connections", "`conn` is what `treadle.tcp.connect()` and `listener:accept()` return."),
+    "treadle.shared": ("Shared dictionaries", None),
+    "dict": ("Shared dictionary methods", "`dict` is what `treadle.shared.dict()` returns. "
+             "They follow OpenResty's `ngx.shared.DICT`."),
     "stdin": ("Standard input", "`stdin` is what `treadle.stdin()` returns."),
     "console": ("The console's input", "`console` is what the Lua part of `treadle.repl()` "
                 "reads its lines from; programs do not get one."),

@@ -5,6 +5,7 @@
  *                  waits on, timeouts, signals, channels
  * ltreadle_net.c   TCP listeners and connections, stdin
  * ltreadle_repl.c  treadle.repl, the console
+ * ltreadle_shdict.c treadle.shared, shared dictionaries (bindings/common/shdict.c)
  *
  * Threads: a lua_State (a "home") belongs to one thread. On current_thread
  * that is the thread in block_on; on multi_thread each worker makes its own
@@ -156,5 +157,7 @@ void lt_open_repl(lua_State *L);
 void *lt_pack_protected(lua_State *L, int idx);
 void lt_unpack(lua_State *L, const void *blob);
 void lt_open_task(lua_State *L);
+/* Sets treadle.shared in the module table on top (ltreadle_shdict.c). */
+void lt_open_shdict(lua_State *L);
 
 #endif

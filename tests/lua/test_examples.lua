@@ -48,6 +48,19 @@ T.case("remote_spawn.lua", {outside = true, flavors = CT}, function()
   H.has(out, "9 jobs on 3 workers, 3 distinct threads: every job ran where it was sent")
 end)
 
+T.case("hit_counter.lua", {outside = true, flavors = CT}, function()
+  for _, workers in ipairs({2, 4}) do
+    local out, how, code = run("hit_counter.lua", "40 " .. workers)
+    expect_ok(out, how, code)
+    local split = H.has(out, "40 hits, 40 counted by the workers ("):match("%((.-)%)")
+    local sum, n = 0, 0
+    for w, c in split:gmatch("(%d+):(%d+)") do sum, n = sum + tonumber(c), n + 1 end
+    H.eq(n, workers, "a count per worker")
+    H.eq(sum, 40, "the workers' counts add up")
+    H.has(out, "last visitor 127.0.0.1, remembered for")
+  end
+end)
+
 T.case("echo_client.lua alone", {outside = true, flavors = CT}, function()
   local out, how, code = run("echo_client.lua", "0 20 50 3000")
   expect_ok(out, how, code)
