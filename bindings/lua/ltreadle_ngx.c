@@ -1,0 +1,226 @@
+/* require "treadle.ngx": an `ngx` table on treadle, so that OpenResty's
+ * pure-Lua libraries (lua-resty-redis, -memcached, ...) run outside nginx
+ * (ARCHITECTURE.md "Lua"). The table itself is Lua (ngx.lua, built into
+ * the module as ngx_lua.h); this file gives it what must be C: URI
+ * escapes, base64, digests (OpenSSL's libcrypto), wall-clock time, the
+ * worker count and ngx.null. Lua finds luaopen_treadle_ngx in treadle.so
+ * through its all-in-one loader, so no second file is needed. */
+#define _GNU_SOURCE
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ltreadle.h"
+#include "ngx_lua.h" /* static const unsigned char ngx_lua[]: ngx.lua */
+
+int luaopen_treadle(lua_State *L);
+
+static bool unreserved(unsigned char ch) {
+  return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+         (ch >= '0' && ch <= '9') || ch == '-' || ch == '.' || ch == '_' ||
+         ch == '~';
+}
+
+/* ngx.escape_uri(s): %XX for every byte but RFC 3986's unreserved ones. */
+static int l_escape_uri(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  static const char hex[] = "0123456789ABCDEF";
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, n * 3);
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char ch = (unsigned char)s[i];
+    if (unreserved(ch)) {
+      out[o++] = (char)ch;
+    } else {
+      out[o++] = '%';
+      out[o++] = hex[ch >> 4];
+      out[o++] = hex[ch & 15];
+    }
+  }
+  luaL_pushresultsize(&b, o);
+  return 1;
+}
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9')
+    return c - '0';
+  if (c >= 'a' && c <= 'f')
+    return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F')
+    return c - 'A' + 10;
+  return -1;
+}
+
+/* ngx.unescape_uri(s): %XX decoded, '+' as a space; a malformed escape
+ * stays as it is. */
+static int l_unescape_uri(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, n);
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    int hi, lo;
+    if (s[i] == '%' && i + 2 < n && (hi = hexval(s[i + 1])) >= 0 &&
+        (lo = hexval(s[i + 2])) >= 0) {
+      out[o++] = (char)(hi << 4 | lo);
+      i += 2;
+    } else {
+      out[o++] = s[i] == '+' ? ' ' : s[i];
+    }
+  }
+  luaL_pushresultsize(&b, o);
+  return 1;
+}
+
+/* ngx.encode_base64(s [, no_padding]) */
+static int l_encode_base64(lua_State *L) {
+  size_t n;
+  const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+  bool no_pad = lua_toboolean(L, 2);
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, 4 * ((n + 2) / 3) + 1);
+  int len = EVP_EncodeBlock((unsigned char *)out, s, (int)n);
+  while (no_pad && len > 0 && out[len - 1] == '=')
+    len--;
+  luaL_pushresultsize(&b, (size_t)len);
+  return 1;
+}
+
+static int b64val(char c) {
+  if (c >= 'A' && c <= 'Z')
+    return c - 'A';
+  if (c >= 'a' && c <= 'z')
+    return c - 'a' + 26;
+  if (c >= '0' && c <= '9')
+    return c - '0' + 52;
+  return c == '+' ? 62 : c == '/' ? 63 : -1;
+}
+
+/* ngx.decode_base64(s): the bytes, or nil for input that is not base64
+ * (padding optional, as OpenResty's). */
+static int l_decode_base64(lua_State *L) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  while (n > 0 && s[n - 1] == '=')
+    n--;
+  if (n % 4 == 1) {
+    lua_pushnil(L);
+    return 1;
+  }
+  luaL_Buffer b;
+  char *out = luaL_buffinitsize(L, &b, n * 3 / 4 + 3);
+  size_t o = 0;
+  unsigned acc = 0;
+  int bits = 0;
+  for (size_t i = 0; i < n; i++) {
+    int v = b64val(s[i]);
+    if (v < 0) {
+      luaL_pushresultsize(&b, 0);
+      lua_pop(L, 1);
+      lua_pushnil(L);
+      return 1;
+    }
+    acc = acc << 6 | (unsigned)v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[o++] = (char)(acc >> bits & 0xff);
+    }
+  }
+  luaL_pushresultsize(&b, o);
+  return 1;
+}
+
+/* A digest of s by `md` into out; its length. */
+static unsigned digest(lua_State *L, const EVP_MD *md, unsigned char *out) {
+  size_t n;
+  const char *s = luaL_checklstring(L, 1, &n);
+  unsigned len = 0;
+  if (EVP_Digest(s, n, out, &len, md, NULL) != 1)
+    luaL_error(L, "digest failed (OpenSSL)");
+  return len;
+}
+
+static int push_hex(lua_State *L, const unsigned char *d, unsigned len) {
+  static const char hex[] = "0123456789abcdef";
+  char out[2 * EVP_MAX_MD_SIZE];
+  for (unsigned i = 0; i < len; i++) {
+    out[2 * i] = hex[d[i] >> 4];
+    out[2 * i + 1] = hex[d[i] & 15];
+  }
+  lua_pushlstring(L, out, 2 * len);
+  return 1;
+}
+
+/* ngx.md5(s): hex */
+static int l_md5(lua_State *L) {
+  unsigned char d[EVP_MAX_MD_SIZE];
+  return push_hex(L, d, digest(L, EVP_md5(), d));
+}
+
+/* ngx.md5_bin(s) */
+static int l_md5_bin(lua_State *L) {
+  unsigned char d[EVP_MAX_MD_SIZE];
+  unsigned len = digest(L, EVP_md5(), d);
+  lua_pushlstring(L, (const char *)d, len);
+  return 1;
+}
+
+/* ngx.sha1_bin(s) */
+static int l_sha1_bin(lua_State *L) {
+  unsigned char d[EVP_MAX_MD_SIZE];
+  unsigned len = digest(L, EVP_sha1(), d);
+  lua_pushlstring(L, (const char *)d, len);
+  return 1;
+}
+
+/* Wall-clock seconds since the epoch, with milliseconds (ngx.now). */
+static int l_wall_now(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)(ts.tv_nsec / 1000000) / 1000.0);
+  return 1;
+}
+
+/* ngx.worker.count() */
+static int l_worker_count(lua_State *L) {
+  lhome_t *home = lt_home(L);
+  lua_pushinteger(L, home != NULL ? lt_home_workers(home) : 1);
+  return 1;
+}
+
+static const luaL_Reg ngx_c[] = {
+    {"escape_uri", l_escape_uri},       {"unescape_uri", l_unescape_uri},
+    {"encode_base64", l_encode_base64}, {"decode_base64", l_decode_base64},
+    {"md5", l_md5},                     {"md5_bin", l_md5_bin},
+    {"sha1_bin", l_sha1_bin},           {"wall_now", l_wall_now},
+    {"worker_count", l_worker_count},   {NULL, NULL}};
+
+/* lua: require "treadle.ngx"
+ * An `ngx` table for OpenResty's pure-Lua libraries outside nginx:
+ * ngx.socket.tcp and ngx.socket.udp (treadle.tcp.socket, treadle.udp.socket),
+ * ngx.null, ngx.sleep, ngx.now, ngx.time, ngx.update_time, ngx.log with
+ * ngx.STDERR .. ngx.DEBUG, ngx.thread.spawn/wait/kill, ngx.timer.at/every,
+ * ngx.worker.id/count, ngx.escape_uri/unescape_uri,
+ * ngx.encode_base64/decode_base64, ngx.md5/md5_bin/sha1_bin. It also sets
+ * Lua 5.1's global `unpack` where it is missing and puts the Lua 5.1
+ * library folders (/usr/share/lua/5.1, where Debian's lua-nginx-* packages
+ * install nginx.redis, nginx.memcached, ...) at the end of package.path.
+ * Not there yet: ngx.re, ngx.shared, TLS (sslhandshake).
+ * Returns: the ngx table (the same one on every require of a state).
+ * Example: ngx = require "treadle.ngx"; local redis = require "nginx.redis" */
+__attribute__((visibility("default"))) int luaopen_treadle_ngx(lua_State *L) {
+  luaL_requiref(L, "treadle", luaopen_treadle, 0);
+  if (luaL_loadbuffer(L, (const char *)ngx_lua, sizeof ngx_lua, "=treadle.ngx") != LUA_OK)
+    return lua_error(L);
+  lua_insert(L, -2);
+  luaL_newlib(L, ngx_c);
+  lua_pushlightuserdata(L, NULL); /* ngx.null, as OpenResty's */
+  lua_setfield(L, -2, "null");
+  lua_call(L, 2, 1);
+  return 1;
+}
