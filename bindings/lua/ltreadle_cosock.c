@@ -177,7 +177,7 @@ static int check_pattern(lua_State *L, int idx, size_t *n) {
     *n = (size_t)v;
     return PAT_COUNT;
   }
-  const char *p = luaL_checkstring(L, idx);
+  const char *p = lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx) : "";
   if (strcmp(p, "*l") == 0 || strcmp(p, "l") == 0)
     return PAT_LINE;
   if (strcmp(p, "*a") == 0 || strcmp(p, "a") == 0)
@@ -750,12 +750,12 @@ static int l_setkeepalive(lua_State *L) {
     return luaL_error(L, "setkeepalive needs a running treadle task");
   if (!connected(c))
     return fail2(L, "closed");
+  if (c->pool_key == NULL)
+    return fail2(L, "no pool for an accepted connection");
   if (c->ops > 0)
     return fail2(L, "socket busy");
   if (tb_rbuf_len(&c->buf) > 0)
     return fail2(L, "unread data in buffer");
-  if (c->pool_key == NULL)
-    return fail2(L, "no pool for an accepted connection");
   if (home->pool == NULL && (home->pool = calloc(1, sizeof *home->pool)) == NULL)
     return luaL_error(L, "not enough memory");
   lpooled_t *e = calloc(1, sizeof *e);
@@ -960,7 +960,7 @@ static int udp_wait(lua_State *L, ludp_t *u, tb_wait_fn poll, uint64_t ns) {
 
 /* lua: treadle.udp.socket()
  * A new UDP socket object with OpenResty's API (ngx.socket.udp):
- * setpeername, send, receive, settimeout, close.
+ * setpeername, bind, send, receive, settimeout, close (and getsockname).
  * Returns: the socket.
  * Example: local u = treadle.udp.socket() */
 static int l_udp_socket(lua_State *L) {
@@ -970,10 +970,58 @@ static int l_udp_socket(lua_State *L) {
   return 1;
 }
 
+/* lua: udp:bind(host [, port])
+ * Binds a fresh datagram socket to a local numeric address (or
+ * "localhost") and port (default 0: the system picks one; see
+ * udp:getsockname), as OpenResty's udpsock:bind; setpeername then keeps it.
+ * Returns: 1, or nil, error.
+ * Errors: raises for bad arguments, outside a task, and while a send or
+ * receive is in flight.
+ * Example: assert(u:bind("127.0.0.1", 0)) */
+static int l_udp_bind(lua_State *L) {
+  ludp_t *u = check_udp(L);
+  const char *host = luaL_checkstring(L, 2);
+  lua_Integer port = luaL_optinteger(L, 3, 0);
+  luaL_argcheck(L, port >= 0 && port <= 65535, 3, "port must be in 0..65535");
+  lhome_t *home = lt_home(L);
+  if (home == NULL)
+    return luaL_error(L, "bind needs a running treadle task");
+  if (u->ops > 0)
+    return luaL_error(L, "socket busy: another task uses this socket");
+  treadle_dgram_free(u->d);
+  u->d = NULL;
+  u->closed = false;
+  treadle_udp_bind_opts_t opts = TREADLE_UDP_BIND_OPTS_INIT;
+  treadle_err_t err = treadle_udp_bind(home->h, host, (int)port, &opts, &u->d);
+  if (err != 0)
+    return fail2(L, io_message(err, false));
+  lua_pushinteger(L, 1);
+  return 1;
+}
+
+/* lua: udp:getsockname()
+ * Returns: the local host and port (a treadle addition), or nil, error.
+ * Example: local host, port = u:getsockname() */
+static int l_udp_getsockname(lua_State *L) {
+  ludp_t *u = check_udp(L);
+  if (u->d == NULL || u->closed)
+    return fail2(L, "closed");
+  struct sockaddr_storage a;
+  treadle_err_t err = treadle_dgram_local_addr(u->d, &a);
+  if (err != 0)
+    return fail2(L, io_message(err, false));
+  char host[TREADLE_HOST_LEN];
+  int port = treadle_sockaddr_host(&a, host);
+  lua_pushstring(L, port < 0 ? "?" : host);
+  lua_pushinteger(L, port < 0 ? 0 : port);
+  return 2;
+}
+
 /* lua: udp:setpeername(host, port) or udp:setpeername("unix:/path")
- * Binds a fresh datagram socket and connects it to a numeric address (or
- * "localhost") and port, or to a Unix datagram socket path: send goes
- * there and receive takes only what comes from there. Again: a new peer.
+ * Connects the socket (bound first to an address of the system's choice,
+ * unless udp:bind did it) to a numeric address (or "localhost") and port,
+ * or to a Unix datagram socket path: send goes there and receive takes
+ * only what comes from there. Again: a new peer.
  * Returns: 1, or nil, error.
  * Errors: raises for bad arguments, outside a task, and while a send or
  * receive is in flight.
@@ -993,21 +1041,23 @@ static int l_setpeername(lua_State *L) {
     return luaL_error(L, "setpeername needs a running treadle task");
   if (u->ops > 0)
     return luaL_error(L, "socket busy: another task uses this socket");
-  treadle_dgram_free(u->d);
-  u->d = NULL;
-  u->closed = false;
-  treadle_err_t err;
-  if (is_unix) {
-    err = treadle_unix_dgram_unbound(home->h, &u->d);
-    if (err == 0)
-      err = treadle_unix_dgram_connect(u->d, host + 5);
-  } else {
-    treadle_udp_bind_opts_t opts = TREADLE_UDP_BIND_OPTS_INIT;
-    err = treadle_udp_bind(home->h, strchr(host, ':') != NULL ? "::" : "0.0.0.0",
-                           0, &opts, &u->d);
-    if (err == 0)
-      err = treadle_udp_connect(u->d, host, port);
+  bool keep = u->d != NULL && !u->closed && !is_unix; /* bound by udp:bind */
+  treadle_err_t err = 0;
+  if (!keep) {
+    treadle_dgram_free(u->d);
+    u->d = NULL;
+    u->closed = false;
+    if (is_unix) {
+      err = treadle_unix_dgram_unbound(home->h, &u->d);
+    } else {
+      treadle_udp_bind_opts_t opts = TREADLE_UDP_BIND_OPTS_INIT;
+      err = treadle_udp_bind(home->h, strchr(host, ':') != NULL ? "::" : "0.0.0.0",
+                             0, &opts, &u->d);
+    }
   }
+  if (err == 0)
+    err = is_unix ? treadle_unix_dgram_connect(u->d, host + 5)
+                  : treadle_udp_connect(u->d, host, port);
   if (err != 0) {
     treadle_dgram_free(u->d);
     u->d = NULL;
@@ -1116,7 +1166,8 @@ static const luaL_Reg cosock_methods[] = {
     {"getreusedtimes", l_getreusedtimes}, {"setoption", l_setoption},
     {"close", l_close},             {NULL, NULL}};
 static const luaL_Reg udp_methods[] = {
-    {"setpeername", l_setpeername}, {"send", l_udp_send},
+    {"setpeername", l_setpeername}, {"bind", l_udp_bind},
+    {"getsockname", l_udp_getsockname}, {"send", l_udp_send},
     {"receive", l_udp_receive},     {"settimeout", l_udp_settimeout},
     {"close", l_udp_close},         {NULL, NULL}};
 
