@@ -44,6 +44,12 @@ SECTIONS = {
     "treadle.tcp": ("TCP", None),
     "listener": ("Listeners", "`listener` is what `treadle.tcp.bind()` returns."),
     "conn": ("Connections", "`conn` is what `treadle.tcp.connect()` and `listener:accept()` return."),
+    "sock": ("Cosockets", "`sock` is what `treadle.tcp.socket()`, `treadle.tcp.connect()` and "
+             "`listener:accept()` return (a `conn`): OpenResty's `ngx.socket.tcp` API."),
+    "treadle.udp": ("UDP", None),
+    "udp": ("UDP sockets", "`udp` is what `treadle.udp.socket()` returns: OpenResty's `ngx.socket.udp` API."),
+    "ngx": ("The ngx table", "`ngx` is what `require \"treadle.ngx\"` returns."),
+    "ngx.worker": ("ngx.worker", None),
     "stdin": ("Standard input", "`stdin` is what `treadle.stdin()` returns."),
     "console": ("The console's input", "`console` is what the Lua part of `treadle.repl()` "
                 "reads its lines from; programs do not get one."),

@@ -159,12 +159,13 @@ static int read_more(lua_State *L, lconn_t *c, ltask_t **tp) {
 
 enum { PAT_LINE, PAT_ALL, PAT_COUNT, PAT_ANY };
 
-/* The pattern at idx: "*l", "l", "*a", "a", a count, or none ("*l"). */
+/* The pattern at idx: "*l", "l", "*a", "a", a count (also a numeric
+ * string: lua-resty-memcached passes one), or none ("*l"). */
 static int check_pattern(lua_State *L, int idx, size_t *n) {
   *n = 0;
   if (lua_isnoneornil(L, idx))
     return PAT_LINE;
-  if (lua_type(L, idx) == LUA_TNUMBER) {
+  if (lua_isnumber(L, idx)) {
     lua_Integer v;
     lua_Number d = lua_tonumber(L, idx);
     if (!lua_isinteger(L, idx)) {

@@ -22,7 +22,12 @@ static bool unreserved(unsigned char ch) {
          ch == '~';
 }
 
-/* ngx.escape_uri(s): %XX for every byte but RFC 3986's unreserved ones. */
+/* lua: ngx.escape_uri(s)
+ * Escapes s for a URI component: %XX for every byte but RFC 3986's
+ * unreserved ones (letters, digits, "-", ".", "_", "~").
+ * Returns: the escaped string.
+ * Errors: raises for a non-string.
+ * Example: ngx.escape_uri("a b/c") --> "a%20b%2Fc" */
 static int l_escape_uri(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
@@ -54,8 +59,12 @@ static int hexval(char c) {
   return -1;
 }
 
-/* ngx.unescape_uri(s): %XX decoded, '+' as a space; a malformed escape
- * stays as it is. */
+/* lua: ngx.unescape_uri(s)
+ * Undoes %XX escapes and turns "+" into a space, as OpenResty's; a
+ * malformed escape stays as it is.
+ * Returns: the unescaped string.
+ * Errors: raises for a non-string.
+ * Example: ngx.unescape_uri("b%20r56+7") --> "b r56 7" */
 static int l_unescape_uri(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
@@ -76,7 +85,11 @@ static int l_unescape_uri(lua_State *L) {
   return 1;
 }
 
-/* ngx.encode_base64(s [, no_padding]) */
+/* lua: ngx.encode_base64(s [, no_padding])
+ * Base64 (RFC 4648's alphabet), without the "=" padding when no_padding.
+ * Returns: the encoded string.
+ * Errors: raises for a non-string.
+ * Example: ngx.encode_base64("hello") --> "aGVsbG8=" */
 static int l_encode_base64(lua_State *L) {
   size_t n;
   const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
@@ -100,8 +113,11 @@ static int b64val(char c) {
   return c == '+' ? 62 : c == '/' ? 63 : -1;
 }
 
-/* ngx.decode_base64(s): the bytes, or nil for input that is not base64
- * (padding optional, as OpenResty's). */
+/* lua: ngx.decode_base64(s)
+ * Decodes base64, with or without its padding.
+ * Returns: the bytes, or nil when s is not base64.
+ * Errors: raises for a non-string.
+ * Example: ngx.decode_base64("aGVsbG8") --> "hello" */
 static int l_decode_base64(lua_State *L) {
   size_t n;
   const char *s = luaL_checklstring(L, 1, &n);
@@ -156,13 +172,16 @@ static int push_hex(lua_State *L, const unsigned char *d, unsigned len) {
   return 1;
 }
 
-/* ngx.md5(s): hex */
+/* lua: ngx.md5(s)
+ * Returns: the MD5 digest of s in lowercase hex (OpenSSL).
+ * Example: ngx.md5("") --> "d41d8cd98f00b204e9800998ecf8427e" */
 static int l_md5(lua_State *L) {
   unsigned char d[EVP_MAX_MD_SIZE];
   return push_hex(L, d, digest(L, EVP_md5(), d));
 }
 
-/* ngx.md5_bin(s) */
+/* lua: ngx.md5_bin(s)
+ * Returns: the MD5 digest of s, 16 bytes. */
 static int l_md5_bin(lua_State *L) {
   unsigned char d[EVP_MAX_MD_SIZE];
   unsigned len = digest(L, EVP_md5(), d);
@@ -170,7 +189,8 @@ static int l_md5_bin(lua_State *L) {
   return 1;
 }
 
-/* ngx.sha1_bin(s) */
+/* lua: ngx.sha1_bin(s)
+ * Returns: the SHA-1 digest of s, 20 bytes (OpenSSL). */
 static int l_sha1_bin(lua_State *L) {
   unsigned char d[EVP_MAX_MD_SIZE];
   unsigned len = digest(L, EVP_sha1(), d);
@@ -178,7 +198,11 @@ static int l_sha1_bin(lua_State *L) {
   return 1;
 }
 
-/* Wall-clock seconds since the epoch, with milliseconds (ngx.now). */
+/* lua: ngx.now()
+ * Returns: wall-clock seconds since the epoch with milliseconds, as
+ * OpenResty's (ngx.time() is the same in whole seconds; ngx.update_time()
+ * has no cache to refresh). For deadlines use treadle.now(), the monotonic
+ * clock. */
 static int l_wall_now(lua_State *L) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -186,7 +210,10 @@ static int l_wall_now(lua_State *L) {
   return 1;
 }
 
-/* ngx.worker.count() */
+/* lua: ngx.worker.count()
+ * Returns: the number of workers of the runtime running the calling task
+ * (1 on current_thread, and outside a task); ngx.worker.id() is
+ * treadle.worker(). */
 static int l_worker_count(lua_State *L) {
   lhome_t *home = lt_home(L);
   lua_pushinteger(L, home != NULL ? lt_home_workers(home) : 1);
@@ -197,8 +224,8 @@ static const luaL_Reg ngx_c[] = {
     {"escape_uri", l_escape_uri},       {"unescape_uri", l_unescape_uri},
     {"encode_base64", l_encode_base64}, {"decode_base64", l_decode_base64},
     {"md5", l_md5},                     {"md5_bin", l_md5_bin},
-    {"sha1_bin", l_sha1_bin},           {"wall_now", l_wall_now},
-    {"worker_count", l_worker_count},   {NULL, NULL}};
+    {"sha1_bin", l_sha1_bin},           {"now", l_wall_now},
+    {"count", l_worker_count},   {NULL, NULL}};
 
 /* lua: require "treadle.ngx"
  * An `ngx` table for OpenResty's pure-Lua libraries outside nginx:

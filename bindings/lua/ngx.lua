@@ -24,8 +24,8 @@ ngx.config = {subsystem = "stream", ngx_lua_version = 10025, debug = false,
 
 -- time: ngx.now is the wall clock with milliseconds, as OpenResty's cached
 -- time (update_time has nothing to refresh here)
-ngx.now = c.wall_now
-function ngx.time() return math.floor(c.wall_now()) end
+ngx.now = c.now
+function ngx.time() return math.floor(c.now()) end
 function ngx.update_time() end
 function ngx.sleep(seconds) return treadle.sleep(seconds) end
 
@@ -124,7 +124,7 @@ end
 
 ngx.worker = {}
 function ngx.worker.id() return treadle.worker() end
-ngx.worker.count = c.worker_count
+ngx.worker.count = c.count
 function ngx.worker.exiting() return false end
 function ngx.worker.pid()
   local f = io.open("/proc/self/stat")

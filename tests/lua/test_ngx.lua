@@ -1,0 +1,115 @@
+-- require "treadle.ngx": the ngx table's functions (sockets, null, time,
+-- log, threads, timers, workers, URI escapes, base64, digests) and bad
+-- input for each.
+package.path = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "?.lua;" .. package.path
+local H = require "harness"
+local treadle = require "treadle"
+local ngx = require "treadle.ngx"
+local T = H.suite("ngx", ...)
+
+T.case("the same table on every require; sockets and null", function()
+  H.eq(require "treadle.ngx", ngx)
+  H.eq(ngx.socket.tcp, treadle.tcp.socket)
+  H.eq(ngx.socket.udp, treadle.udp.socket)
+  H.eq(type(ngx.null), "userdata")
+  H.eq(tostring(ngx.null), "userdata: (nil)", "a NULL light userdata, as OpenResty's")
+  H.eq(unpack, table.unpack, "Lua 5.1's unpack")
+  H.eq(ngx.ERR, 4); H.eq(ngx.DEBUG, 8); H.eq(ngx.STDERR, 0)
+end)
+
+T.case("escape_uri, unescape_uri", function()
+  H.eq(ngx.escape_uri("a b/c?d=é~-._"), "a%20b%2Fc%3Fd%3D%C3%A9~-._")
+  H.eq(ngx.unescape_uri("b%20r56+7"), "b r56 7")
+  H.eq(ngx.unescape_uri("%zz%4"), "%zz%4", "malformed escapes stay")
+  H.eq(ngx.unescape_uri(ngx.escape_uri("\0\1\255 x")), "\0\1\255 x")
+  H.eq(ngx.escape_uri(""), "")
+  H.bad_arg(ngx.escape_uri, nil)
+  H.bad_arg(ngx.unescape_uri, {})
+end)
+
+T.case("base64", function()
+  H.eq(ngx.encode_base64("hello"), "aGVsbG8=")
+  H.eq(ngx.encode_base64("hello", true), "aGVsbG8")
+  H.eq(ngx.encode_base64(""), "")
+  H.eq(ngx.decode_base64("aGVsbG8="), "hello")
+  H.eq(ngx.decode_base64("aGVsbG8"), "hello", "padding optional")
+  H.eq(ngx.decode_base64("a"), nil, "not base64")
+  H.eq(ngx.decode_base64("a$b="), nil, "not base64")
+  local bin = "\0\1\2\250\255"
+  H.eq(ngx.decode_base64(ngx.encode_base64(bin)), bin)
+  H.bad_arg(ngx.encode_base64, nil)
+  H.bad_arg(ngx.decode_base64, true)
+end)
+
+T.case("md5, md5_bin, sha1_bin", function()
+  H.eq(ngx.md5(""), "d41d8cd98f00b204e9800998ecf8427e")
+  H.eq(ngx.md5("hello"), "5d41402abc4b2a76b9719d911017c592")
+  H.eq(#ngx.md5_bin("hello"), 16)
+  H.eq(ngx.md5_bin("hello"):gsub(".", function(c) return string.format("%02x", c:byte()) end),
+       "5d41402abc4b2a76b9719d911017c592")
+  local sha = ngx.sha1_bin("abc"):gsub(".", function(c) return string.format("%02x", c:byte()) end)
+  H.eq(sha, "a9993e364706816aba3e25717850c26c9cd0d89d")
+  H.bad_arg(ngx.md5, nil)
+  H.bad_arg(ngx.sha1_bin, {})
+end)
+
+T.case("now, time, update_time, sleep", function()
+  local now, t = ngx.now(), ngx.time()
+  H.ok(now > 1.6e9, "wall-clock seconds: " .. now)
+  H.eq(math.type(t), "integer")
+  H.ok(math.abs(now - t) <= 1, "time and now agree")
+  ngx.update_time()
+  local t0 = treadle.now()
+  ngx.sleep(0.01)
+  H.ok(treadle.now() - t0 >= 0.01, "slept")
+  H.bad_arg(ngx.sleep, "x")
+end)
+
+T.case("log", function()
+  -- the message goes to stderr; what can fail is the level check
+  ngx.log(ngx.WARN, "a test warning: ", 1, nil, true, ngx.null)
+  H.raises("bad log level", ngx.log, 9, "x")
+  H.raises("bad log level", ngx.log, "ERR", "x")
+end)
+
+T.case("thread.spawn, wait, kill", function()
+  local a = ngx.thread.spawn(function(x) treadle.sleep(0.01); return x, x + 1 end, 1)
+  local r = H.pack(ngx.thread.wait(a))
+  H.eq(r[1], true); H.eq(r[2], 1); H.eq(r[3], 2)
+  local slow = ngx.thread.spawn(treadle.sleep, 10)
+  local fast = ngx.thread.spawn(function() return "fast" end)
+  r = H.pack(ngx.thread.wait(slow, fast))
+  H.eq(r[1], true); H.eq(r[2], "fast", "the first to finish")
+  H.eq(ngx.thread.kill(slow), true)
+  H.wait_until(function() return slow:done() end, 5, "the killed thread to end")
+  H.eq(select(2, ngx.thread.kill(slow)), "already terminated")
+  local bad = ngx.thread.spawn(function() error("boom", 0) end)
+  r = H.pack(ngx.thread.wait(bad))
+  H.eq(r[1], false); H.has(r[2], "boom")
+  H.bad_arg(ngx.thread.spawn, 1)
+  H.bad_arg(ngx.thread.wait)
+  H.bad_arg(ngx.thread.wait, {})
+  H.bad_arg(ngx.thread.kill, "x")
+end)
+
+T.case("timer.at, timer.every", function()
+  local got = {}
+  H.eq(ngx.timer.at(0.01, function(premature, a, b) got[#got + 1] = {premature, a, b} end, "x", "y"), true)
+  H.wait_until(function() return #got == 1 end, 5, "the timer")
+  H.same_table(got[1], {false, "x", "y"})
+  local ticks = 0
+  ngx.timer.every(0.005, function() ticks = ticks + 1 end)
+  H.wait_until(function() return ticks >= 3 end, 5, "three ticks")
+  H.bad_arg(ngx.timer.at, -1, print)
+  H.bad_arg(ngx.timer.at, 0, "not a function")
+  H.bad_arg(ngx.timer.every, 0, print)
+  H.bad_arg(ngx.timer.every, 0 / 0, print)
+end)
+
+T.case("worker.id, worker.count", {on = "all"}, function(ctx)
+  H.eq(ngx.worker.id(), ctx.worker)
+  H.eq(ngx.worker.count(), ctx.workers)
+  H.eq(ngx.worker.pid(), H.pid())
+end)
+
+return T.main()

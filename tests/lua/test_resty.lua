@@ -1,0 +1,227 @@
+-- OpenResty's client libraries, unchanged, on treadle: Debian's
+-- lua-nginx-redis (nginx.redis) and lua-nginx-memcached (nginx.memcached)
+-- with `ngx = require "treadle.ngx"`, against a real redis-server and
+-- memcached that each case starts on 127.0.0.1 (a free port, a temporary
+-- folder of its own) and stops by its pid: commands, pipelines, pub/sub,
+-- keep-alive reuse, timeouts. Skipped where the packages are missing
+-- (scripts/test.sh installs them).
+package.path = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "?.lua;" .. package.path
+local H = require "harness"
+local treadle = require "treadle"
+ngx = require "treadle.ngx"  -- luacheck: ignore (the libraries read the global)
+local T = H.suite("resty", ...)
+
+local function have(path)
+  local f = io.open(path)
+  if f then f:close() end
+  return f ~= nil
+end
+local function which(prog)
+  local p = io.popen("command -v " .. prog .. " 2>/dev/null")
+  local out = p:read("l")
+  p:close()
+  return out
+end
+
+local REDIS = which("redis-server")
+local MEMCACHED = which("memcached")
+local NO_REDIS = not (REDIS and have("/usr/share/lua/5.1/nginx/redis.lua")) and
+  "redis-server or lua-nginx-redis missing (scripts/setup.sh redis-server lua-nginx-redis)" or nil
+local NO_MEMCACHED = not (MEMCACHED and have("/usr/share/lua/5.1/nginx/memcached.lua")) and
+  "memcached or lua-nginx-memcached missing (scripts/setup.sh memcached lua-nginx-memcached)" or nil
+
+-- Starts a server in the background in a temporary folder; returns its
+-- port and a function that stops it (by its pid) and removes the folder.
+local function start(cmd_of_port)
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -m 700 " .. H.q(dir)))
+  local port = H.free_port()
+  local cmd = cmd_of_port(port, dir)
+  local p = io.popen(string.format("cd %s && (%s >%s/log 2>&1 & echo $!)", H.q(dir), cmd, H.q(dir)))
+  local pid = tonumber(p:read("l"))
+  p:close()
+  assert(pid, "no pid")
+  local function stop()
+    -- gone, or a zombie (its shell exited: whoever adopted it reaps it)
+    os.execute(string.format("kill %d 2>/dev/null; for i in $(seq 100); do grep -qs '^State:[[:space:]]*[^Z]' /proc/%d/status || break; sleep 0.05; done; kill -9 %d 2>/dev/null; rm -rf %s",
+      pid, pid, pid, H.q(dir)))
+  end
+  -- ready once it accepts a connection
+  local deadline = treadle.now() + 10 * H.slow
+  while true do
+    local s = treadle.tcp.socket()
+    s:settimeout(200)
+    if s:connect("127.0.0.1", port) then s:close(); break end
+    if treadle.now() > deadline then
+      local f = io.open(dir .. "/log")
+      local log = f and f:read("a") or ""
+      if f then f:close() end
+      stop()
+      H.fail("the server did not start: " .. log)
+    end
+    treadle.sleep(0.02)
+  end
+  return port, stop
+end
+
+local function start_redis()
+  return start(function(port, dir)
+    return string.format("exec %s --port %d --bind 127.0.0.1 --dir %s --save '' --appendonly no --daemonize no",
+      REDIS, port, H.q(dir))
+  end)
+end
+
+local function start_memcached()
+  return start(function(port)
+    -- memcached refuses to run as root unless told which user to be
+    return string.format("exec %s -l 127.0.0.1 -p %d -U 0 -m 16 -u \"$(id -un)\"", MEMCACHED, port)
+  end)
+end
+
+-- Runs body(port) with a server, stopping it however body ends.
+local function with(starter, body)
+  local port, stop = starter()
+  local ok, err = xpcall(body, debug.traceback, port)
+  stop()
+  if not ok then error(err, 0) end
+end
+
+T.case("the ngx table: what the libraries need is there", {flavors = {"current_thread"}}, function()
+  H.eq(type(ngx.socket.tcp), "function")
+  H.eq(ngx.null, ngx.null)
+  H.eq(type(unpack), "function", "Lua 5.1's unpack")
+  H.has(package.path, "/usr/share/lua/5.1/?.lua", "the 5.1 library folder on package.path")
+end)
+
+T.case("redis: commands, errors, nil, hashes", {skip = NO_REDIS, timeout = 60}, function()
+  local redis = require "nginx.redis"
+  with(start_redis, function(port)
+    local r = assert(redis:new())
+    r:set_timeout(2000)
+    H.eq(r:connect("127.0.0.1", port), 1)
+    H.eq(r:set("dog", "an animal"), "OK")
+    H.eq(r:get("dog"), "an animal")
+    H.eq(r:get("cat"), ngx.null, "a missing key is ngx.null")
+    H.eq(r:incr("n"), 1); H.eq(r:incr("n"), 2)
+    H.eq(r:hmset("h", "a", "1", "b", "2"), "OK", "hmset goes through unpack")
+    H.same_table(r:hmget("h", "a", "b", "c"), {"1", "2", ngx.null})
+    local big = string.rep("x", 1024 * 1024)
+    H.eq(r:set("big", big), "OK")
+    H.ok(r:get("big") == big, "1 MiB bulk reply intact")
+    local res, err = r:lpush("dog", "x")
+    H.eq(res, false, "a redis error: false, message")
+    H.has(err, "WRONGTYPE")
+    H.same_table(r:mget("dog", "n"), {"an animal", "2"})
+    H.eq(r:close(), 1)
+  end)
+end)
+
+T.case("redis: pipelines", {skip = NO_REDIS, timeout = 60}, function()
+  local redis = require "nginx.redis"
+  with(start_redis, function(port)
+    local r = redis:new()
+    assert(r:connect("127.0.0.1", port))
+    r:init_pipeline()
+    for i = 1, 100 do r:set("k" .. i, i) end
+    for i = 1, 100 do r:get("k" .. i) end
+    r:get("none")
+    local res = assert(r:commit_pipeline())
+    H.eq(#res, 201)
+    for i = 1, 100 do H.eq(res[i], "OK"); H.eq(res[100 + i], tostring(i)) end
+    H.eq(res[201], ngx.null)
+    r:close()
+  end)
+end)
+
+T.case("redis: pub/sub between two tasks", {skip = NO_REDIS, timeout = 60}, function()
+  local redis = require "nginx.redis"
+  with(start_redis, function(port)
+    local sub = redis:new()
+    assert(sub:connect("127.0.0.1", port))
+    local res = assert(sub:subscribe("news"))
+    H.same_table(res, {"subscribe", "news", 1})
+    local got = {}
+    local listener = treadle.spawn(function()
+      for _ = 1, 3 do
+        local m = assert(sub:read_reply())
+        got[#got + 1] = m[3]
+      end
+    end)
+    local pub = redis:new()
+    assert(pub:connect("127.0.0.1", port))
+    for i = 1, 3 do
+      -- publish returns how many subscribers got it: wait for the first
+      H.wait_until(function() return pub:publish("news", "m" .. i) == 1 end, 5, "a subscriber")
+    end
+    listener:join()
+    H.same_table(got, {"m1", "m2", "m3"})
+    H.same_table(sub:unsubscribe("news"), {"unsubscribe", "news", 0})
+    sub:close(); pub:close()
+  end)
+end)
+
+T.case("redis: keep-alive reuse", {skip = NO_REDIS, timeout = 60}, function()
+  local redis = require "nginx.redis"
+  with(start_redis, function(port)
+    for i = 1, 5 do
+      local r = redis:new()
+      H.eq(r:connect("127.0.0.1", port), 1)
+      H.eq(r:get_reused_times(), i - 1, "reused times")
+      H.eq(r:set("x", i), "OK")
+      H.eq(r:set_keepalive(10000, 10), 1)
+    end
+    -- the server saw one connection (and the readiness probe's)
+    local r = redis:new()
+    assert(r:connect("127.0.0.1", port))
+    local info = r:info("stats")
+    H.ok(r:get_reused_times() > 0, "getreusedtimes > 0")
+    local total = tonumber(info:match("total_connections_received:(%d+)"))
+    H.eq(total, 2, "one probe and one client connection")
+    r:close()
+  end)
+end)
+
+T.case("redis: a timeout", {skip = NO_REDIS, timeout = 60}, function()
+  local redis = require "nginx.redis"
+  with(start_redis, function(port)
+    local r = redis:new()
+    r:set_timeout(100)
+    assert(r:connect("127.0.0.1", port))
+    local res, err = r:blpop("empty-list", 5)   -- the server holds it 5 s
+    H.eq(res, nil); H.eq(err, "timeout")
+    r:close()
+  end)
+end)
+
+T.case("memcached: set, get, add, incr, delete, keep-alive", {skip = NO_MEMCACHED, timeout = 60}, function()
+  local memcached = require "nginx.memcached"
+  with(start_memcached, function(port)
+    local m = assert(memcached:new())
+    m:set_timeout(2000)
+    H.eq(m:connect("127.0.0.1", port), 1)
+    H.eq(m:set("dog key", "an animal", 0, 7), 1, "a key with a space (escape_uri)")
+    local v, flags = m:get("dog key")
+    H.eq(v, "an animal"); H.eq(flags, "7")
+    H.eq(m:get("cat"), nil, "a miss is nil")
+    local ok, err = m:add("dog key", "again")
+    H.eq(ok, nil); H.eq(err, "NOT_STORED")
+    H.eq(m:set("n", 10), 1)
+    H.eq(m:incr("n", 5), "15")
+    H.eq(m:delete("n"), 1)
+    local big = string.rep("y", 100000)
+    H.eq(m:set("big", big), 1)
+    H.ok(m:get("big") == big, "100 kB value intact")
+    local res = m:get({"dog key", "big", "none"})
+    H.eq(res["dog key"][1], "an animal", "a multi-get")
+    H.eq(res.none, nil)
+    H.ok(m:version():match("^%d"), "version")
+    H.eq(m:set_keepalive(10000, 5), 1)
+    m = memcached:new()
+    assert(m:connect("127.0.0.1", port))
+    H.eq(m:get_reused_times(), 1)
+    m:close()
+  end)
+end)
+
+return T.main()
