@@ -3,16 +3,19 @@
  * (ARCHITECTURE.md "Lua"). The table itself is Lua (ngx.lua, built into
  * the module as ngx_lua.h); this file gives it what must be C: URI
  * escapes, base64, digests (OpenSSL's libcrypto), wall-clock time, the
- * worker count and ngx.null. Lua finds luaopen_treadle_ngx in treadle.so
+ * worker count and ngx.null. Without OpenSSL at build time the digests
+ * raise. Lua finds luaopen_treadle_ngx in treadle.so
  * through its all-in-one loader, so no second file is needed. */
 #define _GNU_SOURCE
-#include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "ltreadle.h"
 #include "ngx_lua.h" /* static const unsigned char ngx_lua[]: ngx.lua */
+#ifdef TREADLE_HAVE_OPENSSL
+#include <openssl/evp.h>
+#endif
 
 int luaopen_treadle(lua_State *L);
 
@@ -94,12 +97,26 @@ static int l_encode_base64(lua_State *L) {
   size_t n;
   const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
   bool no_pad = lua_toboolean(L, 2);
+  static const char abc[] =
+      "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
   luaL_Buffer b;
-  char *out = luaL_buffinitsize(L, &b, 4 * ((n + 2) / 3) + 1);
-  int len = EVP_EncodeBlock((unsigned char *)out, s, (int)n);
-  while (no_pad && len > 0 && out[len - 1] == '=')
-    len--;
-  luaL_pushresultsize(&b, (size_t)len);
+  char *out = luaL_buffinitsize(L, &b, 4 * ((n + 2) / 3));
+  size_t o = 0;
+  for (size_t i = 0; i < n; i += 3) {
+    unsigned v = (unsigned)s[i] << 16 | (i + 1 < n ? (unsigned)s[i + 1] << 8 : 0) |
+                 (i + 2 < n ? s[i + 2] : 0);
+    out[o++] = abc[v >> 18 & 63];
+    out[o++] = abc[v >> 12 & 63];
+    if (i + 1 < n)
+      out[o++] = abc[v >> 6 & 63];
+    else if (!no_pad)
+      out[o++] = '=';
+    if (i + 2 < n)
+      out[o++] = abc[v & 63];
+    else if (!no_pad)
+      out[o++] = '=';
+  }
+  luaL_pushresultsize(&b, o);
   return 1;
 }
 
@@ -151,6 +168,10 @@ static int l_decode_base64(lua_State *L) {
   return 1;
 }
 
+#ifdef TREADLE_HAVE_OPENSSL
+#define MD5 EVP_md5()
+#define SHA1 EVP_sha1()
+#define MAX_DIGEST EVP_MAX_MD_SIZE
 /* A digest of s by `md` into out; its length. */
 static unsigned digest(lua_State *L, const EVP_MD *md, unsigned char *out) {
   size_t n;
@@ -160,10 +181,22 @@ static unsigned digest(lua_State *L, const EVP_MD *md, unsigned char *out) {
     luaL_error(L, "digest failed (OpenSSL)");
   return len;
 }
+#else
+#define MD5 NULL
+#define SHA1 NULL
+#define MAX_DIGEST 64
+static unsigned digest(lua_State *L, const void *md, unsigned char *out) {
+  (void)md;
+  (void)out;
+  luaL_checkstring(L, 1);
+  return (unsigned)luaL_error(L, "treadle was built without OpenSSL (Debian: libssl-dev): "
+                                 "no ngx.md5, ngx.md5_bin, ngx.sha1_bin");
+}
+#endif
 
 static int push_hex(lua_State *L, const unsigned char *d, unsigned len) {
   static const char hex[] = "0123456789abcdef";
-  char out[2 * EVP_MAX_MD_SIZE];
+  char out[2 * MAX_DIGEST];
   for (unsigned i = 0; i < len; i++) {
     out[2 * i] = hex[d[i] >> 4];
     out[2 * i + 1] = hex[d[i] & 15];
@@ -176,15 +209,15 @@ static int push_hex(lua_State *L, const unsigned char *d, unsigned len) {
  * Returns: the MD5 digest of s in lowercase hex (OpenSSL).
  * Example: ngx.md5("") --> "d41d8cd98f00b204e9800998ecf8427e" */
 static int l_md5(lua_State *L) {
-  unsigned char d[EVP_MAX_MD_SIZE];
-  return push_hex(L, d, digest(L, EVP_md5(), d));
+  unsigned char d[MAX_DIGEST];
+  return push_hex(L, d, digest(L, MD5, d));
 }
 
 /* lua: ngx.md5_bin(s)
  * Returns: the MD5 digest of s, 16 bytes. */
 static int l_md5_bin(lua_State *L) {
-  unsigned char d[EVP_MAX_MD_SIZE];
-  unsigned len = digest(L, EVP_md5(), d);
+  unsigned char d[MAX_DIGEST];
+  unsigned len = digest(L, MD5, d);
   lua_pushlstring(L, (const char *)d, len);
   return 1;
 }
@@ -192,8 +225,8 @@ static int l_md5_bin(lua_State *L) {
 /* lua: ngx.sha1_bin(s)
  * Returns: the SHA-1 digest of s, 20 bytes (OpenSSL). */
 static int l_sha1_bin(lua_State *L) {
-  unsigned char d[EVP_MAX_MD_SIZE];
-  unsigned len = digest(L, EVP_sha1(), d);
+  unsigned char d[MAX_DIGEST];
+  unsigned len = digest(L, SHA1, d);
   lua_pushlstring(L, (const char *)d, len);
   return 1;
 }
