@@ -11,59 +11,13 @@ local treadle = require "treadle"
 ngx = require "treadle.ngx"  -- luacheck: ignore (the libraries read the global)
 local T = H.suite("resty", ...)
 
-local function have(path)
-  local f = io.open(path)
-  if f then f:close() end
-  return f ~= nil
-end
-local function which(prog)
-  local p = io.popen("command -v " .. prog .. " 2>/dev/null")
-  local out = p:read("l")
-  p:close()
-  return out
-end
-
-local REDIS = which("redis-server")
-local MEMCACHED = which("memcached")
+local have, REDIS, MEMCACHED = H.have_file, H.which("redis-server"), H.which("memcached")
 local NO_REDIS = not (REDIS and have("/usr/share/lua/5.1/nginx/redis.lua")) and
   "redis-server or lua-nginx-redis missing (scripts/setup.sh redis-server lua-nginx-redis)" or nil
 local NO_MEMCACHED = not (MEMCACHED and have("/usr/share/lua/5.1/nginx/memcached.lua")) and
   "memcached or lua-nginx-memcached missing (scripts/setup.sh memcached lua-nginx-memcached)" or nil
 
--- Starts a server in the background in a temporary folder; returns its
--- port and a function that stops it (by its pid) and removes the folder.
-local function start(cmd_of_port)
-  local dir = os.tmpname()
-  os.remove(dir)
-  assert(os.execute("mkdir -m 700 " .. H.q(dir)))
-  local port = H.free_port()
-  local cmd = cmd_of_port(port, dir)
-  local p = io.popen(string.format("cd %s && (%s >%s/log 2>&1 & echo $!)", H.q(dir), cmd, H.q(dir)))
-  local pid = tonumber(p:read("l"))
-  p:close()
-  assert(pid, "no pid")
-  local function stop()
-    -- gone, or a zombie (its shell exited: whoever adopted it reaps it)
-    os.execute(string.format("kill %d 2>/dev/null; for i in $(seq 100); do grep -qs '^State:[[:space:]]*[^Z]' /proc/%d/status || break; sleep 0.05; done; kill -9 %d 2>/dev/null; rm -rf %s",
-      pid, pid, pid, H.q(dir)))
-  end
-  -- ready once it accepts a connection
-  local deadline = treadle.now() + 10 * H.slow
-  while true do
-    local s = treadle.tcp.socket()
-    s:settimeout(200)
-    if s:connect("127.0.0.1", port) then s:close(); break end
-    if treadle.now() > deadline then
-      local f = io.open(dir .. "/log")
-      local log = f and f:read("a") or ""
-      if f then f:close() end
-      stop()
-      H.fail("the server did not start: " .. log)
-    end
-    treadle.sleep(0.02)
-  end
-  return port, stop
-end
+local start = H.start_daemon
 
 local function start_redis()
   return start(function(port, dir)
