@@ -42,7 +42,7 @@ void tb_rbuf_consume(tb_rbuf_t *b, size_t n) {
 }
 
 bool tb_recv_line(const char *p, size_t len, size_t *used) {
-  const char *lf = memchr(p, '\n', len);
+  const char *lf = len > 0 ? memchr(p, '\n', len) : NULL;
   if (lf == NULL)
     return false;
   *used = (size_t)(lf - p) + 1;

@@ -21,7 +21,9 @@ typedef struct tb_rbuf_s {
 /* An empty buffer needs no init beyond zeroing. Frees the bytes. */
 void tb_rbuf_free(tb_rbuf_t *b);
 static inline size_t tb_rbuf_len(const tb_rbuf_t *b) { return b->end - b->start; }
-static inline const char *tb_rbuf_data(const tb_rbuf_t *b) { return b->p + b->start; }
+static inline const char *tb_rbuf_data(const tb_rbuf_t *b) {
+  return b->p != NULL ? b->p + b->start : ""; /* never NULL, for memchr */
+}
 /* Room for at least `want` more bytes at the end (moving the unconsumed
  * bytes to the front, or growing): the place to read into, its size in
  * *room; NULL when out of memory. The pointer is valid until the next

@@ -16,7 +16,7 @@ size_t tb_until_find(const char *p, size_t len, const char *pat, size_t plen,
                      size_t from, size_t *safe) {
   if (from > len)
     from = len;
-  const char *m = memmem(p + from, len - from, pat, plen);
+  const char *m = len > from ? memmem(p + from, len - from, pat, plen) : NULL;
   if (m != NULL) {
     *safe = (size_t)(m - p);
     return (size_t)(m - p);
