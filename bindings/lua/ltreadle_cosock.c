@@ -18,9 +18,11 @@
  * The keep-alive pool belongs to the home (one per worker's lua_State):
  * setkeepalive moves the stream into it under its key ("host:port",
  * "unix:path" or opts.pool), connect takes the newest live one back.
- * Idle connections are closed once idle_ms passed (looked at whenever the
- * pool is used), when the peer closed them or sent something while idle,
- * when a key holds more than pool_size, and when the runtime ends.
+ * Idle connections are closed once idle_ms passed (a sweeper task of the
+ * home's worker sleeps until the earliest such deadline while there is
+ * one), when the peer closed them or sent something while idle (looked
+ * at whenever the pool is used), when a key holds more than pool_size, and
+ * when the runtime ends.
  *
  * UDP sockets (treadle.udp.socket) send and receive whole datagrams on a
  * connected datagram socket, with a read timeout. */
@@ -555,7 +557,10 @@ typedef struct lpooled_s {
 } lpooled_t;
 
 struct lpool_s {
-  lpooled_t *head; /* newest first */
+  lpooled_t *head;        /* newest first */
+  bool sweeping;          /* the sweeper task runs */
+  uint64_t sweep_at;      /* when it wakes next */
+  treadle_waker_t *waker; /* its waker, to bring that forward */
 };
 
 static void pooled_free(lpooled_t *e) {
@@ -592,6 +597,93 @@ static void pool_sweep(lpool_t *p) {
   }
 }
 
+/* The earliest idle deadline in the pool, or 0. */
+static uint64_t pool_next_deadline(const lpool_t *p) {
+  uint64_t next = 0;
+  for (const lpooled_t *e = p->head; e != NULL; e = e->next)
+    if (e->idle_until != 0 && (next == 0 || e->idle_until < next))
+      next = e->idle_until;
+  return next;
+}
+
+/* The sweeper: a C task pinned to the home's worker (so it touches the
+ * pool on the pool's own thread) that closes connections whose idle time
+ * is up, and ends when no connection has a deadline. */
+typedef struct {
+  lhome_t *home;
+  treadle_sleep_t sleep;
+  bool armed;
+} sweeper_t;
+
+static void sweeper_stop(sweeper_t *sw) {
+  lpool_t *p = sw->home->pool;
+  if (sw->armed)
+    treadle_sleep_drop(&sw->sleep);
+  sw->armed = false;
+  if (p == NULL)
+    return;
+  p->sweeping = false;
+  treadle_waker_drop(p->waker);
+  p->waker = NULL;
+}
+
+static treadle_poll_t sweeper_poll(treadle_cx_t *cx, void *state) {
+  sweeper_t *sw = state;
+  lpool_t *p = sw->home->pool;
+  for (;;) {
+    pool_sweep(p);
+    uint64_t next = pool_next_deadline(p);
+    if (next == 0) {
+      sweeper_stop(sw);
+      return TREADLE_READY;
+    }
+    if (!sw->armed)
+      treadle_sleep_until_init(&sw->sleep, next);
+    else if (treadle_sleep_deadline(&sw->sleep) != next)
+      treadle_sleep_reset(&sw->sleep, next);
+    sw->armed = true;
+    p->sweep_at = next;
+    if (p->waker == NULL)
+      p->waker = treadle_waker_clone(treadle_cx_waker(cx));
+    treadle_err_t err;
+    if (treadle_sleep_poll(&sw->sleep, cx, &err) == TREADLE_PENDING)
+      return TREADLE_PENDING;
+    if (err != 0) { /* no timers, or shutting down: sweep at use only */
+      sweeper_stop(sw);
+      return TREADLE_READY;
+    }
+  }
+}
+
+static void sweeper_drop(void *state) {
+  sweeper_t *sw = state;
+  if (sw->home->pool != NULL && sw->home->pool->sweeping)
+    sweeper_stop(sw);
+}
+
+static const treadle_task_vtable_t sweeper_vt = {.poll = sweeper_poll,
+                                                 .drop = sweeper_drop};
+
+/* After a connection with an idle deadline came into the pool: starts the
+ * sweeper, or wakes it if that deadline comes before its own. */
+static void pool_watch(lhome_t *home, uint64_t idle_until) {
+  lpool_t *p = home->pool;
+  if (idle_until == 0)
+    return;
+  if (p->sweeping) {
+    if (idle_until < p->sweep_at && p->waker != NULL)
+      treadle_wake_by_ref(p->waker);
+    return;
+  }
+  sweeper_t sw = {.home = home};
+  treadle_spawn_opts_t opts = TREADLE_SPAWN_OPTS_INIT;
+  opts.worker = home->worker;
+  /* A failed spawn (shutting down) leaves the sweeps at use. */
+  p->sweeping = treadle_spawn_with(home->h, &sweeper_vt, &sw, sizeof sw,
+                                   &opts, NULL) == 0;
+  p->sweep_at = idle_until;
+}
+
 void lt_pool_free(lhome_t *home) {
   lpool_t *p = home->pool;
   if (p == NULL)
@@ -601,6 +693,7 @@ void lt_pool_free(lhome_t *home) {
     p->head = e->next;
     pooled_free(e);
   }
+  treadle_waker_drop(p->waker);
   free(p);
   home->pool = NULL;
 }
@@ -786,6 +879,7 @@ static int l_setkeepalive(lua_State *L) {
   home->pool->head = e;
   memset(&c->st, 0, sizeof c->st);
   c->st.closed = true;
+  pool_watch(home, e->idle_until);
   lua_pushinteger(L, 1);
   return 1;
 }

@@ -339,6 +339,29 @@ T.case("keepalive pool: reuse, pool size, idle timeout, a peer that closed", fun
   l:close()
 end)
 
+T.case("the pool closes an idle connection once its idle time is up", function()
+  local ended = {}
+  local port, l = server(function(c)
+    local _, err = c:receive()
+    ended[#ended + 1] = err
+  end)
+  local s = connect(port)
+  H.eq(s:setkeepalive(20, 5), 1)
+  local s2 = connect(port)
+  H.eq(s2:getreusedtimes(), 1)
+  H.eq(s2:setkeepalive(30000, 5), 1)       -- a later deadline: waits on
+  local s3 = connect(port)
+  H.eq(s3:getreusedtimes(), 2)
+  H.eq(s3:setkeepalive(10, 5), 1)          -- an earlier one: the sweeper moves
+  -- nobody touches the pool: the sweeper closes it, the server sees it
+  H.wait_until(function() return #ended == 1 end, 5, "the server to see the close")
+  H.eq(ended[1], "closed")
+  s = connect(port)
+  H.eq(s:getreusedtimes(), 0, "nothing left in the pool")
+  s:close()
+  l:close()
+end)
+
 T.case("setkeepalive refuses: bad pool size, unread data, busy, accepted conns", function()
   local accepted = {}
   local port, l = server(function(c)
