@@ -50,6 +50,7 @@ SECTIONS = {
     "udp": ("UDP sockets", "`udp` is what `treadle.udp.socket()` returns: OpenResty's `ngx.socket.udp` API."),
     "ngx": ("The ngx table", "`ngx` is what `require \"treadle.ngx\"` returns."),
     "ngx.worker": ("ngx.worker", None),
+    "ngx.re": ("ngx.re", "Regular expressions over PCRE2, as OpenResty's over PCRE."),
     "stdin": ("Standard input", "`stdin` is what `treadle.stdin()` returns."),
     "console": ("The console's input", "`console` is what the Lua part of `treadle.repl()` "
                 "reads its lines from; programs do not get one."),

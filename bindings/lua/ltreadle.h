@@ -174,6 +174,8 @@ void lt_open_cosock(lua_State *L);
 void lt_pool_free(lhome_t *home);
 /* The op done hook of every conn op (ops--). */
 void lt_conn_op_done(void *conn);
+/* ltreadle_re.c: pushes the ngx.re table (PCRE2). */
+void lt_push_re(lua_State *L);
 /* ltreadle.c: how many workers the home's runtime has. */
 int lt_home_workers(lhome_t *home);
 

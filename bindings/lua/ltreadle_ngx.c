@@ -270,7 +270,8 @@ static const luaL_Reg ngx_c[] = {
  * Lua 5.1's global `unpack` where it is missing and puts the Lua 5.1
  * library folders (/usr/share/lua/5.1, where Debian's lua-nginx-* packages
  * install nginx.redis, nginx.memcached, ...) at the end of package.path.
- * Not there yet: ngx.re, ngx.shared, TLS (sslhandshake).
+ * ngx.re.match/find/gmatch/sub/gsub over PCRE2. Not there yet: ngx.shared,
+ * TLS (sslhandshake).
  * Returns: the ngx table (the same one on every require of a state).
  * Example: ngx = require "treadle.ngx"; local redis = require "nginx.redis" */
 __attribute__((visibility("default"))) int luaopen_treadle_ngx(lua_State *L) {
@@ -279,6 +280,8 @@ __attribute__((visibility("default"))) int luaopen_treadle_ngx(lua_State *L) {
     return lua_error(L);
   lua_insert(L, -2);
   luaL_newlib(L, ngx_c);
+  lt_push_re(L);
+  lua_setfield(L, -2, "re");
   lua_pushlightuserdata(L, NULL); /* ngx.null, as OpenResty's */
   lua_setfield(L, -2, "null");
   lua_call(L, 2, 1);

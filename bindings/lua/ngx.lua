@@ -140,5 +140,6 @@ ngx.decode_base64 = c.decode_base64
 ngx.md5 = c.md5
 ngx.md5_bin = c.md5_bin
 ngx.sha1_bin = c.sha1_bin
+ngx.re = c.re
 
 return ngx
