@@ -218,6 +218,7 @@ static int pattern_met(lua_State *L, lconn_t *c, int kind, size_t n) {
 }
 
 static int receive_k(lua_State *L, int status, lua_KContext ctx);
+static int receiveany_k(lua_State *L, int status, lua_KContext ctx);
 
 /* Steps 1 and 2 of the top, for receive (args at 2) and receiveany. */
 static int receive_loop(lua_State *L, lconn_t *c, int kind, size_t n,
@@ -251,24 +252,26 @@ static int receive_loop(lua_State *L, lconn_t *c, int kind, size_t n,
     if (r < 0)
       return 2;
     if (r == 0)
-      return lua_yieldk(L, 0, (lua_KContext)lua_gettop(L), receive_k);
+      return lua_yieldk(L, 0, (lua_KContext)lua_gettop(L),
+                        kind == PAT_ANY ? receiveany_k : receive_k);
     after_io = true;
   }
 }
 
+/* The continuations: receive's pattern, or receiveany's max, is still
+ * argument 2. */
 static int receive_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   lua_settop(L, (int)ctx);
-  lconn_t *c = check_sock(L);
   size_t n;
-  int kind;
-  if (lua_type(L, 2) == LUA_TSTRING && strcmp(lua_tostring(L, 2), "\x01any") == 0) {
-    kind = PAT_ANY; /* receiveany keeps its max in argument 3 */
-    n = (size_t)lua_tointeger(L, 3);
-  } else {
-    kind = check_pattern(L, 2, &n);
-  }
-  return receive_loop(L, c, kind, n, true);
+  int kind = check_pattern(L, 2, &n);
+  return receive_loop(L, check_sock(L), kind, n, true);
+}
+
+static int receiveany_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  lua_settop(L, (int)ctx);
+  return receive_loop(L, check_sock(L), PAT_ANY, (size_t)lua_tointeger(L, 2), true);
 }
 
 /* lua: sock:receive([pattern])
@@ -308,9 +311,6 @@ static int l_receiveany(lua_State *L) {
   lua_Integer max = luaL_checkinteger(L, 2);
   luaL_argcheck(L, max > 0, 2, "bad max argument: must be at least 1");
   lua_settop(L, 2);
-  lua_pushliteral(L, "\x01any"); /* the continuation's mark */
-  lua_replace(L, 2);
-  lua_pushinteger(L, max);
   if (!connected(c))
     return fail2(L, "closed");
   check_not_reading(L, c);

@@ -56,7 +56,12 @@ function ngx.thread.spawn(fn, ...)
   return treadle.spawn(fn, ...)
 end
 -- Waits for the first of the threads to finish: true and its results, or
--- false and its error.
+-- false and its error. Several: a watcher task joins each and says which
+-- finished first on a channel; the others are then stopped.
+local function joined(t)
+  local r = table.pack(pcall(t.join, t))
+  return table.unpack(r, 1, r.n)
+end
 function ngx.thread.wait(...)
   local n = select("#", ...)
   if n == 0 then error("bad argument #1 to 'wait' (at least one thread expected)", 2) end
@@ -66,20 +71,21 @@ function ngx.thread.wait(...)
       error("bad argument #" .. i .. " to 'wait' (a thread expected)", 2)
     end
   end
-  local function join(t) return table.pack(pcall(t.join, t)) end
-  while true do
-    for i = 1, n do
-      if threads[i]:done() then
-        local r = join(threads[i])
-        return table.unpack(r, 1, r.n)
-      end
-    end
-    if n == 1 then
-      local r = join(threads[1])
-      return table.unpack(r, 1, r.n)
-    end
-    treadle.sleep(0.001)  -- several: look again (a select is for later)
+  for i = 1, n do
+    if threads[i]:done() then return joined(threads[i]) end
   end
+  if n == 1 then return joined(threads[1]) end
+  local first, outcome = treadle.channel(1), nil
+  local watchers = {}
+  for i = 1, n do
+    watchers[i] = treadle.spawn(function()
+      local r = table.pack(joined(threads[i]))
+      if outcome == nil then outcome = r; first:send(i) end
+    end)
+  end
+  first:recv()
+  for i = 1, n do watchers[i]:abort() end
+  return table.unpack(outcome, 1, outcome.n)
 end
 function ngx.thread.kill(t)
   if type(t) ~= "userdata" or not pcall(t.done, t) then
@@ -90,8 +96,13 @@ function ngx.thread.kill(t)
   return true
 end
 
--- timers: a task that sleeps, then calls fn(premature, ...)
+-- timers: a task that sleeps, then calls fn(premature, ...); an error is
+-- logged (and an every timer goes on), as OpenResty's
 ngx.timer = {}
+local function fire(fn, args)
+  local ok, err = pcall(fn, false, table.unpack(args, 1, args.n))
+  if not ok then ngx.log(ngx.ERR, "lua timer failed: ", err) end
+end
 local function check_timer(delay, fn)
   if type(delay) ~= "number" or delay ~= delay or delay < 0 then
     error("bad argument #1 (delay must be a number >= 0)", 3)
@@ -105,7 +116,7 @@ function ngx.timer.at(delay, fn, ...)
   local args = table.pack(...)
   treadle.spawn(function()
     treadle.sleep(delay)
-    fn(false, table.unpack(args, 1, args.n))
+    fire(fn, args)
   end)
   return true
 end
@@ -116,7 +127,7 @@ function ngx.timer.every(interval, fn, ...)
   treadle.spawn(function()
     while true do
       treadle.sleep(interval)
-      fn(false, table.unpack(args, 1, args.n))
+      fire(fn, args)
     end
   end)
   return true

@@ -100,6 +100,9 @@ T.case("timer.at, timer.every", function()
   local ticks = 0
   ngx.timer.every(0.005, function() ticks = ticks + 1 end)
   H.wait_until(function() return ticks >= 3 end, 5, "three ticks")
+  local failing = 0
+  ngx.timer.every(0.005, function() failing = failing + 1; error("a failing timer (expected)") end)
+  H.wait_until(function() return failing >= 2 end, 5, "an every timer that raises goes on")
   H.bad_arg(ngx.timer.at, -1, print)
   H.bad_arg(ngx.timer.at, 0, "not a function")
   H.bad_arg(ngx.timer.every, 0, print)
