@@ -37,8 +37,11 @@ void tb_rbuf_commit(tb_rbuf_t *b, size_t n) { b->end += n; }
 
 void tb_rbuf_consume(tb_rbuf_t *b, size_t n) {
   b->start += n;
-  if (b->start == b->end) /* empty: the next read starts at the front */
-    b->start = b->end = 0;
+  if (b->start != b->end)
+    return;
+  b->start = b->end = 0; /* empty: the next read starts at the front */
+  if (b->cap > TB_RBUF_KEEP) /* a big body came through: give it back */
+    tb_rbuf_free(b);
 }
 
 bool tb_recv_line(const char *p, size_t len, size_t *used) {

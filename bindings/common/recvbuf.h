@@ -18,6 +18,10 @@ typedef struct tb_rbuf_s {
   size_t start, end, cap;
 } tb_rbuf_t;
 
+/* An empty buffer keeps at most this much room (a bigger one is freed
+ * once empty), so a connection that read one big body does not hold it. */
+#define TB_RBUF_KEEP 65536
+
 /* An empty buffer needs no init beyond zeroing. Frees the bytes. */
 void tb_rbuf_free(tb_rbuf_t *b);
 static inline size_t tb_rbuf_len(const tb_rbuf_t *b) { return b->end - b->start; }
