@@ -1000,7 +1000,8 @@ static int l_tcp_socket(lua_State *L) {
 
 typedef struct {
   treadle_dgram_t *d; /* NULL until setpeername, and once freed */
-  int ops;
+  int ops;            /* ops in flight: at most a send and a receive */
+  bool sending, receiving;
   int timeout_ms[3];  /* only T_READ is used */
   bool closed;
   size_t want, got;   /* a receive in flight: its size, what came */
@@ -1024,7 +1025,15 @@ static treadle_poll_t udp_send_poll(void *ud, treadle_cx_t *cx,
   return treadle_dgram_send_poll(u->d, cx, u->out, u->out_len, &sent, err);
 }
 
-static void udp_op_done(void *ud) { ((ludp_t *)ud)->ops--; }
+static void udp_send_done(void *ud) {
+  ((ludp_t *)ud)->ops--;
+  ((ludp_t *)ud)->sending = false;
+}
+
+static void udp_recv_done(void *ud) {
+  ((ludp_t *)ud)->ops--;
+  ((ludp_t *)ud)->receiving = false;
+}
 
 static int udp_push(lua_State *co, ltask_t *t) {
   ludp_t *u = t->op.u.own.ud;
@@ -1041,15 +1050,22 @@ static int udp_push(lua_State *co, ltask_t *t) {
   return 1;
 }
 
+/* A send and a receive may wait at once (from two tasks), not two of
+ * either. */
 static int udp_wait(lua_State *L, ludp_t *u, tb_wait_fn poll, uint64_t ns) {
-  ltask_t *t = lt_need_task(L, poll == udp_recv_poll ? "receive" : "send");
+  bool recv = poll == udp_recv_poll;
+  ltask_t *t = lt_need_task(L, recv ? "receive" : "send");
+  if (recv ? u->receiving : u->sending)
+    return luaL_error(L, "socket busy %s: another task %s on this socket",
+                      recv ? "reading" : "writing", recv ? "receives" : "sends");
   tb_op_wait(&t->op.tb, poll, NULL, u);
   tb_op_set_deadline(&t->op.tb, ns);
   t->op.kind = LOP_OWN;
   t->op.u.own.push = udp_push;
-  t->op.u.own.done = udp_op_done;
+  t->op.u.own.done = recv ? udp_recv_done : udp_send_done;
   t->op.u.own.ud = u;
   u->ops++;
+  *(recv ? &u->receiving : &u->sending) = true;
   return lt_wait(L, t);
 }
 
@@ -1167,7 +1183,8 @@ static int l_setpeername(lua_State *L) {
  * (as sock:send).
  * Returns: 1, or nil, error ("closed", "connection refused" after an ICMP
  * error for an earlier datagram, ...).
- * Errors: raises for other data and outside a task.
+ * Errors: raises for other data, outside a task, and while another task
+ * sends on it (a receive may wait meanwhile).
  * Example: assert(u:send("ping")) */
 static int l_udp_send(lua_State *L) {
   ludp_t *u = check_udp(L);
@@ -1183,8 +1200,8 @@ static int l_udp_send(lua_State *L) {
   luaL_pushresultsize(&b, len);
   if (u->d == NULL || u->closed)
     return fail2(L, "closed");
-  if (u->ops > 0)
-    return luaL_error(L, "socket busy: another task uses this socket");
+  if (u->sending) /* before u->out changes under the send in flight */
+    return luaL_error(L, "socket busy writing: another task sends on this socket");
   u->out = lua_tolstring(L, 3, &u->out_len); /* stays on this stack */
   return udp_wait(L, u, udp_send_poll, deadline_ns(u->timeout_ms, T_SEND));
 }
@@ -1204,8 +1221,8 @@ static int l_udp_receive(lua_State *L) {
                 "bad size argument: must be in 1..65536");
   if (u->d == NULL || u->closed)
     return fail2(L, "closed");
-  if (u->ops > 0)
-    return luaL_error(L, "socket busy: another task uses this socket");
+  if (u->receiving) /* before u->want changes under the receive in flight */
+    return luaL_error(L, "socket busy reading: another task receives on this socket");
   if (u->buf == NULL && (u->buf = malloc(UDP_MAX_SIZE)) == NULL)
     return luaL_error(L, "not enough memory");
   u->want = (size_t)size;

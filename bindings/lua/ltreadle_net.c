@@ -201,7 +201,8 @@ static int l_listener_tostring(lua_State *L) {
 static lconn_t *check_conn(lua_State *L) {
   lconn_t *c = luaL_checkudata(L, 1, CONN_MT);
   if (c->st.s == NULL)
-    luaL_error(L, "the connection was freed");
+    luaL_error(L, "the connection is not connected (a new socket, or one "
+                  "given to the keep-alive pool)");
   return c;
 }
 
