@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 # pexpect; require "treadle.ngx" digests with OpenSSL, and its tests run
 # Debian's OpenResty client libraries against redis-server and memcached.
 scripts/setup.sh lua5.4 liblua5.4-dev libreadline-dev python3-pytest python3-pexpect \
-  libssl-dev libpcre2-dev redis-server memcached lua-nginx-redis lua-nginx-memcached
+  libssl-dev libpcre2-dev redis-server memcached lua-nginx-redis lua-nginx-memcached lua-nginx-dns
 
 presets=("$@")
 [ ${#presets[@]} -eq 0 ] &&

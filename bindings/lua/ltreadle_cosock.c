@@ -1005,6 +1005,7 @@ typedef struct {
   int timeout_ms[3];  /* only T_READ is used */
   bool closed;
   size_t want, got;   /* a receive in flight: its size, what came */
+  struct sockaddr_storage from; /* and from where */
   char *buf;          /* its bytes (UDP_MAX_SIZE) */
   const char *out;    /* a send in flight */
   size_t out_len;
@@ -1015,7 +1016,14 @@ static ludp_t *check_udp(lua_State *L) { return luaL_checkudata(L, 1, UDP_MT); }
 static treadle_poll_t udp_recv_poll(void *ud, treadle_cx_t *cx,
                                     treadle_err_t *err) {
   ludp_t *u = ud;
-  return treadle_dgram_recv_poll(u->d, cx, u->buf, u->want, &u->got, err);
+  return treadle_dgram_recv_from_poll(u->d, cx, u->buf, u->want, &u->from,
+                                      &u->got, err);
+}
+
+/* receivefrom's poll: the same leaf; the push adds the address. */
+static treadle_poll_t udp_recvfrom_poll(void *ud, treadle_cx_t *cx,
+                                        treadle_err_t *err) {
+  return udp_recv_poll(ud, cx, err);
 }
 
 static treadle_poll_t udp_send_poll(void *ud, treadle_cx_t *cx,
@@ -1043,17 +1051,24 @@ static int udp_push(lua_State *co, ltask_t *t) {
     lua_pushstring(co, io_message(op->err, op->timed_out));
     return 2;
   }
-  if (op->u.wait.poll == udp_recv_poll)
-    lua_pushlstring(co, u->buf, u->got);
-  else
+  if (op->u.wait.poll == udp_send_poll) {
     lua_pushinteger(co, 1);
-  return 1;
+    return 1;
+  }
+  lua_pushlstring(co, u->buf, u->got);
+  if (op->u.wait.poll == udp_recv_poll)
+    return 1;
+  char host[TREADLE_HOST_LEN];
+  int port = treadle_sockaddr_host(&u->from, host);
+  lua_pushstring(co, port < 0 ? "?" : host);
+  lua_pushinteger(co, port < 0 ? 0 : port);
+  return 3;
 }
 
 /* A send and a receive may wait at once (from two tasks), not two of
  * either. */
 static int udp_wait(lua_State *L, ludp_t *u, tb_wait_fn poll, uint64_t ns) {
-  bool recv = poll == udp_recv_poll;
+  bool recv = poll != udp_send_poll;
   ltask_t *t = lt_need_task(L, recv ? "receive" : "send");
   if (recv ? u->receiving : u->sending)
     return luaL_error(L, "socket busy %s: another task %s on this socket",
@@ -1206,15 +1221,7 @@ static int l_udp_send(lua_State *L) {
   return udp_wait(L, u, udp_send_poll, deadline_ns(u->timeout_ms, T_SEND));
 }
 
-/* lua: udp:receive([size])
- * Waits for the next datagram, at most size bytes of it (default 8192, at
- * most 65536), within the read timeout.
- * Returns: the data, or nil, error ("timeout", "closed", "connection
- * refused", "message too long" for a datagram longer than size).
- * Errors: raises for a bad size, outside a task, and while another task
- * uses the socket.
- * Example: local data, err = u:receive() */
-static int l_udp_receive(lua_State *L) {
+static int udp_receive(lua_State *L, tb_wait_fn poll) {
   ludp_t *u = check_udp(L);
   lua_Integer size = luaL_optinteger(L, 2, UDP_DEFAULT_SIZE);
   luaL_argcheck(L, size >= 1 && size <= UDP_MAX_SIZE, 2,
@@ -1226,8 +1233,27 @@ static int l_udp_receive(lua_State *L) {
   if (u->buf == NULL && (u->buf = malloc(UDP_MAX_SIZE)) == NULL)
     return luaL_error(L, "not enough memory");
   u->want = (size_t)size;
-  return udp_wait(L, u, udp_recv_poll, deadline_ns(u->timeout_ms, T_READ));
+  return udp_wait(L, u, poll, deadline_ns(u->timeout_ms, T_READ));
 }
+
+/* lua: udp:receive([size])
+ * Waits for the next datagram, at most size bytes of it (default 8192, at
+ * most 65536), within the read timeout.
+ * Returns: the data, or nil, error ("timeout", "closed", "connection
+ * refused", "message too long" for a datagram longer than size).
+ * Errors: raises for a bad size, outside a task, and while another task
+ * receives on it.
+ * Example: local data, err = u:receive() */
+static int l_udp_receive(lua_State *L) { return udp_receive(L, udp_recv_poll); }
+
+/* lua: udp:receivefrom([size])
+ * As udp:receive, on a socket that udp:bind bound and nothing connected
+ * (a treadle addition: a small UDP server); reply with
+ * udp:setpeername(host, port) and udp:send.
+ * Returns: the data, the sender's host and port; or nil, error.
+ * Errors: as udp:receive.
+ * Example: local query, host, port = u:receivefrom() */
+static int l_udp_receivefrom(lua_State *L) { return udp_receive(L, udp_recvfrom_poll); }
 
 /* lua: udp:settimeout(ms)
  * The timeout of receive and send in milliseconds (0: the default, 60000).
@@ -1280,7 +1306,8 @@ static const luaL_Reg cosock_methods[] = {
 static const luaL_Reg udp_methods[] = {
     {"setpeername", l_setpeername}, {"bind", l_udp_bind},
     {"getsockname", l_udp_getsockname}, {"send", l_udp_send},
-    {"receive", l_udp_receive},     {"settimeout", l_udp_settimeout},
+    {"receive", l_udp_receive},     {"receivefrom", l_udp_receivefrom},
+    {"settimeout", l_udp_settimeout},
     {"close", l_udp_close},         {NULL, NULL}};
 
 /* On the module table on top, after lt_open_net made treadle.conn and

@@ -267,7 +267,8 @@ static const luaL_Reg ngx_c[] = {
  * ngx.STDERR .. ngx.DEBUG, ngx.thread.spawn/wait/kill, ngx.timer.at/every,
  * ngx.worker.id/count, ngx.escape_uri/unescape_uri,
  * ngx.encode_base64/decode_base64, ngx.md5/md5_bin/sha1_bin. It also sets
- * Lua 5.1's global `unpack` where it is missing and puts the Lua 5.1
+ * Lua 5.1's global `unpack` where it is missing, gives `require "bit"`
+ * (LuaJIT's BitOp on Lua 5.4 integers) and puts the Lua 5.1
  * library folders (/usr/share/lua/5.1, where Debian's lua-nginx-* packages
  * install nginx.redis, nginx.memcached, ...) at the end of package.path.
  * ngx.re.match/find/gmatch/sub/gsub over PCRE2. Not there yet: ngx.shared,

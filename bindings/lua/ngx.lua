@@ -14,6 +14,49 @@ for _, dir in ipairs({"/usr/local/share/lua/5.1/", "/usr/share/lua/5.1/"}) do
   end
 end
 
+-- LuaJIT's BitOp (require "bit"), which OpenResty's libraries use
+-- (lua-resty-dns, ...): 32-bit operations on Lua 5.4's integers, results
+-- signed as LuaJIT's.
+package.preload.bit = package.preload.bit or function()
+  local function tobit(x)
+    x = math.tointeger(x) or math.floor(x)
+    return ((x & 0xffffffff) ~ 0x80000000) - 0x80000000
+  end
+  local function fold(op, x, ...)
+    local r = tobit(x)
+    for i = 1, select("#", ...) do r = op(r, tobit((select(i, ...)))) end
+    return tobit(r)
+  end
+  local bit = {tobit = tobit}
+  function bit.bnot(x) return tobit(~tobit(x)) end
+  function bit.band(...) return fold(function(a, b) return a & b end, ...) end
+  function bit.bor(...) return fold(function(a, b) return a | b end, ...) end
+  function bit.bxor(...) return fold(function(a, b) return a ~ b end, ...) end
+  function bit.lshift(x, n) return tobit(tobit(x) << (tobit(n) & 31)) end
+  function bit.rshift(x, n) return tobit((tobit(x) & 0xffffffff) >> (tobit(n) & 31)) end
+  function bit.arshift(x, n) return tobit(tobit(x) >> (tobit(n) & 31) | (tobit(x) < 0 and ~(0xffffffff >> (tobit(n) & 31)) or 0)) end
+  function bit.rol(x, n)
+    x, n = tobit(x) & 0xffffffff, tobit(n) & 31
+    return tobit(x << n | x >> (32 - n))
+  end
+  function bit.ror(x, n)
+    x, n = tobit(x) & 0xffffffff, tobit(n) & 31
+    return tobit(x >> n | x << (32 - n))
+  end
+  function bit.bswap(x)
+    x = tobit(x) & 0xffffffff
+    return tobit((x >> 24) | (x >> 8 & 0xff00) | (x << 8 & 0xff0000) | (x << 24))
+  end
+  function bit.tohex(x, n)
+    n = n or 8
+    local up = n < 0
+    n = math.min(math.abs(n), 8)
+    local s = string.format(up and "%08X" or "%08x", tobit(x) & 0xffffffff)
+    return s:sub(9 - n)
+  end
+  return bit
+end
+
 local ngx = {}
 ngx.null = c.null
 ngx.OK, ngx.ERROR, ngx.AGAIN, ngx.DONE, ngx.DECLINED = 0, -1, -2, -4, -5

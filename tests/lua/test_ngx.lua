@@ -180,4 +180,18 @@ T.case("re.gmatch, re.sub, re.gsub", function()
   for _ = 1, 2 do H.eq(ngx.re.gsub("aaa", "a", "b", "o"), "bbb") end
 end)
 
+T.case("require \"bit\": LuaJIT's BitOp on 32 bits", {flavors = {"current_thread"}}, function()
+  local bit = require "bit"
+  H.eq(bit.tobit(0xffffffff), -1); H.eq(bit.tobit(2 ^ 32 + 5), 5)
+  H.eq(bit.band(0xff, 0x0f0), 240); H.eq(bit.bor(1, 2, 4), 7); H.eq(bit.bxor(5, 3), 6)
+  H.eq(bit.bnot(0), -1)
+  H.eq(bit.lshift(1, 31), -2147483648); H.eq(bit.rshift(-1, 28), 15)
+  H.eq(bit.arshift(-256, 4), -16); H.eq(bit.arshift(256, 4), 16)
+  H.eq(bit.rol(0x12345678, 8), 0x34567812); H.eq(bit.ror(0x12345678, 8), 0x78123456)
+  H.eq(bit.rol(7, 0), 7)
+  H.eq(bit.bswap(0x12345678), 0x78563412)
+  H.eq(bit.tohex(255), "000000ff"); H.eq(bit.tohex(-1, -4), "FFFF")
+  H.bad_arg(bit.band, "x", 1)
+end)
+
 return T.main()

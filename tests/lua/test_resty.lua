@@ -3,8 +3,9 @@
 -- with `ngx = require "treadle.ngx"`, against a real redis-server and
 -- memcached that each case starts on 127.0.0.1 (a free port, a temporary
 -- folder of its own) and stops by its pid: commands, pipelines, pub/sub,
--- keep-alive reuse, timeouts. Skipped where the packages are missing
--- (scripts/test.sh installs them).
+-- keep-alive reuse, timeouts; and lua-nginx-dns (nginx.dns.resolver)
+-- against a DNS server of the test's own. Skipped where the packages are
+-- missing (scripts/test.sh installs them).
 package.path = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "?.lua;" .. package.path
 local H = require "harness"
 local treadle = require "treadle"
@@ -176,6 +177,63 @@ T.case("memcached: set, get, add, incr, delete, keep-alive", {skip = NO_MEMCACHE
     H.eq(m:get_reused_times(), 1)
     m:close()
   end)
+end)
+
+-- lua-nginx-dns (nginx.dns.resolver) against a DNS server of the test's
+-- own: a treadle UDP socket that answers one client's A queries with
+-- 192.0.2.7.
+local NO_DNS = not H.have_file("/usr/share/lua/5.1/nginx/dns/resolver.lua") and
+  "lua-nginx-dns missing (scripts/setup.sh lua-nginx-dns)" or nil
+
+local function dns_server(answer)
+  local u = treadle.udp.socket()
+  assert(u:bind("127.0.0.1", 0))
+  local _, port = u:getsockname()
+  local stats = {queries = 0}
+  local task = treadle.spawn(function()
+    while true do
+      local q, host, qport = u:receivefrom()
+      if not q then return end
+      stats.queries = stats.queries + 1
+      stats.name = q:sub(13):match("^(.-)%z")
+      if answer then
+        -- the header (the query's id, a response, one question, one
+        -- answer), the question as asked, then an A record pointing at it
+        local reply = q:sub(1, 2) .. "\x81\x80\0\1\0\1\0\0\0\0" .. q:sub(13) ..
+          "\xc0\x0c\0\1\0\1\0\0\1\x2c\0\4\192\0\2\7"
+        -- from the server's own port (the resolver's socket takes only
+        -- that): connected to this client from now on, enough for a test
+        assert(u:setpeername(host, qport))
+        assert(u:send(reply))
+      end
+    end
+  end)
+  return port, stats, function() task:abort(); u:close() end
+end
+
+T.case("dns: the resolver asks a DNS server over UDP", {skip = NO_DNS, timeout = 60}, function()
+  local resolver = require "nginx.dns.resolver"
+  local port, stats, stop = dns_server(true)
+  local r = assert(resolver:new{nameservers = {{"127.0.0.1", port}}, retrans = 2, timeout = 2000})
+  local answers = assert(r:query("www.example.test", {qtype = r.TYPE_A}))
+  H.eq(answers.errcode, nil)
+  H.eq(answers[1].address, "192.0.2.7")
+  H.eq(answers[1].name, "www.example.test")
+  H.eq(answers[1].ttl, 300)
+  H.eq(stats.queries, 1)
+  H.eq(stats.name, "\3www\7example\4test", "the name as it went out")
+  stop()
+end)
+
+T.case("dns: a server that does not answer times out", {skip = NO_DNS, timeout = 60}, function()
+  local resolver = require "nginx.dns.resolver"
+  local port, stats, stop = dns_server(false)
+  local r = assert(resolver:new{nameservers = {{"127.0.0.1", port}}, retrans = 2, timeout = 50})
+  local answers, err = r:query("www.example.test")
+  H.eq(answers, nil)
+  H.has(err, "timeout")
+  H.eq(stats.queries, 2, "retrans = 2: asked twice")
+  stop()
 end)
 
 return T.main()
