@@ -844,7 +844,7 @@ static int l_setkeepalive(lua_State *L) {
     return luaL_error(L, "setkeepalive needs a running treadle task");
   if (!connected(c))
     return fail2(L, "closed");
-  if (c->pool_key == NULL)
+  if (c->pool_key == NULL) /* an accepted conn (or strdup failed) */
     return fail2(L, "no pool for an accepted connection");
   if (c->ops > 0)
     return fail2(L, "socket busy");

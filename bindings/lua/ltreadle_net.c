@@ -208,7 +208,8 @@ static lconn_t *check_conn(lua_State *L) {
 
 /* lua: treadle.tcp.connect(host, port)
  * Connects to host (an address, or a name resolved off the worker threads)
- * and port (1..65535).
+ * and port (1..65535). The conn has the cosocket methods too, and
+ * sock:setkeepalive pools it under "host:port".
  * Returns: the conn, or nil, message, errno name (ECONNREFUSED, ENOHOST, ...).
  * Errors: raises outside a task and for bad arguments.
  * Example: local conn = assert(treadle.tcp.connect("127.0.0.1", 8080)) */
@@ -449,8 +450,16 @@ int lt_net_push(lua_State *co, ltask_t *t) {
     int n = push_conn(co, tb_op_take_stream(op));
     return n == 1 ? 1 + push_addr(co, &op->u.accept.peer, true) : n;
   }
-  case TB_CONNECT:
-    return push_conn(co, tb_op_take_stream(op));
+  case TB_CONNECT: {
+    int n = push_conn(co, tb_op_take_stream(op));
+    if (n == 1) { /* sock:setkeepalive pools it under "host:port" */
+      lconn_t *c = lua_touserdata(co, -1);
+      lua_pushfstring(co, "%s:%d", op->u.connect.host, op->u.connect.port);
+      c->pool_key = strdup(lua_tostring(co, -1)); /* NULL: no pool, said so */
+      lua_pop(co, 1);
+    }
+    return n;
+  }
   case TB_READ:
   case TB_FD_READ: {
     size_t got = op->kind == TB_READ ? op->u.read.got : op->u.fd_read.got;

@@ -324,6 +324,12 @@ T.case("keepalive pool: reuse, pool size, idle timeout, a peer that closed", fun
   H.eq(s:getreusedtimes(), 0, "a connection its peer closed is not reused")
   accepted(7, "a new connection")
   s:close()
+  -- a conn from treadle.tcp.connect pools under host:port too
+  local c = assert(tcp.connect("127.0.0.1", port))
+  H.eq(c:setkeepalive(), 1)
+  s = connect(port)
+  H.eq(s:getreusedtimes(), 1, "treadle.tcp.connect's conn came back from the pool")
+  s:close()
   -- a pool name of one's own
   s = tcp.socket()
   H.eq(s:connect("127.0.0.1", port, {pool = "mine"}), 1)
