@@ -398,7 +398,8 @@ end
 -- temporary folder of its own, on a free port of 127.0.0.1: cmd_of_port(port,
 -- dir) gives its shell command (exec'd, so that its pid is the server's).
 -- Waits (inside a task) until it accepts a connection. Returns the port and
--- a function that stops it by its pid and removes the folder.
+-- a function that stops it by its pid and removes the folder; a watchdog
+-- does both if the test process dies first.
 function H.start_daemon(cmd_of_port)
   local dir = os.tmpname()
   os.remove(dir)
@@ -409,6 +410,11 @@ function H.start_daemon(cmd_of_port)
   local pid = tonumber(p:read("l"))
   p:close()
   assert(pid, "no pid")
+  -- a watchdog stops it if this process dies first (a crash skips stop());
+  -- it kills only a process whose folder is still this one
+  os.execute(string.format("(while kill -0 %d && kill -0 %d; do sleep 1; done; " ..
+    "[ \"$(readlink /proc/%d/cwd)\" = %s ] && kill -9 %d; rm -rf %s) >/dev/null 2>&1 &",
+    H.pid(), pid, pid, H.q(dir), pid, H.q(dir)))
   local function stop()
     -- gone, or a zombie (its shell exited: whoever adopted it reaps it)
     os.execute(string.format("kill %d 2>/dev/null; for i in $(seq 100); do grep -qs '^State:[[:space:]]*[^Z]' /proc/%d/status || break; sleep 0.05; done; kill -9 %d 2>/dev/null; rm -rf %s",
