@@ -47,6 +47,13 @@ SECTIONS = {
     "treadle.shared": ("Shared dictionaries", None),
     "dict": ("Shared dictionary methods", "`dict` is what `treadle.shared.dict()` returns. "
              "They follow OpenResty's `ngx.shared.DICT`."),
+    "sock": ("Cosockets", "`sock` is what `treadle.tcp.socket()`, `treadle.tcp.connect()` and "
+             "`listener:accept()` return (a `conn`): OpenResty's `ngx.socket.tcp` API."),
+    "treadle.udp": ("UDP", None),
+    "udp": ("UDP sockets", "`udp` is what `treadle.udp.socket()` returns: OpenResty's `ngx.socket.udp` API."),
+    "ngx": ("The ngx table", "`ngx` is what `require \"treadle.ngx\"` returns."),
+    "ngx.worker": ("ngx.worker", None),
+    "ngx.re": ("ngx.re", "Regular expressions over PCRE2, as OpenResty's over PCRE."),
     "stdin": ("Standard input", "`stdin` is what `treadle.stdin()` returns."),
     "console": ("The console's input", "`console` is what the Lua part of `treadle.repl()` "
                 "reads its lines from; programs do not get one."),

@@ -77,6 +77,8 @@ static void state_stopped(lrt_t *r) {
 
 void lt_home_stopped(lhome_t *home) { state_stopped(home->rt); }
 
+int lt_home_workers(lhome_t *home) { return ((lrt_t *)home->rt)->workers; }
+
 /* Step 1: true when this call decides the outcome: `err` (taken; NULL for
  * worker 0's return) and worker 0's result count. Then step 2. */
 static bool decide(lrt_t *r, char *err, int nresults) {
@@ -280,6 +282,7 @@ static void free_homes(lrt_t *r) {
       continue;
     if (home->owns_state && home->L != NULL)
       lua_close(home->L);
+    lt_pool_free(home);
     treadle_handle_unref(home->h);
     free(home);
   }
@@ -660,6 +663,7 @@ __attribute__((visibility("default"))) int luaopen_treadle(lua_State *L) {
   lt_open_task(L);
   lt_open_net(L);
   lt_open_shdict(L);
+  lt_open_cosock(L);
   lua_pushcfunction(L, l_runtime);
   lua_setfield(L, -2, "runtime");
   if (luaL_loadbuffer(L, run_chunk, sizeof run_chunk - 1, "=treadle.run") != LUA_OK)

@@ -4,6 +4,11 @@
  * ltreadle_task.c  tasks (a coroutine of one lua_State), the ops a task
  *                  waits on, timeouts, signals, channels
  * ltreadle_net.c   TCP listeners and connections, stdin
+ * ltreadle_cosock.c  OpenResty's cosocket API on connections
+ *                  (treadle.tcp.socket, receive patterns, timeouts, the
+ *                  keep-alive pool) and UDP sockets (treadle.udp.socket)
+ * ltreadle_ngx.c   require "treadle.ngx": the ngx table for OpenResty's
+ *                  pure-Lua libraries
  * ltreadle_repl.c  treadle.repl, the console
  * ltreadle_shdict.c treadle.shared, shared dictionaries (bindings/common/shdict.c)
  *
@@ -20,10 +25,12 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 
+#include "recvbuf.h"
 #include "tbind.h"
 #include "treadle.h"
 
 typedef struct ltask_s ltask_t;
+typedef struct lpool_s lpool_t;
 
 /* One lua_State's place in a runtime. */
 typedef struct lhome_s {
@@ -38,6 +45,7 @@ typedef struct lhome_s {
   ltask_t *tasks;         /* the live tasks, through ltask_t.live_next */
   bool stopping;          /* lt_home_stop: every task is cancelled */
   bool stopped;           /* and lt_home_stopped was told none is left */
+  lpool_t *pool;          /* idle keep-alive connections (cosockets) */
 } lhome_t;
 
 /* What a task waits on. */
@@ -138,6 +146,37 @@ void lt_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
  * luaL_argerror looks for the names of functions called without a name
  * (through pcall): "bad argument #1 to 'treadle.tcp.connect'", not '?'. */
 void lt_name_table(lua_State *L, const char *name);
+
+/* A TCP or Unix stream connection, the userdata "treadle.conn": made by
+ * treadle.tcp.connect, listener:accept or (unconnected) treadle.tcp.socket.
+ * Every op on it counts in `ops`, so that its stream is freed only when
+ * none is in flight. */
+#define LT_CONN_MT "treadle.conn"
+typedef struct lconn_s {
+  tb_stream_t st;      /* st.s NULL: not connected (new, or pooled) */
+  tb_rbuf_t buf;       /* received, not yet handed out */
+  uint64_t consumed;   /* bytes handed out so far (receiveuntil's scans) */
+  int ops;             /* ops in flight on st */
+  int timeout_ms[3];   /* connect, send, read; 0: the default, 60 s */
+  int reused;          /* times this connection came from the pool */
+  char *pool_key;      /* "host:port", "unix:path" or opts.pool; NULL */
+  bool eof;            /* a read saw the end of the stream */
+  /* The outcome of the op that just finished (cosock_absorb): */
+  treadle_err_t io_err;
+  bool io_timeout;
+  size_t io_got;
+} lconn_t;
+
+/* ltreadle_cosock.c: the cosocket methods (added to treadle.conn's),
+ * treadle.tcp.socket and treadle.udp; a home's pool, freed with it. */
+void lt_open_cosock(lua_State *L);
+void lt_pool_free(lhome_t *home);
+/* The op done hook of every conn op (ops--). */
+void lt_conn_op_done(void *conn);
+/* ltreadle_re.c: pushes the ngx.re table (PCRE2). */
+void lt_push_re(lua_State *L);
+/* ltreadle.c: how many workers the home's runtime has. */
+int lt_home_workers(lhome_t *home);
 
 /* Net ops (ltreadle_net.c): the results of a ready accept, connect, read
  * or write leaf. */

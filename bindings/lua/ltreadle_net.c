@@ -15,16 +15,12 @@
 #include "ltreadle.h"
 
 #define LISTENER_MT "treadle.listener"
-#define CONN_MT "treadle.conn"
+#define CONN_MT LT_CONN_MT
 #define STDIN_MT "treadle.stdin"
 
 typedef struct {
   tb_listener_t ls;
 } llistener_t;
-
-typedef struct {
-  tb_stream_t st;
-} lconn_t;
 
 /* stdin, read through the I/O driver from a file description of its own
  * (/proc/self/fd/0), so that its O_NONBLOCK does not reach the shell that
@@ -70,6 +66,7 @@ static treadle_handle_t *need_handle(lua_State *L, const char *what) {
 /* Pushes a conn for s (takes ownership), or nil, message, errno name. */
 static int push_conn(lua_State *L, treadle_tcp_stream_t *s) {
   lconn_t *c = lua_newuserdatauv(L, sizeof *c, 0);
+  memset(c, 0, sizeof *c);
   treadle_err_t err = tb_stream_init(&c->st, s);
   luaL_setmetatable(L, CONN_MT);
   if (err != 0) {
@@ -85,6 +82,22 @@ static int op_made(lua_State *L, ltask_t *t, treadle_err_t err,
                    const char *busy) {
   if (err == 0) {
     t->op.kind = LOP_LEAF;
+    return lt_wait(L, t);
+  }
+  if (err == TREADLE_EBUSY)
+    return luaL_error(L, "another task is already %s", busy);
+  return lt_fail(L, err);
+}
+
+/* An op on conn c: counted in c->ops until it is cleared. */
+static int conn_op_made(lua_State *L, ltask_t *t, lconn_t *c,
+                        treadle_err_t err, const char *busy) {
+  if (err == 0) {
+    t->op.kind = LOP_OWN;
+    t->op.u.own.push = lt_net_push;
+    t->op.u.own.done = lt_conn_op_done;
+    t->op.u.own.ud = c;
+    c->ops++;
     return lt_wait(L, t);
   }
   if (err == TREADLE_EBUSY)
@@ -188,13 +201,15 @@ static int l_listener_tostring(lua_State *L) {
 static lconn_t *check_conn(lua_State *L) {
   lconn_t *c = luaL_checkudata(L, 1, CONN_MT);
   if (c->st.s == NULL)
-    luaL_error(L, "the connection was freed");
+    luaL_error(L, "the connection is not connected (a new socket, or one "
+                  "given to the keep-alive pool)");
   return c;
 }
 
 /* lua: treadle.tcp.connect(host, port)
  * Connects to host (an address, or a name resolved off the worker threads)
- * and port (1..65535).
+ * and port (1..65535). The conn has the cosocket methods too, and
+ * sock:setkeepalive pools it under "host:port".
  * Returns: the conn, or nil, message, errno name (ECONNREFUSED, ENOHOST, ...).
  * Errors: raises outside a task and for bad arguments.
  * Example: local conn = assert(treadle.tcp.connect("127.0.0.1", 8080)) */
@@ -209,7 +224,8 @@ static int l_connect(lua_State *L) {
 }
 
 /* lua: conn:read([n])
- * Waits for data: up to n bytes (default 65536).
+ * Waits for data: up to n bytes (default 65536). Bytes that a receive
+ * pattern read ahead come first.
  * Returns: a string, nil at the end of the stream, or nil, message, errno
  * name (ECONNRESET; ECLOSED when the conn is closed meanwhile).
  * Errors: raises outside a task or while another task reads the conn.
@@ -218,9 +234,17 @@ static int l_read(lua_State *L) {
   lconn_t *c = check_conn(L);
   lua_Integer n = luaL_optinteger(L, 2, TB_READ_CHUNK);
   luaL_argcheck(L, n >= 1, 2, "n must be at least 1");
+  size_t have = tb_rbuf_len(&c->buf);
+  if (have > 0 && !c->st.reading) {
+    size_t take = have < (size_t)n ? have : (size_t)n;
+    lua_pushlstring(L, tb_rbuf_data(&c->buf), take);
+    tb_rbuf_consume(&c->buf, take);
+    c->consumed += take;
+    return 1;
+  }
   ltask_t *t = lt_need_task(L, "read");
-  return op_made(L, t, tb_op_read(&t->op.tb, &c->st, (size_t)n),
-                 "reading this connection");
+  return conn_op_made(L, t, c, tb_op_read(&t->op.tb, &c->st, (size_t)n),
+                      "reading this connection");
 }
 
 /* lua: conn:write(s)
@@ -235,7 +259,8 @@ static int l_write(lua_State *L) {
   size_t len;
   const char *s = luaL_checklstring(L, 2, &len); /* stays on this stack */
   ltask_t *t = lt_need_task(L, "write");
-  return op_made(L, t, tb_op_write(&t->op.tb, &c->st, s, len), "writing");
+  return conn_op_made(L, t, c, tb_op_write(&t->op.tb, &c->st, s, len),
+                      "writing");
 }
 
 /* lua: conn:shutdown()
@@ -250,9 +275,6 @@ static int l_shutdown(lua_State *L) {
   return 1;
 }
 
-/* lua: conn:close()
- * Closes the connection; tasks waiting on it get nil, message, "ECLOSED".
- * Returns: nothing. */
 static int l_conn_close(lua_State *L) {
   tb_stream_close(&((lconn_t *)luaL_checkudata(L, 1, CONN_MT))->st);
   return 0;
@@ -300,7 +322,11 @@ static int l_get_nodelay(lua_State *L) {
 }
 
 static int l_conn_gc(lua_State *L) {
-  tb_stream_free(&((lconn_t *)luaL_checkudata(L, 1, CONN_MT))->st);
+  lconn_t *c = luaL_checkudata(L, 1, CONN_MT);
+  tb_stream_free(&c->st); /* no op is in flight: a waiting task holds c */
+  tb_rbuf_free(&c->buf);
+  free(c->pool_key);
+  c->pool_key = NULL;
   return 0;
 }
 
@@ -424,8 +450,16 @@ int lt_net_push(lua_State *co, ltask_t *t) {
     int n = push_conn(co, tb_op_take_stream(op));
     return n == 1 ? 1 + push_addr(co, &op->u.accept.peer, true) : n;
   }
-  case TB_CONNECT:
-    return push_conn(co, tb_op_take_stream(op));
+  case TB_CONNECT: {
+    int n = push_conn(co, tb_op_take_stream(op));
+    if (n == 1) { /* sock:setkeepalive pools it under "host:port" */
+      lconn_t *c = lua_touserdata(co, -1);
+      lua_pushfstring(co, "%s:%d", op->u.connect.host, op->u.connect.port);
+      c->pool_key = strdup(lua_tostring(co, -1)); /* NULL: no pool, said so */
+      lua_pop(co, 1);
+    }
+    return n;
+  }
   case TB_READ:
   case TB_FD_READ: {
     size_t got = op->kind == TB_READ ? op->u.read.got : op->u.fd_read.got;
@@ -446,7 +480,7 @@ static const luaL_Reg listener_methods[] = {
     {"accept", l_accept}, {"addr", l_listener_addr}, {"close", l_listener_close}, {NULL, NULL}};
 static const luaL_Reg conn_methods[] = {
     {"read", l_read},   {"write", l_write}, {"shutdown", l_shutdown},
-    {"close", l_conn_close}, {"peer", l_peer}, {"addr", l_addr},
+    {"peer", l_peer}, {"addr", l_addr},
     {"set_nodelay", l_nodelay}, {"nodelay", l_get_nodelay}, {NULL, NULL}};
 static const luaL_Reg stdin_methods[] = {
     {"read", l_stdin_read}, {"close", l_stdin_close}, {NULL, NULL}};

@@ -381,6 +381,63 @@ function H.echo_server()
   return l, port, loop
 end
 
+-- Whether a file exists; the path of a program on PATH, or nil.
+function H.have_file(path)
+  local f = io.open(path)
+  if f then f:close() end
+  return f ~= nil
+end
+function H.which(prog)
+  local p = io.popen("command -v " .. H.q(prog) .. " 2>/dev/null")
+  local out = p:read("l")
+  p:close()
+  return out
+end
+
+-- Starts a server (redis-server, memcached, ...) in the background, in a
+-- temporary folder of its own, on a free port of 127.0.0.1: cmd_of_port(port,
+-- dir) gives its shell command (exec'd, so that its pid is the server's).
+-- Waits (inside a task) until it accepts a connection. Returns the port and
+-- a function that stops it by its pid and removes the folder; a watchdog
+-- does both if the test process dies first.
+function H.start_daemon(cmd_of_port)
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -m 700 " .. H.q(dir)))
+  local port = H.free_port()
+  local cmd = cmd_of_port(port, dir)
+  local p = io.popen(string.format("cd %s && (%s >%s/log 2>&1 & echo $!)", H.q(dir), cmd, H.q(dir)))
+  local pid = tonumber(p:read("l"))
+  p:close()
+  assert(pid, "no pid")
+  -- a watchdog stops it if this process dies first (a crash skips stop());
+  -- it kills only a process whose folder is still this one
+  os.execute(string.format("(while kill -0 %d && kill -0 %d; do sleep 1; done; " ..
+    "[ \"$(readlink /proc/%d/cwd)\" = %s ] && kill -9 %d; rm -rf %s) >/dev/null 2>&1 &",
+    H.pid(), pid, pid, H.q(dir), pid, H.q(dir)))
+  local function stop()
+    -- gone, or a zombie (its shell exited: whoever adopted it reaps it)
+    os.execute(string.format("kill %d 2>/dev/null; for i in $(seq 100); do grep -qs '^State:[[:space:]]*[^Z]' /proc/%d/status || break; sleep 0.05; done; kill -9 %d 2>/dev/null; rm -rf %s",
+      pid, pid, pid, H.q(dir)))
+  end
+  local t = T()
+  local deadline = t.now() + 10 * H.slow
+  while true do
+    local s = t.tcp.socket()
+    s:settimeout(200)
+    if s:connect("127.0.0.1", port) then s:close(); break end
+    if t.now() > deadline then
+      local f = io.open(dir .. "/log")
+      local log = f and f:read("a") or ""
+      if f then f:close() end
+      stop()
+      H.fail("the server did not start: " .. log)
+    end
+    t.sleep(0.02)
+  end
+  return port, stop
+end
+
 ---------------------------------------------------------------------------
 -- suites
 

@@ -67,6 +67,31 @@ T.case("echo_client.lua alone", {outside = true, flavors = CT}, function()
   H.has(out, "20 of 20 connections ok")
 end)
 
+-- redis_session.lua against a redis-server of its own, on both flavors.
+local NO_REDIS = not (H.which("redis-server") and H.have_file("/usr/share/lua/5.1/nginx/redis.lua")) and
+  "redis-server or lua-nginx-redis missing (scripts/setup.sh redis-server lua-nginx-redis)" or nil
+T.case("redis_session.lua", {flavors = CT, skip = NO_REDIS, timeout = 90}, function()
+  local port, stop = H.start_daemon(function(p, dir)
+    return string.format("exec redis-server --port %d --bind 127.0.0.1 --dir %s --save '' --daemonize no",
+      p, H.q(dir))
+  end)
+  local ok, err = pcall(function()
+    for _, workers in ipairs({1, 2}) do
+      local out, how, code = run("redis_session.lua", port .. " " .. workers, 60)
+      expect_ok(out, how, code)
+      for w = 0, workers - 1 do
+        H.has(out, "[worker " .. w .. "] GET greeting -> hello from treadle")
+        H.has(out, "[worker " .. w .. "] pipeline of 6 commands -> counter 5")
+        H.has(out, "[worker " .. w .. "] subscriber got: message1 message2 message3")
+        H.has(out, "[worker " .. w .. "] connect again: reused 3 times")
+      end
+      H.has(out, "== done")
+    end
+  end)
+  stop()
+  assert(ok, err)
+end)
+
 -- The repository's root as an absolute path.
 local function abs_root()
   local p = io.popen("cd " .. H.q(H.root) .. " && pwd")

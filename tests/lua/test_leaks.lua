@@ -109,6 +109,57 @@ T.case("2,000 connections", {timeout = 120}, function()
   l:close()
 end)
 
+-- Cosockets: line and count patterns, receiveuntil, read timeouts that fire,
+-- and the keep-alive pool (a pool of 5 for 20 tasks: connections are reused,
+-- evicted and made anew) leave nothing behind.
+T.case("2,000 cosocket sessions through the pool", {timeout = 120}, function()
+  local l = assert(treadle.tcp.bind("127.0.0.1", 0))
+  local _, port = l:addr()
+  local loop = treadle.spawn(function()
+    while true do
+      local c = l:accept()
+      if not c then return end
+      treadle.spawn(function()
+        while true do
+          local line = c:receive()
+          if not line then break end
+          c:send({line, "\r\n", #line, "--END--"})
+        end
+        c:close()
+      end)
+    end
+  end)
+  measure("cosocket sessions", H.n(200, 40), H.n(2000, 100), function(n)
+    local TASKS = 20
+    local ts = {}
+    for i = 1, TASKS do
+      ts[i] = treadle.spawn(function()
+        for k = 1, n // TASKS do
+          local s = treadle.tcp.socket()
+          s:settimeout(1000)
+          assert(s:connect("127.0.0.1", port))
+          local msg = "hello " .. i .. "/" .. k
+          assert(s:send(msg .. "\n"))
+          assert(s:receive() == msg)
+          assert(s:receiveuntil("--END--")() == tostring(#msg))
+          if k % 10 == 0 then            -- a read timeout that fires
+            s:settimeout(1)
+            local _, err = s:receive(1)
+            assert(err == "timeout", err)
+            s:close()
+          else
+            assert(s:setkeepalive(10000, 5))
+          end
+        end
+      end)
+    end
+    for i = 1, TASKS do ts[i]:join() end
+    H.settle()
+  end)
+  loop:abort()
+  l:close()
+end)
+
 T.case("20,000 timeouts, half of them expiring", {timeout = 120}, function()
   measure("timeouts", H.n(2000, 200), H.n(20000, 400), function(n)
     local ts = {}

@@ -1,0 +1,204 @@
+-- require "treadle.ngx" (ltreadle_ngx.c runs this chunk with the treadle
+-- module and the C helpers): an `ngx` table for OpenResty's pure-Lua
+-- libraries. Called once per lua_State; require keeps the table.
+local treadle, c = ...
+
+-- Lua 5.1's unpack, which OpenResty's libraries take from the globals.
+if unpack == nil then unpack = table.unpack end  -- luacheck: ignore
+-- Debian installs them (lua-nginx-redis, lua-nginx-memcached, ...) for
+-- Lua 5.1: /usr/share/lua/5.1/nginx/redis.lua is require "nginx.redis".
+for _, dir in ipairs({"/usr/local/share/lua/5.1/", "/usr/share/lua/5.1/"}) do
+  local entry = dir .. "?.lua;" .. dir .. "?/init.lua"
+  if not package.path:find(dir, 1, true) then
+    package.path = package.path .. ";" .. entry
+  end
+end
+
+-- LuaJIT's BitOp (require "bit"), which OpenResty's libraries use
+-- (lua-resty-dns, ...): 32-bit operations on Lua 5.4's integers, results
+-- signed as LuaJIT's.
+package.preload.bit = package.preload.bit or function()
+  local function tobit(x)
+    x = math.tointeger(x) or math.floor(x)
+    return ((x & 0xffffffff) ~ 0x80000000) - 0x80000000
+  end
+  local function fold(op, x, ...)
+    local r = tobit(x)
+    for i = 1, select("#", ...) do r = op(r, tobit((select(i, ...)))) end
+    return tobit(r)
+  end
+  local bit = {tobit = tobit}
+  function bit.bnot(x) return tobit(~tobit(x)) end
+  function bit.band(...) return fold(function(a, b) return a & b end, ...) end
+  function bit.bor(...) return fold(function(a, b) return a | b end, ...) end
+  function bit.bxor(...) return fold(function(a, b) return a ~ b end, ...) end
+  function bit.lshift(x, n) return tobit(tobit(x) << (tobit(n) & 31)) end
+  function bit.rshift(x, n) return tobit((tobit(x) & 0xffffffff) >> (tobit(n) & 31)) end
+  function bit.arshift(x, n) return tobit(tobit(x) >> (tobit(n) & 31) | (tobit(x) < 0 and ~(0xffffffff >> (tobit(n) & 31)) or 0)) end
+  function bit.rol(x, n)
+    x, n = tobit(x) & 0xffffffff, tobit(n) & 31
+    return tobit(x << n | x >> (32 - n))
+  end
+  function bit.ror(x, n)
+    x, n = tobit(x) & 0xffffffff, tobit(n) & 31
+    return tobit(x >> n | x << (32 - n))
+  end
+  function bit.bswap(x)
+    x = tobit(x) & 0xffffffff
+    return tobit((x >> 24) | (x >> 8 & 0xff00) | (x << 8 & 0xff0000) | (x << 24))
+  end
+  function bit.tohex(x, n)
+    n = n or 8
+    local up = n < 0
+    n = math.min(math.abs(n), 8)
+    local s = string.format(up and "%08X" or "%08x", tobit(x) & 0xffffffff)
+    return s:sub(9 - n)
+  end
+  return bit
+end
+
+local ngx = {}
+ngx.null = c.null
+ngx.OK, ngx.ERROR, ngx.AGAIN, ngx.DONE, ngx.DECLINED = 0, -1, -2, -4, -5
+ngx.socket = {tcp = treadle.tcp.socket, udp = treadle.udp.socket}
+ngx.socket.stream = ngx.socket.tcp
+ngx.config = {subsystem = "stream", ngx_lua_version = 10025, debug = false,
+              nginx_version = 1022001, prefix = function() return "./" end}
+
+-- time: ngx.now is the wall clock with milliseconds, as OpenResty's cached
+-- time (update_time has nothing to refresh here)
+ngx.now = c.now
+function ngx.time() return math.floor(c.now()) end
+function ngx.update_time() end
+function ngx.sleep(seconds) return treadle.sleep(seconds) end
+
+-- log levels as nginx numbers them; ngx.log writes to stderr
+local levels = {"STDERR", "EMERG", "ALERT", "CRIT", "ERR", "WARN", "NOTICE", "INFO", "DEBUG"}
+for i, name in ipairs(levels) do ngx[name] = i - 1 end
+function ngx.log(level, ...)
+  if math.type(level) ~= "integer" or level < 0 or level > 8 then
+    error("bad argument #1 to 'log' (bad log level)", 2)
+  end
+  local parts = table.pack(...)
+  for i = 1, parts.n do
+    local v = parts[i]
+    parts[i] = v == nil and "nil" or v == c.null and "null" or tostring(v)
+  end
+  local info = debug.getinfo(2, "Sl")
+  local where = info and (info.short_src .. ":" .. (info.currentline or 0) .. ": ") or ""
+  io.stderr:write(string.format("[%s] %s%s\n", levels[level + 1]:lower(), where,
+    table.concat(parts, "", 1, parts.n)))
+end
+
+-- light threads: tasks of this worker
+ngx.thread = {}
+function ngx.thread.spawn(fn, ...)
+  if type(fn) ~= "function" then
+    error("bad argument #1 to 'spawn' (function expected, got " .. type(fn) .. ")", 2)
+  end
+  return treadle.spawn(fn, ...)
+end
+-- Waits for the first of the threads to finish: true and its results, or
+-- false and its error. Several: a watcher task joins each and says which
+-- finished first on a channel; the others are then stopped.
+local function joined(t)
+  local r = table.pack(pcall(t.join, t))
+  return table.unpack(r, 1, r.n)
+end
+function ngx.thread.wait(...)
+  local n = select("#", ...)
+  if n == 0 then error("bad argument #1 to 'wait' (at least one thread expected)", 2) end
+  local threads = {...}
+  for i = 1, n do
+    if type(threads[i]) ~= "userdata" or not pcall(threads[i].done, threads[i]) then
+      error("bad argument #" .. i .. " to 'wait' (a thread expected)", 2)
+    end
+  end
+  for i = 1, n do
+    if threads[i]:done() then return joined(threads[i]) end
+  end
+  if n == 1 then return joined(threads[1]) end
+  local first, outcome = treadle.channel(1), nil
+  local watchers = {}
+  for i = 1, n do
+    watchers[i] = treadle.spawn(function()
+      local r = table.pack(joined(threads[i]))
+      if outcome == nil then outcome = r; first:send(i) end
+    end)
+  end
+  first:recv()
+  for i = 1, n do watchers[i]:abort() end
+  return table.unpack(outcome, 1, outcome.n)
+end
+function ngx.thread.kill(t)
+  if type(t) ~= "userdata" or not pcall(t.done, t) then
+    error("bad argument #1 to 'kill' (a thread expected)", 2)
+  end
+  if t:done() then return nil, "already terminated" end
+  t:abort()
+  return true
+end
+
+-- timers: a task that sleeps, then calls fn(premature, ...); an error is
+-- logged (and an every timer goes on), as OpenResty's
+ngx.timer = {}
+local function fire(fn, args)
+  local ok, err = pcall(fn, false, table.unpack(args, 1, args.n))
+  if not ok then ngx.log(ngx.ERR, "lua timer failed: ", err) end
+end
+local function check_timer(delay, fn)
+  if type(delay) ~= "number" or delay ~= delay or delay < 0 then
+    error("bad argument #1 (delay must be a number >= 0)", 3)
+  end
+  if type(fn) ~= "function" then
+    error("bad argument #2 (function expected, got " .. type(fn) .. ")", 3)
+  end
+end
+function ngx.timer.at(delay, fn, ...)
+  check_timer(delay, fn)
+  local args = table.pack(...)
+  treadle.spawn(function()
+    treadle.sleep(delay)
+    fire(fn, args)
+  end)
+  return true
+end
+function ngx.timer.every(interval, fn, ...)
+  check_timer(interval, fn)
+  if interval == 0 then error("bad argument #1 to 'every' (interval must be > 0)", 2) end
+  local args = table.pack(...)
+  treadle.spawn(function()
+    while true do
+      treadle.sleep(interval)
+      fire(fn, args)
+    end
+  end)
+  return true
+end
+
+ngx.worker = {}
+function ngx.worker.id() return treadle.worker() end
+ngx.worker.count = c.count
+function ngx.worker.exiting() return false end
+function ngx.worker.pid()
+  local f = io.open("/proc/self/stat")
+  local pid = f and tonumber(f:read("l"):match("^(%d+)"))
+  if f then f:close() end
+  return pid
+end
+
+ngx.escape_uri = c.escape_uri
+ngx.unescape_uri = c.unescape_uri
+ngx.encode_base64 = c.encode_base64
+ngx.decode_base64 = c.decode_base64
+ngx.md5 = c.md5
+ngx.md5_bin = c.md5_bin
+ngx.sha1_bin = c.sha1_bin
+ngx.re = c.re
+-- ngx.shared.NAME: the shared dictionary of that name (treadle.shared.dict
+-- made it, in any worker's state), or nil, as nginx's lua_shared_dict.
+ngx.shared = setmetatable({}, {__index = function(_, name)
+  return treadle.shared.get(name)
+end})
+
+return ngx
