@@ -9,8 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # The Lua module and its tests need lua5.4 and its headers; the REPL tests
-# drive a pseudo-terminal with pexpect.
-scripts/setup.sh lua5.4 liblua5.4-dev python3-pytest python3-pexpect
+# drive a pseudo-terminal with pexpect; TLS needs libssl-dev, and its
+# example's test the openssl command.
+scripts/setup.sh lua5.4 liblua5.4-dev python3-pytest python3-pexpect \
+  libssl-dev openssl
 
 presets=("$@")
 [ ${#presets[@]} -eq 0 ] &&
