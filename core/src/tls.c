@@ -236,7 +236,8 @@ static int bio_write(BIO *b, const char *data, size_t len, size_t *put) {
     uint8_t *grown = treadle__malloc(cap);
     if (grown == NULL)
       return 0; /* no retry: OpenSSL fails the call */
-    memcpy(grown, t->out, t->out_end);
+    if (t->out_end > 0)
+      memcpy(grown, t->out, t->out_end);
     treadle__free(t->out);
     t->out = grown;
     t->out_cap = cap;
@@ -1140,7 +1141,8 @@ int treadle_tls_peer_subject(treadle_tls_t *t, char *buf, size_t len) {
     size_t k = ret > 0 && text != NULL ? (size_t)ret : 0;
     if (k >= len)
       k = len - 1;
-    memcpy(buf, text, k);
+    if (k > 0)
+      memcpy(buf, text, k);
     buf[k] = '\0';
   }
   BIO_free(m);
