@@ -45,6 +45,8 @@ SECTIONS = {
     "listener": ("Listeners", "`listener` is what `treadle.tcp.bind()` returns."),
     "conn": ("Connections", "`conn` is what `treadle.tcp.connect()` and `listener:accept()` return."),
     "stdin": ("Standard input", "`stdin` is what `treadle.stdin()` returns."),
+    "console": ("The console's input", "`console` is what the Lua part of `treadle.repl()` "
+                "reads its lines from; programs do not get one."),
 }
 
 DOC = re.compile(r"/\* lua: (.*?)\*/\s*\n([^\n]*)", re.S)

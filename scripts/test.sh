@@ -8,10 +8,10 @@
 # (TREADLE_WERROR), as in CI, which runs this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The Lua module and its tests need lua5.4 and its headers; the REPL tests
-# drive a pseudo-terminal with pexpect; TLS needs libssl-dev, and its
-# example's test the openssl command.
-scripts/setup.sh lua5.4 liblua5.4-dev python3-pytest python3-pexpect \
+# The Lua module and its tests need lua5.4 and its headers; its console
+# edits lines with GNU readline; the REPL tests drive a pseudo-terminal with
+# pexpect; TLS needs libssl-dev, and its example's test the openssl command.
+scripts/setup.sh lua5.4 liblua5.4-dev libreadline-dev python3-pytest python3-pexpect \
   libssl-dev openssl
 
 presets=("$@")

@@ -10,10 +10,18 @@
 %module(package="treadle", threads="1") core
 %nothread;
 
+/* Every wrapper gets a signature: SWIG's autodoc writes the parameter
+ * names into its docstring ("name(a, b) -> type"), and %init turns that
+ * into the form inspect.signature reads (swig_text_signatures). */
+%feature("autodoc", "0");
+
 %begin %{
-/* SWIG gives every wrapper a `self` parameter, used or not: the one
- * warning of the generated code, off for this file alone. */
+/* Two warnings of the generated code, off for this file alone: SWIG gives
+ * every wrapper a `self` parameter, used or not; and SWIG 4.1's own type
+ * objects leave out the PyTypeObject fields that Python 3.12 and 3.13
+ * added (tp_watched, tp_versions_used), which are zero as they should be. */
 #pragma GCC diagnostic ignored "-Wunused-parameter"
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 %}
 
 %{
@@ -21,9 +29,47 @@
 #include "pytreadle.h"
 
 PyObject *treadle_py_build(treadle_builder_t *b, int flavor,
-                           PyObject *on_start, PyObject *on_stop);
+                           PyObject *on_start, PyObject *on_stop,
+                           PyObject *thread_name);
 treadle_handle_t *treadle_py_handle(PyObject *core);
 int treadle_py_init(PyObject *m);
+
+/* Rewrites the docstring of each wrapper, "name(a, b) -> type" as SWIG's
+ * autodoc writes it, into the form that inspect.signature reads:
+ * "name($module, a, b, /)\n--\n\nname(a, b) -> type". The SWIG runtime's
+ * own helpers (swigregister, swiginit) have no docstring: one object, or
+ * *args. Runs once (the module is initialised once); the strings live as
+ * long as the table does, that is until the process ends. */
+static int swig_text_signatures(PyMethodDef *defs) {
+  static int done;
+  if (done)
+    return 0;
+  for (PyMethodDef *d = defs; d->ml_name != NULL; d++) {
+    const char *doc = d->ml_doc != NULL ? d->ml_doc : "";
+    const char *open = strchr(doc, '(');
+    const char *close = open != NULL ? strchr(open, ')') : NULL;
+    const char *params = (d->ml_flags & METH_O) ? "obj" : "*args";
+    int len = (int)strlen(params);
+    if (close != NULL) { /* the names between the parentheses */
+      params = open + 1;
+      len = (int)(close - params);
+    }
+    const char *fmt = len > 0 && *params == '*'
+                          ? "%s($module%s%.*s)\n--\n\n%s"
+                          : "%s($module%s%.*s, /)\n--\n\n%s";
+    const char *comma = len == 0 ? "" : ", ";
+    int n = snprintf(NULL, 0, fmt, d->ml_name, comma, len, params, doc);
+    char *text = malloc((size_t)n + 1);
+    if (text == NULL) {
+      PyErr_NoMemory();
+      return -1;
+    }
+    snprintf(text, (size_t)n + 1, fmt, d->ml_name, comma, len, params, doc);
+    d->ml_doc = text;
+  }
+  done = 1;
+  return 0;
+}
 
 /* The error map, for the package's exception table. */
 static PyObject *treadle_py_error_map(void) {
@@ -42,7 +88,7 @@ static PyObject *treadle_py_error_map(void) {
 %}
 
 %init %{
-  if (treadle_py_init(m) < 0)
+  if (swig_text_signatures(SwigMethods) < 0 || treadle_py_init(m) < 0)
     return NULL;
 %}
 
@@ -82,6 +128,16 @@ static PyObject *treadle_py_error_map(void) {
 %enddef
 METRICS_OUT(treadle_runtime_metrics_t)
 METRICS_OUT(treadle_worker_metrics_t)
+
+/* What the out-parameter typemaps above return, for autodoc (which would
+ * name the C return type, treadle_err_t). */
+%feature("autodoc", "treadle_builder_new(flavor) -> treadle_builder_t")
+    treadle_builder_new;
+%feature("autodoc", "treadle_handle_metrics(h) -> treadle_runtime_metrics_t")
+    treadle_handle_metrics;
+%feature("autodoc",
+         "treadle_handle_worker_metrics(h, worker) -> treadle_worker_metrics_t")
+    treadle_handle_worker_metrics;
 
 /* `core_handle` takes a RuntimeCore or Handle object. Every wrapped
  * function that takes a handle takes one of those, so the header's
@@ -148,6 +204,8 @@ METRICS_OUT(treadle_worker_metrics_t)
 /* --------------------------------------------------- the binding's own */
 PyObject *treadle_py_error_map(void);
 /* Builds the runtime; the hooks (callables or None) run on every thread
- * the runtime starts. Returns the RuntimeCore. */
+ * the runtime starts, which `threading` knows as thread_name (a str, the
+ * name given to the builder). Returns the RuntimeCore. */
 PyObject *treadle_py_build(treadle_builder_t *b, int flavor,
-                           PyObject *on_start, PyObject *on_stop);
+                           PyObject *on_start, PyObject *on_stop,
+                           PyObject *thread_name);

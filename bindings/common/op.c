@@ -16,6 +16,7 @@
  * or moves them to the heap first (tb_op_keep). */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -145,6 +146,11 @@ void tb_op_fd_read(tb_op_t *op, treadle_async_fd_t *afd, int fd,
   op->u.fd_read.want = want;
 }
 
+void tb_op_fd_readable(tb_op_t *op, treadle_async_fd_t *afd) {
+  make(op, TB_FD_READABLE);
+  op->u.fd_readable.afd = afd;
+}
+
 void tb_op_set_deadline(tb_op_t *op, uint64_t ns) {
   op->has_deadline = ns != TREADLE_FOREVER;
   op->deadline_ns = ns;
@@ -171,6 +177,35 @@ static void plain_read(int fd, char *buf, size_t len, size_t *got,
   while (r < 0 && errno == EINTR);
   *err = r < 0 ? -errno : 0;
   *got = r < 0 ? 0 : (size_t)r;
+}
+
+/* TB_FD_READABLE's poll. The driver's readiness outlives the input that
+ * set it (the caller's reads never answer EAGAIN to clear it), so poll(2)
+ * says whether input is there now; if not, the readiness seen is cleared
+ * and waited for again (an event since keeps it: nothing is lost). */
+static treadle_poll_t fd_readable(treadle_async_fd_t *afd, treadle_cx_t *cx,
+                                  treadle_err_t *err) {
+  *err = 0;
+  if (afd == NULL)
+    return TREADLE_READY;
+  for (;;) {
+    treadle_ready_t ready;
+    if (treadle_async_fd_ready_poll(afd, cx, TREADLE_READABLE, &ready,
+                                    err) == TREADLE_PENDING)
+      return TREADLE_PENDING;
+    if (*err != 0)
+      return TREADLE_READY;
+    struct pollfd p = {.fd = treadle_async_fd_fd(afd), .events = POLLIN};
+    int r;
+    do
+      r = poll(&p, 1, 0);
+    while (r < 0 && errno == EINTR);
+    if (r != 0) { /* input, its end, or an error the caller's read gets */
+      *err = r < 0 ? -errno : 0;
+      return TREADLE_READY;
+    }
+    treadle_async_fd_clear_ready(afd, &ready, TREADLE_READABLE);
+  }
 }
 
 static treadle_poll_t leaf_poll(tb_op_t *op, treadle_cx_t *cx) {
@@ -263,6 +298,8 @@ static treadle_poll_t leaf_poll(tb_op_t *op, treadle_cx_t *cx) {
                                       op->u.fd_read.want, &op->u.fd_read.got,
                                       &op->err);
   }
+  case TB_FD_READABLE:
+    return fd_readable(op->u.fd_readable.afd, cx, &op->err);
   }
   return TREADLE_READY;
 }
@@ -331,6 +368,7 @@ void tb_op_clear(tb_op_t *op) {
   case TB_NONE:
   case TB_YIELD:
   case TB_JOIN: /* the binding owns the handle and what it joined */
+  case TB_FD_READABLE:
     break;
   case TB_SLEEP:
     if (op->started)

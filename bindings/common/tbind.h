@@ -74,6 +74,7 @@ typedef enum {
   TB_READ_INTO, /* up to `len` bytes into the caller's buffer */
   TB_WRITE,     /* all of a buffer, after the writers queued before it */
   TB_FD_READ,   /* an async fd (or a plain read of an fd epoll refuses) */
+  TB_FD_READABLE, /* until an async fd has input, which it leaves unread */
 } tb_kind_t;
 
 /* A binding's own leaf: READY sets *err (0 or a TREADLE_E* code). */
@@ -104,6 +105,7 @@ typedef struct tb_op_s {
              bool locked; treadle_waiter_t w; } write;
     struct { treadle_async_fd_t *afd; int fd; size_t want, got;
              char *heap; } fd_read;
+    struct { treadle_async_fd_t *afd; } fd_readable;
   } u;
 } tb_op_t;
 
@@ -139,6 +141,12 @@ treadle_err_t tb_op_write(tb_op_t *op, tb_stream_t *st, const void *buf,
                           size_t len);
 /* afd, or when it is NULL plain read(2)s of fd (never waiting). */
 void tb_op_fd_read(tb_op_t *op, treadle_async_fd_t *afd, int fd, size_t want);
+/* Waits until afd has input that a read would return at once (or its end,
+ * or an error), and reads nothing: for a caller that reads the fd by its
+ * own means (readline reads the terminal itself). READY is confirmed by
+ * poll(2), so that even a blocking read of the same file does not block.
+ * afd NULL: ready at once. */
+void tb_op_fd_readable(tb_op_t *op, treadle_async_fd_t *afd);
 /* Ends the op with TREADLE_ETIMEDOUT (timed_out set) if it is not ready
  * `ns` after its first poll; TREADLE_FOREVER: no deadline. */
 void tb_op_set_deadline(tb_op_t *op, uint64_t ns);

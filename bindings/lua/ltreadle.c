@@ -1,4 +1,4 @@
-/* luaopen_treadle: the module, its runtimes and treadle.run (DESIGN.md
+/* luaopen_treadle: the module, its runtimes and treadle.run (ARCHITECTURE.md
  * "Lua").
  *
  * current_thread: the runtime's one home is the caller's lua_State; tasks
@@ -7,10 +7,18 @@
  * (pinned to k) that makes worker k's own lua_State, loads this module in
  * it and spawns that state's main task: require(module) returns a function,
  * called as main(k); the state's global `arg` is a copy of the caller's.
- * block_on waits until every main has returned (or
- * SIGINT), then returns worker 0's results, copied as channel values are.
- * The worker states are closed after the runtime is freed, when no thread
- * runs them any more.
+ * The run ends as a process does when its main thread returns:
+ * 1. Worker 0's main returns, or any worker's main (or boot) raises: the
+ *    first of these decides the outcome (worker 0's results or that
+ *    error) and sets `stopping`. Another worker's main that returns ends
+ *    nothing: that worker's other tasks go on.
+ * 2. The decider spawns a stop task on every worker; on its worker's
+ *    thread it cancels every task of that state (lt_home_stop, as abort:
+ *    to-be-closed variables are closed), and tasks spawned from then on.
+ * 3. A state whose last task is over says so (lt_home_stopped); the last
+ *    one wakes block_on's root, which returns. Then the runtime is freed,
+ *    worker 0's results are copied out (as channel values are) and the
+ *    worker states are closed, when no thread runs them any more.
  *
  * While block_on waits, its root task (bindings/common's) also listens for
  * SIGINT where the runtime can: on a SIGINT that no task waits for, the
@@ -33,30 +41,32 @@ typedef struct {
   bool multi;
   int workers;
   lhome_t **homes;          /* one per worker (current_thread: one) */
-  /* multi_thread block_on, written by workers under mu: */
+  /* multi_thread block_on, written by workers; guarded by mu: */
   pthread_mutex_t mu;
-  _Atomic int left;         /* mains still running */
-  treadle_waker_t *root;    /* guarded by mu */
-  char *error;              /* first main's error message; guarded by mu */
-  void *results;            /* worker 0's results, packed; guarded by mu */
-  int nresults;
+  bool stopping;            /* the outcome is decided (step 1) */
+  int running;              /* states that still have tasks (step 3) */
+  treadle_waker_t *root;
+  char *error;              /* the deciding error's message, or NULL */
+  int nresults;             /* worker 0's, in its registry */
   char *entry, *path, *cpath; /* for the worker states */
   void *arg;                  /* the caller's `arg` table, packed, or NULL */
 } lrt_t;
 
 /* -------------------------------------------------------- worker mains */
 
-/* A worker's main is over (err: its message, taken, or NULL); the last
- * one wakes block_on's root. */
-static void main_over(lrt_t *r, char *err) {
+static treadle_poll_t stop_poll(treadle_cx_t *cx, void *state) {
+  (void)cx;
+  lt_home_stop(*(lhome_t **)state);
+  return TREADLE_READY;
+}
+
+static const treadle_task_vtable_t stop_vt = {.poll = stop_poll};
+
+/* Step 3: one state less; the last wakes block_on's root. */
+static void state_stopped(lrt_t *r) {
   treadle_waker_t *root = NULL;
   pthread_mutex_lock(&r->mu);
-  if (err != NULL && r->error == NULL)
-    r->error = err;
-  else
-    free(err);
-  /* Relaxed: mu orders it with the root's check. */
-  if (atomic_fetch_sub_explicit(&r->left, 1, memory_order_relaxed) == 1) {
+  if (--r->running == 0) {
     root = r->root;
     r->root = NULL;
   }
@@ -65,14 +75,45 @@ static void main_over(lrt_t *r, char *err) {
     treadle_wake(root);
 }
 
+void lt_home_stopped(lhome_t *home) { state_stopped(home->rt); }
+
+/* Step 1: true when this call decides the outcome: `err` (taken; NULL for
+ * worker 0's return) and worker 0's result count. Then step 2. */
+static bool decide(lrt_t *r, char *err, int nresults) {
+  pthread_mutex_lock(&r->mu);
+  bool first = !r->stopping;
+  if (first) {
+    r->stopping = true;
+    r->error = err;
+    r->nresults = nresults;
+  }
+  pthread_mutex_unlock(&r->mu);
+  if (!first) {
+    free(err);
+    return false;
+  }
+  for (int k = 0; k < r->workers; k++) {
+    treadle_spawn_opts_t opts = TREADLE_SPAWN_OPTS_INIT;
+    opts.worker = k;
+    lhome_t *home = r->homes[k];
+    if (treadle_spawn_with(home->h, &stop_vt, &home, sizeof home, &opts,
+                           NULL) != 0)
+      state_stopped(r); /* shutting down: the runtime drops its tasks */
+  }
+  return true;
+}
+
 static void main_done(ltask_t *t, void *ud) {
   lrt_t *r = ud;
-  char *err = NULL;
+  bool zero = t->home->worker == 0;
   if (t->status == LT_ERROR) {
     const char *msg = lua_tostring(t->co, -1);
-    err = strdup(msg != NULL ? msg : "a worker's main raised a non-string error");
-    t->joined = true; /* block_on reports it */
-  } else if (t->status == LT_OK && t->home->worker == 0 && t->nresults > 0) {
+    char *err = strdup(msg != NULL ? msg : "a worker's main raised a non-string error");
+    if (decide(r, err != NULL ? err : strdup("out of memory"), 0))
+      t->joined = true; /* block_on raises it; a later one is reported */
+  } else if (zero && t->status == LT_OK) {
+    if (!decide(r, NULL, t->nresults) || t->nresults == 0)
+      return;
     /* Keep worker 0's results in its state's registry until block_on
      * copies them: the state outlives the runtime. */
     lua_State *L = t->home->L;
@@ -83,11 +124,9 @@ static void main_done(ltask_t *t, void *ud) {
       lua_rawseti(L, -2, i);
     }
     lua_setfield(L, LUA_REGISTRYINDEX, "treadle.results");
-    pthread_mutex_lock(&r->mu);
-    r->nresults = t->nresults;
-    pthread_mutex_unlock(&r->mu);
+  } else if (zero) { /* cancelled: the runtime shuts down */
+    decide(r, NULL, 0);
   }
-  main_over(r, err);
 }
 
 static const char boot_chunk[] =
@@ -135,6 +174,8 @@ static treadle_poll_t boot_poll(treadle_cx_t *cx, void *state) {
   boot_t *b = state;
   lrt_t *r = b->r;
   lhome_t *home = r->homes[b->worker];
+  if (home->stopping) /* the run ended before this worker began */
+    return TREADLE_READY;
   home->L = luaL_newstate();
   const char *err = NULL;
   if (home->L == NULL) {
@@ -147,7 +188,7 @@ static treadle_poll_t boot_poll(treadle_cx_t *cx, void *state) {
       err = lua_tostring(home->L, -1);
   }
   if (err != NULL) /* counts as this worker's main failing */
-    main_over(r, strdup(err));
+    decide(r, strdup(err), 0);
   return TREADLE_READY;
 }
 
@@ -174,7 +215,7 @@ static treadle_poll_t mains_done(void *ud, treadle_cx_t *cx) {
   }
   lrt_t *r = st->r;
   pthread_mutex_lock(&r->mu);
-  bool done = atomic_load_explicit(&r->left, memory_order_relaxed) == 0;
+  bool done = r->stopping && r->running == 0;
   if (!done && r->root == NULL)
     r->root = treadle_waker_clone(treadle_cx_waker(cx));
   pthread_mutex_unlock(&r->mu);
@@ -341,6 +382,7 @@ static int l_runtime(lua_State *L) {
     if (home == NULL)
       break;
     home->h = treadle_handle_ref(treadle_runtime_handle(r->rt));
+    home->rt = r;
     home->worker = i;
     home->owns_state = multi;
   }
@@ -384,9 +426,9 @@ static void drive(lua_State *L, lrt_t *r, root_t *st) {
 static int block_on_current(lua_State *L, lrt_t *r) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
   ltask_t *main = lt_spawn(L, r->homes[0], 2, lua_gettop(L) - 2);
+  main->joined = true; /* block_on raises its error: no report */
   root_t st = {.r = r, .main = main};
   drive(L, r, &st);
-  main->joined = true;
   return lt_task_results(L, main);
 }
 
@@ -405,7 +447,7 @@ static int block_on_multi(lua_State *L, lrt_t *r) {
       (r->arg = lt_pack_protected(L, -1)) == NULL)
     lua_pop(L, 1); /* the packing error: an `arg` with odd values */
   lua_pop(L, 1);
-  atomic_store_explicit(&r->left, r->workers, memory_order_relaxed);
+  r->running = r->workers; /* no worker runs yet: no lock needed */
   for (int k = 0; k < r->workers; k++) {
     boot_t b = {r, k};
     treadle_spawn_opts_t opts = TREADLE_SPAWN_OPTS_INIT;
@@ -416,8 +458,8 @@ static int block_on_multi(lua_State *L, lrt_t *r) {
   }
   root_t st = {.r = r};
   drive(L, r, &st);
-  /* Other tasks of the workers' states may still run: stop them all
-   * before this thread reads a worker's state. */
+  /* Every Lua task is over (step 3), but the workers' threads run: stop
+   * them before this thread reads a worker's state. */
   rt_stop(r, TREADLE_FOREVER);
   if (r->error != NULL) {
     lua_pushstring(L, r->error);
@@ -452,10 +494,17 @@ static int block_on_multi(lua_State *L, lrt_t *r) {
  * tasks it spawns, until fn returns. multi_thread: every worker requires
  * `module` in a lua_State of its own (with the caller's package.path,
  * package.cpath and a copy of `arg`); the module returns a function (or a
- * table with `main`), called as main(worker) on each worker.
+ * table with `main`), called as main(worker) on each worker. The run ends
+ * as a process ends with its main thread: when worker 0's main returns, or
+ * any worker's main raises (the first of the two decides), the tasks of
+ * every worker are cancelled as task:abort cancels them (their
+ * to-be-closed variables are closed) and block_on returns. Another
+ * worker's main that returns ends nothing: that worker's other tasks go on.
+ * So a server stops when worker 0, which waits for the signal, returns.
  * Returns: fn's results; on multi_thread worker 0's, copied as channel
  * values are.
- * Errors: raises fn's error (on multi_thread, the first worker's);
+ * Errors: raises fn's error, with its traceback as task:join raises it (on
+ * multi_thread, the error of a worker's main that ended the run);
  * "interrupted" after a SIGINT that no task waits for (the runtime has then
  * shut down); a multi_thread runtime runs its module once; not from a task.
  * Example: local a, b = rt:block_on(function() return 1, 2 end) */
@@ -596,6 +645,11 @@ static const luaL_Reg rt_methods[] = {
  * treadle.version ("0.1.0").
  * Errors: I/O failures return nil, a message and the errno name (nil,
  * "connection refused", "ECONNREFUSED"); wrong arguments and misuse raise.
+ * Argument errors name the function, also when it is called through pcall:
+ * treadle.tcp and the method tables are package.loaded["treadle.tcp"],
+ * ["treadle.conn"], ["treadle.listener"], ["treadle.task"],
+ * ["treadle.channel"], ["treadle.stdin"] and ["treadle.runtime"], where Lua
+ * looks such names up ("bad argument #2 to 'treadle.conn.read'").
  * Handles (runtime, task, channel, listener, conn) close when collected
  * and at the end of a `<close>` variable; tostring names them.
  * Example: local treadle = require "treadle" */

@@ -1,4 +1,4 @@
-/* The Lua module's C side, shared by its files (DESIGN.md "Lua").
+/* The Lua module's C side, shared by its files (ARCHITECTURE.md "Lua").
  *
  * ltreadle.c       luaopen_treadle, runtimes, treadle.run, worker states
  * ltreadle_task.c  tasks (a coroutine of one lua_State), the ops a task
@@ -22,14 +22,21 @@
 #include "tbind.h"
 #include "treadle.h"
 
+typedef struct ltask_s ltask_t;
+
 /* One lua_State's place in a runtime. */
 typedef struct lhome_s {
   lua_State *L;           /* the main thread of the state */
   treadle_handle_t *h;    /* a reference */
+  void *rt;               /* the runtime's lrt_t (ltreadle.c) */
   int worker;             /* the worker its tasks are pinned to */
   bool owns_state;        /* a worker state: closed after the runtime */
   pthread_t thread;       /* the one thread that runs it (checked in debug) */
   bool thread_known;
+  /* Owned by the home's thread: */
+  ltask_t *tasks;         /* the live tasks, through ltask_t.live_next */
+  bool stopping;          /* lt_home_stop: every task is cancelled */
+  bool stopped;           /* and lt_home_stopped was told none is left */
 } lhome_t;
 
 /* What a task waits on. */
@@ -39,21 +46,24 @@ typedef enum {
   LOP_JOIN,    /* another task; with a deadline for treadle.timeout */
   LOP_SEND,    /* a channel (`tb` waits on its semaphores) */
   LOP_RECV,
-  LOP_STDIN_READ, /* `tb` reads stdin (u.stdin_reader is the lstdin_t) */
+  LOP_OWN,     /* a file's own: `tb` waits, u.own says the rest */
 } lopkind_t;
 
 typedef struct lchan_s lchan_t;
-typedef struct ltask_s ltask_t;
 
 typedef struct {
   lopkind_t kind;
   bool started;
   treadle_err_t err;
-  tb_op_t tb;  /* the operation of LOP_LEAF, LOP_JOIN, LOP_STDIN_READ */
+  tb_op_t tb;  /* the operation of every kind but LOP_NONE */
   union {
     struct { ltask_t *child; bool is_timeout; } join; /* `tb` waits */
     struct { lchan_t *ch; treadle_waiter_t w; void *blob; } chan;
-    void *stdin_reader;
+    struct {
+      int (*push)(lua_State *co, ltask_t *t); /* the results (count) */
+      void (*done)(void *ud); /* NULL, or after tb is cleared */
+      void *ud;               /* the object (stdin, the console) */
+    } own;
   } u;
 } lop_t;
 
@@ -73,6 +83,7 @@ struct ltask_s {
   treadle_waker_t *joiner;  /* a task waiting in join */
   void (*on_done)(ltask_t *t, void *ud); /* worker mains report here */
   void *on_done_ud;
+  ltask_t *live_next, **live_prev; /* on home->tasks until it is over */
   lop_t op;
 };
 
@@ -95,12 +106,23 @@ treadle_poll_t lt_op_poll(ltask_t *t, treadle_cx_t *cx);
 int lt_op_push(lua_State *co, ltask_t *t);
 /* Releases what an op holds (no Lua calls: any thread); idempotent. */
 void lt_op_clear(ltask_t *t);
+/* The task at idx, or raises. */
+ltask_t *lt_check_task(lua_State *L, int idx);
 /* Pushes a finished task's results (or raises its error) on L. */
 int lt_task_results(lua_State *L, ltask_t *t);
 
 /* Spawns fn (at `idx`, followed by nargs arguments on top) as a task of
- * `home`; pushes the task userdata. Raises on failure. */
+ * `home`; pushes the task userdata. Raises on failure. A stopping home's
+ * new task is cancelled before it runs. */
 ltask_t *lt_spawn(lua_State *L, lhome_t *home, int idx, int nargs);
+
+/* On the home's thread: cancels every task of the home (as task:abort
+ * does: their to-be-closed variables are closed), and every task spawned
+ * there from now on; once none is left, calls lt_home_stopped (at once
+ * when there is none). */
+void lt_home_stop(lhome_t *home);
+/* ltreadle.c: a stopping home has no task left (its thread, once). */
+void lt_home_stopped(lhome_t *home);
 
 /* Pushes nil, message, errno name; returns 3. */
 int lt_fail(lua_State *L, treadle_err_t err);
@@ -108,14 +130,24 @@ int lt_fail(lua_State *L, treadle_err_t err);
 uint64_t lt_check_duration(lua_State *L, int idx);
 
 /* Registers metatable `name`: methods as __index, and __gc, __close,
- * __tostring where given (NULL: none). */
+ * __tostring where given (NULL: none). The methods are also
+ * package.loaded[name] (lt_name_table). */
 void lt_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
                   lua_CFunction gc, lua_CFunction close, lua_CFunction tostring);
 
+/* Makes the table on top package.loaded[name] (kept on the stack), where
+ * luaL_argerror looks for the names of functions called without a name
+ * (through pcall): "bad argument #1 to 'treadle.tcp.connect'", not '?'. */
+void lt_name_table(lua_State *L, const char *name);
+
 /* Net ops (ltreadle_net.c): the results of a ready accept, connect, read
- * or write leaf; releases a stdin read's reader. */
+ * or write leaf. */
 int lt_net_push(lua_State *co, ltask_t *t);
-void lt_stdin_done(void *reader);
+/* Opens stdin for the I/O driver: an async fd of a file description of its
+ * own (*afd), or where epoll refuses it, a dup of fd 0 for plain reads
+ * (*fd). 0 or an error. */
+treadle_err_t lt_stdin_open(treadle_handle_t *h, treadle_async_fd_t **afd,
+                            int *fd);
 void lt_open_net(lua_State *L);
 /* Sets treadle.repl in the module table on top (ltreadle_repl.c). */
 void lt_open_repl(lua_State *L);

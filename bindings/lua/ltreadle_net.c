@@ -272,14 +272,30 @@ static int l_peer(lua_State *L) { return l_conn_addr(L, true); }
 static int l_addr(lua_State *L) { return l_conn_addr(L, false); }
 
 /* lua: conn:set_nodelay([on])
- * Turns TCP_NODELAY on (the default) or off.
- * Returns: true, or nil, message, errno name. */
+ * Turns TCP_NODELAY on (the default: small writes go out at once) or off
+ * (Nagle's algorithm gathers them); see conn:nodelay.
+ * Returns: true, or nil, message, errno name.
+ * Example: conn:set_nodelay(false) */
 static int l_nodelay(lua_State *L) {
   lconn_t *c = check_conn(L);
   treadle_err_t err = treadle_tcp_set_nodelay(c->st.s, lua_isnone(L, 2) || lua_toboolean(L, 2));
   if (err != 0)
     return lt_fail(L, err);
   lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* lua: conn:nodelay()
+ * Whether TCP_NODELAY is on: it is for every connected and accepted conn
+ * until set_nodelay(false).
+ * Returns: true or false, or nil, message, errno name.
+ * Example: print(conn:nodelay()) */
+static int l_get_nodelay(lua_State *L) {
+  bool on;
+  treadle_err_t err = treadle_tcp_nodelay(check_conn(L)->st.s, &on);
+  if (err != 0)
+    return lt_fail(L, err);
+  lua_pushboolean(L, on);
   return 1;
 }
 
@@ -302,6 +318,23 @@ static int l_conn_tostring(lua_State *L) {
 
 /* --------------------------------------------------------------- stdin */
 
+treadle_err_t lt_stdin_open(treadle_handle_t *h, treadle_async_fd_t **afd,
+                            int *fd) {
+  *afd = NULL;
+  *fd = -1;
+  int own = open("/proc/self/fd/0", O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+  if (own >= 0) {
+    treadle_err_t err = treadle_async_fd_new(h, own, afd);
+    if (err == 0)
+      return 0;
+    close(own);
+    if (err != -EPERM)
+      return err;
+  }
+  *fd = fcntl(0, F_DUPFD_CLOEXEC, 3);
+  return *fd < 0 ? -errno : 0;
+}
+
 /* lua: treadle.stdin()
  * Opens the process's standard input for tasks: reads wait in the I/O
  * driver, on a file description of its own, so that the shell's stdin stays
@@ -317,18 +350,11 @@ static int l_stdin(lua_State *L) {
   in->fd = -1;
   in->reading = false;
   luaL_setmetatable(L, STDIN_MT);
-  int fd = open("/proc/self/fd/0", O_RDONLY | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
-  if (fd >= 0) {
-    treadle_err_t err = treadle_async_fd_new(h, fd, &in->afd);
-    if (err == 0)
-      return 1;
-    close(fd);
-    if (err != -EPERM)
-      return lt_fail(L, err);
-  }
-  in->fd = fcntl(0, F_DUPFD_CLOEXEC, 3);
-  return in->fd < 0 ? lt_fail(L, -errno) : 1;
+  treadle_err_t err = lt_stdin_open(h, &in->afd, &in->fd);
+  return err != 0 ? lt_fail(L, err) : 1;
 }
+
+static void stdin_done(void *in) { ((lstdin_t *)in)->reading = false; }
 
 /* lua: stdin:read([n])
  * Waits for input: up to n bytes (default 65536), as they come (a line at a
@@ -347,8 +373,10 @@ static int l_stdin_read(lua_State *L) {
   if (in->reading)
     return luaL_error(L, "another task is already reading stdin");
   in->reading = true;
-  t->op.kind = LOP_STDIN_READ;
-  t->op.u.stdin_reader = in;
+  t->op.kind = LOP_OWN;
+  t->op.u.own.push = lt_net_push;
+  t->op.u.own.done = stdin_done;
+  t->op.u.own.ud = in;
   tb_op_fd_read(&t->op.tb, in->afd, in->fd, (size_t)n);
   return lt_wait(L, t);
 }
@@ -413,14 +441,13 @@ int lt_net_push(lua_State *co, ltask_t *t) {
   }
 }
 
-void lt_stdin_done(void *reader) { ((lstdin_t *)reader)->reading = false; }
 
 static const luaL_Reg listener_methods[] = {
     {"accept", l_accept}, {"addr", l_listener_addr}, {"close", l_listener_close}, {NULL, NULL}};
 static const luaL_Reg conn_methods[] = {
     {"read", l_read},   {"write", l_write}, {"shutdown", l_shutdown},
     {"close", l_conn_close}, {"peer", l_peer}, {"addr", l_addr},
-    {"set_nodelay", l_nodelay}, {NULL, NULL}};
+    {"set_nodelay", l_nodelay}, {"nodelay", l_get_nodelay}, {NULL, NULL}};
 static const luaL_Reg stdin_methods[] = {
     {"read", l_stdin_read}, {"close", l_stdin_close}, {NULL, NULL}};
 static const luaL_Reg tcp_functions[] = {
@@ -432,6 +459,7 @@ void lt_open_net(lua_State *L) {
   lt_new_class(L, CONN_MT, conn_methods, l_conn_gc, l_conn_close, l_conn_tostring);
   lt_new_class(L, STDIN_MT, stdin_methods, l_stdin_gc, l_stdin_close, l_stdin_tostring);
   luaL_newlib(L, tcp_functions);
+  lt_name_table(L, "treadle.tcp");
   lua_setfield(L, -2, "tcp");
   lua_pushcfunction(L, l_stdin);
   lua_setfield(L, -2, "stdin");

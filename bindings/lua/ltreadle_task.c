@@ -1,4 +1,4 @@
-/* Lua tasks and the ops they wait on (DESIGN.md "Lua").
+/* Lua tasks and the ops they wait on (ARCHITECTURE.md "Lua").
  *
  * A task is a coroutine of its home's lua_State, driven by a treadle task
  * pinned to the home's worker. Its poll:
@@ -9,8 +9,11 @@
  *    with data waiting, a send with room) returns without yielding.
  * 3. A yield means a new op (or a plain coroutine.yield: run again soon);
  *    a return or an error finishes the task.
- * abort() sets a flag and wakes the task; its next poll closes the
- * coroutine (running its to-be-closed variables) instead of resuming it. */
+ * abort() sets a flag, clears the op the task waits on (so that the conn,
+ * listener or stdin it read is free for another task at once) and wakes
+ * the task; its next poll closes the coroutine (running its to-be-closed
+ * variables) instead of resuming it. Abort runs on the task's own thread:
+ * the tasks of a state never run at the same time. */
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdatomic.h>
@@ -424,10 +427,21 @@ treadle_poll_t lt_op_poll(ltask_t *t, treadle_cx_t *cx) {
   case LOP_JOIN:
   case LOP_SEND:
   case LOP_RECV:
-  case LOP_STDIN_READ:
+  case LOP_OWN:
     return tb_op_poll(&op->tb, cx);
   }
   return TREADLE_READY;
+}
+
+/* Cancels c (abort, a timeout, a stopping worker); see the top. A task
+ * that aborts itself runs, so it waits on nothing. */
+static void task_cancel(ltask_t *c) {
+  if (c->status != LT_RUNNING || c->cancel)
+    return;
+  c->cancel = true;
+  lt_op_clear(c);
+  if (c->waker != NULL)
+    treadle_wake_by_ref(c->waker);
 }
 
 /* Pushes a copy of a finished task's outcome onto `to`, flag first. */
@@ -473,24 +487,18 @@ int lt_op_push(lua_State *co, ltask_t *t) {
       lua_pushboolean(co, 1);
     }
     break;
-  case LOP_STDIN_READ:
+  case LOP_OWN:
     lua_pushboolean(co, 1);
-    n += lt_net_push(co, t);
+    n += op->u.own.push(co, t);
     break;
   case LOP_JOIN:
     if (op->tb.timed_out && op->tb.err != TREADLE_ETIMEDOUT) { /* no timers */
-      ltask_t *c = op->u.join.child;
-      c->cancel = true;
-      if (c->waker != NULL)
-        treadle_wake_by_ref(c->waker);
+      task_cancel(op->u.join.child);
       lua_pushboolean(co, 0);
       lua_pushstring(co, treadle_strerror(op->tb.err));
       n = 2;
     } else if (op->tb.timed_out) {
-      ltask_t *c = op->u.join.child;
-      c->cancel = true;
-      if (c->waker != NULL)
-        treadle_wake_by_ref(c->waker);
+      task_cancel(op->u.join.child);
       lua_pushboolean(co, 1);
       lua_pushnil(co);
       lua_pushliteral(co, "timeout");
@@ -531,9 +539,10 @@ void lt_op_clear(ltask_t *t) {
   case LOP_RECV:
     tb_op_clear(&op->tb);
     break;
-  case LOP_STDIN_READ:
+  case LOP_OWN:
     tb_op_clear(&op->tb);
-    lt_stdin_done(op->u.stdin_reader);
+    if (op->u.own.done != NULL)
+      op->u.own.done(op->u.own.ud);
     break;
   case LOP_NONE:
     break;
@@ -612,18 +621,81 @@ static void check_thread(lhome_t *home) {
 #endif
 }
 
-static void report_unjoined(ltask_t *t) {
+/* A failed task's string error gets the coroutine's traceback, as lua.c's
+ * message handler adds it: after an error the coroutine's stack stays as
+ * it was where the error was raised. Other error values stay as they are
+ * (a join raises the same object). */
+static void add_traceback(lua_State *co) {
+  if (lua_type(co, -1) != LUA_TSTRING)
+    return;
+  luaL_traceback(co, co, lua_tostring(co, -1), 0);
+  lua_replace(co, -2);
+}
+
+/* Prints a failed task's error to stderr, once: when it ends with no task
+ * waiting to join it (as OpenResty logs "lua entry thread aborted" at
+ * once), or when its handle is collected after the task that waited went
+ * away without the error. A join that takes it counts as the report. */
+static void report_error(ltask_t *t) {
   if (t->status != LT_ERROR || t->joined || t->reported)
     return;
   t->reported = true;
-  const char *msg = lua_tostring(t->co, -1);
-  fprintf(stderr, "treadle: error in a task nobody joined: %s\n",
-          msg != NULL ? msg : luaL_typename(t->co, -1));
+  lua_State *co = t->co;
+  if (lua_type(co, -1) == LUA_TSTRING) {
+    fprintf(stderr, "treadle: a task failed and nobody joins it: %s\n",
+            lua_tostring(co, -1));
+    return;
+  }
+  lua_pushfstring(co, "(error object is a %s value)", luaL_typename(co, -1));
+  luaL_traceback(co, co, lua_tostring(co, -1), 0);
+  fprintf(stderr, "treadle: a task failed and nobody joins it: %s\n",
+          lua_tostring(co, -1));
+  lua_pop(co, 2);
+}
+
+/* The home's list of live tasks (its thread only). */
+static void live_add(ltask_t *t) {
+  lhome_t *home = t->home;
+  t->live_next = home->tasks;
+  t->live_prev = &home->tasks;
+  if (home->tasks != NULL)
+    home->tasks->live_prev = &t->live_next;
+  home->tasks = t;
+}
+
+static void live_remove(ltask_t *t) {
+  if (t->live_prev == NULL)
+    return;
+  *t->live_prev = t->live_next;
+  if (t->live_next != NULL)
+    t->live_next->live_prev = t->live_prev;
+  t->live_next = NULL;
+  t->live_prev = NULL;
+  lhome_t *home = t->home;
+  if (home->stopping && !home->stopped && home->tasks == NULL) {
+    home->stopped = true;
+    lt_home_stopped(home);
+  }
+}
+
+void lt_home_stop(lhome_t *home) {
+  if (home->stopping)
+    return;
+  home->stopping = true;
+  for (ltask_t *t = home->tasks; t != NULL; t = t->live_next)
+    task_cancel(t); /* takes none off the list: that is their next poll */
+  if (home->tasks == NULL) {
+    home->stopped = true;
+    lt_home_stopped(home);
+  }
 }
 
 /* On the home thread: the task is over; let go of what held it. */
 static void finish(ltask_t *t, int status) {
+  bool awaited = t->joiner != NULL;
   t->status = status;
+  if (status == LT_ERROR)
+    add_traceback(t->co);
   lt_op_clear(t);
   if (t->joiner != NULL) {
     treadle_wake(t->joiner);
@@ -632,11 +704,14 @@ static void finish(ltask_t *t, int status) {
   treadle_waker_drop(t->waker);
   t->waker = NULL;
   if (t->on_done != NULL)
-    t->on_done(t, t->on_done_ud);
+    t->on_done(t, t->on_done_ud); /* a worker's main: block_on takes it */
+  if (!awaited)
+    report_error(t);
   if (t->anchor != LUA_NOREF) {
     luaL_unref(t->home->L, LUA_REGISTRYINDEX, t->anchor);
     t->anchor = LUA_NOREF;
   }
+  live_remove(t);
 }
 
 static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
@@ -681,7 +756,7 @@ static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
     t->nresults = nres;
     finish(t, LT_OK);
   } else {
-    finish(t, LT_ERROR); /* reported at __gc if nobody joins it */
+    finish(t, LT_ERROR);
   }
   return TREADLE_READY;
 }
@@ -704,6 +779,9 @@ static void task_drop(void *state) {
   if (home_thread && t->anchor != LUA_NOREF) /* else the state is closed next */
     luaL_unref(t->home->L, LUA_REGISTRYINDEX, t->anchor);
   t->anchor = LUA_NOREF;
+  /* Off the home thread only once its worker has stopped: the list is
+   * this thread's now. */
+  live_remove(t);
 }
 
 static const treadle_task_vtable_t task_vt = {.poll = task_poll, .drop = task_drop};
@@ -736,11 +814,16 @@ ltask_t *lt_spawn(lua_State *L, lhome_t *home, int idx, int nargs) {
     t->status = LT_CANCELLED;
     luaL_error(L, "cannot spawn: %s", treadle_strerror(err));
   }
+  live_add(t); /* it runs on this thread, after we return */
+  t->cancel = home->stopping;
   return t;
 }
 
 /* lua: treadle.spawn(fn, ...)
  * Runs fn(...) as a new task (a coroutine) on the calling task's worker.
+ * If fn raises and no task is waiting in task:join then, the error and its
+ * traceback go to stderr at once ("treadle: a task failed and nobody joins
+ * it: ..."), once; a join raises it all the same.
  * Returns: the task; it starts once the calling task waits or yields.
  * Errors: raises outside a task.
  * Example: local t = treadle.spawn(function(a, b) return a + b end, 1, 2) */
@@ -753,7 +836,7 @@ static int l_spawn(lua_State *L) {
   return 1;
 }
 
-static ltask_t *check_task(lua_State *L, int idx) {
+ltask_t *lt_check_task(lua_State *L, int idx) {
   return luaL_checkudata(L, idx, TASK_MT);
 }
 
@@ -769,12 +852,14 @@ lhome_t *lt_home(lua_State *L) {
 /* lua: task:join()
  * Waits for the task to finish.
  * Returns: the task's results.
- * Errors: raises the task's error, or "cancelled" after task:abort();
+ * Errors: raises the task's error (a string error with the task's traceback
+ * appended, as lua5.4 prints one; other values as they are), or
+ * "cancelled" after task:abort();
  * raises when it would have to wait outside a task, from the task itself,
  * from another worker's state, or while another task joins it.
  * Example: local sum = t:join() */
 static int l_task_join(lua_State *L) {
-  ltask_t *c = check_task(L, 1);
+  ltask_t *c = lt_check_task(L, 1);
   if (c->status != LT_RUNNING) /* done: no need to wait, or a task */
     return op_return(L, push_outcome(L, c));
   ltask_t *t = lt_need_task(L, "join");
@@ -791,34 +876,31 @@ static int l_task_join(lua_State *L) {
 
 /* lua: task:abort()
  * Cancels the task: it stops at its next wait, its to-be-closed variables
- * are closed, and join raises "cancelled". Does nothing once it finished. A
- * task in a `<close>` variable is aborted at the end of its scope.
+ * are closed, and join raises "cancelled". What it waits on is let go of at
+ * once: another task may read the conn it was reading right away. Does
+ * nothing once it finished. A task in a `<close>` variable is aborted at the
+ * end of its scope.
  * Returns: nothing. */
 static int l_task_abort(lua_State *L) {
-  ltask_t *c = check_task(L, 1);
-  if (c->status == LT_RUNNING && !c->cancel) {
-    c->cancel = true;
-    if (c->waker != NULL)
-      treadle_wake_by_ref(c->waker);
-  }
+  task_cancel(lt_check_task(L, 1));
   return 0;
 }
 
 /* lua: task:done()
  * Returns: true once the task has finished, failed or been cancelled. */
 static int l_task_done(lua_State *L) {
-  lua_pushboolean(L, check_task(L, 1)->status != LT_RUNNING);
+  lua_pushboolean(L, lt_check_task(L, 1)->status != LT_RUNNING);
   return 1;
 }
 
 static int l_task_gc(lua_State *L) {
-  report_unjoined(check_task(L, 1));
+  report_error(lt_check_task(L, 1));
   return 0;
 }
 
 static int l_task_tostring(lua_State *L) {
   static const char *names[] = {"running", "done", "failed", "cancelled"};
-  ltask_t *t = check_task(L, 1);
+  ltask_t *t = lt_check_task(L, 1);
   lua_pushfstring(L, "treadle.task (%s, worker %d): %p", names[t->status],
                   t->home->worker, (void *)t);
   return 1;
@@ -927,11 +1009,19 @@ static const luaL_Reg functions[] = {
     {"thread_id", l_thread_id}, {"signal", l_signal}, {"channel", l_channel},
     {NULL, NULL}};
 
+void lt_name_table(lua_State *L, const char *name) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  lua_pushvalue(L, -2);
+  lua_setfield(L, -2, name);
+  lua_pop(L, 1);
+}
+
 void lt_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
                   lua_CFunction gc, lua_CFunction close, lua_CFunction tostring) {
   luaL_newmetatable(L, name);
   lua_newtable(L);
   luaL_setfuncs(L, methods, 0);
+  lt_name_table(L, name);
   lua_setfield(L, -2, "__index");
   const struct { const char *key; lua_CFunction fn; } meta[] = {
       {"__gc", gc}, {"__close", close}, {"__tostring", tostring}};

@@ -2,7 +2,8 @@
  * and listener. Their methods return Ops (task.c) whose leaves run without
  * the GIL. A stream has one read in flight at a time (a second raises
  * RuntimeError, as asyncio's streams do); writes from several tasks queue
- * and go out whole, in order. */
+ * and go out whole, in order, each with the bytes its buffer held when
+ * write() was called. */
 #include "pytreadle.h"
 
 #include <arpa/inet.h>
@@ -99,12 +100,13 @@ static void stream_dealloc(streamobj_t *o) {
 static PyObject *stream_op(op_t *op, treadle_err_t err, const char *busy) {
   if (err == 0)
     return (PyObject *)op;
-  Py_DECREF(op);
+  const char *what = op->what;
+  pyt_op_drop(op);
   if (err == TREADLE_EBUSY) {
     PyErr_Format(PyExc_RuntimeError, "another task is already %s", busy);
     return NULL;
   }
-  return pyt_op_error(err);
+  return pyt_op_error(err, what);
 }
 
 static PyObject *stream_read(streamobj_t *o, PyObject *const *args,
@@ -128,7 +130,7 @@ static PyObject *stream_read(streamobj_t *o, PyObject *const *args,
       return NULL;
     }
   }
-  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o);
+  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o, "TcpStream.read");
   if (op == NULL)
     return NULL;
   return stream_op(op, tb_op_read(&op->tb, &o->st, (size_t)want),
@@ -136,11 +138,11 @@ static PyObject *stream_read(streamobj_t *o, PyObject *const *args,
 }
 
 static PyObject *stream_read_into(streamobj_t *o, PyObject *buf) {
-  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o);
+  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o, "TcpStream.read_into");
   if (op == NULL)
     return NULL;
   if (PyObject_GetBuffer(buf, &op->view, PyBUF_WRITABLE) < 0) {
-    Py_DECREF(op);
+    pyt_op_drop(op);
     return NULL;
   }
   op->has_view = true;
@@ -149,15 +151,39 @@ static PyObject *stream_read_into(streamobj_t *o, PyObject *buf) {
                    "reading from this stream");
 }
 
+/* True for bytes, and for a memoryview of bytes: buffers nobody can
+ * change. */
+static bool immutable_buffer(PyObject *data) {
+  if (PyMemoryView_Check(data))
+    data = PyMemoryView_GET_BASE(data); /* NULL: made from raw memory */
+  return data != NULL && PyBytes_Check(data);
+}
+
+/* A write sends what `data` holds at the call: a buffer that the caller
+ * may change (bytearray, writable memoryview, array) is copied now, as
+ * asyncio's transports copy what they cannot send at once, because the
+ * op reads it only from its first poll on, and for as long as the peer
+ * takes. Bytes are sent from where they are. */
 static PyObject *stream_write(streamobj_t *o, PyObject *data) {
-  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o);
+  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o, "TcpStream.write");
   if (op == NULL)
     return NULL;
   if (PyObject_GetBuffer(data, &op->view, PyBUF_SIMPLE) < 0) {
-    Py_DECREF(op);
+    pyt_op_drop(op);
     return NULL;
   }
   op->has_view = true;
+  if (!immutable_buffer(data)) {
+    PyObject *copy = PyBytes_FromStringAndSize(op->view.buf, op->view.len);
+    PyBuffer_Release(&op->view);
+    op->has_view = copy != NULL &&
+                   PyObject_GetBuffer(copy, &op->view, PyBUF_SIMPLE) == 0;
+    Py_XDECREF(copy); /* the view holds it */
+    if (!op->has_view) {
+      pyt_op_drop(op);
+      return NULL;
+    }
+  }
   return stream_op(op, tb_op_write(&op->tb, &o->st, op->view.buf,
                                    (size_t)op->view.len),
                    "writing to this stream");
@@ -165,7 +191,8 @@ static PyObject *stream_write(streamobj_t *o, PyObject *data) {
 
 static PyObject *stream_shutdown(streamobj_t *o, PyObject *Py_UNUSED(unused)) {
   treadle_err_t err = treadle_tcp_shutdown(o->st.s);
-  return err != 0 ? pyt_op_error(err) : pyt_op_ready(Py_NewRef(Py_None));
+  return err != 0 ? pyt_op_error(err, "TcpStream.shutdown")
+                  : pyt_op_ready(Py_NewRef(Py_None), "TcpStream.shutdown");
 }
 
 static PyObject *stream_close(streamobj_t *o, PyObject *Py_UNUSED(unused)) {
@@ -208,43 +235,56 @@ static PyObject *stream_connect(PyObject *Py_UNUSED(cls), PyObject *const *args,
     PyErr_SetString(PyExc_ValueError, "connect needs a host");
     return NULL;
   }
-  op_t *op = pyt_op_new(OP_LEAF, NULL);
+  op_t *op = pyt_op_new(OP_LEAF, NULL, "TcpStream.connect");
   if (op != NULL && tb_op_connect(&op->tb, host, port) != 0) {
-    Py_DECREF(op);
+    pyt_op_drop(op);
     return PyErr_NoMemory();
   }
   return (PyObject *)op;
 }
 
 static PyObject *self_ready(PyObject *o, PyObject *Py_UNUSED(unused)) {
-  return pyt_op_ready(Py_NewRef(o));
+  return pyt_op_ready(Py_NewRef(o), Py_IS_TYPE(o, &pyt_stream_type)
+                                        ? "TcpStream.__aenter__"
+                                        : "TcpListener.__aenter__");
 }
 
 static PyObject *stream_aexit(streamobj_t *o, PyObject *Py_UNUSED(args)) {
   tb_stream_close(&o->st);
-  return pyt_op_ready(Py_NewRef(Py_False));
+  return pyt_op_ready(Py_NewRef(Py_False), "TcpStream.__aexit__");
 }
 
 static PyMethodDef stream_methods[] = {
     {"connect", (PyCFunction)(void (*)(void))stream_connect,
      METH_FASTCALL | METH_STATIC,
+     "connect(host, port, /)\n--\n\n"
      "await TcpStream.connect(host, port) -> TcpStream. host is an address "
      "or a name (resolved on the blocking pool)."},
     {"read", (PyCFunction)(void (*)(void))stream_read, METH_FASTCALL,
+     "read($self, n=65536, /)\n--\n\n"
      "await read(n=65536) -> bytes: up to n bytes; b'' at end of stream."},
     {"read_into", (PyCFunction)stream_read_into, METH_O,
+     "read_into($self, buffer, /)\n--\n\n"
      "await read_into(buffer) -> int: reads into a writable buffer."},
     {"write", (PyCFunction)stream_write, METH_O,
-     "await write(data): writes all of a bytes-like object (no copy), after "
-     "the writes other tasks started before it."},
+     "write($self, data, /)\n--\n\n"
+     "await write(data): writes all of a bytes-like object, after the "
+     "writes other tasks started before it. It sends what data holds when "
+     "write() is called: a mutable buffer (bytearray, array, writable "
+     "memoryview) is copied then, and may be reused at once; bytes are "
+     "sent without a copy."},
     {"shutdown", (PyCFunction)stream_shutdown, METH_NOARGS,
+     "shutdown($self, /)\n--\n\n"
      "await shutdown(): shuts the write side; the peer reads end of stream."},
     {"close", (PyCFunction)stream_close, METH_NOARGS,
-     "close(): closes the socket; a task waiting on it gets ClosedError."},
+     "close($self, /)\n--\n\n"
+     "Closes the socket; a task waiting on it gets ClosedError."},
     {"set_nodelay", (PyCFunction)(void (*)(void))stream_set_nodelay, METH_FASTCALL,
-     "set_nodelay(on=True): TCP_NODELAY."},
-    {"__aenter__", self_ready, METH_NOARGS, "async with: the stream."},
-    {"__aexit__", (PyCFunction)stream_aexit, METH_VARARGS, "async with: closes it."},
+     "set_nodelay($self, on=True, /)\n--\n\nSets TCP_NODELAY (on by default)."},
+    {"__aenter__", self_ready, METH_NOARGS,
+     "__aenter__($self, /)\n--\n\nasync with: the stream."},
+    {"__aexit__", (PyCFunction)stream_aexit, METH_VARARGS,
+     "__aexit__($self, *exc)\n--\n\nasync with: closes it."},
     {NULL}};
 
 static PyGetSetDef stream_getset[] = {
@@ -291,24 +331,25 @@ static PyObject *listener_bind(PyObject *Py_UNUSED(cls), PyObject *args, PyObjec
   unsigned char addr[sizeof(struct in6_addr)];
   if (*host != '\0' && strcmp(host, "localhost") != 0 &&
       inet_pton(AF_INET, host, addr) != 1 && inet_pton(AF_INET6, host, addr) != 1) {
-    return pyt_op_error(TREADLE_ENOHOST); /* bind resolves no names */
+    /* bind resolves no names */
+    return pyt_op_error(TREADLE_ENOHOST, "TcpListener.bind");
   }
   treadle_tcp_bind_opts_t opts = {backlog, reuse != 0};
   treadle_tcp_listener_t *l;
   treadle_err_t err = treadle_tcp_bind(h, host, port, &opts, &l);
   if (err != 0)
-    return pyt_op_error(err);
+    return pyt_op_error(err, "TcpListener.bind");
   listenerobj_t *o = PyObject_New(listenerobj_t, &pyt_listener_type);
   if (o == NULL) {
     treadle_tcp_listener_free(l);
     return NULL;
   }
   tb_listener_init(&o->ls, l);
-  return pyt_op_ready((PyObject *)o);
+  return pyt_op_ready((PyObject *)o, "TcpListener.bind");
 }
 
 static op_t *accept_op(listenerobj_t *o) {
-  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o);
+  op_t *op = pyt_op_new(OP_LEAF, (PyObject *)o, "TcpListener.accept");
   if (op == NULL)
     return NULL;
   return (op_t *)stream_op(op, tb_op_accept(&op->tb, &o->ls),
@@ -333,7 +374,7 @@ static PyObject *listener_close(listenerobj_t *o, PyObject *Py_UNUSED(unused)) {
 
 static PyObject *listener_aexit(listenerobj_t *o, PyObject *Py_UNUSED(args)) {
   tb_listener_close(&o->ls);
-  return pyt_op_ready(Py_NewRef(Py_False));
+  return pyt_op_ready(Py_NewRef(Py_False), "TcpListener.__aexit__");
 }
 
 static PyObject *listener_addr(listenerobj_t *o, void *Py_UNUSED(unused)) {
@@ -350,16 +391,21 @@ static PyObject *listener_exhaustions(listenerobj_t *o, void *Py_UNUSED(unused))
 static PyMethodDef listener_methods[] = {
     {"bind", (PyCFunction)(void (*)(void))listener_bind,
      METH_VARARGS | METH_KEYWORDS | METH_STATIC,
+     "bind(host, port, *, backlog=1024, reuse_port=False)\n--\n\n"
      "await TcpListener.bind(host, port, *, backlog=1024, reuse_port=False) "
      "-> TcpListener. host: a numeric IPv4/IPv6 address, \"localhost\", or "
      "\"\"/None for every IPv4 address; port 0 picks one (see local_addr)."},
     {"accept", (PyCFunction)listener_accept, METH_NOARGS,
+     "accept($self, /)\n--\n\n"
      "await accept() -> (TcpStream, (host, port))."},
     {"close", (PyCFunction)listener_close, METH_NOARGS,
-     "close(): stops listening; a task in accept() gets ClosedError and "
+     "close($self, /)\n--\n\n"
+     "Stops listening; a task in accept() gets ClosedError and "
      "`async for` ends."},
-    {"__aenter__", self_ready, METH_NOARGS, "async with: the listener."},
-    {"__aexit__", (PyCFunction)listener_aexit, METH_VARARGS, "async with: closes it."},
+    {"__aenter__", self_ready, METH_NOARGS,
+     "__aenter__($self, /)\n--\n\nasync with: the listener."},
+    {"__aexit__", (PyCFunction)listener_aexit, METH_VARARGS,
+     "__aexit__($self, *exc)\n--\n\nasync with: closes it."},
     {NULL}};
 
 static PyGetSetDef listener_getset[] = {

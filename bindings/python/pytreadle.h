@@ -1,4 +1,4 @@
-/* The Python binding's C side, shared by its files (DESIGN.md "Python").
+/* The Python binding's C side, shared by its files (ARCHITECTURE.md "Python").
  *
  * runtime.c  the per-runtime record, the Python lane, GIL and thread
  *            hooks, block_on, shutdown, Runtime and Handle types
@@ -30,14 +30,19 @@ typedef struct pyrt_s {
   int flavor;                /* TREADLE_CURRENT_THREAD or _MULTI_THREAD */
   /* The Python lane: at most one thread of this runtime steps Python
    * code at a time; the others queue the task's waker and go on with C
-   * work (DESIGN.md "GIL discipline"). */
+   * work (ARCHITECTURE.md "GIL discipline"). */
   _Atomic int lane_held;
   _Atomic int lane_waiting;  /* wakers queued; read without mu */
   pthread_mutex_t lane_mu;
   treadle_waker_t **lane_wakers; /* guarded by lane_mu */
   size_t lane_len, lane_cap;     /* guarded by lane_mu */
   PyObject *on_start, *on_stop;  /* user hooks or NULL; freed with GIL */
+  PyObject *thread_name;         /* str: its threads' name in `threading` */
 } pyrt_t;
+
+/* The runtime that started this thread (a worker or a blocking-pool
+ * thread; the thread holds a reference), or NULL. */
+extern __thread pyrt_t *pyt_thread_rt;
 
 pyrt_t *pyrt_ref(pyrt_t *r);
 void pyrt_unref(pyrt_t *r); /* any thread; takes the GIL itself */
@@ -101,6 +106,8 @@ typedef struct op_s {
   PyObject_HEAD
   opkind_t kind;
   op_stage_t stage;
+  const char *what;     /* what it is, for messages: "sleep", "TcpStream.read" */
+  bool awaited;         /* awaited once (else it warns when freed) */
   bool anext;           /* an accept for `async for`: ECLOSED ends it */
   bool has_view;        /* `view` holds a buffer (read_into, write) */
   PyObject *result;     /* OP_READY's value, or the finished outcome */
@@ -110,12 +117,16 @@ typedef struct op_s {
 } op_t;
 
 extern PyTypeObject pyt_op_type;
-op_t *pyt_op_new(opkind_t kind, PyObject *owner);
+/* A new op; `what` (a static string) names it in messages. An op freed
+ * without ever being awaited gives a RuntimeWarning. */
+op_t *pyt_op_new(opkind_t kind, PyObject *owner, const char *what);
+/* Frees an op that was never handed to Python code (no warning). */
+void pyt_op_drop(op_t *op);
 /* An op whose await returns `value` (stolen) at once. */
-PyObject *pyt_op_ready(PyObject *value);
+PyObject *pyt_op_ready(PyObject *value, const char *what);
 /* An op whose await raises the error of `err` (or the exception set now,
  * when err is 0). */
-PyObject *pyt_op_error(treadle_err_t err);
+PyObject *pyt_op_error(treadle_err_t err, const char *what);
 
 /* ---------------------------------------------------------------- net */
 

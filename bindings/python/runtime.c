@@ -1,5 +1,5 @@
 /* The binding's runtime record, the Python lane, thread hooks, errors and
- * the RuntimeCore and Handle types (DESIGN.md "Python").
+ * the RuntimeCore and Handle types (ARCHITECTURE.md "Python").
  *
  * GIL protocol:
  * 1. A thread the runtime starts takes a Python thread state once, in its
@@ -22,6 +22,7 @@
 
 PyObject *pyt_Error, *pyt_ShutdownError, *pyt_ClosedError, *pyt_CancelledError;
 static PyObject *gaierror;
+static PyObject *current_thread; /* threading.current_thread */
 
 /* ------------------------------------------------------------- errors */
 
@@ -78,7 +79,9 @@ int pyt_duration(PyObject *secs, uint64_t *ns) {
     if (!PyErr_ExceptionMatches(PyExc_OverflowError))
       return -1;
     PyErr_Clear();
-    d = _PyLong_Sign(secs) < 0 ? 0.0 : INFINITY;
+    int sign; /* past a long's range too: -1 or 1 */
+    (void)PyLong_AsLongAndOverflow(secs, &sign);
+    d = sign < 0 ? 0.0 : INFINITY;
   }
   if (treadle_duration_from_secs(d, ns) != 0) {
     PyErr_SetString(PyExc_ValueError, "seconds must not be NaN");
@@ -102,10 +105,11 @@ void pyrt_unref(pyrt_t *r) {
   if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
     return;
   treadle_handle_unref(r->h);
-  if (r->on_start != NULL || r->on_stop != NULL) {
+  if (r->on_start != NULL || r->on_stop != NULL || r->thread_name != NULL) {
     PyGILState_STATE g = PyGILState_Ensure();
     Py_CLEAR(r->on_start);
     Py_CLEAR(r->on_stop);
+    Py_CLEAR(r->thread_name);
     PyGILState_Release(g);
   }
   for (size_t i = 0; i < r->lane_len; i++)
@@ -176,8 +180,10 @@ void pyrt_lane_leave(pyrt_t *r) {
 
 /* -------------------------------------------------------- thread hooks */
 
+__thread pyrt_t *pyt_thread_rt;
 static __thread PyGILState_STATE hook_gil;
 static __thread PyThreadState *hook_ts;
+static __thread PyObject *hook_thread; /* the thread's threading.Thread */
 
 static void call_hook(PyObject *fn) {
   if (fn == NULL)
@@ -188,11 +194,36 @@ static void call_hook(PyObject *fn) {
   Py_XDECREF(res);
 }
 
+/* Names the thread in `threading`, which would call it Dummy-N, after
+ * the runtime's thread_name (the OS has it too, cut to 15 bytes). */
+static void name_thread(pyrt_t *r) {
+  hook_thread = PyObject_CallNoArgs(current_thread);
+  if (hook_thread == NULL ||
+      PyObject_SetAttrString(hook_thread, "name", r->thread_name) < 0)
+    PyErr_WriteUnraisable(current_thread);
+}
+
+/* Drops the thread from `threading`'s table of live threads. Python 3.13
+ * does that itself for a thread it did not start; 3.11 and 3.12 never do,
+ * and would list the thread in threading.enumerate() forever. */
+static void forget_thread(void) {
+  if (hook_thread == NULL)
+    return;
+#if PY_VERSION_HEX < 0x030D0000
+  PyObject *res = PyObject_CallMethod(hook_thread, "_delete", NULL);
+  if (res == NULL)
+    PyErr_Clear(); /* a program took it out itself */
+  Py_XDECREF(res);
+#endif
+  Py_CLEAR(hook_thread);
+}
+
 /* Each thread holds a reference: blocking threads may outlive a runtime
  * shut down with a timeout. */
 static void thread_start(void *ud) {
-  pyrt_t *r = pyrt_ref(ud);
+  pyrt_t *r = pyt_thread_rt = pyrt_ref(ud); /* for Handle.current() */
   hook_gil = PyGILState_Ensure();
+  name_thread(r);
   call_hook(r->on_start);
   hook_ts = PyEval_SaveThread();
 }
@@ -201,7 +232,9 @@ static void thread_stop(void *ud) {
   pyrt_t *r = ud;
   PyEval_RestoreThread(hook_ts);
   call_hook(r->on_stop);
+  forget_thread();
   PyGILState_Release(hook_gil);
+  pyt_thread_rt = NULL;
   pyrt_unref(r);
 }
 
@@ -217,9 +250,14 @@ static PyTypeObject core_type, handle_type;
 /* Builds a runtime from a builder the package has configured through
  * the SWIG functions. Called from swig/treadle.i. */
 PyObject *treadle_py_build(treadle_builder_t *b, int flavor,
-                           PyObject *on_start, PyObject *on_stop) {
+                           PyObject *on_start, PyObject *on_stop,
+                           PyObject *thread_name) {
   if (b == NULL) {
     PyErr_SetString(PyExc_ValueError, "no builder");
+    return NULL;
+  }
+  if (!PyUnicode_Check(thread_name)) {
+    PyErr_SetString(PyExc_TypeError, "thread_name must be a str");
     return NULL;
   }
   for (PyObject **fn = (PyObject *[]){on_start, on_stop}, **end = fn + 2;
@@ -241,6 +279,7 @@ PyObject *treadle_py_build(treadle_builder_t *b, int flavor,
   r->flavor = flavor;
   r->on_start = on_start == Py_None ? NULL : Py_NewRef(on_start);
   r->on_stop = on_stop == Py_None ? NULL : Py_NewRef(on_stop);
+  r->thread_name = Py_NewRef(thread_name);
   treadle_builder_on_thread_start(b, thread_start, r);
   treadle_builder_on_thread_stop(b, thread_stop, r);
   treadle_runtime_t *rt = NULL;
@@ -346,15 +385,18 @@ static PyObject *core_flavor(coreobj_t *self, void *Py_UNUSED(unused)) {
 
 static PyMethodDef core_methods[] = {
     {"spawn", (PyCFunction)core_spawn, METH_O,
-     "spawn(coro) -> JoinHandle: runs coro as a task of this runtime."},
+     "spawn($self, coro, /)\n--\n\n"
+     "Runs coro as a task of this runtime: a JoinHandle."},
     {"block_on_step", (PyCFunction)core_block_on_step, METH_VARARGS,
-     "block_on_step(join, watch_sigint) -> bool: drives the runtime until "
-     "the task of `join` finishes (True) or a signal needs Python (False)."},
+     "block_on_step($self, join, watch_sigint, /)\n--\n\n"
+     "Drives the runtime until the task of `join` finishes (True) or a "
+     "signal needs Python (False)."},
     {"shutdown", (PyCFunction)core_shutdown, METH_O,
-     "shutdown(timeout) -> bool: cancels every task and joins every thread; "
-     "False if blocking jobs were still running after timeout seconds."},
+     "shutdown($self, timeout, /)\n--\n\n"
+     "Cancels every task and joins every thread; False if blocking jobs "
+     "were still running after timeout seconds (None: no limit)."},
     {"handle", (PyCFunction)core_handle, METH_NOARGS,
-     "handle() -> Handle: a thread-safe handle to this runtime."},
+     "handle($self, /)\n--\n\nA thread-safe Handle to this runtime."},
     {NULL}};
 
 static PyGetSetDef core_getset[] = {
@@ -384,22 +426,29 @@ static PyObject *handle_spawn(coreobj_t *self, PyObject *coro) {
   return pyt_spawn(self->r, coro);
 }
 
+/* The runtime of the running task, else the one whose thread this is (a
+ * blocking job, a thread hook), as treadle_handle_current() finds it. */
 static PyObject *handle_current(PyObject *Py_UNUSED(cls), PyObject *Py_UNUSED(unused)) {
-  if (pyt_current == NULL) {
+  pyrt_t *r = pyt_current != NULL ? pytask_runtime(pyt_current) : pyt_thread_rt;
+  if (r == NULL) {
     PyErr_SetString(PyExc_RuntimeError,
-                    "no treadle task is running on this thread");
+                    "no treadle task is running on this thread, and no "
+                    "runtime started it");
     return NULL;
   }
-  return handle_wrap(pytask_runtime(pyt_current));
+  return handle_wrap(r);
 }
 
 static PyMethodDef handle_methods[] = {
     {"spawn", (PyCFunction)handle_spawn, METH_O,
-     "spawn(coro) -> JoinHandle: spawns coro onto the runtime, from any "
-     "thread (a worker, the main thread, a threading.Thread)."},
+     "spawn($self, coro, /)\n--\n\n"
+     "Spawns coro onto the runtime, from any thread (a worker, the main "
+     "thread, a threading.Thread): a JoinHandle."},
     {"current", (PyCFunction)handle_current, METH_NOARGS | METH_STATIC,
-     "Handle.current() -> Handle: the runtime of the running task "
-     "(RuntimeError outside a task)."},
+     "current()\n--\n\n"
+     "The Handle of the running task's runtime, or of the runtime whose "
+     "thread this is (a blocking job, a thread hook); RuntimeError "
+     "elsewhere."},
     {NULL}};
 
 static PyTypeObject handle_type = {
@@ -417,13 +466,20 @@ static PyTypeObject handle_type = {
 int pyt_runtime_init(PyObject *m) {
   PyObject *sock = PyImport_ImportModule("socket");
   PyObject *aio = PyImport_ImportModule("asyncio");
-  if (sock == NULL || aio == NULL)
+  PyObject *threading = PyImport_ImportModule("threading");
+  if (sock == NULL || aio == NULL || threading == NULL) {
+    Py_XDECREF(sock);
+    Py_XDECREF(aio);
+    Py_XDECREF(threading);
     return -1;
+  }
   gaierror = PyObject_GetAttrString(sock, "gaierror");
   pyt_CancelledError = PyObject_GetAttrString(aio, "CancelledError");
+  current_thread = PyObject_GetAttrString(threading, "current_thread");
   Py_DECREF(sock);
   Py_DECREF(aio);
-  if (gaierror == NULL || pyt_CancelledError == NULL)
+  Py_DECREF(threading);
+  if (gaierror == NULL || pyt_CancelledError == NULL || current_thread == NULL)
     return -1;
   pyt_Error = PyErr_NewExceptionWithDoc(
       "treadle.Error", "An error from treadle's core; .code and .name "

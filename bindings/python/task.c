@@ -1,5 +1,5 @@
 /* Python tasks, the awaitable Op, JoinHandle, and the module functions
- * that make ops (DESIGN.md "Python").
+ * that make ops (ARCHITECTURE.md "Python").
  *
  * A Python task is a treadle task whose state holds a coroutine. Its poll:
  * 1. If the coroutine waits on an op and no cancel is pending, poll the
@@ -120,12 +120,18 @@ static void output_drop(void *value) {
 
 /* ----------------------------------------------------------------- Op */
 
-op_t *pyt_op_new(opkind_t kind, PyObject *owner) {
+/* Set by an atexit hook: ops freed while the interpreter exits (module
+ * globals) were not forgotten by anyone, so they do not warn. */
+static bool exiting;
+
+op_t *pyt_op_new(opkind_t kind, PyObject *owner, const char *what) {
   op_t *op = PyObject_New(op_t, &pyt_op_type);
   if (op == NULL)
     return NULL;
   op->kind = kind;
   op->stage = OP_NEW;
+  op->what = what;
+  op->awaited = false;
   op->anext = false;
   op->has_view = false;
   op->result = NULL;
@@ -134,10 +140,15 @@ op_t *pyt_op_new(opkind_t kind, PyObject *owner) {
   return op;
 }
 
-PyObject *pyt_op_ready(PyObject *value) {
+void pyt_op_drop(op_t *op) {
+  op->awaited = true; /* nobody had it to forget */
+  Py_DECREF(op);
+}
+
+PyObject *pyt_op_ready(PyObject *value, const char *what) {
   if (value == NULL)
     return NULL;
-  op_t *op = pyt_op_new(OP_READY, NULL);
+  op_t *op = pyt_op_new(OP_READY, NULL, what);
   if (op == NULL) {
     Py_DECREF(value);
     return NULL;
@@ -151,10 +162,10 @@ static void join_take(joinobj_t *jo, treadle_err_t status, void *value);
 
 static void *fetch_exception(void);
 
-PyObject *pyt_op_error(treadle_err_t err) {
+PyObject *pyt_op_error(treadle_err_t err, const char *what) {
   if (err != 0)
     pyt_raise(err);
-  op_t *op = pyt_op_new(OP_READY, NULL);
+  op_t *op = pyt_op_new(OP_READY, NULL, what);
   void *exc = fetch_exception();
   if (op == NULL) {
     Py_DECREF((PyObject *)((uintptr_t)exc & ~EXC_TAG));
@@ -165,8 +176,21 @@ PyObject *pyt_op_error(treadle_err_t err) {
   return (PyObject *)op;
 }
 
+/* A RuntimeWarning for an op that nobody awaited, as Python gives one for
+ * a coroutine: `treadle.sleep(1)` without `await` does nothing. Keeps the
+ * exception being raised, if any (dealloc may run in the middle of it). */
+static void warn_never_awaited(op_t *op) {
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  if (PyErr_WarnFormat(PyExc_RuntimeWarning, 1,
+                       "treadle operation %s was never awaited", op->what) < 0)
+    PyErr_WriteUnraisable(NULL); /* op is going: no repr of it */
+  PyErr_Restore(type, value, tb);
+}
 
 static void op_dealloc(op_t *op) {
+  if (!op->awaited && !exiting)
+    warn_never_awaited(op);
   switch (op->kind) {
   case OP_READY:
   case OP_LEAF:
@@ -264,6 +288,7 @@ static int op_finish(op_t *op) {
 }
 
 static PySendResult op_send(op_t *op, PyObject *Py_UNUSED(arg), PyObject **out) {
+  op->awaited = true;
   if (op->stage == OP_NEW) {
     if (pyt_current == NULL) {
       if (dropping)
@@ -279,7 +304,8 @@ static PySendResult op_send(op_t *op, PyObject *Py_UNUSED(arg), PyObject **out) 
       joinobj_t *jo = (joinobj_t *)op->owner;
       if (jo->awaiting) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "another task is already awaiting this JoinHandle");
+                        "another task or thread is already waiting for "
+                        "this JoinHandle");
         *out = NULL;
         return PYGEN_ERROR;
       }
@@ -342,7 +368,11 @@ static PyAsyncMethods op_async = {
 };
 
 static PyMethodDef op_methods[] = {
-    {"send", (PyCFunction)op_send_method, METH_O, "Generator protocol."},
+    {"send", (PyCFunction)op_send_method, METH_O,
+     "send($self, value, /)\n--\n\nThe generator protocol (await uses it)."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
+     "__class_getitem__($type, item, /)\n--\n\n"
+     "Op[T]: an op whose await gives a T (PEP 585)."},
     {NULL}};
 
 PyTypeObject pyt_op_type = {
@@ -352,7 +382,9 @@ PyTypeObject pyt_op_type = {
     .tp_dealloc = (destructor)op_dealloc,
     .tp_as_async = &op_async,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "A treadle operation; await it inside a treadle task.",
+    .tp_doc = "A treadle operation; await it inside a treadle task. One "
+              "that is freed without ever being awaited gives a "
+              "RuntimeWarning, as a coroutine does.",
     .tp_iter = PyObject_SelfIter,
     .tp_iternext = (iternextfunc)op_iternext,
     .tp_methods = op_methods,
@@ -399,6 +431,64 @@ static void task_release_python(pytask_t *t) {
   Py_CLEAR(t->ctx);
 }
 
+/* What a treadle task says instead of its awaits, for people who know
+ * asyncio. */
+#define USE_INSTEAD                                                          \
+  "await treadle's own awaitables (treadle.sleep, yield_now, spawn, "       \
+  "timeout, a JoinHandle, TcpStream), or run asyncio code in a thread: "    \
+  "await treadle.spawn_blocking(asyncio.run, coro)"
+
+/* The RuntimeError (new reference, or NULL) thrown into a coroutine that
+ * yielded `out`, which is not an op: what it awaited, and what to use. */
+static PyObject *not_an_op(PyObject *out) {
+  PyObject *msg;
+  if (out == Py_None) /* asyncio.sleep(0), a bare yield */
+    msg = PyUnicode_FromString(
+        "a treadle task awaited None (a bare yield, such as asyncio.sleep(0) "
+        "makes): use treadle.sleep() or treadle.yield_now(); " USE_INSTEAD);
+  else if (PyObject_HasAttrString((PyObject *)Py_TYPE(out),
+                                  "_asyncio_future_blocking")) /* isfuture */
+    msg = PyUnicode_FromFormat(
+        "a treadle task awaited %R, an asyncio future: asyncio's objects "
+        "need asyncio's event loop, which treadle tasks do not run on; "
+        USE_INSTEAD, out);
+  else
+    msg = PyUnicode_FromFormat(
+        "a treadle task awaited %R, which is not a treadle awaitable; "
+        USE_INSTEAD, out);
+  if (msg == NULL)
+    return NULL;
+  PyObject *exc = PyObject_CallOneArg(PyExc_RuntimeError, msg);
+  Py_DECREF(msg);
+  return exc;
+}
+
+/* asyncio.sleep(1), asyncio.get_running_loop() and the like raise
+ * "no running event loop" in a treadle task: a note on that exception, as
+ * it leaves the task, says why and what to use. */
+static void add_asyncio_note(PyObject *exc) {
+  static const char note[] =
+      "treadle tasks do not run on asyncio's event loop: " USE_INSTEAD;
+  if (!PyErr_GivenExceptionMatches(exc, PyExc_RuntimeError))
+    return;
+  PyObject *text = PyObject_Str(exc);
+  PyObject *notes = NULL, *res = NULL;
+  if (text != NULL &&
+      PyUnicode_CompareWithASCIIString(text, "no running event loop") == 0) {
+    /* Once, though it leaves several tasks that await each other. */
+    notes = PyObject_GetAttrString(exc, "__notes__");
+    PyErr_Clear();
+    PyObject *str = PyUnicode_FromString(note);
+    if (str != NULL && (notes == NULL || PySequence_Contains(notes, str) == 0))
+      res = PyObject_CallMethod(exc, "add_note", "O", str);
+    Py_XDECREF(str);
+  }
+  PyErr_Clear(); /* only a hint: never an error of its own */
+  Py_XDECREF(res);
+  Py_XDECREF(notes);
+  Py_XDECREF(text);
+}
+
 /* GIL, lane. Runs the coroutine until it awaits an op that is not ready
  * (false) or finishes (true, output set). */
 static bool step(pytask_t *t, treadle_cx_t *cx) {
@@ -435,15 +525,8 @@ static bool step(pytask_t *t, treadle_cx_t *cx) {
         t->op = (op_t *)out;
         break;
       }
-      exc = PyUnicode_FromFormat("a treadle task awaited %R, which is not a "
-                                 "treadle awaitable (asyncio futures do not "
-                                 "work on treadle)", out);
+      exc = not_an_op(out);
       Py_DECREF(out);
-      if (exc != NULL) {
-        PyObject *msg = exc;
-        exc = PyObject_CallOneArg(PyExc_RuntimeError, msg);
-        Py_DECREF(msg);
-      }
       continue;
     }
     done = true;
@@ -454,6 +537,7 @@ static bool step(pytask_t *t, treadle_cx_t *cx) {
         treadle_cx_set_output(cx, 0, out);
     } else {
       PyObject *value = (PyObject *)((uintptr_t)fetch_exception() & ~EXC_TAG);
+      add_asyncio_note(value);
       if (PyErr_GivenExceptionMatches(value, pyt_CancelledError)) {
         Py_DECREF(value);
         treadle_cx_set_output(cx, TREADLE_ECANCELED, NULL);
@@ -688,7 +772,7 @@ static void join_dealloc(joinobj_t *jo) {
 }
 
 static PyObject *join_await(joinobj_t *jo) {
-  op_t *op = pyt_op_new(OP_JOIN, (PyObject *)jo);
+  op_t *op = pyt_op_new(OP_JOIN, (PyObject *)jo, "JoinHandle");
   if (op != NULL)
     tb_op_join(&op->tb, jo->j);
   return (PyObject *)op;
@@ -714,24 +798,100 @@ static PyObject *join_done(joinobj_t *jo, PyObject *Py_UNUSED(unused)) {
                          (jo->j != NULL && treadle_join_is_finished(jo->j)));
 }
 
-/* After block_on: the task's value, or its exception raised. */
-static PyObject *join_result(joinobj_t *jo, PyObject *Py_UNUSED(unused)) {
+/* What result() says on a thread that runs the runtime's tasks, where
+ * waiting would stall the very tasks it waits for. */
+static PyObject *no_wait_here(void) {
+  PyErr_SetString(PyExc_RuntimeError,
+                  "the task has not finished, and a thread that runs treadle "
+                  "tasks cannot wait for it: `await` the JoinHandle instead "
+                  "of calling result()");
+  return NULL;
+}
+
+/* How long one wait of result() lasts at most, so that Ctrl-C reaches a
+ * main thread that waits (Python runs signal handlers between waits). */
+#define RESULT_SLICE_NS (100 * 1000 * 1000ull)
+
+/* GIL. Brings the task's outcome into the JoinHandle, waiting up to `ns`
+ * for it outside the runtime's threads (without the GIL). 0, or -1 with
+ * an exception set: TimeoutError, or RuntimeError where it cannot wait.
+ * The core's join is used by one thread at a time: `awaiting` marks the
+ * task or thread that uses it without the GIL. */
+static int join_collect(joinobj_t *jo, uint64_t ns) {
   if (jo->has_pending)
     join_take(jo, jo->pending_status, jo->pending_value);
+  if (jo->outcome != JOIN_PENDING)
+    return 0;
+  if (jo->awaiting) {
+    PyErr_SetString(PyExc_RuntimeError,
+                    "another task or thread is already waiting for this "
+                    "JoinHandle");
+    return -1;
+  }
+  void *value = NULL;
+  treadle_err_t err = treadle_join_try(jo->j, &value);
+  if (err != TREADLE_EAGAIN) {
+    join_take(jo, err, value);
+    return 0;
+  }
+  if (ns == 0) {
+    PyErr_SetString(PyExc_TimeoutError, "the task has not finished");
+    return -1;
+  }
+  if (pyt_current != NULL) {
+    no_wait_here();
+    return -1;
+  }
+  uint64_t start = treadle_now();
+  jo->awaiting = true;
+  for (;;) {
+    uint64_t spent = treadle_now() - start;
+    if (spent >= ns) {
+      err = TREADLE_ETIMEDOUT;
+      break;
+    }
+    uint64_t slice = ns - spent < RESULT_SLICE_NS ? ns - spent : RESULT_SLICE_NS;
+    Py_BEGIN_ALLOW_THREADS
+    err = treadle_join_wait_timeout(jo->j, slice, &value);
+    Py_END_ALLOW_THREADS
+    if (err != TREADLE_ETIMEDOUT || PyErr_CheckSignals() < 0)
+      break;
+  }
+  jo->awaiting = false;
+  if (PyErr_Occurred()) /* a signal handler raised (KeyboardInterrupt) */
+    return -1;
+  switch (err) {
+  case TREADLE_ETIMEDOUT: /* a task's status is never ETIMEDOUT */
+    PyErr_SetString(PyExc_TimeoutError, "the task has not finished");
+    return -1;
+  case TREADLE_EINRUNTIME: /* a runtime's thread outside a task: a hook */
+    no_wait_here();
+    return -1;
+  case TREADLE_ENOMEM:
+    PyErr_NoMemory();
+    return -1;
+  default:
+    join_take(jo, err, value);
+    return 0;
+  }
+}
+
+static PyObject *join_result(joinobj_t *jo, PyObject *args, PyObject *kw) {
+  static char *names[] = {"timeout", NULL};
+  PyObject *timeout = Py_None;
+  uint64_t ns = TREADLE_FOREVER;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:result", names, &timeout) ||
+      (timeout != Py_None && pyt_duration(timeout, &ns) < 0) ||
+      join_collect(jo, ns) < 0)
+    return NULL;
   jo->retrieved = true;
-  switch (jo->outcome) {
-  case JOIN_VALUE:
+  if (jo->outcome == JOIN_VALUE)
     return Py_NewRef(jo->value);
-  case JOIN_EXCEPTION:
+  if (jo->outcome == JOIN_EXCEPTION) {
     PyErr_SetObject((PyObject *)Py_TYPE(jo->value), jo->value);
     return NULL;
-  case JOIN_CANCELLED:
-    return pyt_raise(TREADLE_ECANCELED);
-  case JOIN_PENDING:
-    break;
   }
-  PyErr_SetString(PyExc_RuntimeError, "the task has not finished");
-  return NULL;
+  return pyt_raise(TREADLE_ECANCELED); /* JOIN_CANCELLED */
 }
 
 static PyObject *join_id(joinobj_t *jo, void *Py_UNUSED(unused)) {
@@ -740,13 +900,25 @@ static PyObject *join_id(joinobj_t *jo, void *Py_UNUSED(unused)) {
 
 static PyMethodDef join_methods[] = {
     {"abort", (PyCFunction)join_abort, METH_NOARGS,
+     "abort($self, /)\n--\n\n"
      "Cancels the task: CancelledError is thrown into it at its current "
      "await (before its first step, it never runs). A blocking job is "
      "cancelled only if it has not started."},
     {"done", (PyCFunction)join_done, METH_NOARGS,
+     "done($self, /)\n--\n\n"
      "True once the task has finished, failed or been cancelled."},
-    {"result", (PyCFunction)join_result, METH_NOARGS,
-     "The finished task's value; raises its exception, or CancelledError."},
+    {"result", (PyCFunction)(void (*)(void))join_result,
+     METH_VARARGS | METH_KEYWORDS,
+     "result($self, /, timeout=None)\n--\n\n"
+     "The task's value; raises its exception, or "
+     "CancelledError. From any thread once the task has finished (done()). "
+     "Until then a thread outside the runtime waits for it, at most timeout "
+     "seconds (TimeoutError), without the GIL (concurrent.futures.Future."
+     "result); timeout=0 never waits. A thread that runs the runtime's "
+     "tasks never waits: inside a task, await the handle."},
+    {"__class_getitem__", Py_GenericAlias, METH_O | METH_CLASS,
+     "__class_getitem__($type, item, /)\n--\n\n"
+     "JoinHandle[T]: the handle of a task that returns a T (PEP 585)."},
     {NULL}};
 
 static PyGetSetDef join_getset[] = {
@@ -764,7 +936,14 @@ static PyTypeObject join_type = {
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "A spawned task. `await handle` returns its value or raises "
               "its exception (CancelledError once aborted). Dropping it "
-              "detaches the task.",
+              "detaches the task.\n\n"
+              "Outside a task, result() gives the outcome, waiting for it on "
+              "a thread outside the runtime:\n\n"
+              "    h = runtime.spawn(main())\n"
+              "    value = h.result(timeout=10)\n\n"
+              "asyncio code waits with `await asyncio.to_thread(h.result)`; "
+              "`executor.submit(h.result)` makes a concurrent.futures.Future "
+              "of it (asyncio.wrap_future takes that).",
     .tp_methods = join_methods,
     .tp_getset = join_getset,
 };
@@ -772,13 +951,13 @@ static PyTypeObject join_type = {
 /* ------------------------------------------------------ blocking jobs */
 
 typedef struct {
-  PyObject *fn, *args, *ctx;
+  PyObject *fn, *args, *kwargs, *ctx; /* kwargs: a dict of its own, or NULL */
 } bjob_t;
 
 static treadle_err_t bjob_run(void *state, void **value) {
   bjob_t *b = state;
   PyGILState_STATE g = PyGILState_Ensure();
-  PyObject *res = PyContext_Enter(b->ctx) == 0 ? PyObject_Call(b->fn, b->args, NULL) : NULL;
+  PyObject *res = PyContext_Enter(b->ctx) == 0 ? PyObject_Call(b->fn, b->args, b->kwargs) : NULL;
   if (res != NULL) {
     *value = res == Py_None ? (Py_DECREF(res), NULL) : res;
   } else {
@@ -795,6 +974,7 @@ static void bjob_drop(void *state) {
   PyGILState_STATE g = PyGILState_Ensure();
   Py_XDECREF(b->fn);
   Py_XDECREF(b->args);
+  Py_XDECREF(b->kwargs);
   Py_XDECREF(b->ctx);
   PyGILState_Release(g);
 }
@@ -807,7 +987,12 @@ static const treadle_blocking_vtable_t bjob_vt = {
 static pytask_t *need_task(void) {
   if (pyt_current == NULL)
     PyErr_SetString(PyExc_RuntimeError,
-                    "no treadle task is running on this thread");
+                    pyt_thread_rt != NULL
+                        ? "no treadle task is running on this thread (a "
+                          "runtime's thread outside its tasks, such as a "
+                          "blocking job, spawns with "
+                          "treadle.Handle.current().spawn)"
+                        : "no treadle task is running on this thread");
   return pyt_current;
 }
 
@@ -815,14 +1000,14 @@ static PyObject *mod_sleep(PyObject *Py_UNUSED(m), PyObject *secs) {
   uint64_t ns;
   if (pyt_duration(secs, &ns) < 0)
     return NULL;
-  op_t *op = pyt_op_new(OP_LEAF, NULL);
+  op_t *op = pyt_op_new(OP_LEAF, NULL, "sleep");
   if (op != NULL)
     tb_op_sleep(&op->tb, ns);
   return (PyObject *)op;
 }
 
 static PyObject *mod_yield_now(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(unused)) {
-  op_t *op = pyt_op_new(OP_LEAF, NULL);
+  op_t *op = pyt_op_new(OP_LEAF, NULL, "yield_now");
   if (op != NULL)
     tb_op_yield(&op->tb);
   return (PyObject *)op;
@@ -833,19 +1018,25 @@ static PyObject *mod_spawn(PyObject *Py_UNUSED(m), PyObject *coro) {
   return t != NULL ? pyt_spawn(t->r, coro) : NULL;
 }
 
-static PyObject *mod_spawn_blocking(PyObject *Py_UNUSED(m), PyObject *args) {
+/* spawn_blocking(fn, /, *args, **kwargs): the keywords are copied, as
+ * asyncio.to_thread's are, so that the caller may change its dict. */
+static PyObject *mod_spawn_blocking(PyObject *Py_UNUSED(m), PyObject *args,
+                                    PyObject *kw) {
   pytask_t *t = need_task();
   if (t == NULL)
     return NULL;
   if (PyTuple_GET_SIZE(args) < 1 || !PyCallable_Check(PyTuple_GET_ITEM(args, 0))) {
-    PyErr_SetString(PyExc_TypeError, "spawn_blocking(fn, *args): fn must be callable");
+    PyErr_SetString(PyExc_TypeError,
+                    "spawn_blocking(fn, /, *args, **kwargs): fn must be callable");
     return NULL;
   }
   bjob_t b = {.fn = Py_NewRef(PyTuple_GET_ITEM(args, 0)),
               .args = PyTuple_GetSlice(args, 1, PyTuple_GET_SIZE(args)),
+              .kwargs = kw != NULL ? PyDict_Copy(kw) : NULL,
               .ctx = PyContext_CopyCurrent()};
   joinobj_t *jo = join_new(NULL);
-  if (b.args == NULL || b.ctx == NULL || jo == NULL) {
+  if (b.args == NULL || (kw != NULL && b.kwargs == NULL) || b.ctx == NULL ||
+      jo == NULL) {
     Py_XDECREF(jo);
     bjob_drop(&b);
     return NULL;
@@ -873,12 +1064,12 @@ static PyObject *mod_signal(PyObject *Py_UNUSED(m), PyObject *arg) {
   long signum = PyLong_AsLongAndOverflow(arg, &overflow);
   if (signum == -1 && PyErr_Occurred())
     return NULL;
-  op_t *op = pyt_op_new(OP_LEAF, NULL);
+  op_t *op = pyt_op_new(OP_LEAF, NULL, "signal");
   if (op == NULL)
     return NULL;
   if (overflow != 0 || signum < INT_MIN || signum > INT_MAX ||
       tb_op_signal(&op->tb, (int)signum) != 0) {
-    Py_DECREF(op);
+    pyt_op_drop(op);
     return PyErr_Format(PyExc_ValueError, "cannot wait for signal %R", arg);
   }
   return (PyObject *)op;
@@ -910,7 +1101,7 @@ static PyObject *mod_wait(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssiz
   }
   if (pyt_duration(args[1], &ns) < 0)
     return NULL;
-  op_t *op = pyt_op_new(OP_JOIN, args[0]);
+  op_t *op = pyt_op_new(OP_JOIN, args[0], "wait");
   if (op != NULL) {
     tb_op_join(&op->tb, ((joinobj_t *)args[0])->j);
     tb_op_set_deadline(&op->tb, ns); /* counted from the first poll */
@@ -919,23 +1110,60 @@ static PyObject *mod_wait(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssiz
 }
 
 static PyMethodDef task_functions[] = {
-    {"sleep", mod_sleep, METH_O, "sleep(seconds): an awaitable."},
-    {"yield_now", mod_yield_now, METH_NOARGS, "yield_now(): an awaitable."},
-    {"spawn", mod_spawn, METH_O, "spawn(coro) -> JoinHandle."},
-    {"spawn_blocking", mod_spawn_blocking, METH_VARARGS,
-     "spawn_blocking(fn, *args) -> JoinHandle (awaitable)."},
-    {"current_worker", mod_current_worker, METH_NOARGS, "current_worker() -> int."},
-    {"signal", mod_signal, METH_O, "signal(signum): an awaitable."},
+    {"sleep", mod_sleep, METH_O,
+     "sleep($module, seconds, /)\n--\n\nAn op: await it to sleep."},
+    {"yield_now", mod_yield_now, METH_NOARGS,
+     "yield_now($module, /)\n--\n\nAn op: await it to let others run."},
+    {"spawn", mod_spawn, METH_O,
+     "spawn($module, coro, /)\n--\n\n"
+     "Spawns coro onto the running task's runtime: a JoinHandle."},
+    {"spawn_blocking", (PyCFunction)(void (*)(void))mod_spawn_blocking,
+     METH_VARARGS | METH_KEYWORDS,
+     "spawn_blocking($module, fn, /, *args, **kwargs)\n--\n\n"
+     "Runs fn(*args, **kwargs) on the blocking pool: a JoinHandle."},
+    {"current_worker", mod_current_worker, METH_NOARGS,
+     "current_worker($module, /)\n--\n\n"
+     "The index of the worker running this task (0 on current_thread)."},
+    {"signal", mod_signal, METH_O,
+     "signal($module, signum, /)\n--\n\n"
+     "An op: await it for the next delivery of a Unix signal."},
     {"sigint_taken", mod_sigint_taken, METH_NOARGS,
-     "sigint_taken() -> bool: a task has waited for SIGINT."},
+     "sigint_taken($module, /)\n--\n\nTrue once a task has waited for "
+     "SIGINT."},
     {"check_not_in_task", mod_check_not_in_task, METH_NOARGS,
+     "check_not_in_task($module, /)\n--\n\n"
      "Raises treadle.Error (EINRUNTIME) inside a treadle task."},
     {"wait", (PyCFunction)(void (*)(void))mod_wait, METH_FASTCALL,
-     "wait(join, seconds): awaitable, True when done, False on deadline."},
+     "wait($module, join, seconds, /)\n--\n\n"
+     "An op: True once the task finished, False at the deadline."},
     {NULL}};
 
+static PyObject *mark_exiting(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(unused)) {
+  exiting = true;
+  Py_RETURN_NONE;
+}
+
+static PyMethodDef exiting_def = {
+    "_mark_exiting", mark_exiting, METH_NOARGS,
+    "_mark_exiting($module, /)\n--\n\n"
+    "An atexit hook: ops freed from now on do not warn."};
+
+/* Runs mark_exiting when the interpreter exits. */
+static int register_exiting(void) {
+  PyObject *atexit = PyImport_ImportModule("atexit");
+  PyObject *fn = PyCFunction_New(&exiting_def, NULL);
+  PyObject *res = atexit != NULL && fn != NULL
+                      ? PyObject_CallMethod(atexit, "register", "O", fn)
+                      : NULL;
+  Py_XDECREF(atexit);
+  Py_XDECREF(fn);
+  Py_XDECREF(res);
+  return res != NULL ? 0 : -1;
+}
+
 int pyt_task_init(PyObject *m) {
-  if (PyType_Ready(&pyt_op_type) < 0 || PyType_Ready(&join_type) < 0)
+  if (PyType_Ready(&pyt_op_type) < 0 || PyType_Ready(&join_type) < 0 ||
+      register_exiting() < 0)
     return -1;
   if (PyModule_AddObjectRef(m, "JoinHandle", (PyObject *)&join_type) < 0 ||
       PyModule_AddObjectRef(m, "Op", (PyObject *)&pyt_op_type) < 0)

@@ -576,16 +576,54 @@ treadle_err_t treadle_tcp_bind(treadle_handle_t *h, const char *host,
                                int port, const treadle_tcp_bind_opts_t *opts,
                                treadle_tcp_listener_t **out);
 
+/* ------------------------------------------------------------ host names */
+
+/** A host name lookup future (Tokio's lookup_host), embedded in the
+ * caller's state. Fields are private. getaddrinfo runs on the blocking
+ * pool, so a slow resolver never blocks a worker; a numeric address is
+ * the result at once. */
+typedef struct treadle_lookup_s {
+  uint64_t opaque_[6];
+} treadle_lookup_t;
+
+/** The addresses a lookup found (library-allocated; free with
+ * treadle_addrs_free). */
+typedef struct treadle_addrs_s treadle_addrs_t;
+
+/** Prepares a lookup of `host` (a name, or a numeric IPv4 or IPv6 address,
+ * "[::1]" too) for `port` (0..65535, written into every address). Errors:
+ * TREADLE_EINVAL (NULL, an empty host, a bad port), TREADLE_ENOMEM; the
+ * future then need not be dropped. Any thread. */
+treadle_err_t treadle_lookup_host_init(treadle_lookup_t *lk,
+                                       treadle_handle_t *h, const char *host,
+                                       int port);
+/** READY with the IPv4 and IPv6 addresses in the resolver's order, without
+ * repeats, in *out (the caller's) and *err = 0; or *out = NULL and
+ * TREADLE_ENOHOST (no such host), TREADLE_ENOMEM, TREADLE_ESHUTDOWN, or
+ * -errno. READY once: poll it no more after. */
+treadle_poll_t treadle_lookup_host_poll(treadle_lookup_t *lk, treadle_cx_t *cx,
+                                        treadle_addrs_t **out,
+                                        treadle_err_t *err);
+/** Cancels a lookup in flight (its result, when it comes, is freed) and
+ * releases the future; idempotent, any thread. */
+void treadle_lookup_host_drop(treadle_lookup_t *lk);
+/** How many addresses (0 for NULL). */
+size_t treadle_addrs_count(const treadle_addrs_t *a);
+/** The i-th address, or NULL past the last. */
+const struct sockaddr_storage *treadle_addrs_get(const treadle_addrs_t *a,
+                                                 size_t i);
+/** Frees the list (NULL ignored). */
+void treadle_addrs_free(treadle_addrs_t *a);
+
 /** A connect future, embedded in the caller's state (no allocation of its
- * own beyond a copy of the host). Fields are private. */
+ * own beyond the lookup of its host). Fields are private. */
 typedef struct treadle_tcp_connect_s {
   uint64_t opaque_[12];
 } treadle_tcp_connect_t;
 
 /** Prepares a connection to `host` (an address, or a name resolved with
- * getaddrinfo on the blocking pool so that a slow resolver never blocks a
- * worker) and `port` (1..65535). Errors: TREADLE_EINVAL, TREADLE_ENOIO,
- * TREADLE_ENOMEM; the future then need not be dropped. */
+ * treadle_lookup_host) and `port` (1..65535). Errors: TREADLE_EINVAL,
+ * TREADLE_ENOIO, TREADLE_ENOMEM; the future then need not be dropped. */
 treadle_err_t treadle_tcp_connect_init(treadle_tcp_connect_t *c,
                                        treadle_handle_t *h, const char *host,
                                        int port);
@@ -1250,6 +1288,156 @@ const char *treadle_signal_name(int signum);
  * TREADLE_EINVAL for any other name (and for SIGKILL, SIGSEGV, ...). */
 int treadle_signal_from_name(const char *name);
 
+
+/* ------------------------------------------------------ child processes
+ *
+ * Tokio's tokio::process for C: a command builder, spawn, and the child's
+ * exit as a leaf future. Spawning uses posix_spawn (a vfork-like clone
+ * that returns once the program was executed, so a missing program or a
+ * bad working directory is an error of spawn itself), and never blocks
+ * the calling thread for longer than that. A piped stdin, stdout or stderr
+ * is an async fd of the runtime (see "async fds": read and write it with
+ * treadle_async_fd_read_poll and _write_poll). The exit is waited for
+ * through a pidfd registered with the I/O driver (Linux 5.3 and later),
+ * else through the runtime's SIGCHLD listener. Every fd treadle opens is
+ * close-on-exec, so a child gets only its stdin, stdout and stderr (and
+ * whatever fds the program itself left inheritable).
+ *
+ * No zombie is left behind: a child freed before it was waited for is
+ * reaped by its runtime, or, once that has shut down, by a process-wide
+ * reaper thread that exists only while such children run. Without
+ * kill-on-drop a freed child runs on. Needs enable_io. After fork(), a
+ * runtime's children and commands spawned on a runtime built before it
+ * answer TREADLE_EFORKED in the forked process. Example:
+ * examples/c/process_pipe.c. */
+
+/** What a command does with one of the child's stdin, stdout, stderr. */
+typedef enum {
+  TREADLE_STDIO_INHERIT = 0, /**< the parent's (the default) */
+  TREADLE_STDIO_NULL = 1,    /**< /dev/null */
+  TREADLE_STDIO_PIPE = 2     /**< a pipe to the parent: see
+                                  treadle_child_take_stdin() */
+} treadle_stdio_t;
+
+typedef struct treadle_command_s treadle_command_t;
+typedef struct treadle_child_s treadle_child_t;
+
+/** How a child ended. */
+typedef struct treadle_exit_status_s {
+  bool exited;      /**< true: it exited with `code`; false: `signal`
+                         killed it */
+  int code;         /**< the exit code 0..255, or -1 when killed */
+  int signal;       /**< the signal that killed it, or 0 when it exited */
+  bool core_dumped; /**< killed, and the kernel dumped core */
+} treadle_exit_status_t;
+
+/** A command that runs `program` (copied): a path when it contains a
+ * '/', else a name looked up in PATH (the PATH the child will have: the
+ * parent's, unless this command sets, removes or clears it; without any,
+ * "/bin:/usr/bin"). argv[0] is `program`; the environment, working
+ * directory and stdio are the parent's until changed. A command may spawn
+ * any number of children. Errors: TREADLE_EINVAL (NULL or empty program,
+ * NULL out), TREADLE_ENOMEM. */
+treadle_err_t treadle_command_new(const char *program,
+                                  treadle_command_t **out);
+/** Appends one argument (copied; may be empty). TREADLE_EINVAL for a NULL
+ * command or argument, TREADLE_ENOMEM. */
+treadle_err_t treadle_command_arg(treadle_command_t *cmd, const char *arg);
+/** Sets the child's environment variable `key` to `value` (both copied;
+ * a later call for the same key wins). TREADLE_EINVAL for a NULL
+ * argument, an empty key or a key containing '='; TREADLE_ENOMEM. */
+treadle_err_t treadle_command_env(treadle_command_t *cmd, const char *key,
+                                  const char *value);
+/** Removes `key` from the child's environment (TREADLE_EINVAL as for
+ * treadle_command_env). */
+treadle_err_t treadle_command_env_remove(treadle_command_t *cmd,
+                                         const char *key);
+/** The child starts from an empty environment instead of the parent's,
+ * and the variables set so far are forgotten; later _env calls add to
+ * it. */
+treadle_err_t treadle_command_env_clear(treadle_command_t *cmd);
+/** The child's working directory (copied; non-empty). A relative program
+ * path is then taken relative to it, as exec would. */
+treadle_err_t treadle_command_cwd(treadle_command_t *cmd, const char *dir);
+/** What the child's stdin is: TREADLE_STDIO_INHERIT, _NULL or _PIPE
+ * (else TREADLE_EINVAL). */
+treadle_err_t treadle_command_stdin(treadle_command_t *cmd,
+                                    treadle_stdio_t how);
+/** What the child's stdout is (as treadle_command_stdin). */
+treadle_err_t treadle_command_stdout(treadle_command_t *cmd,
+                                     treadle_stdio_t how);
+/** What the child's stderr is (as treadle_command_stdin). */
+treadle_err_t treadle_command_stderr(treadle_command_t *cmd,
+                                     treadle_stdio_t how);
+/** With `on`, treadle_child_free sends SIGKILL to a child that is still
+ * running (Tokio's kill_on_drop); it is reaped either way. Default off:
+ * a freed child runs on. */
+treadle_err_t treadle_command_kill_on_drop(treadle_command_t *cmd, bool on);
+/** Frees the command (NULL ignored); children it spawned live on. */
+void treadle_command_free(treadle_command_t *cmd);
+
+/** Starts the command's program as a child of this process, tied to the
+ * runtime of `h` (borrowed), from any thread. The calling thread waits
+ * only until the program was executed (posix_spawn). The child's signal
+ * mask is empty and SIGPIPE and SIGXFSZ are back to their defaults
+ * whatever the parent ignores. Once the process exists, spawn succeeds.
+ * Errors, with no process left behind: TREADLE_EINVAL (NULL argument),
+ * TREADLE_EFORKED, TREADLE_ENOIO, TREADLE_ESHUTDOWN, TREADLE_ENOMEM,
+ * TREADLE_ENOENT (no such program, or no such working directory),
+ * TREADLE_EACCES, -ENOTDIR, -ENOEXEC, TREADLE_EMFILE (no fds for the
+ * pipes) and other -errno of exec. The caller owns *out: free it with
+ * treadle_child_free. The environment is read from `environ` during the
+ * call: do not setenv() in another thread meanwhile. */
+treadle_err_t treadle_command_spawn(const treadle_command_t *cmd,
+                                    treadle_handle_t *h,
+                                    treadle_child_t **out);
+
+/** The child's process id (-1 for NULL). Once the child was waited for,
+ * the id may name another process. */
+pid_t treadle_child_pid(const treadle_child_t *c);
+/** Hands the parent's end of a piped stdin to the caller, who owns it from
+ * now on (write with treadle_async_fd_write_poll; treadle_async_fd_close
+ * gives the child end of file; free it with treadle_async_fd_free). NULL
+ * when stdin was not a pipe or was taken already. */
+treadle_async_fd_t *treadle_child_take_stdin(treadle_child_t *c);
+/** The parent's end of a piped stdout (as treadle_child_take_stdin; read
+ * it with treadle_async_fd_read_poll to end of file). */
+treadle_async_fd_t *treadle_child_take_stdout(treadle_child_t *c);
+/** The parent's end of a piped stderr (as treadle_child_take_stdout). */
+treadle_async_fd_t *treadle_child_take_stderr(treadle_child_t *c);
+
+/** READY once the child has exited, with *status filled and *err = 0, or
+ * with *err set: TREADLE_EINVAL (NULL argument), TREADLE_EFORKED,
+ * TREADLE_ESHUTDOWN (the child's runtime shut down: treadle_child_try_wait
+ * still works), TREADLE_EFOREIGN (a task of another runtime), -ECHILD
+ * (something else in the program reaped it, such as waitpid(-1) or SIGCHLD
+ * set to SIG_IGN), TREADLE_EBUSY (128 runtimes listen for signals: the
+ * SIGCHLD path only). Else PENDING with the task's waker stored. Once it
+ * was READY, every later call (and treadle_child_try_wait) answers the
+ * same status at once. One task waits at a time; a child's stdout may be
+ * read to the end before or after its wait. */
+treadle_poll_t treadle_child_wait_poll(treadle_child_t *c, treadle_cx_t *cx,
+                                       treadle_exit_status_t *status,
+                                       treadle_err_t *err);
+/** Reaps the child if it has exited, without waiting, from any thread: 0
+ * with *status filled, TREADLE_EAGAIN while it runs, TREADLE_EINVAL,
+ * TREADLE_EFORKED, -ECHILD. Works after the runtime shut down too. */
+treadle_err_t treadle_child_try_wait(treadle_child_t *c,
+                                     treadle_exit_status_t *status);
+/** Sends `signum` (0..64; 0 only checks) to the child, any thread. A
+ * child that has exited is not signalled, and the answer is 0: the signal
+ * never reaches another process that took its id. TREADLE_EINVAL,
+ * TREADLE_EFORKED, -EPERM. */
+treadle_err_t treadle_child_kill(treadle_child_t *c, int signum);
+/** Frees the child (takes ownership; NULL ignored; no task may be
+ * waiting on it): closes the pipe ends nobody took, sends SIGKILL if the
+ * command asked for kill-on-drop and the child has not exited, and leaves
+ * a child that was not waited for to be reaped when it exits, by its
+ * runtime or, once that has shut down, by the process-wide reaper. Using
+ * `c` afterwards is undefined, as for any freed object. In a forked
+ * process (runtime built before the fork) it closes only that process's
+ * copies of the fds and signals nothing. */
+void treadle_child_free(treadle_child_t *c);
 
 /* ------------------------------------------------------ synchronisation
  *

@@ -22,6 +22,11 @@ treadle_err_t treadle_async_fd_new(treadle_handle_t *h, int fd,
     return -errno;
   if (!(flags & O_NONBLOCK))
     return TREADLE_EINVAL; /* a read would block the worker */
+  return treadle__async_fd_adopt(h, fd, out);
+}
+
+treadle_err_t treadle__async_fd_adopt(treadle_handle_t *h, int fd,
+                                      treadle_async_fd_t **out) {
   treadle_async_fd_t *a = treadle__calloc(1, sizeof *a);
   if (a == NULL)
     return TREADLE_ENOMEM;

@@ -73,15 +73,16 @@ void treadle__driver_park(treadle__driver_t *d, uint64_t timeout_ns) {
     atomic_fetch_add_explicit(&d->parks, 1, memory_order_relaxed);
     if (d->has_time) {
       uint64_t t = treadle__time_park_timeout(&d->time);
-      if (t < timeout_ns) {
-        timeout_ns = t;
+      if (!treadle__time_paused(&d->time)) {
+        if (t < timeout_ns)
+          timeout_ns = t;
+      } else if (t < timeout_ns && runtime_idle(d)) {
         /* A paused clock jumps instead, once no task runs (step 5 of
-         * driver_time.c); while one runs, sleep until the last worker
-         * to park unparks us (scheduler_mt.c park). */
-        if (treadle__time_paused(&d->time) && runtime_idle(d)) {
-          skip_ns = timeout_ns;
-          timeout_ns = 0;
-        }
+         * driver_time.c). While one runs, real time means nothing to it:
+         * sleep until the last worker to park unparks us
+         * (scheduler_mt.c park), or an event comes. */
+        skip_ns = t;
+        timeout_ns = 0;
       }
     }
   }

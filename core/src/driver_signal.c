@@ -290,6 +290,34 @@ void treadle__signal_shutdown(treadle__signal_t *sig) {
     wake_list(sig, &sig->waiters[s]);
 }
 
+/* The process reaper's way in (reaper.c): joins the handler's table with
+ * `wake_fd`, as a runtime's driver does, and installs the handler for
+ * `signum`; treadle__signal_shutdown takes both back. No listener waits on
+ * `sig`: the owner polls wake_fd and looks for itself. */
+treadle_err_t treadle__signal_attach(treadle__signal_t *sig, int wake_fd,
+                                     int signum) {
+  if (treadle_signal_check(signum) != 0)
+    return TREADLE_EINVAL;
+  pthread_mutex_lock(&g.mu);
+  treadle__os_mutex_lock(&sig->mu);
+  uint64_t bit = UINT64_C(1) << (signum - 1);
+  treadle_err_t err = 0;
+  if (sig->shut) {
+    err = TREADLE_ESHUTDOWN;
+  } else if (!(sig->listening & bit)) {
+    err = join_table(sig, wake_fd);
+    if (err == 0)
+      err = install(signum);
+    if (err == 0)
+      sig->listening |= bit;
+  }
+  if (err == 0)
+    err = reassert(signum);
+  treadle__os_mutex_unlock(&sig->mu);
+  pthread_mutex_unlock(&g.mu);
+  return err;
+}
+
 treadle_err_t treadle_signal_init(treadle_signal_t *s, treadle_handle_t *h,
                                   int signum) {
   listener_t *l = (listener_t *)s;

@@ -521,6 +521,18 @@ void treadle__signal_process(treadle__signal_t *sig);
 /* Wakes every waiter with ESHUTDOWN, gives back the handlers and pipe. */
 void treadle__signal_shutdown(treadle__signal_t *sig);
 void treadle__signal_destroy(treadle__signal_t *sig);
+/* For the process reaper (reaper.c), which has no runtime: joins the
+ * handler's table with `wake_fd` and installs the handler for `signum`;
+ * treadle__signal_shutdown undoes both. */
+treadle_err_t treadle__signal_attach(treadle__signal_t *sig, int wake_fd,
+                                     int signum);
+
+/* --------------------------------------------------------- process.c */
+
+/* Test hook: from now on (on = true) spawned children are waited for
+ * through SIGCHLD, as where pidfd_open says ENOSYS; false restores the
+ * pidfd. The rest of process.c's internals are in process.h. */
+void treadle__process_force_sigchld(bool on);
 
 /* ----------------------------------------------------------- driver.c */
 

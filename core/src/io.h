@@ -238,4 +238,9 @@ treadle__leaf_transfer(treadle__source_t *src, treadle_cx_t *cx,
   return ret;
 }
 
+/* treadle_async_fd_new for an fd the caller knows to be non-blocking (a
+ * child's pipe, process.c): no F_GETFL. On failure the fd stays open. */
+treadle_err_t treadle__async_fd_adopt(treadle_handle_t *h, int fd,
+                                      treadle_async_fd_t **out);
+
 #endif /* TREADLE_IO_H */

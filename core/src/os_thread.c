@@ -58,21 +58,39 @@ void treadle__os_futex_wake(_Atomic uint32_t *word, int count) {
           0);
 }
 
+/* What a new thread needs before it runs fn: its name, set by itself so
+ * that anything it runs (a start hook reading the name) sees it. */
+typedef struct {
+  void *(*fn)(void *);
+  void *arg;
+  char name[16]; /* the kernel keeps 15 bytes and a NUL */
+} start_t;
+
+static void *thread_main(void *p) {
+  start_t st = *(start_t *)p;
+  treadle__free(p);
+  if (st.name[0] != '\0')
+    pthread_setname_np(pthread_self(), st.name);
+  return st.fn(st.arg);
+}
+
 int treadle__os_thread_start(treadle__os_thread_t *th, void *(*fn)(void *),
                              void *arg, const char *name) {
+  start_t *st = treadle__malloc(sizeof *st);
+  if (st == NULL)
+    return TREADLE_ENOMEM;
+  st->fn = fn;
+  st->arg = arg;
+  snprintf(st->name, sizeof st->name, "%s", name != NULL ? name : "");
   pthread_attr_t attr;
   pthread_attr_init(&attr);
   /* 2 MiB like Tokio's default; glibc's default follows ulimit -s (8 MiB). */
   pthread_attr_setstacksize(&attr, 2u << 20);
-  int rc = pthread_create(th, &attr, fn, arg);
+  int rc = pthread_create(th, &attr, thread_main, st);
   pthread_attr_destroy(&attr);
-  if (rc != 0)
+  if (rc != 0) {
+    treadle__free(st);
     return -rc;
-  if (name != NULL && name[0] != '\0') {
-    char short_name[16];
-    strncpy(short_name, name, sizeof short_name - 1);
-    short_name[sizeof short_name - 1] = '\0';
-    pthread_setname_np(*th, short_name);
   }
   return 0;
 }

@@ -1,10 +1,9 @@
 /* TCP's front end (ARCHITECTURE.md "Sockets"; tokio net/tcp): binding a
- * listener, the connect future (names resolved on the blocking pool) and
+ * listener, the connect future (names resolved by dns.c's lookup) and
  * TCP_NODELAY. What a stream or listener does once made is stream.c's,
  * shared with Unix streams. */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -51,58 +50,19 @@ treadle_err_t treadle_tcp_nodelay(treadle_tcp_stream_t *s, bool *on) {
 
 /* treadle_tcp_connect_t's private layout. */
 typedef struct __attribute__((__may_alias__)) connect_s {
-  treadle_handle_t *h;         /* holds a reference; NULL once dropped */
-  char *host;                  /* owned copy */
-  int port;
-  int phase;                   /* RESOLVE, NEXT, CONNECTING, DONE */
-  treadle_join_t *resolver;    /* getaddrinfo job */
-  struct addrinfo *ai_head;    /* owned result */
-  struct addrinfo *ai;         /* next to try */
-  treadle_tcp_stream_t *stream; /* being connected */
+  treadle_handle_t *h;          /* holds a reference; NULL once dropped */
+  int phase;                    /* RESOLVE, NEXT, CONNECTING, DONE */
   treadle_err_t last_err;
-  struct sockaddr_storage *numeric; /* when the host was an address */
+  treadle_lookup_t lookup;      /* RESOLVE: the host's addresses (dns.c) */
+  treadle_addrs_t *addrs;       /* owned result */
+  size_t next;                  /* the address to try next */
+  treadle_tcp_stream_t *stream; /* being connected */
 } connect_t;
 
 _Static_assert(sizeof(connect_t) <= sizeof(treadle_tcp_connect_t),
                "treadle_tcp_connect_t too small");
 
 enum { RESOLVE, NEXT, CONNECTING, DONE };
-
-typedef struct {
-  char *host;
-  int port;
-} resolve_job_t;
-
-static treadle_err_t resolve_run(void *state, void **value) {
-  resolve_job_t *job = state;
-  struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                           .ai_socktype = SOCK_STREAM,
-                           .ai_flags = AI_ADDRCONFIG | AI_NUMERICSERV};
-  char port[8];
-  snprintf(port, sizeof port, "%d", job->port);
-  struct addrinfo *res = NULL;
-  int rc = getaddrinfo(job->host, port, &hints, &res);
-  if (rc != 0) {
-    if (rc == EAI_SYSTEM)
-      return -errno;
-    if (rc == EAI_MEMORY)
-      return TREADLE_ENOMEM;
-    return TREADLE_ENOHOST;
-  }
-  *value = res;
-  return 0;
-}
-
-static void resolve_drop(void *state) {
-  treadle__free(((resolve_job_t *)state)->host);
-}
-
-static void resolve_drop_output(void *value) { freeaddrinfo(value); }
-
-static const treadle_blocking_vtable_t resolve_vt = {
-    .run = resolve_run,
-    .drop = resolve_drop,
-    .drop_output = resolve_drop_output};
 
 treadle_err_t treadle_tcp_connect_init(treadle_tcp_connect_t *fut,
                                        treadle_handle_t *h, const char *host,
@@ -116,22 +76,11 @@ treadle_err_t treadle_tcp_connect_init(treadle_tcp_connect_t *fut,
     return TREADLE_EINVAL;
   if (!h->driver.has_io)
     return TREADLE_ENOIO;
-  struct sockaddr_storage addr;
-  socklen_t len;
-  if (strcmp(host, "localhost") != 0 && treadle__addr_parse(host, port, &addr, &len)) {
-    c->numeric = treadle__malloc(sizeof addr);
-    if (c->numeric == NULL)
-      return TREADLE_ENOMEM;
-    memcpy(c->numeric, &addr, sizeof addr);
-    c->phase = NEXT;
-  } else {
-    c->host = treadle__strdup(host);
-    if (c->host == NULL)
-      return TREADLE_ENOMEM;
-    c->phase = RESOLVE;
-  }
+  treadle_err_t err = treadle_lookup_host_init(&c->lookup, h, host, port);
+  if (err != 0)
+    return err;
   c->h = treadle_handle_ref(h);
-  c->port = port;
+  c->phase = RESOLVE;
   c->last_err = TREADLE_ENOHOST;
   return 0;
 }
@@ -200,58 +149,28 @@ treadle_poll_t treadle_tcp_connect_poll(treadle_tcp_connect_t *fut,
   for (;;) {
     switch (c->phase) {
     case RESOLVE: {
-      if (c->resolver == NULL) {
-        resolve_job_t job = {.host = c->host, .port = c->port};
-        *err = treadle_spawn_blocking(c->h, &resolve_vt, &job, sizeof job,
-                                      &c->resolver);
-        if (*err != 0) {
-          c->phase = DONE;
-          return TREADLE_READY;
-        }
-        c->host = NULL; /* the job owns it now */
-      }
-      void *res = NULL;
-      treadle_err_t status;
-      if (treadle_join_poll(c->resolver, cx, &status, &res) ==
+      treadle_err_t e;
+      if (treadle_lookup_host_poll(&c->lookup, cx, &c->addrs, &e) ==
           TREADLE_PENDING)
         return TREADLE_PENDING;
-      treadle_join_detach(c->resolver);
-      c->resolver = NULL;
-      if (status != 0) {
-        *err = status;
+      treadle_lookup_host_drop(&c->lookup);
+      if (e != 0) {
+        *err = e;
         c->phase = DONE;
         return TREADLE_READY;
       }
-      c->ai_head = c->ai = res;
       c->phase = NEXT;
       break;
     }
     case NEXT: {
-      const struct sockaddr_storage *addr = NULL;
-      struct sockaddr_storage tmp;
-      if (c->numeric != NULL) {
-        addr = c->numeric;
-      } else {
-        while (c->ai != NULL && c->ai->ai_family != AF_INET &&
-               c->ai->ai_family != AF_INET6)
-          c->ai = c->ai->ai_next;
-        if (c->ai != NULL) {
-          memset(&tmp, 0, sizeof tmp);
-          memcpy(&tmp, c->ai->ai_addr, c->ai->ai_addrlen);
-          addr = &tmp;
-          c->ai = c->ai->ai_next;
-        }
-      }
+      const struct sockaddr_storage *addr = treadle_addrs_get(c->addrs, c->next);
       if (addr == NULL) {
         *err = c->last_err;
         c->phase = DONE;
         return TREADLE_READY;
       }
+      c->next++;
       treadle_err_t e = start_connect(c, addr);
-      if (c->numeric != NULL) {
-        treadle__free(c->numeric);
-        c->numeric = NULL;
-      }
       if (e != 0) {
         c->last_err = e;
         if (e == TREADLE_ENOIO || e == TREADLE_ESHUTDOWN ||
@@ -297,14 +216,8 @@ void treadle_tcp_connect_drop(treadle_tcp_connect_t *fut) {
   connect_t *c = (connect_t *)fut;
   if (c == NULL || c->h == NULL)
     return;
-  if (c->resolver != NULL) {
-    treadle_join_abort(c->resolver);
-    treadle_join_detach(c->resolver);
-  }
-  treadle__free(c->host);
-  treadle__free(c->numeric);
-  if (c->ai_head != NULL)
-    freeaddrinfo(c->ai_head);
+  treadle_lookup_host_drop(&c->lookup);
+  treadle_addrs_free(c->addrs);
   treadle_tcp_stream_free(c->stream);
   treadle_handle_unref(c->h);
   memset(c, 0, sizeof *c);

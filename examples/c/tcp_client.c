@@ -2,8 +2,10 @@
  *
  * The main task binds a listener on 127.0.0.1 (port 0: the system picks
  * one) and spawns a server task that accepts one connection and echoes it
- * upper-cased. The main task then connects by name ("localhost", resolved
- * on the blocking pool), sends a request in two pieces with one writev,
+ * upper-cased. The main task then looks "localhost" up (treadle_lookup_host:
+ * getaddrinfo on the blocking pool) and prints what it found, connects by
+ * that name (the connect future looks it up the same way and tries the
+ * addresses in order), sends a request in two pieces with one writev,
  * shuts its write side down so that the server sees end of stream, reads
  * the reply to its own end of stream, and prints both ends' addresses. */
 #include <ctype.h>
@@ -71,6 +73,8 @@ static const treadle_task_vtable_t server_vt = {.poll = server_poll,
 typedef struct {
   int step;
   treadle_join_t *server;
+  int port;
+  treadle_lookup_t lookup;
   treadle_tcp_connect_t connect;
   treadle_tcp_stream_t *conn;
   size_t sent;
@@ -99,13 +103,33 @@ static treadle_poll_t client_poll(treadle_cx_t *cx, void *state) {
       treadle_tcp_listener_free(srv.listener);
       break;
     }
-    if ((err = treadle_tcp_connect_init(&c->connect, h, "localhost", port)) !=
-        0)
+    c->port = port;
+    if ((err = treadle_lookup_host_init(&c->lookup, h, "localhost", port)) != 0)
       break;
     c->step = 1;
   }
     /* fall through */
-  case 1:
+  case 1: {
+    treadle_addrs_t *addrs;
+    if (treadle_lookup_host_poll(&c->lookup, cx, &addrs, &err) ==
+        TREADLE_PENDING)
+      return TREADLE_PENDING;
+    if (err != 0)
+      break;
+    printf("localhost is");
+    for (size_t i = 0; i < treadle_addrs_count(addrs); i++) {
+      treadle_sockaddr_format(treadle_addrs_get(addrs, i), text, sizeof text);
+      printf(" %s", text);
+    }
+    printf("\n");
+    treadle_addrs_free(addrs);
+    if ((err = treadle_tcp_connect_init(&c->connect, h, "localhost",
+                                        c->port)) != 0)
+      break;
+    c->step = 2;
+  }
+    /* fall through */
+  case 2:
     if (treadle_tcp_connect_poll(&c->connect, cx, &c->conn, &err) ==
         TREADLE_PENDING)
       return TREADLE_PENDING;
@@ -118,9 +142,9 @@ static treadle_poll_t client_poll(treadle_cx_t *cx, void *state) {
     treadle_tcp_peer_addr(c->conn, &addr);
     treadle_sockaddr_format(&addr, text, sizeof text);
     printf(" to %s\n", text);
-    c->step = 2;
+    c->step = 3;
     /* fall through */
-  case 2: {
+  case 3: {
     static const char part1[] = "hello, ", part2[] = "treadle";
     const size_t total = sizeof part1 - 1 + sizeof part2 - 1;
     while (c->sent < total) {
@@ -143,10 +167,10 @@ static treadle_poll_t client_poll(treadle_cx_t *cx, void *state) {
     printf("client sent \"%s%s\" and shut its write side\n", part1, part2);
     if ((err = treadle_tcp_shutdown(c->conn)) != 0)
       break;
-    c->step = 3;
+    c->step = 4;
   }
     /* fall through */
-  case 3:
+  case 4:
     for (;;) {
       if (treadle_tcp_read_poll(c->conn, cx, c->reply + c->got,
                                 sizeof c->reply - 1 - c->got, &n,
@@ -159,9 +183,9 @@ static treadle_poll_t client_poll(treadle_cx_t *cx, void *state) {
     if (err != 0)
       break;
     printf("client read \"%s\" and then end of stream\n", c->reply);
-    c->step = 4;
+    c->step = 5;
     /* fall through */
-  case 4: {
+  case 5: {
     treadle_err_t status;
     if (treadle_join_poll(c->server, cx, &status, NULL) == TREADLE_PENDING)
       return TREADLE_PENDING;
@@ -176,6 +200,7 @@ static treadle_poll_t client_poll(treadle_cx_t *cx, void *state) {
 static void client_drop(void *state) {
   client_t *c = state;
   treadle_join_detach(c->server);
+  treadle_lookup_host_drop(&c->lookup);
   treadle_tcp_connect_drop(&c->connect);
   treadle_tcp_stream_free(c->conn);
 }

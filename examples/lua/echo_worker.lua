@@ -10,10 +10,13 @@
 -- multi_thread, so the kernel spreads the connections over the workers'
 -- listeners), accepts in a loop and runs one task per connection that reads
 -- up to 16 KiB and writes it back. Worker 0 also waits for SIGINT and
--- SIGTERM (treadle.signal); on either it tells the other workers to stop
--- over the named channel "echo:stop", collects their counts over
--- "echo:served", and prints one line:
+-- SIGTERM (treadle.signal); on either it asks the other workers for their
+-- counts over the named channel "echo:stop", collects them over
+-- "echo:served", prints one line and returns:
 --   served N connections; per worker: 0:A 1:B
+-- Worker 0's return ends the run on every worker, as a process ends when
+-- its main thread returns: the other workers' tasks (their connections'
+-- too) are cancelled then.
 local treadle = require "treadle"
 
 local BUF = 16384
@@ -88,11 +91,11 @@ return function(worker)
 
   if worker ~= 0 then
     ready:send(true)
-    stopch:recv()                 -- worker 0 says when
+    stopch:recv()                 -- worker 0 asks for the count
     accept_loop:abort()
     listener:close()
     servedch:send({worker = worker, served = served})
-    return
+    return                        -- worker 0's return ends the rest
   end
 
   -- worker 0: the signal watchers, then "listening" once everyone is bound

@@ -11,8 +11,13 @@
 -- On multi_thread every worker thread has a lua_State of its own, so the
 -- entry is a module name that each worker `require`s: this file is also
 -- that module (required, it returns its main function), and every worker
--- runs main(worker_index) at the same time, on its own thread.
+-- runs main(worker_index) at the same time, on its own thread. The run ends
+-- when worker 0's main returns, as a process ends with its main thread (the
+-- other workers' tasks are cancelled then), so worker 0 first waits until
+-- the others say they are done, over the named channel "hello:done".
 local treadle = require "treadle"
+
+local WORKERS = 2
 
 local function greet(name, seconds)
   treadle.sleep(seconds)
@@ -35,6 +40,14 @@ local function main(worker)
   for _, t in ipairs(tasks) do print(tag .. "   " .. t:join()) end
   local took = (treadle.now() - t0) * 1000
   print(string.format("%s three sleeps of 30, 10 and 20 ms took %.0f ms together", tag, took))
+  if worker ~= nil then -- multi_thread
+    local done = treadle.channel(WORKERS, "hello:done")
+    if worker ~= 0 then
+      done:send(worker)
+    else
+      for _ = 2, WORKERS do done:recv() end
+    end
+  end
   return took
 end
 
@@ -51,5 +64,5 @@ package.path = (debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or ".") .. "
 print("== current_thread")
 local took = treadle.run(main, {flavor = "current_thread"})
 print("== multi_thread, 2 workers (each runs main in its own lua_State)")
-local took0 = treadle.run("hello", {flavor = "multi_thread", workers = 2})
+local took0 = treadle.run("hello", {flavor = "multi_thread", workers = WORKERS})
 print(string.format("== done: %.0f ms on current_thread, %.0f ms on worker 0", took, took0))

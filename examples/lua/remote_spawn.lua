@@ -13,7 +13,9 @@
 -- worker and thread it ran on, back over the named channel "results".
 -- Worker 0 plays the client: it sends JOBS jobs (default 12) round-robin to
 -- every worker, itself included, collects the results, checks that each ran
--- where it was sent, then tells every spawner to stop.
+-- where it was sent, and returns. That ends the run, as a process ends when
+-- its main thread returns: the spawners, which would wait for jobs forever,
+-- are cancelled.
 local treadle = require "treadle"
 
 local JOBS = {
@@ -43,7 +45,6 @@ local function spawner(worker, results)
   local jobs = treadle.channel(16, "jobs:" .. worker)
   while true do
     local job = jobs:recv()
-    if job == "stop" then return end
     treadle.spawn(function()
       local value = JOBS[job.fn](job.arg)
       results:send({id = job.id, value = value, worker = treadle.worker(),
@@ -55,11 +56,10 @@ end
 local function main(worker)
   local workers, njobs = settings()
   local results = treadle.channel(64, "results")
-  local sp = treadle.spawn(spawner, worker, results)
   if worker ~= 0 then
-    sp:join()
-    return
+    return spawner(worker, results) -- until worker 0 returns
   end
+  treadle.spawn(spawner, worker, results)
   local names = {"fib", "sum", "nap"}
   for i = 1, njobs do
     local to = (i - 1) % workers
@@ -77,8 +77,6 @@ local function main(worker)
     print(string.format("  job %2d ran on worker %d (thread %d): %s%s", r.id, r.worker, r.thread,
       tostring(r.value), where))
   end
-  for w = 0, workers - 1 do treadle.channel(16, "jobs:" .. w):send("stop") end
-  sp:join()
   local distinct, seen = 0, {}
   for _, tid in pairs(threads) do if not seen[tid] then seen[tid] = true; distinct = distinct + 1 end end
   print(string.format("%d jobs on %d workers, %d distinct threads: %s", njobs, workers, distinct,

@@ -95,10 +95,19 @@ typedef struct {
   bool started, kicked;
   treadle_async_fd_t *fd;
   char buf[8];
+  uint64_t parks_at_first_wait; /* driver_parks when it first waited */
   /* Out (asserted by the test's thread: a task may run on a worker). */
   uint64_t *woke_at; /* the driver's clock when the wait ended */
   treadle_err_t *err; /* the wait's result (a kick's error, if any) */
+  uint64_t *parks;    /* driver parks from the first wait to the end: the
+                         wait's own, not block_on's start-up */
 } waiter_t;
+
+static uint64_t parks_of(treadle_cx_t *cx) {
+  treadle_runtime_metrics_t m;
+  treadle_handle_metrics(treadle_cx_handle(cx), &m);
+  return m.driver_parks;
+}
 
 static treadle_poll_t read_pipe(treadle_cx_t *cx, void *st) {
   waiter_t *w = st;
@@ -132,11 +141,17 @@ static treadle_poll_t waiter_poll(treadle_cx_t *cx, void *st) {
       w->kind == TIMEOUT
           ? treadle_timeout_poll(&w->sleep, cx, read_pipe, w, &err)
           : treadle_sleep_poll(&w->sleep, cx, &err);
-  if (p == TREADLE_PENDING)
+  if (p == TREADLE_PENDING) {
+    if (w->parks_at_first_wait == 0)
+      w->parks_at_first_wait = parks_of(cx) + 1; /* + 1: never 0 */
     return TREADLE_PENDING;
+  }
   /* A reset's sleep must not end before the kick moved it. */
   *w->err = w->kind == RESET && !w->kicked ? TREADLE_EINVAL : err;
   *w->woke_at = treadle__time_now(w->tm);
+  *w->parks = w->parks_at_first_wait == 0
+                  ? 0
+                  : parks_of(cx) + 1 - w->parks_at_first_wait;
   return TREADLE_READY;
 }
 
@@ -162,16 +177,15 @@ static void wait_once(treadle_runtime_t *rt, wait_kind_t kind,
         treadle_async_fd_new(treadle_runtime_handle(rt), pipe_fds[0], &w.fd),
         0);
   }
-  uint64_t woke_at = 0;
+  uint64_t woke_at = 0, parks = 0;
   treadle_err_t err = 1;
   w.woke_at = &woke_at;
   w.err = &err;
-  uint64_t parks = driver_parks(rt);
+  w.parks = &parks;
   uint64_t start = treadle__time_now(tm);
   w.deadline = start + duration_ns;
   w.first = start + first_ns;
   assert_int_equal(RUN(rt, &waiter_vt, w), 0);
-  parks = driver_parks(rt) - parks;
   assert_int_equal(err, kind == TIMEOUT ? TREADLE_ETIMEDOUT : 0);
   /* A reset waits out the 10 ms kick and then the rest, on its own
    * levels; its first deadline only ever needed the parks to the kick. */

@@ -25,7 +25,8 @@
 --     multi_thread in the worker states, through the worker module
 --     tests/lua/mt_worker.lua, which each worker `require`s; the case runs on
 --     worker 0 (opts.on = N for worker N, opts.on = "all" for every worker;
---     ctx.worker / ctx.workers say which);
+--     ctx.worker / ctx.workers say which), and worker 0 waits for the other
+--     workers that run it (its main's return ends the run);
 --   * an `outside = true` case is called in the child's main state, with no
 --     runtime around it (tests of treadle.run, treadle.runtime, Ctrl-C ...).
 -- opts: flavors, workers (default 2), on, outside, run_opts (extra fields for
@@ -503,19 +504,31 @@ function H.worker_main(w)
   local S = H.load_suite(script)
   local c = S.by_name[cname]
   local on = c.opts.on or 0
-  if on ~= "all" and on ~= w then return true end
-  local ctx = {flavor = "multi_thread", worker = w, workers = workers or c.workers,
-               suite = S.name, case = cname, pid = H.pid()}
-  local ok, err = xpcall(c.fn, debug.traceback, ctx)
-  if not ok and w ~= 0 then
-    local line = "RESULT fail [worker " .. w .. "] " .. tostring(err) .. "\n"
-    if inprocess then
-      local f = io.open(case_file("fail"), "a")
-      if f then f:write(line); f:close() end
-    else
-      io.stdout:write(line)
-      io.stdout:flush()
+  workers = workers or c.workers
+  -- Worker 0's main returning ends the run and cancels the other workers'
+  -- tasks: a worker that runs the case says when it is done, and worker 0
+  -- waits for them before it returns.
+  local done = T().channel(workers, "harness:done:" .. cname)
+  local ok, err = true, nil
+  if on == "all" or on == w then
+    local ctx = {flavor = "multi_thread", worker = w, workers = workers,
+                 suite = S.name, case = cname, pid = H.pid()}
+    ok, err = xpcall(c.fn, debug.traceback, ctx)
+    if not ok and w ~= 0 then
+      local line = "RESULT fail [worker " .. w .. "] " .. tostring(err) .. "\n"
+      if inprocess then
+        local f = io.open(case_file("fail"), "a")
+        if f then f:write(line); f:close() end
+      else
+        io.stdout:write(line)
+        io.stdout:flush()
+      end
     end
+    if w ~= 0 then done:send(w) end
+  end
+  if w == 0 then
+    local others = on == "all" and workers - 1 or (on ~= 0 and 1 or 0)
+    for _ = 1, others do done:recv() end
   end
   return ok, err
 end

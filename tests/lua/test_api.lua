@@ -120,4 +120,55 @@ T.case("worker and thread_id types", function()
   H.eq(math.type(treadle.now()), "float", "now() is a float")
 end)
 
+-- The NAME of "bad argument #N to 'NAME'" that fn(...) raises, and the error.
+local function argname(fn, ...)
+  local ok, err = pcall(fn, ...)
+  H.eq(ok, false, "a bad argument raises")
+  return tostring(err):match("bad argument #%d+ to '([^']*)'"), err
+end
+
+T.case("issue 13: argument errors name the function, called directly and through pcall", function()
+  local l = assert(treadle.tcp.bind("127.0.0.1", 0))
+  local _, port = l:addr()
+  local acc = treadle.spawn(l.accept, l)
+  local c = assert(treadle.tcp.connect("127.0.0.1", port))
+  local s = acc:join()
+  local ch = treadle.channel(1)
+  local t = treadle.spawn(function() end)
+  -- through pcall (no call site to name them): Lua looks in package.loaded
+  for _, k in ipairs({
+    {"treadle.tcp.connect", treadle.tcp.connect},
+    {"treadle.tcp.connect", treadle.tcp.connect, "127.0.0.1", "x"},
+    {"treadle.tcp.bind", treadle.tcp.bind, "127.0.0.1", 70000},
+    {"treadle.conn.read", c.read, c, "ten"},
+    {"treadle.conn.read", c.read, l},
+    {"treadle.conn.write", c.write, c, {}},
+    {"treadle.conn.set_nodelay", c.set_nodelay, 1},
+    {"treadle.listener.accept", l.accept, 42},
+    {"treadle.channel.send", ch.send, ch},
+    {"treadle.task.join", t.join, 5},
+    {"treadle.task.abort", t.abort, {}},
+    {"treadle.sleep", treadle.sleep, "x"},
+  }) do
+    local name, err = argname(table.unpack(k, 2))
+    H.eq(name, k[1], "through pcall: " .. tostring(err))
+  end
+  -- called directly: as the call site names them
+  H.eq(argname(function() return c:read("ten") end), "read")
+  H.eq(argname(function() return c:write({}) end), "write")
+  H.eq(argname(function() return l.accept(42) end), "accept")
+  H.eq(argname(function() return treadle.tcp.connect(nil, 80) end), "connect")
+  H.eq(argname(function() return treadle.tcp.bind("127.0.0.1", -1) end), "bind")
+  H.eq(argname(function() return ch:send() end), "send")
+  c:close(); s:close(); l:close()
+end)
+
+T.case("issue 13: runtime methods' argument errors name them", {outside = true, flavors = {"current_thread"}}, function()
+  local rt <close> = treadle.runtime()
+  H.eq(argname(rt.shutdown, rt, "soon"), "treadle.runtime.shutdown")
+  H.eq(argname(rt.block_on, rt, 42), "treadle.runtime.block_on")
+  H.eq(argname(function() return rt:block_on(42) end), "block_on")
+  H.eq(argname(treadle.runtime, {flavor = "x"}), "treadle.runtime")
+end)
+
 return T.main()

@@ -97,7 +97,8 @@ def test_waiting_calls_run_in_the_line(console):
 
 
 def test_errors_print_and_return_to_the_prompt(console):
-    assert console.line("error('boom')") == "stdin:1: boom"
+    out = console.line("error('boom')")  # with the traceback, as lua5.4 -i
+    assert out.startswith("stdin:1: boom\nstack traceback:\n"), out
     assert "unexpected symbol" in console.line("1 +* 2")
     assert console.line("error({})").startswith("table: ")
     assert "bad argument" in console.line("treadle.sleep('x')")
@@ -144,6 +145,34 @@ def test_ctrl_c_interrupts_the_running_line(console):
     console.child.expect_exact("interrupted")
     console.child.expect_exact(PROMPT)
     assert progresses(console)  # the task the line spawned earlier goes on
+
+
+@pytest.mark.skipif(os.environ.get("TREADLE_LUA_READLINE") == "0",
+                    reason="built without GNU readline (plain lines)")
+def test_up_recalls_the_previous_line(console):
+    """issue 13: line editing and history through readline, as lua5.4 -i
+    has them (the Up key used to print ^[[A)."""
+    assert console.line("6 * 7") == "42"
+    console.child.send("\x1b[A")  # Up
+    console.child.expect_exact("6 * 7", timeout=5)  # recalled
+    console.child.send("\x1b[D1\r")  # Left, 1: "6 * 17"
+    console.child.expect_exact(PROMPT)
+    assert console.child.before.replace("\r\n", "\n").strip("\n").split("\n")[-1] == "102"
+
+
+def test_ctrl_c_stops_a_busy_loop(console):
+    """issue 13: Ctrl-C interrupts Lua code that never waits (a hook raises
+    "interrupted" in it, as lua5.4 does); the console and the tasks spawned
+    before go on."""
+    start_ticker(console)
+    console.child.sendline("while true do end")
+    console.child.expect_exact("while true do end")
+    time.sleep(0.3)
+    console.child.sendintr()
+    console.child.expect_exact("interrupted", timeout=10)
+    console.child.expect_exact(PROMPT)
+    assert console.line("'still here'") == "still here"
+    assert progresses(console)
 
 
 def test_ctrl_d_exits(console):

@@ -93,10 +93,39 @@ T.case("multi_thread run: worker 0's error is raised", {outside = true, flavors 
 end)
 
 T.case("multi_thread run: another worker's error", {outside = true, flavors = MT}, function()
-  -- the spec says run returns worker 0's results once every main returned;
-  -- what happens to worker 1's error is not said: no crash, no hang
+  -- worker 0 returns and worker 1 raises at about the same time: the first
+  -- of the two decides (issue 13's rule); no crash, no hang
   local ok, err = pcall(treadle.run, H.module_name("mod_fail1"), {flavor = "multi_thread", workers = 2})
   H.note(ok and ("returned " .. tostring(err)) or ("raised " .. tostring(err):sub(1, 80)))
+end)
+
+T.case("issue 13: when worker 0's main returns, the other workers' tasks are cancelled and run returns",
+       {outside = true, flavors = MT, timeout = 20}, function()
+  -- held here, so that what the workers' __close send outlives their states
+  local closed = treadle.channel(8, "lifecycle:closed")
+  local t0 = treadle.now()
+  local r = H.pack(treadle.run(H.module_name("mod_lifecycle"), {flavor = "multi_thread", workers = 3}))
+  local took = treadle.now() - t0
+  H.eq(r.n, 1, "worker 0's results")
+  H.eq(r[1], "worker 0 done")
+  H.ok(took < 5 * H.slow, string.format("run returned promptly (%.3f s)", took))
+  local got = {}
+  for i = 1, 4 do
+    local ok, what = pcall(closed.recv, closed) -- outside a task: must be there
+    H.ok(ok, "to-be-closed variable " .. i .. " of 4 was closed: " .. tostring(what))
+    got[i] = what
+  end
+  table.sort(got)
+  H.same_table(got, {"1 main", "1 server", "2 main", "2 server"}, "closed")
+end)
+
+T.case("issue 13: an error in another worker's main ends the run at once and is raised",
+       {outside = true, flavors = MT, timeout = 20}, function()
+  local closed = treadle.channel(4, "fail1:closed")
+  local err = H.raises("boom from worker 1", treadle.run, H.module_name("mod_fail1_waits"),
+                       {flavor = "multi_thread", workers = 2})
+  H.has(err, "stack traceback:", "with worker 1's traceback")
+  H.eq(closed:recv(), "worker 0's main closed", "worker 0's main was cancelled, its <close> closed")
 end)
 
 T.case("multi_thread run: a module that is missing or returns no function", {outside = true, flavors = MT}, function()

@@ -18,6 +18,15 @@ local function pair()
   return c, s, l, peer
 end
 
+-- pair(), with a task waiting to read the client side
+local function pair_with_reader()
+  local c, s, l = pair()
+  local reader = treadle.spawn(function() return c:read() end)
+  H.settle()
+  H.eq(reader:done(), false, "the reader waits")
+  return c, s, l, reader
+end
+
 T.case("bind, addr, connect, accept, peer", function()
   local l = assert(tcp.bind("127.0.0.1", 0))
   local host, port = l:addr()
@@ -149,10 +158,7 @@ T.case("host names and odd hosts: a result or an error, no crash", function()
 end)
 
 T.case("closing a conn another task waits on in read (issue 13: the message says which side)", function()
-  local c, s, l = pair()
-  local reader = treadle.spawn(function() return c:read() end)
-  H.settle()
-  H.eq(reader:done(), false, "the reader waits")
+  local c, s, l, reader = pair_with_reader()
   c:close()
   local r = H.pack(H.within(2, reader.join, reader))
   H.eq(r[1], nil)
@@ -205,13 +211,65 @@ T.case("use after close: an error result or a raise, never a crash", function()
 end)
 
 T.case("abort a task waiting in read; the conn still works", function()
-  local c, s, l = pair()
-  local reader = treadle.spawn(function() return c:read() end)
-  H.settle()
+  local c, s, l, reader = pair_with_reader()
   reader:abort()
   H.raises("cancelled", reader.join, reader)
   s:write("after the abort")
   H.eq(H.read_n(c, 15), "after the abort", "no data lost to the aborted read")
+  c:close(); s:close(); l:close()
+end)
+
+T.case("issue 13: right after abort() of the reader or acceptor, a new one goes ahead", function()
+  local c, s, l, reader = pair_with_reader()
+  reader:abort()
+  -- the aborted task has not run since: its read must not hold the conn
+  s:write("for the new reader")
+  H.eq(H.read_n(c, 18), "for the new reader")
+  H.raises("cancelled", reader.join, reader)
+  local acc = treadle.spawn(function() return l:accept() end)
+  H.settle()
+  acc:abort()
+  local _, port = l:addr()
+  local client = treadle.spawn(tcp.connect, "127.0.0.1", port)
+  local s2 = H.within(5, l.accept, l)
+  H.ok(s2, "accepted right after the abort")
+  H.raises("cancelled", acc.join, acc)
+  client:join():close(); s2:close()
+  c:close(); s:close(); l:close()
+end)
+
+T.case("issue 13: reading after close() while another task reads answers ECLOSED", function()
+  local c, s, l, reader = pair_with_reader()
+  c:close()
+  -- the first reader has not run since the close: closed says so before busy
+  local r = H.pack(c:read())
+  H.eq(r[1], nil)
+  H.eq(r[2], "closed on this side (by a close call)")
+  H.eq(r[3], "ECLOSED")
+  H.eq(H.within(2, reader.join, reader), nil, "the first reader ends too")
+  s:close(); l:close()
+end)
+
+T.case("issue 13: writes of several tasks queue: each goes out whole, in call order", {timeout = 60}, function()
+  local c, s, l = pair()
+  local size = H.n(4 * 1024 * 1024, 256 * 1024) -- more than the socket buffers take
+  local order, writers = {}, {}
+  for i = 1, 4 do
+    writers[i] = treadle.spawn(function()
+      local letter = string.char(string.byte("a") + i - 1)
+      order[#order + 1] = letter -- the call, with no wait before it
+      return c:write(string.rep(letter, size))
+    end)
+  end
+  local got = H.read_n(s, 4 * size)
+  for i = 1, 4 do H.eq(writers[i]:join(), true, "write " .. i) end
+  H.eq(#order, 4)
+  for k = 1, 4 do
+    local part = got:sub((k - 1) * size + 1, k * size)
+    H.ok(part == string.rep(order[k], size),
+         string.format("bytes %d..%d are write %d's (%s), whole: %s", (k - 1) * size + 1,
+                       k * size, k, order[k], H.repr(part:sub(1, 8))))
+  end
   c:close(); s:close(); l:close()
 end)
 
@@ -354,6 +412,43 @@ T.case("a connection between two workers", {flavors = {"multi_thread"}, on = "al
     end
     c:close()
   end
+end)
+
+T.case("issue 13: a conn of one runtime used from another runtime's task answers EFOREIGN at once",
+       {outside = true, flavors = {"current_thread"}}, function()
+  local rt1 <close> = treadle.runtime()
+  local rt2 <close> = treadle.runtime()
+  local c, s, l = rt1:block_on(pair)
+  -- rt1 is alive but not running: a wait on its driver would never end
+  local r = H.pack(rt2:block_on(function() return H.within(5, c.read, c) end))
+  H.eq(r[1], nil, "read")
+  H.has(r[2], "the object belongs to another runtime", "read's message")
+  H.eq(r[3], "EFOREIGN", "read's errno name")
+  r = H.pack(rt2:block_on(function() return H.within(5, c.write, c, "x") end))
+  H.eq(r[3], "EFOREIGN", "write's errno name")
+  r = H.pack(rt2:block_on(function() return H.within(5, l.accept, l) end))
+  H.eq(r[3], "EFOREIGN", "accept's errno name")
+  -- the objects still work in their own runtime
+  rt1:block_on(function()
+    s:write("still mine")
+    H.eq(H.read_n(c, 10), "still mine")
+    c:close(); s:close(); l:close()
+  end)
+end)
+
+T.case("issue 13: TCP_NODELAY is on for connected and accepted conns; conn:nodelay() says so", function()
+  local c, s, l = pair()
+  H.eq(c:nodelay(), true, "a connected conn")
+  H.eq(s:nodelay(), true, "an accepted conn")
+  H.eq(c:set_nodelay(false), true)
+  H.eq(c:nodelay(), false, "after set_nodelay(false)")
+  H.eq(s:nodelay(), true, "the other side keeps its own")
+  H.eq(c:set_nodelay(true), true)
+  H.eq(c:nodelay(), true, "after set_nodelay(true)")
+  c:set_nodelay(false)
+  c:set_nodelay()
+  H.eq(c:nodelay(), true, "set_nodelay() turns it on")
+  c:close(); s:close(); l:close()
 end)
 
 T.case("bind / connect: bad arguments", function()

@@ -1,9 +1,12 @@
 """treadle.run, treadle.Runtime and its options, block_on/spawn/handle/metrics/shutdown."""
 
 import asyncio
+import inspect
 import re
+import sys
 import threading
 import time
+import types
 
 import pytest
 
@@ -562,3 +565,127 @@ def test_public_names_have_docstrings():
     assert not missing, missing
     undocumented = [n for n in names if n != "CancelledError" and not (getattr(treadle, n).__doc__ or "").strip()]
     assert not undocumented, undocumented
+
+
+def test_issue13_binding_uses_only_public_c_api():
+    # CPython's private API (_Py*) changes between versions: the binding
+    # builds on 3.11 through 3.13 because it calls none of it
+    sources = [*(ROOT / "bindings" / "python").glob("*.[ch]"), *(ROOT / "swig").glob("*.i")]
+    assert sources
+    private = [f"{p.name}: {m.group(0)}" for p in sources
+               for m in re.finditer(r"\b_Py\w*\s*\(", p.read_text())]
+    assert not private, private
+
+
+@pytest.mark.parametrize("thread_name", [None, "tr-pool-with-a-long-name"])
+def test_issue13_runtime_threads_carry_their_name_in_threading(flavor, thread_name):
+    # they were "Dummy-N" to threading (and to logging's %(threadName)s)
+    expected = thread_name or "treadle-worker"
+    seen = []
+
+    def on_start():
+        seen.append(threading.current_thread().name)
+
+    def name():
+        return threading.current_thread().name
+
+    async def where():
+        await treadle.yield_now()
+        return name()
+
+    async def main():
+        tasks = {await treadle.spawn(where()) for _ in range(8)}
+        return tasks, await treadle.spawn_blocking(name)
+
+    options = {} if thread_name is None else {"thread_name": thread_name}
+    with treadle.Runtime(flavor=flavor, workers=2, on_thread_start=on_start,
+                         **options) as rt:
+        tasks, blocking = rt.block_on(guarded(main()))
+    assert blocking == expected
+    assert tasks == ({expected} if flavor == "multi_thread" else {"MainThread"})
+    assert seen and set(seen) == {expected}, seen  # the hook sees it too
+    # the threads are gone, and threading does not list them any more
+    assert expected not in {t.name for t in threading.enumerate()}
+
+
+def c_callables():
+    """Every function of the extension module and every method of its
+    types, as (name, callable)."""
+    from treadle import _core
+    for name, obj in sorted(vars(_core).items()):
+        if isinstance(obj, types.BuiltinFunctionType):
+            yield name, obj
+        elif isinstance(obj, type) and obj.__module__.startswith("treadle"):
+            for attr, desc in sorted(vars(obj).items()):
+                if isinstance(desc, (types.MethodDescriptorType, types.ClassMethodDescriptorType,
+                                     types.WrapperDescriptorType, staticmethod)):
+                    yield f"{name}.{attr}", getattr(obj, attr)
+
+
+def test_issue13_every_c_function_has_a_signature():
+    found = dict(c_callables())
+    assert {"sleep", "spawn_blocking", "treadle_builder_new", "JoinHandle.result",
+            "TcpStream.read", "TcpListener.bind", "Handle.current"} <= set(found)
+    missing = []
+    for name, fn in found.items():
+        try:
+            inspect.signature(fn)
+        except (ValueError, TypeError):
+            missing.append(name)
+    assert not missing, missing
+
+
+def test_issue13_signatures_say_how_to_call():
+    sig = lambda fn: str(inspect.signature(fn))  # noqa: E731
+    assert sig(treadle.TcpStream.read) == "(self, n=65536, /)"
+    assert sig(treadle.TcpListener.bind) == "(host, port, *, backlog=1024, reuse_port=False)"
+    assert sig(treadle.JoinHandle.result) == "(self, /, timeout=None)"
+    assert sig(treadle._core.spawn_blocking) == "(fn, /, *args, **kwargs)"
+    assert sig(treadle._core.sleep) == "(seconds, /)"
+    assert sig(treadle._core.treadle_builder_worker_threads) == "(b, n, /)"
+    assert sig(treadle._core.treadle_now) == "()"
+    # the text after the signature is still the docstring
+    assert "(host, port)" in treadle.TcpStream.connect.__doc__
+    assert "--" not in treadle.JoinHandle.result.__doc__
+
+
+def test_issue13_join_handle_is_generic():
+    alias = treadle.JoinHandle[int]
+    assert isinstance(alias, types.GenericAlias)
+    assert alias.__origin__ is treadle.JoinHandle and alias.__args__ == (int,)
+    assert treadle._core.Op[bytes].__origin__ is treadle._core.Op
+
+
+TYPED_SNIPPET = """
+import treadle
+
+async def answer() -> int:
+    return 42
+
+async def main() -> None:
+    h = treadle.spawn(answer())
+    reveal_type(h)
+    reveal_type(h.result(timeout=1))
+    reveal_type(treadle.spawn_blocking(len, "abc"))
+    reveal_type(treadle.Handle.current().spawn(answer()))
+    wrong: str = await h
+
+later: "treadle.JoinHandle[int]"
+"""
+
+
+def test_issue13_stubs_make_join_handles_generic(tmp_path, monkeypatch):
+    api = pytest.importorskip("mypy.api")
+    monkeypatch.setenv("MYPYPATH", str(ROOT / "bindings" / "python"))
+    snippet = tmp_path / "snippet.py"
+    snippet.write_text(TYPED_SNIPPET)
+    out, err, status = api.run(["--cache-dir", str(tmp_path / "cache"), "--follow-imports=silent",
+                                "--python-executable", sys.executable, str(snippet)])
+    assert status == 1, (out, err)
+    revealed = re.findall(r'Revealed type is "([^"]+)"', out)
+    assert revealed == ["treadle._core.JoinHandle[builtins.int]", "builtins.int",
+                        "treadle._core.JoinHandle[builtins.int]",
+                        "treadle._core.JoinHandle[builtins.int]"], out
+    assert re.search(r'snippet.py:13: error: Incompatible types in assignment \(expression has type '
+                     r'"int", variable has type "str"\)', out), out
+    assert "Found 1 error" in out, out

@@ -255,3 +255,37 @@ def test_exit_code_kept_with_live_runtime(tmp_path, flavor):
     assert p.stdout.strip() == "done"
     assert "Traceback" not in p.stderr, p.stderr
     assert "Fatal Python error" not in p.stderr, p.stderr
+
+
+RESULT_SCRIPT = """
+import os, signal, threading, time
+import treadle
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+
+async def forever():
+    await treadle.sleep(float("inf"))
+
+with treadle.Runtime(flavor="multi_thread", workers=2) as rt:
+    jh = rt.spawn(forever())
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    t0 = time.monotonic()
+    try:
+        jh.result()
+    except KeyboardInterrupt:
+        print(f"interrupted after {time.monotonic() - t0:.2f} s", flush=True)
+    jh.abort()
+    try:
+        jh.result(timeout=10)
+    except treadle.CancelledError:
+        print("cancelled", flush=True)
+"""
+
+
+def test_issue13_ctrl_c_reaches_a_main_thread_in_result(tmp_path):
+    script = write_script(tmp_path, "result_sigint.py", RESULT_SCRIPT)
+    p = run_script(script, timeout=20)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("interrupted after"), p.stdout
+    assert lines[1:] == ["cancelled"], p.stdout

@@ -2,6 +2,7 @@
 
 import contextvars
 import threading
+import warnings
 
 import pytest
 
@@ -110,6 +111,141 @@ def test_done(run):
         assert jh.done() is True
 
     run(main())
+
+
+# ------------------------------------------- result() without awaiting (issue 13)
+
+def test_issue13_result_of_a_done_task_from_a_task(run):
+    # done() said True, yet result() raised until some task awaited it
+    async def main():
+        ok = treadle.spawn(square(7))
+        bad = treadle.spawn(fails())
+        gone = treadle.spawn(forever())
+        await treadle.yield_now()
+        gone.abort()
+        await wait_for(lambda: ok.done() and bad.done() and gone.done())
+        assert ok.result() == 49
+        assert ok.result() == 49  # the outcome stays
+        with pytest.raises(Boom):
+            bad.result()
+        with pytest.raises(treadle.CancelledError):
+            gone.result()
+        return await ok  # awaiting afterwards still gives it
+
+    assert run(main()) == 49
+
+
+async def fails():
+    await treadle.yield_now()
+    raise Boom("late")
+
+
+def test_issue13_result_inside_a_task_does_not_block(run):
+    async def main():
+        jh = treadle.spawn(forever())
+        with pytest.raises(RuntimeError, match="await"):
+            jh.result()  # waiting here would stall the runtime's thread
+        with pytest.raises(RuntimeError, match="await"):
+            jh.result(timeout=1)
+        with pytest.raises(TimeoutError):
+            jh.result(timeout=0)  # a poll: never waits
+        jh.abort()
+        with pytest.raises(treadle.CancelledError):
+            await jh
+        return "ok"
+
+    assert run(main()) == "ok"
+
+
+def test_issue13_result_from_a_thread_after_handle_spawn(run):
+    async def main():
+        h = treadle.Handle.current()
+        out = {}
+
+        def body():
+            jh = h.spawn(square(12))
+            out["value"] = jh.result(timeout=10)  # blocks this thread only
+            slow = h.spawn(forever())
+            try:
+                slow.result(timeout=0.05)
+            except TimeoutError:
+                out["timed_out"] = True
+            slow.abort()
+            try:
+                slow.result()
+            except treadle.CancelledError:
+                out["cancelled"] = True
+
+        t = threading.Thread(target=body)
+        t.start()
+        await treadle.spawn_blocking(t.join, 20)
+        return out
+
+    assert run(main()) == {"value": 144, "timed_out": True, "cancelled": True}
+
+
+def test_issue13_result_from_the_main_thread_after_runtime_spawn():
+    with treadle.Runtime(flavor="multi_thread", workers=2) as rt:
+        jh = rt.spawn(square(5))
+        assert jh.result(timeout=10) == 25  # no block_on: the GIL is let go
+        assert jh.done()
+        blocking = rt.handle().spawn(treadle_blocking_call())
+        assert blocking.result(timeout=10) == 6
+        slow = rt.spawn(forever())
+        with pytest.raises(TimeoutError):
+            slow.result(timeout=0.05)
+        assert not slow.done()
+        slow.abort()
+        with pytest.raises(treadle.CancelledError):
+            slow.result(timeout=10)
+
+
+async def treadle_blocking_call():
+    return await treadle.spawn_blocking(sum, [1, 2, 3])
+
+
+def test_issue13_result_of_a_blocking_job_from_a_thread(run):
+    async def main():
+        job = treadle.spawn_blocking(sum, [4, 5])
+        out = []
+        t = threading.Thread(target=lambda: out.append(job.result(timeout=10)))
+        t.start()
+        await treadle.spawn_blocking(t.join, 20)
+        return out
+
+    assert run(main()) == [9]
+
+
+def test_issue13_one_waiter_at_a_time(run):
+    async def main():
+        jh = treadle.spawn(forever())
+        errors = []
+
+        def body():
+            try:
+                jh.result(timeout=0.5)
+            except RuntimeError as exc:
+                errors.append(str(exc))
+            except TimeoutError:
+                errors.append("timed out")
+
+        started = []
+
+        async def awaiter():
+            started.append(1)  # in the step that starts awaiting jh
+            await jh
+
+        aw = treadle.spawn(awaiter())
+        await wait_for(lambda: started)  # the awaiter waits on jh now
+        t = threading.Thread(target=body)
+        t.start()
+        await treadle.spawn_blocking(t.join, 20)
+        aw.abort()
+        jh.abort()
+        return errors
+
+    [msg] = run(main())
+    assert "already waiting" in msg, msg
 
 
 # ---------------------------------------------------------------- abort
@@ -382,6 +518,124 @@ def test_unretrieved_exception_via_capfd(capfd, flavor):
     err = capfd.readouterr().err
     assert err.count("Task exception was never retrieved") == 1, err
     assert "LookupError: capfd-0815" in err
+
+
+# ------------------------------------------- mistakes new users make (issue 13)
+
+def never_awaited(caught):
+    return [str(w.message) for w in caught if "never awaited" in str(w.message)]
+
+
+def test_issue13_an_operation_never_awaited_warns(run):
+    async def main():
+        c_lst = await treadle.TcpListener.bind("127.0.0.1", 0)
+        c = await treadle.TcpStream.connect("127.0.0.1", c_lst.local_addr[1])
+        s, _ = await c_lst.accept()
+        with pytest.warns(RuntimeWarning) as caught:
+            treadle.sleep(1)  # forgot the await: dropped at once
+            treadle.yield_now()
+            s.write(b"x")
+            s.read(10)
+            c_lst.accept()
+        for x in (c, s, c_lst):
+            x.close()
+        return never_awaited(caught)
+
+    assert run(main()) == [
+        f"treadle operation {what} was never awaited"
+        for what in ("sleep", "yield_now", "TcpStream.write", "TcpStream.read",
+                     "TcpListener.accept")]
+
+
+def test_issue13_never_awaited_outside_a_task_warns_too():
+    with pytest.warns(RuntimeWarning, match="treadle operation sleep was never awaited"):
+        treadle.sleep(1)
+
+
+def test_issue13_awaited_operations_do_not_warn(run):
+    async def main():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            await treadle.sleep(0)
+            await treadle.yield_now()
+            jh = treadle.spawn(square(3))
+            assert await treadle.timeout(5, jh) == 9
+            async with await treadle.TcpListener.bind("127.0.0.1", 0) as lst:
+                port = lst.local_addr[1]
+                async with await treadle.TcpStream.connect("127.0.0.1", port) as c:
+                    s, _ = await lst.accept()
+                    await c.write(bytearray(b"hi"))
+                    assert await s.read(2) == b"hi"
+                    with pytest.raises(TypeError):
+                        c.write("text")  # refused at the call: nothing to await
+                    s.close()
+            with pytest.raises(treadle.ClosedError):
+                await c.write(b"late")
+        return never_awaited(caught)
+
+    assert run(main()) == []
+
+
+NOT_AWAITED_AT_EXIT = """
+import warnings
+import treadle
+
+warnings.simplefilter("always")
+treadle.sleep(1)               # dropped now: warns
+kept = treadle.sleep(1)        # dropped while the interpreter exits: does not
+rt = treadle.Runtime("multi_thread", workers=1)
+also_kept = [treadle.yield_now()]
+print("done", flush=True)
+"""
+
+
+def test_issue13_no_never_awaited_warning_at_exit(tmp_path):
+    p = run_script(write_script(tmp_path, "exit_ops.py", NOT_AWAITED_AT_EXIT))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "done\n"
+    assert p.stderr.count("was never awaited") == 1, p.stderr
+
+
+def test_issue13_awaiting_asyncio_explains_what_to_use(run):
+    import asyncio
+
+    async def main():
+        with pytest.raises(RuntimeError, match=r"awaited None.*treadle\.sleep"):
+            await asyncio.sleep(0)  # asyncio's bare yield
+        loop = asyncio.new_event_loop()
+        try:
+            with pytest.raises(RuntimeError, match=r"asyncio future.*asyncio's event loop"):
+                await loop.create_future()
+        finally:
+            loop.close()
+        with pytest.raises(RuntimeError, match="not a treadle awaitable"):
+            await Yields(42)
+        return "ok"
+
+    assert run(main()) == "ok"
+
+
+class Yields:
+    def __init__(self, value):
+        self.value = value
+
+    def __await__(self):
+        yield self.value
+
+
+def test_issue13_asyncio_sleep_in_a_task_gets_a_hint(run):
+    import asyncio
+
+    async def uses_asyncio():
+        await asyncio.sleep(0.01)  # asyncio.sleep needs asyncio's running loop
+
+    async def main():
+        with pytest.raises(RuntimeError, match="no running event loop") as info:
+            await treadle.spawn(uses_asyncio())
+        return getattr(info.value, "__notes__", [])
+
+    [note] = run(main())
+    assert "treadle.sleep" in note and "asyncio" in note, note
 
 
 # ---------------------------------------------------------------- contextvars

@@ -297,6 +297,82 @@ def test_write_buffer_types(run):
     assert run(main()) == expected
 
 
+# More than the socket buffers of both ends hold: such a write waits.
+BIG = 32 << 20
+
+MUTABLE_BUFFERS = {
+    "bytearray": lambda data: bytearray(data),
+    "memoryview": lambda data: memoryview(bytearray(data)),
+    "array": lambda data: array.array("B", data),
+}
+
+
+def refill(buf, byte):
+    memoryview(buf).cast("B")[:] = bytes([byte]) * len(memoryview(buf).cast("B"))
+
+
+async def read_while_writing(c, s, lst, writers):
+    """Reads s to its end while the `writers` tasks finish writing on c,
+    then closes all three; returns what s read."""
+    reader = treadle.spawn(read_all(s))
+    for w in writers:
+        await w
+    await c.shutdown()
+    got = await reader
+    for x in (c, s, lst):
+        x.close()
+    return got
+
+
+@pytest.mark.parametrize("kind", MUTABLE_BUFFERS)
+def test_issue13_write_takes_a_mutable_buffer_at_the_call(run, kind):
+    # the bytes sent are those the buffer held when write() was called, as
+    # with asyncio's transports: a change after it (before the await, or
+    # while the write waits for the peer) is not sent
+    async def main():
+        c, s, lst = await pair()
+        buf = MUTABLE_BUFFERS[kind](b"a" * BIG)
+        op = c.write(buf)
+        refill(buf, ord("b"))  # before the await
+        writer = treadle.spawn(op)
+        await treadle.sleep(0.05)
+        assert not writer.done()  # nobody reads: it waits
+        refill(buf, ord("c"))  # while it waits
+        return await read_while_writing(c, s, lst, [writer])
+
+    got = run(main())
+    assert len(got) == BIG
+    assert got == b"a" * BIG, f"changed at byte {first_difference(got, b'a' * BIG)}"
+
+
+def test_issue13_writers_of_several_tasks_go_out_whole_in_order(run):
+    n = BIG // 4
+    log = []
+
+    async def writer(stream, i, buf):
+        op = stream.write(buf)  # takes the bytes now
+        log.append(i)
+        await op
+
+    async def main():
+        c, s, lst = await pair()
+        buf = bytearray(n)  # one buffer, refilled for every writer
+        writers = []
+        for i in range(4):
+            refill(buf, ord("A") + i)
+            writers.append(treadle.spawn(writer(c, i, buf)))
+            while len(log) <= i:  # this write has queued before the next one
+                await treadle.sleep(0.001)
+            await treadle.sleep(0.01)
+        assert not any(w.done() for w in writers)  # nobody reads yet
+        return await read_while_writing(c, s, lst, writers)
+
+    got = run(main())
+    expected = b"".join(bytes([ord("A") + i]) * n for i in range(4))
+    assert len(got) == len(expected)
+    assert got == expected, f"differs at byte {first_difference(got, expected)}"
+
+
 def test_write_rejects_bad_types(run):
     async def main():
         c, s, lst = await pair()

@@ -115,6 +115,19 @@ def test_sleep_huge_waits_until_timeout(run, arg):
     assert "woke" not in log
 
 
+def test_issue13_ints_past_a_double_range(run):
+    # an int too big for a double is judged by its sign (public C API only)
+    async def main():
+        t0 = time.monotonic()
+        await treadle.sleep(-10**400)
+        took = time.monotonic() - t0
+        with pytest.raises(TimeoutError):
+            await treadle.timeout(0.05, treadle.sleep(10**400))
+        return took
+
+    assert run(main()) < 2
+
+
 def test_sleep_inf_waits_until_aborted(run):
     log = []
 
@@ -381,6 +394,33 @@ def test_spawn_blocking_result(run):
         return "ok"
 
     assert run(main()) == "ok"
+
+
+def test_issue13_spawn_blocking_passes_keyword_arguments(run):
+    def echo(*args, **kwargs):
+        return args, kwargs
+
+    async def main():
+        assert await treadle.spawn_blocking(int, "ff", base=16) == 255
+        # fn is positional-only: "fn" and "args" are the function's keywords
+        return await treadle.spawn_blocking(echo, 1, fn=2, args=3)
+
+    assert run(main()) == ((1,), {"fn": 2, "args": 3})
+
+
+def test_issue13_handle_current_in_a_blocking_job(run):
+    async def child(x):
+        await treadle.yield_now()
+        return x + 1
+
+    def job():
+        h = treadle.Handle.current()  # as treadle_handle_current() in C
+        return h.spawn(child(41)).result(timeout=10)
+
+    async def main():
+        return await treadle.spawn_blocking(job)
+
+    assert run(main()) == 42
 
 
 def test_spawn_blocking_runs_on_another_thread(run):

@@ -12,7 +12,7 @@ Write ``async def`` code as with asyncio and run it with :func:`run`::
     print(treadle.run(main()))
 
 Worker threads do the I/O and run the scheduler without the GIL; Python
-steps of one runtime run one at a time (DESIGN.md, "GIL discipline").
+steps of one runtime run one at a time (docs/ARCHITECTURE.md, "GIL discipline").
 """
 from __future__ import annotations
 
@@ -52,10 +52,11 @@ _FLAVORS = {"current_thread": _swig.TREADLE_CURRENT_THREAD,
             "multi_thread": _swig.TREADLE_MULTI_THREAD}
 
 
-def spawn(coro: Awaitable[T]) -> JoinHandle:
+def spawn(coro: Awaitable[T]) -> JoinHandle[T]:
     """Spawns ``coro`` as a new task of the running task's runtime and
-    returns its :class:`JoinHandle` (RuntimeError outside a task).
-    contextvars are copied, as asyncio.create_task copies them."""
+    returns its :class:`JoinHandle` (RuntimeError outside a task): a
+    ``JoinHandle[int]`` for a coroutine that returns an int. contextvars
+    are copied, as asyncio.create_task copies them."""
     return _core.spawn(coro)
 
 
@@ -76,11 +77,16 @@ def current_worker() -> int:
     return _core.current_worker()
 
 
-def spawn_blocking(fn: Callable[..., T], *args: Any) -> JoinHandle:
-    """Runs ``fn(*args)`` on the blocking pool; await the result (or
-    exception). For code that blocks its thread: file I/O, sleeps, C
-    libraries. contextvars are copied."""
-    return _core.spawn_blocking(fn, *args)
+def spawn_blocking(fn: Callable[..., T], /, *args: Any,
+                   **kwargs: Any) -> JoinHandle[T]:
+    """Runs ``fn(*args, **kwargs)`` on the blocking pool (as
+    asyncio.to_thread does); await the result (or exception). For code
+    that blocks its thread: file I/O, sleeps, C libraries. contextvars are
+    copied. Inside the job, :meth:`Handle.current` is the runtime::
+
+        data = await treadle.spawn_blocking(open_and_read, path, mode="rb")
+    """
+    return _core.spawn_blocking(fn, *args, **kwargs)
 
 
 async def _await(aw: Awaitable[T]) -> T:
@@ -182,6 +188,11 @@ class Runtime:
     or "current_thread" (tasks run on the thread in :meth:`block_on`).
     Use it as a context manager, or call :meth:`shutdown`; a runtime still
     alive at interpreter exit is shut down then.
+
+    The threads it starts (workers and the blocking pool) are named
+    ``thread_name``, for the OS (its first 15 bytes) and for ``threading``
+    (``threading.current_thread().name``, logging's ``%(threadName)s``);
+    ``on_thread_start`` and ``on_thread_stop`` run first and last on each.
     """
 
     def __init__(self, flavor: str = "multi_thread", workers: Optional[int] = None,
@@ -209,7 +220,7 @@ class Runtime:
             if enable_time:
                 _swig.treadle_builder_enable_time(b)
             self._core = _swig.treadle_py_build(b, _FLAVORS[flavor], on_thread_start,
-                                               on_thread_stop)
+                                               on_thread_stop, thread_name)
         finally:
             _swig.treadle_builder_free(b)
         self.flavor = flavor
@@ -240,9 +251,11 @@ class Runtime:
                 raise KeyboardInterrupt from None
         return main.result()
 
-    def spawn(self, coro: Awaitable[T]) -> JoinHandle:
+    def spawn(self, coro: Awaitable[T]) -> JoinHandle[T]:
         """Spawns ``coro`` from any thread. On multi_thread it starts at
-        once; on current_thread it runs while some block_on runs."""
+        once; on current_thread it runs while some block_on runs (so a
+        ``result()`` that waits for it there needs another thread in
+        block_on). ``handle.result(timeout)`` waits for it outside tasks."""
         return self._core.spawn(coro)
 
     def handle(self) -> Handle:
@@ -288,7 +301,7 @@ class _Interrupt:
     """asyncio.Runner's SIGINT policy: the first cancels the main task, a
     second raises KeyboardInterrupt."""
 
-    def __init__(self, main: JoinHandle) -> None:
+    def __init__(self, main: JoinHandle[Any]) -> None:
         self.main = main
         self.count = 0
 
