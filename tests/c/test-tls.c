@@ -155,10 +155,15 @@ static treadle_poll_t job_echo(job_t *j, treadle_cx_t *cx, treadle_err_t *err) {
   return treadle_tls_shutdown_poll(j->t, cx, err);
 }
 
+/* True on a thread while it polls a job's TLS leaf (see
+ * encryption_runs_in_the_leaves). */
+static __thread bool in_leaf;
+
 static treadle_poll_t job_poll(treadle_cx_t *cx, void *st) {
   job_t *j = st;
   treadle_err_t err = 0;
   treadle_poll_t p = TREADLE_READY;
+  in_leaf = true;
   switch (j->kind) {
   case HANDSHAKE:
     p = treadle_tls_handshake_poll(j->t, cx, &err);
@@ -180,6 +185,7 @@ static treadle_poll_t job_poll(treadle_cx_t *cx, void *st) {
     p = job_echo(j, cx, &err);
     break;
   }
+  in_leaf = false;
   if (p == TREADLE_PENDING)
     return TREADLE_PENDING;
   j->res->err = err;
@@ -709,19 +715,30 @@ static void alpn_mismatch_fails_the_handshake(void **state) {
   tls_certs_remove(&C);
 }
 
-/* A plain-stream peer for the TLS end: closes at once, or writes text. */
+/* A plain-stream peer for the TLS end: optionally reads what the TLS end
+ * sent first (one read), then writes `len` bytes of `text` (if any), then
+ * closes. */
 typedef struct {
   treadle_stream_t *s;
+  bool read_first;
   const char *text;
-  size_t done;
+  size_t len, done;
+  uint8_t buf[4096];
 } raw_peer_t;
 
 static treadle_poll_t raw_peer_poll(treadle_cx_t *cx, void *st) {
   raw_peer_t *r = st;
   treadle_err_t err = 0;
-  if (r->text != NULL &&
-      treadle_stream_write_all_poll(r->s, cx, r->text, strlen(r->text),
-                                    &r->done, &err) == TREADLE_PENDING)
+  size_t n;
+  if (r->read_first) {
+    if (treadle_stream_read_poll(r->s, cx, r->buf, sizeof r->buf, &n, &err) ==
+        TREADLE_PENDING)
+      return TREADLE_PENDING;
+    r->read_first = false;
+  }
+  if (err == 0 && r->text != NULL &&
+      treadle_stream_write_all_poll(r->s, cx, r->text, r->len, &r->done,
+                                    &err) == TREADLE_PENDING)
     return TREADLE_PENDING;
   treadle_stream_free(r->s);
   r->s = NULL;
@@ -736,14 +753,16 @@ static void raw_peer_drop(void *st) {
 static const treadle_task_vtable_t raw_peer_vt = {.poll = raw_peer_poll,
                                                   .drop = raw_peer_drop};
 
-/* The TLS end's handshake against a raw peer on `raw`. */
+/* The TLS end's handshake against a raw peer on `raw` (see raw_peer_t). */
 static treadle_err_t handshake_against_raw(treadle_runtime_t *rt,
                                            treadle_tls_t *t,
                                            treadle_stream_t *raw,
-                                           const char *text) {
+                                           bool read_first, const char *text,
+                                           size_t len) {
   result_t res;
   job_t j = job(HANDSHAKE, t, &res);
-  raw_peer_t r = {.s = raw, .text = text};
+  raw_peer_t r = {.s = raw, .read_first = read_first, .text = text,
+                  .len = len};
   treadle_join_t *joins[2];
   treadle_err_t status[2];
   assert_int_equal(treadle_spawn(treadle_runtime_handle(rt), &job_vt, &j,
@@ -772,7 +791,18 @@ static void peer_closes_mid_handshake(void **state) {
       tcp_streams(rt, &c, &s);
     treadle_tls_t *t;
     assert_int_equal(treadle_tls_client_new(cc, c, "localhost", &t), 0);
-    assert_int_equal(handshake_against_raw(rt, t, s, NULL), TREADLE_ECONNRESET);
+    assert_int_equal(handshake_against_raw(rt, t, s, false, NULL, 0),
+                     TREADLE_ECONNRESET);
+    assert_non_null(strstr(treadle_tls_error_message(t), "handshake"));
+    treadle_tls_free(t);
+    /* The server reads the ClientHello, then goes away. */
+    if (unix_)
+      unix_streams(rt, &c, &s);
+    else
+      tcp_streams(rt, &c, &s);
+    assert_int_equal(treadle_tls_client_new(cc, c, "localhost", &t), 0);
+    assert_int_equal(handshake_against_raw(rt, t, s, true, NULL, 0),
+                     TREADLE_ECONNRESET);
     assert_non_null(strstr(treadle_tls_error_message(t), "handshake"));
     treadle_tls_free(t);
     /* The client goes away: so does the server's. */
@@ -781,18 +811,48 @@ static void peer_closes_mid_handshake(void **state) {
     else
       tcp_streams(rt, &c, &s);
     assert_int_equal(treadle_tls_server_new(sc, s, &t), 0);
-    assert_int_equal(handshake_against_raw(rt, t, c, NULL), TREADLE_ECONNRESET);
+    assert_int_equal(handshake_against_raw(rt, t, c, false, NULL, 0),
+                     TREADLE_ECONNRESET);
+    assert_non_null(strstr(treadle_tls_error_message(t), "handshake"));
+    treadle_tls_free(t);
+    /* The client goes away in the middle of its ClientHello: a record
+     * header that promises 512 bytes, and 6 of them. */
+    static const char part[] = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+    if (unix_)
+      unix_streams(rt, &c, &s);
+    else
+      tcp_streams(rt, &c, &s);
+    assert_int_equal(treadle_tls_server_new(sc, s, &t), 0);
+    assert_int_equal(
+        handshake_against_raw(rt, t, c, false, part, sizeof part - 1),
+        TREADLE_ECONNRESET);
     treadle_tls_free(t);
   }
   /* A client that speaks HTTP to a TLS server. */
+  static const char get[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
   treadle_stream_t *c, *s;
   tcp_streams(rt, &c, &s);
   treadle_tls_t *t;
   assert_int_equal(treadle_tls_server_new(sc, s, &t), 0);
-  assert_int_equal(
-      handshake_against_raw(rt, t, c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"),
-      TREADLE_ETLSHANDSHAKE);
+  assert_int_equal(handshake_against_raw(rt, t, c, false, get, sizeof get - 1),
+                   TREADLE_ETLSHANDSHAKE);
   assert_true(strlen(treadle_tls_error_message(t)) > 0);
+  treadle_tls_free(t);
+  /* A server that answers the ClientHello in plain text (over a Unix
+   * pair: the text stays readable after that peer closes, where TCP could
+   * reset first). */
+  static const char bad[] = "HTTP/1.1 400 Bad Request\r\n\r\n";
+  unix_streams(rt, &c, &s);
+  assert_int_equal(treadle_tls_client_new(cc, c, "localhost", &t), 0);
+  assert_int_equal(handshake_against_raw(rt, t, s, true, bad, sizeof bad - 1),
+                   TREADLE_ETLSHANDSHAKE);
+  assert_true(strlen(treadle_tls_error_message(t)) > 0);
+  assert_int_equal(treadle_tls_version(t), TREADLE_ENOTCONN);
+  /* The error stays. */
+  result_t res;
+  job_t j = job(HANDSHAKE, t, &res);
+  run_jobs(rt, &j, 1);
+  assert_int_equal(res.err, TREADLE_ETLSHANDSHAKE);
   treadle_tls_free(t);
   treadle_tls_config_unref(cc);
   treadle_tls_config_unref(sc);
@@ -996,6 +1056,66 @@ static void key_update_is_answered_by_the_reader(void **state) {
   assert_true(atomic_load(&server_got) >= 2);
   assert_true(atomic_load(&client_got) >= 2);
   pair_free(&p);
+  treadle_tls_config_unref(cc);
+  treadle_tls_config_unref(sc);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+  tls_certs_remove(&C);
+}
+
+/* Records a TLS stream encrypted or decrypted, by where it happened:
+ * within a leaf polled by a task, or anywhere else. */
+typedef struct {
+  _Atomic long inside, outside;
+} record_count_t;
+
+/* OpenSSL's message callback: once per record header and message, on the
+ * thread that writes or reads the record. */
+static void count_records(int write_p, int version, int content_type,
+                          const void *buf, size_t len, SSL *ssl, void *arg) {
+  (void)write_p;
+  (void)version;
+  (void)content_type;
+  (void)buf;
+  (void)len;
+  (void)ssl;
+  record_count_t *c = arg;
+  /* relaxed: counters, read after the joins */
+  atomic_fetch_add_explicit(in_leaf ? &c->inside : &c->outside, 1,
+                            memory_order_relaxed);
+}
+
+/* The handshake, the encryption and the decryption run on the thread that
+ * polls the leaf (a worker, in the task's poll), never on a thread of the
+ * runtime's own (blocking pool, driver) or in treadle_tls_free. */
+static void encryption_runs_in_the_leaves(void **state) {
+  (void)state;
+  tls_certs_make(&C);
+  treadle_runtime_t *rt = test_runtime();
+  treadle_tls_config_t *sc = server_config(C.server, C.server_key);
+  treadle_tls_config_t *cc = client_config(C.ca);
+  for (int unix_ = 0; unix_ < 2; unix_++) {
+    treadle_stream_t *c, *s;
+    if (unix_)
+      unix_streams(rt, &c, &s);
+    else
+      tcp_streams(rt, &c, &s);
+    tls_pair_t p = wrap(cc, sc, "localhost", c, s);
+    record_count_t counts = {0, 0};
+    SSL *ssls[2] = {treadle__tls_ssl(p.client), treadle__tls_ssl(p.server)};
+    for (int i = 0; i < 2; i++) {
+      SSL_set_msg_callback(ssls[i], count_records);
+      SSL_set_msg_callback_arg(ssls[i], &counts);
+    }
+    handshake_ok(rt, &p);
+    long after_handshake = atomic_load(&counts.inside);
+    assert_true(after_handshake > 0);
+    duplex(rt, &p, test_scale(1 << 20));
+    /* At least one record per 16 KiB each way, and each end's reading. */
+    assert_true(atomic_load(&counts.inside) - after_handshake >=
+                2 * 2 * (long)(test_scale(1 << 20) / 16384));
+    pair_free(&p);
+    assert_int_equal(atomic_load(&counts.outside), 0);
+  }
   treadle_tls_config_unref(cc);
   treadle_tls_config_unref(sc);
   assert_int_equal(treadle_runtime_free(rt), 0);
@@ -1343,6 +1463,7 @@ static const struct CMUnitTest tests[] = {
     RT_TEST(truncation_is_reported),
     RT_TEST(close_wakes_a_waiting_reader),
     RT_TEST(key_update_is_answered_by_the_reader),
+    RT_TEST(encryption_runs_in_the_leaves),
     RT_TEST(renegotiation_pumps_both_ways),
     TEST(configs_refuse_bad_input),
     RT_TEST(streams_refuse_bad_input),
