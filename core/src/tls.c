@@ -181,10 +181,11 @@ static void take_ssl_error(char *msg, size_t len, const char *prefix,
   snprintf(msg, len, "%s%s", prefix, reason != NULL ? reason : fallback);
 }
 
-/* Empties this thread's error queue before an SSL call on the I/O path,
- * so that SSL_get_error is not misled by an error someone else left
- * there. ERR_clear_error walks and frees every slot of the queue, and
- * costs more than a small record's encryption: peek first. */
+/* Empties this thread's error queue before an SSL call, so that
+ * SSL_get_error is not misled by an error someone else left there (it
+ * looks at the queue before anything else, even for a call that only ran
+ * out of bytes or met close_notify, which add nothing to it).
+ * ERR_clear_error walks and frees every slot of the queue: peek first. */
 static void clear_errors(void) {
   if (treadle__unlikely(ERR_peek_error() != 0))
     ERR_clear_error();
@@ -257,18 +258,23 @@ static int bio_write(BIO *b, const char *data, size_t len, size_t *put) {
   return 1;
 }
 
+/* OpenSSL asks several of these a record (flush, kTLS): the common ones
+ * answer without looking at the TLS stream. */
 static long bio_ctrl(BIO *b, int cmd, long num, void *ptr) {
   (void)num;
   (void)ptr;
-  treadle_tls_t *t = BIO_get_data(b);
+  treadle_tls_t *t;
   switch (cmd) {
   case BIO_CTRL_FLUSH: /* the leaves send `out` */
     return 1;
   case BIO_CTRL_PENDING:
+    t = BIO_get_data(b);
     return (long)(t->in_end - t->in_start);
   case BIO_CTRL_WPENDING:
+    t = BIO_get_data(b);
     return (long)out_len(t);
   case BIO_CTRL_EOF:
+    t = BIO_get_data(b);
     return t->in_eof && t->in_end == t->in_start;
   default:
     return 0;
@@ -1012,8 +1018,8 @@ static treadle_poll_t write_step(treadle_tls_t *t, treadle_cx_t *cx,
       t->w_taken = 0;
       return TREADLE_READY;
     }
-    clear_errors();
     size_t put = 0;
+    clear_errors();
     int r =
         SSL_write_ex(t->ssl, buf, len < WRITE_CHUNK ? len : WRITE_CHUNK, &put);
     int e = r == 1 ? SSL_ERROR_NONE : SSL_get_error(t->ssl, r);

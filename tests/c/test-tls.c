@@ -158,11 +158,18 @@ static treadle_poll_t job_echo(job_t *j, treadle_cx_t *cx, treadle_err_t *err) {
 /* True on a thread while it polls a job's TLS leaf (see
  * encryption_runs_in_the_leaves). */
 static __thread bool in_leaf;
+/* While set, every job leaves an error on its thread's OpenSSL error
+ * queue before each poll, as careless code of the same thread might (see
+ * stale_errors_are_not_ours). */
+static _Atomic bool push_stale;
 
 static treadle_poll_t job_poll(treadle_cx_t *cx, void *st) {
   job_t *j = st;
   treadle_err_t err = 0;
   treadle_poll_t p = TREADLE_READY;
+  /* relaxed: set and cleared by the test between runs */
+  if (atomic_load_explicit(&push_stale, memory_order_relaxed))
+    ERR_raise(ERR_LIB_USER, 42);
   in_leaf = true;
   switch (j->kind) {
   case HANDSHAKE:
@@ -276,7 +283,9 @@ static void duplex_run(treadle_runtime_t *rt, tls_pair_t *p, size_t len,
   run_jobs(rt, jobs, 4);
   for (int i = 0; i < 4; i++) {
     if (res[i].err != 0)
-      fprintf(stderr, "job %d: %s\n", i, treadle_err_name(res[i].err));
+      fprintf(stderr, "job %d: %s (%s)\n", i, treadle_err_name(res[i].err),
+              treadle_tls_error_message(i == 0 || i == 3 ? p->client
+                                                         : p->server));
     assert_int_equal(res[i].err, 0);
     assert_int_equal(res[i].bytes, len);
   }
@@ -300,7 +309,8 @@ static void echo(treadle_runtime_t *rt, tls_pair_t *p, size_t len) {
   run_jobs(rt, jobs, 3);
   for (int i = 0; i < 3; i++) {
     if (res[i].err != 0)
-      fprintf(stderr, "job %d: %s\n", i, treadle_err_name(res[i].err));
+      fprintf(stderr, "job %d: %s (%s)\n", i, treadle_err_name(res[i].err),
+              treadle_tls_error_message(i < 2 ? p->client : p->server));
     assert_int_equal(res[i].err, 0);
     assert_int_equal(res[i].bytes, len);
   }
@@ -1122,6 +1132,34 @@ static void encryption_runs_in_the_leaves(void **state) {
   tls_certs_remove(&C);
 }
 
+/* An error left on a worker's OpenSSL error queue by someone else (here
+ * before every poll) is not taken for the TLS stream's own: handshakes,
+ * reads that wait for the rest of a record, writes, close_notify and the
+ * reads after it all go through (tls.c, clear_errors). */
+static void stale_errors_are_not_ours(void **state) {
+  (void)state;
+  tls_certs_make(&C);
+  treadle_runtime_t *rt = test_runtime();
+  treadle_tls_config_t *sc = server_config(C.server, C.server_key);
+  treadle_tls_config_t *cc = client_config(C.ca);
+  treadle_stream_t *c, *s;
+  tcp_streams(rt, &c, &s);
+  tls_pair_t p = wrap(cc, sc, "localhost", c, s);
+  atomic_store(&push_stale, true);
+  handshake_ok(rt, &p);
+  duplex_run(rt, &p, test_scale(1 << 20), false);
+  echo(rt, &p, 100000);
+  atomic_store(&push_stale, false);
+  assert_string_equal(treadle_tls_error_message(p.client), "");
+  assert_string_equal(treadle_tls_error_message(p.server), "");
+  pair_free(&p);
+  treadle_tls_config_unref(cc);
+  treadle_tls_config_unref(sc);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+  ERR_clear_error();
+  tls_certs_remove(&C);
+}
+
 /* The server asks for a renegotiation: a HelloRequest goes out with its
  * next write, which the client's reader takes (the client's next read or
  * write then starts the handshake). No close_notify may come first: after
@@ -1464,6 +1502,7 @@ static const struct CMUnitTest tests[] = {
     RT_TEST(close_wakes_a_waiting_reader),
     RT_TEST(key_update_is_answered_by_the_reader),
     RT_TEST(encryption_runs_in_the_leaves),
+    RT_TEST(stale_errors_are_not_ours),
     RT_TEST(renegotiation_pumps_both_ways),
     TEST(configs_refuse_bad_input),
     RT_TEST(streams_refuse_bad_input),
