@@ -61,11 +61,11 @@ typedef struct {
   int fd;
   SSL *ssl;
   int state;
-  size_t off;      /* the message's window in the pattern */
-  size_t got;      /* echo bytes back so far */
-  bool sent;       /* the message went out (SSL_write completed) */
-  uint64_t t0_ns;  /* when it went out */
-  uint8_t *buf;    /* the echo, size bytes */
+  size_t off;     /* the message's window in the pattern */
+  size_t got;     /* echo bytes back so far */
+  bool sent;      /* the message went out (SSL_write completed) */
+  uint64_t t0_ns; /* when it went out */
+  uint8_t *buf;   /* the echo, size bytes */
 } conn_t;
 
 static struct {
@@ -189,8 +189,9 @@ static bool take_echo(conn_t *c, int ep) {
     if (r != 1) {
       int e = SSL_get_error(c->ssl, r);
       if (e != SSL_ERROR_WANT_READ)
-        conn_fail(c, ep, e == SSL_ERROR_ZERO_RETURN ? "closed by the server"
-                                                    : "read failed");
+        conn_fail(c, ep,
+                  e == SSL_ERROR_ZERO_RETURN ? "closed by the server"
+                                             : "read failed");
       return false;
     }
     c->got += n;
@@ -229,36 +230,56 @@ static bool handshake(conn_t *c, int ep) {
 }
 
 static void usage(void) {
-  fprintf(stderr,
-          "usage: tlsload --port P [--host 127.0.0.1] [--conns 100] "
-          "[--size 64] [--duration 5] [--warmup 1] [--requests N] "
-          "[--name SNI] [--server-pid PID]\n");
+  fprintf(stderr, "usage: tlsload --port P [--host 127.0.0.1] [--conns 100] "
+                  "[--size 64] [--duration 5] [--warmup 1] [--requests N] "
+                  "[--name SNI] [--server-pid PID]\n");
   exit(2);
 }
 
 static void parse(int argc, char **argv) {
   static const struct option longs[] = {
-      {"host", 1, 0, 'h'},     {"port", 1, 0, 'p'},   {"conns", 1, 0, 'c'},
-      {"size", 1, 0, 's'},     {"duration", 1, 0, 'd'}, {"warmup", 1, 0, 'w'},
-      {"requests", 1, 0, 'n'}, {"name", 1, 0, 'N'},   {"server-pid", 1, 0, 'P'},
-      {0, 0, 0, 0}};
+      {"host", 1, 0, 'h'},       {"port", 1, 0, 'p'},
+      {"conns", 1, 0, 'c'},      {"size", 1, 0, 's'},
+      {"duration", 1, 0, 'd'},   {"warmup", 1, 0, 'w'},
+      {"requests", 1, 0, 'n'},   {"name", 1, 0, 'N'},
+      {"server-pid", 1, 0, 'P'}, {0, 0, 0, 0}};
   int ch;
   while ((ch = getopt_long(argc, argv, "", longs, NULL)) != -1) {
     switch (ch) {
-    case 'h': opt.host = optarg; break;
-    case 'p': opt.port = atoi(optarg); break;
-    case 'c': opt.conns = atoi(optarg); break;
-    case 's': opt.size = strtoul(optarg, NULL, 10); break;
-    case 'd': opt.duration = atof(optarg); break;
-    case 'w': opt.warmup = atof(optarg); break;
-    case 'n': opt.requests = atol(optarg); break;
-    case 'N': opt.name = optarg; break;
-    case 'P': opt.server_pid = atoi(optarg); break;
-    default: usage();
+    case 'h':
+      opt.host = optarg;
+      break;
+    case 'p':
+      opt.port = atoi(optarg);
+      break;
+    case 'c':
+      opt.conns = atoi(optarg);
+      break;
+    case 's':
+      opt.size = strtoul(optarg, NULL, 10);
+      break;
+    case 'd':
+      opt.duration = atof(optarg);
+      break;
+    case 'w':
+      opt.warmup = atof(optarg);
+      break;
+    case 'n':
+      opt.requests = atol(optarg);
+      break;
+    case 'N':
+      opt.name = optarg;
+      break;
+    case 'P':
+      opt.server_pid = atoi(optarg);
+      break;
+    default:
+      usage();
     }
   }
   struct in_addr a;
-  if (opt.port <= 0 || opt.port > 65535 || inet_pton(AF_INET, opt.host, &a) != 1)
+  if (opt.port <= 0 || opt.port > 65535 ||
+      inet_pton(AF_INET, opt.host, &a) != 1)
     usage();
   if ((ntohl(a.s_addr) >> 24) != 127)
     die("the host must be in 127.0.0.0/8");
@@ -406,8 +427,7 @@ int main(int argc, char **argv) {
   char server_pct[32] = "null";
   if (srv0 >= 0 && srv1 >= 0) {
     snprintf(server, sizeof server, "%.3f", srv1 - srv0);
-    snprintf(server_pct, sizeof server_pct, "%.1f",
-             100 * (srv1 - srv0) / secs);
+    snprintf(server_pct, sizeof server_pct, "%.1f", 100 * (srv1 - srv0) / secs);
   }
   printf("{\"conns\":%d,\"size\":%zu,\"connected\":%d,\"secs\":%.3f,"
          "\"requests\":%llu,\"rps\":%.1f,\"p50_us\":%llu,\"p99_us\":%llu,"
@@ -419,8 +439,8 @@ int main(int argc, char **argv) {
          (double)counted / secs, (unsigned long long)percentile(0.5),
          (unsigned long long)percentile(0.99),
          counted ? sum_us / (double)counted : 0.0,
-         (unsigned long long)hist_max_us, errors, mismatches,
-         100 * cli / secs, server, server_pct, protocol, cipher);
+         (unsigned long long)hist_max_us, errors, mismatches, 100 * cli / secs,
+         server, server_pct, protocol, cipher);
   SSL_CTX_free(ctx);
   close(ep);
   free(conns);

@@ -11,7 +11,8 @@
  * ECLOSED and EFOREIGN rule is the stream's. A BIO read of an empty `in`
  * says "retry" (SSL_ERROR_WANT_READ); a BIO write always succeeds, since
  * `out` grows, so OpenSSL never waits to write. `in` holds one whole
- * record; `out` grows to the largest flight written (a write's chunk of 64
+ * record, and OpenSSL (reading ahead) takes all of it at once; `out`
+ * grows to the largest flight written (a write's chunk of 64
  * KiB, plus a little) and keeps its size, so the steady state allocates
  * nothing beyond what OpenSSL does.
  *
@@ -36,8 +37,9 @@
  *    failure the alert OpenSSL wrote is sent first, so that the peer
  *    learns why.
  * 2. Read. SSL_read first, so that data already decrypted, or already in
- *    `in`, is returned without waiting. When it wants more: if OpenSSL
- *    wrote something meanwhile (a TLS 1.3 KeyUpdate answer, an alert, a
+ *    `in`, is returned without waiting (skipped when `in` is empty and
+ *    OpenSSL holds nothing: it could only want more). When it wants more: if
+ * OpenSSL wrote something meanwhile (a TLS 1.3 KeyUpdate answer, an alert, a
  *    renegotiation message), send it (a read that must write), unless
  *    the write side is parked on the write slot (`w_parked_out`): that
  *    side sends all of `out` before it returns, and polling the slot would

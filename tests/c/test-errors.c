@@ -11,10 +11,10 @@ static void system_codes_are_negative_errno(void **state) {
 
 static void own_codes_are_below_errno_range(void **state) {
   (void)state;
-  const treadle_err_t own[] = {TREADLE_ENOTIME, TREADLE_ENOIO,
-                               TREADLE_ESHUTDOWN, TREADLE_EINRUNTIME,
-                               TREADLE_EJOINED, TREADLE_ECLOSED,
-                               TREADLE_ENOTLS,  TREADLE_ETLSHANDSHAKE,
+  const treadle_err_t own[] = {TREADLE_ENOTIME,    TREADLE_ENOIO,
+                               TREADLE_ESHUTDOWN,  TREADLE_EINRUNTIME,
+                               TREADLE_EJOINED,    TREADLE_ECLOSED,
+                               TREADLE_ENOTLS,     TREADLE_ETLSHANDSHAKE,
                                TREADLE_ETLSVERIFY, TREADLE_ETLS};
   for (size_t i = 0; i < TEST_ARRAY_LEN(own); i++)
     assert_true(own[i] <= -4000);

@@ -283,9 +283,9 @@ static void duplex_run(treadle_runtime_t *rt, tls_pair_t *p, size_t len,
   run_jobs(rt, jobs, 4);
   for (int i = 0; i < 4; i++) {
     if (res[i].err != 0)
-      fprintf(stderr, "job %d: %s (%s)\n", i, treadle_err_name(res[i].err),
-              treadle_tls_error_message(i == 0 || i == 3 ? p->client
-                                                         : p->server));
+      fprintf(
+          stderr, "job %d: %s (%s)\n", i, treadle_err_name(res[i].err),
+          treadle_tls_error_message(i == 0 || i == 3 ? p->client : p->server));
     assert_int_equal(res[i].err, 0);
     assert_int_equal(res[i].bytes, len);
   }
@@ -771,8 +771,7 @@ static treadle_err_t handshake_against_raw(treadle_runtime_t *rt,
                                            size_t len) {
   result_t res;
   job_t j = job(HANDSHAKE, t, &res);
-  raw_peer_t r = {.s = raw, .read_first = read_first, .text = text,
-                  .len = len};
+  raw_peer_t r = {.s = raw, .read_first = read_first, .text = text, .len = len};
   treadle_join_t *joins[2];
   treadle_err_t status[2];
   assert_int_equal(treadle_spawn(treadle_runtime_handle(rt), &job_vt, &j,
