@@ -11,9 +11,15 @@ in place for the tests with:
 
 TREADLE_WERROR=1 in the environment makes warnings errors, of the C
 compiler and of SWIG (scripts/test_python.sh sets it, as CI runs it).
+
+The core's TLS (core/src/tls.c) links OpenSSL when pkg-config finds it
+(Debian: libssl-dev), as CMakeLists.txt does; TREADLE_TLS=0 leaves it
+out, and without it the TLS functions answer TREADLE_ENOTLS.
 """
 import glob
 import os
+import shutil
+import subprocess
 
 from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
@@ -35,6 +41,28 @@ class BuildPyAfterExt(build_py):
         super().run()
 
 
+def openssl():
+    """(macros, include dirs, libraries, library dirs) for OpenSSL 3, from
+    pkg-config, or nothing when it is missing or TREADLE_TLS=0."""
+    if os.environ.get("TREADLE_TLS", "") in ("0", "OFF", "off"):
+        return [], [], [], []
+    pc = shutil.which("pkg-config")
+    if pc is None or subprocess.call(
+            [pc, "--atleast-version=3.0", "openssl"]) != 0:
+        print("treadle: OpenSSL 3 not found (libssl-dev): TLS left out")
+        return [], [], [], []
+
+    def flags(opt, prefix):
+        out = subprocess.check_output([pc, opt, "openssl"], text=True)
+        return [f[len(prefix):] for f in out.split() if f.startswith(prefix)]
+
+    return ([("TREADLE_HAVE_OPENSSL", "1")], flags("--cflags-only-I", "-I"),
+            flags("--libs-only-l", "-l"), flags("--libs-only-L", "-L"))
+
+
+TLS_MACROS, TLS_INCLUDES, TLS_LIBS, TLS_LIBDIRS = openssl()
+
+
 def core_sources():
     """core/sources.txt: one path a line, relative to this directory."""
     with open(os.path.join(HERE, "core", "sources.txt")) as f:
@@ -48,8 +76,11 @@ core = Extension(
     + sorted(glob.glob("bindings/common/*.c"))
     + core_sources(),
     include_dirs=["core/include", "core/src", "bindings/common",
-                  "bindings/python"],
-    define_macros=[("TREADLE_BUILDING", "1"), ("TREADLE_DLOPEN", "1")],
+                  "bindings/python"] + TLS_INCLUDES,
+    define_macros=[("TREADLE_BUILDING", "1"), ("TREADLE_DLOPEN", "1")]
+    + TLS_MACROS,
+    libraries=TLS_LIBS,
+    library_dirs=TLS_LIBDIRS,
     swig_opts=["-Icore/include", "-Ibindings/common", "-Ibindings/python",
                "-outdir", PKG, "-Wall", "-Wextra"]
     + (["-Werror"] if WERROR else []),

@@ -10,10 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The Lua module and its tests need lua5.4 and its headers; its console
 # edits lines with GNU readline; the REPL tests drive a pseudo-terminal with
-# pexpect; require "treadle.ngx" digests with OpenSSL, and its tests run
-# Debian's OpenResty client libraries against redis-server and memcached.
+# pexpect; TLS needs libssl-dev, and its example's test the openssl command;
+# require "treadle.ngx" digests with OpenSSL, and its tests run Debian's
+# OpenResty client libraries against redis-server and memcached.
 scripts/setup.sh lua5.4 liblua5.4-dev libreadline-dev python3-pytest python3-pexpect \
-  libssl-dev libpcre2-dev redis-server memcached lua-nginx-redis lua-nginx-memcached lua-nginx-dns
+  libssl-dev openssl libpcre2-dev redis-server memcached lua-nginx-redis lua-nginx-memcached lua-nginx-dns
 
 presets=("$@")
 [ ${#presets[@]} -eq 0 ] &&

@@ -13,7 +13,7 @@
 
 #include "ltreadle.h"
 #include "ngx_lua.h" /* static const unsigned char ngx_lua[]: ngx.lua */
-#ifdef TREADLE_HAVE_OPENSSL
+#if defined TREADLE_HAVE_OPENSSL || defined TREADLE_HAVE_LIBCRYPTO
 #include <openssl/evp.h>
 #endif
 
@@ -168,7 +168,7 @@ static int l_decode_base64(lua_State *L) {
   return 1;
 }
 
-#ifdef TREADLE_HAVE_OPENSSL
+#if defined TREADLE_HAVE_OPENSSL || defined TREADLE_HAVE_LIBCRYPTO
 #define MD5 EVP_md5()
 #define SHA1 EVP_sha1()
 #define MAX_DIGEST EVP_MAX_MD_SIZE

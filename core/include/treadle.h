@@ -941,6 +941,209 @@ treadle_poll_t treadle_unix_recv_fds_poll(treadle_stream_t *s,
                                           size_t len, int *fds, size_t *nfds,
                                           size_t *n, treadle_err_t *err);
 
+/* -------------------------------------------------------------------- TLS
+ *
+ * TLS (OpenSSL 3) over any stream, TCP or Unix. A configuration
+ * (treadle_tls_config_t) says which side it serves, what to trust, which
+ * certificate to show, the ALPN protocols and the lowest protocol
+ * version; it is reference-counted and shared by every TLS stream made
+ * from it (one OpenSSL SSL_CTX), and it is frozen once the first of them
+ * is made: its setters then answer TREADLE_EBUSY. Set it up from one
+ * thread, then share it with any.
+ *
+ * A TLS stream (treadle_tls_t) takes over a connected treadle_stream_t.
+ * Its leaves follow the stream's rules: one reading task and one writing
+ * task at a time (two tasks on two workers, or one task doing both),
+ * closing from any thread wakes them with TREADLE_ECLOSED, a task of
+ * another runtime gets TREADLE_EFOREIGN, each leaf spends the coop budget.
+ * The encryption runs on the thread that polls the leaf, and every system
+ * call is one of the stream's own leaves. Run treadle_tls_handshake_poll
+ * to completion first; reads and writes before it answer
+ * TREADLE_ENOTCONN.
+ *
+ * A client verifies the server by default: the certificate must chain to
+ * the system's trust store (or to the CA file or directory given with
+ * treadle_tls_config_set_ca) and name the host given to
+ * treadle_tls_client_new. A server asks for no client certificate unless
+ * treadle_tls_config_set_verify turns that on. Renegotiation (TLS 1.2) is
+ * refused.
+ *
+ * Errors, each with a text from treadle_tls_error_message:
+ * TREADLE_ETLSVERIFY (the peer's certificate is not trusted: self-signed,
+ * expired, issued for another name, by an unknown issuer),
+ * TREADLE_ETLSHANDSHAKE (the handshake failed otherwise: no common
+ * version, cipher suite or ALPN protocol; an alert from the peer, as when
+ * it refused our certificate; a peer that does not speak TLS),
+ * TREADLE_ETLS (a TLS error after the handshake, such as a corrupt
+ * record), TREADLE_ECONNRESET (the peer closed the connection during the
+ * handshake, or after it without close_notify, as a truncation attack
+ * would). These are final: every later call on the TLS stream answers
+ * the same. Errors of the stream (TREADLE_EPIPE, TREADLE_ECLOSED, ...)
+ * come through as they are.
+ *
+ * Built without OpenSSL, treadle still declares all of this, and every
+ * function answers TREADLE_ENOTLS (the constructors take nothing). */
+
+/** A TLS configuration, shared by many TLS streams. */
+typedef struct treadle_tls_config_s treadle_tls_config_t;
+/** A TLS stream over a treadle_stream_t. */
+typedef struct treadle_tls_s treadle_tls_t;
+
+/** Which side of the handshake a configuration serves. */
+typedef enum {
+  TREADLE_TLS_CLIENT = 0, /**< connects: sends the server name, verifies */
+  TREADLE_TLS_SERVER = 1  /**< accepts: shows a certificate */
+} treadle_tls_role_t;
+
+/** TLS 1.2, for treadle_tls_config_set_min_version and treadle_tls_version. */
+#define TREADLE_TLS_VERSION_1_2 0x0303
+/** TLS 1.3. */
+#define TREADLE_TLS_VERSION_1_3 0x0304
+
+/** A new configuration for `role`, with one reference: TLS 1.2 and up;
+ * for a client, verification on against the system's trust store; for a
+ * server, no client certificate asked for (and a certificate to set with
+ * treadle_tls_config_set_cert before use). Errors: TREADLE_EINVAL,
+ * TREADLE_ENOMEM, TREADLE_ENOTLS. */
+treadle_err_t treadle_tls_config_new(treadle_tls_role_t role,
+                                     treadle_tls_config_t **out);
+/** Takes a reference (returns c). Any thread. */
+treadle_tls_config_t *treadle_tls_config_ref(treadle_tls_config_t *c);
+/** Drops a reference; the last one frees it (NULL is ignored). TLS streams
+ * hold their own. Any thread. */
+void treadle_tls_config_unref(treadle_tls_config_t *c);
+/** Verification of the peer's certificate on or off. A client verifies by
+ * default; turning it off (for tests, or a peer pinned some other way)
+ * accepts any certificate: the result is still readable afterwards
+ * (treadle_tls_verify_result). On a server, on means every client must
+ * show a certificate that chains to the configured CAs. */
+treadle_err_t treadle_tls_config_set_verify(treadle_tls_config_t *c, bool on);
+/** Trusts the certificates in `file` (PEM, one or more) and/or in `dir`
+ * (hashed names, as c_rehash makes them) instead of the system's store
+ * (either may be NULL, not both). Errors: TREADLE_EINVAL, -errno for a
+ * file or directory that cannot be read (TREADLE_ENOENT), TREADLE_ETLS
+ * when `file` holds no certificate (treadle_tls_config_error_message). */
+treadle_err_t treadle_tls_config_set_ca(treadle_tls_config_t *c,
+                                        const char *file, const char *dir);
+/** The certificate this side shows: `chain_file` (PEM: the certificate,
+ * then its intermediates) and `key_file` (its private key, PEM,
+ * unencrypted). Needed by a server; a client shows one only to a server
+ * that asks. Errors: TREADLE_EINVAL, -errno for a file that cannot be
+ * read (TREADLE_ENOENT), TREADLE_ETLS for a file that holds no certificate
+ * or key, or a key that does not match the certificate
+ * (treadle_tls_config_error_message says which); the configuration is
+ * then unchanged. */
+treadle_err_t treadle_tls_config_set_cert(treadle_tls_config_t *c,
+                                          const char *chain_file,
+                                          const char *key_file);
+/** The ALPN protocols ("h2", "http/1.1", ...: 1 to 255 bytes each), most
+ * preferred first; count 0 clears them. A client offers them; a server
+ * picks the first of its own that the client offers, and refuses the
+ * handshake when the client offers some and none of them matches (a
+ * client that offers none is served without ALPN). Errors: TREADLE_EINVAL
+ * (an empty or longer name, NULL), TREADLE_ENOMEM. */
+treadle_err_t treadle_tls_config_set_alpn(treadle_tls_config_t *c,
+                                          const char *const *protos,
+                                          size_t count);
+/** The lowest protocol version accepted: TREADLE_TLS_VERSION_1_2 (the
+ * default) or TREADLE_TLS_VERSION_1_3; TREADLE_EINVAL for another. */
+treadle_err_t treadle_tls_config_set_min_version(treadle_tls_config_t *c,
+                                                 int version);
+/** Why the last setter of `c` failed (OpenSSL's reason, or treadle's), or
+ * "" (never NULL). Valid until the next setter call. */
+const char *treadle_tls_config_error_message(const treadle_tls_config_t *c);
+
+/** A client TLS stream over `s` (connected; TCP or Unix), which it takes
+ * over on success (treadle_tls_free frees it; on failure it stays the
+ * caller's). `server_name` is sent as SNI and checked against the
+ * server's certificate (a numeric IPv4 or IPv6 address is checked against
+ * the certificate's IP addresses and not sent); it may be NULL only with
+ * verification off. Holds a reference to `c` and freezes it. Any thread.
+ * Errors: TREADLE_EINVAL (NULL, a server configuration, a name over 255
+ * bytes), TREADLE_ECLOSED (the stream is closed), TREADLE_ENOMEM,
+ * TREADLE_ENOTLS. */
+treadle_err_t treadle_tls_client_new(treadle_tls_config_t *c,
+                                     treadle_stream_t *s,
+                                     const char *server_name,
+                                     treadle_tls_t **out);
+/** A server TLS stream over `s` (an accepted stream), taken as
+ * treadle_tls_client_new takes it. Errors as treadle_tls_client_new (a
+ * client configuration is TREADLE_EINVAL). */
+treadle_err_t treadle_tls_server_new(treadle_tls_config_t *c,
+                                     treadle_stream_t *s, treadle_tls_t **out);
+/** Runs the handshake: READY with *err = 0 once it is done (again at
+ * once after that), or with an error (TREADLE_ETLSVERIFY,
+ * TREADLE_ETLSHANDSHAKE, TREADLE_ECONNRESET, errors of the stream). One
+ * task polls it; no read or write may run meanwhile. */
+treadle_poll_t treadle_tls_handshake_poll(treadle_tls_t *t, treadle_cx_t *cx,
+                                          treadle_err_t *err);
+/** Reads up to `len` bytes of plaintext: READY with *n > 0, or *n = 0 at
+ * the end of the stream (the peer's close_notify) or for len 0, with *err
+ * = 0; or an error (*n = 0): TREADLE_ECONNRESET (closed without
+ * close_notify), TREADLE_ETLS, TREADLE_ENOTCONN (before the handshake),
+ * the stream's. */
+treadle_poll_t treadle_tls_read_poll(treadle_tls_t *t, treadle_cx_t *cx,
+                                     void *buf, size_t len, size_t *n,
+                                     treadle_err_t *err);
+/** Writes some of `len` bytes (up to 64 KiB a call): READY with *n > 0
+ * once they are encrypted and handed to the socket, or an error
+ * (TREADLE_EPIPE, also after treadle_tls_shutdown_poll; TREADLE_ENOTCONN
+ * before the handshake; the stream's). After PENDING, poll again with the
+ * same bytes: some of them may already be encrypted and on their way. */
+treadle_poll_t treadle_tls_write_poll(treadle_tls_t *t, treadle_cx_t *cx,
+                                      const void *buf, size_t len, size_t *n,
+                                      treadle_err_t *err);
+/** Writes all `len` bytes, as treadle_stream_write_all_poll: *done counts
+ * what went out (0 before the first poll); READY when *done == len or on
+ * error. */
+treadle_poll_t treadle_tls_write_all_poll(treadle_tls_t *t, treadle_cx_t *cx,
+                                          const void *buf, size_t len,
+                                          size_t *done, treadle_err_t *err);
+/** Closes the writing side: sends close_notify, then shuts the stream's
+ * write side down, READY (*err = 0) once both went out. The peer reads
+ * the end of the stream; reading here goes on until the peer's own
+ * close_notify. A write side's call (not during a write). */
+treadle_poll_t treadle_tls_shutdown_poll(treadle_tls_t *t, treadle_cx_t *cx,
+                                         treadle_err_t *err);
+/** The ALPN protocol agreed on, or NULL (none, or before the handshake).
+ * Valid as long as `t`. */
+const char *treadle_tls_alpn(treadle_tls_t *t);
+/** The protocol version agreed on (TREADLE_TLS_VERSION_1_2 or _1_3), or
+ * TREADLE_ENOTCONN before the handshake (or after it failed),
+ * TREADLE_EINVAL for NULL. */
+int treadle_tls_version(treadle_tls_t *t);
+/** On a client, the server name it was given; on a server after the
+ * handshake, the name the client sent (SNI). NULL when there is none.
+ * Valid as long as `t`. */
+const char *treadle_tls_server_name(treadle_tls_t *t);
+/** Writes the peer certificate's subject ("CN=localhost,O=Example", RFC
+ * 2253) into buf (NUL-terminated, truncated to len) after the handshake.
+ * Returns the length of the whole text (as snprintf; 0 when the peer
+ * showed no certificate), TREADLE_ENOTCONN before the handshake (or after
+ * it failed), TREADLE_EINVAL for NULL. */
+int treadle_tls_peer_subject(treadle_tls_t *t, char *buf, size_t len);
+/** The verification of the peer's certificate, once the handshake ended
+ * (done or failed): 0 when it was trusted (or none was shown), else
+ * OpenSSL's X509_V_ERR_ code (10: expired, 18: self-signed, 20: unknown
+ * issuer, 62: another host name), even with verification off.
+ * TREADLE_ENOTCONN before that, TREADLE_EINVAL for NULL. */
+long treadle_tls_verify_result(treadle_tls_t *t);
+/** Why the TLS stream failed (OpenSSL's reason, or treadle's: "certificate
+ * verify failed: certificate has expired"), or "" while it has not
+ * (never NULL). Valid as long as `t`. */
+const char *treadle_tls_error_message(treadle_tls_t *t);
+/** The stream underneath (borrowed: for its addresses, TCP_NODELAY, the
+ * peer's credentials; reading or writing it would corrupt the TLS
+ * stream). NULL for NULL. */
+treadle_stream_t *treadle_tls_stream(treadle_tls_t *t);
+/** Closes the stream underneath and wakes the TLS stream's waiters, which
+ * see TREADLE_ECLOSED (idempotent, any thread). No close_notify is sent:
+ * for a clean end, treadle_tls_shutdown_poll first. */
+void treadle_tls_close(treadle_tls_t *t);
+/** Closes (if needed) and frees the TLS stream and its stream (takes
+ * ownership; NULL ignored). No task may be polling it. */
+void treadle_tls_free(treadle_tls_t *t);
+
 /* -------------------------------------------------------------- addresses */
 
 /** Room for the host part of an address, NUL included. */

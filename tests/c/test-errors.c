@@ -11,9 +11,11 @@ static void system_codes_are_negative_errno(void **state) {
 
 static void own_codes_are_below_errno_range(void **state) {
   (void)state;
-  const treadle_err_t own[] = {TREADLE_ENOTIME, TREADLE_ENOIO,
-                               TREADLE_ESHUTDOWN, TREADLE_EINRUNTIME,
-                               TREADLE_EJOINED, TREADLE_ECLOSED};
+  const treadle_err_t own[] = {TREADLE_ENOTIME,    TREADLE_ENOIO,
+                               TREADLE_ESHUTDOWN,  TREADLE_EINRUNTIME,
+                               TREADLE_EJOINED,    TREADLE_ECLOSED,
+                               TREADLE_ENOTLS,     TREADLE_ETLSHANDSHAKE,
+                               TREADLE_ETLSVERIFY, TREADLE_ETLS};
   for (size_t i = 0; i < TEST_ARRAY_LEN(own); i++)
     assert_true(own[i] <= -4000);
 }
@@ -29,6 +31,16 @@ static void messages_come_from_the_map(void **state) {
   assert_string_equal(treadle_strerror(0), "success");
   assert_string_equal(treadle_err_name(TREADLE_ENOTIME), "ENOTIME");
   assert_string_equal(treadle_err_name(TREADLE_ECONNREFUSED), "ECONNREFUSED");
+  /* TLS's codes, in every build (with or without OpenSSL). */
+  assert_string_equal(treadle_strerror(TREADLE_ENOTLS),
+                      "TLS support is not built in (treadle was built "
+                      "without OpenSSL)");
+  assert_string_equal(treadle_strerror(TREADLE_ETLSHANDSHAKE),
+                      "TLS handshake failed");
+  assert_string_equal(treadle_strerror(TREADLE_ETLSVERIFY),
+                      "TLS certificate verification failed");
+  assert_string_equal(treadle_strerror(TREADLE_ETLS), "TLS protocol error");
+  assert_string_equal(treadle_err_name(TREADLE_ETLSVERIFY), "ETLSVERIFY");
 }
 
 static void unmapped_errors_are_named(void **state) {

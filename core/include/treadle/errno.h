@@ -22,6 +22,10 @@
 #define TREADLE__EFORKED (-4008)
 #define TREADLE__EFOREIGN (-4009)
 #define TREADLE__ECHANCLOSED (-4010)
+#define TREADLE__ENOTLS (-4011)
+#define TREADLE__ETLSHANDSHAKE (-4012)
+#define TREADLE__ETLSVERIFY (-4013)
+#define TREADLE__ETLS (-4014)
 
 /* XX(name, message) */
 #define TREADLE_ERRNO_MAP(XX)                                                  \
@@ -83,7 +87,13 @@
      "the object belongs to another runtime: use it from that runtime's "     \
      "tasks")                                                                  \
   XX(ECHANCLOSED, TREADLE__ECHANCLOSED,                                        \
-     "the other end of the channel is gone")
+     "the other end of the channel is gone")                                   \
+  XX(ENOTLS, TREADLE__ENOTLS,                                                  \
+     "TLS support is not built in (treadle was built without OpenSSL)")       \
+  XX(ETLSHANDSHAKE, TREADLE__ETLSHANDSHAKE, "TLS handshake failed")            \
+  XX(ETLSVERIFY, TREADLE__ETLSVERIFY,                                          \
+     "TLS certificate verification failed")                                    \
+  XX(ETLS, TREADLE__ETLS, "TLS protocol error")
 
 typedef enum {
 #define TREADLE__ERRNO_ENUM(name, code, msg) TREADLE_##name = (code),
