@@ -11,6 +11,9 @@
  *                  pure-Lua libraries
  * ltreadle_repl.c  treadle.repl, the console
  * ltreadle_shdict.c treadle.shared, shared dictionaries (bindings/common/shdict.c)
+ * ltreadle_blocking.c treadle.blocking (Lua on the blocking pool) and
+ *                  treadle.resolve
+ * ltreadle_process.c treadle.process, child processes with buffered pipes
  *
  * Threads: a lua_State (a "home") belongs to one thread. On current_thread
  * that is the thread in block_on; on multi_thread each worker makes its own
@@ -198,5 +201,9 @@ void lt_unpack(lua_State *L, const void *blob);
 void lt_open_task(lua_State *L);
 /* Sets treadle.shared in the module table on top (ltreadle_shdict.c). */
 void lt_open_shdict(lua_State *L);
+/* Sets treadle.blocking and treadle.resolve (ltreadle_blocking.c). */
+void lt_open_blocking(lua_State *L);
+/* Sets treadle.process (ltreadle_process.c). */
+void lt_open_process(lua_State *L);
 
 #endif
