@@ -14,6 +14,7 @@
  * ltreadle_blocking.c treadle.blocking (Lua on the blocking pool) and
  *                  treadle.resolve
  * ltreadle_process.c treadle.process, child processes with buffered pipes
+ * ltreadle_select.c treadle.select over channels and sockets' readiness
  *
  * Threads: a lua_State (a "home") belongs to one thread. On current_thread
  * that is the thread in block_on; on multi_thread each worker makes its own
@@ -199,6 +200,19 @@ void lt_open_repl(lua_State *L);
 void *lt_pack_protected(lua_State *L, int idx);
 void lt_unpack(lua_State *L, const void *blob);
 void lt_open_task(lua_State *L);
+/* The channel at idx, or NULL when it is not one (raises for a released
+ * handle). */
+lchan_t *lt_to_chan(lua_State *L, int idx);
+void lt_chan_ref(lchan_t *ch);
+void lt_chan_unref(lchan_t *ch);
+/* A receive's leaf, as ch:recv's: READY with *blob (the caller's) and
+ * *err = 0, or *err = TREADLE_ECLOSED once closed and drained. Drop w
+ * (treadle_waiter_drop) when giving up before READY. */
+treadle_poll_t lt_chan_recv_poll(lchan_t *ch, treadle_cx_t *cx,
+                                 treadle_waiter_t *w, void **blob,
+                                 treadle_err_t *err);
+/* Sets treadle.select (ltreadle_select.c). */
+void lt_open_select(lua_State *L);
 /* Sets treadle.shared in the module table on top (ltreadle_shdict.c). */
 void lt_open_shdict(lua_State *L);
 /* Sets treadle.blocking and treadle.resolve (ltreadle_blocking.c). */

@@ -362,6 +362,29 @@ static int l_channel(lua_State *L) {
   return 1;
 }
 
+lchan_t *lt_to_chan(lua_State *L, int idx) {
+  lchan_t **ud = luaL_testudata(L, idx, CHAN_MT);
+  if (ud != NULL && *ud == NULL)
+    luaL_error(L, "channel handle released (by <close> or __gc)");
+  return ud != NULL ? *ud : NULL;
+}
+
+void lt_chan_ref(lchan_t *ch) {
+  /* Relaxed: a new reference, taken from one the caller holds. */
+  atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
+}
+
+void lt_chan_unref(lchan_t *ch) { chan_unref(ch); }
+
+treadle_poll_t lt_chan_recv_poll(lchan_t *ch, treadle_cx_t *cx,
+                                 treadle_waiter_t *w, void **blob,
+                                 treadle_err_t *err) {
+  if (treadle_semaphore_acquire_poll(ch->filled, cx, w, 1, err) == TREADLE_PENDING)
+    return TREADLE_PENDING;
+  *err = chan_after(ch, false, blob, *err);
+  return TREADLE_READY;
+}
+
 static lchan_t *check_chan(lua_State *L) {
   lchan_t **ud = luaL_checkudata(L, 1, CHAN_MT);
   if (*ud == NULL)
