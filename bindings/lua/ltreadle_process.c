@@ -238,6 +238,11 @@ static int read_method(lua_State *L, int which, int kind) {
  * it, and outside a task when it must wait.
  * Example: for line in function() return proc:stdout_read_line() end do print(line) end */
 static int l_stdout_read_line(lua_State *L) { return read_method(L, 0, RD_LINE); }
+/* lua: proc:stderr_read_line()
+ * Reads a line of the child's stderr (spawned with stderr = "pipe"), as
+ * proc:stdout_read_line reads stdout, with the stderr read timeout.
+ * Returns: as proc:stdout_read_line.
+ * Example: local msg = proc:stderr_read_line() */
 static int l_stderr_read_line(lua_State *L) { return read_method(L, 1, RD_LINE); }
 
 /* lua: proc:stdout_read_all()
@@ -245,6 +250,12 @@ static int l_stderr_read_line(lua_State *L) { return read_method(L, 1, RD_LINE);
  * Returns: the data, or nil, error, partial as stdout_read_line.
  * Example: local out = assert(proc:stdout_read_all()) */
 static int l_stdout_read_all(lua_State *L) { return read_method(L, 0, RD_ALL); }
+
+/* lua: proc:stderr_read_all()
+ * Reads everything to the end of the child's stderr (spawned with stderr = "pipe"), as
+ * proc:stdout_read_all reads stdout, with the stderr read timeout.
+ * Returns: as proc:stdout_read_all.
+ * Example: local errors = proc:stderr_read_all() */
 static int l_stderr_read_all(lua_State *L) { return read_method(L, 1, RD_ALL); }
 
 /* lua: proc:stdout_read_bytes(n)
@@ -254,6 +265,12 @@ static int l_stderr_read_all(lua_State *L) { return read_method(L, 1, RD_ALL); }
  * Errors: raises for a size that is not an integer >= 0.
  * Example: local header = proc:stdout_read_bytes(4) */
 static int l_stdout_read_bytes(lua_State *L) { return read_method(L, 0, RD_BYTES); }
+
+/* lua: proc:stderr_read_bytes(n)
+ * Reads exactly n bytes of the child's stderr (spawned with stderr = "pipe"), as
+ * proc:stdout_read_bytes reads stdout, with the stderr read timeout.
+ * Returns: as proc:stdout_read_bytes.
+ * Example: local b = proc:stderr_read_bytes(4) */
 static int l_stderr_read_bytes(lua_State *L) { return read_method(L, 1, RD_BYTES); }
 
 /* lua: proc:stdout_read_any(max)
@@ -263,6 +280,12 @@ static int l_stderr_read_bytes(lua_State *L) { return read_method(L, 1, RD_BYTES
  * Errors: raises for a max that is not an integer >= 1.
  * Example: local chunk = proc:stdout_read_any(4096) */
 static int l_stdout_read_any(lua_State *L) { return read_method(L, 0, RD_ANY); }
+
+/* lua: proc:stderr_read_any(max)
+ * Reads what has come, at most max bytes of the child's stderr (spawned with stderr = "pipe"), as
+ * proc:stdout_read_any reads stdout, with the stderr read timeout.
+ * Returns: as proc:stdout_read_any.
+ * Example: local chunk = proc:stderr_read_any(4096) */
 static int l_stderr_read_any(lua_State *L) { return read_method(L, 1, RD_ANY); }
 
 /* --------------------------------------------------------------- write */
@@ -674,8 +697,11 @@ static treadle_err_t build_command(lua_State *L, treadle_command_t **out) {
   return err;
 }
 
-/* lua: treadle.process.spawn{program, arg, ... [, cwd =] [, env =] [, clear_env =] [, stdin =] [, stdout =] [, stderr =] [, kill_on_drop =]}
- * Starts a child process (OpenResty's ngx.pipe.spawn): program is a path,
+/* lua: treadle.process.spawn(cmd)
+ * Starts a child process (OpenResty's ngx.pipe.spawn). cmd is a table
+ * {program, arg, ..., cwd =, env =, clear_env =, stdin =, stdout =,
+ * stderr =, kill_on_drop =}, usually written as the call's one argument
+ * (treadle.process.spawn{"sort", "-r"}). program is a path,
  * or a name looked up in PATH; the other items are its arguments, passed
  * as they are (no shell). cwd: its working directory. env: variables to
  * set (NAME = "value") or remove (NAME = false) in a copy of this

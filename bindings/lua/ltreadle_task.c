@@ -515,7 +515,7 @@ static int l_chan_close(lua_State *L) {
   return 0;
 }
 
-/* lua: #ch
+/* lua: ch:__len(), that is #ch
  * Returns: how many values are queued now.
  * Example: if #ch > 100 then treadle.sleep(0.01) end */
 static int l_chan_len(lua_State *L) {
