@@ -211,6 +211,16 @@ void lt_chan_unref(lchan_t *ch);
 treadle_poll_t lt_chan_recv_poll(lchan_t *ch, treadle_cx_t *cx,
                                  treadle_waiter_t *w, void **blob,
                                  treadle_err_t *err);
+/* treadle.select's view of a process's stdout (ltreadle_process.c): the
+ * pipe of the process object at idx, or NULL when it is not one (raises
+ * for a closed object or a stdout that is not a pipe); begin takes its
+ * reader's slot (false: another task reads it), end gives it back; poll is
+ * READY once a read would answer at once. */
+void *lt_select_pipe(lua_State *L, int idx);
+bool lt_select_pipe_begin(void *pipe);
+void lt_select_pipe_end(void *pipe);
+treadle_poll_t lt_select_pipe_poll(void *pipe, treadle_cx_t *cx,
+                                   treadle_err_t *err);
 /* Sets treadle.select (ltreadle_select.c). */
 void lt_open_select(lua_State *L);
 /* Sets treadle.shared in the module table on top (ltreadle_shdict.c). */

@@ -15,6 +15,8 @@
  * write blocks SIGPIPE on its thread around the call and takes a SIGPIPE it
  * caused before unblocking, so the write just answers EPIPE ("closed"). */
 #define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -287,6 +289,58 @@ static int l_stdout_read_any(lua_State *L) { return read_method(L, 0, RD_ANY); }
  * Returns: as proc:stdout_read_any.
  * Example: local chunk = proc:stderr_read_any(4096) */
 static int l_stderr_read_any(lua_State *L) { return read_method(L, 1, RD_ANY); }
+
+/* ------------------------------------------------ treadle.select's part */
+
+void *lt_select_pipe(lua_State *L, int idx) {
+  lproc_t *p = luaL_testudata(L, idx, PROC_MT);
+  if (p == NULL)
+    return NULL;
+  if (p->c == NULL)
+    luaL_error(L, "process object is closed");
+  if (p->out[0].afd == NULL && !p->out[0].closed)
+    luaL_error(L, "stdout is not a pipe (spawn with stdout = \"pipe\")");
+  return &p->out[0];
+}
+
+bool lt_select_pipe_begin(void *pipe) {
+  lpipe_t *pp = pipe;
+  if (pp->reading)
+    return false;
+  pp->reading = true;
+  pp->proc->ops++;
+  return true;
+}
+
+void lt_select_pipe_end(void *pipe) { read_done(pipe); }
+
+/* Ready when a read would answer at once: buffered bytes, the end, or an
+ * error. The fd's readiness outlives the input that set it, so poll(2)
+ * confirms it; when there is nothing, it is cleared and waited for again
+ * (an event since keeps it set: nothing is lost). */
+treadle_poll_t lt_select_pipe_poll(void *pipe, treadle_cx_t *cx,
+                                   treadle_err_t *err) {
+  lpipe_t *pp = pipe;
+  *err = 0;
+  if (tb_rbuf_len(&pp->buf) > 0 || pp->eof || pp->closed)
+    return TREADLE_READY;
+  for (;;) {
+    treadle_ready_t ready;
+    if (treadle_async_fd_ready_poll(pp->afd, cx, TREADLE_READABLE, &ready, err) ==
+        TREADLE_PENDING)
+      return TREADLE_PENDING;
+    if (*err != 0)
+      return TREADLE_READY;
+    struct pollfd pfd = {.fd = treadle_async_fd_fd(pp->afd), .events = POLLIN};
+    int r;
+    do
+      r = poll(&pfd, 1, 0);
+    while (r < 0 && errno == EINTR);
+    if (r != 0)
+      return TREADLE_READY; /* input, its end, or an error a read gets */
+    treadle_async_fd_clear_ready(pp->afd, &ready, TREADLE_READABLE);
+  }
+}
 
 /* --------------------------------------------------------------- write */
 

@@ -1,6 +1,7 @@
 /* treadle.select (ARCHITECTURE.md "Lua"): waits for the first of several
- * channels to have a value (or be closed and drained) and sockets to be
- * readable, with an optional timeout, as one op of the calling task.
+ * channels to have a value (or be closed and drained), sockets and
+ * processes' stdout to be readable, with an optional timeout, as one op of
+ * the calling task.
  *
  * The op's poll looks at the items in list order and stops at the first
  * ready one:
@@ -11,6 +12,8 @@
  *    with a MSG_PEEK recv (readiness outlives the bytes that set it) and
  *    cleared and waited for again when there is nothing. The select holds
  *    the socket's reader slot meanwhile, so no receive runs beside it.
+ * 3. A process (treadle.process): its stdout, as a socket (the pipe's
+ *    readiness confirmed with poll(2); ltreadle_process.c).
  * Every item's waiter stays queued while none is ready, so each wakes the
  * task. Once one is, the others' waiters are dropped: a channel waiter
  * that was handed a permit passes it on to the next receiver, so no value
@@ -30,6 +33,7 @@ typedef struct {
   lchan_t *ch;      /* a channel (referenced), or NULL */
   treadle_waiter_t w;
   lconn_t *conn;    /* a socket, or NULL */
+  void *pipe;       /* a process's stdout, or NULL */
 } sitem_t;
 
 typedef struct {
@@ -82,9 +86,10 @@ static treadle_poll_t select_poll(void *ud, treadle_cx_t *cx, treadle_err_t *err
   *err = 0;
   for (int i = 0; i < s->n; i++) {
     sitem_t *it = &s->items[i];
-    treadle_poll_t r = it->ch != NULL
-                           ? lt_chan_recv_poll(it->ch, cx, &it->w, &s->blob, &s->err)
-                           : conn_readable(it->conn, cx, &s->err);
+    treadle_poll_t r =
+        it->ch != NULL     ? lt_chan_recv_poll(it->ch, cx, &it->w, &s->blob, &s->err)
+        : it->conn != NULL ? conn_readable(it->conn, cx, &s->err)
+                           : lt_select_pipe_poll(it->pipe, cx, &s->err);
     if (r == TREADLE_READY) {
       s->ready = i + 1;
       drop_waits(s);
@@ -134,6 +139,8 @@ static void select_done(void *ud) {
       s->items[i].conn->st.reading = false;
       lt_conn_op_done(s->items[i].conn);
     }
+    if (s->items[i].pipe != NULL)
+      lt_select_pipe_end(s->items[i].pipe);
   }
   free(s->blob);
   free(s);
@@ -159,16 +166,18 @@ static int select_k(lua_State *L, int status, lua_KContext ctx) {
  * Waits until one of items is ready, at most timeout seconds (nil: no
  * limit; 0 or less: only looks, never waits). items is a list of up to 64
  * channels (ready when a value can be received, or once the channel is
- * closed and drained) and sockets from treadle.tcp (ready when a receive
- * would find bytes or the end of the stream, without taking any). The
+ * closed and drained), sockets from treadle.tcp (ready when a receive
+ * would find bytes or the end of the stream, without taking any) and
+ * processes from treadle.process.spawn (their stdout, likewise). The
  * first ready item in list order wins; a channel's value is received,
- * the other channels lose nothing. While it waits, the sockets are this
- * task's to read (a receive elsewhere raises "busy").
+ * the other channels lose nothing. While it waits, the sockets and pipes
+ * are this task's to read (a receive elsewhere raises "busy").
  * Returns: the item and, for a channel, the value it received (or nil,
- * "closed"), for a socket true (or nil and an error); or nil, "timeout".
- * Errors: raises for items that are not a list of channels and sockets
- * (an empty list needs a timeout), a socket another task reads, a bad
- * timeout, and outside a task.
+ * "closed"), for a socket or process true (or nil and an error); or nil,
+ * "timeout".
+ * Errors: raises for items that are not a list of channels, sockets and
+ * processes (an empty list needs a timeout), a socket or stdout another
+ * task reads, a bad timeout, and outside a task.
  * Example: local item, v = treadle.select({jobs, quit, sock}, 5) */
 static int l_select(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -180,11 +189,12 @@ static int l_select(lua_State *L) {
   luaL_argcheck(L, n > 0 || !forever, 1, "no items and no timeout: it would wait forever");
   for (lua_Integer i = 1; i <= n; i++) {
     lua_rawgeti(L, 1, i);
-    if (lt_to_chan(L, -1) == NULL) {
+    if (lt_to_chan(L, -1) == NULL && lt_select_pipe(L, -1) == NULL) {
       lconn_t *c = luaL_testudata(L, -1, LT_CONN_MT);
       if (c == NULL)
         luaL_error(L, "bad argument #1 to 'treadle.select' (item %d is %s, not "
-                      "a channel or a socket)", (int)i, luaL_typename(L, -1));
+                      "a channel, a socket or a process)", (int)i,
+                   luaL_typename(L, -1));
       if (c->st.reading)
         luaL_error(L, "socket busy reading: another task reads item %d", (int)i);
     }
@@ -200,8 +210,18 @@ static int l_select(lua_State *L) {
     lua_rawgeti(L, 1, i + 1);
     it->ch = lt_to_chan(L, -1);
     treadle_waiter_init(&it->w);
+    void *pipe = it->ch == NULL ? lt_select_pipe(L, -1) : NULL;
     if (it->ch != NULL) {
       lt_chan_ref(it->ch);
+    } else if (pipe != NULL) {
+      if (!lt_select_pipe_begin(pipe)) {
+        lua_pop(L, 1);
+        select_done(s);
+        return luaL_error(L, "bad argument #1 to 'treadle.select' (a process "
+                             "is listed twice, or another task reads its "
+                             "stdout)");
+      }
+      it->pipe = pipe;
     } else {
       lconn_t *c = lua_touserdata(L, -1);
       if (c->st.reading) { /* the same socket twice */

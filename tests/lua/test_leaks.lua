@@ -244,6 +244,7 @@ T.case("issue 16: 300 processes with pipes, some killed", {timeout = 300}, funct
         p:kill("SIGKILL")
       else
         assert(p:write("line " .. i .. "\n"))
+        assert(treadle.select({p}, 10) == p)
         assert(p:stdout_read_line() == "line " .. i)
         p:shutdown("stdin")
       end

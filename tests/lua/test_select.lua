@@ -1,4 +1,4 @@
--- treadle.select: channels (values, closed ones), sockets' readiness,
+-- treadle.select: channels (values, closed ones), sockets' and processes' readiness,
 -- timeouts (none, zero, negative), list order, no value lost to a select
 -- that took another item or was aborted, between workers, bad input.
 package.path = (debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "?.lua;" .. package.path
@@ -104,6 +104,29 @@ T.case("sockets: readable when bytes or the end come, none taken", function()
   c:close()
 end)
 
+T.case("processes: readable when their stdout has bytes or ends", function()
+  local p = assert(treadle.process.spawn{"cat"})
+  local ch = treadle.channel(1)
+  H.same_table(H.pack(treadle.select({ch, p}, 0)), {n = 2, nil, "timeout"}, "nothing yet")
+  local t = treadle.spawn(function() return table.pack(treadle.select({ch, p})) end)
+  H.settle()
+  H.eq(t:done(), false)
+  H.raises("pipe busy reading", p.stdout_read_line, p)
+  p:write("line\n")
+  H.same_table(H.within(5, t.join, t), {n = 2, p, true})
+  H.eq(p:stdout_read_bytes(2), "li", "the bytes are still there")
+  H.same_table(H.pack(treadle.select({p}, 0)), {n = 2, p, true}, "buffered bytes: ready at once")
+  H.eq(p:stdout_read_line(), "ne")
+  p:shutdown("stdin")
+  H.same_table(H.pack(treadle.select({p}, 5)), {n = 2, p, true}, "the end is ready too")
+  H.same_table(H.pack(p:stdout_read_line()), {n = 3, nil, "closed", ""})
+  p:wait()
+  H.raises("a process is listed twice", treadle.select, {p, p}, 0)
+  local q = assert(treadle.process.spawn{"true", stdout = "null"})
+  H.raises("stdout is not a pipe", treadle.select, {q}, 0)
+  q:wait()
+end)
+
 T.case("between workers: a value from worker 1 wakes a select on worker 0", MT_ALL, function(ctx)
   local ready = treadle.channel(1, "select-ready")
   local a, b = treadle.channel(1, "select-a"), treadle.channel(1, "select-b")
@@ -122,7 +145,7 @@ T.case("bad input raises", function()
   local ch = treadle.channel(1)
   H.raises("table expected, got no value", treadle.select)
   H.raises("table expected, got treadle.channel", treadle.select, ch)
-  H.raises("item 2 is number, not a channel or a socket", treadle.select, {ch, 42})
+  H.raises("item 2 is number, not a channel, a socket or a process", treadle.select, {ch, 42})
   H.raises("item 1 is table", treadle.select, {{}})
   local many = {}
   for i = 1, 65 do many[i] = ch end
