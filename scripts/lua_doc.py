@@ -49,6 +49,8 @@ SECTIONS = {
              "They follow OpenResty's `ngx.shared.DICT`."),
     "sock": ("Cosockets", "`sock` is what `treadle.tcp.socket()`, `treadle.tcp.connect()` and "
              "`listener:accept()` return (a `conn`): OpenResty's `ngx.socket.tcp` API."),
+    "treadle.process": ("Processes", None),
+    "proc": ("Process objects", "`proc` is what `treadle.process.spawn()` returns: OpenResty's `ngx.pipe` API."),
     "treadle.udp": ("UDP", None),
     "udp": ("UDP sockets", "`udp` is what `treadle.udp.socket()` returns: OpenResty's `ngx.socket.udp` API."),
     "ngx": ("The ngx table", "`ngx` is what `require \"treadle.ngx\"` returns."),

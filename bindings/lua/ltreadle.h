@@ -11,6 +11,10 @@
  *                  pure-Lua libraries
  * ltreadle_repl.c  treadle.repl, the console
  * ltreadle_shdict.c treadle.shared, shared dictionaries (bindings/common/shdict.c)
+ * ltreadle_blocking.c treadle.blocking (Lua on the blocking pool) and
+ *                  treadle.resolve
+ * ltreadle_process.c treadle.process, child processes with buffered pipes
+ * ltreadle_select.c treadle.select over channels and sockets' readiness
  *
  * Threads: a lua_State (a "home") belongs to one thread. On current_thread
  * that is the thread in block_on; on multi_thread each worker makes its own
@@ -196,7 +200,34 @@ void lt_open_repl(lua_State *L);
 void *lt_pack_protected(lua_State *L, int idx);
 void lt_unpack(lua_State *L, const void *blob);
 void lt_open_task(lua_State *L);
+/* The channel at idx, or NULL when it is not one (raises for a released
+ * handle). */
+lchan_t *lt_to_chan(lua_State *L, int idx);
+void lt_chan_ref(lchan_t *ch);
+void lt_chan_unref(lchan_t *ch);
+/* A receive's leaf, as ch:recv's: READY with *blob (the caller's) and
+ * *err = 0, or *err = TREADLE_ECLOSED once closed and drained. Drop w
+ * (treadle_waiter_drop) when giving up before READY. */
+treadle_poll_t lt_chan_recv_poll(lchan_t *ch, treadle_cx_t *cx,
+                                 treadle_waiter_t *w, void **blob,
+                                 treadle_err_t *err);
+/* treadle.select's view of a process's stdout (ltreadle_process.c): the
+ * pipe of the process object at idx, or NULL when it is not one (raises
+ * for a closed object or a stdout that is not a pipe); begin takes its
+ * reader's slot (false: another task reads it), end gives it back; poll is
+ * READY once a read would answer at once. */
+void *lt_select_pipe(lua_State *L, int idx);
+bool lt_select_pipe_begin(void *pipe);
+void lt_select_pipe_end(void *pipe);
+treadle_poll_t lt_select_pipe_poll(void *pipe, treadle_cx_t *cx,
+                                   treadle_err_t *err);
+/* Sets treadle.select (ltreadle_select.c). */
+void lt_open_select(lua_State *L);
 /* Sets treadle.shared in the module table on top (ltreadle_shdict.c). */
 void lt_open_shdict(lua_State *L);
+/* Sets treadle.blocking and treadle.resolve (ltreadle_blocking.c). */
+void lt_open_blocking(lua_State *L);
+/* Sets treadle.process (ltreadle_process.c). */
+void lt_open_process(lua_State *L);
 
 #endif

@@ -69,11 +69,18 @@ ltask_t *lt_need_task(lua_State *L, const char *what) {
  * 2. recv: take a permit of `filled`, take the oldest blob out under mu,
  *    give a permit to `slots`.
  * So the ring has room for every sender that holds a permit, and an item
- * for every receiver that holds one. */
+ * for every receiver that holds one.
+ * 3. close (ch:close()): sets `closed` under mu and closes both
+ *    semaphores, which wakes every waiter with TREADLE_ECLOSED. A sender
+ *    then fails; a receiver takes what is left in the ring under mu
+ *    (permits no longer count), and once it is empty gets "closed". A
+ *    receiver that held a permit from before the close may thus find the
+ *    ring empty: chan_move says so. */
 struct lchan_s {
   _Atomic long refs;
   pthread_mutex_t mu;
   size_t cap, len, head;   /* guarded by mu */
+  bool closed;             /* guarded by mu */
   void **items;            /* ring of cap blobs; guarded by mu */
   treadle_semaphore_t *slots;  /* free places in the ring */
   treadle_semaphore_t *filled; /* items in the ring */
@@ -200,27 +207,45 @@ void *lt_pack_protected(lua_State *L, int idx) {
 
 void lt_unpack(lua_State *L, const void *blob) { unpack(L, blob); }
 
-/* Step 1 or 2, once the caller holds the permit. */
-static void chan_move(lchan_t *ch, bool send, void **blob) {
+/* Step 1 or 2 (with a permit), or step 3's receive (without, once the
+ * semaphore said closed): 0, or TREADLE_ECLOSED when a send finds the
+ * channel closed or a receive finds it closed and empty. */
+static treadle_err_t chan_move(lchan_t *ch, bool send, void **blob) {
+  treadle_err_t err = 0;
   pthread_mutex_lock(&ch->mu);
-  if (send) {
+  if (send && !ch->closed) {
     ch->items[(ch->head + ch->len++) % ch->cap] = *blob;
     *blob = NULL;
-  } else {
+  } else if (!send && ch->len > 0) {
     *blob = ch->items[ch->head];
     ch->head = (ch->head + 1) % ch->cap;
     ch->len--;
+  } else {
+    err = TREADLE_ECLOSED;
   }
   pthread_mutex_unlock(&ch->mu);
-  treadle_semaphore_release(send ? ch->filled : ch->slots, 1);
+  if (err == 0)
+    treadle_semaphore_release(send ? ch->filled : ch->slots, 1);
+  return err;
 }
 
-/* Moves a blob in or out without waiting; false when it would have to. */
-static bool chan_try(lchan_t *ch, bool send, void **blob) {
-  if (treadle_semaphore_try_acquire(send ? ch->slots : ch->filled, 1) != 0)
-    return false;
-  chan_move(ch, send, blob);
-  return true;
+/* After an acquire: moves the blob (acq 0), or for a closed semaphore
+ * sends nothing and receives what is left. */
+static treadle_err_t chan_after(lchan_t *ch, bool send, void **blob,
+                                treadle_err_t acq) {
+  if (acq == TREADLE_ECLOSED && send)
+    return TREADLE_ECLOSED;
+  return chan_move(ch, send, blob);
+}
+
+/* Moves a blob in or out without waiting: 0, TREADLE_EAGAIN when it
+ * would have to wait, TREADLE_ECLOSED. */
+static treadle_err_t chan_try(lchan_t *ch, bool send, void **blob) {
+  treadle_err_t acq =
+      treadle_semaphore_try_acquire(send ? ch->slots : ch->filled, 1);
+  if (acq == TREADLE_EAGAIN)
+    return acq;
+  return chan_after(ch, send, blob, acq);
 }
 
 /* A send's or receive's leaf (ud: the task's lop_t). */
@@ -232,7 +257,7 @@ static treadle_poll_t chan_wait(void *ud, treadle_cx_t *cx,
   if (treadle_semaphore_acquire_poll(send ? ch->slots : ch->filled, cx,
                                      &op->u.chan.w, 1, err) == TREADLE_PENDING)
     return TREADLE_PENDING;
-  chan_move(ch, send, &op->u.chan.blob);
+  *err = chan_after(ch, send, &op->u.chan.blob, *err);
   return TREADLE_READY;
 }
 
@@ -337,10 +362,33 @@ static int l_channel(lua_State *L) {
   return 1;
 }
 
+lchan_t *lt_to_chan(lua_State *L, int idx) {
+  lchan_t **ud = luaL_testudata(L, idx, CHAN_MT);
+  if (ud != NULL && *ud == NULL)
+    luaL_error(L, "channel handle released (by <close> or __gc)");
+  return ud != NULL ? *ud : NULL;
+}
+
+void lt_chan_ref(lchan_t *ch) {
+  /* Relaxed: a new reference, taken from one the caller holds. */
+  atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
+}
+
+void lt_chan_unref(lchan_t *ch) { chan_unref(ch); }
+
+treadle_poll_t lt_chan_recv_poll(lchan_t *ch, treadle_cx_t *cx,
+                                 treadle_waiter_t *w, void **blob,
+                                 treadle_err_t *err) {
+  if (treadle_semaphore_acquire_poll(ch->filled, cx, w, 1, err) == TREADLE_PENDING)
+    return TREADLE_PENDING;
+  *err = chan_after(ch, false, blob, *err);
+  return TREADLE_READY;
+}
+
 static lchan_t *check_chan(lua_State *L) {
   lchan_t **ud = luaL_checkudata(L, 1, CHAN_MT);
   if (*ud == NULL)
-    luaL_error(L, "channel is closed");
+    luaL_error(L, "channel handle released (by <close> or __gc)");
   return *ud;
 }
 
@@ -359,8 +407,9 @@ static void chan_op(ltask_t *t, lopkind_t kind, lchan_t *ch, void *blob) {
  * Sends a copy of v, waiting while the channel is full.
  * Returns: true.
  * Errors: raises for values that cannot be copied (functions, userdata,
- * tables nested deeper than 64) and, when it would have to wait, outside a
- * task.
+ * tables nested deeper than 64), "send on a closed channel" (also for a
+ * send waiting when the channel is closed) and, when it would have to
+ * wait, outside a task.
  * Example: ch:send({id = 1, body = "hi"}) */
 static int l_chan_send(lua_State *L) {
   lchan_t *ch = check_chan(L);
@@ -368,9 +417,14 @@ static int l_chan_send(lua_State *L) {
   blob_t b = {0};
   pack(L, &b, 2, 0);
   ltask_t *t = lt_current;
-  if (chan_try(ch, true, (void **)&b.p)) {
+  treadle_err_t err = chan_try(ch, true, (void **)&b.p);
+  if (err == 0) {
     lua_pushboolean(L, 1);
     return 1;
+  }
+  if (err == TREADLE_ECLOSED) {
+    free(b.p);
+    return luaL_error(L, "send on a closed channel");
   }
   if (t == NULL || t->co != L) {
     free(b.p);
@@ -381,21 +435,96 @@ static int l_chan_send(lua_State *L) {
 }
 
 /* lua: ch:recv()
- * Waits for the next value.
- * Returns: the value.
+ * Waits for the next value. Once the channel is closed, the values left
+ * in it are still received, then every receive answers nil, "closed".
+ * Returns: the value, or nil, "closed".
  * Errors: raises when it would have to wait outside a task.
  * Example: local job = ch:recv() */
 static int l_chan_recv(lua_State *L) {
   lchan_t *ch = check_chan(L);
   void *blob = NULL;
-  if (chan_try(ch, false, &blob)) {
+  treadle_err_t err = chan_try(ch, false, &blob);
+  if (err == 0) {
     unpack(L, blob);
     free(blob);
     return 1;
   }
+  if (err == TREADLE_ECLOSED) {
+    lua_pushnil(L);
+    lua_pushliteral(L, "closed");
+    return 2;
+  }
   ltask_t *t = lt_need_task(L, "a receive on an empty channel");
   chan_op(t, LOP_RECV, ch, NULL);
   return lt_wait(L, t);
+}
+
+/* lua: ch:try_send(v)
+ * Sends a copy of v if the channel has room now, never waiting (any
+ * thread, in a task or not).
+ * Returns: true, or false, "full" | "closed".
+ * Errors: raises for values that cannot be copied (as ch:send).
+ * Example: if not ch:try_send(job) then drop(job) end */
+static int l_chan_try_send(lua_State *L) {
+  lchan_t *ch = check_chan(L);
+  luaL_checkany(L, 2);
+  blob_t b = {0};
+  pack(L, &b, 2, 0);
+  treadle_err_t err = chan_try(ch, true, (void **)&b.p);
+  free(b.p); /* NULL once sent */
+  lua_pushboolean(L, err == 0);
+  if (err == 0)
+    return 1;
+  lua_pushstring(L, err == TREADLE_ECLOSED ? "closed" : "full");
+  return 2;
+}
+
+/* lua: ch:try_recv()
+ * Receives the next value if there is one now, never waiting.
+ * Returns: the value, or nil, "empty" | "closed" ("closed" only once a
+ * closed channel is drained).
+ * Example: local v, err = ch:try_recv() */
+static int l_chan_try_recv(lua_State *L) {
+  lchan_t *ch = check_chan(L);
+  void *blob = NULL;
+  treadle_err_t err = chan_try(ch, false, &blob);
+  if (err == 0) {
+    unpack(L, blob);
+    free(blob);
+    return 1;
+  }
+  lua_pushnil(L);
+  lua_pushstring(L, err == TREADLE_ECLOSED ? "closed" : "empty");
+  return 2;
+}
+
+/* lua: ch:close()
+ * Closes the channel, for every handle of it in every worker (Go's
+ * close): waiting and later senders raise "send on a closed channel";
+ * receivers get the values still queued, then nil, "closed". Idempotent.
+ * Dropping a handle (<close>, garbage) does not close the channel.
+ * Returns: nothing.
+ * Example: ch:close() */
+static int l_chan_close(lua_State *L) {
+  lchan_t *ch = check_chan(L);
+  pthread_mutex_lock(&ch->mu);
+  ch->closed = true;
+  pthread_mutex_unlock(&ch->mu);
+  treadle_semaphore_close(ch->slots);
+  treadle_semaphore_close(ch->filled);
+  return 0;
+}
+
+/* lua: ch:__len(), that is #ch
+ * Returns: how many values are queued now.
+ * Example: if #ch > 100 then treadle.sleep(0.01) end */
+static int l_chan_len(lua_State *L) {
+  lchan_t *ch = check_chan(L);
+  pthread_mutex_lock(&ch->mu);
+  size_t n = ch->len;
+  pthread_mutex_unlock(&ch->mu);
+  lua_pushinteger(L, (lua_Integer)n);
+  return 1;
 }
 
 static int l_chan_gc(lua_State *L) {
@@ -514,12 +643,21 @@ int lt_op_push(lua_State *co, ltask_t *t) {
     }
     break;
   case LOP_SEND:
-    lua_pushboolean(co, 1);
-    lua_pushboolean(co, 1);
+    lua_pushboolean(co, op->tb.err == 0);
+    if (op->tb.err == 0)
+      lua_pushboolean(co, 1);
+    else
+      lua_pushliteral(co, "send on a closed channel");
     n = 2;
     break;
   case LOP_RECV:
     lua_pushboolean(co, 1);
+    if (op->tb.err != 0) {
+      lua_pushnil(co);
+      lua_pushliteral(co, "closed");
+      n = 3;
+      break;
+    }
     unpack(co, op->u.chan.blob);
     free(op->u.chan.blob);
     op->u.chan.blob = NULL;
@@ -1003,7 +1141,9 @@ static int l_signal(lua_State *L) {
 static const luaL_Reg task_methods[] = {
     {"join", l_task_join}, {"abort", l_task_abort}, {"done", l_task_done}, {NULL, NULL}};
 static const luaL_Reg chan_methods[] = {
-    {"send", l_chan_send}, {"recv", l_chan_recv}, {NULL, NULL}};
+    {"send", l_chan_send}, {"recv", l_chan_recv},
+    {"try_send", l_chan_try_send}, {"try_recv", l_chan_try_recv},
+    {"close", l_chan_close}, {NULL, NULL}};
 static const luaL_Reg functions[] = {
     {"spawn", l_spawn},   {"sleep", l_sleep},       {"yield", l_yield},
     {"now", l_now},       {"timeout", l_timeout},   {"worker", l_worker},
@@ -1038,5 +1178,9 @@ void lt_open_task(lua_State *L) {
   /* local t <close>: the task is aborted at the end of the scope */
   lt_new_class(L, TASK_MT, task_methods, l_task_gc, l_task_abort, l_task_tostring);
   lt_new_class(L, CHAN_MT, chan_methods, l_chan_gc, l_chan_gc, l_chan_tostring);
+  luaL_getmetatable(L, CHAN_MT);
+  lua_pushcfunction(L, l_chan_len);
+  lua_setfield(L, -2, "__len");
+  lua_pop(L, 1);
   luaL_setfuncs(L, functions, 0);
 }

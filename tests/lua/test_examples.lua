@@ -61,6 +61,13 @@ T.case("hit_counter.lua", {outside = true, flavors = CT}, function()
   end
 end)
 
+T.case("process_pipeline.lua", {outside = true, flavors = CT}, function()
+  local out, how, code = run("process_pipeline.lua", "200")
+  expect_ok(out, how, code)
+  H.has(out, "apple 200\nfig 200\npear 200\n", "uniq's counts, in sort's order")
+  H.has(out, "sort: exit 0, uniq: exit 0 (600 lines in, 3 out)")
+end)
+
 T.case("echo_client.lua alone", {outside = true, flavors = CT}, function()
   local out, how, code = run("echo_client.lua", "0 20 50 3000")
   expect_ok(out, how, code)

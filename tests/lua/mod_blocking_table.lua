@@ -1,0 +1,2 @@
+-- A module for treadle.blocking that returns a table, not a function.
+return {}
