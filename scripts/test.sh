@@ -10,8 +10,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # The Lua module and its tests need lua5.4 and its headers; its console
 # edits lines with GNU readline; the REPL tests drive a pseudo-terminal with
-# pexpect.
-scripts/setup.sh lua5.4 liblua5.4-dev libreadline-dev python3-pytest python3-pexpect
+# pexpect; the model checks (tests/model) are relacy's, in C++; the fuzz
+# targets (scripts/fuzz.sh) need clang and its libFuzzer.
+scripts/setup.sh lua5.4 liblua5.4-dev libreadline-dev python3-pytest \
+  python3-pexpect g++ relacy-dev clang-14 libfuzzer-14-dev
 
 presets=("$@")
 [ ${#presets[@]} -eq 0 ] &&

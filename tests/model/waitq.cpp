@@ -1,0 +1,328 @@
+// Model of the wait queue and its waiters as the async Mutex uses them (a
+// semaphore of one permit): core/src/waitq.h (treadle__waiter_finish lines
+// 101-106), core/src/waitq.c (waitq_ref/unref 197-209, waiter_enqueue
+// 222-231, waiter_rewake 233-241, treadle_waiter_drop 243-284) and
+// core/src/semaphore.c (add_permits_locked 45-83, acquire_finish 102-114,
+// acquire_idle 117-175, treadle__sem_acquire_poll 177-205,
+// treadle__sem_release 207-224), with the list of core/src/queue.h. Keep
+// the transcription in step with those lines. The coop budget is left out
+// (treadle_cx_poll_proceed always says go).
+//
+// Scenario: a Mutex held by thread 0, which writes the data it guards and
+// unlocks. Threads 1 and 2 each poll a lock with their own waiter (a heap
+// object, freed by its owner as soon as it is done with it), poll again if
+// it was PENDING, and drop the waiter if it is still not theirs; whoever
+// gets the lock writes the data and unlocks. Each thread drops its
+// reference to the Mutex; the last frees it. Checked: at most one holder at
+// a time, and each sees the previous holder's writes (relacy reports a
+// race otherwise); the permit comes back whatever the interleaving (one
+// permit, no waiter, at the end); no waiter is touched after its owner saw
+// it done and freed it; the Mutex and every waker are freed exactly once.
+//
+// MUTANT=1 weakens treadle__waiter_finish's store (waitq.h line 105) from
+// release to relaxed: an owner that sees DONE without taking q.mu enters
+// the critical section without seeing the previous holder's writes. relacy
+// reports a data race.
+#include "model.hpp"
+
+#include <cstdint>
+
+namespace {
+
+constexpr uint64_t W_IDLE = 0, W_WAITING = 1, W_DONE = 2, W_MASK = 7,
+                   W_SHIFT = 3;
+constexpr size_t SHIFT = 1; // permits << 1 | SEM_CLOSED (never closed here)
+
+struct list_t {
+  rl::var<list_t *> next, prev;
+};
+void list_init(list_t *l) {
+  l->next($) = l;
+  l->prev($) = l;
+}
+bool list_empty(list_t *l) { return l->next($) == l; }
+void list_push_back(list_t *l, list_t *n) {
+  n->next($) = l;
+  n->prev($) = l->prev($);
+  l->prev($)->next($) = n;
+  l->prev($) = n;
+}
+void list_unlink(list_t *n) {
+  n->prev($)->next($) = n->next($);
+  n->next($)->prev($) = n->prev($);
+  n->prev($) = n;
+  n->next($) = n;
+}
+
+// A task's waker: refcounted, counts wakes.
+struct waker_t {
+  rl::atomic<int> refs;
+};
+
+struct semaphore_t {
+  rl::mutex mu;
+  list_t waiters;
+  rl::atomic<size_t> refs;
+  rl::atomic<size_t> permits;
+};
+
+struct waiter_t {
+  list_t node; // first: the list holds &node
+  rl::var<waker_t *> waker;
+  rl::var<semaphore_t *> q;
+  rl::var<uint64_t> want;
+  rl::atomic<uint64_t> state;
+};
+
+struct wakelist_t {
+  waker_t *w[4];
+  unsigned n = 0;
+};
+
+struct waitq_model : rl::test_suite<waitq_model, 3> {
+  semaphore_t *sem;
+  waker_t *wakers[3];
+  rl::var<int> data; // what the Mutex guards
+  int holders;       // plain: threads in the critical section now
+  int wakes;
+
+  // ----------------------------------------------------------- wakers
+  waker_t *waker_clone(waker_t *w) {
+    w->refs($).fetch_add(1, rl::mo_relaxed);
+    return w;
+  }
+  void waker_drop(waker_t *w) {
+    if (w != nullptr && w->refs($).fetch_sub(1, rl::mo_acq_rel) == 1)
+      delete w;
+  }
+  void wake(waker_t *w) { // by value: consumes the reference
+    wakes++;
+    waker_drop(w);
+  }
+  void wakelist_wake(wakelist_t &wl) {
+    for (unsigned i = 0; i < wl.n; i++)
+      wake(wl.w[i]);
+    wl.n = 0;
+  }
+
+  // ----------------------------------------------------------- waitq.c
+  void waitq_ref(semaphore_t *q) { q->refs($).fetch_add(1, rl::mo_relaxed); }
+  void waitq_unref(semaphore_t *q) {
+    if (q->refs($).fetch_sub(1, rl::mo_acq_rel) != 1)
+      return;
+    RL_ASSERT(list_empty(&q->waiters));
+    delete q;
+  }
+
+  void waiter_finish(waiter_t *w, uint64_t state) {
+    w->state($).store(state, MO(rl::mo_release, rl::mo_relaxed));
+  }
+
+  void waiter_enqueue(semaphore_t *q, waiter_t *w, waker_t *mine, uint64_t state) {
+    w->q($) = q;
+    w->waker($) = waker_clone(mine);
+    list_push_back(&q->waiters, &w->node);
+    waitq_ref(q);
+    w->state($).store(state, rl::mo_relaxed);
+  }
+
+  waker_t *waiter_rewake(waiter_t *w, waker_t *mine) {
+    if (w->waker($) == mine)
+      return nullptr;
+    waker_t *old = w->waker($);
+    w->waker($) = waker_clone(mine);
+    return old;
+  }
+
+  void waiter_drop(waiter_t *w) {
+    uint64_t st = w->state($).load(rl::mo_acquire);
+    if ((st & W_MASK) == W_IDLE)
+      return;
+    semaphore_t *q = w->q($);
+    waker_t *own = nullptr;
+    uint64_t give_back = 0;
+    q->mu.lock($);
+    st = w->state($).load(rl::mo_relaxed);
+    switch (st & W_MASK) {
+    case W_WAITING:
+      list_unlink(&w->node);
+      own = w->waker($);
+      w->waker($) = nullptr;
+      give_back = w->want($) - (st >> W_SHIFT);
+      break;
+    case W_DONE:
+      give_back = w->want($);
+      break;
+    default:
+      break;
+    }
+    w->q($) = nullptr;
+    w->state($).store(W_IDLE, rl::mo_relaxed);
+    if (give_back > 0)
+      add_permits_locked(q, give_back);
+    else
+      q->mu.unlock($);
+    waker_drop(own);
+    waitq_unref(q);
+  }
+
+  // ------------------------------------------------------- semaphore.c
+  void add_permits_locked(semaphore_t *s, uint64_t n) {
+    wakelist_t wl;
+    for (;;) {
+      list_t *node;
+      while (n > 0 && wl.n < 4 && (node = s->waiters.next($)) != &s->waiters) {
+        waiter_t *w = (waiter_t *)node;
+        uint64_t st = w->state($).load(rl::mo_relaxed);
+        uint64_t needed = st >> W_SHIFT;
+        if (n < needed) {
+          w->state($).store((needed - n) << W_SHIFT | W_WAITING,
+                            rl::mo_relaxed);
+          n = 0;
+          break;
+        }
+        n -= needed;
+        list_unlink(node);
+        wl.w[wl.n++] = w->waker($);
+        w->waker($) = nullptr;
+        waiter_finish(w, W_DONE);
+      }
+      if (n > 0 && list_empty(&s->waiters)) {
+        s->permits($).fetch_add((size_t)n << SHIFT, rl::mo_release);
+        n = 0;
+      }
+      s->mu.unlock($);
+      wakelist_wake(wl);
+      if (n == 0)
+        return;
+      s->mu.lock($);
+    }
+  }
+
+  bool acquire_finish(waiter_t *w, uint64_t st) {
+    RL_ASSERT((st & W_MASK) == W_DONE);
+    semaphore_t *q = w->q($);
+    w->q($) = nullptr;
+    w->state($).store(W_IDLE, rl::mo_relaxed);
+    waitq_unref(q);
+    return true;
+  }
+
+  bool acquire_idle(semaphore_t *s, waiter_t *w, waker_t *mine, size_t n) {
+    size_t need = n << SHIFT;
+    size_t cur = s->permits($).load(rl::mo_relaxed);
+    while (cur >= need) {
+      if (s->permits($).compare_exchange_weak(cur, cur - need, rl::mo_acquire,
+                                              rl::mo_relaxed))
+        return true;
+    }
+    s->mu.lock($);
+    cur = s->permits($).load(rl::mo_relaxed);
+    for (;;) {
+      size_t take = cur >= need ? need : cur;
+      if (s->permits($).compare_exchange_weak(cur, cur - take, rl::mo_acquire,
+                                              rl::mo_relaxed))
+        break;
+    }
+    size_t taken = (cur >= need ? need : cur) >> SHIFT;
+    if (taken == n) {
+      s->mu.unlock($);
+      return true;
+    }
+    w->want($) = n;
+    waiter_enqueue(s, w, mine, (uint64_t)(n - taken) << W_SHIFT | W_WAITING);
+    s->mu.unlock($);
+    return false;
+  }
+
+  // True: READY (the permits are ours).
+  bool acquire_poll(semaphore_t *s, waiter_t *w, waker_t *mine, size_t n) {
+    uint64_t st = w->state($).load(rl::mo_acquire);
+    switch (st & W_MASK) {
+    case W_IDLE:
+      return acquire_idle(s, w, mine, n);
+    case W_WAITING: {
+      semaphore_t *q = w->q($);
+      q->mu.lock($);
+      st = w->state($).load(rl::mo_relaxed);
+      if ((st & W_MASK) == W_WAITING) {
+        waker_t *old = waiter_rewake(w, mine);
+        q->mu.unlock($);
+        waker_drop(old);
+        return false;
+      }
+      q->mu.unlock($);
+      break;
+    }
+    default:
+      break;
+    }
+    return acquire_finish(w, st);
+  }
+
+  void release(semaphore_t *s, size_t n) {
+    s->mu.lock($);
+    add_permits_locked(s, n);
+  }
+
+  // ----------------------------------------------------------- scenario
+  void critical_section(unsigned index) {
+    RL_ASSERT(++holders == 1);
+    data($) = data($) + (int)index;
+    --holders;
+  }
+
+  void before() {
+    sem = new semaphore_t;
+    list_init(&sem->waiters);
+    sem->refs($).store(3, rl::mo_relaxed); // one per thread
+    sem->permits($).store(0, rl::mo_relaxed); // thread 0 holds the lock
+    for (auto &w : wakers) {
+      w = new waker_t;
+      w->refs($).store(1, rl::mo_relaxed); // the task's own reference
+    }
+    data($) = 0;
+    holders = 0;
+    wakes = 0;
+  }
+
+  void thread(unsigned index) {
+    semaphore_t *s = sem;
+    waker_t *mine = wakers[index];
+    if (index == 0) {
+      critical_section(index);
+      release(s, 1);
+    } else {
+      waiter_t *w = new waiter_t;
+      list_init(&w->node);
+      w->waker($) = nullptr;
+      w->q($) = nullptr;
+      w->want($) = 0;
+      w->state($).store(W_IDLE, rl::mo_relaxed);
+      bool mine_now = acquire_poll(s, w, mine, 1) || acquire_poll(s, w, mine, 1);
+      if (mine_now) {
+        critical_section(index);
+        release(s, 1);
+      } else {
+        waiter_drop(w);
+      }
+      delete w;
+    }
+    waker_drop(mine);
+    if (index != 0)
+      waitq_unref(s); // thread 0's goes in after(), once checked
+  }
+
+  void after() {
+    RL_ASSERT(list_empty(&sem->waiters));
+    RL_ASSERT(sem->permits($).load(rl::mo_relaxed) == 1 << SHIFT);
+    waitq_unref(sem); // the last reference: frees it
+  }
+};
+
+} // namespace
+
+int main(int argc, char **argv) {
+  return model_main<waitq_model>("waitq", argc, argv,
+                                 rl::fair_context_bound_scheduler_type, 2);
+}
