@@ -2,9 +2,10 @@
 # Builds and runs every test: the C suite under ctest on the plain build,
 # then again under AddressSanitizer+UBSan, ThreadSanitizer and valgrind
 # memcheck; then the Python suite (tests/python, pytest) on Debian's python3,
-# its debug interpreter, and with the extension under ASan+UBSan and TSan.
-# Pass names to run only those (default asan tsan valgrind python
-# python-dbg python-asan python-tsan). Compiler warnings are errors here
+# its debug interpreter, and with the extension under ASan+UBSan and TSan;
+# and each libFuzzer target for 30 s (scripts/fuzz.sh). Pass names to run
+# only those (default asan tsan valgrind fuzz python python-dbg python-asan
+# python-tsan). Compiler warnings are errors here
 # (TREADLE_WERROR), as in CI, which runs this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,11 +18,13 @@ scripts/setup.sh lua5.4 liblua5.4-dev libreadline-dev python3-pytest \
 
 presets=("$@")
 [ ${#presets[@]} -eq 0 ] &&
-  presets=(default asan tsan valgrind python python-dbg python-asan python-tsan)
+  presets=(default asan tsan valgrind fuzz python python-dbg python-asan
+           python-tsan)
 jobs="$(nproc)"
 for p in "${presets[@]}"; do
   echo "=== treadle: $p"
   case "$p" in
+  fuzz) scripts/fuzz.sh --seconds 30 ;;
   python) scripts/test_python.sh plain ;;
   python-*) scripts/test_python.sh "${p#python-}" ;;
   *)
