@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <initializer_list>
 
 #include <relacy/relacy.hpp>
 
@@ -25,50 +26,73 @@
 // The memory order the C code uses, or `weak` in the mutant build.
 #define MO(c_order, weak) (MUTANT ? (weak) : (c_order))
 
-// Runs Suite under the scheduler and bound given (argv may override:
-// `--random N` runs N random interleavings instead). Normal build: exit 0
-// when relacy finds nothing. Mutant build: exit 0 only when it finds
-// something, printing "caught the mutant: <what>".
-template <class Suite>
-int model_main(const char *name, int argc, char **argv,
-               rl::scheduler_type_e search, unsigned context_bound) {
-  rl::test_params p;
-  p.search_type = search;
-  p.context_bound = context_bound;
-  p.iteration_count = 0;
-  p.execution_depth_limit = 20000;
+struct model_options {
+  rl::scheduler_type_e search = rl::fair_context_bound_scheduler_type;
+  unsigned context_bound = 2;
+  rl::iteration_t random_runs = 0;
+};
+
+// Reads `--bound K` (context bound K) or `--random N` (N random
+// schedules) over the model's defaults; false on anything else.
+inline bool model_options_parse(model_options &o, int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (std::strcmp(argv[i], "--random") == 0 && i + 1 < argc) {
-      p.search_type = rl::random_scheduler_type;
-      p.iteration_count = std::strtoull(argv[++i], nullptr, 10);
+      o.search = rl::random_scheduler_type;
+      o.random_runs = std::strtoull(argv[++i], nullptr, 10);
     } else if (std::strcmp(argv[i], "--bound") == 0 && i + 1 < argc) {
-      p.search_type = rl::fair_context_bound_scheduler_type;
-      p.context_bound = (unsigned)std::strtoul(argv[++i], nullptr, 10);
+      o.search = rl::fair_context_bound_scheduler_type;
+      o.context_bound = (unsigned)std::strtoul(argv[++i], nullptr, 10);
     } else {
-      std::fprintf(stderr, "usage: %s [--random N | --bound K]\n", argv[0]);
-      return 2;
+      std::fprintf(stderr, "usage: %s [--bound K | --random N]\n", argv[0]);
+      return false;
     }
   }
+  return true;
+}
+
+// Runs one scenario and prints how many interleavings relacy explored and
+// its verdict.
+template <class Suite>
+rl::test_result_e model_run(const char *model, const char *scenario,
+                            const model_options &o) {
+  rl::test_params p;
+  p.search_type = o.search;
+  p.context_bound = o.context_bound;
+  p.iteration_count = o.random_runs;
+  p.execution_depth_limit = 20000;
   // The mutant's failure history is long; keep only the verdict. (A file
   // stream: relacy replaces operator new while it runs, so a string stream
-  // that grows then would free memory with the wrong allocator.)
+  // that grew then would free memory with the wrong allocator.)
   std::ofstream quiet("/dev/null");
   if (MUTANT)
-    p.output_stream = p.progress_stream = &quiet;
-  else
-    p.progress_stream = &quiet;
-  bool ok = rl::simulate<Suite>(p);
-  std::printf("model.%s%s: %s, context bound %u: %llu iterations, %s\n", name,
-              MUTANT ? ".mutant" : "", rl::format(p.search_type),
-              p.context_bound, (unsigned long long)p.stop_iteration,
+    p.output_stream = &quiet;
+  p.progress_stream = &quiet;
+  rl::simulate<Suite>(p);
+  std::printf("model.%s%s %s: %s, context bound %u: %llu iterations, %s\n",
+              model, MUTANT ? ".mutant" : "", scenario,
+              rl::format(p.search_type), p.context_bound,
+              (unsigned long long)p.stop_iteration,
               rl::test_result_str(p.test_result));
-  if (!MUTANT)
-    return ok ? 0 : 1;
-  if (ok) {
+  std::fflush(stdout);
+  return p.test_result;
+}
+
+// The exit status for a model's scenarios. Normal build: 0 when relacy
+// found nothing in any. Mutant build: 0 only when it found something,
+// printing "caught the mutant: <what>".
+inline int model_verdict(std::initializer_list<rl::test_result_e> results) {
+  for (rl::test_result_e r : results) {
+    if (r == rl::test_result_success)
+      continue;
+    if (!MUTANT)
+      return 1;
+    std::printf("caught the mutant: %s\n", rl::test_result_str(r));
+    return 0;
+  }
+  if (MUTANT) {
     std::printf("mutant NOT caught: the model misses the weakened order\n");
     return 1;
   }
-  std::printf("caught the mutant: %s\n", rl::test_result_str(p.test_result));
   return 0;
 }
 

@@ -257,6 +257,8 @@ struct runq_model : rl::test_suite<runq_model, 1 + THIEVES> {
 } // namespace
 
 int main(int argc, char **argv) {
-  return model_main<runq_model>("runq", argc, argv,
-                                rl::fair_context_bound_scheduler_type, 2);
+  model_options o;
+  if (!model_options_parse(o, argc, argv))
+    return 2;
+  return model_verdict({model_run<runq_model>("runq", "owner_and_two_thieves", o)});
 }

@@ -1,28 +1,38 @@
-// Model of the wait queue and its waiters as the async Mutex uses them (a
-// semaphore of one permit): core/src/waitq.h (treadle__waiter_finish lines
-// 101-106), core/src/waitq.c (waitq_ref/unref 197-209, waiter_enqueue
-// 222-231, waiter_rewake 233-241, treadle_waiter_drop 243-284) and
-// core/src/semaphore.c (add_permits_locked 45-83, acquire_finish 102-114,
-// acquire_idle 117-175, treadle__sem_acquire_poll 177-205,
-// treadle__sem_release 207-224), with the list of core/src/queue.h. Keep
-// the transcription in step with those lines. The coop budget is left out
+// Model of the wait queue and its waiters, as the async Mutex (a semaphore
+// of one permit) and Notify use them: core/src/waitq.h
+// (treadle__waiter_finish lines 101-106), core/src/waitq.c
+// (waitq_ref/unref 197-209, waiter_enqueue 222-231, waiter_rewake 233-241,
+// treadle_waiter_drop 243-284), core/src/semaphore.c (add_permits_locked
+// 45-83, acquire_finish 102-114, acquire_idle 117-175,
+// treadle__sem_acquire_poll 177-205, treadle__sem_release 207-224) and
+// core/src/notify.c (notify_locked 54-64, treadle_notify_one 70-78,
+// treadle_notify_poll 107-150), with the list of core/src/queue.h. Keep the
+// transcription in step with those lines. The coop budget is left out
 // (treadle_cx_poll_proceed always says go).
 //
-// Scenario: a Mutex held by thread 0, which writes the data it guards and
-// unlocks. Threads 1 and 2 each poll a lock with their own waiter (a heap
-// object, freed by its owner as soon as it is done with it), poll again if
-// it was PENDING, and drop the waiter if it is still not theirs; whoever
-// gets the lock writes the data and unlocks. Each thread drops its
-// reference to the Mutex; the last frees it. Checked: at most one holder at
-// a time, and each sees the previous holder's writes (relacy reports a
-// race otherwise); the permit comes back whatever the interleaving (one
-// permit, no waiter, at the end); no waiter is touched after its owner saw
-// it done and freed it; the Mutex and every waker are freed exactly once.
+// Each waiter is a heap object that its owner frees as soon as it is done
+// with it; each thread drops its reference to the queue's object, the last
+// frees it. Two scenarios, each run under every interleaving:
+// 1. mutex_two_waiters: a Mutex held by thread 0, which writes the data it
+//    guards and unlocks. Threads 1 and 2 each poll a lock, poll again if it
+//    was PENDING, and drop the waiter if it is still not theirs; whoever
+//    gets the lock writes the data and unlocks. Checked: at most one holder
+//    at a time, each seeing the previous holder's writes (relacy reports a
+//    race otherwise); the permit comes back whatever the interleaving (one
+//    permit, no waiter, at the end).
+// 2. notify_one_two_waiters: thread 0 writes a message and calls
+//    notify_one; threads 1 and 2 each poll, poll again, and drop the waiter
+//    if still not notified (one dropped once notified passes the
+//    notification on, notify.c step 4). Checked: the one notification ends
+//    up consumed by exactly one poll or stored, never lost or doubled; a
+//    notified poll sees the message.
+// Both: no waiter is touched after its owner saw it done and freed it; the
+// object and every waker are freed exactly once.
 //
 // MUTANT=1 weakens treadle__waiter_finish's store (waitq.h line 105) from
-// release to relaxed: an owner that sees DONE without taking q.mu enters
-// the critical section without seeing the previous holder's writes. relacy
-// reports a data race.
+// release to relaxed: an owner that sees DONE without taking q.mu goes on
+// without seeing what the releaser or notifier did before. relacy reports
+// a data race (in both scenarios).
 #include "model.hpp"
 
 #include <cstdint>
@@ -59,17 +69,23 @@ struct waker_t {
   rl::atomic<int> refs;
 };
 
-struct semaphore_t {
+enum kind_t { NOTIFY, SEMAPHORE };
+
+// treadle__waitq_t and the object it starts: a semaphore's permits or a
+// Notify's stored permit, by kind.
+struct waitq_t {
   rl::mutex mu;
   list_t waiters;
   rl::atomic<size_t> refs;
-  rl::atomic<size_t> permits;
+  kind_t kind;
+  rl::atomic<size_t> permits; // semaphore.c
+  rl::var<bool> permit;       // notify.c; guarded by mu
 };
 
 struct waiter_t {
   list_t node; // first: the list holds &node
   rl::var<waker_t *> waker;
-  rl::var<semaphore_t *> q;
+  rl::var<waitq_t *> q;
   rl::var<uint64_t> want;
   rl::atomic<uint64_t> state;
 };
@@ -79,12 +95,41 @@ struct wakelist_t {
   unsigned n = 0;
 };
 
-struct waitq_model : rl::test_suite<waitq_model, 3> {
-  semaphore_t *sem;
+// The transcribed code, shared by the scenarios.
+struct waitq_core {
+  waitq_t *sem;
   waker_t *wakers[3];
-  rl::var<int> data; // what the Mutex guards
+  rl::var<int> data; // what the Mutex guards, or the notifier's message
   int holders;       // plain: threads in the critical section now
   int wakes;
+  int notified;      // plain: Notify polls that returned READY
+
+  void setup(kind_t kind) {
+    sem = new waitq_t;
+    list_init(&sem->waiters);
+    sem->refs($).store(3, rl::mo_relaxed); // one per thread
+    sem->kind = kind;
+    sem->permits($).store(0, rl::mo_relaxed); // thread 0 holds the lock
+    sem->permit($) = false;
+    for (auto &w : wakers) {
+      w = new waker_t;
+      w->refs($).store(1, rl::mo_relaxed); // the task's own reference
+    }
+    data($) = 0;
+    holders = 0;
+    wakes = 0;
+    notified = 0;
+  }
+
+  waiter_t *waiter_new() {
+    waiter_t *w = new waiter_t;
+    list_init(&w->node);
+    w->waker($) = nullptr;
+    w->q($) = nullptr;
+    w->want($) = 0;
+    w->state($).store(W_IDLE, rl::mo_relaxed);
+    return w;
+  }
 
   // ----------------------------------------------------------- wakers
   waker_t *waker_clone(waker_t *w) {
@@ -106,8 +151,8 @@ struct waitq_model : rl::test_suite<waitq_model, 3> {
   }
 
   // ----------------------------------------------------------- waitq.c
-  void waitq_ref(semaphore_t *q) { q->refs($).fetch_add(1, rl::mo_relaxed); }
-  void waitq_unref(semaphore_t *q) {
+  void waitq_ref(waitq_t *q) { q->refs($).fetch_add(1, rl::mo_relaxed); }
+  void waitq_unref(waitq_t *q) {
     if (q->refs($).fetch_sub(1, rl::mo_acq_rel) != 1)
       return;
     RL_ASSERT(list_empty(&q->waiters));
@@ -118,7 +163,7 @@ struct waitq_model : rl::test_suite<waitq_model, 3> {
     w->state($).store(state, MO(rl::mo_release, rl::mo_relaxed));
   }
 
-  void waiter_enqueue(semaphore_t *q, waiter_t *w, waker_t *mine, uint64_t state) {
+  void waiter_enqueue(waitq_t *q, waiter_t *w, waker_t *mine, uint64_t state) {
     w->q($) = q;
     w->waker($) = waker_clone(mine);
     list_push_back(&q->waiters, &w->node);
@@ -138,8 +183,9 @@ struct waitq_model : rl::test_suite<waitq_model, 3> {
     uint64_t st = w->state($).load(rl::mo_acquire);
     if ((st & W_MASK) == W_IDLE)
       return;
-    semaphore_t *q = w->q($);
+    waitq_t *q = w->q($);
     waker_t *own = nullptr;
+    wakelist_t wl;
     uint64_t give_back = 0;
     q->mu.lock($);
     st = w->state($).load(rl::mo_relaxed);
@@ -148,10 +194,14 @@ struct waitq_model : rl::test_suite<waitq_model, 3> {
       list_unlink(&w->node);
       own = w->waker($);
       w->waker($) = nullptr;
-      give_back = w->want($) - (st >> W_SHIFT);
+      if (q->kind == SEMAPHORE)
+        give_back = w->want($) - (st >> W_SHIFT);
       break;
     case W_DONE:
-      give_back = w->want($);
+      if (q->kind == SEMAPHORE)
+        give_back = w->want($);
+      else
+        notify_locked(q, wl);
       break;
     default:
       break;
@@ -162,12 +212,68 @@ struct waitq_model : rl::test_suite<waitq_model, 3> {
       add_permits_locked(q, give_back);
     else
       q->mu.unlock($);
+    wakelist_wake(wl);
     waker_drop(own);
     waitq_unref(q);
   }
 
+  // ---------------------------------------------------------- notify.c
+  void notify_locked(waitq_t *n, wakelist_t &wl) {
+    list_t *node = n->waiters.next($);
+    if (node == &n->waiters) {
+      n->permit($) = true;
+      return;
+    }
+    list_unlink(node);
+    waiter_t *w = (waiter_t *)node;
+    wl.w[wl.n++] = w->waker($);
+    w->waker($) = nullptr;
+    waiter_finish(w, W_DONE);
+  }
+
+  void notify_one(waitq_t *n) {
+    wakelist_t wl;
+    n->mu.lock($);
+    notify_locked(n, wl);
+    n->mu.unlock($);
+    wakelist_wake(wl);
+  }
+
+  // True: READY.
+  bool notify_poll(waitq_t *n, waiter_t *w, waker_t *mine) {
+    uint64_t st = w->state($).load(rl::mo_acquire);
+    if ((st & W_MASK) == W_IDLE) {
+      n->mu.lock($);
+      if (n->permit($)) {
+        n->permit($) = false;
+        n->mu.unlock($);
+        return true;
+      }
+      waiter_enqueue(n, w, mine, W_WAITING);
+      n->mu.unlock($);
+      return false;
+    }
+    if ((st & W_MASK) == W_WAITING) {
+      waitq_t *q = w->q($);
+      q->mu.lock($);
+      st = w->state($).load(rl::mo_relaxed);
+      if ((st & W_MASK) == W_WAITING) {
+        waker_t *old = waiter_rewake(w, mine);
+        q->mu.unlock($);
+        waker_drop(old);
+        return false;
+      }
+      q->mu.unlock($);
+    }
+    waitq_t *q = w->q($);
+    w->q($) = nullptr;
+    w->state($).store(W_IDLE, rl::mo_relaxed);
+    waitq_unref(q);
+    return true;
+  }
+
   // ------------------------------------------------------- semaphore.c
-  void add_permits_locked(semaphore_t *s, uint64_t n) {
+  void add_permits_locked(waitq_t *s, uint64_t n) {
     wakelist_t wl;
     for (;;) {
       list_t *node;
@@ -201,14 +307,14 @@ struct waitq_model : rl::test_suite<waitq_model, 3> {
 
   bool acquire_finish(waiter_t *w, uint64_t st) {
     RL_ASSERT((st & W_MASK) == W_DONE);
-    semaphore_t *q = w->q($);
+    waitq_t *q = w->q($);
     w->q($) = nullptr;
     w->state($).store(W_IDLE, rl::mo_relaxed);
     waitq_unref(q);
     return true;
   }
 
-  bool acquire_idle(semaphore_t *s, waiter_t *w, waker_t *mine, size_t n) {
+  bool acquire_idle(waitq_t *s, waiter_t *w, waker_t *mine, size_t n) {
     size_t need = n << SHIFT;
     size_t cur = s->permits($).load(rl::mo_relaxed);
     while (cur >= need) {
@@ -236,13 +342,13 @@ struct waitq_model : rl::test_suite<waitq_model, 3> {
   }
 
   // True: READY (the permits are ours).
-  bool acquire_poll(semaphore_t *s, waiter_t *w, waker_t *mine, size_t n) {
+  bool acquire_poll(waitq_t *s, waiter_t *w, waker_t *mine, size_t n) {
     uint64_t st = w->state($).load(rl::mo_acquire);
     switch (st & W_MASK) {
     case W_IDLE:
       return acquire_idle(s, w, mine, n);
     case W_WAITING: {
-      semaphore_t *q = w->q($);
+      waitq_t *q = w->q($);
       q->mu.lock($);
       st = w->state($).load(rl::mo_relaxed);
       if ((st & W_MASK) == W_WAITING) {
@@ -260,47 +366,33 @@ struct waitq_model : rl::test_suite<waitq_model, 3> {
     return acquire_finish(w, st);
   }
 
-  void release(semaphore_t *s, size_t n) {
+  void release(waitq_t *s, size_t n) {
     s->mu.lock($);
     add_permits_locked(s, n);
   }
 
-  // ----------------------------------------------------------- scenario
   void critical_section(unsigned index) {
     RL_ASSERT(++holders == 1);
     data($) = data($) + (int)index;
     --holders;
   }
+};
 
-  void before() {
-    sem = new semaphore_t;
-    list_init(&sem->waiters);
-    sem->refs($).store(3, rl::mo_relaxed); // one per thread
-    sem->permits($).store(0, rl::mo_relaxed); // thread 0 holds the lock
-    for (auto &w : wakers) {
-      w = new waker_t;
-      w->refs($).store(1, rl::mo_relaxed); // the task's own reference
-    }
-    data($) = 0;
-    holders = 0;
-    wakes = 0;
-  }
+// Scenario 1: a Mutex (one permit) held by thread 0; threads 1 and 2 each
+// poll a lock, poll again, and drop the waiter if it is still not theirs.
+struct mutex_two_waiters : waitq_core, rl::test_suite<mutex_two_waiters, 3> {
+  void before() { setup(SEMAPHORE); }
 
   void thread(unsigned index) {
-    semaphore_t *s = sem;
+    waitq_t *s = sem;
     waker_t *mine = wakers[index];
     if (index == 0) {
       critical_section(index);
       release(s, 1);
     } else {
-      waiter_t *w = new waiter_t;
-      list_init(&w->node);
-      w->waker($) = nullptr;
-      w->q($) = nullptr;
-      w->want($) = 0;
-      w->state($).store(W_IDLE, rl::mo_relaxed);
-      bool mine_now = acquire_poll(s, w, mine, 1) || acquire_poll(s, w, mine, 1);
-      if (mine_now) {
+      waiter_t *w = waiter_new();
+      bool got = acquire_poll(s, w, mine, 1) || acquire_poll(s, w, mine, 1);
+      if (got) {
         critical_section(index);
         release(s, 1);
       } else {
@@ -320,9 +412,50 @@ struct waitq_model : rl::test_suite<waitq_model, 3> {
   }
 };
 
+// Scenario 2: Notify. Thread 0 writes a message and calls notify_one;
+// threads 1 and 2 each poll, poll again, and drop the waiter if it was not
+// notified (a waiter dropped once notified passes the notification on).
+struct notify_one_two_waiters : waitq_core,
+                                rl::test_suite<notify_one_two_waiters, 3> {
+  void before() { setup(NOTIFY); }
+
+  void thread(unsigned index) {
+    waitq_t *n = sem;
+    waker_t *mine = wakers[index];
+    if (index == 0) {
+      data($) = 42;
+      notify_one(n);
+    } else {
+      waiter_t *w = waiter_new();
+      if (notify_poll(n, w, mine) || notify_poll(n, w, mine)) {
+        RL_ASSERT(data($) == 42); // what came before the notify is seen
+        notified++;
+      } else {
+        waiter_drop(w);
+      }
+      delete w;
+    }
+    waker_drop(mine);
+    if (index != 0)
+      waitq_unref(n);
+  }
+
+  void after() {
+    // The one notification is consumed once or kept, never lost or doubled.
+    RL_ASSERT(notified + (sem->permit($) ? 1 : 0) == 1);
+    RL_ASSERT(list_empty(&sem->waiters));
+    waitq_unref(sem);
+  }
+};
+
 } // namespace
 
 int main(int argc, char **argv) {
-  return model_main<waitq_model>("waitq", argc, argv,
-                                 rl::fair_context_bound_scheduler_type, 2);
+  model_options o;
+  if (!model_options_parse(o, argc, argv))
+    return 2;
+  return model_verdict(
+      {model_run<mutex_two_waiters>("waitq", "mutex_two_waiters", o),
+       model_run<notify_one_two_waiters>("waitq", "notify_one_two_waiters",
+                                         o)});
 }
