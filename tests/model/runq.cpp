@@ -8,7 +8,8 @@
 // start 2 below 2^32, so they wrap during the run. The owner spawns tasks
 // 1-3 through its LIFO slot, runs one, spawns 4-7 (the queue overflows half
 // of itself to the inject queue), then runs what it has; two thieves each
-// steal half into their own queue and run it. Checked: every task runs
+// steal half into their own queue and run it (second scenario: the second
+// thief steals from the first one's queue instead). Checked: every task runs
 // exactly once (none lost, none twice, inject queue included), each task's
 // contents are visible to whoever runs it (a plain field written at spawn:
 // relacy reports a race otherwise), slots are never read while rewritten,
@@ -44,7 +45,10 @@ uint64_t pack(uint32_t steal, uint32_t real) {
 uint32_t steal_of(uint64_t h) { return (uint32_t)h; }
 uint32_t real_of(uint64_t h) { return (uint32_t)(h >> 32); }
 
-struct runq_model : rl::test_suite<runq_model, 1 + THIEVES> {
+// CHAIN: the second thief steals from the first thief's queue instead of
+// the owner's, so a queue filled by steal_into is stolen from in turn.
+template <bool CHAIN>
+struct runq_model : rl::test_suite<runq_model<CHAIN>, 1 + THIEVES> {
   task_t tasks[TASKS + 1]; // 1-based; 0 is NULL
   runq_t queues[1 + THIEVES];
   rl::mutex inject_mu; // inject.c is a locked FIFO
@@ -226,7 +230,8 @@ struct runq_model : rl::test_suite<runq_model, 1 + THIEVES> {
       return;
     }
     runq_t &mine = queues[index];
-    if (int t = steal_into(queues[0], mine))
+    runq_t &victim = CHAIN && index == 2 ? queues[1] : queues[0];
+    if (int t = steal_into(victim, mine))
       run(index, t);
     while (int t = pop(mine))
       run(index, t);
@@ -260,5 +265,7 @@ int main(int argc, char **argv) {
   model_options o;
   if (!model_options_parse(o, argc, argv))
     return 2;
-  return model_verdict({model_run<runq_model>("runq", "owner_and_two_thieves", o)});
+  return model_verdict(
+      {model_run<runq_model<false>>("runq", "owner_and_two_thieves", o),
+       model_run<runq_model<true>>("runq", "thief_robs_a_thief", o)});
 }
