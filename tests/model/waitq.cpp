@@ -26,13 +26,18 @@
 //    notification on, notify.c step 4). Checked: the one notification ends
 //    up consumed by exactly one poll or stored, never lost or doubled; a
 //    notified poll sees the message.
-// Both: no waiter is touched after its owner saw it done and freed it; the
+// 3. semaphore_partial: no permits; thread 0 releases one, then another;
+//    thread 1 asks for two (served one at a time), thread 2 for one; each
+//    polls twice and drops its waiter if still not served. Checked: both
+//    permits are back at the end (none lost in a partial hand-out or a
+//    drop, none made up).
+// All: no waiter is touched after its owner saw it done and freed it; the
 // object and every waker are freed exactly once.
 //
 // MUTANT=1 weakens treadle__waiter_finish's store (waitq.h line 105) from
 // release to relaxed: an owner that sees DONE without taking q.mu goes on
 // without seeing what the releaser or notifier did before. relacy reports
-// a data race (in both scenarios).
+// a data race (scenarios 1 and 2).
 #include "model.hpp"
 
 #include <cstdint>
@@ -412,6 +417,41 @@ struct mutex_two_waiters : waitq_core, rl::test_suite<mutex_two_waiters, 3> {
   }
 };
 
+// Scenario 3: a semaphore with no permits; thread 0 releases one permit
+// twice; thread 1 asks for two (so it is given them one at a time, partly
+// served in between), thread 2 for one. Each polls, polls again, and drops
+// the waiter if still not served, handing back what it was partly given.
+struct semaphore_partial : waitq_core, rl::test_suite<semaphore_partial, 3> {
+  void before() { setup(SEMAPHORE); }
+
+  void thread(unsigned index) {
+    waitq_t *s = sem;
+    waker_t *mine = wakers[index];
+    if (index == 0) {
+      release(s, 1);
+      release(s, 1);
+    } else {
+      size_t want = index == 1 ? 2 : 1;
+      waiter_t *w = waiter_new();
+      if (acquire_poll(s, w, mine, want) || acquire_poll(s, w, mine, want))
+        release(s, want);
+      else
+        waiter_drop(w);
+      delete w;
+    }
+    waker_drop(mine);
+    if (index != 0)
+      waitq_unref(s);
+  }
+
+  void after() {
+    // Every permit is back, none made up.
+    RL_ASSERT(list_empty(&sem->waiters));
+    RL_ASSERT(sem->permits($).load(rl::mo_relaxed) == 2 << SHIFT);
+    waitq_unref(sem);
+  }
+};
+
 // Scenario 2: Notify. Thread 0 writes a message and calls notify_one;
 // threads 1 and 2 each poll, poll again, and drop the waiter if it was not
 // notified (a waiter dropped once notified passes the notification on).
@@ -457,5 +497,6 @@ int main(int argc, char **argv) {
   return model_verdict(
       {model_run<mutex_two_waiters>("waitq", "mutex_two_waiters", o),
        model_run<notify_one_two_waiters>("waitq", "notify_one_two_waiters",
-                                         o)});
+                                         o),
+       model_run<semaphore_partial>("waitq", "semaphore_partial", o)});
 }
