@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 # pexpect; the model checks (tests/model) are relacy's, in C++; the fuzz
 # targets (scripts/fuzz.sh) need clang and its libFuzzer.
 scripts/setup.sh lua5.4 liblua5.4-dev libreadline-dev python3-pytest \
-  python3-pexpect g++ relacy-dev clang-14 libfuzzer-14-dev
+  python3-pexpect g++ relacy-dev clang-14 libclang-rt-14-dev libfuzzer-14-dev
 
 presets=("$@")
 [ ${#presets[@]} -eq 0 ] &&
