@@ -20,8 +20,8 @@ while [ $# -gt 0 ]; do
 done
 [ ${#targets[@]} -eq 0 ] && targets=(wheel addr lua_value)
 
-# libclang-rt-14-dev holds the ASan, UBSan and libFuzzer runtimes (only
-# recommended by clang-14, so installs without recommends lack it).
+# libclang-rt-14-dev holds the ASan, UBSan and libFuzzer runtimes (clang-14
+# only recommends it, so an install without recommends lacks it).
 scripts/setup.sh clang-14 libclang-rt-14-dev libfuzzer-14-dev lua5.4 liblua5.4-dev
 cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang-14 \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTREADLE_FUZZ=ON \
