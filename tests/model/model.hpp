@@ -50,11 +50,19 @@ inline bool model_options_parse(model_options &o, int argc, char **argv) {
   return true;
 }
 
+// Set once a scenario of a mutant build has failed: the rest are skipped.
+inline bool model_mutant_caught = false;
+
 // Runs one scenario and prints how many interleavings relacy explored and
 // its verdict.
 template <class Suite>
 rl::test_result_e model_run(const char *model, const char *scenario,
                             const model_options &o) {
+  if (MUTANT && model_mutant_caught) {
+    std::printf("model.%s.mutant %s: skipped, already caught\n", model,
+                scenario);
+    return rl::test_result_success;
+  }
   rl::test_params p;
   p.search_type = o.search;
   p.context_bound = o.context_bound;
@@ -74,6 +82,8 @@ rl::test_result_e model_run(const char *model, const char *scenario,
               (unsigned long long)p.stop_iteration,
               rl::test_result_str(p.test_result));
   std::fflush(stdout);
+  if (p.test_result != rl::test_result_success)
+    model_mutant_caught = true;
   return p.test_result;
 }
 
