@@ -76,9 +76,13 @@ rl::test_result_e model_run(const char *model, const char *scenario,
     p.output_stream = &quiet;
   p.progress_stream = &quiet;
   rl::simulate<Suite>(p);
-  std::printf("model.%s%s %s: %s, context bound %u: %llu iterations, %s\n",
-              model, MUTANT ? ".mutant" : "", scenario,
-              rl::format(p.search_type), p.context_bound,
+  char search[64];
+  if (o.search == rl::random_scheduler_type)
+    std::snprintf(search, sizeof search, "random schedules");
+  else
+    std::snprintf(search, sizeof search, "context bound %u", p.context_bound);
+  std::printf("model.%s%s %s: %s: %llu iterations, %s\n", model,
+              MUTANT ? ".mutant" : "", scenario, search,
               (unsigned long long)p.stop_iteration,
               rl::test_result_str(p.test_result));
   std::fflush(stdout);
