@@ -6,7 +6,8 @@
 // 45-83, acquire_finish 102-114, acquire_idle 117-175,
 // treadle__sem_acquire_poll 177-205, treadle__sem_release 207-224) and
 // core/src/notify.c (notify_locked 54-64, treadle_notify_one 70-78,
-// treadle_notify_poll 107-150), with the list of core/src/queue.h. Keep the
+// treadle_notify_waiters 80-105, treadle_notify_poll 107-150), with the
+// list of core/src/queue.h. Keep the
 // transcription in step with those lines. The coop budget is left out
 // (treadle_cx_poll_proceed always says go).
 //
@@ -31,6 +32,11 @@
 //    polls twice and drops its waiter if still not served. Checked: both
 //    permits are back at the end (none lost in a partial hand-out or a
 //    drop, none made up).
+// 4. notify_waiters_rounds: thread 0 writes a message and calls
+//    notify_waiters, finishing one waiter per lock hold (the C does 32),
+//    while threads 1 and 2 poll, poll again and drop, possibly while on the
+//    notifier's list between rounds. Checked: a notified poll sees the
+//    message; nothing is stored, no waiter is left queued.
 // All: no waiter is touched after its owner saw it done and freed it; the
 // object and every waker are freed exactly once.
 //
@@ -44,8 +50,8 @@
 
 namespace {
 
-constexpr uint64_t W_IDLE = 0, W_WAITING = 1, W_DONE = 2, W_MASK = 7,
-                   W_SHIFT = 3;
+constexpr uint64_t W_IDLE = 0, W_WAITING = 1, W_DONE = 2, W_DONE_ALL = 3,
+                   W_MASK = 7, W_SHIFT = 3;
 constexpr size_t SHIFT = 1; // permits << 1 | SEM_CLOSED (never closed here)
 
 struct list_t {
@@ -67,6 +73,22 @@ void list_unlink(list_t *n) {
   n->next($)->prev($) = n->prev($);
   n->prev($) = n;
   n->next($) = n;
+}
+list_t *list_pop_front(list_t *l) {
+  list_t *n = l->next($);
+  if (n == l)
+    return nullptr;
+  list_unlink(n);
+  return n;
+}
+void list_move_all(list_t *from, list_t *to) {
+  if (list_empty(from))
+    return;
+  from->next($)->prev($) = to->prev($);
+  to->prev($)->next($) = from->next($);
+  from->prev($)->next($) = to;
+  to->prev($) = from->prev($);
+  list_init(from);
 }
 
 // A task's waker: refcounted, counts wakes.
@@ -234,6 +256,32 @@ struct waitq_core {
     wl.w[wl.n++] = w->waker($);
     w->waker($) = nullptr;
     waiter_finish(w, W_DONE);
+  }
+
+  // treadle_notify_waiters, finishing `batch` waiters per lock hold (the C
+  // does TREADLE__WAKE_BATCH, 32; fewer here so that two waiters already
+  // take two rounds, with the lock let go between them).
+  void notify_waiters(waitq_t *n, unsigned batch) {
+    list_t list; // step 3: guarded by q.mu like the queue
+    list_init(&list);
+    n->mu.lock($);
+    list_move_all(&n->waiters, &list);
+    for (;;) {
+      wakelist_t wl;
+      list_t *node;
+      while (wl.n < batch && (node = list_pop_front(&list)) != nullptr) {
+        waiter_t *w = (waiter_t *)node;
+        wl.w[wl.n++] = w->waker($);
+        w->waker($) = nullptr;
+        waiter_finish(w, W_DONE_ALL);
+      }
+      bool more = !list_empty(&list);
+      n->mu.unlock($);
+      wakelist_wake(wl);
+      if (!more)
+        return;
+      n->mu.lock($);
+    }
   }
 
   void notify_one(waitq_t *n) {
@@ -452,6 +500,48 @@ struct semaphore_partial : waitq_core, rl::test_suite<semaphore_partial, 3> {
   }
 };
 
+// Scenario 4: notify_waiters, one waiter per round, while the waiters poll
+// again or drop (possibly while on the notifier's list, between rounds).
+struct notify_waiters_rounds : waitq_core,
+                               rl::test_suite<notify_waiters_rounds, 3> {
+  int done_all; // plain: polls READY through DONE_ALL
+
+  void before() {
+    setup(NOTIFY);
+    done_all = 0;
+  }
+
+  void thread(unsigned index) {
+    waitq_t *n = sem;
+    waker_t *mine = wakers[index];
+    if (index == 0) {
+      data($) = 42;
+      notify_waiters(n, 1);
+    } else {
+      waiter_t *w = waiter_new();
+      if (notify_poll(n, w, mine) || notify_poll(n, w, mine)) {
+        RL_ASSERT(data($) == 42);
+        done_all++;
+      } else {
+        waiter_drop(w);
+      }
+      delete w;
+    }
+    waker_drop(mine);
+    if (index != 0)
+      waitq_unref(n);
+  }
+
+  void after() {
+    // notify_waiters stores nothing, and leaves no waiter behind that it
+    // took (any still queued came after it and dropped; none is left).
+    RL_ASSERT(!sem->permit($));
+    RL_ASSERT(list_empty(&sem->waiters));
+    RL_ASSERT(done_all <= 2);
+    waitq_unref(sem);
+  }
+};
+
 // Scenario 2: Notify. Thread 0 writes a message and calls notify_one;
 // threads 1 and 2 each poll, poll again, and drop the waiter if it was not
 // notified (a waiter dropped once notified passes the notification on).
@@ -498,5 +588,6 @@ int main(int argc, char **argv) {
       {model_run<mutex_two_waiters>("waitq", "mutex_two_waiters", o),
        model_run<notify_one_two_waiters>("waitq", "notify_one_two_waiters",
                                          o),
-       model_run<semaphore_partial>("waitq", "semaphore_partial", o)});
+       model_run<semaphore_partial>("waitq", "semaphore_partial", o),
+       model_run<notify_waiters_rounds>("waitq", "notify_waiters_rounds", o)});
 }
