@@ -2,9 +2,10 @@
 # Builds and runs every test: the C suite under ctest on the plain build,
 # then again under AddressSanitizer+UBSan, ThreadSanitizer and valgrind
 # memcheck; then the Python suite (tests/python, pytest) on Debian's python3,
-# its debug interpreter, and with the extension under ASan+UBSan and TSan.
-# Pass names to run only those (default asan tsan valgrind python
-# python-dbg python-asan python-tsan). Compiler warnings are errors here
+# its debug interpreter, and with the extension under ASan+UBSan and TSan;
+# and each libFuzzer target for 30 s (scripts/fuzz.sh). Pass names to run
+# only those (default asan tsan valgrind fuzz python python-dbg python-asan
+# python-tsan). Compiler warnings are errors here
 # (TREADLE_WERROR), as in CI, which runs this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,17 +13,22 @@ cd "$(dirname "$0")/.."
 # edits lines with GNU readline; the REPL tests drive a pseudo-terminal with
 # pexpect; TLS needs libssl-dev, and its example's test the openssl command;
 # require "treadle.ngx" digests with OpenSSL, and its tests run Debian's
-# OpenResty client libraries against redis-server and memcached.
+# OpenResty client libraries against redis-server and memcached; the model
+# checks (tests/model) are relacy's, in C++; the fuzz targets
+# (scripts/fuzz.sh) need clang and its libFuzzer.
 scripts/setup.sh lua5.4 liblua5.4-dev libreadline-dev python3-pytest python3-pexpect \
-  libssl-dev openssl libpcre2-dev redis-server memcached lua-nginx-redis lua-nginx-memcached lua-nginx-dns
+  libssl-dev openssl libpcre2-dev redis-server memcached lua-nginx-redis lua-nginx-memcached lua-nginx-dns \
+  g++ relacy-dev clang-14 libclang-rt-14-dev libfuzzer-14-dev
 
 presets=("$@")
 [ ${#presets[@]} -eq 0 ] &&
-  presets=(default asan tsan valgrind python python-dbg python-asan python-tsan)
+  presets=(default asan tsan valgrind fuzz python python-dbg python-asan
+           python-tsan)
 jobs="$(nproc)"
 for p in "${presets[@]}"; do
   echo "=== treadle: $p"
   case "$p" in
+  fuzz) scripts/fuzz.sh --seconds 30 ;;
   python) scripts/test_python.sh plain ;;
   python-*) scripts/test_python.sh "${p#python-}" ;;
   *)

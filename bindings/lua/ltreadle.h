@@ -10,6 +10,7 @@
  * ltreadle_ngx.c   require "treadle.ngx": the ngx table for OpenResty's
  *                  pure-Lua libraries
  * ltreadle_repl.c  treadle.repl, the console
+ * ltreadle_value.c channel values: a Lua value copied to another state
  * ltreadle_shdict.c treadle.shared, shared dictionaries (bindings/common/shdict.c)
  * ltreadle_blocking.c treadle.blocking (Lua on the blocking pool) and
  *                  treadle.resolve
@@ -194,10 +195,12 @@ void lt_open_net(lua_State *L);
 /* Sets treadle.repl in the module table on top (ltreadle_repl.c). */
 void lt_open_repl(lua_State *L);
 
-/* Channel values (ltreadle_task.c): plain values copied between states.
- * lt_pack_protected packs the value at idx, or returns NULL and leaves the
- * error message on top of L. */
+/* Channel values (ltreadle_value.c): plain values copied between states.
+ * lt_pack_protected packs the value at idx into a malloc'd blob, or returns
+ * NULL and leaves the error message on top of L; lt_pack raises instead.
+ * lt_unpack pushes the value a blob holds (the caller frees the blob). */
 void *lt_pack_protected(lua_State *L, int idx);
+void *lt_pack(lua_State *L, int idx);
 void lt_unpack(lua_State *L, const void *blob);
 void lt_open_task(lua_State *L);
 /* The channel at idx, or NULL when it is not one (raises for a released

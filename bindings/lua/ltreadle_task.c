@@ -91,122 +91,6 @@ struct lchan_s {
 static pthread_mutex_t named_mu = PTHREAD_MUTEX_INITIALIZER;
 static lchan_t *named;
 
-typedef struct { char *p; size_t len, cap; } blob_t;
-
-static void blob_put(lua_State *L, blob_t *b, const void *src, size_t n) {
-  if (b->len + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->len + n)
-      cap *= 2;
-    char *p = realloc(b->p, cap);
-    if (p == NULL) {
-      free(b->p);
-      b->p = NULL;
-      luaL_error(L, "not enough memory");
-    }
-    b->p = p;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->len, src, n);
-  b->len += n;
-}
-
-/* Serializes the value at idx: nil, booleans, numbers, strings, tables of
- * those (depth <= 64: a cycle fails there). Raises for anything else. */
-static void pack(lua_State *L, blob_t *b, int idx, int depth) {
-  char tag;
-  idx = lua_absindex(L, idx);
-  switch (lua_type(L, idx)) {
-  case LUA_TNIL:
-    blob_put(L, b, "n", 1);
-    return;
-  case LUA_TBOOLEAN:
-    blob_put(L, b, lua_toboolean(L, idx) ? "t" : "f", 1);
-    return;
-  case LUA_TNUMBER:
-    if (lua_isinteger(L, idx)) {
-      lua_Integer i = lua_tointeger(L, idx);
-      blob_put(L, b, "i", 1);
-      blob_put(L, b, &i, sizeof i);
-    } else {
-      lua_Number d = lua_tonumber(L, idx);
-      blob_put(L, b, "d", 1);
-      blob_put(L, b, &d, sizeof d);
-    }
-    return;
-  case LUA_TSTRING: {
-    size_t n;
-    const char *s = lua_tolstring(L, idx, &n);
-    blob_put(L, b, "s", 1);
-    blob_put(L, b, &n, sizeof n);
-    blob_put(L, b, s, n);
-    return;
-  }
-  case LUA_TTABLE:
-    if (depth >= 64) {
-      free(b->p);
-      b->p = NULL;
-      luaL_error(L, "channel value: tables nested too deep (or a cycle)");
-    }
-    luaL_checkstack(L, 3, "channel value");
-    tag = '{';
-    blob_put(L, b, &tag, 1);
-    lua_pushnil(L);
-    while (lua_next(L, idx) != 0) {
-      pack(L, b, -2, depth + 1);
-      pack(L, b, -1, depth + 1);
-      lua_pop(L, 1);
-    }
-    blob_put(L, b, "}", 1);
-    return;
-  default:
-    free(b->p);
-    b->p = NULL;
-    luaL_error(L, "channel values must be nil, booleans, numbers, strings "
-                  "or tables of those, not %s", luaL_typename(L, idx));
-  }
-}
-
-static const char *unpack(lua_State *L, const char *p) {
-  luaL_checkstack(L, 3, "channel value");
-  switch (*p++) {
-  case 'n': lua_pushnil(L); return p;
-  case 't': lua_pushboolean(L, 1); return p;
-  case 'f': lua_pushboolean(L, 0); return p;
-  case 'i': { lua_Integer i; memcpy(&i, p, sizeof i); lua_pushinteger(L, i); return p + sizeof i; }
-  case 'd': { lua_Number d; memcpy(&d, p, sizeof d); lua_pushnumber(L, d); return p + sizeof d; }
-  case 's': { size_t n; memcpy(&n, p, sizeof n); p += sizeof n; lua_pushlstring(L, p, n); return p + n; }
-  default: /* '{' */
-    lua_newtable(L);
-    while (*p != '}') {
-      p = unpack(L, p);
-      p = unpack(L, p);
-      lua_rawset(L, -3);
-    }
-    return p + 1;
-  }
-}
-
-static int pack_protected(lua_State *L) {
-  blob_t b = {0};
-  pack(L, &b, 1, 0);
-  lua_pushlightuserdata(L, b.p);
-  return 1;
-}
-
-void *lt_pack_protected(lua_State *L, int idx) {
-  idx = lua_absindex(L, idx);
-  lua_pushcfunction(L, pack_protected);
-  lua_pushvalue(L, idx);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK)
-    return NULL;
-  void *blob = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  return blob;
-}
-
-void lt_unpack(lua_State *L, const void *blob) { unpack(L, blob); }
-
 /* Step 1 or 2 (with a permit), or step 3's receive (without, once the
  * semaphore said closed): 0, or TREADLE_ECLOSED when a send finds the
  * channel closed or a receive finds it closed and empty. */
@@ -414,23 +298,22 @@ static void chan_op(ltask_t *t, lopkind_t kind, lchan_t *ch, void *blob) {
 static int l_chan_send(lua_State *L) {
   lchan_t *ch = check_chan(L);
   luaL_checkany(L, 2);
-  blob_t b = {0};
-  pack(L, &b, 2, 0);
+  void *blob = lt_pack(L, 2);
   ltask_t *t = lt_current;
-  treadle_err_t err = chan_try(ch, true, (void **)&b.p);
+  treadle_err_t err = chan_try(ch, true, &blob);
   if (err == 0) {
     lua_pushboolean(L, 1);
     return 1;
   }
   if (err == TREADLE_ECLOSED) {
-    free(b.p);
+    free(blob);
     return luaL_error(L, "send on a closed channel");
   }
   if (t == NULL || t->co != L) {
-    free(b.p);
+    free(blob);
     lt_need_task(L, "a send on a full channel");
   }
-  chan_op(t, LOP_SEND, ch, b.p);
+  chan_op(t, LOP_SEND, ch, blob);
   return lt_wait(L, t);
 }
 
@@ -445,7 +328,7 @@ static int l_chan_recv(lua_State *L) {
   void *blob = NULL;
   treadle_err_t err = chan_try(ch, false, &blob);
   if (err == 0) {
-    unpack(L, blob);
+    lt_unpack(L, blob);
     free(blob);
     return 1;
   }
@@ -468,10 +351,9 @@ static int l_chan_recv(lua_State *L) {
 static int l_chan_try_send(lua_State *L) {
   lchan_t *ch = check_chan(L);
   luaL_checkany(L, 2);
-  blob_t b = {0};
-  pack(L, &b, 2, 0);
-  treadle_err_t err = chan_try(ch, true, (void **)&b.p);
-  free(b.p); /* NULL once sent */
+  void *blob = lt_pack(L, 2);
+  treadle_err_t err = chan_try(ch, true, &blob);
+  free(blob); /* NULL once sent */
   lua_pushboolean(L, err == 0);
   if (err == 0)
     return 1;
@@ -489,7 +371,7 @@ static int l_chan_try_recv(lua_State *L) {
   void *blob = NULL;
   treadle_err_t err = chan_try(ch, false, &blob);
   if (err == 0) {
-    unpack(L, blob);
+    lt_unpack(L, blob);
     free(blob);
     return 1;
   }
@@ -658,7 +540,7 @@ int lt_op_push(lua_State *co, ltask_t *t) {
       n = 3;
       break;
     }
-    unpack(co, op->u.chan.blob);
+    lt_unpack(co, op->u.chan.blob);
     free(op->u.chan.blob);
     op->u.chan.blob = NULL;
     n = 2;
