@@ -202,7 +202,7 @@ static int run_handle(loopobj_t *L, PyObject *h) {
   if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
       PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
     return -1;
-  PyObject *exc = PyErr_GetRaisedException_compat();
+  PyObject *exc = pyt_fetch_exception();
   res = PyObject_CallMethodObjArgs((PyObject *)L, str_handle_error, h, exc, NULL);
   Py_DECREF(exc);
   if (res == NULL) {
@@ -273,7 +273,7 @@ static void iterate(loopobj_t *L) {
   L->stop_req = false;
   pthread_mutex_unlock(&L->mu);
 
-  PyObject *saved_exc = PyErr_GetRaisedException_compat_or_null();
+  PyObject *saved_exc = pyt_fetch_exception_or_null();
   PyObject *prev = pyt_loop_enter((PyObject *)L);
   if (prev == NULL)
     PyErr_WriteUnraisable((PyObject *)L);
@@ -308,7 +308,7 @@ static void iterate(loopobj_t *L) {
       Py_DECREF(keep);
     }
     if (rc < 0) { /* SystemExit, KeyboardInterrupt: leave run_forever */
-      Py_XSETREF(L->pending_exc, PyErr_GetRaisedException_compat());
+      Py_XSETREF(L->pending_exc, pyt_fetch_exception());
       stop = true;
       i++;
       break;
@@ -319,7 +319,7 @@ static void iterate(loopobj_t *L) {
     pyt_loop_leave((PyObject *)L, prev);
   PyErr_Clear();
   if (saved_exc != NULL)
-    PyErr_SetRaisedException_compat(saved_exc);
+    pyt_restore_exception(saved_exc);
 
   pthread_mutex_lock(&L->mu);
   if (i < batch.len) { /* what a raising callback left: first, next time */
@@ -479,7 +479,7 @@ static int parse_callback(PyObject *const *args, Py_ssize_t n,
     return -1;
   }
   *cb = args[first];
-  *cbargs = _PyTuple_FromArray_compat(args + first + 1, n - first - 1);
+  *cbargs = pyt_tuple_from_array(args + first + 1, n - first - 1);
   return *cbargs != NULL ? 0 : -1;
 }
 
@@ -757,7 +757,7 @@ static PyObject *loop_run_core(loopobj_t *L, PyObject *watch_arg) {
       rc = -1;
   }
   if (!done) { /* an error here: end the task, then wait for it */
-    PyObject *exc = PyErr_GetRaisedException_compat();
+    PyObject *exc = pyt_fetch_exception();
     pthread_mutex_lock(&L->mu);
     L->end = true;
     treadle_waker_t *w = waker_for_wake(L);
@@ -767,12 +767,12 @@ static PyObject *loop_run_core(loopobj_t *L, PyObject *watch_arg) {
     while (!done && block_on_task(L, false, &done) == 0)
       ;
     PyErr_Clear();
-    PyErr_SetRaisedException_compat(exc);
+    pyt_restore_exception(exc);
   }
   treadle_join_detach(L->run_join);
   L->run_join = NULL;
   if (rc == 0 && L->pending_exc != NULL) {
-    PyErr_SetRaisedException_compat(L->pending_exc);
+    pyt_restore_exception(L->pending_exc);
     L->pending_exc = NULL;
     return NULL;
   }
@@ -1057,7 +1057,7 @@ static PyObject *watch_start(watch_t *w, const treadle_task_vtable_t *vt) {
 /* _watch_fd(fd): a watcher of fd's readiness (a dup of it is registered
  * with the runtime's epoll, so that closing fd stays the caller's). */
 static PyObject *loop_watch_fd(loopobj_t *L, PyObject *arg) {
-  int fd = PyLong_AsInt_compat(arg);
+  int fd = pyt_as_int(arg);
   if (fd == -1 && PyErr_Occurred())
     return NULL;
   if (check_open(L) < 0 || ensure_task(L) < 0)
@@ -1093,7 +1093,7 @@ static PyObject *loop_watch_signal(loopobj_t *L, PyObject *const *args, Py_ssize
     PyErr_SetString(PyExc_TypeError, "_watch_signal(signum, handle)");
     return NULL;
   }
-  int signum = PyLong_AsInt_compat(args[0]);
+  int signum = pyt_as_int(args[0]);
   if (signum == -1 && PyErr_Occurred())
     return NULL;
   if (check_open(L) < 0 || ensure_task(L) < 0)
@@ -1222,8 +1222,7 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 }
 
 static int loop_traverse(loopobj_t *L, visitproc visit, void *arg) {
-  Py_VISIT(Py_TYPE(L));
-  Py_VISIT(L->pending_exc);
+  Py_VISIT(L->pending_exc); /* subtype_traverse visits the type */
   pthread_mutex_lock(&L->mu);
   int rc = 0;
   for (size_t i = 0; rc == 0 && i < L->ready.len; i++)
@@ -1253,9 +1252,7 @@ static void loop_dealloc(loopobj_t *L) {
   }
   free(L->spare.v);
   pthread_mutex_destroy(&L->mu);
-  PyTypeObject *tp = Py_TYPE(L);
-  tp->tp_free(L);
-  Py_DECREF(tp);
+  Py_TYPE(L)->tp_free(L); /* subtype_dealloc drops the type's reference */
 }
 
 #define VC(fn) (PyCFunction)(void (*)(void))(fn), METH_FASTCALL | METH_KEYWORDS

@@ -166,7 +166,7 @@ pyrt_t *pyt_loop_runtime(PyObject *loop);
 
 /* The exception being raised (new reference, traceback attached), taken
  * off the thread: PyErr_GetRaisedException of 3.12, for 3.11. */
-static inline PyObject *PyErr_GetRaisedException_compat(void) {
+static inline PyObject *pyt_fetch_exception(void) {
   PyObject *type, *value, *tb;
   PyErr_Fetch(&type, &value, &tb);
   if (type == NULL)
@@ -178,15 +178,15 @@ static inline PyObject *PyErr_GetRaisedException_compat(void) {
   Py_XDECREF(tb);
   return value;
 }
-#define PyErr_GetRaisedException_compat_or_null PyErr_GetRaisedException_compat
+#define pyt_fetch_exception_or_null pyt_fetch_exception
 /* Raises exc again (stolen). */
-static inline void PyErr_SetRaisedException_compat(PyObject *exc) {
+static inline void pyt_restore_exception(PyObject *exc) {
   if (exc == NULL)
     return;
   PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc,
                 PyException_GetTraceback(exc));
 }
-static inline PyObject *_PyTuple_FromArray_compat(PyObject *const *v, Py_ssize_t n) {
+static inline PyObject *pyt_tuple_from_array(PyObject *const *v, Py_ssize_t n) {
   PyObject *t = PyTuple_New(n);
   if (t == NULL)
     return NULL;
@@ -194,7 +194,7 @@ static inline PyObject *_PyTuple_FromArray_compat(PyObject *const *v, Py_ssize_t
     PyTuple_SET_ITEM(t, i, Py_NewRef(v[i]));
   return t;
 }
-static inline int PyLong_AsInt_compat(PyObject *o) {
+static inline int pyt_as_int(PyObject *o) {
   if (!PyLong_Check(o)) {
     PyErr_Format(PyExc_TypeError, "an int was expected, not %.100s",
                  Py_TYPE(o)->tp_name);

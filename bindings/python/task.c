@@ -763,31 +763,12 @@ static op_t *yield_op(void) {
   return op;
 }
 
-/* What a treadle task says instead of its awaits, for people who know
- * asyncio. */
-#define USE_INSTEAD                                                          \
-  "await treadle's own awaitables (treadle.sleep, yield_now, spawn, "       \
-  "timeout, a JoinHandle, TcpStream), or run asyncio code in a thread: "    \
-  "await treadle.spawn_blocking(asyncio.run, coro)"
-
 /* The RuntimeError (new reference, or NULL) thrown into a coroutine that
- * yielded `out`, which is not an op: what it awaited, and what to use. */
+ * yielded `out`: neither an op, an asyncio future nor a bare yield. */
 static PyObject *not_an_op(PyObject *out) {
-  PyObject *msg;
-  if (out == Py_None) /* asyncio.sleep(0), a bare yield */
-    msg = PyUnicode_FromString(
-        "a treadle task awaited None (a bare yield, such as asyncio.sleep(0) "
-        "makes): use treadle.sleep() or treadle.yield_now(); " USE_INSTEAD);
-  else if (PyObject_HasAttrString((PyObject *)Py_TYPE(out),
-                                  "_asyncio_future_blocking")) /* isfuture */
-    msg = PyUnicode_FromFormat(
-        "a treadle task awaited %R, an asyncio future: asyncio's objects "
-        "need asyncio's event loop, which treadle tasks do not run on; "
-        USE_INSTEAD, out);
-  else
-    msg = PyUnicode_FromFormat(
-        "a treadle task awaited %R, which is not a treadle awaitable; "
-        USE_INSTEAD, out);
+  PyObject *msg = PyUnicode_FromFormat(
+      "a treadle task awaited %R, which is neither a treadle awaitable nor "
+      "an asyncio future", out);
   if (msg == NULL)
     return NULL;
   PyObject *exc = PyObject_CallOneArg(PyExc_RuntimeError, msg);
@@ -796,11 +777,14 @@ static PyObject *not_an_op(PyObject *out) {
 }
 
 /* asyncio.sleep(1), asyncio.get_running_loop() and the like raise
- * "no running event loop" in a treadle task: a note on that exception, as
- * it leaves the task, says why and what to use. */
+ * "no running event loop" in a task of a runtime without an asyncio loop
+ * (no I/O or no timers): a note on that exception, as it leaves the task,
+ * says why. */
 static void add_asyncio_note(PyObject *exc) {
   static const char note[] =
-      "treadle tasks do not run on asyncio's event loop: " USE_INSTEAD;
+      "this treadle runtime has no asyncio loop: asyncio's objects need a "
+      "runtime with enable_io and enable_time (the default), or await "
+      "treadle's own awaitables (treadle.sleep, yield_now, spawn, timeout)";
   if (!PyErr_GivenExceptionMatches(exc, PyExc_RuntimeError))
     return;
   PyObject *text = PyObject_Str(exc);
