@@ -269,9 +269,8 @@ static void iterate(loopobj_t *L) {
   vec_t batch = L->ready;
   L->ready = L->spare;
   L->spare = (vec_t){0};
-  bool stop = L->stop_req;
-  L->stop_req = false;
   pthread_mutex_unlock(&L->mu);
+  bool stop = false;
 
   PyObject *saved_exc = pyt_fetch_exception_or_null();
   PyObject *prev = pyt_loop_enter((PyObject *)L);
@@ -336,6 +335,10 @@ static void iterate(loopobj_t *L) {
   batch.len = 0;
   free(L->spare.v);
   L->spare = batch;
+  /* stop() during the iteration (or before it) ends run_forever after it,
+   * as asyncio's run_forever looks at _stopping after each _run_once. */
+  stop = stop || L->stop_req;
+  L->stop_req = false;
   if (stop && L->owned)
     L->end = true;
   pthread_mutex_unlock(&L->mu);
