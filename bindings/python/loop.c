@@ -38,6 +38,7 @@
 __thread PyObject *pyt_loop_running;
 
 static PyObject *handle_cls, *timer_cls;     /* asyncio.events.Handle, TimerHandle */
+static PyObject *new_handle_fn;              /* treadle._loop._new_handle */
 static PyObject *set_running, *get_running;  /* asyncio.events._set/_get_running_loop */
 static PyObject *str_run, *str_cancelled, *str_callback, *str_args,
     *str_context, *str_handle_error, *str_log_slow, *str_slow_duration;
@@ -251,6 +252,32 @@ PyObject *pyt_loop_enter(PyObject *loop) {
   return prev;
 }
 
+static __thread PyObject *hooks_for; /* whose asyncgen hooks this thread has */
+
+/* GIL. On a thread of the loop's runtime (a worker of multi_thread), makes
+ * the loop's async generator hooks the thread's (once: the thread runs
+ * only this runtime's code), so that shutdown_asyncgens finds the
+ * generators first iterated there. run_forever sets them on its own. */
+void pyt_loop_thread_hooks(PyObject *loop) {
+  loopobj_t *L = (loopobj_t *)loop;
+  if (pyt_thread_rt != L->r || hooks_for == loop)
+    return;
+  hooks_for = loop;
+  PyObject *sys = PyImport_ImportModule("sys");
+  PyObject *set = sys != NULL ? PyObject_GetAttrString(sys, "set_asyncgen_hooks") : NULL;
+  PyObject *first = PyObject_GetAttrString(loop, "_asyncgen_firstiter_hook");
+  PyObject *fin = PyObject_GetAttrString(loop, "_asyncgen_finalizer_hook");
+  PyObject *res = set != NULL && first != NULL && fin != NULL
+                      ? PyObject_CallFunctionObjArgs(set, first, fin, NULL) : NULL;
+  if (res == NULL)
+    PyErr_WriteUnraisable(loop);
+  Py_XDECREF(res);
+  Py_XDECREF(fin);
+  Py_XDECREF(first);
+  Py_XDECREF(set);
+  Py_XDECREF(sys);
+}
+
 /* GIL: puts back what pyt_loop_enter replaced (steals prev). */
 void pyt_loop_leave(PyObject *loop, PyObject *prev) {
   if (prev != loop) {
@@ -276,6 +303,7 @@ static void iterate(loopobj_t *L) {
   PyObject *prev = pyt_loop_enter((PyObject *)L);
   if (prev == NULL)
     PyErr_WriteUnraisable((PyObject *)L);
+  pyt_loop_thread_hooks((PyObject *)L);
   PyObject *saved_running = pyt_loop_running;
   pyt_loop_running = (PyObject *)L;
   double slow = 0.1;
@@ -486,6 +514,26 @@ static int parse_callback(PyObject *const *args, Py_ssize_t n,
   return *cbargs != NULL ? 0 : -1;
 }
 
+/* A Handle or TimerHandle: cls(*args). In debug mode a Handle records
+ * its caller's stack (sys._getframe(1)), which a worker thread running
+ * C code alone does not have: there a Python helper is the caller. */
+static PyObject *make_handle(loopobj_t *L, PyObject *cls, PyObject **args,
+                             size_t n) {
+  if (!L->debug || PyEval_GetFrame() != NULL)
+    return PyObject_Vectorcall(cls, args, n, NULL);
+  if (new_handle_fn == NULL) {
+    PyObject *m = PyImport_ImportModule("treadle._loop");
+    new_handle_fn = m != NULL ? PyObject_GetAttrString(m, "_new_handle") : NULL;
+    Py_XDECREF(m);
+    if (new_handle_fn == NULL)
+      return NULL;
+  }
+  PyObject *all[6] = {cls};
+  for (size_t i = 0; i < n && i < 5; i++)
+    all[i + 1] = args[i];
+  return PyObject_Vectorcall(new_handle_fn, all, n + 1, NULL);
+}
+
 /* In debug mode: BaseEventLoop's _check_callback and _check_thread. */
 static int debug_checks(loopobj_t *L, PyObject *cb, const char *method,
                         bool thread) {
@@ -512,7 +560,7 @@ static PyObject *soon(loopobj_t *L, PyObject *const *args, size_t nargsf,
     return NULL;
   }
   PyObject *hargs[4] = {cb, cbargs, (PyObject *)L, ctx};
-  PyObject *h = PyObject_Vectorcall(handle_cls, hargs, 4, NULL);
+  PyObject *h = make_handle(L, handle_cls, hargs, 4);
   Py_DECREF(cbargs);
   if (h == NULL || ensure_task(L) < 0) {
     Py_XDECREF(h);
@@ -562,7 +610,7 @@ static PyObject *at(loopobj_t *L, double when, PyObject *when_obj,
     return NULL;
   }
   PyObject *hargs[5] = {when_obj, cb, cbargs, (PyObject *)L, ctx};
-  PyObject *h = PyObject_Vectorcall(timer_cls, hargs, 5, NULL);
+  PyObject *h = make_handle(L, timer_cls, hargs, 5);
   Py_DECREF(cbargs);
   if (h == NULL || ensure_task(L) < 0) {
     Py_XDECREF(h);

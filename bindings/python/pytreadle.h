@@ -158,6 +158,9 @@ extern __thread PyObject *pyt_loop_running;
 PyObject *pyt_loop_enter(PyObject *loop);
 /* Puts back what pyt_loop_enter replaced (steals prev). */
 void pyt_loop_leave(PyObject *loop, PyObject *prev);
+/* On a thread of the loop's runtime: its asyncgen hooks become the
+ * thread's (once). */
+void pyt_loop_thread_hooks(PyObject *loop);
 int pyt_loop_init(PyObject *module);
 /* The runtime record of a treadle.EventLoop (borrowed). */
 pyrt_t *pyt_loop_runtime(PyObject *loop);

@@ -685,6 +685,7 @@ static PyObject *step_enter_loop(pytask_t *t, PyObject *loop) {
   PyObject *prev = pyt_loop_enter(loop);
   if (prev == NULL)
     return NULL;
+  pyt_loop_thread_hooks(loop);
   PyObject *res = PyObject_CallFunctionObjArgs(enter_task_fn, loop, t->tref, NULL);
   if (res == NULL) {
     pyt_loop_leave(loop, prev);

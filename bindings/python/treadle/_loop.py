@@ -39,14 +39,16 @@ def _run_job(cf: concurrent.futures.Future, fn: Callable[..., Any],
         cf.set_result(result)
 
 
-class BlockingPoolExecutor(concurrent.futures.Executor):
+class BlockingPoolExecutor(concurrent.futures.ThreadPoolExecutor):
     """A concurrent.futures executor that runs calls on a treadle runtime's
     blocking pool: the default executor of :class:`EventLoop`, so that
     ``loop.run_in_executor(None, fn)``, ``asyncio.to_thread`` and
     ``getaddrinfo`` use the runtime's threads. The pool belongs to the
-    runtime: ``shutdown`` only refuses further calls."""
+    runtime: ``shutdown`` only refuses further calls. (A ThreadPoolExecutor
+    by type, which set_default_executor asks for; it starts no threads.)"""
 
     def __init__(self, runtime: Any) -> None:
+        super().__init__(max_workers=1)
         self._core = runtime._core
         self._shutdown = False
 
@@ -60,6 +62,12 @@ class BlockingPoolExecutor(concurrent.futures.Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._shutdown = True
+
+
+def _new_handle(cls: type, *args: Any) -> events.Handle:
+    """Makes a Handle from C where no Python frame runs (a worker thread
+    in debug mode): Handle records its caller's stack, this frame."""
+    return cls(*args)
 
 
 def _sighandler_noop(signum: int, frame: Any) -> None:
@@ -78,7 +86,12 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
     is the runtime's own, ``Runtime.loop``."""
 
     def __init__(self, runtime: Any, *, _owned: bool = True) -> None:
-        _core.LoopCore.__init__(self, runtime._core, _owned)
+        self._closed = True  # until made: BaseEventLoop.__del__ reads it
+        core = getattr(runtime, "_core", None)
+        if not isinstance(core, _core.RuntimeCore):
+            raise TypeError("EventLoop(runtime) takes a treadle.Runtime; "
+                            "treadle.new_event_loop() makes both")
+        _core.LoopCore.__init__(self, core, _owned)
         base_events.BaseEventLoop.__init__(self)
         self._runtime = runtime
         self._owned = _owned
