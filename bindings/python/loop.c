@@ -28,6 +28,8 @@
  * callback, which runs the user's Handle in an iteration. */
 #include "pytreadle.h"
 
+#include <structmember.h>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -39,6 +41,13 @@ __thread PyObject *pyt_loop_running;
 
 static PyObject *handle_cls, *timer_cls;     /* asyncio.events.Handle, TimerHandle */
 static PyObject *new_handle_fn;              /* treadle._loop._new_handle */
+
+/* Where asyncio's Handle and TimerHandle keep their __slots__ (member
+ * descriptors' offsets), so that the hot paths make and read Handles
+ * without running Handle.__init__ or attribute lookups: the objects are
+ * still asyncio's own Handles. 0 when a slot is not a plain member. */
+static Py_ssize_t off_callback, off_args, off_cancelled, off_loop,
+    off_source_tb, off_repr, off_context, off_when, off_scheduled;
 static PyObject *set_running, *get_running;  /* asyncio.events._set/_get_running_loop */
 static PyObject *str_run, *str_cancelled, *str_callback, *str_args,
     *str_context, *str_handle_error, *str_log_slow, *str_slow_duration;
@@ -172,17 +181,33 @@ static int push_ready(loopobj_t *L, void *p) {
  * context; an exception goes to the loop's exception handler (through
  * EventLoop._handle_error), SystemExit and KeyboardInterrupt to the
  * caller (-1). */
+#define SLOT(o, off) (*(PyObject **)((char *)(o) + (off)))
+
+static bool fast_handles; /* every offset above was found */
+
+/* A new reference to a slot of an asyncio Handle made here, or NULL with
+ * an exception. */
+static PyObject *handle_get(PyObject *h, Py_ssize_t off, PyObject *name) {
+  if (fast_handles && (Py_IS_TYPE(h, (PyTypeObject *)handle_cls) ||
+                       Py_IS_TYPE(h, (PyTypeObject *)timer_cls))) {
+    PyObject *v = SLOT(h, off);
+    if (v != NULL)
+      return Py_NewRef(v);
+  }
+  return PyObject_GetAttr(h, name);
+}
+
 static int run_handle(loopobj_t *L, PyObject *h) {
-  PyObject *cancelled = PyObject_GetAttr(h, str_cancelled);
+  PyObject *cancelled = handle_get(h, off_cancelled, str_cancelled);
   if (cancelled == NULL)
     return -1;
   int skip = cancelled == Py_True;
   Py_DECREF(cancelled);
   if (skip)
     return 0;
-  PyObject *cb = PyObject_GetAttr(h, str_callback);
-  PyObject *args = cb != NULL ? PyObject_GetAttr(h, str_args) : NULL;
-  PyObject *ctx = args != NULL ? PyObject_GetAttr(h, str_context) : NULL;
+  PyObject *cb = handle_get(h, off_callback, str_callback);
+  PyObject *args = cb != NULL ? handle_get(h, off_args, str_args) : NULL;
+  PyObject *ctx = args != NULL ? handle_get(h, off_context, str_context) : NULL;
   PyObject *res = NULL;
   if (ctx != NULL && PyTuple_Check(args) && PyContext_CheckExact(ctx)) {
     if (PyContext_Enter(ctx) == 0) {
@@ -519,6 +544,29 @@ static int parse_callback(PyObject *const *args, Py_ssize_t n,
  * C code alone does not have: there a Python helper is the caller. */
 static PyObject *make_handle(loopobj_t *L, PyObject *cls, PyObject **args,
                              size_t n) {
+  if (!L->debug && fast_handles) {
+    /* Handle.__init__ without debug, slot by slot. args: [when,] callback,
+     * args, loop, context. */
+    PyObject *const *a = cls == timer_cls ? args + 1 : args;
+    PyObject *ctx = a[3] == Py_None ? PyContext_CopyCurrent() : Py_NewRef(a[3]);
+    PyObject *h = ctx != NULL ? ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0) : NULL;
+    if (h == NULL) {
+      Py_XDECREF(ctx);
+      return NULL;
+    }
+    SLOT(h, off_context) = ctx;
+    SLOT(h, off_loop) = Py_NewRef(a[2]);
+    SLOT(h, off_callback) = Py_NewRef(a[0]);
+    SLOT(h, off_args) = Py_NewRef(a[1]);
+    SLOT(h, off_cancelled) = Py_NewRef(Py_False);
+    SLOT(h, off_repr) = Py_NewRef(Py_None);
+    SLOT(h, off_source_tb) = Py_NewRef(Py_None);
+    if (cls == timer_cls) {
+      SLOT(h, off_when) = Py_NewRef(args[0]);
+      SLOT(h, off_scheduled) = Py_NewRef(Py_True); /* in the heap at once */
+    }
+    return h;
+  }
   if (!L->debug || PyEval_GetFrame() != NULL)
     return PyObject_Vectorcall(cls, args, n, NULL);
   if (new_handle_fn == NULL) {
@@ -1384,6 +1432,23 @@ int pyt_loop_init(PyObject *m) {
   for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
     if ((*strs[i].s = PyUnicode_InternFromString(strs[i].v)) == NULL)
       return -1;
+  struct { Py_ssize_t *off; PyObject *cls; const char *name; } slots[] = {
+      {&off_callback, handle_cls, "_callback"}, {&off_args, handle_cls, "_args"},
+      {&off_cancelled, handle_cls, "_cancelled"}, {&off_loop, handle_cls, "_loop"},
+      {&off_source_tb, handle_cls, "_source_traceback"},
+      {&off_repr, handle_cls, "_repr"}, {&off_context, handle_cls, "_context"},
+      {&off_when, timer_cls, "_when"}, {&off_scheduled, timer_cls, "_scheduled"}};
+  fast_handles = true;
+  for (size_t i = 0; i < sizeof slots / sizeof slots[0]; i++) {
+    PyObject *d = PyObject_GetAttrString(slots[i].cls, slots[i].name);
+    if (d != NULL && Py_IS_TYPE(d, &PyMemberDescr_Type) &&
+        ((PyMemberDescrObject *)d)->d_member->type == T_OBJECT_EX)
+      *slots[i].off = ((PyMemberDescrObject *)d)->d_member->offset;
+    else
+      fast_handles = false; /* another Python's Handle: call the class */
+    Py_XDECREF(d);
+    PyErr_Clear();
+  }
   if (PyType_Ready(&loop_type) < 0 || PyType_Ready(&watch_type) < 0)
     return -1;
   return PyModule_AddObjectRef(m, "LoopCore", (PyObject *)&loop_type);
