@@ -41,6 +41,8 @@ __thread PyObject *pyt_loop_running;
 
 static PyObject *handle_cls, *timer_cls;     /* asyncio.events.Handle, TimerHandle */
 static PyObject *new_handle_fn;              /* treadle._loop._new_handle */
+static PyObject *task_cls, *future_cls;      /* asyncio.Task, asyncio.Future */
+static PyObject *str_task_factory, *str_create_task_py;
 
 /* Where asyncio's Handle and TimerHandle keep their __slots__ (member
  * descriptors' offsets), so that the hot paths make and read Handles
@@ -736,6 +738,56 @@ static PyObject *loop_call_later(loopobj_t *L, PyObject *const *args,
   return h;
 }
 
+/* create_task(coro, *, name=None, context=None): asyncio's Task, made
+ * here; with a task factory or in debug mode, BaseEventLoop's own. */
+static PyObject *loop_create_task(loopobj_t *L, PyObject *const *args,
+                                  size_t nargsf, PyObject *kwnames) {
+  Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+  PyObject *factory = NULL;
+  if (!L->debug) {
+    factory = PyObject_GetAttr((PyObject *)L, str_task_factory);
+    if (factory == NULL)
+      PyErr_Clear();
+  }
+  if (L->debug || factory != Py_None || n != 1) {
+    Py_XDECREF(factory);
+    PyObject *m = PyObject_GetAttr((PyObject *)L, str_create_task_py);
+    PyObject *res = m != NULL ? PyObject_Vectorcall(m, args, nargsf, kwnames) : NULL;
+    Py_XDECREF(m);
+    return res;
+  }
+  Py_DECREF(factory);
+  if (check_open(L) < 0)
+    return NULL;
+  Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+  PyObject *targs[4] = {args[0], (PyObject *)L};
+  PyObject *names = PyTuple_New(1 + nkw);
+  if (names == NULL)
+    return NULL;
+  PyTuple_SET_ITEM(names, 0, PyUnicode_FromString("loop"));
+  for (Py_ssize_t i = 0; i < nkw && i < 2; i++) { /* name=, context= */
+    PyTuple_SET_ITEM(names, 1 + i, Py_NewRef(PyTuple_GET_ITEM(kwnames, i)));
+    targs[2 + i] = args[n + i];
+  }
+  if (nkw > 2 || PyTuple_GET_ITEM(names, 0) == NULL) {
+    Py_DECREF(names);
+    if (!PyErr_Occurred())
+      PyErr_SetString(PyExc_TypeError, "create_task(coro, *, name=None, context=None)");
+    return NULL;
+  }
+  PyObject *task = PyObject_Vectorcall(task_cls, targs, 1, names);
+  Py_DECREF(names);
+  return task;
+}
+
+static PyObject *loop_create_future(loopobj_t *L, PyObject *Py_UNUSED(u)) {
+  PyObject *args[1] = {(PyObject *)L};
+  PyObject *names = Py_BuildValue("(s)", "loop");
+  PyObject *fut = names != NULL ? PyObject_Vectorcall(future_cls, args, 0, names) : NULL;
+  Py_XDECREF(names);
+  return fut;
+}
+
 static PyObject *loop_time(loopobj_t *Py_UNUSED(L), PyObject *Py_UNUSED(u)) {
   return PyFloat_FromDouble(now_secs());
 }
@@ -1369,6 +1421,11 @@ static PyMethodDef loop_methods[] = {
     {"call_later", VC(loop_call_later),
      "call_later($self, delay, callback, /, *args, context=None)\n--\n\n"
      "call_at(time() + delay, ...)."},
+    {"create_task", VC(loop_create_task),
+     "create_task($self, coro, /, *, name=None, context=None)\n--\n\n"
+     "Schedules coro as an asyncio.Task of this loop."},
+    {"create_future", (PyCFunction)loop_create_future, METH_NOARGS,
+     "create_future($self, /)\n--\n\nAn asyncio.Future of this loop."},
     {"time", (PyCFunction)loop_time, METH_NOARGS,
      "time($self, /)\n--\n\nThe loop's clock: treadle's monotonic clock, in seconds."},
     {"stop", (PyCFunction)loop_stop, METH_NOARGS,
@@ -1418,6 +1475,10 @@ static PyObject *import_attr(const char *mod, const char *name) {
 int pyt_loop_init(PyObject *m) {
   handle_cls = import_attr("asyncio.events", "Handle");
   timer_cls = import_attr("asyncio.events", "TimerHandle");
+  task_cls = import_attr("asyncio.tasks", "Task");
+  future_cls = import_attr("asyncio.futures", "Future");
+  if (task_cls == NULL || future_cls == NULL)
+    return -1;
   set_running = import_attr("asyncio.events", "_set_running_loop");
   get_running = import_attr("asyncio.events", "_get_running_loop");
   if (handle_cls == NULL || timer_cls == NULL || set_running == NULL ||
@@ -1428,7 +1489,8 @@ int pyt_loop_init(PyObject *m) {
       {&str_callback, "_callback"}, {&str_args, "_args"},
       {&str_context, "_context"}, {&str_handle_error, "_handle_error"},
       {&str_log_slow, "_log_slow_callback"},
-      {&str_slow_duration, "slow_callback_duration"}};
+      {&str_slow_duration, "slow_callback_duration"},
+      {&str_task_factory, "_task_factory"}, {&str_create_task_py, "_create_task_py"}};
   for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
     if ((*strs[i].s = PyUnicode_InternFromString(strs[i].v)) == NULL)
       return -1;

@@ -753,3 +753,19 @@ def test_no_leaks_across_call_soon_and_create_task(loop):
     assert after[0] - before[0] < 300, (before, after)
     assert after[1] <= before[1], (before, after)
     assert loop._counts() == (0, 0)
+
+
+def test_create_task_and_future_bad_input(loop):
+    with pytest.raises(TypeError, match="coroutine was expected"):
+        loop.create_task(42)
+    coro = asyncio.sleep(0)
+    with pytest.raises(TypeError):
+        loop.create_task(coro, bogus=1)
+    coro.close()
+    fut = loop.create_future()
+    assert isinstance(fut, asyncio.Future) and fut.get_loop() is loop
+    loop.close()
+    coro = asyncio.sleep(0)
+    with pytest.raises(RuntimeError, match="closed"):
+        loop.create_task(coro)
+    coro.close()

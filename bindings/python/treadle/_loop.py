@@ -149,6 +149,10 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
         self._set_debug_core(enabled)
         super().set_debug(enabled)
 
+    # create_task is C (LoopCore); with a task factory, or in debug mode,
+    # it is asyncio's own.
+    _create_task_py = base_events.BaseEventLoop.create_task
+
     def _call_soon(self, callback: Callable[..., Any], args: tuple,
                    context: Any) -> events.Handle:
         return self.call_soon(callback, *args, context=context)
