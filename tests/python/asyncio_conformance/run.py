@@ -14,6 +14,9 @@ loop must pass on treadle's unless differences.txt lists it (a glob of test
 ids, with the reason). Prints a table of passed/failed/skipped per module
 and exits 1 on an unexpected difference.
 
+CONFORMANCE_FLAVOR=multi_thread runs treadle's loops on a multi_thread
+runtime of 2 workers instead of current_thread.
+
 Inside: run.py --mode asyncio|treadle --json OUT MODULE runs one module
 and writes {test id: outcome}.
 """
@@ -36,6 +39,8 @@ MODULES = ["test_futures", "test_futures2", "test_tasks", "test_taskgroups",
            "test_pep492", "test_context", "loop:test_events",
            "loop:test_sock_lowlevel"]
 LIMIT_S = 300  # per module and mode
+FLAVOR = os.environ.get("CONFORMANCE_FLAVOR", "current_thread")
+OPTIONS = {"flavor": FLAVOR, "workers": 2 if FLAVOR == "multi_thread" else None}
 
 
 def install(mode):
@@ -48,10 +53,10 @@ def install(mode):
     set_policy = events.set_event_loop_policy
 
     def keep_treadle(policy):  # test modules reset the policy to None
-        set_policy(treadle.EventLoopPolicy() if policy is None else policy)
+        set_policy(treadle.EventLoopPolicy(**OPTIONS) if policy is None else policy)
 
     events.set_event_loop_policy = asyncio.set_event_loop_policy = keep_treadle
-    treadle.install()
+    treadle.install(**OPTIONS)
 
 
 def new_loop(mode):
@@ -59,7 +64,7 @@ def new_loop(mode):
     import selectors
     if mode == "treadle":
         import treadle
-        return treadle.new_event_loop()
+        return treadle.new_event_loop(**OPTIONS)
     return asyncio.SelectorEventLoop(selectors.EpollSelector())
 
 
