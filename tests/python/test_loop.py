@@ -769,3 +769,32 @@ def test_create_task_and_future_bad_input(loop):
     with pytest.raises(RuntimeError, match="closed"):
         loop.create_task(coro)
     coro.close()
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("flavor_name", ["current_thread", "multi_thread"])
+def test_ctrl_c_in_asyncio_runner(flavor_name):
+    # asyncio.Runner's SIGINT policy on treadle's loop: the first Ctrl-C
+    # cancels the main task, and run() raises KeyboardInterrupt
+    import subprocess
+    code = f"""
+import asyncio, functools, os, signal, sys, treadle
+async def main():
+    asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGINT)
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        print("main cancelled", flush=True)
+        raise
+factory = functools.partial(treadle.new_event_loop, flavor="{flavor_name}", workers=2)
+with asyncio.Runner(loop_factory=factory) as runner:
+    try:
+        runner.run(main())
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt", flush=True)
+"""
+    env = dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..",
+                                                   "bindings", "python"))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, env=env)
+    assert out.stdout.split("\n")[:2] == ["main cancelled", "KeyboardInterrupt"], out
