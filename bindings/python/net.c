@@ -65,13 +65,16 @@ static const char *check_host(PyObject *arg) {
   return h;
 }
 
+/* The runtime of the running treadle task, or of the treadle.EventLoop
+ * whose iteration runs (an asyncio task on it). */
 static treadle_handle_t *task_handle(void) {
-  if (pyt_current == NULL) {
-    PyErr_SetString(PyExc_RuntimeError,
-                    "no treadle task is running on this thread");
-    return NULL;
-  }
-  return treadle_cx_handle(pyt_current_cx);
+  if (pyt_current != NULL)
+    return treadle_cx_handle(pyt_current_cx);
+  if (pyt_loop_running != NULL)
+    return pyt_loop_runtime(pyt_loop_running)->h;
+  PyErr_SetString(PyExc_RuntimeError,
+                  "no treadle task or loop is running on this thread");
+  return NULL;
 }
 
 /* ----------------------------------------------------------- stream */

@@ -5,6 +5,7 @@
  * task.c     Python tasks (a C task whose state holds a coroutine), the
  *            awaitable Op type, JoinHandle, sleep/yield/spawn/signals
  * net.c      TcpListener and TcpStream, whose methods return Ops
+ * loop.c     LoopCore, the C base of treadle.EventLoop (asyncio's loop)
  *
  * Every function here is called with the GIL held unless its comment says
  * "no GIL". */
@@ -15,6 +16,7 @@
 #include <Python.h>
 #include <stdatomic.h>
 #include <pthread.h>
+#include <limits.h>
 
 #include "tbind.h"
 #include "treadle.h"
@@ -38,6 +40,7 @@ typedef struct pyrt_s {
   size_t lane_len, lane_cap;     /* guarded by lane_mu */
   PyObject *on_start, *on_stop;  /* user hooks or NULL; freed with GIL */
   PyObject *thread_name;         /* str: its threads' name in `threading` */
+  PyObject *loop; /* its treadle.EventLoop (borrowed; GIL), or NULL */
 } pyrt_t;
 
 /* The runtime that started this thread (a worker or a blocking-pool
@@ -53,6 +56,9 @@ void pyrt_unref(pyrt_t *r); /* any thread; takes the GIL itself */
 bool pyrt_lane_enter(pyrt_t *r, treadle_cx_t *cx);
 /* No GIL. */
 void pyrt_lane_leave(pyrt_t *r);
+
+/* The record of a RuntimeCore (borrowed), or NULL with TypeError. */
+pyrt_t *pyt_core_record(PyObject *core);
 
 /* Raises the Python exception for a treadle error code; returns NULL. */
 PyObject *pyt_raise(treadle_err_t err);
@@ -75,6 +81,9 @@ typedef struct joinobj_s joinobj_t;
 /* Spawns `awaitable` (a coroutine or anything with __await__) as a
  * Python task on `r`; returns a new JoinHandle. */
 PyObject *pyt_spawn(pyrt_t *r, PyObject *awaitable);
+/* Runs fn(*args[1:], **kw) (args[0] is fn) on r's blocking pool: a new
+ * JoinHandle. */
+PyObject *pyt_spawn_blocking(pyrt_t *r, PyObject *args, PyObject *kw);
 /* The main task of block_on: spawns it and drives the runtime on this
  * thread (releasing the GIL) until it finishes, or until SIGINT arrives
  * (watch_sigint) or 50 ms pass (when the runtime cannot watch signals),
@@ -88,6 +97,7 @@ typedef enum {
   OP_READY,   /* made complete: the await returns result at once */
   OP_LEAF,    /* a leaf of bindings/common, in `tb` */
   OP_JOIN,    /* a JoinHandle (`tb` joins), optionally with a deadline */
+  OP_FUTURE,  /* an asyncio future a treadle task awaits (`owner`) */
 } opkind_t;
 
 /* Where an op is in its life. */
@@ -111,7 +121,10 @@ typedef struct op_s {
   bool anext;           /* an accept for `async for`: ECLOSED ends it */
   bool has_view;        /* `view` holds a buffer (read_into, write) */
   PyObject *result;     /* OP_READY's value, or the finished outcome */
-  PyObject *owner;      /* stream, listener or JoinHandle kept alive */
+  PyObject *owner;      /* stream, listener, JoinHandle or future kept alive */
+  PyObject *waker;      /* OP_FUTURE: the done callback that wakes the task */
+  PyObject *bridge;     /* awaited in an asyncio task: the future that a
+                           treadle task running the op completes */
   tb_op_t tb;           /* the operation of OP_LEAF and OP_JOIN */
   Py_buffer view;
 } op_t;
@@ -135,6 +148,69 @@ extern PyTypeObject pyt_stream_type, pyt_listener_type;
  * ref, or NULL with an exception set). */
 PyObject *pyt_net_finish(op_t *op);
 int pyt_net_init(PyObject *module);
+
+/* ---------------------------------------------------------------- loop */
+
+/* The treadle.EventLoop whose iteration runs on this thread, or NULL. */
+extern __thread PyObject *pyt_loop_running;
+/* Makes `loop` asyncio's running loop on this thread: returns the one it
+ * replaced (new reference), or NULL with an exception set. */
+PyObject *pyt_loop_enter(PyObject *loop);
+/* Puts back what pyt_loop_enter replaced (steals prev). */
+void pyt_loop_leave(PyObject *loop, PyObject *prev);
+/* On a thread of the loop's runtime: its asyncgen hooks become the
+ * thread's (once). */
+void pyt_loop_thread_hooks(PyObject *loop);
+int pyt_loop_init(PyObject *module);
+/* The runtime record of a treadle.EventLoop (borrowed). */
+pyrt_t *pyt_loop_runtime(PyObject *loop);
+
+/* ------------------------------------------------------------ compat */
+
+/* The exception being raised (new reference, traceback attached), taken
+ * off the thread: PyErr_GetRaisedException of 3.12, for 3.11. */
+static inline PyObject *pyt_fetch_exception(void) {
+  PyObject *type, *value, *tb;
+  PyErr_Fetch(&type, &value, &tb);
+  if (type == NULL)
+    return NULL;
+  PyErr_NormalizeException(&type, &value, &tb);
+  if (tb != NULL)
+    PyException_SetTraceback(value, tb);
+  Py_XDECREF(type);
+  Py_XDECREF(tb);
+  return value;
+}
+#define pyt_fetch_exception_or_null pyt_fetch_exception
+/* Raises exc again (stolen). */
+static inline void pyt_restore_exception(PyObject *exc) {
+  if (exc == NULL)
+    return;
+  PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc,
+                PyException_GetTraceback(exc));
+}
+static inline PyObject *pyt_tuple_from_array(PyObject *const *v, Py_ssize_t n) {
+  PyObject *t = PyTuple_New(n);
+  if (t == NULL)
+    return NULL;
+  for (Py_ssize_t i = 0; i < n; i++)
+    PyTuple_SET_ITEM(t, i, Py_NewRef(v[i]));
+  return t;
+}
+static inline int pyt_as_int(PyObject *o) {
+  if (!PyLong_Check(o)) {
+    PyErr_Format(PyExc_TypeError, "an int was expected, not %.100s",
+                 Py_TYPE(o)->tp_name);
+    return -1;
+  }
+  int overflow;
+  long v = PyLong_AsLongAndOverflow(o, &overflow);
+  if (overflow != 0 || v < INT_MIN || v > INT_MAX) {
+    PyErr_SetString(PyExc_OverflowError, "value out of range");
+    return -1;
+  }
+  return (int)v;
+}
 
 int pyt_runtime_init(PyObject *module);
 int pyt_task_init(PyObject *module);

@@ -296,6 +296,14 @@ PyObject *treadle_py_build(treadle_builder_t *b, int flavor,
   return (PyObject *)self;
 }
 
+pyrt_t *pyt_core_record(PyObject *core) {
+  if (!PyObject_TypeCheck(core, &core_type)) {
+    PyErr_SetString(PyExc_TypeError, "expected a treadle RuntimeCore");
+    return NULL;
+  }
+  return ((coreobj_t *)core)->r;
+}
+
 /* The handle of a RuntimeCore, for the SWIG metrics functions
  * (borrowed; NULL with an exception set after shutdown). */
 treadle_handle_t *treadle_py_handle(PyObject *core) {
@@ -363,6 +371,12 @@ static PyObject *core_block_on_step(coreobj_t *self, PyObject *args) {
   return pyt_block_on_step(self->r, join, watch);
 }
 
+static PyObject *core_spawn_blocking(coreobj_t *self, PyObject *args, PyObject *kw) {
+  if (self->r->rt == NULL)
+    return pyt_raise(TREADLE_ESHUTDOWN);
+  return pyt_spawn_blocking(self->r, args, kw);
+}
+
 static PyObject *handle_wrap(pyrt_t *r) {
   coreobj_t *h = PyObject_New(coreobj_t, &handle_type);
   if (h != NULL)
@@ -395,6 +409,10 @@ static PyMethodDef core_methods[] = {
      "shutdown($self, timeout, /)\n--\n\n"
      "Cancels every task and joins every thread; False if blocking jobs "
      "were still running after timeout seconds (None: no limit)."},
+    {"spawn_blocking", (PyCFunction)(void (*)(void))core_spawn_blocking,
+     METH_VARARGS | METH_KEYWORDS,
+     "spawn_blocking($self, fn, /, *args, **kwargs)\n--\n\n"
+     "Runs fn on the blocking pool, from any thread: a JoinHandle."},
     {"handle", (PyCFunction)core_handle, METH_NOARGS,
      "handle($self, /)\n--\n\nA thread-safe Handle to this runtime."},
     {NULL}};
@@ -505,7 +523,8 @@ int pyt_runtime_init(PyObject *m) {
 
 /* Called from the SWIG module's init. */
 int treadle_py_init(PyObject *m) {
-  if (pyt_runtime_init(m) < 0 || pyt_task_init(m) < 0 || pyt_net_init(m) < 0)
+  if (pyt_runtime_init(m) < 0 || pyt_task_init(m) < 0 || pyt_net_init(m) < 0 ||
+      pyt_loop_init(m) < 0)
     return -1;
   return 0;
 }

@@ -31,7 +31,7 @@ static __thread bool dropping; /* a task's coroutine is being closed */
 /* What a task shares with its JoinHandle. */
 typedef struct {
   _Atomic long refs;
-  _Atomic int cancel;                /* 1: abort requested */
+  _Atomic int cancel;                /* 1: abort requested, not thrown yet */
   _Atomic(treadle_waker_t *) waker;  /* the task's, from its first poll */
 } shared_t;
 
@@ -41,7 +41,7 @@ struct pytask_s {
   op_t *op;       /* what the coroutine awaits, or NULL */
   pyrt_t *r;
   shared_t *sh;
-  bool cancel_seen;
+  PyObject *tref; /* its TaskRef, asyncio's current_task() in it, or NULL */
 };
 
 /* What a JoinHandle knows of its task's end. */
@@ -98,6 +98,49 @@ static void shared_unref(shared_t *sh) {
   free(sh);
 }
 
+/* ----------------------------------------------------------- FutWaker */
+
+/* The done callback a treadle task adds to an asyncio future it awaits:
+ * it runs in the loop's iteration, sets `done` and wakes the task. */
+typedef struct {
+  PyObject_HEAD
+  shared_t *sh;
+  _Atomic int done;
+} futwaker_t;
+
+static PyObject *futwaker_call(futwaker_t *fw, PyObject *Py_UNUSED(args),
+                               PyObject *Py_UNUSED(kw)) {
+  /* seq_cst: set before the wake; the poll that the wake causes sees it. */
+  atomic_store_explicit(&fw->done, 1, memory_order_seq_cst);
+  /* seq_cst: the task stored its waker at its first poll, before any
+   * step could await a future. */
+  treadle_waker_t *w = atomic_load_explicit(&fw->sh->waker, memory_order_seq_cst);
+  if (w != NULL)
+    treadle_wake_by_ref(w);
+  Py_RETURN_NONE;
+}
+
+static void futwaker_dealloc(futwaker_t *fw) {
+  shared_unref(fw->sh);
+  PyObject_Free(fw);
+}
+
+static PyTypeObject futwaker_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "treadle._core.FutureWaker",
+    .tp_basicsize = sizeof(futwaker_t),
+    .tp_dealloc = (destructor)futwaker_dealloc,
+    .tp_call = (ternaryfunc)futwaker_call,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Wakes a treadle task once the asyncio future it awaits is done.",
+};
+
+/* No GIL. */
+static bool futwaker_done(PyObject *fw) {
+  /* seq_cst: see futwaker_call. */
+  return atomic_load_explicit(&((futwaker_t *)fw)->done, memory_order_seq_cst) != 0;
+}
+
 static void report_unretrieved(PyObject *exc) {
   if (PyErr_GivenExceptionMatches(exc, pyt_CancelledError))
     return;
@@ -136,6 +179,8 @@ op_t *pyt_op_new(opkind_t kind, PyObject *owner, const char *what) {
   op->has_view = false;
   op->result = NULL;
   op->owner = Py_XNewRef(owner);
+  op->waker = NULL;
+  op->bridge = NULL;
   tb_op_none(&op->tb);
   return op;
 }
@@ -195,6 +240,14 @@ static void op_dealloc(op_t *op) {
   case OP_READY:
   case OP_LEAF:
     break;
+  case OP_FUTURE:
+    if (op->waker != NULL) { /* a cancelled wait: the future forgets us */
+      PyObject *res = PyObject_CallMethod(op->owner, "remove_done_callback", "O", op->waker);
+      if (res == NULL)
+        PyErr_Clear();
+      Py_XDECREF(res);
+    }
+    break;
   case OP_JOIN:
     /* Polled READY and never finished: keep what was joined. */
     if (op->stage == OP_POLLED && op->tb.ready && !op->tb.timed_out)
@@ -209,6 +262,8 @@ static void op_dealloc(op_t *op) {
     PyBuffer_Release(&op->view);
   Py_XDECREF(op->result);
   Py_XDECREF(op->owner);
+  Py_XDECREF(op->waker);
+  Py_XDECREF(op->bridge);
   PyObject_Free(op);
 }
 
@@ -229,6 +284,11 @@ static treadle_poll_t op_poll(op_t *op, treadle_cx_t *cx) {
       p = tb_op_poll(&op->tb, cx);
     break;
   }
+  case OP_FUTURE:
+    /* The done callback wakes the task (its shared waker) after it sets
+     * the flag, so a PENDING here is followed by a wake. */
+    p = futwaker_done(op->waker) ? TREADLE_READY : TREADLE_PENDING;
+    break;
   }
   if (p == TREADLE_READY)
     op->stage = OP_POLLED;
@@ -241,6 +301,10 @@ static int op_finish(op_t *op) {
   PyObject *res = NULL;
   switch (op->kind) {
   case OP_READY:
+    break;
+  case OP_FUTURE: /* Future.__await__ reads the outcome itself */
+    Py_CLEAR(op->waker);
+    res = Py_NewRef(Py_None);
     break;
   case OP_LEAF:
     if (op->tb.kind == TB_SLEEP || op->tb.kind == TB_YIELD ||
@@ -287,9 +351,62 @@ static int op_finish(op_t *op) {
   return 0;
 }
 
+static PyObject *bridge_fn; /* treadle._loop._bridge_op */
+
+/* An op awaited by an asyncio task on a treadle loop: a treadle task
+ * runs it (the op's leaf moves to a new op that the task awaits), and
+ * the asyncio task awaits a future that the treadle task completes
+ * (treadle._loop._bridge_op). Returns the future, or NULL. */
+static PyObject *bridge(op_t *op) {
+  if (bridge_fn == NULL) {
+    PyObject *m = PyImport_ImportModule("treadle._loop");
+    bridge_fn = m != NULL ? PyObject_GetAttrString(m, "_bridge_op") : NULL;
+    Py_XDECREF(m);
+    if (bridge_fn == NULL)
+      return NULL;
+  }
+  op_t *inner = pyt_op_new(op->kind, NULL, op->what);
+  if (inner == NULL)
+    return NULL;
+  inner->tb = op->tb;
+  tb_op_none(&op->tb);
+  inner->owner = op->owner;
+  op->owner = NULL;
+  inner->view = op->view;
+  inner->has_view = op->has_view;
+  op->has_view = false;
+  inner->anext = op->anext;
+  op->kind = OP_READY; /* what it held is inner's now */
+  PyObject *fut = PyObject_CallFunctionObjArgs(bridge_fn, pyt_loop_running,
+                                               (PyObject *)inner, NULL);
+  Py_DECREF(inner);
+  return fut;
+}
+
 static PySendResult op_send(op_t *op, PyObject *Py_UNUSED(arg), PyObject **out) {
   op->awaited = true;
+  if (op->bridge != NULL) {
+    if (op->stage == OP_CONSUMED) {
+      PyErr_SetString(PyExc_RuntimeError, "this awaitable was already awaited");
+      *out = NULL;
+      return PYGEN_ERROR;
+    }
+    op->stage = OP_CONSUMED;
+    *out = PyObject_CallMethod(op->bridge, "result", NULL);
+    Py_CLEAR(op->bridge);
+    return *out != NULL ? PYGEN_RETURN : PYGEN_ERROR;
+  }
   if (op->stage == OP_NEW) {
+    if (pyt_current == NULL && pyt_loop_running != NULL) {
+      op->bridge = bridge(op);
+      if (op->bridge == NULL) {
+        *out = NULL;
+        return PYGEN_ERROR;
+      }
+      op->stage = OP_AWAITED;
+      *out = Py_NewRef(op->bridge);
+      return PYGEN_NEXT;
+    }
     if (pyt_current == NULL) {
       if (dropping)
         PyErr_SetString(pyt_ShutdownError, "the task's runtime dropped it");
@@ -429,33 +546,230 @@ static void task_release_python(pytask_t *t) {
   Py_CLEAR(t->op);
   Py_CLEAR(t->coro);
   Py_CLEAR(t->ctx);
+  Py_CLEAR(t->tref);
 }
 
-/* What a treadle task says instead of its awaits, for people who know
- * asyncio. */
-#define USE_INSTEAD                                                          \
-  "await treadle's own awaitables (treadle.sleep, yield_now, spawn, "       \
-  "timeout, a JoinHandle, TcpStream), or run asyncio code in a thread: "    \
-  "await treadle.spawn_blocking(asyncio.run, coro)"
+/* ------------------------------------------------------------ TaskRef */
+
+/* What asyncio.current_task() returns in a treadle task: the task as
+ * asyncio.timeout and TaskGroup use it (cancel, uncancel, cancelling). */
+typedef struct {
+  PyObject_HEAD
+  shared_t *sh;
+  int cancels; /* asyncio's _num_cancels_requested */
+  bool done;
+  PyObject *name;
+} taskref_t;
+
+static PyObject *taskref_new(shared_t *sh);
+
+static PyObject *taskref_cancel(taskref_t *tr, PyObject *args, PyObject *kw) {
+  static char *names[] = {"msg", NULL};
+  PyObject *msg = Py_None;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "|O:cancel", names, &msg))
+    return NULL;
+  if (tr->done)
+    Py_RETURN_FALSE;
+  tr->cancels++;
+  /* seq_cst: Dekker pair with task_poll's waker store, as abort. */
+  atomic_store_explicit(&tr->sh->cancel, 1, memory_order_seq_cst);
+  treadle_waker_t *w = atomic_load_explicit(&tr->sh->waker, memory_order_seq_cst);
+  if (w != NULL)
+    treadle_wake_by_ref(w);
+  Py_RETURN_TRUE;
+}
+
+static PyObject *taskref_uncancel(taskref_t *tr, PyObject *Py_UNUSED(u)) {
+  if (tr->cancels > 0)
+    tr->cancels--;
+  return PyLong_FromLong(tr->cancels);
+}
+
+static PyObject *taskref_cancelling(taskref_t *tr, PyObject *Py_UNUSED(u)) {
+  return PyLong_FromLong(tr->cancels);
+}
+
+static PyObject *taskref_done(taskref_t *tr, PyObject *Py_UNUSED(u)) {
+  return PyBool_FromLong(tr->done);
+}
+
+static PyObject *taskref_false(taskref_t *Py_UNUSED(tr), PyObject *Py_UNUSED(u)) {
+  Py_RETURN_FALSE;
+}
+
+static PyObject *taskref_none(taskref_t *Py_UNUSED(tr), PyObject *Py_UNUSED(u)) {
+  Py_RETURN_NONE;
+}
+
+static PyObject *taskref_get_name(taskref_t *tr, PyObject *Py_UNUSED(u)) {
+  return tr->name != NULL ? Py_NewRef(tr->name) : PyUnicode_FromFormat("treadle-task-%p", tr);
+}
+
+static PyObject *taskref_set_name(taskref_t *tr, PyObject *name) {
+  PyObject *s = PyObject_Str(name);
+  if (s == NULL)
+    return NULL;
+  Py_XSETREF(tr->name, s);
+  Py_RETURN_NONE;
+}
+
+static PyObject *taskref_repr(taskref_t *tr) {
+  PyObject *name = taskref_get_name(tr, NULL);
+  PyObject *r = name != NULL ? PyUnicode_FromFormat("<treadle task %U%s>", name,
+                                                    tr->done ? " done" : "")
+                             : NULL;
+  Py_XDECREF(name);
+  return r;
+}
+
+static void taskref_dealloc(taskref_t *tr) {
+  shared_unref(tr->sh);
+  Py_XDECREF(tr->name);
+  PyObject_Free(tr);
+}
+
+static PyMethodDef taskref_methods[] = {
+    {"cancel", (PyCFunction)(void (*)(void))taskref_cancel, METH_VARARGS | METH_KEYWORDS,
+     "cancel($self, /, msg=None)\n--\n\nThrows CancelledError into the task "
+     "at its current await (JoinHandle.abort); counts as asyncio.Task.cancel."},
+    {"uncancel", (PyCFunction)taskref_uncancel, METH_NOARGS,
+     "uncancel($self, /)\n--\n\nasyncio.Task.uncancel: one request less."},
+    {"cancelling", (PyCFunction)taskref_cancelling, METH_NOARGS,
+     "cancelling($self, /)\n--\n\nasyncio.Task.cancelling: requests pending."},
+    {"done", (PyCFunction)taskref_done, METH_NOARGS,
+     "done($self, /)\n--\n\nTrue once the task finished."},
+    {"cancelled", (PyCFunction)taskref_false, METH_NOARGS,
+     "cancelled($self, /)\n--\n\nFalse: ask its JoinHandle for the outcome."},
+    {"get_coro", (PyCFunction)taskref_none, METH_NOARGS,
+     "get_coro($self, /)\n--\n\nNone: the coroutine is the task's own."},
+    {"get_name", (PyCFunction)taskref_get_name, METH_NOARGS,
+     "get_name($self, /)\n--\n\nThe task's name."},
+    {"set_name", (PyCFunction)taskref_set_name, METH_O,
+     "set_name($self, value, /)\n--\n\nNames the task."},
+    {NULL}};
+
+static PyTypeObject taskref_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "treadle.TaskRef",
+    .tp_basicsize = sizeof(taskref_t),
+    .tp_dealloc = (destructor)taskref_dealloc,
+    .tp_repr = (reprfunc)taskref_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A treadle task as asyncio.current_task() shows it inside the "
+              "task: cancel/uncancel/cancelling, for asyncio.timeout and "
+              "TaskGroup.",
+    .tp_methods = taskref_methods,
+};
+
+static PyObject *taskref_new(shared_t *sh) {
+  taskref_t *tr = PyObject_New(taskref_t, &taskref_type);
+  if (tr == NULL)
+    return NULL;
+  /* Relaxed: a new reference from one held. */
+  atomic_fetch_add_explicit(&sh->refs, 1, memory_order_relaxed);
+  tr->sh = sh;
+  tr->cancels = 0;
+  tr->done = false;
+  tr->name = NULL;
+  return (PyObject *)tr;
+}
+
+static PyObject *enter_task_fn, *leave_task_fn; /* asyncio.tasks' */
+
+/* GIL: makes the runtime's loop the running loop of this thread and the
+ * task asyncio's current task of that loop, for the step; returns what
+ * step_leave_loop needs (the replaced running loop), or NULL. */
+static PyObject *step_enter_loop(pytask_t *t, PyObject *loop) {
+  if (t->tref == NULL && (t->tref = taskref_new(t->sh)) == NULL)
+    return NULL;
+  PyObject *prev = pyt_loop_enter(loop);
+  if (prev == NULL)
+    return NULL;
+  pyt_loop_thread_hooks(loop);
+  PyObject *res = PyObject_CallFunctionObjArgs(enter_task_fn, loop, t->tref, NULL);
+  if (res == NULL) {
+    pyt_loop_leave(loop, prev);
+    return NULL;
+  }
+  Py_DECREF(res);
+  return prev;
+}
+
+static void step_leave_loop(pytask_t *t, PyObject *loop, PyObject *prev) {
+  PyObject *res = PyObject_CallFunctionObjArgs(leave_task_fn, loop, t->tref, NULL);
+  if (res == NULL)
+    PyErr_WriteUnraisable(leave_task_fn);
+  Py_XDECREF(res);
+  pyt_loop_leave(loop, prev);
+}
+
+/* GIL. The op of an asyncio future `fut` that the coroutine yielded (as
+ * asyncio.Task.__step takes it), or NULL: with an exception set when it
+ * is a future that cannot be awaited here, without when not a future. */
+static op_t *future_op(pytask_t *t, PyObject *fut) {
+  PyObject *blocking = PyObject_GetAttrString(fut, "_asyncio_future_blocking");
+  if (blocking == NULL) {
+    PyErr_Clear();
+    return NULL;
+  }
+  Py_DECREF(blocking);
+  if (blocking != Py_True) {
+    PyErr_Format(PyExc_RuntimeError,
+                 "yield was used instead of yield from in treadle task for %R", fut);
+    return NULL;
+  }
+  PyObject *fl = PyObject_CallMethod(fut, "get_loop", NULL);
+  if (fl == NULL)
+    return NULL;
+  Py_DECREF(fl);
+  if (fl != t->r->loop) {
+    PyErr_Format(PyExc_RuntimeError,
+                 "treadle task got Future %R attached to a different loop", fut);
+    return NULL;
+  }
+  if (PyObject_SetAttrString(fut, "_asyncio_future_blocking", Py_False) < 0)
+    return NULL;
+  futwaker_t *fw = PyObject_New(futwaker_t, &futwaker_type);
+  if (fw == NULL)
+    return NULL;
+  /* Relaxed: a new reference from one held. */
+  atomic_fetch_add_explicit(&t->sh->refs, 1, memory_order_relaxed);
+  fw->sh = t->sh;
+  atomic_init(&fw->done, 0);
+  PyObject *res = PyObject_CallMethod(fut, "add_done_callback", "O", (PyObject *)fw);
+  if (res == NULL) {
+    Py_DECREF(fw);
+    return NULL;
+  }
+  Py_DECREF(res);
+  op_t *op = pyt_op_new(OP_FUTURE, fut, "asyncio future");
+  if (op == NULL) {
+    Py_DECREF(fw);
+    return NULL;
+  }
+  op->waker = (PyObject *)fw;
+  op->stage = OP_AWAITED;
+  op->awaited = true;
+  return op;
+}
+
+/* A bare yield (asyncio.sleep(0)): one turn behind the other tasks. */
+static op_t *yield_op(void) {
+  op_t *op = pyt_op_new(OP_LEAF, NULL, "yield");
+  if (op != NULL) {
+    tb_op_yield(&op->tb);
+    op->stage = OP_AWAITED;
+    op->awaited = true;
+  }
+  return op;
+}
 
 /* The RuntimeError (new reference, or NULL) thrown into a coroutine that
- * yielded `out`, which is not an op: what it awaited, and what to use. */
+ * yielded `out`: neither an op, an asyncio future nor a bare yield. */
 static PyObject *not_an_op(PyObject *out) {
-  PyObject *msg;
-  if (out == Py_None) /* asyncio.sleep(0), a bare yield */
-    msg = PyUnicode_FromString(
-        "a treadle task awaited None (a bare yield, such as asyncio.sleep(0) "
-        "makes): use treadle.sleep() or treadle.yield_now(); " USE_INSTEAD);
-  else if (PyObject_HasAttrString((PyObject *)Py_TYPE(out),
-                                  "_asyncio_future_blocking")) /* isfuture */
-    msg = PyUnicode_FromFormat(
-        "a treadle task awaited %R, an asyncio future: asyncio's objects "
-        "need asyncio's event loop, which treadle tasks do not run on; "
-        USE_INSTEAD, out);
-  else
-    msg = PyUnicode_FromFormat(
-        "a treadle task awaited %R, which is not a treadle awaitable; "
-        USE_INSTEAD, out);
+  PyObject *msg = PyUnicode_FromFormat(
+      "a treadle task awaited %R, which is neither a treadle awaitable nor "
+      "an asyncio future", out);
   if (msg == NULL)
     return NULL;
   PyObject *exc = PyObject_CallOneArg(PyExc_RuntimeError, msg);
@@ -464,11 +778,14 @@ static PyObject *not_an_op(PyObject *out) {
 }
 
 /* asyncio.sleep(1), asyncio.get_running_loop() and the like raise
- * "no running event loop" in a treadle task: a note on that exception, as
- * it leaves the task, says why and what to use. */
+ * "no running event loop" in a task of a runtime without an asyncio loop
+ * (no I/O or no timers): a note on that exception, as it leaves the task,
+ * says why. */
 static void add_asyncio_note(PyObject *exc) {
   static const char note[] =
-      "treadle tasks do not run on asyncio's event loop: " USE_INSTEAD;
+      "this treadle runtime has no asyncio loop: asyncio's objects need a "
+      "runtime with enable_io and enable_time (the default), or await "
+      "treadle's own awaitables (treadle.sleep, yield_now, spawn, timeout)";
   if (!PyErr_GivenExceptionMatches(exc, PyExc_RuntimeError))
     return;
   PyObject *text = PyObject_Str(exc);
@@ -498,12 +815,21 @@ static bool step(pytask_t *t, treadle_cx_t *cx) {
   pyt_current_cx = cx;
   if (PyContext_Enter(t->ctx) < 0)
     PyErr_WriteUnraisable(t->ctx);
+  PyObject *loop = Py_XNewRef(t->r->loop), *prev_loop = NULL;
+  if (loop != NULL && (prev_loop = step_enter_loop(t, loop)) == NULL)
+    PyErr_WriteUnraisable(loop);
   PyObject *val = NULL, *exc = NULL;
-  /* Acquire: pairs with abort's store. */
-  if (!t->cancel_seen &&
-      atomic_load_explicit(&t->sh->cancel, memory_order_seq_cst) &&
+  /* seq_cst: pairs with abort's store. */
+  if (atomic_load_explicit(&t->sh->cancel, memory_order_seq_cst) &&
       (t->op == NULL || t->op->stage < OP_POLLED)) {
-    t->cancel_seen = true;
+    /* seq_cst: taken; an abort from now on is thrown at the next await. */
+    atomic_store_explicit(&t->sh->cancel, 0, memory_order_seq_cst);
+    if (t->op != NULL && t->op->kind == OP_FUTURE) { /* asyncio's Task.cancel */
+      PyObject *res = PyObject_CallMethod(t->op->owner, "cancel", NULL);
+      if (res == NULL)
+        PyErr_WriteUnraisable(t->op->owner);
+      Py_XDECREF(res);
+    }
     Py_CLEAR(t->op);
     exc = pyt_error_object(TREADLE_ECANCELED);
   } else {
@@ -525,7 +851,14 @@ static bool step(pytask_t *t, treadle_cx_t *cx) {
         t->op = (op_t *)out;
         break;
       }
-      exc = not_an_op(out);
+      op_t *op = out == Py_None ? yield_op() : future_op(t, out);
+      if (op != NULL) {
+        Py_DECREF(out);
+        t->op = op;
+        break;
+      }
+      exc = PyErr_Occurred() ? (PyObject *)((uintptr_t)fetch_exception() & ~EXC_TAG)
+                             : not_an_op(out);
       Py_DECREF(out);
       continue;
     }
@@ -547,10 +880,16 @@ static bool step(pytask_t *t, treadle_cx_t *cx) {
     }
     break;
   }
+  if (prev_loop != NULL)
+    step_leave_loop(t, loop, prev_loop);
+  Py_XDECREF(loop);
   if (PyContext_Exit(t->ctx) < 0)
     PyErr_WriteUnraisable(t->ctx);
-  if (done)
+  if (done) {
+    if (t->tref != NULL)
+      ((taskref_t *)t->tref)->done = true;
     task_release_python(t);
+  }
   pyt_current = saved;
   pyt_current_cx = saved_cx;
   return done;
@@ -567,8 +906,7 @@ static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
                           memory_order_seq_cst);
   for (;;) {
     /* seq_cst: see above. */
-    bool cancel = !t->cancel_seen &&
-                  atomic_load_explicit(&sh->cancel, memory_order_seq_cst);
+    bool cancel = atomic_load_explicit(&sh->cancel, memory_order_seq_cst);
     if (t->op != NULL && !cancel && op_poll(t->op, cx) == TREADLE_PENDING)
       return TREADLE_PENDING;
     if (!pyrt_lane_enter(t->r, cx)) {
@@ -984,6 +1322,24 @@ static const treadle_blocking_vtable_t bjob_vt = {
 
 /* ---------------------------------------------------- module functions */
 
+/* The runtime of the running treadle task, or of the treadle.EventLoop
+ * whose iteration runs (an asyncio task on it spawns onto its runtime);
+ * NULL with RuntimeError elsewhere. */
+static pyrt_t *need_runtime(void) {
+  if (pyt_current != NULL)
+    return pyt_current->r;
+  if (pyt_loop_running != NULL)
+    return pyt_loop_runtime(pyt_loop_running);
+  PyErr_SetString(PyExc_RuntimeError,
+                  pyt_thread_rt != NULL
+                      ? "no treadle task or loop is running on this thread (a "
+                        "runtime's thread outside its tasks, such as a "
+                        "blocking job, spawns with "
+                        "treadle.Handle.current().spawn)"
+                      : "no treadle task or loop is running on this thread");
+  return NULL;
+}
+
 static pytask_t *need_task(void) {
   if (pyt_current == NULL)
     PyErr_SetString(PyExc_RuntimeError,
@@ -1014,17 +1370,19 @@ static PyObject *mod_yield_now(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(unuse
 }
 
 static PyObject *mod_spawn(PyObject *Py_UNUSED(m), PyObject *coro) {
-  pytask_t *t = need_task();
-  return t != NULL ? pyt_spawn(t->r, coro) : NULL;
+  pyrt_t *r = need_runtime();
+  return r != NULL ? pyt_spawn(r, coro) : NULL;
 }
 
 /* spawn_blocking(fn, /, *args, **kwargs): the keywords are copied, as
  * asyncio.to_thread's are, so that the caller may change its dict. */
 static PyObject *mod_spawn_blocking(PyObject *Py_UNUSED(m), PyObject *args,
                                     PyObject *kw) {
-  pytask_t *t = need_task();
-  if (t == NULL)
-    return NULL;
+  pyrt_t *r = need_runtime();
+  return r != NULL ? pyt_spawn_blocking(r, args, kw) : NULL;
+}
+
+PyObject *pyt_spawn_blocking(pyrt_t *r, PyObject *args, PyObject *kw) {
   if (PyTuple_GET_SIZE(args) < 1 || !PyCallable_Check(PyTuple_GET_ITEM(args, 0))) {
     PyErr_SetString(PyExc_TypeError,
                     "spawn_blocking(fn, /, *args, **kwargs): fn must be callable");
@@ -1041,7 +1399,7 @@ static PyObject *mod_spawn_blocking(PyObject *Py_UNUSED(m), PyObject *args,
     bjob_drop(&b);
     return NULL;
   }
-  treadle_err_t err = treadle_spawn_blocking(t->r->h, &bjob_vt, &b, sizeof b, &jo->j);
+  treadle_err_t err = treadle_spawn_blocking(r->h, &bjob_vt, &b, sizeof b, &jo->j);
   if (err != 0) {
     Py_DECREF(jo);
     bjob_drop(&b);
@@ -1163,7 +1521,14 @@ static int register_exiting(void) {
 
 int pyt_task_init(PyObject *m) {
   if (PyType_Ready(&pyt_op_type) < 0 || PyType_Ready(&join_type) < 0 ||
+      PyType_Ready(&futwaker_type) < 0 || PyType_Ready(&taskref_type) < 0 ||
       register_exiting() < 0)
+    return -1;
+  PyObject *tasks = PyImport_ImportModule("asyncio.tasks");
+  enter_task_fn = tasks != NULL ? PyObject_GetAttrString(tasks, "_enter_task") : NULL;
+  leave_task_fn = tasks != NULL ? PyObject_GetAttrString(tasks, "_leave_task") : NULL;
+  Py_XDECREF(tasks);
+  if (enter_task_fn == NULL || leave_task_fn == NULL)
     return -1;
   if (PyModule_AddObjectRef(m, "JoinHandle", (PyObject *)&join_type) < 0 ||
       PyModule_AddObjectRef(m, "Op", (PyObject *)&pyt_op_type) < 0)

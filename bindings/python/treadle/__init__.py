@@ -26,12 +26,15 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, List,
 
 from . import _core
 from . import core as _swig
+from ._loop import BlockingPoolExecutor, EventLoop, EventLoopPolicy
 
 __all__ = [
     "run", "Runtime", "Handle", "JoinHandle", "Metrics", "WorkerMetrics",
     "spawn", "sleep", "yield_now", "timeout", "spawn_blocking",
     "current_worker", "TcpListener", "TcpStream", "ctrl_c", "signal",
     "Error", "ShutdownError", "ClosedError", "CancelledError",
+    "EventLoop", "EventLoopPolicy", "BlockingPoolExecutor", "new_event_loop",
+    "install",
 ]
 
 T = TypeVar("T")
@@ -199,7 +202,8 @@ class Runtime:
                  max_blocking_threads: int = 512, enable_io: bool = True,
                  enable_time: bool = True, thread_name: str = "treadle-worker",
                  on_thread_start: Optional[Callable[[], None]] = None,
-                 on_thread_stop: Optional[Callable[[], None]] = None) -> None:
+                 on_thread_stop: Optional[Callable[[], None]] = None,
+                 _with_loop: bool = True) -> None:
         if flavor not in _FLAVORS:
             raise ValueError(f"flavor must be 'current_thread' or 'multi_thread', not {flavor!r}")
         for name, fn in (("on_thread_start", on_thread_start), ("on_thread_stop", on_thread_stop)):
@@ -224,7 +228,20 @@ class Runtime:
         finally:
             _swig.treadle_builder_free(b)
         self.flavor = flavor
+        self._loop: Optional[EventLoop] = None
+        if _with_loop and enable_io and enable_time:
+            self._loop = EventLoop(self, _owned=False)
         _live.add(self)
+
+    @property
+    def loop(self) -> EventLoop:
+        """The runtime's asyncio event loop: ``asyncio.get_running_loop()``
+        inside its tasks. It runs while the runtime runs (needs enable_io
+        and enable_time)."""
+        if self._loop is None:
+            raise RuntimeError("this runtime has no asyncio loop (it needs "
+                               "enable_io and enable_time)")
+        return self._loop
 
     def block_on(self, coro: Awaitable[T]) -> T:
         """Runs ``coro`` as the main task until it finishes and returns its
@@ -272,7 +289,12 @@ class Runtime:
         """Cancels every task, waits for blocking jobs that are running (at
         most ``timeout`` seconds) and joins the runtime's threads. False
         when a blocking job was still running at the timeout."""
-        return self._core.shutdown(timeout)
+        done = self._core.shutdown(timeout)
+        loop = self._loop
+        if loop is not None and self._core.is_shutdown and not loop._closed:
+            loop._closed = True
+            loop._close_core()
+        return done
 
     @property
     def is_shutdown(self) -> bool:
@@ -335,6 +357,29 @@ def run(coro: Awaitable[T], *, flavor: str = "multi_thread",
         return rt.block_on(coro)
     finally:
         rt.shutdown()
+
+
+def new_event_loop(*, flavor: str = "current_thread", workers: Optional[int] = None,
+                   **builder: Any) -> EventLoop:
+    """A new asyncio event loop on a runtime of its own (``flavor``,
+    ``workers`` and :class:`Runtime`'s other options), for
+    ``asyncio.Runner(loop_factory=treadle.new_event_loop)``; closing the
+    loop shuts its runtime down::
+
+        with asyncio.Runner(loop_factory=treadle.new_event_loop) as runner:
+            runner.run(main())
+    """
+    if not builder.get("enable_io", True) or not builder.get("enable_time", True):
+        raise ValueError("an event loop needs enable_io and enable_time")
+    rt = Runtime(flavor=flavor, workers=workers, _with_loop=False, **builder)
+    return EventLoop(rt)
+
+
+def install(**options: Any) -> None:
+    """Makes treadle's loop asyncio's default: ``asyncio.run(main())`` and
+    ``asyncio.new_event_loop()`` run on treadle from now on (the keywords
+    go to :func:`new_event_loop`)."""
+    _asyncio.set_event_loop_policy(EventLoopPolicy(**options))
 
 
 @atexit.register
