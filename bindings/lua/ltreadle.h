@@ -11,6 +11,8 @@
  *                  pure-Lua libraries
  * ltreadle_repl.c  treadle.repl, the console
  * ltreadle_shdict.c treadle.shared, shared dictionaries (bindings/common/shdict.c)
+ * ltreadle_serve.c treadle.tcp.server/serve: a TCP server in one call
+ * ltreadle_timer.c treadle.at/every: callback timers (ngx.timer)
  *
  * Threads: a lua_State (a "home") belongs to one thread. On current_thread
  * that is the thread in block_on; on multi_thread each worker makes its own
@@ -198,5 +200,10 @@ void lt_unpack(lua_State *L, const void *blob);
 void lt_open_task(lua_State *L);
 /* Sets treadle.shared in the module table on top (ltreadle_shdict.c). */
 void lt_open_shdict(lua_State *L);
+/* Sets treadle.workers, treadle.tcp.server and treadle.tcp.serve in the
+ * module table on top, which has tcp (ltreadle_serve.c). */
+void lt_open_serve(lua_State *L);
+/* Sets treadle.at and treadle.every (ltreadle_timer.c). */
+void lt_open_timer(lua_State *L);
 
 #endif
