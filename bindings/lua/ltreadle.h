@@ -125,6 +125,18 @@ int lt_task_results(lua_State *L, ltask_t *t);
  * new task is cancelled before it runs. */
 ltask_t *lt_spawn(lua_State *L, lhome_t *home, int idx, int nargs);
 
+/* A task driven by another C task than lt_spawn's (a timer, which keeps
+ * its ltask_t in its own state; co, start_nargs and the coroutine's anchor
+ * are the caller's): lt_task_live puts it on its home's list of live tasks
+ * (so that a stopping home cancels it; once, before it is stepped);
+ * lt_task_step runs it as lt_spawn's task's poll does (READY once over: it
+ * has left the list); lt_task_drop is the runtime dropping it unfinished;
+ * lt_task_cancel is task:abort. */
+void lt_task_live(ltask_t *t);
+treadle_poll_t lt_task_step(ltask_t *t, treadle_cx_t *cx);
+void lt_task_drop(ltask_t *t);
+void lt_task_cancel(ltask_t *t);
+
 /* On the home's thread: cancels every task of the home (as task:abort
  * does: their to-be-closed variables are closed), and every task spawned
  * there from now on; once none is left, calls lt_home_stopped (at once
