@@ -102,6 +102,8 @@ if ... == MODULE then return main end -- a worker state requires this file
 
 local flavor = arg[2] or "current_thread"
 if flavor == "multi_thread" then
+  -- every worker requires this file by name: from the folder it is in
+  package.path = (arg[0]:match("^(.*/)") or "./") .. "?.lua;" .. package.path
   treadle.run(MODULE, {flavor = flavor, workers = tonumber(arg[3]) or 2})
 else
   treadle.run(function() main(0) end)
