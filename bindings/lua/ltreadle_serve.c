@@ -15,6 +15,26 @@
  * the workers, running the same module, pair their calls up). */
 #include "ltreadle.h"
 
+/* lua: treadle.tcp.server(host, port, handler [, opts])
+ * Listens on host:port (as treadle.tcp.bind) and runs handler(conn, server)
+ * as a task of this worker for every connection it accepts; the conn has
+ * the cosocket methods (conn:receive("*l"), conn:send, ...) and is closed
+ * when the handler returns or raises (the error and its traceback go to
+ * stderr, "treadle.tcp.server: a handler failed: ..."; the server goes on). On multi_thread every
+ * worker's main makes its own server on the same port: reuse_port is then
+ * on by default and the kernel spreads the connections over the workers
+ * (port 0: worker 0 picks the port, the others bind the same one).
+ * opts: backlog (default 4096), reuse_port (default: on with more than one
+ * worker), max_connections (a connection beyond it is closed at once,
+ * counted in server.refused; default no limit).
+ * Returns: the server, or nil, message, errno name when it cannot listen
+ * (EADDRINUSE, ...). server:addr() gives host, port; server.accepted,
+ * server.active and server.refused count connections; server:close()
+ * stops accepting, closes the listener and aborts the connections' tasks
+ * (also at the end of a `<close>` variable); server:wait() waits until the
+ * server is closed.
+ * Errors: raises outside a task and for bad arguments.
+ * Example: local srv = assert(treadle.tcp.server("127.0.0.1", 0, function(conn) conn:send(conn:receive("*l")) end)) */
 static const char serve_chunk[] =
     "local treadle, tcp = ...\n"
     "local spawn, bind, channel, worker = treadle.spawn, tcp.bind, treadle.channel, treadle.worker\n"
@@ -141,38 +161,6 @@ static const char serve_chunk[] =
     "  return s, err, ename -- not a tail call: errors point at the caller\n"
     "end, serve\n";
 
-/* lua: treadle.tcp.server(host, port, handler [, opts])
- * Listens on host:port (as treadle.tcp.bind) and runs handler(conn, server)
- * as a task of this worker for every connection it accepts; the conn has
- * the cosocket methods (conn:receive("*l"), conn:send, ...) and is closed
- * when the handler returns or raises (an error is printed to stderr as for
- * any task nobody joins; the server goes on). On multi_thread every
- * worker's main makes its own server on the same port: reuse_port is then
- * on by default and the kernel spreads the connections over the workers
- * (port 0: worker 0 picks the port, the others bind the same one).
- * opts: backlog (default 4096), reuse_port (default: on with more than one
- * worker), max_connections (a connection beyond it is closed at once,
- * counted in server.refused; default no limit).
- * Returns: the server, or nil, message, errno name when it cannot listen
- * (EADDRINUSE, ...). server:addr() gives host, port; server.accepted,
- * server.active and server.refused count connections; server:close()
- * stops accepting, closes the listener and aborts the connections' tasks
- * (also at the end of a `<close>` variable); server:wait() waits until the
- * server is closed.
- * Errors: raises outside a task and for bad arguments.
- * Example: local srv = assert(treadle.tcp.server("127.0.0.1", 0, function(conn) conn:send(conn:receive("*l")) end)) */
-
-/* lua: treadle.tcp.serve(host, port, handler [, opts])
- * treadle.tcp.server(host, port, handler, opts), then waits until the
- * server is closed: by server:close() (the server is the handler's second
- * argument), or by one of the signals in opts.signals (default {"SIGINT",
- * "SIGTERM"}; false: none). Then its connections are aborted too. On
- * multi_thread every worker's main calls it: a multi-core server is the
- * module and this one line, and worker 0's return on SIGTERM ends the run.
- * Returns: the name of the signal that stopped it, or "closed"; nil,
- * message, errno name when it cannot listen.
- * Errors: as treadle.tcp.server.
- * Example: treadle.tcp.serve("127.0.0.1", 8080, function(conn) conn:send("hi\n") end) */
 /* lua: treadle.workers()
  * Returns: how many workers run this runtime's Lua (1 on current_thread).
  * Errors: raises outside a task.
@@ -185,6 +173,17 @@ static int l_workers(lua_State *L) {
   return 1;
 }
 
+/* lua: treadle.tcp.serve(host, port, handler [, opts])
+ * treadle.tcp.server(host, port, handler, opts), then waits until the
+ * server is closed: by server:close() (the server is the handler's second
+ * argument), or by one of the signals in opts.signals (default {"SIGINT",
+ * "SIGTERM"}; false: none). Then its connections are aborted too. On
+ * multi_thread every worker's main calls it: a multi-core server is the
+ * module and this one line, and worker 0's return on SIGTERM ends the run.
+ * Returns: the name of the signal that stopped it, or "closed"; nil,
+ * message, errno name when it cannot listen.
+ * Errors: as treadle.tcp.server.
+ * Example: treadle.tcp.serve("127.0.0.1", 8080, function(conn) conn:send("hi\n") end) */
 void lt_open_serve(lua_State *L) {
   /* the module table is on top, with tcp set */
   lua_pushcfunction(L, l_workers);
