@@ -26,7 +26,7 @@ Server CPU: utime + stime from /proc/PID/stat over the measured run (nginx:
 the master and its workers summed); efficiency = requests per second of
 server CPU. Every repetition starts every server once (the order reversed
 every second repetition), runs wrk twice (warm-up, measured) and stops it
-with SIGINT. Ratios: of the medians, and paired (the median of the
+with SIGINT (then SIGTERM, then SIGKILL). Ratios: of the medians, and paired (the median of the
 repetitions' own ratios: this host drifts ~30% over minutes).
 
 Goals: treadle-lua-current >= 1.0x openresty's efficiency and rps;
@@ -170,14 +170,16 @@ class Server:
 
     def stop(self):
         p, self.proc = self.proc, None
-        if p is not None and p.poll() is None:
-            p.send_signal(signal.SIGINT)
+        # SIGINT first (nginx without a master ignored SIGTERM here), then
+        # SIGTERM (luv's loop, in C, does not see lua5.4's SIGINT handler)
+        for sig, grace in ((signal.SIGINT, 2), (signal.SIGTERM, 3), (signal.SIGKILL, 5)):
+            if p is None or p.poll() is not None:
+                break
+            p.send_signal(sig)
             try:
-                p.wait(5)
+                p.wait(grace)
             except subprocess.TimeoutExpired:
-                log(f"{self.name} ignored SIGINT for 5 s: SIGKILL")
-                p.kill()
-                p.wait()
+                pass
         if self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
