@@ -142,7 +142,10 @@ T.case("premature: the run ends with timers pending (both flavors)", {outside = 
         print("wait:", pcall(treadle.sleep, 0.01))
       end, worker)
       treadle.every(3600, function(premature) print("every premature", premature) end)
-      if worker == 0 then treadle.sleep(0.01) end
+      -- worker 0 returns (ending the run) once every worker has its timers
+      local ready = treadle.channel(4, "premod:ready")
+      if worker ~= 0 then ready:send(worker) return end
+      for _ = 2, treadle.workers() do ready:recv() end
     end
   ]])
   f:close()
