@@ -138,10 +138,13 @@ T.case("premature: the run ends with timers pending (both flavors)", {outside = 
     local treadle = require "treadle"
     return function(worker)
       treadle.at(3600, function(premature, w)
-        print("premature", premature, "worker", w)
-        print("wait:", pcall(treadle.sleep, 0.01))
+        -- one write per line: two workers print at once
+        io.stdout:write(string.format("premature %s worker %d\n", premature, w))
+        io.stdout:write(string.format("wait: %s\n", pcall(treadle.sleep, 0.01)))
       end, worker)
-      treadle.every(3600, function(premature) print("every premature", premature) end)
+      treadle.every(3600, function(premature)
+        io.stdout:write(string.format("every premature %s\n", premature))
+      end)
       -- worker 0 returns (ending the run) once every worker has its timers
       local ready = treadle.channel(4, "premod:ready")
       if worker ~= 0 then ready:send(worker) return end
@@ -167,10 +170,10 @@ T.case("premature: the run ends with timers pending (both flavors)", {outside = 
     local out = p:read("a")
     local ok = p:close()
     H.ok(ok, fl .. ": exit 0: " .. out)
-    H.has(out, "premature\ttrue\tworker\t0", fl)
-    H.has(out, "every premature\ttrue", fl)
-    H.has(out, "wait:\tfalse", fl .. ": a premature callback cannot wait")
-    if fl == "multi_thread" then H.has(out, "premature\ttrue\tworker\t1", "worker 1's timer too") end
+    H.has(out, "premature true worker 0", fl)
+    H.has(out, "every premature true", fl)
+    H.has(out, "wait: false", fl .. ": a premature callback cannot wait")
+    if fl == "multi_thread" then H.has(out, "premature true worker 1", "worker 1's timer too") end
     H.has(out, "done", fl)
   end
   os.execute("rm -rf " .. H.q(dir))
