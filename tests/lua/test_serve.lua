@@ -1,5 +1,6 @@
--- treadle.tcp.server / treadle.tcp.serve / treadle.workers, and the HTTP
--- example (examples/lua/http_server.lua) on both flavors: keep-alive,
+-- treadle.tcp.server / treadle.tcp.serve / treadle.workers, the RESP
+-- example (examples/lua/resp_server.lua), and the HTTP example
+-- (examples/lua/http_server.lua) on both flavors: keep-alive,
 -- pipelining, the shared hit counter across 2 workers, 400s, a clean stop
 -- on SIGTERM; a handler that raises (its connection closes, the server goes
 -- on), a port in use, max_connections, bad arguments.
@@ -251,5 +252,57 @@ for _, fl in ipairs({"current_thread", "multi_thread"}) do
     H.ok(not log:find("failed"), "no handler failed: " .. log)
   end)
 end
+
+T.case("resp_server.lua: PING, SET, GET, DEL, pipelined, errors", {flavors = {"current_thread"}, timeout = 60}, function()
+  local dir = os.tmpname()
+  os.remove(dir)
+  assert(os.execute("mkdir -m 700 " .. H.q(dir)))
+  local port = H.free_port()
+  os.execute(string.format("(%s %s %s %d >%s/log 2>&1 & echo $! >%s/pid; wait $!; echo $? >%s/rc) >/dev/null 2>&1 &",
+    H.child_env(), H.q(H.lua()), H.q(H.root .. "examples/lua/resp_server.lua"), port, H.q(dir), H.q(dir), H.q(dir)))
+  local function read(name)
+    local f = io.open(dir .. "/" .. name)
+    if not f then return nil end
+    local v = f:read("a")
+    f:close()
+    return v
+  end
+  H.wait_until(function() return tonumber(read("pid") or "") end, 10, "the pid")
+  H.wait_until(function()
+    local s = tcp.socket()
+    s:settimeout(200)
+    if s:connect("127.0.0.1", port) then s:close() return true end
+  end, 20, "the server listens")
+  local ok, err = pcall(function()
+    local s = connect(port)
+    s:send("PING\r\n")
+    H.eq(s:receive("*l"), "+PONG", "inline")
+    -- a pipeline in one write, answers in order
+    s:send("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n" ..
+           "*3\r\n$3\r\nDEL\r\n$1\r\nk\r\n$1\r\nx\r\n*2\r\n$3\r\nget\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n")
+    H.eq(s:receive("*l"), "+OK")
+    H.eq(s:receive("*l"), "$5"); H.eq(s:receive("*l"), "hello")
+    H.eq(s:receive("*l"), ":1", "one of two keys deleted")
+    H.eq(s:receive("*l"), "$-1", "gone (a lower-case command)")
+    H.eq(s:receive("*l"), "+PONG")
+    -- a command split over two writes
+    s:send("*2\r\n$3\r\nGE")
+    treadle.sleep(0.01)
+    s:send("T\r\n$1\r\nz\r\n")
+    H.eq(s:receive("*l"), "$-1", "split command")
+    s:send("*1\r\n$4\r\nNOPE\r\n")
+    H.eq(s:receive("*l"), "-ERR unknown command 'NOPE'")
+    s:send("*1\r\n#bad\r\n")
+    H.eq(s:receive("*l"), "-ERR Protocol error")
+    H.eq(H.pack(s:receive("*l"))[2], "closed", "closed after a protocol error")
+  end)
+  os.execute("kill -TERM " .. tonumber(read("pid")) .. " 2>/dev/null")
+  H.wait_until(function() return read("rc") ~= nil end, 20, "the server exits")
+  local rc, log = tonumber(read("rc")), read("log")
+  os.execute("rm -rf " .. H.q(dir))
+  if not ok then error(err, 0) end
+  H.eq(rc, 0, "exit code; log: " .. tostring(log))
+  H.has(log, "stopped (SIGTERM)")
+end)
 
 return T.main()
