@@ -989,11 +989,29 @@ static int l_setoption(lua_State *L) {
  * each, its trust store loaded once): [1] verifies, against the system's
  * store or the file of treadle.tls.set_ca_file; [0] does not. Made at
  * first use, under tls_mu; a configuration is safe from any thread once
- * made, and each TLS stream holds a reference of its own. They live until
- * the process ends, as nginx's SSL_CTX does. */
+ * made, and each TLS stream holds a reference of its own. They live while
+ * a Lua state has the module open (tls_users): the last one to close
+ * frees them, before it unloads the module that points to them. */
 static pthread_mutex_t tls_mu = PTHREAD_MUTEX_INITIALIZER;
 static treadle_tls_config_t *tls_client[2];
 static char *tls_ca_file; /* NULL: the system's store */
+static int tls_users;     /* Lua states with the module open */
+
+/* The __gc of the token each state keeps in its registry. */
+static int tls_user_gc(lua_State *L) {
+  (void)L;
+  pthread_mutex_lock(&tls_mu);
+  if (--tls_users == 0) {
+    for (int i = 0; i < 2; i++) {
+      treadle_tls_config_unref(tls_client[i]);
+      tls_client[i] = NULL;
+    }
+    free(tls_ca_file);
+    tls_ca_file = NULL;
+  }
+  pthread_mutex_unlock(&tls_mu);
+  return 0;
+}
 
 /* A new client configuration; on failure NULL with the reason in why. */
 static treadle_tls_config_t *client_config_new(bool verify, const char *ca,
@@ -1600,6 +1618,17 @@ void lt_open_cosock(lua_State *L) {
   lua_setfield(L, -2, "udp");
   luaL_newmetatable(L, SESSION_MT);
   lua_pop(L, 1);
+  /* This state's token: made after package's table of loaded C libraries,
+   * so that lua_close collects it before it unloads them. */
+  lua_newuserdatauv(L, 0, 0);
+  lua_newtable(L);
+  lua_pushcfunction(L, tls_user_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  pthread_mutex_lock(&tls_mu);
+  tls_users++;
+  pthread_mutex_unlock(&tls_mu);
+  lua_setfield(L, LUA_REGISTRYINDEX, "treadle.tls.user");
   lua_newtable(L);
   lua_pushcfunction(L, l_tls_set_ca_file);
   lua_setfield(L, -2, "set_ca_file");
