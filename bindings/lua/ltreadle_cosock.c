@@ -1160,7 +1160,10 @@ static int handshake_check(lua_State *L, lconn_t *c) {
   if (c->st.tls != NULL) {
     if (handshake_done_ok(c)) /* twice, or a pooled TLS connection */
       return push_session(L);
-    return luaL_error(L, "socket busy: another task runs the handshake");
+    if (c->ops > 0)
+      return luaL_error(L, "socket busy: another task runs the handshake");
+    tb_stream_close(&c->st); /* a handshake cut short: its task was killed */
+    return fail2(L, "handshake failed");
   }
   if (c->ops > 0 || c->st.reading)
     return luaL_error(L, "socket busy: another task uses this connection");

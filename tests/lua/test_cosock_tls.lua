@@ -117,6 +117,12 @@ T.case("handshake, then an echo with every receive pattern", {skip = skip}, func
   local reader = s:receiveuntil("\n")
   H.eq(reader(), "two", "receiveuntil")
   H.eq(s:receiveany(100), "3\n", "receiveany")
+  s:settimeouts(60000, 60000, 50)
+  local r = {s:receive("*l")}
+  H.eq(r[2], "timeout", "a read timeout over TLS")
+  H.eq(s:send("after the timeout\n"), 18, "the connection stays usable")
+  H.eq(s:receive("*l"), "after the timeout")
+  s:settimeout(0)
   local big = string.rep("x", 200000)
   H.eq(s:send(big .. "\n"), #big + 1, "a long line")
   H.eq(s:receive("*l"), big, "a long line comes back whole")
@@ -293,6 +299,19 @@ T.case("closed sockets, busy sockets and bad arguments", {skip = skip}, function
   H.eq(s:close(), 1)
   local r = {hs:join()}
   H.eq(r[1], nil); H.eq(r[2], "closed", "a handshake cut by close")
+  -- A handshake whose task was aborted: the next one says it failed.
+  s = connect(port)
+  shaking = false
+  hs = treadle.spawn(function()
+    shaking = true
+    return s:sslhandshake(false, nil, false)
+  end)
+  H.wait_until(function() return shaking end, 10, "the handshake")
+  hs:abort()
+  H.raises("cancelled", hs.join, hs)
+  H.same_table({s:sslhandshake(false, nil, false)}, {nil, "handshake failed"},
+               "after an aborted handshake")
+  H.eq(select(2, s:receive()), "closed", "and the socket is closed")
   l:close()
   certs.cleanup()
 end)
