@@ -1256,6 +1256,37 @@ static int l_sslhandshake_server(lua_State *L) {
   return handshake_start(L, c, cfg, true, NULL);
 }
 
+/* lua: sock:sslinfo()
+ * What the TLS handshake agreed on (a treadle addition): a table with
+ * version ("TLSv1.2" or "TLSv1.3"), server_name (on a client, the name it
+ * gave sslhandshake; on a server, the name the client sent (SNI); nil if
+ * none) and peer_subject (the peer certificate's subject, "CN=localhost";
+ * nil when it showed none).
+ * Returns: the table, or nil, error: "closed", "not TLS".
+ * Example: local info = sock:sslinfo(); print(info.version, info.server_name) */
+static int l_sslinfo(lua_State *L) {
+  lconn_t *c = check_sock(L);
+  if (!connected(c))
+    return fail2(L, "closed");
+  if (!handshake_done_ok(c))
+    return fail2(L, "not TLS");
+  lua_createtable(L, 0, 3);
+  int v = treadle_tls_version(c->st.tls);
+  lua_pushstring(L, v == TREADLE_TLS_VERSION_1_3 ? "TLSv1.3" : "TLSv1.2");
+  lua_setfield(L, -2, "version");
+  const char *name = treadle_tls_server_name(c->st.tls);
+  if (name != NULL) {
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "server_name");
+  }
+  char subject[512];
+  if (treadle_tls_peer_subject(c->st.tls, subject, sizeof subject) > 0) {
+    lua_pushstring(L, subject);
+    lua_setfield(L, -2, "peer_subject");
+  }
+  return 1;
+}
+
 /* lua: sock:close()
  * Closes the connection; tasks waiting on it get nil, "closed" (conn:read
  * and conn:write: nil, message, "ECLOSED"). Bytes read ahead are dropped.
@@ -1594,6 +1625,7 @@ static const luaL_Reg cosock_methods[] = {
     {"getreusedtimes", l_getreusedtimes}, {"setoption", l_setoption},
     {"sslhandshake", l_sslhandshake},
     {"sslhandshake_server", l_sslhandshake_server},
+    {"sslinfo", l_sslinfo},
     {"close", l_close},             {NULL, NULL}};
 static const luaL_Reg udp_methods[] = {
     {"setpeername", l_setpeername}, {"bind", l_udp_bind},

@@ -67,11 +67,13 @@ local function tls_server(cert, key, handler)
   return port, l, stats
 end
 
--- Echoes lines back until the client closes.
+-- Echoes lines back until the client closes; "sni" answers the name the
+-- client sent.
 local function echo_lines(c)
   while true do
     local line = c:receive("*l")
     if not line then c:close() return end
+    if line == "sni" then line = tostring(c:sslinfo().server_name) end
     if line == "bye" then
       c:send("last words\r\nand the rest")
       c:close()
@@ -110,6 +112,12 @@ T.case("handshake, then an echo with every receive pattern", {skip = skip}, func
   H.eq(err, nil, "no error")
   H.eq(type(sess), "userdata", "a session for reused_session nil")
   H.eq(s:sslhandshake(false, "localhost", true), true, "twice: true at once")
+  local info = s:sslinfo()
+  H.ok(info.version == "TLSv1.3" or info.version == "TLSv1.2", "a version")
+  H.eq(info.server_name, "localhost")
+  H.eq(info.peer_subject, "CN=localhost", "the server's certificate")
+  H.eq(s:send("sni\n"), 4)
+  H.eq(s:receive(), "localhost", "the server saw the SNI")
   H.eq(s:send("hello\r\n"), 7, "send returns the bytes")
   H.eq(s:receive("*l"), "hello", "receive *l over TLS")
   H.eq(s:send({"one", "\n", "two\n", 3, "\n"}), 10)
@@ -134,6 +142,8 @@ T.case("handshake, then an echo with every receive pattern", {skip = skip}, func
   -- The session object is accepted back; verification off needs no name.
   s = connect(port)
   H.eq(type(s:sslhandshake(sess, nil, false)), "userdata", "reused_session passed back")
+  H.eq(s:send("sni\n"), 4)
+  H.eq(s:receive(), "nil", "no name, no SNI")
   H.eq(s:send("again\n"), 6)
   H.eq(s:receive(), "again")
   H.eq(s:close(), 1)
@@ -248,6 +258,7 @@ end)
 T.case("closed sockets, busy sockets and bad arguments", {skip = skip}, function()
   local s = tcp.socket()
   H.same_table({s:sslhandshake(false, "localhost", true)}, {nil, "closed"}, "never connected")
+  H.same_table({s:sslinfo()}, {nil, "closed"})
   H.bad_arg(s.sslhandshake, s, 1)
   H.bad_arg(s.sslhandshake, s, true)
   H.bad_arg(s.sslhandshake, s, "session")
@@ -278,6 +289,7 @@ T.case("closed sockets, busy sockets and bad arguments", {skip = skip}, function
   -- A handshake on a socket another task reads raises.
   port, l = plain_server(function(c) c:receive("*a") end)
   s = connect(port)
+  H.same_table({s:sslinfo()}, {nil, "not TLS"}, "a plain connection")
   local reading = false
   local reader = treadle.spawn(function() reading = true return s:receive("*a") end)
   H.wait_until(function() return reading end, 10, "the reader") -- then it waits
