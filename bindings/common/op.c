@@ -276,10 +276,17 @@ static treadle_poll_t leaf_poll(tb_op_t *op, treadle_cx_t *cx) {
       op->err = TREADLE_ENOMEM;
       return TREADLE_READY;
     }
+    if (op->u.read.st->tls != NULL)
+      return treadle_tls_read_poll(op->u.read.st->tls, cx, buf,
+                                   op->u.read.want, &op->u.read.got, &op->err);
     return treadle_tcp_read_poll(op->u.read.st->s, cx, buf, op->u.read.want,
                                  &op->u.read.got, &op->err);
   }
   case TB_READ_INTO:
+    if (op->u.read_into.st->tls != NULL)
+      return treadle_tls_read_poll(op->u.read_into.st->tls, cx,
+                                   op->u.read_into.buf, op->u.read_into.len,
+                                   &op->u.read_into.got, &op->err);
     return treadle_tcp_read_poll(op->u.read_into.st->s, cx,
                                  op->u.read_into.buf, op->u.read_into.len,
                                  &op->u.read_into.got, &op->err);
@@ -299,9 +306,15 @@ static treadle_poll_t leaf_poll(tb_op_t *op, treadle_cx_t *cx) {
       }
       op->u.write.locked = true;
     }
-    treadle_poll_t p = treadle_tcp_write_all_poll(
-        op->u.write.st->s, cx, op->u.write.buf, op->u.write.len,
-        &op->u.write.done, &op->err);
+    tb_stream_t *st = op->u.write.st;
+    treadle_poll_t p =
+        st->tls != NULL
+            ? treadle_tls_write_all_poll(st->tls, cx, op->u.write.buf,
+                                         op->u.write.len, &op->u.write.done,
+                                         &op->err)
+            : treadle_tcp_write_all_poll(st->s, cx, op->u.write.buf,
+                                         op->u.write.len, &op->u.write.done,
+                                         &op->err);
     if (p == TREADLE_READY) {
       treadle_mutex_unlock(op->u.write.st->write_lock);
       op->u.write.locked = false;

@@ -20,17 +20,33 @@ treadle_err_t tb_stream_init(tb_stream_t *st, treadle_tcp_stream_t *s) {
 }
 
 void tb_stream_close(tb_stream_t *st) {
-  if (st->s != NULL)
+  if (st->tls != NULL)
+    treadle_tls_close(st->tls); /* no close_notify: the socket just closes */
+  else if (st->s != NULL)
     treadle_tcp_stream_close(st->s);
   st->closed = true;
 }
 
 void tb_stream_free(tb_stream_t *st) {
-  treadle_tcp_stream_free(st->s);
+  if (st->tls != NULL)
+    treadle_tls_free(st->tls); /* and the stream it owns */
+  else
+    treadle_tcp_stream_free(st->s);
+  st->tls = NULL;
   st->s = NULL;
   treadle_mutex_unref(st->write_lock);
   st->write_lock = NULL;
   st->closed = true;
+}
+
+treadle_err_t tb_stream_start_tls(tb_stream_t *st, treadle_tls_config_t *c,
+                                  bool server, const char *server_name) {
+  if (st->closed || st->s == NULL)
+    return TREADLE_ECLOSED;
+  if (st->tls != NULL)
+    return TREADLE_EINVAL;
+  return server ? treadle_tls_server_new(c, st->s, &st->tls)
+                : treadle_tls_client_new(c, st->s, server_name, &st->tls);
 }
 
 void tb_listener_init(tb_listener_t *ls, treadle_tcp_listener_t *l) {

@@ -34,6 +34,8 @@
 /* A TCP stream as a script holds it. */
 typedef struct tb_stream_s {
   treadle_tcp_stream_t *s;     /* NULL once freed */
+  treadle_tls_t *tls;          /* set by tb_stream_start_tls: it owns s, and
+                                  reads and writes go through it */
   treadle_mutex_t *write_lock; /* writers queue on it, first come first */
   bool reading;                /* a read op is in flight */
   bool closed;                 /* closed on this side: new ops fail */
@@ -47,6 +49,14 @@ treadle_err_t tb_stream_init(tb_stream_t *st, treadle_tcp_stream_t *s);
 void tb_stream_close(tb_stream_t *st);
 /* Closes and frees what it holds (no op may use it). Idempotent. */
 void tb_stream_free(tb_stream_t *st);
+/* Puts a TLS stream of `c` over the connection (a client one verifying
+ * `server_name`, which may be NULL when c does not verify; or a server
+ * one): from then on read and write ops go through it, once the caller
+ * ran treadle_tls_handshake_poll on st->tls to completion. No op may be
+ * in flight. TREADLE_ECLOSED, TREADLE_EINVAL, TREADLE_ENOMEM,
+ * TREADLE_ENOTLS (treadle_tls_client_new). */
+treadle_err_t tb_stream_start_tls(tb_stream_t *st, treadle_tls_config_t *c,
+                                  bool server, const char *server_name);
 
 /* A TCP listener as a script holds it. */
 typedef struct tb_listener_s {

@@ -30,6 +30,8 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -117,6 +119,12 @@ static int absorb(lua_State *co, ltask_t *t) {
     c->io_got = op->u.read_into.got;
     tb_rbuf_commit(&c->buf, c->io_got);
     c->eof = c->io_got == 0;
+  } else if (op->kind == TB_READ_INTO && op->err == TREADLE_ECONNRESET &&
+             c->st.tls != NULL) {
+    /* A TLS peer that closed without close_notify (as many servers do):
+     * the end of the stream, as nginx reads it. */
+    c->io_err = 0;
+    c->eof = true;
   } else if (op->kind == TB_CONNECT && op->err == 0) {
     c->io_err = tb_stream_init(&c->st, tb_op_take_stream(op));
   }
@@ -124,18 +132,24 @@ static int absorb(lua_State *co, ltask_t *t) {
 }
 
 /* Starts the op made in t->op.tb with a deadline; true when it finished at
- * once (outcome in c->io_*), false when the caller must yield. */
-static bool io_begin(lua_State *L, ltask_t *t, lconn_t *c, uint64_t ns) {
+ * once (outcome in c->io_*), false when the caller must yield. `done` runs
+ * when the op is cleared (ops--, and what else the op needs undone). */
+static bool io_begin_with(lua_State *L, ltask_t *t, lconn_t *c, uint64_t ns,
+                          void (*done)(void *conn)) {
   tb_op_set_deadline(&t->op.tb, ns);
   t->op.kind = LOP_OWN;
   t->op.u.own.push = absorb;
-  t->op.u.own.done = lt_conn_op_done;
+  t->op.u.own.done = done;
   t->op.u.own.ud = c;
   c->ops++;
   if (lt_op_poll(t, lt_current_cx) == TREADLE_PENDING)
     return false;
   lua_pop(L, lt_op_push(L, t));
   return true;
+}
+
+static bool io_begin(lua_State *L, ltask_t *t, lconn_t *c, uint64_t ns) {
+  return io_begin_with(L, t, c, ns, lt_conn_op_done);
 }
 
 /* Starts a read into the buffer's free room: 1 when it finished at once,
@@ -506,7 +520,8 @@ static int send_k(lua_State *L, int status, lua_KContext ctx);
 
 static int send_done(lua_State *L, lconn_t *c, size_t len) {
   if (c->io_err != 0) {
-    close_after_error(c, c->io_timeout);
+    /* A TLS write cut short cannot go on with other bytes: closed. */
+    close_after_error(c, c->io_timeout && c->st.tls == NULL);
     return fail2(L, io_message(c->io_err, c->io_timeout));
   }
   lua_pushinteger(L, (lua_Integer)len);
@@ -976,6 +991,312 @@ static int l_setoption(lua_State *L) {
   return 1;
 }
 
+/* ---------------------------------------------------------------- TLS */
+
+#define SESSION_MT "treadle.tls.session"
+
+/* The client configurations every worker shares (one OpenSSL SSL_CTX
+ * each, its trust store loaded once): [1] verifies, against the system's
+ * store or the file of treadle.tls.set_ca_file; [0] does not. Made at
+ * first use, under tls_mu; a configuration is safe from any thread once
+ * made, and each TLS stream holds a reference of its own. They live while
+ * a Lua state has the module open (tls_users): the last one to close
+ * frees them, before it unloads the module that points to them. */
+static pthread_mutex_t tls_mu = PTHREAD_MUTEX_INITIALIZER;
+static treadle_tls_config_t *tls_client[2];
+static char *tls_ca_file; /* NULL: the system's store */
+static int tls_users;     /* Lua states with the module open */
+
+/* The __gc of the token each state keeps in its registry. */
+static int tls_user_gc(lua_State *L) {
+  (void)L;
+  pthread_mutex_lock(&tls_mu);
+  if (--tls_users == 0) {
+    for (int i = 0; i < 2; i++) {
+      treadle_tls_config_unref(tls_client[i]);
+      tls_client[i] = NULL;
+    }
+    free(tls_ca_file);
+    tls_ca_file = NULL;
+  }
+  pthread_mutex_unlock(&tls_mu);
+  return 0;
+}
+
+/* A new client configuration; on failure NULL with the reason in why. */
+static treadle_tls_config_t *client_config_new(bool verify, const char *ca,
+                                               char *why, size_t len) {
+  treadle_tls_config_t *c;
+  treadle_err_t err = treadle_tls_config_new(TREADLE_TLS_CLIENT, &c);
+  if (err != 0) {
+    snprintf(why, len, "%s", treadle_strerror(err));
+    return NULL;
+  }
+  err = verify ? (ca != NULL ? treadle_tls_config_set_ca(c, ca, NULL) : 0)
+               : treadle_tls_config_set_verify(c, false);
+  if (err != 0) {
+    const char *m = treadle_tls_config_error_message(c);
+    snprintf(why, len, "%s", *m != '\0' ? m : treadle_strerror(err));
+    treadle_tls_config_unref(c);
+    return NULL;
+  }
+  return c;
+}
+
+/* A reference to the shared client configuration, or NULL with why. */
+static treadle_tls_config_t *client_config(bool verify, char *why, size_t len) {
+  pthread_mutex_lock(&tls_mu);
+  if (tls_client[verify] == NULL)
+    tls_client[verify] = client_config_new(verify, tls_ca_file, why, len);
+  treadle_tls_config_t *c = tls_client[verify];
+  if (c != NULL)
+    treadle_tls_config_ref(c);
+  pthread_mutex_unlock(&tls_mu);
+  return c;
+}
+
+/* lua: treadle.tls.set_ca_file(path)
+ * Trusts the certificates in the PEM file `path` instead of the system's
+ * store for every later sock:sslhandshake that verifies, on every worker
+ * (nginx's lua_ssl_trusted_certificate); nil goes back to the system's
+ * store. Handshakes already made keep what they trusted.
+ * Returns: true, or nil, error (a file that cannot be read or holds no
+ * certificate).
+ * Errors: raises for a path that is not a string or nil.
+ * Example: assert(treadle.tls.set_ca_file("/etc/myapp/ca.pem")) */
+static int l_tls_set_ca_file(lua_State *L) {
+  const char *path = lua_isnoneornil(L, 1) ? NULL : luaL_checkstring(L, 1);
+  char why[256];
+  treadle_tls_config_t *c = client_config_new(true, path, why, sizeof why);
+  char *copy = path != NULL ? strdup(path) : NULL;
+  if (c == NULL || (path != NULL && copy == NULL)) {
+    treadle_tls_config_unref(c);
+    free(copy);
+    return fail2(L, c == NULL ? why : "no memory");
+  }
+  pthread_mutex_lock(&tls_mu);
+  treadle_tls_config_t *old = tls_client[1];
+  tls_client[1] = c;
+  free(tls_ca_file);
+  tls_ca_file = copy;
+  pthread_mutex_unlock(&tls_mu);
+  treadle_tls_config_unref(old);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static treadle_poll_t handshake_poll(void *ud, treadle_cx_t *cx,
+                                     treadle_err_t *err) {
+  return treadle_tls_handshake_poll(((lconn_t *)ud)->st.tls, cx, err);
+}
+
+/* The handshake reads and writes the stream: receive raises "busy" and
+ * the op's end lets it read again. */
+static void handshake_op_done(void *conn) {
+  lconn_t *c = conn;
+  c->ops--;
+  c->st.reading = false;
+}
+
+static bool handshake_done_ok(const lconn_t *c) {
+  return c->st.tls != NULL && treadle_tls_version(c->st.tls) > 0;
+}
+
+/* What sslhandshake returns on success: true when reused_session (arg 2)
+ * is false, else a session object (treadle keeps no TLS sessions to
+ * resume: it is a token that a later sslhandshake accepts). */
+static int push_session(lua_State *L) {
+  if (lua_type(L, 2) == LUA_TBOOLEAN) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lua_newuserdatauv(L, 0, 0);
+  luaL_setmetatable(L, SESSION_MT);
+  return 1;
+}
+
+static int handshake_finish(lua_State *L, lconn_t *c) {
+  if (c->io_err == 0)
+    return push_session(L);
+  const char *msg;
+  if (c->io_err == TREADLE_ETLSVERIFY)
+    msg = treadle_tls_error_message(c->st.tls);
+  else if (c->io_err == TREADLE_ETLSHANDSHAKE || c->io_err == TREADLE_ECONNRESET)
+    msg = "handshake failed"; /* OpenResty's words */
+  else
+    msg = io_message(c->io_err, c->io_timeout);
+  lua_pushnil(L);
+  lua_pushstring(L, msg);
+  tb_stream_close(&c->st); /* half a handshake: nothing more to do on it */
+  return 2;
+}
+
+static int handshake_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  lua_settop(L, (int)ctx);
+  return handshake_finish(L, check_sock(L));
+}
+
+/* Puts TLS of config `cfg` (a reference the call takes) over c and runs
+ * the handshake within the connect timeout. */
+static int handshake_start(lua_State *L, lconn_t *c, treadle_tls_config_t *cfg,
+                           bool server, const char *name) {
+  ltask_t *t = lt_need_task(L, "sslhandshake");
+  treadle_err_t err = tb_stream_start_tls(&c->st, cfg, server, name);
+  treadle_tls_config_unref(cfg);
+  if (err != 0)
+    return fail2(L, io_message(err, false));
+  tb_op_wait(&t->op.tb, handshake_poll, NULL, c);
+  c->st.reading = true;
+  if (!io_begin_with(L, t, c, deadline_ns(c->timeout_ms, T_CONNECT),
+                     handshake_op_done))
+    return lua_yieldk(L, 0, (lua_KContext)lua_gettop(L), handshake_k);
+  return handshake_finish(L, c);
+}
+
+/* Whether the value at idx is nil, none or a boolean (raises otherwise). */
+static bool check_optbool(lua_State *L, int idx, const char *what) {
+  int ty = lua_type(L, idx);
+  if (ty != LUA_TNONE && ty != LUA_TNIL && ty != LUA_TBOOLEAN)
+    luaL_argerror(L, idx, lua_pushfstring(L, "bad %s: a boolean or nil", what));
+  return lua_toboolean(L, idx);
+}
+
+/* The checks both handshakes start with: 0 to go on; else the count of
+ * values pushed for the caller to return. */
+static int handshake_check(lua_State *L, lconn_t *c) {
+  if (!connected(c))
+    return fail2(L, "closed");
+  if (c->st.tls != NULL) {
+    if (handshake_done_ok(c)) /* twice, or a pooled TLS connection */
+      return push_session(L);
+    if (c->ops > 0)
+      return luaL_error(L, "socket busy: another task runs the handshake");
+    tb_stream_close(&c->st); /* a handshake cut short: its task was killed */
+    return fail2(L, "handshake failed");
+  }
+  if (c->ops > 0 || c->st.reading)
+    return luaL_error(L, "socket busy: another task uses this connection");
+  return 0;
+}
+
+/* lua: sock:sslhandshake([reused_session [, server_name [, ssl_verify [, send_status_req]]]])
+ * Turns the connected socket into a TLS client connection, as OpenResty's
+ * tcpsock:sslhandshake: server_name (a string, or nil) is sent as SNI and,
+ * when ssl_verify is true, checked against the server's certificate,
+ * which must chain to the system's trust store (or to the file of
+ * treadle.tls.set_ca_file). After it, send, receive, receiveany,
+ * receiveuntil, setkeepalive and close work over TLS; close sends no
+ * close_notify. A connection from the pool that is already TLS returns at
+ * once (as OpenResty: give TLS and plain connections to one host
+ * different pool names). reused_session is accepted (nil, false or a
+ * session) but sessions are not resumed; send_status_req (OCSP) is
+ * ignored. Waits at most the connect timeout. A failed handshake closes
+ * the socket.
+ * Returns: a session object (true when reused_session is false), or nil,
+ * error: "handshake failed", "certificate verify failed: REASON"
+ * (self-signed certificate, hostname mismatch, ...), "timeout", "closed",
+ * "no server name to verify the certificate against".
+ * Errors: raises for arguments of the wrong type, outside a task, and
+ * while another task uses the socket.
+ * Example: local sess, err = sock:sslhandshake(false, "example.com", true) */
+static int l_sslhandshake(lua_State *L) {
+  lconn_t *c = check_sock(L);
+  int ty = lua_type(L, 2);
+  luaL_argcheck(L, ty == LUA_TNONE || ty == LUA_TNIL || ty == LUA_TUSERDATA ||
+                       (ty == LUA_TBOOLEAN && !lua_toboolean(L, 2)),
+                2, "bad reused_session: nil, false or a session");
+  ty = lua_type(L, 3);
+  luaL_argcheck(L, ty == LUA_TNONE || ty == LUA_TNIL || ty == LUA_TSTRING, 3,
+                "bad server_name: a string or nil");
+  bool verify = check_optbool(L, 4, "ssl_verify");
+  check_optbool(L, 5, "send_status_req");
+  lua_settop(L, 3);
+  int r = handshake_check(L, c);
+  if (r != 0)
+    return r;
+  const char *name = lua_tostring(L, 3);
+  if (verify && name == NULL)
+    return fail2(L, "no server name to verify the certificate against");
+  char why[256];
+  treadle_tls_config_t *cfg = client_config(verify, why, sizeof why);
+  if (cfg == NULL)
+    return fail2(L, why);
+  return handshake_start(L, c, cfg, false, name);
+}
+
+/* lua: sock:sslhandshake_server({cert = PATH, key = PATH})
+ * Turns an accepted connection into a TLS server connection (a treadle
+ * addition): shows the certificate chain in the PEM file cert, with its
+ * unencrypted private key in key, asking the client for no certificate.
+ * The files are read at each call (a small server's, or a test's, tool).
+ * Then the cosocket methods work over TLS as after sock:sslhandshake.
+ * Waits at most the connect timeout; a failed handshake closes the
+ * connection.
+ * Returns: true, or nil, error: "handshake failed", "timeout", "closed",
+ * or why the files do not do.
+ * Errors: raises for opts that are not a table with cert and key strings,
+ * outside a task, and while another task uses the connection.
+ * Example: assert(conn:sslhandshake_server{cert = "cert.pem", key = "key.pem"}) */
+static int l_sslhandshake_server(lua_State *L) {
+  lconn_t *c = check_sock(L);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  lua_getfield(L, 2, "cert");
+  lua_getfield(L, 2, "key");
+  luaL_argcheck(L, lua_type(L, 3) == LUA_TSTRING && lua_type(L, 4) == LUA_TSTRING,
+                2, "cert and key must be file names");
+  lua_pushboolean(L, 0); /* push_session's "true" */
+  lua_replace(L, 2);
+  int r = handshake_check(L, c);
+  if (r != 0)
+    return r;
+  treadle_tls_config_t *cfg;
+  treadle_err_t err = treadle_tls_config_new(TREADLE_TLS_SERVER, &cfg);
+  if (err != 0)
+    return fail2(L, io_message(err, false));
+  err = treadle_tls_config_set_cert(cfg, lua_tostring(L, 3), lua_tostring(L, 4));
+  if (err != 0) {
+    const char *m = treadle_tls_config_error_message(cfg);
+    lua_pushnil(L);
+    lua_pushstring(L, *m != '\0' ? m : treadle_strerror(err));
+    treadle_tls_config_unref(cfg);
+    return 2;
+  }
+  return handshake_start(L, c, cfg, true, NULL);
+}
+
+/* lua: sock:sslinfo()
+ * What the TLS handshake agreed on (a treadle addition): a table with
+ * version ("TLSv1.2" or "TLSv1.3"), server_name (on a client, the name it
+ * gave sslhandshake; on a server, the name the client sent (SNI); nil if
+ * none) and peer_subject (the peer certificate's subject, "CN=localhost";
+ * nil when it showed none).
+ * Returns: the table, or nil, error: "closed", "not TLS".
+ * Example: local info = sock:sslinfo(); print(info.version, info.server_name) */
+static int l_sslinfo(lua_State *L) {
+  lconn_t *c = check_sock(L);
+  if (!connected(c))
+    return fail2(L, "closed");
+  if (!handshake_done_ok(c))
+    return fail2(L, "not TLS");
+  lua_createtable(L, 0, 3);
+  int v = treadle_tls_version(c->st.tls);
+  lua_pushstring(L, v == TREADLE_TLS_VERSION_1_3 ? "TLSv1.3" : "TLSv1.2");
+  lua_setfield(L, -2, "version");
+  const char *name = treadle_tls_server_name(c->st.tls);
+  if (name != NULL) {
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "server_name");
+  }
+  char subject[512];
+  if (treadle_tls_peer_subject(c->st.tls, subject, sizeof subject) > 0) {
+    lua_pushstring(L, subject);
+    lua_setfield(L, -2, "peer_subject");
+  }
+  return 1;
+}
+
 /* lua: sock:close()
  * Closes the connection; tasks waiting on it get nil, "closed" (conn:read
  * and conn:write: nil, message, "ECLOSED"). Bytes read ahead are dropped.
@@ -994,8 +1315,8 @@ static int l_close(lua_State *L) {
  * cosocket API (ngx.socket.tcp): connect, send, receive, receiveany,
  * receiveuntil, settimeout(s), setkeepalive, getreusedtimes, setoption,
  * close. It is a treadle.conn: once connected, conn:read, conn:write and
- * the rest work on it too, and accepted conns have these methods as well.
- * TLS (sslhandshake) is not there yet.
+ * the rest work on it too, and accepted conns have these methods as well,
+ * TLS included: sslhandshake (a client), sslhandshake_server.
  * Returns: the socket.
  * Example: local sock = treadle.tcp.socket() */
 static int l_tcp_socket(lua_State *L) {
@@ -1312,6 +1633,9 @@ static const luaL_Reg cosock_methods[] = {
     {"receiveuntil", l_receiveuntil}, {"settimeout", l_settimeout},
     {"settimeouts", l_settimeouts}, {"setkeepalive", l_setkeepalive},
     {"getreusedtimes", l_getreusedtimes}, {"setoption", l_setoption},
+    {"sslhandshake", l_sslhandshake},
+    {"sslhandshake_server", l_sslhandshake_server},
+    {"sslinfo", l_sslinfo},
     {"close", l_close},             {NULL, NULL}};
 static const luaL_Reg udp_methods[] = {
     {"setpeername", l_setpeername}, {"bind", l_udp_bind},
@@ -1337,4 +1661,22 @@ void lt_open_cosock(lua_State *L) {
   lua_setfield(L, -2, "socket");
   lt_name_table(L, "treadle.udp");
   lua_setfield(L, -2, "udp");
+  luaL_newmetatable(L, SESSION_MT);
+  lua_pop(L, 1);
+  /* This state's token: made after package's table of loaded C libraries,
+   * so that lua_close collects it before it unloads them. */
+  lua_newuserdatauv(L, 0, 0);
+  lua_newtable(L);
+  lua_pushcfunction(L, tls_user_gc);
+  lua_setfield(L, -2, "__gc");
+  lua_setmetatable(L, -2);
+  pthread_mutex_lock(&tls_mu);
+  tls_users++;
+  pthread_mutex_unlock(&tls_mu);
+  lua_setfield(L, LUA_REGISTRYINDEX, "treadle.tls.user");
+  lua_newtable(L);
+  lua_pushcfunction(L, l_tls_set_ca_file);
+  lua_setfield(L, -2, "set_ca_file");
+  lt_name_table(L, "treadle.tls");
+  lua_setfield(L, -2, "tls");
 }

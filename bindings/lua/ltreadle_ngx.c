@@ -273,7 +273,7 @@ static const luaL_Reg ngx_c[] = {
  * install nginx.redis, nginx.memcached, ...) at the end of package.path.
  * ngx.re.match/find/gmatch/sub/gsub over PCRE2, and ngx.shared.NAME, the
  * shared dictionary treadle.shared.dict made under NAME (nil if none).
- * Not there yet: TLS (sslhandshake).
+ * Cosockets do TLS with sock:sslhandshake.
  * Returns: the ngx table (the same one on every require of a state).
  * Example: ngx = require "treadle.ngx"; local redis = require "nginx.redis" */
 __attribute__((visibility("default"))) int luaopen_treadle_ngx(lua_State *L) {
