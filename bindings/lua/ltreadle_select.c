@@ -177,7 +177,8 @@ static int select_k(lua_State *L, int status, lua_KContext ctx) {
  * "timeout".
  * Errors: raises for items that are not a list of channels, sockets and
  * processes (an empty list needs a timeout), a socket or stdout another
- * task reads, a bad timeout, and outside a task.
+ * task reads, a TLS socket (not supported yet), a bad timeout, and outside
+ * a task.
  * Example: local item, v = treadle.select({jobs, quit, sock}, 5) */
 static int l_select(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -197,6 +198,12 @@ static int l_select(lua_State *L) {
                    luaL_typename(L, -1));
       if (c->st.reading)
         luaL_error(L, "socket busy reading: another task reads item %d", (int)i);
+      /* OpenSSL may hold decrypted bytes that the socket's readiness does
+       * not show: refuse rather than wait while a receive would not. */
+      if (c->st.tls != NULL)
+        luaL_error(L, "bad argument #1 to 'treadle.select' (item %d is a TLS "
+                      "socket: not supported yet; receive from it in a task "
+                      "of its own)", (int)i);
     }
     lua_pop(L, 1);
   }

@@ -112,6 +112,7 @@ T.case("handshake, then an echo with every receive pattern", {skip = skip}, func
   H.eq(err, nil, "no error")
   H.eq(type(sess), "userdata", "a session for reused_session nil")
   H.eq(s:sslhandshake(false, "localhost", true), true, "twice: true at once")
+  H.raises("TLS socket", treadle.select, {s}, 0)
   local info = s:sslinfo()
   H.ok(info.version == "TLSv1.3" or info.version == "TLSv1.2", "a version")
   H.eq(info.server_name, "localhost")
