@@ -42,8 +42,15 @@ void *treadle__calloc(size_t n, size_t size);
 void *treadle__aligned_calloc(size_t align, size_t size);
 void treadle__free(void *p);
 char *treadle__strdup(const char *s);
-/* Test hook: the allocation after the next `n` fails (n < 0 disables). */
-void treadle__alloc_fail_after(long n);
+/* Test hook: the allocation after the next `n` fails (n < 0 disables).
+ * Returns the countdown it replaced: >= 0 means the last one set never
+ * fired. */
+long treadle__alloc_fail_after(long n);
+/* Test hook: counts allocations and frees from now on (zeroed first). */
+void treadle__alloc_count_start(void);
+/* Stops counting; returns the allocations made since the start and puts
+ * in *live (may be NULL) how many of them were not freed. */
+long treadle__alloc_count_stop(long *live);
 /* Task blocks, from a per-thread cache (alloc.c); *size_class is what
  * treadle__task_free needs back. */
 void *treadle__task_alloc(size_t size, uint8_t *size_class);
