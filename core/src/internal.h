@@ -501,6 +501,10 @@ treadle_err_t treadle__io_init(treadle__io_t *io);
  * dispatches them. */
 void treadle__io_park(treadle__io_t *io, uint64_t timeout_ns);
 void treadle__io_unpark(treadle__io_t *io);
+/* Adds one to an eventfd's counter, again after EINTR (a lost add would
+ * be a lost wakeup); EAGAIN means it is saturated, i.e. readable already.
+ * Async-signal-safe. */
+void treadle__eventfd_add(int fd);
 /* Wakes every waiter with GONE, closes the epoll and event fds. */
 void treadle__io_shutdown(treadle__io_t *io);
 void treadle__io_destroy(treadle__io_t *io);
