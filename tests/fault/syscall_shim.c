@@ -6,8 +6,8 @@
  *
  *   TREADLE_FAULT = entry[,entry...]
  *   entry         = call ":" action [":" when]...
- *   call          = read | write | accept4 | connect | epoll_ctl |
- *                   epoll_wait | pidfd_open
+ *   call          = read | write | accept4 | connect | so_error |
+ *                   epoll_ctl | epoll_wait | pidfd_open
  *   action        = an errno name (EINTR, EAGAIN, ECONNRESET, EMFILE, ...)
  *                 | short=N        (read or write: move at most N bytes)
  *   when          = every=N (every N-th call) | nth=N (the N-th call only)
@@ -18,7 +18,9 @@
  *
  * `read` stands for read, recv, recvfrom and recvmsg; `write` for write,
  * send, sendto and sendmsg; `epoll_wait` for epoll_wait, epoll_pwait and
- * epoll_pwait2; `pidfd_open` for pidfd_open and syscall(SYS_pidfd_open).
+ * epoll_pwait2; `pidfd_open` for pidfd_open and syscall(SYS_pidfd_open);
+ * `so_error` is getsockopt(SO_ERROR) answering the errno: how a
+ * non-blocking connect's failure (ETIMEDOUT, ECONNREFUSED) arrives.
  * read and write faults spare fds 0 to 2, so the test's own output gets
  * out; but for EINTR, which may come anywhere, they hit only sockets and
  * pipes (an eventfd is never short and says EAGAIN only when full).
@@ -51,11 +53,11 @@
 #define SYS_pidfd_open 434
 #endif
 
-enum { C_READ, C_WRITE, C_ACCEPT4, C_CONNECT, C_EPOLL_CTL, C_EPOLL_WAIT,
-       C_PIDFD_OPEN, C_COUNT };
+enum { C_READ, C_WRITE, C_ACCEPT4, C_CONNECT, C_SO_ERROR, C_EPOLL_CTL,
+       C_EPOLL_WAIT, C_PIDFD_OPEN, C_COUNT };
 static const char *const call_names[C_COUNT] = {
-    "read", "write", "accept4", "connect", "epoll_ctl", "epoll_wait",
-    "pidfd_open"};
+    "read", "write", "accept4", "connect", "so_error", "epoll_ctl",
+    "epoll_wait", "pidfd_open"};
 
 #define MAX_ENTRIES 16
 typedef struct {
@@ -390,6 +392,18 @@ int connect(int fd, const struct sockaddr *addr, socklen_t alen) {
   }
   errno = e->err;
   return -1;
+}
+
+int getsockopt(int fd, int level, int name, void *val, socklen_t *len) {
+  REAL(int, getsockopt, int, int, int, void *, socklen_t *);
+  int r = real_getsockopt(fd, level, name, val, len);
+  if (r == 0 && level == SOL_SOCKET && name == SO_ERROR &&
+      *len >= sizeof(int)) {
+    entry_t *e = fault_for(C_SO_ERROR, -1);
+    if (e != NULL)
+      *(int *)val = e->err;
+  }
+  return r;
 }
 
 /* ----------------------------------------------------------- epoll wait */
