@@ -86,6 +86,7 @@ struct ltask_s {
   int nresults;             /* on co's stack once LT_OK; error at top */
   int start_nargs;          /* arguments for the first resume */
   bool started, cancel, joined, reported;
+  bool push_in_k;           /* lt_wait's op_k pushes its op's results */
   treadle_waker_t *waker;   /* the C task's, from its first poll */
   treadle_waker_t *joiner;  /* a task waiting in join */
   void (*on_done)(ltask_t *t, void *ud); /* worker mains report here */
