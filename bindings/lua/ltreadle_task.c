@@ -185,24 +185,43 @@ static const char *unpack(lua_State *L, const char *p) {
 }
 
 static int pack_protected(lua_State *L) {
-  blob_t b = {0};
-  pack(L, &b, 1, 0);
-  lua_pushlightuserdata(L, b.p);
-  return 1;
+  pack(L, lua_touserdata(L, 2), 1, 0);
+  return 0;
 }
 
 void *lt_pack_protected(lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
+  /* The blob lives in this frame: a raise in the middle of pack (a Lua
+   * call that ran out of memory) leaves it half made, and it is freed
+   * here (issue 17, the Lua allocation sweep). */
+  blob_t b = {0};
   lua_pushcfunction(L, pack_protected);
   lua_pushvalue(L, idx);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK)
+  lua_pushlightuserdata(L, &b);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    free(b.p);
     return NULL;
-  void *blob = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  return blob;
+  }
+  return b.p;
 }
 
 void lt_unpack(lua_State *L, const void *blob) { unpack(L, blob); }
+
+static int unpack_protected(lua_State *L) {
+  unpack(L, lua_touserdata(L, 1));
+  return 1;
+}
+
+/* Pushes the value in blob and frees the blob, also when unpacking raises
+ * (no memory): the value is then lost, its memory is not. */
+static void unpack_free(lua_State *L, void *blob) {
+  lua_pushcfunction(L, unpack_protected);
+  lua_pushlightuserdata(L, blob);
+  int st = lua_pcall(L, 1, 1, 0);
+  free(blob);
+  if (st != LUA_OK)
+    lua_error(L);
+}
 
 /* Step 1 or 2, once the caller holds the permit. */
 static void chan_move(lchan_t *ch, bool send, void **blob) {
@@ -370,7 +389,8 @@ static int l_chan_send(lua_State *L) {
   lchan_t *ch = check_chan(L);
   luaL_checkany(L, 2);
   blob_t b = {0};
-  pack(L, &b, 2, 0);
+  if ((b.p = lt_pack_protected(L, 2)) == NULL)
+    return lua_error(L); /* a value that cannot be copied, or no memory */
   ltask_t *t = lt_current;
   if (chan_try(ch, true, (void **)&b.p)) {
     lua_pushboolean(L, 1);
@@ -393,8 +413,7 @@ static int l_chan_recv(lua_State *L) {
   lchan_t *ch = check_chan(L);
   void *blob = NULL;
   if (chan_try(ch, false, &blob)) {
-    unpack(L, blob);
-    free(blob);
+    unpack_free(L, blob);
     return 1;
   }
   ltask_t *t = lt_need_task(L, "a receive on an empty channel");
@@ -524,9 +543,9 @@ int lt_op_push(lua_State *co, ltask_t *t) {
     break;
   case LOP_RECV:
     lua_pushboolean(co, 1);
-    unpack(co, op->u.chan.blob);
-    free(op->u.chan.blob);
+    void *blob = op->u.chan.blob;
     op->u.chan.blob = NULL;
+    unpack_free(co, blob);
     n = 2;
     break;
   }
