@@ -83,7 +83,8 @@ static treadle_poll_t timers_poll(treadle_cx_t *cx, void *st) {
   timers_t *t = st;
   treadle_err_t err = 0;
   if (t->step == 0) {
-    treadle_sleep_init(&t->a, TREADLE_NSEC_PER_MSEC);
+    /* 20 ms: long enough that even under valgrind the task parks */
+    treadle_sleep_init(&t->a, 20 * TREADLE_NSEC_PER_MSEC);
     treadle_sleep_init(&t->b, 1000 * TREADLE_NSEC_PER_MSEC);
     t->step = 1;
   }
