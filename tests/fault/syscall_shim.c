@@ -36,6 +36,7 @@
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -187,31 +188,50 @@ static entry_t *fault_for(int call, int fd) {
   return NULL;
 }
 
+/* real_NAME: the next definition of NAME (libc's, or a sanitizer's),
+ * looked up once. Relaxed: dlsym answers the same on every thread. */
 #define REAL(ret, name, ...)                                                   \
-  static ret (*real_##name)(__VA_ARGS__);                                      \
-  if (real_##name == NULL)                                                     \
-  real_##name = (ret(*)(__VA_ARGS__))dlsym(RTLD_NEXT, #name)
+  static _Atomic(void *) real_ptr_##name;                                      \
+  void *real_p_##name =                                                        \
+      atomic_load_explicit(&real_ptr_##name, memory_order_relaxed);            \
+  if (real_p_##name == NULL) {                                                 \
+    real_p_##name = dlsym(RTLD_NEXT, #name);                                   \
+    atomic_store_explicit(&real_ptr_##name, real_p_##name,                     \
+                          memory_order_relaxed);                               \
+  }                                                                            \
+  ret (*real_##name)(__VA_ARGS__) = (ret(*)(__VA_ARGS__))real_p_##name
 
 /* --------------------------------------------------------- epoll rearm */
 
 /* Each fd's epoll registration, so that an injected EAGAIN can re-arm
- * it. Written by epoll_ctl on the registering thread; a torn read only
- * costs a missed re-arm, which the fault tests would see as a hang. */
+ * it; guarded by regs_mu. */
 #define MAX_FD 4096
 static struct {
-  _Atomic int epfd; /* relaxed: 0 = none; epfd + 1 */
+  int epfd; /* 0 = none; epfd + 1 */
   struct epoll_event ev;
 } regs[MAX_FD];
+static pthread_mutex_t regs_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static void rearm(int fd) {
   REAL(int, epoll_ctl, int, int, int, struct epoll_event *);
   if (fd < 0 || fd >= MAX_FD)
     return;
-  int ep = atomic_load_explicit(&regs[fd].epfd, memory_order_acquire) - 1;
-  if (ep >= 0) {
-    struct epoll_event ev = regs[fd].ev;
+  pthread_mutex_lock(&regs_mu);
+  int ep = regs[fd].epfd - 1;
+  struct epoll_event ev = regs[fd].ev;
+  pthread_mutex_unlock(&regs_mu);
+  if (ep >= 0)
     real_epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
-  }
+}
+
+static void set_reg(int fd, int epfd, const struct epoll_event *ev) {
+  if (fd < 0 || fd >= MAX_FD)
+    return;
+  pthread_mutex_lock(&regs_mu);
+  regs[fd].epfd = epfd + 1;
+  if (ev != NULL)
+    regs[fd].ev = *ev;
+  pthread_mutex_unlock(&regs_mu);
 }
 
 int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
@@ -224,22 +244,14 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *ev) {
     }
   }
   int r = real_epoll_ctl(epfd, op, fd, ev);
-  if (r == 0 && fd >= 0 && fd < MAX_FD) {
-    if (op == EPOLL_CTL_DEL) {
-      atomic_store_explicit(&regs[fd].epfd, 0, memory_order_relaxed);
-    } else {
-      regs[fd].ev = *ev;
-      /* Release: the event is written before the fd is marked. */
-      atomic_store_explicit(&regs[fd].epfd, epfd + 1, memory_order_release);
-    }
-  }
+  if (r == 0)
+    set_reg(fd, op == EPOLL_CTL_DEL ? -1 : epfd, op == EPOLL_CTL_DEL ? NULL : ev);
   return r;
 }
 
 int close(int fd) {
   REAL(int, close, int);
-  if (fd >= 0 && fd < MAX_FD)
-    atomic_store_explicit(&regs[fd].epfd, 0, memory_order_relaxed);
+  set_reg(fd, -1, NULL);
   return real_close(fd);
 }
 
