@@ -83,8 +83,9 @@ static treadle_poll_t timers_poll(treadle_cx_t *cx, void *st) {
   timers_t *t = st;
   treadle_err_t err = 0;
   if (t->step == 0) {
-    /* 20 ms: long enough that even under valgrind the task parks */
-    treadle_sleep_init(&t->a, 20 * TREADLE_NSEC_PER_MSEC);
+    /* 100 ms: long enough that the task parks even under valgrind, whose
+     * first run of new code is slow */
+    treadle_sleep_init(&t->a, 100 * TREADLE_NSEC_PER_MSEC);
     treadle_sleep_init(&t->b, 1000 * TREADLE_NSEC_PER_MSEC);
     t->step = 1;
   }
