@@ -86,6 +86,11 @@ void treadle__alloc_count_start(void) {
   atomic_store_explicit(&counting, true, memory_order_relaxed);
 }
 
+long treadle__alloc_count_live(void) {
+  /* Relaxed: a counter a test polls. */
+  return atomic_load_explicit(&counted_live, memory_order_relaxed);
+}
+
 long treadle__alloc_count_stop(long *live) {
   /* Relaxed: read after the scenario's threads were joined. */
   atomic_store_explicit(&counting, false, memory_order_relaxed);

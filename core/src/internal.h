@@ -48,6 +48,8 @@ char *treadle__strdup(const char *s);
 long treadle__alloc_fail_after(long n);
 /* Test hook: counts allocations and frees from now on (zeroed first). */
 void treadle__alloc_count_start(void);
+/* While counting: how many of the blocks counted are not freed yet. */
+long treadle__alloc_count_live(void);
 /* Stops counting; returns the allocations made since the start and puts
  * in *live (may be NULL) how many of them were not freed. */
 long treadle__alloc_count_stop(long *live);
