@@ -93,6 +93,7 @@ struct ltask_s {
   int nresults;             /* on co's stack once LT_OK; error at top */
   int start_nargs;          /* arguments for the first resume */
   bool started, cancel, joined, reported;
+  bool push_in_k;           /* lt_wait's op_k pushes its op's results */
   treadle_waker_t *waker;   /* the C task's, from its first poll */
   treadle_waker_t *joiner;  /* a task waiting in join */
   void (*on_done)(ltask_t *t, void *ud); /* worker mains report here */
@@ -216,6 +217,9 @@ void lt_open_repl(lua_State *L);
 void *lt_pack_protected(lua_State *L, int idx);
 void *lt_pack(lua_State *L, int idx);
 void lt_unpack(lua_State *L, const void *blob);
+/* lt_unpack, then frees the blob, also when unpacking raises (no memory):
+ * the value is then lost, its memory is not. */
+void lt_unpack_free(lua_State *L, void *blob);
 void lt_open_task(lua_State *L);
 /* The channel at idx, or NULL when it is not one (raises for a released
  * handle). */

@@ -63,11 +63,13 @@ static treadle_handle_t *need_handle(lua_State *L, const char *what) {
   return home->h;
 }
 
-/* Pushes a conn for s (takes ownership), or nil, message, errno name. */
-static int push_conn(lua_State *L, treadle_tcp_stream_t *s) {
+/* Pushes a conn for the stream that op accepted or connected (taken from
+ * it), or nil, message, errno name. The userdata comes first: when making
+ * it raises (no memory), the stream is still the op's, which frees it. */
+static int push_conn(lua_State *L, tb_op_t *op) {
   lconn_t *c = lua_newuserdatauv(L, sizeof *c, 0);
   memset(c, 0, sizeof *c);
-  treadle_err_t err = tb_stream_init(&c->st, s);
+  treadle_err_t err = tb_stream_init(&c->st, tb_op_take_stream(op));
   luaL_setmetatable(L, CONN_MT);
   if (err != 0) {
     lua_pop(L, 1);
@@ -131,13 +133,16 @@ static int l_bind(lua_State *L) {
     lua_pop(L, 2);
   }
   treadle_handle_t *h = need_handle(L, "treadle.tcp.bind");
-  treadle_tcp_listener_t *l;
-  treadle_err_t err = treadle_tcp_bind(h, host, port, &opts, &l);
-  if (err != 0)
-    return lt_fail(L, err);
+  /* The userdata first: making it may raise (no memory), which must not
+   * leave a bound listener behind. */
   llistener_t *ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  tb_listener_init(&ud->ls, l);
+  tb_listener_init(&ud->ls, NULL);
   luaL_setmetatable(L, LISTENER_MT);
+  treadle_err_t err = treadle_tcp_bind(h, host, port, &opts, &ud->ls.l);
+  if (err != 0) {
+    lua_pop(L, 1);
+    return lt_fail(L, err);
+  }
   return 1;
 }
 
@@ -447,11 +452,11 @@ int lt_net_push(lua_State *co, ltask_t *t) {
     return lt_fail(co, op->err);
   switch (op->kind) {
   case TB_ACCEPT: {
-    int n = push_conn(co, tb_op_take_stream(op));
+    int n = push_conn(co, op);
     return n == 1 ? 1 + push_addr(co, &op->u.accept.peer, true) : n;
   }
   case TB_CONNECT: {
-    int n = push_conn(co, tb_op_take_stream(op));
+    int n = push_conn(co, op);
     if (n == 1) { /* sock:setkeepalive pools it under "host:port" */
       lconn_t *c = lua_touserdata(co, -1);
       lua_pushfstring(co, "%s:%d", op->u.connect.host, op->u.connect.port);

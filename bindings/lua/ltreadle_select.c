@@ -123,9 +123,9 @@ static int select_push(lua_State *co, ltask_t *t) {
     lua_pushliteral(co, "closed");
     return 3;
   }
-  lt_unpack(co, s->blob);
-  free(s->blob);
+  void *blob = s->blob;
   s->blob = NULL;
+  lt_unpack_free(co, blob);
   return 2;
 }
 

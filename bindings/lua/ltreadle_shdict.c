@@ -600,27 +600,41 @@ static const luaL_Reg dict_methods[] = {
     {"rpush", l_rpush},     {"lpop", l_lpop},         {"rpop", l_rpop},
     {"llen", l_llen},       {NULL, NULL}};
 
-/* Pushes this state's table for d, taking over the caller's reference. */
-static void push_dict(lua_State *L, shd_dict_t *d) {
+/* A holder for a dict reference, pushed before the reference is taken:
+ * making it may raise (no memory), which must not leak the reference
+ * (issue 17, the Lua allocation sweep). Its __gc lets the reference go. */
+static ldict_t *push_holder(lua_State *L) {
+  ldict_t *u = lua_newuserdatauv(L, sizeof *u, 0);
+  u->d = NULL;
+  u->self = NULL;
+  luaL_setmetatable(L, REF_MT);
+  return u;
+}
+
+/* Replaces the holder at the top (its reference taken) with this state's
+ * table for its dict. */
+static void push_dict(lua_State *L) {
+  ldict_t *u = lua_touserdata(L, -1);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, CACHE_KEY);
-  if (lua_getfield(L, -1, shd_name(d)) == LUA_TTABLE) {
-    shd_unref(d); /* the cached table holds one */
-    lua_remove(L, -2);
+  if (lua_getfield(L, -1, shd_name(u->d)) == LUA_TTABLE) {
+    shd_unref(u->d); /* the cached table holds one */
+    u->d = NULL;
+    lua_replace(L, -3);
+    lua_pop(L, 1);
     return;
   }
   lua_pop(L, 1);
-  lua_createtable(L, 1, 21);
-  ldict_t *u = lua_newuserdatauv(L, sizeof *u, 0);
-  u->d = d;
-  u->self = lua_topointer(L, -2);
-  luaL_setmetatable(L, REF_MT);
-  lua_pushvalue(L, -1);
-  lua_rawseti(L, -3, 1);
+  lua_createtable(L, 1, 21); /* holder, cache, t */
+  u->self = lua_topointer(L, -1);
+  lua_pushvalue(L, -3);
+  lua_rawseti(L, -2, 1);
+  lua_pushvalue(L, -3);
   luaL_setfuncs(L, dict_methods, 1);
   luaL_setmetatable(L, SHDICT_MT);
   lua_pushvalue(L, -1);
-  lua_setfield(L, -3, shd_name(d));
-  lua_remove(L, -2);
+  lua_setfield(L, -3, shd_name(u->d));
+  lua_replace(L, -3);
+  lua_pop(L, 1);
 }
 
 /* lua: treadle.shared.dict(name, capacity)
@@ -641,8 +655,11 @@ static int l_shared_dict(lua_State *L) {
   luaL_argcheck(L, nlen > 0, 1, "name must not be empty");
   lua_Integer cap = luaL_checkinteger(L, 2);
   luaL_argcheck(L, cap > 0, 2, "capacity must be a positive number of bytes");
+  ldict_t *u = push_holder(L);
   shd_dict_t *d;
   shd_err_t rc = shd_open(name, (size_t)cap, clock_ms, &d);
+  if (rc == SHD_OK)
+    u->d = d;
   if (rc == SHD_ECAPACITY) {
     d = shd_find(name);
     size_t had = d != NULL ? shd_capacity(d) : 0;
@@ -652,7 +669,7 @@ static int l_shared_dict(lua_State *L) {
   }
   if (rc != SHD_OK)
     return luaL_error(L, "not enough memory");
-  push_dict(L, d);
+  push_dict(L);
   return 1;
 }
 
@@ -665,12 +682,12 @@ static int l_shared_dict(lua_State *L) {
  * Example: local hits = treadle.shared.get("hits") */
 static int l_shared_get(lua_State *L) {
   const char *name = luaL_checkstring(L, 1);
-  shd_dict_t *d = shd_find(name);
-  if (d == NULL) {
+  ldict_t *u = push_holder(L);
+  if ((u->d = shd_find(name)) == NULL) {
     lua_pushnil(L);
     return 1;
   }
-  push_dict(L, d);
+  push_dict(L);
   return 1;
 }
 

@@ -56,6 +56,10 @@ ltask_t *lt_need_task(lua_State *L, const char *what) {
   if (t->co != L)
     luaL_error(L, "%s must run in the task's own coroutine, not in a "
                   "coroutine it resumed", what);
+  /* An op whose results raised while being pushed (no memory) and whose
+   * error the task caught: what it still holds goes now. */
+  if (t->op.kind != LOP_NONE)
+    lt_op_clear(t);
   return t;
 }
 
@@ -328,8 +332,7 @@ static int l_chan_recv(lua_State *L) {
   void *blob = NULL;
   treadle_err_t err = chan_try(ch, false, &blob);
   if (err == 0) {
-    lt_unpack(L, blob);
-    free(blob);
+    lt_unpack_free(L, blob);
     return 1;
   }
   if (err == TREADLE_ECLOSED) {
@@ -371,8 +374,7 @@ static int l_chan_try_recv(lua_State *L) {
   void *blob = NULL;
   treadle_err_t err = chan_try(ch, false, &blob);
   if (err == 0) {
-    lt_unpack(L, blob);
-    free(blob);
+    lt_unpack_free(L, blob);
     return 1;
   }
   lua_pushnil(L);
@@ -540,9 +542,9 @@ int lt_op_push(lua_State *co, ltask_t *t) {
       n = 3;
       break;
     }
-    lt_unpack(co, op->u.chan.blob);
-    free(op->u.chan.blob);
+    void *blob = op->u.chan.blob;
     op->u.chan.blob = NULL;
+    lt_unpack_free(co, blob);
     n = 2;
     break;
   }
@@ -610,15 +612,22 @@ static int op_return(lua_State *L, int n) {
   return n - 1;
 }
 
+/* An op's results are pushed here, inside the resumed coroutine (the task
+ * step resumes it with none), because pushing them may raise "not enough
+ * memory": raised here, the error is the task's; raised from the step,
+ * outside any protected call, it would unwind through the scheduler
+ * (issue 17, the Lua allocation sweep). */
 static int op_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status; /* an op's yield resumes only with LUA_YIELD */
-  return op_return(L, lua_gettop(L) - (int)ctx);
+  (void)ctx;
+  return op_return(L, lt_op_push(L, lt_current));
 }
 
 int lt_wait(lua_State *L, ltask_t *t) {
   if (lt_op_poll(t, lt_current_cx) == TREADLE_READY)
     return op_return(L, lt_op_push(L, t));
-  return lua_yieldk(L, 0, lua_gettop(L), op_k);
+  t->push_in_k = true;
+  return lua_yieldk(L, 0, 0, op_k);
 }
 
 /* --------------------------------------------------------------- tasks */
@@ -751,7 +760,11 @@ treadle_poll_t lt_task_step(ltask_t *t, treadle_cx_t *cx) {
   } else {
     if (lt_op_poll(t, cx) == TREADLE_PENDING)
       return TREADLE_PENDING;
-    nargs = lt_op_push(t->co, t);
+    /* lt_wait's results are pushed by op_k, inside the coroutine; the
+     * other yields' (a plain yield's boolean, a cosocket's absorb) cannot
+     * raise. */
+    nargs = t->push_in_k ? 0 : lt_op_push(t->co, t);
+    t->push_in_k = false;
   }
   ltask_t *saved = lt_current;
   treadle_cx_t *saved_cx = lt_current_cx;

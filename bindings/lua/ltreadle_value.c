@@ -134,3 +134,17 @@ void *lt_pack(lua_State *L, int idx) {
 }
 
 void lt_unpack(lua_State *L, const void *blob) { unpack(L, blob); }
+
+static int unpack_protected(lua_State *L) {
+  unpack(L, lua_touserdata(L, 1));
+  return 1;
+}
+
+void lt_unpack_free(lua_State *L, void *blob) {
+  lua_pushcfunction(L, unpack_protected);
+  lua_pushlightuserdata(L, blob);
+  int st = lua_pcall(L, 1, 1, 0);
+  free(blob);
+  if (st != LUA_OK)
+    lua_error(L);
+}

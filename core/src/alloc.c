@@ -3,8 +3,11 @@
  *
  * Every allocation the core makes goes through here, so a test can make the
  * N-th one fail and check that the caller returns TREADLE_ENOMEM and loses
- * nothing (TESTING.md "Fail-next allocator"). The hook costs one relaxed load
- * on the allocation path.
+ * nothing (TESTING.md "Fail-next allocator"). While counting is on, the
+ * allocations and frees are counted, so that the allocation sweep
+ * (tests/c/test-alloc-sweep.c) knows how many allocation points a scenario
+ * has and that every block came back. The hooks cost two relaxed loads on
+ * the allocation path.
  *
  * Task blocks: a task is freed, most often, on the thread that allocated
  * its successor (a chain of spawns, a ping-pong, a worker's steady state).
@@ -35,12 +38,16 @@
 
 /* < 0: disabled; otherwise allocations left before one fails. */
 static _Atomic long fail_countdown = -1;
+/* Counting hook: on/off, allocations made, blocks not yet freed. */
+static _Atomic bool counting;
+static _Atomic long counted_allocs, counted_live;
 
 static bool should_fail(void) {
   long n = atomic_load_explicit(&fail_countdown, memory_order_relaxed);
   if (treadle__likely(n < 0))
     return false;
-  /* Relaxed: the hook is for single-threaded fault-injection tests. */
+  /* Relaxed: the hook is for fault-injection tests; any one allocation
+   * may be the one that fails. */
   n = atomic_fetch_sub_explicit(&fail_countdown, 1, memory_order_relaxed);
   if (n == 0) {
     atomic_store_explicit(&fail_countdown, -1, memory_order_relaxed);
@@ -49,20 +56,59 @@ static bool should_fail(void) {
   return false;
 }
 
-void treadle__alloc_fail_after(long n) {
-  atomic_store_explicit(&fail_countdown, n, memory_order_relaxed);
+/* Counts one allocation (p != NULL) while counting is on. */
+static void *counted(void *p) {
+  /* Relaxed: plain counters, read after the scenario's threads joined. */
+  if (treadle__unlikely(atomic_load_explicit(&counting, memory_order_relaxed)) &&
+      p != NULL) {
+    atomic_fetch_add_explicit(&counted_allocs, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&counted_live, 1, memory_order_relaxed);
+  }
+  return p;
+}
+
+static void count_free(void *p) {
+  /* Relaxed: as in counted(). */
+  if (treadle__unlikely(atomic_load_explicit(&counting, memory_order_relaxed)) &&
+      p != NULL)
+    atomic_fetch_sub_explicit(&counted_live, 1, memory_order_relaxed);
+}
+
+long treadle__alloc_fail_after(long n) {
+  /* Relaxed: a test hook, set between single-threaded steps. */
+  return atomic_exchange_explicit(&fail_countdown, n, memory_order_relaxed);
+}
+
+void treadle__alloc_count_start(void) {
+  /* Relaxed: set before the scenario's threads start. */
+  atomic_store_explicit(&counted_allocs, 0, memory_order_relaxed);
+  atomic_store_explicit(&counted_live, 0, memory_order_relaxed);
+  atomic_store_explicit(&counting, true, memory_order_relaxed);
+}
+
+long treadle__alloc_count_live(void) {
+  /* Relaxed: a counter a test polls. */
+  return atomic_load_explicit(&counted_live, memory_order_relaxed);
+}
+
+long treadle__alloc_count_stop(long *live) {
+  /* Relaxed: read after the scenario's threads were joined. */
+  atomic_store_explicit(&counting, false, memory_order_relaxed);
+  if (live != NULL)
+    *live = atomic_load_explicit(&counted_live, memory_order_relaxed);
+  return atomic_load_explicit(&counted_allocs, memory_order_relaxed);
 }
 
 void *treadle__malloc(size_t size) {
   if (should_fail())
     return NULL;
-  return malloc(size);
+  return counted(malloc(size));
 }
 
 void *treadle__calloc(size_t n, size_t size) {
   if (should_fail())
     return NULL;
-  return calloc(n, size);
+  return counted(calloc(n, size));
 }
 
 void *treadle__aligned_calloc(size_t align, size_t size) {
@@ -72,10 +118,13 @@ void *treadle__aligned_calloc(size_t align, size_t size) {
   void *p = aligned_alloc(align, size);
   if (p != NULL)
     memset(p, 0, size);
-  return p;
+  return counted(p);
 }
 
-void treadle__free(void *p) { free(p); }
+void treadle__free(void *p) {
+  count_free(p);
+  free(p);
+}
 
 char *treadle__strdup(const char *s) {
   size_t n = strlen(s) + 1;
@@ -139,15 +188,20 @@ void *treadle__task_alloc(size_t size, uint8_t *size_class) {
   }
   *size_class = (uint8_t)k;
   block_t *b = cache.head[k];
-  if (b != NULL && !should_fail()) {
+  if (b != NULL) {
+    /* A cached block is an allocation point too: the fail-next hook must
+     * be able to fail it (falling through to malloc would succeed). */
+    if (should_fail())
+      return NULL;
     cache.head[k] = b->next;
     cache.count[k]--;
-    return b;
+    return counted(b);
   }
   return treadle__malloc(CLASS_SIZE(k));
 }
 
 void treadle__task_free(void *p, uint8_t size_class) {
+  count_free(p);
   if (size_class >= CLASSES || cache.count[size_class] >= CACHE_MAX) {
     free(p);
     return;

@@ -215,12 +215,13 @@ void treadle__io_park(treadle__io_t *io, uint64_t timeout_ns) {
   }
 }
 
-void treadle__io_unpark(treadle__io_t *io) {
+void treadle__eventfd_add(int fd) {
   uint64_t one = 1;
-  /* EAGAIN means the counter is saturated, i.e. already readable. */
-  ssize_t r = write(io->evfd, &one, sizeof one);
-  (void)r;
+  while (write(fd, &one, sizeof one) < 0 && errno == EINTR) {
+  }
 }
+
+void treadle__io_unpark(treadle__io_t *io) { treadle__eventfd_add(io->evfd); }
 
 void treadle__io_shutdown(treadle__io_t *io) {
   treadle__os_mutex_lock(&io->mu);

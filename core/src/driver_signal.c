@@ -68,9 +68,7 @@ static void on_signal(int signum, siginfo_t *info, void *uctx) {
         continue;
       /* seq_cst: the flag is up before the wakeup that announces it. */
       atomic_store_explicit(&sig->pending, 1, memory_order_seq_cst);
-      uint64_t one = 1;
-      ssize_t r = write(sig->wake_fd, &one, sizeof one); /* EAGAIN: set */
-      (void)r;
+      treadle__eventfd_add(sig->wake_fd);
     }
     const struct sigaction *old = &g.old[signum];
     if (old->sa_flags & SA_SIGINFO) {

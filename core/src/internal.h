@@ -42,8 +42,17 @@ void *treadle__calloc(size_t n, size_t size);
 void *treadle__aligned_calloc(size_t align, size_t size);
 void treadle__free(void *p);
 char *treadle__strdup(const char *s);
-/* Test hook: the allocation after the next `n` fails (n < 0 disables). */
-void treadle__alloc_fail_after(long n);
+/* Test hook: the allocation after the next `n` fails (n < 0 disables).
+ * Returns the countdown it replaced: >= 0 means the last one set never
+ * fired. */
+long treadle__alloc_fail_after(long n);
+/* Test hook: counts allocations and frees from now on (zeroed first). */
+void treadle__alloc_count_start(void);
+/* While counting: how many of the blocks counted are not freed yet. */
+long treadle__alloc_count_live(void);
+/* Stops counting; returns the allocations made since the start and puts
+ * in *live (may be NULL) how many of them were not freed. */
+long treadle__alloc_count_stop(long *live);
 /* Task blocks, from a per-thread cache (alloc.c); *size_class is what
  * treadle__task_free needs back. */
 void *treadle__task_alloc(size_t size, uint8_t *size_class);
@@ -494,6 +503,10 @@ treadle_err_t treadle__io_init(treadle__io_t *io);
  * dispatches them. */
 void treadle__io_park(treadle__io_t *io, uint64_t timeout_ns);
 void treadle__io_unpark(treadle__io_t *io);
+/* Adds one to an eventfd's counter, again after EINTR (a lost add would
+ * be a lost wakeup); EAGAIN means it is saturated, i.e. readable already.
+ * Async-signal-safe. */
+void treadle__eventfd_add(int fd);
 /* Wakes every waiter with GONE, closes the epoll and event fds. */
 void treadle__io_shutdown(treadle__io_t *io);
 void treadle__io_destroy(treadle__io_t *io);

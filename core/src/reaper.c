@@ -183,9 +183,7 @@ void treadle__reaper_adopt(treadle_child_t *c) {
   pthread_mutex_lock(&r.mu);
   treadle__list_push_back(&r.orphans, &c->orphan);
   if (r.running) {
-    uint64_t one = 1;
-    ssize_t w = write(r.wake_fd, &one, sizeof one); /* EAGAIN: it is set */
-    (void)w;
+    treadle__eventfd_add(r.wake_fd);
   } else {
     /* Step 1. Without an fd or a thread the child waits on the list for
      * the next adopt. */

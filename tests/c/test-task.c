@@ -611,6 +611,32 @@ static void spawn_out_of_memory_takes_nothing(void **state) {
   assert_int_equal(atomic_load(&p.polls), 0);
 }
 
+/* Issue 17 (allocation sweep): a task block from the thread's cache is
+ * an allocation point too. The fail-next hook used to skip a cached block
+ * and fall through to malloc, which then succeeded, so a spawn on a warm
+ * thread could not be made to fail. Here a first task leaves its block in
+ * this thread's cache (current_thread on the plain build; elsewhere the
+ * block is malloc's and the spawn fails all the same). */
+static void spawn_from_a_cached_block_can_fail(void **state) {
+  (void)state;
+  treadle_runtime_t *rt = test_runtime();
+  treadle_handle_t *h = treadle_runtime_handle(rt);
+  probe_t p = {.ready_after = 1};
+  probe_state_t st = {&p};
+  /* On current_thread the block is freed on this thread, into its cache. */
+  assert_int_equal(treadle_runtime_block_on(rt, &probe_vt, &st, sizeof st,
+                                            NULL),
+                   0);
+  treadle_join_t *j = NULL;
+  treadle__alloc_fail_after(0);
+  assert_int_equal(treadle_spawn(h, &probe_vt, &st, sizeof st, &j),
+                   TREADLE_ENOMEM);
+  assert_true(treadle__alloc_fail_after(-1) < 0); /* the failure was used */
+  assert_null(j);
+  assert_int_equal(atomic_load(&p.drops), 1);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+}
+
 typedef struct {
   uint32_t words[16];
 } pattern_t;
@@ -830,6 +856,7 @@ static const struct CMUnitTest tests[] = {
     RT_TEST(coop_budget_bounds_a_poll),
     RT_TEST(spawn_rejects_bad_input),
     RT_TEST(spawn_out_of_memory_takes_nothing),
+    RT_TEST(spawn_from_a_cached_block_can_fail),
     RT_TEST(state_is_copied_or_zeroed),
     RT_TEST(wake_abort_join_race),
     RT_TEST(join_wait_from_threads),
