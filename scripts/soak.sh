@@ -15,9 +15,11 @@ cd "$(dirname "$0")/.."
 case "${1:-}" in -h|--help) sed -n '2,12p' "$0"; exit 0 ;; esac
 
 # prlimit is util-linux's; matplotlib draws the charts (Debian's, for
-# /usr/bin/python3).
-scripts/setup.sh lua5.4 liblua5.4-dev python3-matplotlib valgrind util-linux
-cmake --preset release >/dev/null
+# /usr/bin/python3); the extension needs swig and Python's headers. Warnings
+# are errors, as in CI.
+scripts/setup.sh lua5.4 liblua5.4-dev swig python3-dev python3-setuptools \
+  python3-matplotlib valgrind util-linux
+cmake --preset release -DTREADLE_WERROR=ON >/dev/null
 cmake --build --preset release -j "$(nproc)" --target echo_server treadle_lua >/dev/null
-PYTHON=/usr/bin/python3 scripts/build_python.sh >/dev/null
+TREADLE_WERROR=1 PYTHON=/usr/bin/python3 scripts/build_python.sh >/dev/null
 exec /usr/bin/python3 tests/soak/soak.py "$@"
