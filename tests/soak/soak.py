@@ -530,10 +530,16 @@ def main():
         counts = " ".join(f"{k}:{v}" for k, v in soak.counts.items())
         print(f"{label}: {soak.conns} connections ({counts}); "
               f"fds before load {soak.base_fds}; exit {soak.exit}")
-        for f in fails[:20]:
-            print(f"  FAIL {f}")
-        if len(fails) > 20:
-            print(f"  ... and {len(fails) - 20} more")
+        # the first 5 of each kind (a leak fails every sample after a point)
+        kinds = {}
+        for f in fails:
+            kind = re.sub(r"[\d.]+", "N", f.split(": ", 1)[-1])[:30]
+            kinds.setdefault(kind, []).append(f)
+        for same in kinds.values():
+            for f in same[:5]:
+                print(f"  FAIL {f}")
+            if len(same) > 5:
+                print(f"  ... and {len(same) - 5} more like it")
         failed |= bool(fails)
         rows.append((label, f"{seconds / 60:.1f}", f"{peak_rss / 1024:.1f} MiB",
                      str(peak_fds), str(soak.conns), str(soak.bytes),
