@@ -19,6 +19,10 @@
 --                          granularity, the peers' xorshift64 sequence);
 --                          wall_ms, overshoot_p50/p99/max_us, all_started_ms,
 --                          last_wake_late_us
+--   at_timers [N=100000]   timers with callback timers: N treadle.at(d, fn)
+--                          (no task each; micro_lua.lua's luv timers do the
+--                          same with uv.new_timer); the same fields, and
+--                          timers_per_sec = N / wall
 --   yield_many [Y=1000]    1000 tasks each treadle.yield() Y times; yields_per_sec
 --
 -- All work runs in a task (treadle.run's main task, or worker 0's main).
@@ -179,8 +183,44 @@ elseif BENCH == "timers" then
   out.overshoot_p99_us = pct(over, 99)
   out.overshoot_max_us = over[#over]
   out.last_wake_late_us = (last - t0) * 1e6 - maxd
+elseif BENCH == "at_timers" then
+  local n = N or 100000
+  local durs = durations(n)
+  local maxd = 0
+  for i = 1, n do if durs[i] > maxd then maxd = durs[i] end end
+  local over, starts, wakes = {}, {}, {}
+  local left, done = n, treadle.channel(1)
+  local at = treadle.at
+  local t0 = now()
+  for i = 1, n do
+    local d = durs[i] / 1e6
+    local st = now()
+    at(d, function()
+      local w = now()
+      local o = (w - (st + d)) * 1e6
+      over[i], starts[i], wakes[i] = (o > 0 and o or 0.0), st, w
+      left = left - 1
+      if left == 0 then done:send(true) end
+    end)
+  end
+  done:recv()
+  local tend = now()
+  local last, lastst = t0, t0
+  for i = 1, n do
+    if wakes[i] > last then last = wakes[i] end
+    if starts[i] > lastst then lastst = starts[i] end
+  end
+  table.sort(over)
+  out.n = n
+  out.wall_ms = (tend - t0) * 1e3
+  out.timers_per_sec = n / (tend - t0)
+  out.all_started_ms = (lastst - t0) * 1e3
+  out.overshoot_p50_us = pct(over, 50)
+  out.overshoot_p99_us = pct(over, 99)
+  out.overshoot_max_us = over[#over]
+  out.last_wake_late_us = (last - t0) * 1e6 - maxd
 else
-  error("bench " .. BENCH .. " not available (spawn_many, ping_pong, timers, yield_many)")
+  error("bench " .. BENCH .. " not available (spawn_many, ping_pong, timers, at_timers, yield_many)")
 end
 return out
 end

@@ -44,6 +44,7 @@ SECTIONS = {
     "treadle.tcp": ("TCP", None),
     "listener": ("Listeners", "`listener` is what `treadle.tcp.bind()` returns."),
     "conn": ("Connections", "`conn` is what `treadle.tcp.connect()` and `listener:accept()` return."),
+    "timer": ("Timers", "`timer` is what `treadle.at()` and `treadle.every()` return."),
     "treadle.shared": ("Shared dictionaries", None),
     "dict": ("Shared dictionary methods", "`dict` is what `treadle.shared.dict()` returns. "
              "They follow OpenResty's `ngx.shared.DICT`."),

@@ -667,6 +667,8 @@ __attribute__((visibility("default"))) int luaopen_treadle(lua_State *L) {
   lt_open_blocking(L);
   lt_open_process(L);
   lt_open_select(L);
+  lt_open_serve(L);
+  lt_open_timer(L);
   lua_pushcfunction(L, l_runtime);
   lua_setfield(L, -2, "runtime");
   if (luaL_loadbuffer(L, run_chunk, sizeof run_chunk - 1, "=treadle.run") != LUA_OK)

@@ -16,6 +16,8 @@
  *                  treadle.resolve
  * ltreadle_process.c treadle.process, child processes with buffered pipes
  * ltreadle_select.c treadle.select over channels and sockets' readiness
+ * ltreadle_serve.c treadle.tcp.server/serve: a TCP server in one call
+ * ltreadle_timer.c treadle.at/every: callback timers (ngx.timer)
  *
  * Threads: a lua_State (a "home") belongs to one thread. On current_thread
  * that is the thread in block_on; on multi_thread each worker makes its own
@@ -128,6 +130,18 @@ int lt_task_results(lua_State *L, ltask_t *t);
  * new task is cancelled before it runs. */
 ltask_t *lt_spawn(lua_State *L, lhome_t *home, int idx, int nargs);
 
+/* A task driven by another C task than lt_spawn's (a timer, which keeps
+ * its ltask_t in its own state; co, start_nargs and the coroutine's anchor
+ * are the caller's): lt_task_live puts it on its home's list of live tasks
+ * (so that a stopping home cancels it; once, before it is stepped);
+ * lt_task_step runs it as lt_spawn's task's poll does (READY once over: it
+ * has left the list); lt_task_drop is the runtime dropping it unfinished;
+ * lt_task_cancel is task:abort. */
+void lt_task_live(ltask_t *t);
+treadle_poll_t lt_task_step(ltask_t *t, treadle_cx_t *cx);
+void lt_task_drop(ltask_t *t);
+void lt_task_cancel(ltask_t *t);
+
 /* On the home's thread: cancels every task of the home (as task:abort
  * does: their to-be-closed variables are closed), and every task spawned
  * there from now on; once none is left, calls lt_home_stopped (at once
@@ -232,5 +246,10 @@ void lt_open_shdict(lua_State *L);
 void lt_open_blocking(lua_State *L);
 /* Sets treadle.process (ltreadle_process.c). */
 void lt_open_process(lua_State *L);
+/* Sets treadle.workers, treadle.tcp.server and treadle.tcp.serve in the
+ * module table on top, which has tcp (ltreadle_serve.c). */
+void lt_open_serve(lua_State *L);
+/* Sets treadle.at and treadle.every (ltreadle_timer.c). */
+void lt_open_timer(lua_State *L);
 
 #endif

@@ -165,8 +165,16 @@ enum { PAT_LINE, PAT_ALL, PAT_COUNT, PAT_ANY };
  * string: lua-resty-memcached passes one), or none ("*l"). */
 static int check_pattern(lua_State *L, int idx, size_t *n) {
   *n = 0;
-  if (lua_isnoneornil(L, idx))
+  int type = lua_type(L, idx);
+  if (type == LUA_TNONE || type == LUA_TNIL)
     return PAT_LINE;
+  if (type == LUA_TSTRING) { /* the patterns first: no number conversion */
+    const char *p = lua_tostring(L, idx);
+    if (strcmp(p, "*l") == 0 || strcmp(p, "l") == 0)
+      return PAT_LINE;
+    if (strcmp(p, "*a") == 0 || strcmp(p, "a") == 0)
+      return PAT_ALL;
+  }
   if (lua_isnumber(L, idx)) {
     lua_Integer v;
     lua_Number d = lua_tonumber(L, idx);
@@ -180,11 +188,6 @@ static int check_pattern(lua_State *L, int idx, size_t *n) {
     *n = (size_t)v;
     return PAT_COUNT;
   }
-  const char *p = lua_type(L, idx) == LUA_TSTRING ? lua_tostring(L, idx) : "";
-  if (strcmp(p, "*l") == 0 || strcmp(p, "l") == 0)
-    return PAT_LINE;
-  if (strcmp(p, "*a") == 0 || strcmp(p, "a") == 0)
-    return PAT_ALL;
   return luaL_argerror(L, idx, "bad pattern argument (\"*l\", \"*a\" or a size)");
 }
 
@@ -197,9 +200,16 @@ static int pattern_met(lua_State *L, lconn_t *c, int kind, size_t n) {
     if (!tb_recv_line(p, len, &used))
       return 0;
     {
-      luaL_Buffer b;
-      char *dst = luaL_buffinitsize(L, &b, used);
-      luaL_pushresultsize(&b, tb_strip_cr(dst, p, used - 1));
+      /* the usual line has no CR or one before its LF: no copy to strip */
+      size_t end = used - 1;
+      const char *cr = memchr(p, '\r', end);
+      if (cr == NULL || cr == p + end - 1) {
+        lua_pushlstring(L, p, cr == NULL ? end : end - 1);
+      } else {
+        luaL_Buffer b;
+        char *dst = luaL_buffinitsize(L, &b, used);
+        luaL_pushresultsize(&b, tb_strip_cr(dst, p, end));
+      }
     }
     take_bytes(c, used);
     return 1;

@@ -735,8 +735,7 @@ static void finish(ltask_t *t, int status) {
   live_remove(t);
 }
 
-static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
-  ltask_t *t = ((cstate_t *)state)->t;
+treadle_poll_t lt_task_step(ltask_t *t, treadle_cx_t *cx) {
   check_thread(t->home);
   if (t->waker == NULL)
     t->waker = treadle_waker_clone(treadle_cx_waker(cx));
@@ -782,9 +781,11 @@ static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
   return TREADLE_READY;
 }
 
-/* Once: after READY (nothing left), or when the runtime drops the task. */
-static void task_drop(void *state) {
-  ltask_t *t = ((cstate_t *)state)->t;
+static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
+  return lt_task_step(((cstate_t *)state)->t, cx);
+}
+
+void lt_task_drop(ltask_t *t) {
   if (t->status != LT_RUNNING)
     return;
   bool home_thread = !t->home->thread_known ||
@@ -804,6 +805,16 @@ static void task_drop(void *state) {
    * this thread's now. */
   live_remove(t);
 }
+
+/* Once: after READY (nothing left), or when the runtime drops the task. */
+static void task_drop(void *state) { lt_task_drop(((cstate_t *)state)->t); }
+
+void lt_task_live(ltask_t *t) {
+  live_add(t);
+  t->cancel = t->home->stopping;
+}
+
+void lt_task_cancel(ltask_t *t) { task_cancel(t); }
 
 static const treadle_task_vtable_t task_vt = {.poll = task_poll, .drop = task_drop};
 

@@ -139,13 +139,10 @@ function ngx.thread.kill(t)
   return true
 end
 
--- timers: a task that sleeps, then calls fn(premature, ...); an error is
--- logged (and an every timer goes on), as OpenResty's
+-- timers: treadle.at and treadle.every (callback timers: no task while
+-- they wait); fn(premature, ...); an error is printed to stderr and an
+-- every timer goes on, as OpenResty logs it
 ngx.timer = {}
-local function fire(fn, args)
-  local ok, err = pcall(fn, false, table.unpack(args, 1, args.n))
-  if not ok then ngx.log(ngx.ERR, "lua timer failed: ", err) end
-end
 local function check_timer(delay, fn)
   if type(delay) ~= "number" or delay ~= delay or delay < 0 then
     error("bad argument #1 (delay must be a number >= 0)", 3)
@@ -156,23 +153,13 @@ local function check_timer(delay, fn)
 end
 function ngx.timer.at(delay, fn, ...)
   check_timer(delay, fn)
-  local args = table.pack(...)
-  treadle.spawn(function()
-    treadle.sleep(delay)
-    fire(fn, args)
-  end)
+  treadle.at(delay, fn, ...)
   return true
 end
 function ngx.timer.every(interval, fn, ...)
   check_timer(interval, fn)
   if interval == 0 then error("bad argument #1 to 'every' (interval must be > 0)", 2) end
-  local args = table.pack(...)
-  treadle.spawn(function()
-    while true do
-      treadle.sleep(interval)
-      fire(fn, args)
-    end
-  end)
+  treadle.every(interval, fn, ...)
   return true
 end
 

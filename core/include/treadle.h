@@ -804,7 +804,9 @@ treadle_err_t treadle_udp_multicast_loop(treadle_dgram_t *d, bool *on);
 /** Joins the multicast group `group` (a numeric address of the socket's
  * family: 224.0.0.0/4, ff00::/8) on the interface of index `ifindex`
  * (if_nametoindex; 0: the system's choice): the socket, bound to the
- * group's port, then receives its datagrams. Errors: TREADLE_EINVAL (not a
+ * group's port, then receives its datagrams, and only the groups it joined
+ * itself (IP_MULTICAST_ALL is turned off: Linux would otherwise deliver
+ * every group that any socket of the host joined). Errors: TREADLE_EINVAL (not a
  * multicast address, or of the other family), TREADLE_EADDRINUSE (joined
  * already), TREADLE_ENODEV (no such interface), ... */
 treadle_err_t treadle_udp_join_multicast(treadle_dgram_t *d, const char *group,

@@ -124,8 +124,27 @@ treadle_err_t treadle_udp_multicast_loop(treadle_dgram_t *d, bool *on) {
 
 /* IP_ADD_MEMBERSHIP and friends: `group` must be a multicast address of
  * the socket's own family. */
+#ifndef IPV6_MULTICAST_ALL
+#define IPV6_MULTICAST_ALL 29 /* Linux 4.20 */
+#endif
+
+/* A member receives the groups it joined itself, not every group some
+ * socket of the host joined (Linux's default, IP_MULTICAST_ALL on): else
+ * leaving would not stop a group that another process is in. Kernels
+ * without the option keep their default. */
+static void own_groups_only(treadle_dgram_t *d) {
+  int off = 0;
+  if (d->family == AF_INET)
+    (void)setsockopt(d->src.fd, IPPROTO_IP, IP_MULTICAST_ALL, &off, sizeof off);
+  else
+    (void)setsockopt(d->src.fd, IPPROTO_IPV6, IPV6_MULTICAST_ALL, &off,
+                     sizeof off);
+}
+
 static treadle_err_t membership(treadle_dgram_t *d, const char *group,
                                 unsigned ifindex, bool join) {
+  if (join)
+    own_groups_only(d);
   if (d->family == AF_INET) {
     struct ip_mreqn m = {.imr_ifindex = (int)ifindex};
     if (inet_pton(AF_INET, group, &m.imr_multiaddr) != 1 ||

@@ -61,11 +61,16 @@ local function main(worker)
   end
   treadle.spawn(spawner, worker, results)
   local names = {"fib", "sum", "nap"}
+  -- one handle per worker's channel, kept: a named channel lives while a
+  -- handle does, so a handle made per send and collected before the
+  -- worker's spawner opened its own would take the jobs queued in it along
+  local jobch = {}
+  for w = 0, workers - 1 do jobch[w] = treadle.channel(16, "jobs:" .. w) end
   for i = 1, njobs do
     local to = (i - 1) % workers
     local fn = names[(i - 1) % #names + 1]
     local job = {id = i, fn = fn, arg = fn == "nap" and 5 * i or 10 * i, to = to}
-    treadle.channel(16, "jobs:" .. to):send(job)     -- the named channel of worker `to`
+    jobch[to]:send(job)                               -- the named channel of worker `to`
     print(string.format("worker 0 sent job %2d (%s %d) to worker %d", i, fn, job.arg, to))
   end
   local ok, threads = true, {}
