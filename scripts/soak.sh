@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The soak test (issue 17 item 1; docs/TESTING.md "Soak"): the C, Python and
-# Lua echo servers, each under tests/soak/soak.py's mix of steady, resetting,
+# Lua echo servers and the Lua HTTP example, each under tests/soak/soak.py's mix of steady, resetting,
 # half-open, slowloris, never-reading and storming clients on 127.0.0.1,
 # sampled every second (RSS, fds, threads: CSV and PNG per server in OUT),
 # then SIGTERM under full load. Fails when a bound, a byte, a probe or the
 # exit status is off. Builds what it needs first: the release preset
 # (echo_server, the Lua module) and the Python extension, as bench/ does.
-# Usage: scripts/soak.sh [--minutes N] [--servers c,python,lua] [--out DIR]
+# Usage: scripts/soak.sh [--minutes N] [--servers c,python,lua,lua-http] [--out DIR]
 #                        [--valgrind]
 # (default 10 minutes, every server, build-soak/; --valgrind: only the C
 # server, under valgrind memcheck, no leak allowed at the SIGTERM exit.)

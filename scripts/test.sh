@@ -4,8 +4,9 @@
 # memcheck; then the Python suite (tests/python, pytest) on Debian's python3,
 # its debug interpreter, and with the extension under ASan+UBSan and TSan;
 # and each libFuzzer target for 30 s (scripts/fuzz.sh); and a short soak
-# (scripts/soak.sh: each echo server 24 s under hostile load, then the C
-# one 20 s under valgrind; about 3 minutes). Pass names to run only those
+# (scripts/soak.sh: each echo server and the Lua HTTP one 24 s under
+# hostile load, then the C echo server 20 s under valgrind; under 3
+# minutes). Pass names to run only those
 # (default asan tsan valgrind fuzz python python-dbg python-asan
 # python-tsan soak). Compiler warnings are errors here
 # (TREADLE_WERROR), as in CI, which runs this script.

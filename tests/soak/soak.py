@@ -3,11 +3,14 @@
 and well-behaved load on 127.0.0.1, sampled every second. Run it through
 scripts/soak.sh, which builds what it needs first:
 
-    /usr/bin/python3 tests/soak/soak.py [--minutes N] [--servers c,python,lua]
+    /usr/bin/python3 tests/soak/soak.py [--minutes N] [--servers c,python,lua,lua-http]
                                         [--out build-soak] [--valgrind]
 
-For each server it starts the example under `prlimit --nofile=1024` (so the
-storms reach a known limit), waits for "listening on HOST:PORT", and runs,
+For each server (the C, Python and Lua echo examples; lua-http, the Lua
+HTTP/1.1 example, gets pipelined GET / requests instead of bytes to echo,
+and must answer each with the exact response) it starts the example under
+`prlimit --nofile=1024` (so the storms reach a known limit), waits for
+"listening on HOST:PORT" (or a connection), and runs,
 all at once, from one asyncio process (its own load generator, not treadle):
 
   steady     8 clients: random sizes up to 64 KiB, every byte checked, a
@@ -63,6 +66,9 @@ SERVERS = {
     "python": ["/usr/bin/python3", "examples/python/echo_server.py", "0",
                "current_thread"],
     "lua": ["lua5.4", "examples/lua/echo_server.lua", "0", "current_thread"],
+    # HTTP/1.1 keep-alive, GET / answers "Hello, World!"; it says no
+    # "listening on": PORT becomes a free port, and a connect says it is up
+    "lua-http": ["lua5.4", "examples/lua/http_server.lua", "PORT", "current_thread"],
     # the soak's own check, not in the default list: it must fail
     "leaky": ["/usr/bin/python3", "tests/soak/leaky_echo.py", "0"],
 }
@@ -77,6 +83,35 @@ BLOCK = random.Random(17).randbytes(1 << 20)
 def payload(rng, size):
     off = rng.randrange(0, len(BLOCK) - size)
     return BLOCK[off:off + size]
+
+
+class Echo:
+    """What the echo servers are sent, and must answer: the same bytes."""
+
+    def message(self, rng, size):
+        data = payload(rng, size)
+        return data, data
+
+    def slow(self, rng):
+        """A slowloris exchange: (byte to send, answer due after it)."""
+        return [(bytes([b]),) * 2 for b in rng.randbytes(20)]
+
+
+class Http:
+    """What the HTTP example is sent: pipelined GET / requests, each
+    answered with the exact bytes of RESPONSE."""
+    REQUEST = b"GET / HTTP/1.1\r\nHost: soak\r\n\r\n"
+    RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: 13\r\n\r\nHello, World!")
+
+    def message(self, rng, size):
+        n = max(1, size // len(self.REQUEST))
+        return self.REQUEST * n, self.RESPONSE * n
+
+    def slow(self, rng):
+        r = self.REQUEST
+        return [(r[i:i + 1], self.RESPONSE if i == len(r) - 1 else b"")
+                for i in range(len(r))]
 
 
 async def finish(task):
@@ -94,6 +129,7 @@ class Soak:
 
     def __init__(self, name, addr, proc, seconds, warmup, valgrind):
         self.name, self.addr, self.proc = name, addr, proc
+        self.proto = Http() if name.endswith("http") else Echo()
         self.seconds, self.warmup, self.valgrind = seconds, warmup, valgrind
         self.stopping = False      # SIGTERM sent: client failures no longer count
         self.open = 0              # client sockets open now
@@ -168,16 +204,16 @@ class Soak:
                 for _ in range(rng.randint(50, 300)):
                     if self.stopping:
                         break
-                    data = payload(rng, rng.randint(1, 65536))
+                    data, want = self.proto.message(rng, rng.randint(1, 65536))
                     send = loop.create_task(loop.sock_sendall(s, data))
                     try:
-                        back = await self.recv_exact(s, len(data))
+                        back = await self.recv_exact(s, len(want))
                     finally:
                         await finish(send)
-                    if back != data:
-                        self.error("steady: echo differs")
+                    if back != want:
+                        self.error("steady: answer differs")
                         break
-                    self.bytes += len(data)
+                    self.bytes += len(want)
             except (OSError, asyncio.TimeoutError, ConnectionError) as e:
                 self.error(f"steady: {e!r}")
                 await asyncio.sleep(0.5)
@@ -193,21 +229,21 @@ class Soak:
             try:
                 s = await self.connect()
                 self.counts["half-open"] += 1
-                data = payload(rng, rng.randint(1, 256 * 1024))
+                data, want = self.proto.message(rng, rng.randint(1, 256 * 1024))
 
                 async def send_then_shut():
                     await loop.sock_sendall(s, data)
                     s.shutdown(socket.SHUT_WR)
                 send = loop.create_task(send_then_shut())
                 try:
-                    back = await self.recv_exact(s, len(data))
+                    back = await self.recv_exact(s, len(want))
                 finally:
                     await finish(send)
                 rest = await asyncio.wait_for(loop.sock_recv(s, 1), self.op_timeout)
-                if back != data or rest:
-                    self.error("half-open: echo differs or no EOF")
+                if back != want or rest:
+                    self.error("half-open: answer differs or no EOF")
                 else:
-                    self.bytes += len(data)
+                    self.bytes += len(want)
             except (OSError, asyncio.TimeoutError, ConnectionError) as e:
                 self.error(f"half-open: {e!r}")
                 await asyncio.sleep(0.5)
@@ -224,15 +260,14 @@ class Soak:
             try:
                 s = await self.connect()
                 self.counts["slowloris"] += 1
-                for _ in range(20):
+                for b, want in self.proto.slow(rng):
                     if self.stopping:
                         break
-                    b = bytes([rng.randrange(256)])
                     await loop.sock_sendall(s, b)
-                    if await self.recv_exact(s, 1) != b:
-                        self.error("slowloris: echo differs")
+                    if want and await self.recv_exact(s, len(want)) != want:
+                        self.error("slowloris: answer differs")
                         break
-                    self.bytes += 1
+                    self.bytes += len(want)
                     await asyncio.sleep(1)
             except (OSError, asyncio.TimeoutError, ConnectionError) as e:
                 self.error(f"slowloris: {e!r}")
@@ -247,9 +282,9 @@ class Soak:
         s = None
         try:
             s = await self.connect()
-            data = os.urandom(16)
+            data, want = self.proto.message(random, 16)
             await asyncio.get_running_loop().sock_sendall(s, data)
-            if await self.recv_exact(s, 16) == data:
+            if await self.recv_exact(s, len(want)) == want:
                 self.probes_ok += 1
                 self.counts["probe"] += 1
             else:
@@ -270,7 +305,7 @@ class Soak:
             try:
                 s = await self.connect()
                 self.counts["reset"] += 1
-                await loop.sock_sendall(s, payload(rng, rng.randint(1, 200000)))
+                await loop.sock_sendall(s, self.proto.message(rng, rng.randint(1, 200000))[0])
                 if rng.random() < 0.5:
                     await asyncio.wait_for(loop.sock_recv(s, rng.randint(1, 65536)), 5)
                 await asyncio.sleep(rng.random() * 0.2)
@@ -292,7 +327,7 @@ class Soak:
                 while not self.stopping:
                     try:
                         await asyncio.wait_for(
-                            loop.sock_sendall(s, payload(rng, 65536)), 2)
+                            loop.sock_sendall(s, self.proto.message(rng, 65536)[0]), 2)
                     except asyncio.TimeoutError:
                         break
                 await asyncio.sleep(rng.uniform(3, 8))
@@ -461,8 +496,15 @@ def write_png(path, soak):
     plt.close(fig)
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start(name, valgrind, outdir):
-    cmd = list(SERVERS[name])
+    port = free_port() if "PORT" in SERVERS[name] else None
+    cmd = [str(port) if c == "PORT" else c for c in SERVERS[name]]
     if valgrind:
         cmd = VALGRIND + [f"--log-file={outdir}/{name}-valgrind.log"] + cmd
     cmd = ["prlimit", f"--nofile={FD_LIMIT}:{FD_LIMIT}", "--"] + cmd
@@ -475,8 +517,15 @@ def start(name, valgrind, outdir):
                             stderr=err, text=True)
     deadline = time.monotonic() + (120 if valgrind else 30)
     addr = None
+    while port is not None and time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            addr = ("127.0.0.1", port)
+            break
+        except OSError:
+            time.sleep(0.1)
     # Reading stdout until "listening on" (a line, flushed by every example).
-    while time.monotonic() < deadline:
+    while addr is None and time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
             break
@@ -487,14 +536,14 @@ def start(name, valgrind, outdir):
     if addr is None:
         proc.kill()
         proc.wait()
-        raise SystemExit(f"soak: {label} did not say 'listening on' (see {outdir}/{label}.stderr)")
+        raise SystemExit(f"soak: {label} did not start listening (see {outdir}/{label}.stderr)")
     return label, addr, proc
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=10)
-    ap.add_argument("--servers", default="c,python,lua")
+    ap.add_argument("--servers", default="c,python,lua,lua-http")
     ap.add_argument("--out", default=os.path.join(ROOT, "build-soak"))
     ap.add_argument("--valgrind", action="store_true",
                     help="only the C server, under valgrind memcheck")
