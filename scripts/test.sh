@@ -3,9 +3,12 @@
 # then again under AddressSanitizer+UBSan, ThreadSanitizer and valgrind
 # memcheck; then the Python suite (tests/python, pytest) on Debian's python3,
 # its debug interpreter, and with the extension under ASan+UBSan and TSan;
-# and each libFuzzer target for 30 s (scripts/fuzz.sh). Pass names to run
-# only those (default asan tsan valgrind fuzz python python-dbg python-asan
-# python-tsan). Compiler warnings are errors here
+# and each libFuzzer target for 30 s (scripts/fuzz.sh); and a short soak
+# (scripts/soak.sh: each echo server and the Lua HTTP one 24 s under
+# hostile load, then the C echo server 20 s under valgrind; under 3
+# minutes). Pass names to run only those
+# (default asan tsan valgrind fuzz python python-dbg python-asan
+# python-tsan soak). Compiler warnings are errors here
 # (TREADLE_WERROR), as in CI, which runs this script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,20 +18,25 @@ cd "$(dirname "$0")/.."
 # require "treadle.ngx" digests with OpenSSL, and its tests run Debian's
 # OpenResty client libraries against redis-server and memcached; the model
 # checks (tests/model) are relacy's, in C++; the fuzz targets
-# (scripts/fuzz.sh) need clang and its libFuzzer.
+# (scripts/fuzz.sh) need clang and its libFuzzer; the soak charts
+# matplotlib.
 scripts/setup.sh lua5.4 liblua5.4-dev libreadline-dev python3-pytest python3-pexpect \
   libssl-dev openssl libpcre2-dev redis-server memcached lua-nginx-redis lua-nginx-memcached lua-nginx-dns \
-  g++ relacy-dev clang-14 libclang-rt-14-dev libfuzzer-14-dev
+  g++ relacy-dev clang-14 libclang-rt-14-dev libfuzzer-14-dev python3-matplotlib
 
 presets=("$@")
 [ ${#presets[@]} -eq 0 ] &&
   presets=(default asan tsan valgrind fuzz python python-dbg python-asan
-           python-tsan)
+           python-tsan soak)
 jobs="$(nproc)"
 for p in "${presets[@]}"; do
   echo "=== treadle: $p"
   case "$p" in
   fuzz) scripts/fuzz.sh --seconds 30 ;;
+  soak)
+    scripts/soak.sh --minutes 0.4 --out build-soak/ci
+    scripts/soak.sh --minutes 0.34 --valgrind --out build-soak/ci
+    ;;
   python) scripts/test_python.sh plain ;;
   python-*) scripts/test_python.sh "${p#python-}" ;;
   *)
