@@ -459,6 +459,14 @@ def test_add_reader_bad_input(loop):
 # ----------------------------------------------------------------- signals
 
 
+# As tests/python/test_signals.py: under TSan a signal to a process whose
+# threads are parked in futex() is held until some thread wakes.
+tsan_delays_signals = pytest.mark.skipif(
+    os.environ.get("TREADLE_SANITIZER") == "tsan",
+    reason="TSan delays signals to threads parked in futex()")
+
+
+@tsan_delays_signals
 def test_signal_handlers(loop):
     seen = []
     loop.add_signal_handler(signal.SIGUSR1, lambda x: (seen.append(x), loop.stop()), "usr1")
@@ -771,6 +779,7 @@ def test_create_task_and_future_bad_input(loop):
     coro.close()
 
 
+@tsan_delays_signals
 @pytest.mark.subprocess
 @pytest.mark.parametrize("flavor_name", ["current_thread", "multi_thread"])
 def test_ctrl_c_in_asyncio_runner(flavor_name):
