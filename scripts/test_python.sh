@@ -35,7 +35,9 @@ esac
 # is replaced by the plain one afterwards, which the examples expect.
 rm -f bindings/python/treadle/_core*.so
 if [ "$mode" != plain ]; then
-  trap 'rm -f bindings/python/treadle/_core*.so; env -u CFLAGS -u LDFLAGS scripts/build_python.sh >/dev/null' EXIT
+  # --force: setuptools keeps the last build's .so in its build_lib, and
+  # without it would copy that (the sanitizer's) back into place.
+  trap 'rm -f bindings/python/treadle/_core*.so; env -u CFLAGS -u LDFLAGS scripts/build_python.sh --force >/dev/null' EXIT
 fi
 PYTHON="$py" BUILD_TEMP="build-python/$mode" scripts/build_python.sh --force
 env "${env[@]}" PYTHONPATH=bindings/python "$py" -m pytest tests/python -q -p no:cacheprovider
