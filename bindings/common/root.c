@@ -64,3 +64,17 @@ void tb_root_drop(tb_root_t *r) {
     treadle_sleep_drop(&r->tick_sleep);
   r->sig_armed = r->tick_armed = false;
 }
+
+static treadle_poll_t root_task_poll(treadle_cx_t *cx, void *state) {
+  tb_root_event_t ev;
+  if (tb_root_poll(state, cx, &ev) == TREADLE_PENDING)
+    return TREADLE_PENDING;
+  if (ev == TB_ROOT_DONE)
+    treadle_cx_set_output(cx, 0, (void *)1);
+  return TREADLE_READY;
+}
+
+static void root_task_drop(void *state) { tb_root_drop(state); }
+
+const treadle_task_vtable_t tb_root_vt = {.poll = root_task_poll,
+                                          .drop = root_task_drop};

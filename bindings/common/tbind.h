@@ -203,5 +203,9 @@ typedef struct tb_root_s {
 treadle_poll_t tb_root_poll(tb_root_t *r, treadle_cx_t *cx,
                             tb_root_event_t *ev);
 void tb_root_drop(tb_root_t *r);
+/* A task around a tb_root_t state, for treadle_runtime_block_on: its
+ * output is (void *)1 when the main work finished (TB_ROOT_DONE), NULL
+ * when a SIGINT or a tick ended the wait. */
+extern const treadle_task_vtable_t tb_root_vt;
 
 #endif /* TBIND_H */

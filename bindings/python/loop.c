@@ -854,20 +854,6 @@ static treadle_poll_t run_done(void *ud, treadle_cx_t *cx) {
   return treadle_join_poll(L->run_join, cx, &status, &value);
 }
 
-static treadle_poll_t root_poll(treadle_cx_t *cx, void *state) {
-  tb_root_event_t ev;
-  if (tb_root_poll(state, cx, &ev) == TREADLE_PENDING)
-    return TREADLE_PENDING;
-  if (ev == TB_ROOT_DONE)
-    treadle_cx_set_output(cx, 0, (void *)1);
-  return TREADLE_READY;
-}
-
-static void root_drop(void *state) { tb_root_drop(state); }
-
-static const treadle_task_vtable_t root_vt = {.poll = root_poll,
-                                              .drop = root_drop};
-
 /* GIL. Blocks on the loop task until it ends; false when SIGINT came
  * first (watch) and the caller should run Python's handlers. */
 static int block_on_task(loopobj_t *L, bool watch, bool *done) {
@@ -875,7 +861,7 @@ static int block_on_task(loopobj_t *L, bool watch, bool *done) {
   void *value = NULL;
   treadle_err_t err;
   Py_BEGIN_ALLOW_THREADS
-  err = treadle_runtime_block_on(L->r->rt, &root_vt, &st, sizeof st, &value);
+  err = treadle_runtime_block_on(L->r->rt, &tb_root_vt, &st, sizeof st, &value);
   Py_END_ALLOW_THREADS
   if (err != 0) {
     pyt_raise(err);

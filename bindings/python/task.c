@@ -1026,20 +1026,6 @@ static treadle_poll_t main_done(void *ud, treadle_cx_t *cx) {
   return TREADLE_READY;
 }
 
-static treadle_poll_t root_poll(treadle_cx_t *cx, void *state) {
-  tb_root_event_t ev;
-  if (tb_root_poll(state, cx, &ev) == TREADLE_PENDING)
-    return TREADLE_PENDING;
-  if (ev == TB_ROOT_DONE)
-    treadle_cx_set_output(cx, 0, (void *)1);
-  return TREADLE_READY;
-}
-
-static void root_drop(void *state) { tb_root_drop(state); }
-
-static const treadle_task_vtable_t root_vt = {.poll = root_poll,
-                                              .drop = root_drop};
-
 PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch) {
   if (!Py_IS_TYPE(join, &join_type)) {
     PyErr_SetString(PyExc_TypeError, "expected a JoinHandle");
@@ -1060,7 +1046,7 @@ PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch) {
   treadle_err_t err;
   jo->awaiting = true;
   Py_BEGIN_ALLOW_THREADS
-  err = treadle_runtime_block_on(r->rt, &root_vt, &st, sizeof st, &value);
+  err = treadle_runtime_block_on(r->rt, &tb_root_vt, &st, sizeof st, &value);
   Py_END_ALLOW_THREADS
   jo->awaiting = false;
   if (err != 0)
