@@ -377,19 +377,26 @@ treadle_poll_t treadle__source_wait(treadle__source_t *src, treadle_cx_t *cx,
                                     treadle_err_t *err) {
   treadle__io_reg_t *r = src->reg;
   treadle_waker_t *mine = treadle_cx_waker(cx);
-  treadle_waker_t *old = NULL;
+  treadle_waker_t *old_rd = NULL, *old_wr = NULL;
   bool reading = interest & TREADLE__IO_READABLE;
+  bool writing = interest & TREADLE__IO_WRITABLE;
   reg_lock(r);
   /* Relaxed: the lock orders it against reg_set. */
   uint64_t word = atomic_load_explicit(&r->readiness, memory_order_relaxed);
   if (!(BITS(word) & interest)) {
-    treadle_waker_t **slot = reading ? &r->reader : &r->writer;
-    if (*slot != mine) {
-      old = *slot;
-      *slot = treadle_waker_clone(mine);
+    /* A wait for both sides (an AsyncFd's ready(R|W)) sits in both
+     * slots, so that an edge of either side wakes it. */
+    if (reading && r->reader != mine) {
+      old_rd = r->reader;
+      r->reader = treadle_waker_clone(mine);
+    }
+    if (writing && r->writer != mine) {
+      old_wr = r->writer;
+      r->writer = treadle_waker_clone(mine);
     }
     reg_unlock(r);
-    treadle_waker_drop(old);
+    treadle_waker_drop(old_rd);
+    treadle_waker_drop(old_wr);
     treadle__task_waits_on(cx->task, reading ? TREADLE__WAIT_IO_READ
                                              : TREADLE__WAIT_IO_WRITE);
     return TREADLE_PENDING;
