@@ -6,16 +6,19 @@
  * runtime, and a fork: the child's calls on the parent's runtime answer
  * TREADLE_EFORKED at once, and what it closes leaves the parent's
  * registrations alone; and a close while a dup of the fd keeps its file
- * description open (the epoll set must drop the fd before it is closed). The
+ * description open (the epoll set must drop the fd before it is closed); a
+ * wait for either side (READABLE | WRITABLE) that only a write edge ends. The
  * harness checks after every case that every fd was closed. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -244,6 +247,67 @@ static void close_wakes_the_reader(void **state) {
   assert_int_equal(treadle_async_fd_fd(w.fd), -1);
   treadle_async_fd_free(w.fd);
   close(fds[1]);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+}
+
+/* ------------------------------------- either side, woken by a write */
+
+typedef struct {
+  treadle_async_fd_t *fd;
+  unsigned *bits_seen;
+} either_t;
+
+/* Waits for READABLE | WRITABLE until the fd is writable; nothing is ever
+ * readable, so only the write edge (the peer drained) can end it. */
+static treadle_poll_t either_poll(treadle_cx_t *cx, void *st) {
+  either_t *e = st;
+  for (;;) {
+    treadle_ready_t ready;
+    treadle_err_t err;
+    if (treadle_async_fd_ready_poll(e->fd, cx, TREADLE_READABLE | TREADLE_WRITABLE,
+                                    &ready, &err) == TREADLE_PENDING)
+      return TREADLE_PENDING;
+    assert_int_equal(err, 0);
+    struct pollfd p = {.fd = treadle_async_fd_fd(e->fd), .events = POLLOUT};
+    assert_int_equal(poll(&p, 1, 0) >= 0, 1);
+    if (p.revents & POLLOUT) {
+      *e->bits_seen = ready.bits;
+      return TREADLE_READY;
+    }
+    treadle_async_fd_clear_ready(e->fd, &ready, TREADLE_READABLE | TREADLE_WRITABLE);
+  }
+}
+
+static const treadle_task_vtable_t either_vt = {.poll = either_poll};
+
+static void *drain_later(void *arg) {
+  int fd = *(int *)arg;
+  test_sleep_ms(20);
+  char buf[65536];
+  while (read(fd, buf, sizeof buf) > 0) {
+  }
+  return NULL;
+}
+
+static void either_side_wakes_on_write_edge(void **state) {
+  (void)state;
+  treadle_runtime_t *rt = test_runtime();
+  int sv[2];
+  assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv), 0);
+  char fill[65536] = {0};
+  while (write(sv[0], fill, sizeof fill) > 0) { /* full: not writable */
+  }
+  assert_int_equal(errno, EAGAIN);
+  unsigned bits = 0;
+  either_t e = {.fd = register_fd(treadle_runtime_handle(rt), sv[0]),
+                .bits_seen = &bits};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, drain_later, &sv[1]), 0);
+  assert_int_equal(RUN(rt, &either_vt, e), 0);
+  pthread_join(th, NULL);
+  assert_true(bits & TREADLE_WRITABLE);
+  treadle_async_fd_free(e.fd);
+  close(sv[1]);
   assert_int_equal(treadle_runtime_free(rt), 0);
 }
 
@@ -494,6 +558,7 @@ static const struct CMUnitTest tests[] = {
     RT_TEST(pipe_round_trip),
     RT_TEST(eventfd_ready_and_clear),
     RT_TEST(close_wakes_the_reader),
+    RT_TEST(either_side_wakes_on_write_edge),
     RT_TEST(new_rejects_bad_input),
     RT_TEST(runtime_without_io_says_so),
     RT_TEST(outlives_runtime),
