@@ -16,10 +16,11 @@ import concurrent.futures
 import errno
 import functools
 import signal
+import socket
 import sys
 import threading
 import weakref
-from asyncio import base_events, coroutines, events, format_helpers, selector_events
+from asyncio import base_events, coroutines, events, format_helpers, selector_events, unix_events
 from typing import Any, Callable, Optional
 
 from . import _core
@@ -78,6 +79,23 @@ def _fd(fileobj: Any) -> int:
     return selector_events.selectors._fileobj_to_fd(fileobj)
 
 
+class _WatcherView:
+    """What the selector transports' __repr__ asks of ``loop._selector``
+    (``get_key(fd).events``), answered from the loop's fd watchers."""
+
+    def __init__(self, watchers: dict) -> None:
+        self._watchers = watchers
+
+    def get_key(self, fd: int) -> Any:
+        w = self._watchers.get(fd)
+        if w is None:
+            raise KeyError(fd)
+        reader, writer = w.handles()
+        events = ((selector_events.selectors.EVENT_READ if reader is not None else 0)
+                  | (selector_events.selectors.EVENT_WRITE if writer is not None else 0))
+        return selector_events.selectors.SelectorKey(fd, fd, events, (reader, writer))
+
+
 class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
     """An asyncio event loop whose callbacks, timers and fd waits run on a
     treadle runtime. Make one with :func:`treadle.new_event_loop` (or
@@ -98,6 +116,7 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
         self._watchers: dict = {}
         self._signal_watchers: dict = {}
         self._transports: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
+        self._selector = _WatcherView(self._watchers)
         self._default_executor = BlockingPoolExecutor(runtime)
 
     def __repr__(self) -> str:
@@ -141,6 +160,7 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
         for sig in list(self._signal_watchers):
             self.remove_signal_handler(sig)
         super().close()
+        self._selector = None  # as the selector loop's: transports' repr says "open"
         self._close_core()
         if self._owned:
             self._runtime.shutdown()
@@ -223,6 +243,17 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
     def _remove_writer(self, fd: Any) -> bool:
         return self._remove_fd(fd, False)
 
+    def _stop_serving(self, sock: socket.socket) -> None:
+        """Stops a server's listening socket. Its watcher's dup of the fd
+        closes only when the watcher task ends, so the socket stops
+        listening first (shutdown), and connects are refused at once."""
+        self._remove_reader(sock.fileno())
+        try:
+            sock.shutdown(socket.SHUT_RD)
+        except OSError:  # not connected, or already shut
+            pass
+        sock.close()
+
     # ----------------------------------------------------------- signals
 
     def _check_signal(self, sig: Any) -> None:
@@ -285,16 +316,31 @@ for _name in ("add_reader", "remove_reader", "add_writer", "remove_writer",
               "_sock_recvfrom_into", "sock_sendall", "_sock_sendall",
               "sock_sendto", "_sock_sendto", "sock_connect", "_sock_connect",
               "_sock_write_done", "_sock_connect_cb", "sock_accept",
-              "_sock_accept"):
+              "_sock_accept",
+              # Transports (issue 15 phase 2, first step): the selector
+              # loop's socket and datagram transports, its servers' accept
+              # path, waiting through _add_reader/_add_writer here.
+              "_make_socket_transport", "_make_ssl_transport",
+              "_make_datagram_transport", "_start_serving",
+              "_accept_connection", "_accept_connection2",
+              "_sendfile_native"):
     setattr(EventLoop, _name, getattr(selector_events.BaseSelectorEventLoop, _name))
+# Unix sockets, pipes and subprocesses: the Unix selector loop's own.
+for _name in ("create_unix_connection", "create_unix_server",
+              "_make_read_pipe_transport", "_make_write_pipe_transport",
+              "_make_subprocess_transport", "_child_watcher_callback",
+              "_sock_sendfile_native", "_sock_sendfile_native_impl",
+              "_sock_sendfile_update_filepos", "_sock_add_cancellation_callback"):
+    setattr(EventLoop, _name, getattr(unix_events._UnixSelectorEventLoop, _name))
 del _name
 
 
-class EventLoopPolicy(events.BaseDefaultEventLoopPolicy):
+class EventLoopPolicy(unix_events.DefaultEventLoopPolicy):
     """An asyncio policy whose loops are treadle's:
     ``asyncio.set_event_loop_policy(treadle.EventLoopPolicy())`` (or
     :func:`treadle.install`). The keywords go to
-    :func:`treadle.new_event_loop`."""
+    :func:`treadle.new_event_loop`. Child watchers (subprocesses) are the
+    Unix policy's own."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__()

@@ -36,8 +36,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 # The library tests run whole; "loop:" entries are the loop-level mixins.
 MODULES = ["test_futures", "test_futures2", "test_tasks", "test_taskgroups",
            "test_timeouts", "test_waitfor", "test_queues", "test_locks",
-           "test_pep492", "test_context", "loop:test_events",
-           "loop:test_sock_lowlevel"]
+           "test_pep492", "test_context", "test_streams", "test_server",
+           "test_subprocess", "loop:test_events", "loop:test_sock_lowlevel"]
 LIMIT_S = 300  # per module and mode
 FLAVOR = os.environ.get("CONFORMANCE_FLAVOR", "current_thread")
 OPTIONS = {"flavor": FLAVOR, "workers": 2 if FLAVOR == "multi_thread" else None}
