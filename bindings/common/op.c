@@ -150,7 +150,14 @@ treadle_err_t tb_op_write(tb_op_t *op, tb_stream_t *st, const void *buf,
   op->u.write.done = 0;
   op->u.write.locked = false;
   op->u.write.queued = false;
+  op->u.write.shutdown = false;
   return 0;
+}
+
+treadle_err_t tb_op_shutdown(tb_op_t *op, tb_stream_t *st) {
+  treadle_err_t err = tb_op_write(op, st, NULL, 0);
+  op->u.write.shutdown = err == 0;
+  return err;
 }
 
 void tb_op_fd_read(tb_op_t *op, treadle_async_fd_t *afd, int fd,
@@ -307,8 +314,13 @@ static treadle_poll_t leaf_poll(tb_op_t *op, treadle_cx_t *cx) {
       op->u.write.locked = true;
     }
     tb_stream_t *st = op->u.write.st;
-    treadle_poll_t p =
-        st->tls != NULL
+    treadle_poll_t p = TREADLE_READY;
+    if (op->u.write.shutdown && st->tls != NULL)
+      p = treadle_tls_shutdown_poll(st->tls, cx, &op->err);
+    else if (op->u.write.shutdown)
+      op->err = treadle_tcp_shutdown(st->s);
+    else
+      p = st->tls != NULL
             ? treadle_tls_write_all_poll(st->tls, cx, op->u.write.buf,
                                          op->u.write.len, &op->u.write.done,
                                          &op->err)

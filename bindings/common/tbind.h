@@ -82,7 +82,8 @@ typedef enum {
   TB_CONNECT,
   TB_READ,      /* up to `want` bytes into the op's buffer */
   TB_READ_INTO, /* up to `len` bytes into the caller's buffer */
-  TB_WRITE,     /* all of a buffer, after the writers queued before it */
+  TB_WRITE,     /* all of a buffer, after the writers queued before it;
+                   or, made by tb_op_shutdown, the write side's end */
   TB_FD_READ,   /* an async fd (or a plain read of an fd epoll refuses) */
   TB_FD_READABLE, /* until an async fd has input, which it leaves unread */
 } tb_kind_t;
@@ -112,7 +113,7 @@ typedef struct tb_op_s {
     struct { tb_stream_t *st; size_t want, got; char *heap; } read;
     struct { tb_stream_t *st; char *buf; size_t len, got; } read_into;
     struct { tb_stream_t *st; const char *buf; size_t len, done;
-             bool locked, queued; treadle_waiter_t w; } write;
+             bool locked, queued, shutdown; treadle_waiter_t w; } write;
     struct { treadle_async_fd_t *afd; int fd; size_t want, got;
              char *heap; } fd_read;
     struct { treadle_async_fd_t *afd; } fd_readable;
@@ -149,6 +150,10 @@ treadle_err_t tb_op_read_into(tb_op_t *op, tb_stream_t *st, void *buf,
  * TREADLE_ECLOSED once closed. */
 treadle_err_t tb_op_write(tb_op_t *op, tb_stream_t *st, const void *buf,
                           size_t len);
+/* Ends the write side once the writers queued before it are done: over TLS
+ * close_notify then the socket's shutdown, else the socket's shutdown.
+ * TREADLE_ECLOSED once closed. */
+treadle_err_t tb_op_shutdown(tb_op_t *op, tb_stream_t *st);
 /* afd, or when it is NULL plain read(2)s of fd (never waiting). */
 void tb_op_fd_read(tb_op_t *op, treadle_async_fd_t *afd, int fd, size_t want);
 /* Waits until afd has input that a read would return at once (or its end,

@@ -1186,8 +1186,8 @@ static int handshake_check(lua_State *L, lconn_t *c) {
  * when ssl_verify is true, checked against the server's certificate,
  * which must chain to the system's trust store (or to the file of
  * treadle.tls.set_ca_file). After it, send, receive, receiveany,
- * receiveuntil, setkeepalive and close work over TLS; close sends no
- * close_notify. A connection from the pool that is already TLS returns at
+ * receiveuntil, setkeepalive and close work over TLS; close sends
+ * close_notify first. A connection from the pool that is already TLS returns at
  * once (as OpenResty: give TLS and plain connections to one host
  * different pool names). reused_session is accepted (nil, false or a
  * session) but sessions are not resumed; send_status_req (OCSP) is
@@ -1297,17 +1297,34 @@ static int l_sslinfo(lua_State *L) {
   return 1;
 }
 
+static int close_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  tb_stream_close(&check_sock(L)->st);
+  lua_pushinteger(L, 1);
+  return 1;
+}
+
 /* lua: sock:close()
  * Closes the connection; tasks waiting on it get nil, "closed" (conn:read
  * and conn:write: nil, message, "ECLOSED"). Bytes read ahead are dropped.
- * Returns: 1, or nil, "closed" when it was not connected. */
+ * Over TLS, called in a task, it first sends close_notify (after the
+ * writes queued before it, within the send timeout; a failure is
+ * ignored), as nginx does, so that the peer sees a clean end.
+ * Returns: 1, or nil, "closed" when it was not connected.
+ * Example: sock:close() */
 static int l_close(lua_State *L) {
   lconn_t *c = check_sock(L);
   if (!connected(c))
     return fail2(L, "closed");
-  tb_stream_close(&c->st);
-  lua_pushinteger(L, 1);
-  return 1;
+  ltask_t *t = lt_current;
+  if (c->st.tls != NULL && t != NULL && t->co == L) {
+    t = lt_need_task(L, "close"); /* clears a leftover op */
+    if (tb_op_shutdown(&t->op.tb, &c->st) == 0 &&
+        !io_begin(L, t, c, deadline_ns(c->timeout_ms, T_SEND)))
+      return lua_yieldk(L, 0, (lua_KContext)lua_gettop(L), close_k);
+  }
+  return close_k(L, LUA_OK, 0);
 }
 
 /* lua: treadle.tcp.socket()

@@ -270,10 +270,19 @@ static int l_write(lua_State *L) {
 
 /* lua: conn:shutdown()
  * Shuts the write side down: the peer reads the end of the stream, and
- * reading goes on.
- * Returns: true, or nil, message, errno name. */
+ * reading goes on. Over TLS it first sends close_notify, after the writes
+ * queued before it, waiting as a write does (so in a task).
+ * Returns: true, or nil, message, errno name.
+ * Errors: raises outside a task on a TLS connection.
+ * Example: assert(conn:shutdown()) */
 static int l_shutdown(lua_State *L) {
-  treadle_err_t err = treadle_tcp_shutdown(check_conn(L)->st.s);
+  lconn_t *c = check_conn(L);
+  if (c->st.tls != NULL) {
+    ltask_t *t = lt_need_task(L, "shutdown of a TLS connection");
+    return conn_op_made(L, t, c, tb_op_shutdown(&t->op.tb, &c->st),
+                        "writing");
+  }
+  treadle_err_t err = treadle_tcp_shutdown(c->st.s);
   if (err != 0)
     return lt_fail(L, err);
   lua_pushboolean(L, 1);

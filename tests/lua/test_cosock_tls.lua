@@ -200,6 +200,55 @@ T.case("verification: self-signed, another host name, the system's store", {skip
   certs.cleanup()
 end)
 
+-- How a TLS server's conn:read saw its client end: "clean" after the
+-- client's close_notify, else the error's errno name (a truncation).
+local function read_to_end(c)
+  while true do
+    local d, _, code = c:read()
+    if not d then return code or "clean" end
+  end
+end
+
+T.case("close and shutdown end the TLS stream with close_notify", {skip = skip}, function()
+  local certs = make_certs()
+  assert(treadle.tls.set_ca_file(certs.ca_pem))
+  local ends = treadle.channel(4)
+  local port, l = tls_server(certs.srv_pem, certs.srv_key, function(c)
+    local how = read_to_end(c)
+    ends:send(how)
+    c:write("after your end: " .. how)
+    c:close()
+  end)
+  -- sock:close() in a task sends close_notify: the server reads a clean end.
+  local s = connect(port)
+  H.eq(s:sslhandshake(false, "localhost", true), true)
+  H.eq(s:send("x"), 1)
+  H.eq(s:close(), 1, "close over TLS returns 1")
+  H.eq(ends:recv(), "clean", "the server saw close_notify, not a truncation")
+  H.eq(select(2, s:close()), "closed", "a second close")
+  -- conn:shutdown() ends the write side only: the reply still comes back.
+  s = connect(port)
+  H.eq(s:sslhandshake(false, "localhost", true), true)
+  H.eq(s:send("y"), 1)
+  H.eq(s:shutdown(), true, "shutdown over TLS")
+  H.eq(ends:recv(), "clean", "close_notify after the queued write")
+  H.eq(s:receive("*a"), "after your end: clean", "reading goes on after shutdown")
+  local ok, _, code = s:shutdown()
+  H.eq(ok, nil, "a second shutdown fails")
+  H.ok(code ~= nil, "with an errno name")
+  s:close()
+  -- Closed by the garbage collector or outside a task: no close_notify,
+  -- the server reads a truncation (nothing hangs).
+  s = connect(port)
+  H.eq(s:sslhandshake(false, "localhost", true), true)
+  s = nil
+  collectgarbage()
+  collectgarbage()
+  H.ok(ends:recv() ~= "clean", "no close_notify from the collector")
+  l:close()
+  certs.cleanup()
+end)
+
 T.case("a peer that does not speak TLS, one that closes mid-way, a timeout", {skip = skip}, function()
   local certs = make_certs()
   local port, l = plain_server(function(c)
