@@ -624,7 +624,8 @@ static int l_proc_tostring(lua_State *L) {
 
 /* -------------------------------------------------------------- spawn */
 
-static const char *const stdio_names[] = {"inherit", "null", "pipe", NULL};
+/* Indexed by treadle_stdio_t; "stdout" (2>&1) is for stderr only. */
+static const char *const stdio_names[] = {"inherit", "null", "pipe", "stdout", NULL};
 static const char *const option_names[] = {"cwd", "env", "clear_env", "stdin",
                                            "stdout", "stderr", "kill_on_drop", NULL};
 
@@ -684,10 +685,12 @@ static void check_spawn_table(lua_State *L) {
                     : lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
     bool ok = false;
     for (int k = 0; stdio_names[k] != NULL; k++)
-      ok = ok || strcmp(stdio_names[k], v) == 0;
+      ok = ok || (strcmp(stdio_names[k], v) == 0 &&
+                  (k != TREADLE_STDIO_STDOUT || i == 2));
     if (!ok)
       luaL_error(L, "bad argument #1 to 'treadle.process.spawn' (%s must be "
-                    "\"pipe\", \"null\" or \"inherit\")", streams[i]);
+                    "\"pipe\", \"null\"%s or \"inherit\")", streams[i],
+                 i == 2 ? ", \"stdout\"" : "");
     lua_pop(L, 1);
   }
 }
@@ -761,7 +764,8 @@ static treadle_err_t build_command(lua_State *L, treadle_command_t **out) {
  * set (NAME = "value") or remove (NAME = false) in a copy of this
  * process's environment (of an empty one with clear_env = true). stdin,
  * stdout, stderr: "pipe" (the default for stdin and stdout), "inherit"
- * (the default for stderr) or "null". kill_on_drop: SIGKILL the child when
+ * (the default for stderr) or "null"; stderr may also be "stdout", where
+ * stdout goes (a shell's 2>&1: both read through stdout_read_*). kill_on_drop: SIGKILL the child when
  * the object is collected while it runs. A child is always reaped. The
  * object has write, shutdown, stdout_read_line/_all/_bytes/_any (and
  * stderr_...), wait, kill, pid and set_timeouts.

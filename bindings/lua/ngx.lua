@@ -174,6 +174,55 @@ function ngx.worker.pid()
   return pid
 end
 
+-- require "ngx.pipe" (lua-resty-core's): spawn(args, opts) over
+-- treadle.process.spawn, whose objects have ngx.pipe's methods. args: an
+-- array of strings, or one string that /bin/sh -c runs. opts:
+-- merge_stderr, buffer_size (checked; the buffers grow as needed),
+-- environ ({"NAME=value", ...}: the whole environment), write_timeout,
+-- stdout_read_timeout, stderr_read_timeout, wait_timeout (ms).
+local function merged() return nil, "merged to stdout" end
+local merged_methods = {stderr_read_line = merged, stderr_read_all = merged,
+                        stderr_read_bytes = merged, stderr_read_any = merged}
+local function pipe_spawn(args, opts)
+  local cmd
+  if type(args) == "string" then
+    cmd = {"/bin/sh", "-c", args}
+  elseif type(args) == "table" then
+    cmd = table.move(args, 1, #args, 1, {})
+  else
+    error("bad args arg: table expected, got " .. type(args), 2)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("bad opts arg: table expected, got " .. type(opts), 2)
+  end
+  opts = opts or {}
+  if opts.buffer_size ~= nil and (math.type(opts.buffer_size) ~= "integer" or opts.buffer_size <= 0) then
+    error("bad buffer_size option", 2)
+  end
+  if opts.environ ~= nil then
+    if type(opts.environ) ~= "table" then error("bad environ option: table expected", 2) end
+    cmd.env, cmd.clear_env = {}, true
+    for i, kv in ipairs(opts.environ) do
+      local k, v
+      if type(kv) == "string" then k, v = kv:match("^([^=]+)=(.*)$") end
+      if not k then error("bad value at index " .. i .. " of environ option", 2) end
+      cmd.env[k] = v
+    end
+  end
+  cmd.stdin, cmd.stdout = "pipe", "pipe"
+  cmd.stderr = opts.merge_stderr and "stdout" or "pipe"
+  local proc, err = treadle.process.spawn(cmd)
+  if not proc then return nil, err end
+  proc:set_timeouts(opts.write_timeout, opts.stdout_read_timeout,
+                    opts.stderr_read_timeout, opts.wait_timeout)
+  if not opts.merge_stderr then return proc end
+  -- stderr's reads answer as OpenResty's do for a merged stderr.
+  return setmetatable({}, {__index = function(_, name)
+    return merged_methods[name] or function(_, ...) return proc[name](proc, ...) end
+  end})
+end
+package.preload["ngx.pipe"] = function() return {_VERSION = "0.1", spawn = pipe_spawn} end
+
 ngx.escape_uri = c.escape_uri
 ngx.unescape_uri = c.unescape_uri
 ngx.encode_base64 = c.encode_base64

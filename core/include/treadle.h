@@ -1317,8 +1317,10 @@ int treadle_signal_from_name(const char *name);
 typedef enum {
   TREADLE_STDIO_INHERIT = 0, /**< the parent's (the default) */
   TREADLE_STDIO_NULL = 1,    /**< /dev/null */
-  TREADLE_STDIO_PIPE = 2     /**< a pipe to the parent: see
+  TREADLE_STDIO_PIPE = 2,    /**< a pipe to the parent: see
                                   treadle_child_take_stdin() */
+  TREADLE_STDIO_STDOUT = 3   /**< stderr only: wherever the child's stdout
+                                  goes, its pipe included (a shell's 2>&1) */
 } treadle_stdio_t;
 
 typedef struct treadle_command_s treadle_command_t;
@@ -1368,7 +1370,8 @@ treadle_err_t treadle_command_stdin(treadle_command_t *cmd,
 /** What the child's stdout is (as treadle_command_stdin). */
 treadle_err_t treadle_command_stdout(treadle_command_t *cmd,
                                      treadle_stdio_t how);
-/** What the child's stderr is (as treadle_command_stdin). */
+/** What the child's stderr is (as treadle_command_stdin), or
+ * TREADLE_STDIO_STDOUT: the same file as its stdout. */
 treadle_err_t treadle_command_stderr(treadle_command_t *cmd,
                                      treadle_stdio_t how);
 /** With `on`, treadle_child_free sends SIGKILL to a child that is still

@@ -245,7 +245,8 @@ treadle_err_t treadle_command_cwd(treadle_command_t *cmd, const char *dir) {
 static treadle_err_t set_stdio(treadle_command_t *cmd, int which,
                                treadle_stdio_t how) {
   if (cmd == NULL || (how != TREADLE_STDIO_INHERIT &&
-                      how != TREADLE_STDIO_NULL && how != TREADLE_STDIO_PIPE))
+                      how != TREADLE_STDIO_NULL && how != TREADLE_STDIO_PIPE &&
+                      (how != TREADLE_STDIO_STDOUT || which != 2)))
     return TREADLE_EINVAL;
   cmd->stdio[which] = how;
   return 0;
@@ -457,6 +458,8 @@ static treadle_err_t prepare(const treadle_command_t *cmd, treadle_handle_t *h,
       if (err != 0)
         return err;
       rc = posix_spawn_file_actions_adddup2(fa, child_end[i], i);
+    } else if (cmd->stdio[i] == TREADLE_STDIO_STDOUT) {
+      rc = posix_spawn_file_actions_adddup2(fa, 1, 2); /* after stdout's */
     }
   }
   if (rc == 0 && cmd->cwd != NULL)

@@ -686,6 +686,32 @@ static void null_stdio(void **state) {
   assert_int_equal(treadle_runtime_free(rt), 0);
 }
 
+/* stderr = TREADLE_STDIO_STDOUT (2>&1): both streams reach the stdout
+ * pipe in the order written, and stderr has no pipe of its own; with
+ * stdout at /dev/null, stderr goes there too. */
+static void stderr_to_stdout(void **state) {
+  (void)state;
+  treadle_runtime_t *rt = runtime();
+  treadle_command_t *cmd =
+      command("/bin/sh", "-c", "echo out; echo err >&2; echo again", NULL);
+  assert_int_equal(treadle_command_stderr(cmd, TREADLE_STDIO_STDOUT), 0);
+  char *out = output_of(rt, cmd);
+  assert_string_equal(out, "out\nerr\nagain\n");
+  free(out);
+  cmd = command("/bin/sh", "-c", "test \"$(readlink /proc/$$/fd/2)\" = /dev/null", NULL);
+  assert_int_equal(treadle_command_stderr(cmd, TREADLE_STDIO_STDOUT), 0);
+  assert_int_equal(treadle_command_stdout(cmd, TREADLE_STDIO_NULL), 0);
+  run_t r = {.child = spawn(rt, cmd)};
+  assert_null(treadle_child_take_stdout(r.child));
+  assert_null(treadle_child_take_stderr(r.child));
+  run(rt, &r);
+  assert_exited(r.status, 0); /* its stderr is /dev/null */
+  run_free(&r);
+  treadle_child_free(r.child);
+  treadle_command_free(cmd);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+}
+
 /* ------------------------------------------------------- freed children */
 
 /* Kill-on-drop: freeing a running child kills it, and its runtime reaps
@@ -1041,7 +1067,9 @@ static void bad_input(void **state) {
       treadle_command_stdin, treadle_command_stdout, treadle_command_stderr};
   for (int i = 0; i < 3; i++) {
     assert_int_equal(stdio[i](NULL, TREADLE_STDIO_NULL), TREADLE_EINVAL);
-    assert_int_equal(stdio[i](cmd, (treadle_stdio_t)3), TREADLE_EINVAL);
+    assert_int_equal(stdio[i](cmd, (treadle_stdio_t)4), TREADLE_EINVAL);
+    if (i < 2) /* stdin or stdout cannot be "stdout" */
+      assert_int_equal(stdio[i](cmd, TREADLE_STDIO_STDOUT), TREADLE_EINVAL);
     assert_int_equal(stdio[i](cmd, (treadle_stdio_t)-1), TREADLE_EINVAL);
   }
   assert_int_equal(treadle_command_kill_on_drop(NULL, true), TREADLE_EINVAL);
@@ -1160,6 +1188,7 @@ static const struct CMUnitTest tests[] = {
     RT_TEST(stdin_pipe_to_cat),
     RT_TEST(stdin_pipe_to_cat_sigchld),
     RT_TEST(null_stdio),
+    RT_TEST(stderr_to_stdout),
     RT_TEST(freed_children_are_reaped),
     RT_TEST(freed_children_are_reaped_sigchld),
     RT_TEST(reaper_takes_over_after_shutdown),
