@@ -1,21 +1,31 @@
 #!/usr/bin/env python3
 """HTTP/1.1 keep-alive "Hello, World!" under wrk: treadle's Lua example
 (examples/lua/http_server.lua, on treadle.tcp.serve) beside OpenResty and
-luv, medians of interleaved runs (issue 16).
+luv (issue 16), or the aiohttp app of ../shared/bench/servers/http/
+http_peers.py on treadle's asyncio loop beside uvloop and asyncio (issue
+15); medians of interleaved runs.
 
-    /usr/bin/python3 bench/http_compare.py [--reps 5] [--duration 5]
-                                           [--warmup 1] [--conns 100]
-                                           [--servers NAME,...] [--cpath DIR]
-                                           [--json FILE]
+    /usr/bin/python3 bench/http_compare.py [--suite lua|aiohttp] [--reps 5]
+                                           [--duration 5] [--warmup 1]
+                                           [--conns 100] [--servers NAME,...]
+                                           [--cpath DIR] [--json FILE]
 
 Servers (PORT filled in; the same response bytes: Content-Type text/plain,
-Content-Length 13):
+Content-Length 13). --suite lua (the default):
 
     treadle-lua-current  lua5.4 examples/lua/http_server.lua PORT current_thread   split
     openresty            nginx, 1 worker, no master (content_by_lua_block)      split
     lua-luv              lua5.4 ../shared/bench/servers/http/http_luv.lua PORT     split
     treadle-lua-multi2   lua5.4 examples/lua/http_server.lua PORT multi_thread 2   shared
     openresty-2          nginx, master + 2 workers (reuseport)                   shared
+
+--suite aiohttp (Debian's python3-aiohttp, /usr/bin/python3; the same app,
+unchanged, on each loop; treadle's through bench/on_treadle.py):
+
+    aiohttp-treadle-current  http_peers.py PORT aiohttp-asyncio on treadle, current_thread  split
+    aiohttp-uvloop           http_peers.py PORT aiohttp-uvloop                      split
+    aiohttp-asyncio          http_peers.py PORT aiohttp-asyncio                     split
+    aiohttp-treadle-multi2   the first on multi_thread(2)                           shared
 
 OpenResty is Debian's nginx with libnginx-mod-http-lua and
 ../shared/bench/servers/http/openresty.conf.in (worker_processes and
@@ -30,7 +40,9 @@ with SIGINT (then SIGTERM, then SIGKILL). Ratios: of the medians, and paired (th
 repetitions' own ratios: this host drifts ~30% over minutes).
 
 Goals: treadle-lua-current >= 1.0x openresty's efficiency and rps;
-treadle-lua-multi2 >= 1.0x openresty-2's.
+treadle-lua-multi2 >= 1.0x openresty-2's. aiohttp-treadle-current >= 1.0x
+aiohttp-uvloop's rps and efficiency; aiohttp-treadle-multi2 >= 1.3x
+aiohttp-uvloop's rps.
 
 The module: LUA_CPATH gets DIR/?.so, DIR = --cpath, else
 build-release/bindings/lua (built with the release preset when missing).
@@ -58,6 +70,9 @@ RELEASE_DIR = os.path.join(ROOT, "build-release", "bindings", "lua")
 EXAMPLE = os.path.join(ROOT, "examples", "lua", "http_server.lua")
 TICK = os.sysconf("SC_CLK_TCK")
 
+ON_TREADLE = os.path.join(ROOT, "bench", "on_treadle.py")
+PY = "/usr/bin/python3"
+
 SERVERS = {
     # name: (kind, split)
     "treadle-lua-current": ("treadle", True),
@@ -65,9 +80,21 @@ SERVERS = {
     "lua-luv": ("luv", True),
     "treadle-lua-multi2": ("treadle2", False),
     "openresty-2": ("nginx2", False),
+    "aiohttp-treadle-current": ("aiohttp-treadle", True),
+    "aiohttp-uvloop": ("aiohttp-uvloop", True),
+    "aiohttp-asyncio": ("aiohttp-asyncio", True),
+    "aiohttp-treadle-multi2": ("aiohttp-treadle2", False),
+}
+SUITES = {
+    "lua": ["treadle-lua-current", "openresty", "lua-luv", "treadle-lua-multi2", "openresty-2"],
+    "aiohttp": ["aiohttp-treadle-current", "aiohttp-uvloop", "aiohttp-asyncio",
+                "aiohttp-treadle-multi2"],
 }
 GOALS = [("treadle-lua-current", "openresty"), ("treadle-lua-current", "lua-luv"),
-         ("treadle-lua-multi2", "openresty-2")]
+         ("treadle-lua-multi2", "openresty-2"),
+         ("aiohttp-treadle-current", "aiohttp-uvloop"),
+         ("aiohttp-treadle-current", "aiohttp-asyncio"),
+         ("aiohttp-treadle-multi2", "aiohttp-uvloop")]
 
 
 def log(msg):
@@ -131,6 +158,13 @@ class Server:
         self.dir = None
 
     def argv(self, port):
+        if self.kind.startswith("aiohttp"):
+            peers = [os.path.join(PEERS, "http_peers.py"), str(port)]
+            if self.kind == "aiohttp-treadle":
+                return [PY, ON_TREADLE, "current_thread", "1"] + peers + ["aiohttp-asyncio"]
+            if self.kind == "aiohttp-treadle2":
+                return [PY, ON_TREADLE, "multi_thread", "2"] + peers + ["aiohttp-asyncio"]
+            return [PY] + peers + [self.kind]
         if self.kind.startswith("treadle"):
             flavor = ["current_thread"] if self.kind == "treadle" else ["multi_thread", "2"]
             return ["lua5.4", EXAMPLE, str(port)] + flavor
@@ -225,14 +259,24 @@ def main():
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--conns", type=int, default=100)
-    ap.add_argument("--servers", default=",".join(SERVERS))
+    ap.add_argument("--suite", choices=sorted(SUITES), default="lua")
+    ap.add_argument("--servers", help="default: the suite's")
     ap.add_argument("--cpath")
     ap.add_argument("--json")
     args = ap.parse_args()
+    names = [n for n in (args.servers or ",".join(SUITES[args.suite])).split(",") if n]
+    for n in names:
+        if n not in SERVERS:
+            sys.exit(f"unknown server {n!r} (have {', '.join(SERVERS)})")
     subprocess.run([os.path.join(ROOT, "scripts", "setup.sh"), "wrk", "nginx",
-                    "libnginx-mod-http-lua", "lua-luv", "lua5.4"], check=True)
-    cpath = module_dir(args.cpath)
-    names = [n for n in args.servers.split(",") if n]
+                    "libnginx-mod-http-lua", "lua-luv", "lua5.4", "python3-aiohttp",
+                    "python3-uvloop"], check=True)
+    lua = any(SERVERS[n][0] in ("treadle", "treadle2") for n in names)
+    cpath = module_dir(args.cpath) if lua else ""
+    if any(n.startswith("aiohttp-treadle") for n in names):
+        # the extension in place, for Debian's python3 (as the tests build it)
+        subprocess.run(["bash", os.path.join(ROOT, "scripts", "build_python.sh")], check=True,
+                       env=dict(os.environ, PYTHON=PY), stdout=subprocess.DEVNULL)
     runs = {n: [] for n in names}
     for rep in range(args.reps):
         order = names if rep % 2 == 0 else list(reversed(names))
