@@ -57,6 +57,9 @@ SECTIONS = {
     "ngx": ("The ngx table", "`ngx` is what `require \"treadle.ngx\"` returns."),
     "ngx.worker": ("ngx.worker", None),
     "ngx.re": ("ngx.re", "Regular expressions over PCRE2, as OpenResty's over PCRE."),
+    "ffi": ("ffi", "`ffi` is what `require \"ffi\"` returns after `require \"treadle.ngx\"`: "
+            "LuaJIT's FFI as far as byte buffers go (what OpenResty's pure-Lua libraries "
+            "use one for); any other field raises."),
     "stdin": ("Standard input", "`stdin` is what `treadle.stdin()` returns."),
     "console": ("The console's input", "`console` is what the Lua part of `treadle.repl()` "
                 "reads its lines from; programs do not get one."),

@@ -195,6 +195,8 @@ void lt_pool_free(lhome_t *home);
 void lt_conn_op_done(void *conn);
 /* ltreadle_re.c: pushes the ngx.re table (PCRE2). */
 void lt_push_re(lua_State *L);
+/* Pushes require "ffi"'s byte-buffer subset (ltreadle_ffi.c). */
+void lt_push_ffi(lua_State *L);
 /* ltreadle.c: how many workers the home's runtime has. */
 int lt_home_workers(lhome_t *home);
 

@@ -284,6 +284,8 @@ __attribute__((visibility("default"))) int luaopen_treadle_ngx(lua_State *L) {
   luaL_newlib(L, ngx_c);
   lt_push_re(L);
   lua_setfield(L, -2, "re");
+  lt_push_ffi(L);
+  lua_setfield(L, -2, "ffi");
   lua_pushlightuserdata(L, NULL); /* ngx.null, as OpenResty's */
   lua_setfield(L, -2, "null");
   lua_call(L, 2, 1);

@@ -14,6 +14,10 @@ for _, dir in ipairs({"/usr/local/share/lua/5.1/", "/usr/share/lua/5.1/"}) do
   end
 end
 
+-- require "ffi": LuaJIT's FFI as far as byte buffers (ltreadle_ffi.c),
+-- which lua-nginx-websocket masks frames in; the rest raises.
+package.preload.ffi = package.preload.ffi or function() return c.ffi end
+
 -- LuaJIT's BitOp (require "bit"), which OpenResty's libraries use
 -- (lua-resty-dns, ...): 32-bit operations on Lua 5.4's integers, results
 -- signed as LuaJIT's.

@@ -99,6 +99,19 @@ T.case("redis_session.lua", {flavors = CT, skip = NO_REDIS, timeout = 90}, funct
   assert(ok, err)
 end)
 
+local NO_WEBSOCKET = not H.have_file("/usr/share/lua/5.1/nginx/websocket/client.lua") and
+  "lua-nginx-websocket missing (scripts/setup.sh lua-nginx-websocket)" or nil
+T.case("websocket_echo.lua", {outside = true, flavors = CT, skip = NO_WEBSOCKET}, function()
+  local out, how, code = run("websocket_echo.lua", "3")
+  expect_ok(out, how, code)
+  H.has(out, "text of 20 bytes -> text echoed\ntext of 210 bytes -> text echoed\n" ..
+             "text of 70010 bytes -> text echoed\n", "each length encoding")
+  H.has(out, "binary of 5 bytes -> binary echoed")
+  H.has(out, "ping -> pong are you there")
+  H.has(out, "close -> close 1000")
+  H.has(out, "== done")
+end)
+
 -- The repository's root as an absolute path.
 local function abs_root()
   local p = io.popen("cd " .. H.q(H.root) .. " && pwd")

@@ -240,4 +240,38 @@ T.case("require \"ngx.pipe\": spawn of an array or a command line, merge_stderr,
   H.raises("the command is empty", ngx_pipe.spawn, {})
 end)
 
+T.case("require \"ffi\": byte buffers as LuaJIT's, the rest raises", function()
+  local ffi = require "ffi"
+  H.eq(require "ffi", ffi, "one module")
+  local t = ffi.typeof("char[?]")
+  local buf = ffi.new(t, 4)
+  H.eq(#buf, 4); H.eq(ffi.sizeof(buf), 4)
+  H.eq(buf[0], 0, "zero-filled")
+  buf[0], buf[1], buf[2], buf[3] = 72, 105, 0x1ff, -1
+  H.eq(buf[2], -1, "char is signed; a store keeps the low 8 bits")
+  H.eq(buf[3], -1)
+  H.eq(ffi.string(buf, 2), "Hi")
+  H.eq(ffi.string(buf, 4), "Hi\255\255")
+  H.eq(ffi.string(buf, 0), "")
+  buf[2] = 0
+  H.eq(ffi.string(buf), "Hi", "without a length: up to the first zero byte")
+  local u = ffi.new("unsigned char [?]", 2)
+  u[0] = 255.9
+  H.eq(u[0], 255, "unsigned; a float is truncated as a C cast")
+  H.eq(ffi.string(ffi.new(ffi.typeof("uint8_t[?]"), 3), 3), "\0\0\0")
+  H.eq(#ffi.new("int8_t[?]", 0), 0)
+  H.raises("index 4 out of the buffer's range 0..3", function() return buf[4] end)
+  H.raises("index -1 out of", function() buf[-1] = 1 end)
+  H.raises("indexed by an integer, not string", function() return buf.x end)
+  H.raises("number expected", function() buf[0] = "a" end)
+  H.raises("longer than the buffer", ffi.string, buf, 5)
+  H.raises("byte buffers only", ffi.typeof, "int[?]")
+  H.raises("byte buffers only", ffi.new, "struct { int a; }", 1)
+  H.raises("the size must be 0..2^31", ffi.new, t, -1)
+  H.raises("takes no initial values", ffi.new, t, 2, 1)
+  H.bad_arg(ffi.string, {})
+  H.raises("ffi.cdef is not supported", function() return ffi.cdef end)
+  H.raises("ffi.cast is not supported", function() return ffi.cast end)
+end)
+
 return T.main()
