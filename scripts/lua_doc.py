@@ -57,6 +57,8 @@ SECTIONS = {
     "ngx": ("The ngx table", "`ngx` is what `require \"treadle.ngx\"` returns."),
     "ngx.worker": ("ngx.worker", None),
     "ngx.re": ("ngx.re", "Regular expressions over PCRE2, as OpenResty's over PCRE."),
+    "table": ("table.new", "After `require \"treadle.ngx\"`: LuaJIT's `require \"table.new\"` "
+              "(and `require \"table.clear\"`, which empties a table in place)."),
     "ffi": ("ffi", "`ffi` is what `require \"ffi\"` returns after `require \"treadle.ngx\"`: "
             "LuaJIT's FFI as far as byte buffers go (what OpenResty's pure-Lua libraries "
             "use one for); any other field raises."),

@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 # (scripts/fuzz.sh) need clang and its libFuzzer; the soak charts
 # matplotlib.
 scripts/setup.sh lua5.4 liblua5.4-dev libreadline-dev python3-pytest python3-pexpect \
-  libssl-dev openssl libpcre2-dev redis-server memcached lua-nginx-redis lua-nginx-memcached lua-nginx-dns lua-nginx-websocket \
+  libssl-dev openssl libpcre2-dev redis-server memcached lua-nginx-redis lua-nginx-memcached lua-nginx-dns lua-nginx-websocket lua-nginx-redis-connector \
   g++ relacy-dev clang-14 libclang-rt-14-dev libfuzzer-14-dev python3-matplotlib
 
 presets=("$@")

@@ -922,8 +922,12 @@ static int l_getreusedtimes(lua_State *L) {
 
 /* ------------------------------------------------------------ options */
 
+/* A timeout in ms, read as OpenResty reads one (lua_tonumber): a value
+ * that is not a number is 0, the default (lua-resty-redis-connector
+ * passes a table, and OpenResty takes it); negative, NaN or 2^31 and more
+ * raise. */
 static int check_ms(lua_State *L, int idx) {
-  lua_Number ms = luaL_checknumber(L, idx);
+  lua_Number ms = lua_tonumber(L, idx);
   luaL_argcheck(L, ms == ms && ms >= 0 && ms <= 2147483647.0, idx,
                 "bad timeout value");
   return (int)ms;
@@ -934,8 +938,10 @@ static int check_ms(lua_State *L, int idx) {
  * default, 60000). Each wait of a method is bounded by one; a timeout
  * ends the wait with nil, "timeout", and is a deadline on that wait, not
  * a task.
+ * A value that is not a number (nor a numeric string) means 0, as
+ * OpenResty reads it.
  * Returns: nothing.
- * Errors: raises for a negative, NaN or non-number ms.
+ * Errors: raises for a negative or NaN ms, or one of 2^31 or more.
  * Example: sock:settimeout(1000) */
 static int l_settimeout(lua_State *L) {
   lconn_t *c = check_sock(L);
@@ -948,10 +954,13 @@ static int l_settimeout(lua_State *L) {
 /* lua: sock:settimeouts(connect_ms, send_ms, read_ms)
  * Sets the three timeouts apart, as sock:settimeout.
  * Returns: nothing.
- * Errors: as sock:settimeout.
+ * Errors: as sock:settimeout, and for fewer or more than three values.
  * Example: sock:settimeouts(1000, 5000, 30000) */
 static int l_settimeouts(lua_State *L) {
   lconn_t *c = check_sock(L);
+  if (lua_gettop(L) != 4)
+    return luaL_error(L, "settimeouts: expecting 3 timeouts, got %d",
+                      lua_gettop(L) - 1);
   int ms[3];
   for (int i = 0; i < 3; i++)
     ms[i] = check_ms(L, 2 + i);

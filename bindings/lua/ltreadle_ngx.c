@@ -7,6 +7,7 @@
  * raise. Lua finds luaopen_treadle_ngx in treadle.so
  * through its all-in-one loader, so no second file is needed. */
 #define _GNU_SOURCE
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -253,12 +254,27 @@ static int l_worker_count(lua_State *L) {
   return 1;
 }
 
+/* lua: table.new(narr, nrec)
+ * LuaJIT's require "table.new" (after require "treadle.ngx"): a new table
+ * with room for narr array items and nrec other fields.
+ * Returns: the empty table.
+ * Errors: raises for sizes that are not integers 0..2^31-1.
+ * Example: local t = require "table.new"(100, 0) */
+static int l_table_new(lua_State *L) {
+  lua_Integer narr = luaL_checkinteger(L, 1), nrec = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, narr >= 0 && narr <= INT32_MAX, 1, "out of range");
+  luaL_argcheck(L, nrec >= 0 && nrec <= INT32_MAX, 2, "out of range");
+  lua_createtable(L, (int)narr, (int)nrec);
+  return 1;
+}
+
 static const luaL_Reg ngx_c[] = {
     {"escape_uri", l_escape_uri},       {"unescape_uri", l_unescape_uri},
     {"encode_base64", l_encode_base64}, {"decode_base64", l_decode_base64},
     {"md5", l_md5},                     {"md5_bin", l_md5_bin},
     {"sha1_bin", l_sha1_bin},           {"now", l_wall_now},
     {"count", l_worker_count},   {NULL, NULL}};
+static const luaL_Reg table_c[] = {{"new", l_table_new}, {NULL, NULL}};
 
 /* lua: require "treadle.ngx"
  * An `ngx` table for OpenResty's pure-Lua libraries outside nginx:
@@ -286,6 +302,8 @@ __attribute__((visibility("default"))) int luaopen_treadle_ngx(lua_State *L) {
   lua_setfield(L, -2, "re");
   lt_push_ffi(L);
   lua_setfield(L, -2, "ffi");
+  luaL_newlib(L, table_c);
+  lua_setfield(L, -2, "table");
   lua_pushlightuserdata(L, NULL); /* ngx.null, as OpenResty's */
   lua_setfield(L, -2, "null");
   lua_call(L, 2, 1);

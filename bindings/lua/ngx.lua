@@ -14,6 +14,15 @@ for _, dir in ipairs({"/usr/local/share/lua/5.1/", "/usr/share/lua/5.1/"}) do
   end
 end
 
+-- LuaJIT's require "table.new" and "table.clear", which OpenResty's
+-- libraries take with pcall(require, ...).
+package.preload["table.new"] = package.preload["table.new"] or function() return c.table.new end
+package.preload["table.clear"] = package.preload["table.clear"] or function()
+  return function(t)
+    for k in next, t do t[k] = nil end
+  end
+end
+
 -- require "ffi": LuaJIT's FFI as far as byte buffers (ltreadle_ffi.c),
 -- which lua-nginx-websocket masks frames in; the rest raises.
 package.preload.ffi = package.preload.ffi or function() return c.ffi end

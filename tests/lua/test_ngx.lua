@@ -274,4 +274,16 @@ T.case("require \"ffi\": byte buffers as LuaJIT's, the rest raises", function()
   H.raises("ffi.cast is not supported", function() return ffi.cast end)
 end)
 
+T.case("require \"table.new\" and \"table.clear\", as LuaJIT's", function()
+  local new, clear = require "table.new", require "table.clear"
+  local t = new(10, 2)
+  H.eq(next(t), nil, "empty")
+  t[1], t.x = "a", "b"
+  H.eq(#t, 1)
+  clear(t)
+  H.eq(next(t), nil, "cleared in place")
+  H.bad_arg(new, -1, 0)
+  H.bad_arg(new, 1, "x")
+end)
+
 return T.main()

@@ -137,6 +137,29 @@ T.case("redis: keep-alive reuse", {skip = NO_REDIS, timeout = 60}, function()
   end)
 end)
 
+local NO_CONNECTOR = NO_REDIS or not have("/usr/share/lua/5.1/nginx/redis/connector.lua") and
+  "lua-nginx-redis-connector missing (scripts/setup.sh lua-nginx-redis-connector)" or nil
+T.case("redis-connector: a DSN with a database, the pool", {skip = NO_CONNECTOR, timeout = 60}, function()
+  local connector = require "nginx.redis.connector"
+  with(start_redis, function(port)
+    local rc = assert(connector.new({connect_timeout = 2000, read_timeout = 2000}))
+    local url = "redis://127.0.0.1:" .. port .. "/2"
+    -- connector 0.06 gives the read timeout as sock:settimeout(itself):
+    -- OpenResty reads a table as 0, the default, and so does treadle
+    local r = assert(rc:connect({url = url}))
+    H.eq(r:set("where", "db 2"), "OK")
+    H.eq(rc:set_keepalive(r), 1, "back to the pool")
+    r = assert(rc:connect({url = url}))
+    H.eq(r:get_reused_times(), 1, "the pooled connection")
+    H.eq(r:get("where"), "db 2")
+    H.eq(r:select(0), "OK")
+    H.eq(r:get("where"), ngx.null, "the DSN's database was selected")
+    r:close()
+    local bad, err = rc:connect({host = "127.0.0.1", port = 1})
+    H.eq(bad, nil); H.eq(err, "connection refused")
+  end)
+end)
+
 T.case("redis: a timeout", {skip = NO_REDIS, timeout = 60}, function()
   local redis = require "nginx.redis"
   with(start_redis, function(port)
