@@ -19,17 +19,25 @@ local byte, find, sub, tonumber, concat, upper = string.byte, string.find, strin
 
 local store = {}
 
+-- "$5\r\n", the head of a bulk string, made once per length (up to 4096:
+-- the table stays small whatever lengths clients use)
+local heads = setmetatable({}, {__index = function(t, len)
+  local head = "$" .. len .. "\r\n"
+  if len <= 4096 then t[len] = head end
+  return head
+end})
+
 local function run(args, n)
   local cmd = args[1]
   if cmd ~= "GET" and cmd ~= "SET" and cmd ~= "PING" then cmd = upper(cmd) end
   if cmd == "GET" and n == 2 then
     local v = store[args[2]]
-    return v and "$" .. #v .. "\r\n" .. v .. "\r\n" or "$-1\r\n"
+    return v and heads[#v] .. v .. "\r\n" or "$-1\r\n"
   elseif cmd == "SET" and n >= 3 then
     store[args[2]] = args[3]
     return "+OK\r\n"
   elseif cmd == "PING" then
-    return n >= 2 and "$" .. #args[2] .. "\r\n" .. args[2] .. "\r\n" or "+PONG\r\n"
+    return n >= 2 and heads[#args[2]] .. args[2] .. "\r\n" or "+PONG\r\n"
   elseif cmd == "DEL" and n >= 2 then
     local gone = 0
     for i = 2, n do
