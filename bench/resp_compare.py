@@ -5,14 +5,21 @@ redis-server, medians of interleaved runs (issue 16: >= 0.8x redis-server's
 efficiency).
 
     /usr/bin/python3 bench/resp_compare.py [--reps 5] [--n 500000] [--cpath DIR]
+    /usr/bin/python3 bench/resp_compare.py --counts [--n 20000]
 
 Each run starts the server under `taskset -c 0` (redis-server with
 ../shared/bench/servers/http/redis.conf, its port replaced), runs
 `redis-benchmark -t ping,set,get -c 50 -P 16 -n N --csv` under
 `taskset -c 1` and reads the server's utime + stime from /proc before and
-after. Efficiency = requests (3 x N: PING_INLINE, PING_MBULK counted as
-one ping test each, SET, GET; every line redis-benchmark prints) per
-second of server CPU. Repetitions alternate the order of the two servers.
+after. Efficiency = requests (4 x N: PING_INLINE, PING_MBULK, SET, GET;
+every line redis-benchmark prints) per second of server CPU. Repetitions
+alternate the order of the two servers.
+
+--counts measures what the noisy host cannot blur, once per server under
+the same load: user-space instructions per request of the whole server
+process (valgrind's callgrind, counters zeroed once the server listens and
+dumped after the load, so start-up is left out) and system calls per
+request (`strace -c -f` attached to the server during the load).
 """
 import argparse
 import csv
@@ -44,7 +51,10 @@ def ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
-def run(name, cpath, n):
+def start(name, cpath, wrap=()):
+    """Starts a server on a free port under `taskset -c 0` (and wrap, a
+    command such as valgrind's); returns the process, its port and the
+    config file to remove."""
     port = free_port()
     env = dict(os.environ, LUA_CPATH=os.path.join(cpath, "?.so") + ";;")
     tmp = None
@@ -58,43 +68,116 @@ def run(name, cpath, n):
                             for line in conf.splitlines()) + "\n")
         tmp.close()
         argv = ["redis-server", tmp.name]
-    p = subprocess.Popen(["taskset", "-c", "0"] + argv, env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(["taskset", "-c", "0"] + list(wrap) + argv, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return p, port, tmp
+
+
+def stop(p, tmp, wait_s=5):
+    p.send_signal(signal.SIGINT)
     try:
-        for _ in range(200):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+        p.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait()
+    if tmp:
+        os.unlink(tmp.name)
+
+
+def load(port, n):
+    return subprocess.run(["taskset", "-c", "1", "redis-benchmark", "-p", str(port), "-t",
+                           "ping,set,get", "-c", "50", "-P", "16", "-n", str(n), "--csv"],
+                          capture_output=True, text=True, timeout=600).stdout
+
+
+def run(name, cpath, n):
+    p, port, tmp = start(name, cpath)
+    try:
         c0 = ticks(p.pid)
-        out = subprocess.run(["taskset", "-c", "1", "redis-benchmark", "-p", str(port), "-t",
-                              "ping,set,get", "-c", "50", "-P", "16", "-n", str(n), "--csv"],
-                             capture_output=True, text=True, timeout=300).stdout
+        out = load(port, n)
         c1 = ticks(p.pid)
     finally:
-        p.send_signal(signal.SIGINT)
-        try:
-            p.wait(5)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-        if tmp:
-            os.unlink(tmp.name)
+        stop(p, tmp)
     rows = [r for r in csv.reader(io.StringIO(out)) if r and r[0] != "test"]
     rps = {r[0]: float(r[1]) for r in rows}
     cpu = (c1 - c0) / TICK
     return {"rps": rps, "cpu_s": cpu, "efficiency": len(rows) * n / cpu if cpu else None}
 
 
+def instructions(name, cpath, n):
+    """User-space instructions of the server during the load (callgrind)."""
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "cg.out")
+        p, port, tmp = start(name, cpath, ["valgrind", "--tool=callgrind",
+                                           f"--callgrind-out-file={out}"])
+        try:
+            subprocess.run(["callgrind_control", "-z", str(p.pid)], capture_output=True, check=True)
+            rows = [r for r in csv.reader(io.StringIO(load(port, n))) if r and r[0] != "test"]
+            subprocess.run(["callgrind_control", "-d", str(p.pid)], capture_output=True, check=True)
+        finally:
+            stop(p, tmp, 60)
+        ann = subprocess.run(["callgrind_annotate", out + ".1"], capture_output=True,
+                             text=True).stdout
+        total = next(int(line.split()[0].replace(",", "")) for line in ann.splitlines()
+                     if "PROGRAM TOTALS" in line)
+        return total, len(rows) * n
+
+
+def syscalls(name, cpath, n):
+    """System calls of the server during the load: {name: count} (strace -c -f)."""
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "strace.txt")
+        p, port, tmp = start(name, cpath)
+        try:
+            st = subprocess.Popen(["strace", "-c", "-f", "-p", str(p.pid), "-o", out],
+                                  stderr=subprocess.DEVNULL)
+            time.sleep(0.5)  # attached to every thread before the load
+            rows = [r for r in csv.reader(io.StringIO(load(port, n))) if r and r[0] != "test"]
+            st.send_signal(signal.SIGINT)
+            st.wait(30)
+        finally:
+            stop(p, tmp)
+        calls = {}
+        with open(out) as f:
+            for line in f:
+                parts = line.split()
+                # % time, seconds, usecs/call, calls, [errors,] syscall
+                if len(parts) >= 5 and parts[3].isdigit() and parts[-1] != "total":
+                    calls[parts[-1]] = int(parts[3])
+        return calls, len(rows) * n
+
+
+def counts(cpath, n):
+    print(f"redis-benchmark -t ping,set,get -c 50 -P 16 -n {n}, one run per server\n")
+    print("| server | instructions per request | system calls per request | of which read, write (or recvfrom, sendto) |")
+    print("|---|---:|---:|---:|")
+    for name in ["treadle-lua", "redis-server"]:
+        ir, reqs = instructions(name, cpath, n)
+        calls, sreqs = syscalls(name, cpath, n)
+        io_calls = sum(v for k, v in calls.items() if k in ("read", "write", "recvfrom", "sendto"))
+        print(f"| {name} | {ir / reqs:,.0f} | {sum(calls.values()) / sreqs:.4f} | "
+              f"{io_calls / sreqs:.4f} |", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--n", type=int, default=500000)
+    ap.add_argument("--n", type=int, help="requests per test (default 500000; 20000 with --counts)")
     ap.add_argument("--cpath", default=os.path.join(ROOT, "build-release", "bindings", "lua"))
+    ap.add_argument("--counts", action="store_true",
+                    help="instructions and system calls per request instead of timings")
     args = ap.parse_args()
     subprocess.run([os.path.join(ROOT, "scripts", "setup.sh"), "redis-server", "redis-tools",
-                    "lua5.4"], check=True)
+                    "lua5.4", "valgrind", "strace"], check=True)
+    if args.counts:
+        return counts(args.cpath, args.n or 20000)
+    args.n = args.n or 500000
     names = ["treadle-lua", "redis-server"]
     runs = {k: [] for k in names}
     for rep in range(args.reps):
