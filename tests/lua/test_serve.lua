@@ -282,6 +282,9 @@ T.case("resp_server.lua: PING, SET, GET, DEL, pipelined, errors", {flavors = {"c
     local s = connect(port)
     s:send("PING\r\n")
     H.eq(s:receive("*l"), "+PONG", "inline")
+    s:send("ping  hello \r\n")
+    H.eq(s:receive("*l"), "$5", "inline with an argument, spaces around it")
+    H.eq(s:receive("*l"), "hello")
     -- a pipeline in one write, answers in order
     s:send("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n*2\r\n$3\r\nGET\r\n$1\r\nk\r\n" ..
            "*3\r\n$3\r\nDEL\r\n$1\r\nk\r\n$1\r\nx\r\n*2\r\n$3\r\nget\r\n$1\r\nk\r\n*1\r\n$4\r\nPING\r\n")
