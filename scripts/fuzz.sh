@@ -5,7 +5,8 @@
 # target. New inputs that found coverage go to build-fuzz/corpus/<target>
 # (copy the interesting ones into tests/fuzz/corpus to keep them); a crash
 # leaves build-fuzz/crash-* and fails the script.
-# Usage: scripts/fuzz.sh [--seconds N] [TARGET...]   (targets: wheel addr lua_value)
+# Usage: scripts/fuzz.sh [--seconds N] [TARGET...]
+#   (targets: wheel addr lua_value until shdict)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=60
@@ -14,11 +15,11 @@ while [ $# -gt 0 ]; do
   case "$1" in
   --seconds) seconds="$2"; shift 2 ;;
   --seconds=*) seconds="${1#--seconds=}"; shift ;;
-  -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
   *) targets+=("$1"); shift ;;
   esac
 done
-[ ${#targets[@]} -eq 0 ] && targets=(wheel addr lua_value)
+[ ${#targets[@]} -eq 0 ] && targets=(wheel addr lua_value until shdict)
 
 # libclang-rt-14-dev holds the ASan, UBSan and libFuzzer runtimes (clang-14
 # only recommends it, so an install without recommends lacks it).
