@@ -218,4 +218,4 @@ def test_module_functions_in_a_task_take_bad_arguments(flavor):
     sweep = Sweep(SEED + 2)
     calls = treadle.run(_in_task(sweep), flavor=flavor, workers=2)
     assert calls > ROUNDS * 10
-    assert sweep.outcomes.get(("sleep", "ValueError"))
+    assert sweep.outcomes.get(("sleep", "TypeError"))
