@@ -31,7 +31,7 @@ import treadle
 from treadle import _core
 
 SEED = int(os.environ.get("TREADLE_FUZZ_SEED", "17"))
-ROUNDS = int(os.environ.get("TREADLE_FUZZ_ROUNDS", "60"))
+ROUNDS = int(os.environ.get("TREADLE_FUZZ_ROUNDS", "300"))
 
 # A conversion hook that raises: the C code must pass its exception on.
 class BadIndex(int):
