@@ -297,6 +297,8 @@ static shd_err_t mpop(model_t *m, const char *key, size_t klen, bool left, uint6
 }
 
 static void check_all(shd_dict_t *d, model_t *m, uint64_t now) {
+  assert_int_equal(shd_capacity(d), m->capacity); /* constant */
+  assert_true(shd_free_space(d) <= m->capacity); /* never "negative" */
   assert_int_equal(shd_free_space(d), m->capacity - m->used);
   assert_int_equal(shd_count(d), m->n);
   size_t count;
