@@ -2,10 +2,10 @@
 random sweep (issue 17 item 4, "the Python argument parsing of the C
 types"; docs/TESTING.md "Fuzzing").
 
-This stands in for a libFuzzer target: embedding libpython in a libFuzzer
-binary would need the extension rebuilt with clang against that binary's
-sanitizer runtime, while scripts/test_python.sh's asan mode already runs
-these tests with the extension built with ASan+UBSan. Each round calls
+The ordinary suites' form of tests/fuzz/fuzz_python (the libFuzzer target
+that embeds libpython, run by scripts/fuzz.sh, draws the same choices from
+its input): it runs in every Python mode, scripts/test_python.sh's asan
+mode included, where the extension has ASan+UBSan. Each round calls
 every entry point (the module's functions, inside a task and outside one;
 the SWIG wrappers and metrics accessors; the types' constructors, static
 methods and methods on live objects) with a tuple of 0-4 arguments drawn
@@ -58,8 +58,9 @@ VALUES = [
     BadIndex(3), BadFloat(1.5),
 ]
 
+# CancelledError: JoinHandle.result() of an aborted task.
 ALLOWED = (TypeError, ValueError, OverflowError, OSError, RuntimeError,
-           ZeroDivisionError, _core.Error, TimeoutError)
+           ZeroDivisionError, _core.Error, TimeoutError, _core.CancelledError)
 
 # Functions that take ownership of a live pointer (treadle_builder_free) or
 # build a runtime (treadle_py_build) get their own cases below.
