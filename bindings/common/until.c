@@ -1,7 +1,9 @@
 /* receiveuntil's splitter (recvbuf.h): a search that can be resumed as
  * more bytes arrive, so that a long body is scanned once, and that says
  * which bytes may be handed out before the delimiter is seen (the size
- * argument of OpenResty's iterator). */
+ * argument of OpenResty's iterator); and one call of the iterator on top
+ * of it (tb_until_step), which ltreadle_cosock.c runs and
+ * tests/fuzz/fuzz_until.c checks against a naive splitter. */
 #define _GNU_SOURCE
 #include <string.h>
 

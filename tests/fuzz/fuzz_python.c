@@ -46,7 +46,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   PyGILState_STATE g = PyGILState_Ensure();
   PyObject *r = PyObject_CallFunction(run_one, "y#", (const char *)data, (Py_ssize_t)size);
   if (r == NULL)
-    fail("a call crossed the rules");
+    fail("run_one failed: a call raised what it must not (above)");
   Py_DECREF(r);
   PyGILState_Release(g);
   return 0;
