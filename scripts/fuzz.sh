@@ -15,7 +15,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
   --seconds) seconds="$2"; shift 2 ;;
   --seconds=*) seconds="${1#--seconds=}"; shift ;;
-  -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
   *) targets+=("$1"); shift ;;
   esac
 done
