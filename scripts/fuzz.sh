@@ -5,7 +5,8 @@
 # target. New inputs that found coverage go to build-fuzz/corpus/<target>
 # (copy the interesting ones into tests/fuzz/corpus to keep them); a crash
 # leaves build-fuzz/crash-* and fails the script.
-# Usage: scripts/fuzz.sh [--seconds N] [TARGET...]   (targets: wheel addr lua_value)
+# Usage: scripts/fuzz.sh [--seconds N] [TARGET...]
+#   (targets: wheel addr lua_value until shdict python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=60
@@ -18,18 +19,36 @@ while [ $# -gt 0 ]; do
   *) targets+=("$1"); shift ;;
   esac
 done
-[ ${#targets[@]} -eq 0 ] && targets=(wheel addr lua_value)
+[ ${#targets[@]} -eq 0 ] && targets=(wheel addr lua_value until shdict python)
 
 # libclang-rt-14-dev holds the ASan, UBSan and libFuzzer runtimes (clang-14
 # only recommends it, so an install without recommends lacks it).
-scripts/setup.sh clang-14 libclang-rt-14-dev libfuzzer-14-dev lua5.4 liblua5.4-dev
+# The python target embeds Debian's libpython (python3-dev) and imports
+# the extension (swig, setuptools, libssl-dev) and test_fuzz_args (pytest).
+scripts/setup.sh clang-14 libclang-rt-14-dev libfuzzer-14-dev lua5.4 liblua5.4-dev \
+  python3-dev python3-setuptools python3-pytest swig libssl-dev
 cmake -S . -B build-fuzz -DCMAKE_C_COMPILER=clang-14 \
+  -DPython3_EXECUTABLE=/usr/bin/python3 \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTREADLE_FUZZ=ON \
   -DTREADLE_SANITIZE=address,undefined -DTREADLE_WERROR=ON \
   -DTREADLE_BUILD_TESTS=OFF -DTREADLE_BUILD_EXAMPLES=OFF \
   -DTREADLE_BUILD_BENCH=OFF -DTREADLE_BUILD_LUA=OFF >/dev/null
 cmake --build build-fuzz -j "$(nproc)" \
   --target "${targets[@]/#/fuzz-}" >/dev/null
+
+# fuzz-python's extension: built as the targets are (clang, ASan, UBSan,
+# coverage), its symbols served by the binary's sanitizer runtime, in
+# build-fuzz/python beside a copy of the package's Python files. Not with
+# -Werror: clang finds a warning in bindings/python that gcc does not.
+if [[ " ${targets[*]} " == *" python "* ]]; then
+  CC=clang-14 LDSHARED="clang-14 -shared" \
+    CFLAGS="-fsanitize=address,undefined,fuzzer-no-link -fno-sanitize-recover=all -fno-omit-frame-pointer" \
+    LDFLAGS="-fsanitize=address,undefined" TREADLE_WERROR=0 \
+    /usr/bin/python3 setup.py -q build_ext --build-lib build-fuzz/python \
+    --build-temp build-fuzz/python-obj --parallel "$(nproc)" >build-fuzz/python-build.log 2>&1 ||
+    { tail -n 20 build-fuzz/python-build.log; exit 1; }
+  cp bindings/python/treadle/*.py build-fuzz/python/treadle/
+fi
 
 summary=()
 for t in "${targets[@]}"; do
@@ -39,8 +58,14 @@ for t in "${targets[@]}"; do
   log="build-fuzz/fuzz-$t.log"
   # -max_len 4096: the targets' programs need no more. Leaks are errors
   # (LeakSanitizer runs after every input that allocated).
-  if ! (cd build-fuzz && "./tests/fuzz/fuzz-$t" -max_total_time="$seconds" \
-        -max_len=4096 -print_final_stats=1 -artifact_prefix="./$t-" \
+  # python: the interpreter's own allocations outlive each input, so no
+  # leak checks there; PYTHONMALLOC=malloc lets ASan see Python's memory.
+  extra=() vars=()
+  [ "$t" = python ] && extra=(-detect_leaks=0) &&
+    vars=(PYTHONPATH=python:../tests/fuzz:../tests/python PYTHONMALLOC=malloc
+          ASAN_OPTIONS=detect_leaks=0)
+  if ! (cd build-fuzz && env "${vars[@]}" "./tests/fuzz/fuzz-$t" -max_total_time="$seconds" \
+        -max_len=4096 -print_final_stats=1 -artifact_prefix="./$t-" "${extra[@]}" \
         "corpus/$t" "../tests/fuzz/corpus/$t") >"$log" 2>&1; then
     tail -n 40 "$log"
     echo "fuzz: $t FAILED (input saved as build-fuzz/$t-crash-*; log $log)"

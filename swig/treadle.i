@@ -186,6 +186,14 @@ METRICS_OUT(treadle_worker_metrics_t)
 %rename("%s") treadle_builder_event_interval;
 %rename("%s") treadle_builder_global_queue_interval;
 
+/* The metrics structs' accessors (treadle_*_metrics_t_<field>_get/_set)
+ * read through their first argument: None, which SWIG turns into NULL,
+ * raises TypeError instead of crashing. */
+%typemap(check) struct treadle_runtime_metrics_s *self, struct treadle_worker_metrics_s *self {
+  if ($1 == NULL)
+    SWIG_exception_fail(SWIG_TypeError, "in method '$symname', argument $argnum is None");
+}
+
 /* Metrics: the structs (the proxies treadle_runtime_metrics_t and
  * treadle_worker_metrics_t, whose fields Metrics and WorkerMetrics in
  * __init__.py copy) and the functions that fill them. */

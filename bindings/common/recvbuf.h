@@ -5,7 +5,10 @@
  * recvbuf.c  the buffer (bytes read but not yet handed out) and the line
  *            and byte-count patterns
  * until.c    receiveuntil's splitter: where a delimiter starts in the
- *            bytes seen so far, and how many of them cannot begin it */
+ *            bytes seen so far, how many of them cannot begin it, and
+ *            what one call of the iterator hands out (tests/fuzz/
+ *            fuzz_until.c drives it against a plain splitter) */
+#include <stdint.h>
 #ifndef TB_RECVBUF_H
 #define TB_RECVBUF_H
 
@@ -54,5 +57,26 @@ size_t tb_strip_cr(char *dst, const char *src, size_t n);
  * begin the pattern), the next call's `from`. */
 size_t tb_until_find(const char *p, size_t len, const char *pat, size_t plen,
                      size_t from, size_t *safe);
+
+/* What one call of receiveuntil's iterator, reader([size]), does with the
+ * buffered bytes. */
+typedef struct {
+  bool more;   /* nothing to hand out yet: read more, then step again */
+  bool nil;    /* return nil: the part ended (give is 0) */
+  bool ended;  /* the next call returns nil without reading (inclusive,
+                  with a size: the delimiter was this piece) */
+  size_t give; /* else hand out p[0, give) */
+  size_t skip; /* then drop this many more bytes: the delimiter */
+} tb_until_step_t;
+
+/* One step of the iterator over p[0, len), the buffered bytes, which
+ * begin at stream offset `consumed`; size is reader's argument (0: none),
+ * inclusive its option. *scan is the iterator's state across calls (0 at
+ * first): the stream offset its next search may start from. Without a
+ * size a part is handed out whole once its delimiter is here; with one,
+ * at most size bytes that cannot begin the delimiter, then nil. */
+tb_until_step_t tb_until_step(const char *p, size_t len, const char *pat,
+                              size_t plen, bool inclusive, size_t size,
+                              uint64_t consumed, uint64_t *scan);
 
 #endif

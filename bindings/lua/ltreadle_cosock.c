@@ -373,33 +373,23 @@ static int until_loop(lua_State *L, bool after_io) {
         return 3;
       }
     }
-    /* The scan resumes where the last one stopped, in stream offsets. */
     uint64_t scan = (uint64_t)lua_tointeger(L, lua_upvalueindex(UV_SCAN));
-    size_t from = scan > c->consumed ? (size_t)(scan - c->consumed) : 0;
-    size_t len = tb_rbuf_len(&c->buf), safe;
-    size_t at = tb_until_find(tb_rbuf_data(&c->buf), len, pat, plen, from, &safe);
-    lua_pushinteger(L, (lua_Integer)(c->consumed + safe));
+    tb_until_step_t s = tb_until_step(tb_rbuf_data(&c->buf), tb_rbuf_len(&c->buf),
+                                      pat, plen, inclusive, size, c->consumed, &scan);
+    lua_pushinteger(L, (lua_Integer)scan);
     lua_replace(L, lua_upvalueindex(UV_SCAN));
-    if (at < len) { /* the delimiter is here */
-      if (size == 0) {
-        until_give(L, c, inclusive ? at + plen : at);
-        if (!inclusive)
-          take_bytes(c, plen);
-        return 1;
-      }
-      if (at > 0)
-        return until_give(L, c, at < size ? at : size);
-      if (inclusive) { /* the delimiter itself, then the end */
+    if (!s.more) {
+      if (s.ended) {
         lua_pushboolean(L, 1);
         lua_replace(L, lua_upvalueindex(UV_ENDED));
-        return until_give(L, c, plen);
       }
-      take_bytes(c, plen);
-      lua_pushnil(L); /* this part ends: the next call reads the next one */
+      if (s.nil)
+        lua_pushnil(L);
+      else
+        until_give(L, c, s.give);
+      take_bytes(c, s.skip);
       return 1;
     }
-    if (size > 0 && safe > 0)
-      return until_give(L, c, safe < size ? safe : size);
     int r = read_more(L, c, &t);
     if (r < 0)
       return 2;

@@ -119,6 +119,8 @@ typedef struct op_s {
   const char *what;     /* what it is, for messages: "sleep", "TcpStream.read" */
   bool awaited;         /* awaited once (else it warns when freed) */
   bool anext;           /* an accept for `async for`: ECLOSED ends it */
+  bool wait;            /* OP_JOIN of wait(): True or False, whatever the
+                           deadline (none for infinite seconds) */
   bool has_view;        /* `view` holds a buffer (read_into, write) */
   PyObject *result;     /* OP_READY's value, or the finished outcome */
   PyObject *owner;      /* stream, listener, JoinHandle or future kept alive */

@@ -176,6 +176,7 @@ op_t *pyt_op_new(opkind_t kind, PyObject *owner, const char *what) {
   op->what = what;
   op->awaited = false;
   op->anext = false;
+  op->wait = false;
   op->has_view = false;
   op->result = NULL;
   op->owner = Py_XNewRef(owner);
@@ -253,7 +254,7 @@ static void op_dealloc(op_t *op) {
     if (op->stage == OP_POLLED && op->tb.ready && !op->tb.timed_out)
       join_take((joinobj_t *)op->owner, op->tb.u.join.status,
                 op->tb.u.join.value);
-    if (op->stage >= OP_AWAITED)
+    if (op->stage >= OP_AWAITED && op->stage < OP_CONSUMED) /* still waits */
       ((joinobj_t *)op->owner)->awaiting = false;
     break;
   }
@@ -327,7 +328,7 @@ static int op_finish(op_t *op) {
         join_take(jo, op->tb.u.join.status, op->tb.u.join.value);
     }
     op->stage = OP_FINISHED; /* the outcome now belongs to the JoinHandle */
-    if (op->tb.has_deadline) { /* treadle.timeout's wait: done */
+    if (op->wait) { /* treadle.timeout's wait: done */
       res = Py_NewRef(Py_True);
       break;
     }
@@ -442,6 +443,8 @@ static PySendResult op_send(op_t *op, PyObject *Py_UNUSED(arg), PyObject **out) 
   PyObject *res = op->result;
   op->result = NULL;
   op->stage = OP_CONSUMED;
+  if (op->kind == OP_JOIN) /* the wait is over, though the op may live on */
+    ((joinobj_t *)op->owner)->awaiting = false;
   if ((uintptr_t)res & EXC_TAG) {
     PyObject *exc = (PyObject *)((uintptr_t)res & ~EXC_TAG);
     PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
@@ -1447,6 +1450,7 @@ static PyObject *mod_wait(PyObject *Py_UNUSED(m), PyObject *const *args, Py_ssiz
     return NULL;
   op_t *op = pyt_op_new(OP_JOIN, args[0], "wait");
   if (op != NULL) {
+    op->wait = true;
     tb_op_join(&op->tb, ((joinobj_t *)args[0])->j);
     tb_op_set_deadline(&op->tb, ns); /* counted from the first poll */
   }

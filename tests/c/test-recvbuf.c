@@ -1,7 +1,9 @@
 /* The cosockets' receive buffer and patterns (bindings/common/recvbuf.c,
  * until.c), plain C without a runtime: the buffer against a reference
  * string, receiveuntil's splitter against a naive split of random streams
- * fed in random pieces, and the line pattern. */
+ * fed in random pieces, the iterator's steps (tb_until_step; the
+ * fuzz target fuzz_until drives it against a reference too), and the line
+ * pattern. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -130,9 +132,59 @@ static void line_pattern(void **state) {
   assert_memory_equal(in_place, "xy", 2);
 }
 
+/* One step over s (the buffered bytes, starting at stream offset consumed). */
+static tb_until_step_t step(const char *s, const char *pat, bool inclusive, size_t size,
+                            uint64_t consumed, uint64_t *scan) {
+  return tb_until_step(s, strlen(s), pat, strlen(pat), inclusive, size, consumed, scan);
+}
+
+static void until_steps(void **state) {
+  (void)state;
+  uint64_t scan = 0;
+  /* no size: the whole part once the delimiter is here, which is dropped */
+  tb_until_step_t s = step("ab-", "--", false, 0, 0, &scan);
+  assert_true(s.more);
+  assert_int_equal(scan, 2); /* "ab" cannot begin "--"; "-" may */
+  s = step("ab--c", "--", false, 0, 0, &scan);
+  assert_false(s.more || s.nil || s.ended);
+  assert_int_equal(s.give, 2);
+  assert_int_equal(s.skip, 2);
+  /* inclusive: the delimiter goes with the part */
+  scan = 0;
+  s = step("ab--c", "--", true, 0, 0, &scan);
+  assert_int_equal(s.give, 4);
+  assert_int_equal(s.skip, 0);
+  /* a size: pieces of the bytes that cannot begin the delimiter */
+  scan = 0;
+  s = step("abcde-", "--", false, 3, 0, &scan);
+  assert_false(s.more);
+  assert_int_equal(s.give, 3);
+  s = step("de-", "--", false, 3, 3, &scan); /* 3 bytes were taken */
+  assert_int_equal(s.give, 2);
+  s = step("-", "--", false, 3, 5, &scan);
+  assert_true(s.more); /* "-" may begin "--": wait for more */
+  assert_int_equal(scan, 5);
+  s = step("--x", "--", false, 3, 5, &scan);
+  assert_true(s.nil); /* the part ends: nil, and the delimiter goes */
+  assert_int_equal(s.give, 0);
+  assert_int_equal(s.skip, 2);
+  /* inclusive with a size: the delimiter is the last piece, then nil */
+  scan = 0;
+  s = step("--x", "--", true, 1, 0, &scan);
+  assert_true(s.ended);
+  assert_int_equal(s.give, 2);
+  /* the scan is a stream offset: other receives taking bytes meanwhile
+   * (consumed moved past it) start the next search at the buffer's start */
+  scan = 2;
+  s = step("b--", "--", false, 0, 10, &scan);
+  assert_int_equal(s.give, 1);
+  assert_int_equal(scan, 11);
+}
+
 static const struct CMUnitTest tests[] = {
     TEST(buffer_matches_a_reference),
     TEST(until_splits_as_a_naive_search),
+    TEST(until_steps),
     TEST(line_pattern),
 };
 

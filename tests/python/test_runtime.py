@@ -361,6 +361,20 @@ def test_metrics_fields_are_the_headers():
     assert treadle.WorkerMetrics.__slots__ == WORKER_FIELDS
 
 
+def test_issue17_metrics_accessors_refuse_none():
+    # Found by tests/python/test_fuzz_args.py: SWIG turned None into NULL
+    # and the accessors read through it (a segfault).
+    from treadle import _core
+    for tag, fields in (("runtime", RUNTIME_FIELDS), ("worker", WORKER_FIELDS)):
+        for name in fields:
+            get = getattr(_core, f"treadle_{tag}_metrics_t_{name}_get")
+            put = getattr(_core, f"treadle_{tag}_metrics_t_{name}_set")
+            with pytest.raises(TypeError, match="is None"):
+                get(None)
+            with pytest.raises(TypeError, match="is None"):
+                put(None, 1)
+
+
 def _check_metrics(m):
     for name in RUNTIME_FIELDS:
         v = getattr(m, name)

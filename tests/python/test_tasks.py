@@ -1,6 +1,7 @@
 """spawn, JoinHandle (await, abort, done), exceptions, contextvars, Handle, current_worker."""
 
 import contextvars
+import math
 import threading
 import warnings
 
@@ -246,6 +247,43 @@ def test_issue13_one_waiter_at_a_time(run):
 
     [msg] = run(main())
     assert "already waiting" in msg, msg
+
+
+def test_issue17_a_finished_wait_kept_alive_lets_others_await(run):
+    # Found by tests/python/test_fuzz_args.py: a wait op that finished but
+    # was still referenced kept the JoinHandle's one-waiter claim, so a
+    # later `await` of the handle raised "already waiting".
+    async def main():
+        jh = treadle.spawn(treadle.sleep(0))
+        waiting = treadle._core.wait(jh, 5)
+        finished = await waiting  # `waiting` stays referenced
+        assert not jh.done() or finished
+        value = await jh
+        again = treadle._core.wait(jh, 5)
+        return finished, value, await again
+
+    assert run(main()) == (True, None, True)
+
+
+def test_issue17_wait_without_a_deadline_answers_true(run):
+    # Found by tests/python/test_fuzz_args.py: wait(join, seconds) with
+    # seconds too large for a deadline (inf, 1e308) took the JoinHandle's
+    # outcome (raising the task's exception) instead of answering True.
+    async def fails():
+        raise KeyError("inside")
+
+    async def main():
+        out = []
+        for seconds in (math.inf, 1e308, 2**64):
+            jh = treadle.spawn(fails())
+            out.append(await treadle._core.wait(jh, seconds))
+            with pytest.raises(KeyError):
+                await jh  # the outcome stays with the handle
+        with pytest.raises(KeyError):
+            await treadle.timeout(math.inf, fails())
+        return out
+
+    assert run(main()) == [True, True, True]
 
 
 # ---------------------------------------------------------------- abort
