@@ -483,3 +483,67 @@ def test_no_leaks_over_10000_connections(loop):
     assert live == 0
     assert fds2 <= fds
     assert objs2 - objs < 500  # not one per connection
+
+
+def test_sendfile_and_ssl_over_the_c_transport(loop):
+    """loop.sendfile's native path waits for the C buffer to empty; ssl=
+    is asyncio's SSL protocol over the C transport (a BufferedProtocol)."""
+    try:
+        from test.test_asyncio import utils as test_utils  # Debian's libpython3.11-testsuite
+    except ImportError:
+        test_utils = None
+
+    async def main():
+        got = bytearray()
+        done = loop.create_future()
+
+        async def sink(reader, writer):
+            got.extend(await reader.read())
+            writer.close()
+            done.set_result(None)
+
+        server = await asyncio.start_server(sink, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        data = os.urandom(3 << 20)
+        with tempfile.TemporaryFile() as f:
+            f.write(data)
+            f.flush()
+            f.seek(0)
+            w.write(b"head")
+            sent = await loop.sendfile(w.transport, f)
+        w.write(b"tail")
+        w.write_eof()
+        await done
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        out = [sent == len(data), bytes(got) == b"head" + data + b"tail"]
+        if test_utils is None:
+            return out
+
+        async def echo(reader, writer):
+            writer.write(await reader.readexactly(5))
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(echo, "127.0.0.1", 0,
+                                            ssl=test_utils.simple_server_sslcontext())
+        port = server.sockets[0].getsockname()[1]
+        r, w = await asyncio.open_connection("127.0.0.1", port,
+                                             ssl=test_utils.simple_client_sslcontext())
+        raw = w.transport._ssl_protocol._transport
+        w.write(b"hello")
+        out.append(await r.readexactly(5))
+        out.append(isinstance(raw, _StreamTransport))
+        w.close()
+        await w.wait_closed()
+        server.close()
+        await server.wait_closed()
+        return out
+
+    out = loop.run_until_complete(main())
+    assert out[:2] == [True, True]
+    if test_utils is not None:
+        assert out[2:] == [b"hello", True]

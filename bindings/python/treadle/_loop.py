@@ -23,7 +23,7 @@ import threading
 import weakref
 import warnings
 from asyncio import (base_events, constants, coroutines, events, format_helpers, futures,
-                     protocols, selector_events, transports, trsock, unix_events)
+                     protocols, selector_events, sslproto, transports, trsock, unix_events)
 from typing import Any, Callable, Optional
 
 from . import _core
@@ -533,6 +533,21 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
         return selector_events._SelectorSocketTransport(self, sock, protocol, waiter,
                                                         extra, server)
 
+    def _make_ssl_transport(self, rawsock: socket.socket, protocol: Any, sslcontext: Any,
+                            waiter: Optional[asyncio.Future] = None, *,
+                            server_side: bool = False, server_hostname: Optional[str] = None,
+                            extra: Optional[dict] = None, server: Any = None,
+                            ssl_handshake_timeout: float = constants.SSL_HANDSHAKE_TIMEOUT,
+                            ssl_shutdown_timeout: float = constants.SSL_SHUTDOWN_TIMEOUT) -> Any:
+        """asyncio's SSL protocol over the socket's transport (the C one
+        for a stream socket), as the selector loop's."""
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
     def _stop_serving(self, sock: socket.socket) -> None:
         """Stops a server's listening socket. Its watcher's dup of the fd
         closes only when the watcher task ends, so the socket stops
@@ -607,10 +622,9 @@ for _name in ("add_reader", "remove_reader", "add_writer", "remove_writer",
               "sock_sendto", "_sock_sendto", "sock_connect", "_sock_connect",
               "_sock_write_done", "_sock_connect_cb", "sock_accept",
               "_sock_accept",
-              # The selector loop's SSL and datagram transports, its
+              # The selector loop's datagram transport, its
               # servers' accept path, waiting through _add_reader/_add_writer
               # here (stream sockets: _StreamTransport, in C).
-              "_make_ssl_transport",
               "_make_datagram_transport", "_start_serving",
               "_accept_connection", "_accept_connection2",
               "_sendfile_native"):
