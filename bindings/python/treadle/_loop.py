@@ -257,9 +257,6 @@ class _StreamTransport(transports._FlowControlMixin, transports.Transport):
         if size > self._high_water:
             self._maybe_pause_protocol()
 
-    def writelines(self, list_of_data: Any) -> None:
-        self.write(b''.join(list_of_data))
-
     def _write_event(self, err: int) -> None:
         """The C writer sent down to the low-water mark or to empty, or a
         send failed (err, an errno): asyncio's _write_ready's ending."""
