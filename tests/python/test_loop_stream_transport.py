@@ -25,6 +25,8 @@ def loop(flavor):
         yield lp
     finally:
         if not lp.is_closed():
+            # the last close()'s connection_lost callbacks run first
+            lp.run_until_complete(asyncio.sleep(0.01))
             lp.close()
 
 
