@@ -8,8 +8,8 @@ machine.
 Each module runs twice, in a subprocess each: with asyncio's default loop,
 and with treadle's (treadle.EventLoopPolicy installed, and kept installed
 when a test module resets the policy). The loop-level tests (the loop
-mixins of test_events, test_sock_lowlevel and test_sendfile) run as a class whose
-create_event_loop gives the mode's loop. A test that passes on asyncio's
+mixins of test_events, test_sock_lowlevel and test_sendfile) run as a
+class whose create_event_loop gives the mode's loop. A test that passes on asyncio's
 loop must pass on treadle's unless differences.txt lists it (a glob of test
 ids, with the reason). Prints a table of passed/failed/skipped per module
 and exits 1 on an unexpected difference.
