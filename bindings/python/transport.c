@@ -59,7 +59,8 @@ typedef struct strm_s {
   bool wr_queued;         /* wr_fn is in the ready queue */
   int werr;               /* errno of a failed send: the buffer is dropped */
   uint64_t task_recvs, task_sends, inline_sends; /* counts, for tests */
-  char rbuf[READ_SIZE];
+  char *rbuf;             /* READ_SIZE bytes, malloc'd apart: calloc would
+                             touch every page, and small reads touch one */
 } strm_t;
 
 typedef struct {
@@ -91,6 +92,7 @@ static void strm_unref(strm_t *s) {
   PyGILState_Release(g);
   pthread_mutex_destroy(&s->mu);
   free(s->wbuf);
+  free(s->rbuf);
   free(s);
 }
 
@@ -402,11 +404,14 @@ static int core_init(coreobj_t *o, PyObject *args, PyObject *kw) {
     return -1;
   }
   strm_t *s = calloc(1, sizeof *s);
-  if (s == NULL) {
+  char *rbuf = s != NULL ? malloc(READ_SIZE) : NULL;
+  if (rbuf == NULL) {
+    free(s);
     close(dup_fd);
     PyErr_NoMemory();
     return -1;
   }
+  s->rbuf = rbuf;
   s->rd_fn.fn = rd_fn;
   s->wr_fn.fn = wr_fn;
   atomic_init(&s->refs, 1);
