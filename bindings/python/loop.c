@@ -54,13 +54,6 @@ static PyObject *set_running, *get_running;  /* asyncio.events._set/_get_running
 static PyObject *str_run, *str_cancelled, *str_callback, *str_args,
     *str_context, *str_handle_error, *str_log_slow, *str_slow_duration;
 
-/* A C callback in the ready queue: tagged with the low bit, it runs
- * `fn` with the GIL in an iteration. The queue holds the entry's owner by
- * a reference the callback gives back. */
-typedef struct ready_fn_s {
-  void (*fn)(struct ready_fn_s *self);
-} ready_fn_t;
-
 #define FN_TAG ((uintptr_t)1)
 
 typedef struct {
@@ -959,6 +952,14 @@ static PyObject *loop_counts(loopobj_t *L, PyObject *Py_UNUSED(u)) {
 }
 
 pyrt_t *pyt_loop_runtime(PyObject *loop) { return ((loopobj_t *)loop)->r; }
+
+bool pyt_is_loop(PyObject *o) { return PyObject_TypeCheck(o, &loop_type); }
+
+bool pyt_loop_closed(PyObject *loop) { return ((loopobj_t *)loop)->closed; }
+
+int pyt_loop_push_fn(PyObject *loop, ready_fn_t *f) {
+  return push_ready((loopobj_t *)loop, (void *)((uintptr_t)f | FN_TAG));
+}
 
 /* ------------------------------------------------------------- watchers */
 

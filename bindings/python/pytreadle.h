@@ -166,6 +166,27 @@ void pyt_loop_thread_hooks(PyObject *loop);
 int pyt_loop_init(PyObject *module);
 /* The runtime record of a treadle.EventLoop (borrowed). */
 pyrt_t *pyt_loop_runtime(PyObject *loop);
+/* o is a treadle.EventLoop. */
+bool pyt_is_loop(PyObject *o);
+/* GIL: close() has run on the loop (its queued C callbacks only give
+ * their references back). */
+bool pyt_loop_closed(PyObject *loop);
+
+/* A C callback in a loop's ready queue: it runs `fn` with the GIL, in the
+ * runtime's lane, in an iteration (or at close, when pyt_loop_closed).
+ * The queue holds the entry's owner by a reference the callback gives
+ * back. An exception it leaves set is reported (SystemExit and
+ * KeyboardInterrupt end run_forever). */
+typedef struct ready_fn_s {
+  void (*fn)(struct ready_fn_s *self);
+} ready_fn_t;
+/* Any thread, GIL or not: queues f (the loop wakes). -1: no memory. */
+int pyt_loop_push_fn(PyObject *loop, ready_fn_t *f);
+
+/* ----------------------------------------------------------- transport */
+
+/* The C stream transport's type, treadle._core.StreamCore (transport.c). */
+int pyt_transport_init(PyObject *module);
 
 /* ------------------------------------------------------------ compat */
 

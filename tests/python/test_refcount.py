@@ -272,3 +272,63 @@ def test_runtime_objects(flavor):
         return await jh
 
     steady(runtimes)
+
+
+def test_stream_transport(flavor):
+    """The C stream transport (transport.c): connections with data,
+    BufferedProtocol reads, pause/resume, write_eof, abort and bad writes
+    leave no references behind."""
+    import asyncio
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data)
+
+    class Buffered(asyncio.BufferedProtocol):
+        def __init__(self, done):
+            self.buf, self.n, self.done = bytearray(7), 0, done
+
+        def get_buffer(self, hint):
+            return self.buf
+
+        def buffer_updated(self, n):
+            self.n += n
+
+        def eof_received(self):
+            return False
+
+        def connection_lost(self, exc):
+            self.done.set_result(self.n)
+
+    async def main(loop):
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        for i in range(60):
+            done = loop.create_future()
+            tr, _ = await loop.create_connection(lambda: Buffered(done), "127.0.0.1", port)
+            tr.pause_reading()
+            tr.write(b"x" * 100)
+            with pytest.raises(TypeError):
+                tr.write("str")
+            tr.resume_reading()
+            if i % 2:
+                tr.write_eof()  # the echo server closes on end of file
+                await asyncio.sleep(0.001)
+                tr.close()
+            else:
+                tr.abort()
+            await done
+        server.close()
+        await server.wait_closed()
+
+    def connections():
+        loop = treadle.new_event_loop(flavor=flavor,
+                                      workers=2 if flavor == "multi_thread" else None)
+        loop.run_until_complete(main(loop))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        loop.close()
+
+    steady(connections)

@@ -15,12 +15,15 @@ import asyncio
 import concurrent.futures
 import errno
 import functools
+import os
 import signal
 import socket
 import sys
 import threading
 import weakref
-from asyncio import base_events, coroutines, events, format_helpers, selector_events, unix_events
+import warnings
+from asyncio import (base_events, constants, coroutines, events, format_helpers, futures,
+                     protocols, selector_events, sslproto, transports, trsock, unix_events)
 from typing import Any, Callable, Optional
 
 from . import _core
@@ -96,6 +99,276 @@ class _WatcherView:
         return selector_events.selectors.SelectorKey(fd, fd, events, (reader, writer))
 
 
+class _StreamTransport(transports._FlowControlMixin, transports.Transport):
+    """The transport of TCP and Unix stream sockets: asyncio's
+    _SelectorSocketTransport, method for method, whose reads and writes
+    are C's (``_core.StreamCore``, bindings/python/transport.c): the
+    runtime's threads read and send without the GIL, and the protocol's
+    callbacks run in the loop's iterations."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    _sock = None  # read by __del__ even when __init__ failed
+    _core = None
+
+    def __init__(self, loop: "EventLoop", sock: socket.socket, protocol: Any,
+                 waiter: Optional[asyncio.Future] = None, extra: Optional[dict] = None,
+                 server: Any = None) -> None:
+        super().__init__(extra, loop)
+        self._extra['socket'] = trsock.TransportSocket(sock)
+        try:
+            self._extra['sockname'] = sock.getsockname()
+        except OSError:
+            self._extra['sockname'] = None
+        if 'peername' not in self._extra:
+            try:
+                self._extra['peername'] = sock.getpeername()
+            except OSError:
+                self._extra['peername'] = None
+        self._sock_fd = sock.fileno()
+        self._core = _core.StreamCore(loop, self._sock_fd, self)
+        self._sock = sock
+        self._core.set_low(self._low_water)
+        self._protocol_connected = False
+        self.set_protocol(protocol)
+        self._server = server
+        self._conn_lost = 0  # set when connection_lost is scheduled
+        self._closing = False  # set by close()
+        self._eof = False
+        self._paused = False
+        self._empty_waiter: Optional[asyncio.Future] = None
+        if server is not None:
+            server._attach()
+        loop._transports[self._sock_fd] = self
+        base_events._set_nodelay(sock)
+        loop.call_soon(self._protocol.connection_made, self)
+        # only start reading when connection_made() has been called
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self) -> str:
+        info = [self.__class__.__name__]
+        if self._sock is None:
+            info.append('closed')
+        elif self._closing:
+            info.append('closing')
+        info.append(f'fd={self._sock_fd}')
+        if self._loop is not None and not self._loop.is_closed():
+            info.append('read=polling' if self.is_reading() else 'read=idle')
+            size = self.get_write_buffer_size()
+            info.append(f"write=<{'polling' if size else 'idle'}, bufsize={size}>")
+        return '<{}>'.format(' '.join(info))
+
+    def __del__(self, _warn: Callable[..., Any] = warnings.warn) -> None:
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._core.close()
+            self._sock.close()
+
+    # ---------------------------------------------------------- protocol
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._protocol = protocol
+        self._protocol_connected = True
+        self._core.set_protocol(protocol, isinstance(protocol, protocols.BufferedProtocol))
+
+    def get_protocol(self) -> Any:
+        return self._protocol
+
+    # ----------------------------------------------------------- reading
+
+    def _start_reading(self) -> None:
+        if not self._closing and not self._paused:
+            self._core.reading(True)
+
+    def is_reading(self) -> bool:
+        return not self._paused and not self._closing
+
+    def pause_reading(self) -> None:
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        self._core.reading(False)
+        if self._loop.get_debug():
+            base_events.logger.debug("%r pauses reading", self)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        self._core.reading(True)
+        if self._loop.get_debug():
+            base_events.logger.debug("%r resumes reading", self)
+
+    def _eof_received(self) -> None:
+        """The C reader read end of file (asyncio's _read_ready__on_eof)."""
+        if self._loop.get_debug():
+            base_events.logger.debug("%r received EOF", self)
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, 'Fatal error: protocol.eof_received() call failed.')
+            return
+        if keep_open:
+            # The protocol may still write, but nothing more is read.
+            self._core.reading(False)
+        else:
+            self.close()
+
+    # ----------------------------------------------------------- writing
+
+    def write(self, data: Any) -> None:
+        if (self._eof or self._conn_lost or self._empty_waiter is not None
+                or data.__class__ not in (bytes, bytearray, memoryview)):
+            return self._write_checked(data)
+        try:
+            size = self._core.write(data)
+        except OSError as exc:
+            self._fatal_error(exc, 'Fatal write error on socket transport')
+            return
+        if size > self._high_water:
+            self._maybe_pause_protocol()
+
+    def _write_checked(self, data: Any) -> None:
+        """write() with asyncio's checks, in asyncio's order."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f'data argument must be a bytes-like object, '
+                            f'not {type(data).__name__!r}')
+        if self._eof:
+            raise RuntimeError('Cannot call write() after write_eof()')
+        if self._empty_waiter is not None:
+            raise RuntimeError('unable to write; sendfile is in progress')
+        if not data:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                base_events.logger.warning('socket.send() raised exception.')
+            self._conn_lost += 1
+            return
+        try:
+            size = self._core.write(data)
+        except OSError as exc:
+            self._fatal_error(exc, 'Fatal write error on socket transport')
+            return
+        if size > self._high_water:
+            self._maybe_pause_protocol()
+
+    def _write_event(self, err: int) -> None:
+        """The C writer sent down to the low-water mark or to empty, or a
+        send failed (err, an errno): asyncio's _write_ready's ending."""
+        if self._conn_lost:
+            return
+        if err:
+            exc = OSError(err, os.strerror(err))
+            self._fatal_error(exc, 'Fatal write error on socket transport')
+            if self._empty_waiter is not None:
+                self._empty_waiter.set_exception(exc)
+            return
+        self._maybe_resume_protocol()  # may write more
+        if not self._core.get_write_buffer_size():
+            if self._empty_waiter is not None:
+                self._empty_waiter.set_result(None)
+            if self._closing:
+                self._call_connection_lost(None)
+            # write_eof's shutdown: done by the C writer
+
+    def get_write_buffer_size(self) -> int:
+        return self._core.get_write_buffer_size()
+
+    def _set_write_buffer_limits(self, high: Optional[int] = None,
+                                 low: Optional[int] = None) -> None:
+        super()._set_write_buffer_limits(high, low)
+        if self._core is not None:
+            self._core.set_low(self._low_water)
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        self._core.shutdown_after_drain()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def _make_empty_waiter(self) -> asyncio.Future:
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = self._loop.create_future()
+        if not self.get_write_buffer_size():
+            self._empty_waiter.set_result(None)
+        return self._empty_waiter
+
+    def _reset_empty_waiter(self) -> None:
+        self._empty_waiter = None
+
+    # ----------------------------------------------------------- closing
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._core.reading(False)
+        if not self.get_write_buffer_size():
+            self._conn_lost += 1
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _fatal_error(self, exc: BaseException, message: str = 'Fatal error on transport') -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                base_events.logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self,
+                'protocol': self._protocol,
+            })
+        self._force_close(exc)
+
+    def _force_close(self, exc: Optional[BaseException]) -> None:
+        if self._conn_lost:
+            return
+        self._core.drop_buffer()
+        if not self._closing:
+            self._closing = True
+            self._core.reading(False)
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            self._core.close()  # closes the C side's dup first: the peer sees the close
+            self._sock.close()
+            self._sock = None
+            self._protocol = None
+            self._loop = None
+            server = self._server
+            if server is not None:
+                server._detach()
+                self._server = None
+        if self._empty_waiter is not None:
+            self._empty_waiter.set_exception(
+                ConnectionError("Connection is closed by peer"))
+
+    def _counts(self) -> tuple:
+        """(recv calls, send calls) of the C task, without the GIL, and
+        send calls made by write() itself: for tests."""
+        return self._core.counts()
+
+
 class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
     """An asyncio event loop whose callbacks, timers and fd waits run on a
     treadle runtime. Make one with :func:`treadle.new_event_loop` (or
@@ -154,6 +427,9 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
             raise RuntimeError("Cannot close a running event loop")
         if self._closed:
             return
+        for tr in list(self._transports.values()):
+            if isinstance(tr, _StreamTransport):
+                tr._core.close()  # its task ends; no callback comes
         for w in list(self._watchers.values()):
             w.close()
         self._watchers.clear()
@@ -243,6 +519,32 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
     def _remove_writer(self, fd: Any) -> bool:
         return self._remove_fd(fd, False)
 
+    def _make_socket_transport(self, sock: socket.socket, protocol: Any,
+                               waiter: Optional[asyncio.Future] = None, *,
+                               extra: Optional[dict] = None, server: Any = None) -> Any:
+        """TCP and Unix stream sockets get the C transport; anything else
+        asyncio's selector one."""
+        if sock.type == socket.SOCK_STREAM and sock.family in (
+                socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+            return _StreamTransport(self, sock, protocol, waiter, extra, server)
+        return selector_events._SelectorSocketTransport(self, sock, protocol, waiter,
+                                                        extra, server)
+
+    def _make_ssl_transport(self, rawsock: socket.socket, protocol: Any, sslcontext: Any,
+                            waiter: Optional[asyncio.Future] = None, *,
+                            server_side: bool = False, server_hostname: Optional[str] = None,
+                            extra: Optional[dict] = None, server: Any = None,
+                            ssl_handshake_timeout: float = constants.SSL_HANDSHAKE_TIMEOUT,
+                            ssl_shutdown_timeout: float = constants.SSL_SHUTDOWN_TIMEOUT) -> Any:
+        """asyncio's SSL protocol over the socket's transport (the C one
+        for a stream socket), as the selector loop's."""
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
+        self._make_socket_transport(rawsock, ssl_protocol, extra=extra, server=server)
+        return ssl_protocol._app_transport
+
     def _stop_serving(self, sock: socket.socket) -> None:
         """Stops a server's listening socket. Its watcher's dup of the fd
         closes only when the watcher task ends, so the socket stops
@@ -317,10 +619,9 @@ for _name in ("add_reader", "remove_reader", "add_writer", "remove_writer",
               "sock_sendto", "_sock_sendto", "sock_connect", "_sock_connect",
               "_sock_write_done", "_sock_connect_cb", "sock_accept",
               "_sock_accept",
-              # Transports (issue 15 phase 2, first step): the selector
-              # loop's socket and datagram transports, its servers' accept
-              # path, waiting through _add_reader/_add_writer here.
-              "_make_socket_transport", "_make_ssl_transport",
+              # The selector loop's datagram transport, its
+              # servers' accept path, waiting through _add_reader/_add_writer
+              # here (stream sockets: _StreamTransport, in C).
               "_make_datagram_transport", "_start_serving",
               "_accept_connection", "_accept_connection2",
               "_sendfile_native"):

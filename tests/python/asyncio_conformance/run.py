@@ -8,8 +8,8 @@ machine.
 Each module runs twice, in a subprocess each: with asyncio's default loop,
 and with treadle's (treadle.EventLoopPolicy installed, and kept installed
 when a test module resets the policy). The loop-level tests (the loop
-mixins of test_events and test_sock_lowlevel) run as a class whose
-create_event_loop gives the mode's loop. A test that passes on asyncio's
+mixins of test_events, test_sock_lowlevel and test_sendfile) run as a
+class whose create_event_loop gives the mode's loop. A test that passes on asyncio's
 loop must pass on treadle's unless differences.txt lists it (a glob of test
 ids, with the reason). Prints a table of passed/failed/skipped per module
 and exits 1 on an unexpected difference.
@@ -37,7 +37,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
 MODULES = ["test_futures", "test_futures2", "test_tasks", "test_taskgroups",
            "test_timeouts", "test_waitfor", "test_queues", "test_locks",
            "test_pep492", "test_context", "test_streams", "test_server",
-           "test_subprocess", "loop:test_events", "loop:test_sock_lowlevel"]
+           "test_subprocess", "loop:test_events", "loop:test_sock_lowlevel",
+           "loop:test_sendfile"]
 LIMIT_S = 300  # per module and mode
 FLAVOR = os.environ.get("CONFORMANCE_FLAVOR", "current_thread")
 OPTIONS = {"flavor": FLAVOR, "workers": 2 if FLAVOR == "multi_thread" else None}
@@ -79,7 +80,8 @@ def load(module, mode):
     mod = importlib.import_module(f"test.test_asyncio.{name}")
     from test.test_asyncio import utils as test_utils
     mixin = {"test_events": "EventLoopTestsMixin",
-             "test_sock_lowlevel": "BaseSockTestsMixin"}[name]
+             "test_sock_lowlevel": "BaseSockTestsMixin",
+             "test_sendfile": "SendfileTestsBase"}[name]
     cls = type("LoopTests", (getattr(mod, mixin), test_utils.TestCase),
                {"create_event_loop": lambda self: new_loop(mode),
                 "__module__": mod.__name__})
