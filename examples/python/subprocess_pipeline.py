@@ -10,7 +10,7 @@ asyncio.create_subprocess_exec starts `sort`, `uniq -c` and `sort -k1,1nr
 data flows between them without this process; the words go into the first
 with communicate() and the last one's output comes back from its own
 communicate(). It prints the counts, each command's return code, and then
-runs `sh -c 'exit 3'` to show a failing one's code.
+runs `false` to show a failing one's code.
 """
 import asyncio
 import os
@@ -46,8 +46,8 @@ async def main():
     print(out.decode(), end="")
     for cmd, code in zip(COMMANDS, codes):
         print(f"{' '.join(cmd)}: exit {code}")
-    failing = await asyncio.create_subprocess_exec("sh", "-c", "exit 3")
-    print(f"sh -c 'exit 3': exit {await failing.wait()}")
+    failing = await asyncio.create_subprocess_exec("false")
+    print(f"false: exit {await failing.wait()}")
 
 
 if __name__ == "__main__":
