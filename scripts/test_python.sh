@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-plain}"
 scripts/setup.sh swig python3-dev python3-setuptools python3-pytest python3-dbg python3-pexpect libssl-dev \
-  libpython3.11-testsuite python3-uvloop
+  libpython3.11-testsuite python3-uvloop python3-aiohttp
 py=/usr/bin/python3
 export TREADLE_WERROR=1
 env=()

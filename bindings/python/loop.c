@@ -52,7 +52,8 @@ static Py_ssize_t off_callback, off_args, off_cancelled, off_loop,
     off_source_tb, off_repr, off_context, off_when, off_scheduled;
 static PyObject *set_running, *get_running;  /* asyncio.events._set/_get_running_loop */
 static PyObject *str_run, *str_cancelled, *str_callback, *str_args,
-    *str_context, *str_handle_error, *str_log_slow, *str_slow_duration;
+    *str_context, *str_handle_error, *str_log_slow, *str_slow_duration,
+    *str_run_main_calls;
 
 #define FN_TAG ((uintptr_t)1)
 
@@ -85,6 +86,11 @@ typedef struct loopobj_s {
   /* GIL: */
   size_t timers_cancelled; /* cancelled TimerHandles still in the heap */
   treadle_join_t *run_join; /* the loop task of run_forever (owned) */
+  /* run_forever on the main thread: the read end of the pipe that is
+   * Python's signal wakeup fd (a dup, registered with the runtime), and
+   * whether a byte on it ended the last wait. Only that thread uses them. */
+  treadle_async_fd_t *wake_afd;
+  bool woke;
   PyObject *pending_exc;    /* SystemExit or KeyboardInterrupt of a callback */
   PyObject *weakreflist;
 } loopobj_t;
@@ -840,19 +846,46 @@ static PyObject *loop_set_debug_core(loopobj_t *L, PyObject *on) {
 }
 
 /* The root of run_forever's block_on: the loop task's end. */
+/* A byte on the wakeup pipe (a signal with a Python handler, or a request
+ * for the main thread): drains the pipe and says true. */
+static bool wake_poll(loopobj_t *L, treadle_cx_t *cx) {
+  treadle_ready_t rdy;
+  treadle_err_t err;
+  if (treadle_async_fd_ready_poll(L->wake_afd, cx, TREADLE_READABLE, &rdy, &err) ==
+          TREADLE_PENDING ||
+      err != 0) /* shutting down: the loop task's end comes next */
+    return false;
+  char buf[256];
+  int fd = treadle_async_fd_fd(L->wake_afd);
+  while (read(fd, buf, sizeof buf) > 0)
+    ;
+  treadle_async_fd_clear_ready(L->wake_afd, &rdy, TREADLE_READABLE);
+  return true;
+}
+
+/* The root of run_forever's block_on: the loop task's end, or a wake of
+ * the main thread (L->woke). */
 static treadle_poll_t run_done(void *ud, treadle_cx_t *cx) {
   loopobj_t *L = ud;
   treadle_err_t status;
   void *value;
-  return treadle_join_poll(L->run_join, cx, &status, &value);
+  if (treadle_join_poll(L->run_join, cx, &status, &value) == TREADLE_READY)
+    return TREADLE_READY;
+  if (L->wake_afd != NULL && wake_poll(L, cx)) {
+    L->woke = true;
+    return TREADLE_READY;
+  }
+  return TREADLE_PENDING;
 }
 
-/* GIL. Blocks on the loop task until it ends; false when SIGINT came
- * first (watch) and the caller should run Python's handlers. */
+/* GIL. Blocks on the loop task until it ends (*done); else SIGINT
+ * (watch) or the wakeup pipe (L->woke) ended the wait, and the caller
+ * should run Python's signal handlers. */
 static int block_on_task(loopobj_t *L, bool watch, bool *done) {
   tb_root_t st = {.main_poll = run_done, .ud = L, .watch = watch, .tick = true};
   void *value = NULL;
   treadle_err_t err;
+  L->woke = false;
   Py_BEGIN_ALLOW_THREADS
   err = treadle_runtime_block_on(L->r->rt, &tb_root_vt, &st, sizeof st, &value);
   Py_END_ALLOW_THREADS
@@ -860,14 +893,39 @@ static int block_on_task(loopobj_t *L, bool watch, bool *done) {
     pyt_raise(err);
     return -1;
   }
-  *done = value == (void *)1;
+  *done = value == (void *)1 && !L->woke;
+  return 0;
+}
+
+/* Registers a dup of the wakeup pipe's read end (-1: none). */
+static int wake_open(loopobj_t *L, int fd) {
+  if (fd < 0)
+    return 0;
+  int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup_fd < 0) {
+    PyErr_SetFromErrno(PyExc_OSError);
+    return -1;
+  }
+  treadle_err_t err = treadle_async_fd_new(L->r->h, dup_fd, &L->wake_afd);
+  if (err != 0) {
+    close(dup_fd);
+    pyt_raise(err);
+    return -1;
+  }
   return 0;
 }
 
 /* run_forever's core (EventLoop.run_forever did asyncio's setup): runs
  * iterations until stop(). Ctrl-C, and SystemExit or KeyboardInterrupt
  * from a callback, end it and raise here. */
-static PyObject *loop_run_core(loopobj_t *L, PyObject *watch_arg) {
+static PyObject *loop_run_core(loopobj_t *L, PyObject *const *args, Py_ssize_t n) {
+  if (n != 2) {
+    PyErr_SetString(PyExc_TypeError, "_run_core(watch_sigint, wakeup_fd)");
+    return NULL;
+  }
+  int wake_fd = pyt_as_int(args[1]);
+  if (wake_fd == -1 && PyErr_Occurred())
+    return NULL;
   if (check_open(L) < 0)
     return NULL;
   if (!L->owned || L->run_join != NULL) {
@@ -878,13 +936,19 @@ static PyObject *loop_run_core(loopobj_t *L, PyObject *watch_arg) {
     return pyt_raise(TREADLE_EINRUNTIME);
   if (spawn_task(L, &L->run_join) < 0)
     return NULL;
-  bool watch = PyObject_IsTrue(watch_arg) == 1; /* the main thread's */
+  bool watch = PyObject_IsTrue(args[0]) == 1; /* the main thread's */
   bool done = false;
-  int rc = 0;
+  int rc = wake_open(L, wake_fd);
   while (rc == 0 && !done) {
     rc = block_on_task(L, watch, &done);
     if (rc == 0 && !done && PyErr_CheckSignals() < 0)
       rc = -1;
+    if (rc == 0 && !done && L->woke) {
+      PyObject *r = PyObject_CallMethodNoArgs((PyObject *)L, str_run_main_calls);
+      Py_XDECREF(r);
+      if (r == NULL)
+        rc = -1;
+    }
   }
   if (!done) { /* an error here: end the task, then wait for it */
     PyObject *exc = pyt_fetch_exception();
@@ -901,6 +965,8 @@ static PyObject *loop_run_core(loopobj_t *L, PyObject *watch_arg) {
   }
   treadle_join_detach(L->run_join);
   L->run_join = NULL;
+  treadle_async_fd_free(L->wake_afd); /* its last poll was block_on's */
+  L->wake_afd = NULL;
   if (rc == 0 && L->pending_exc != NULL) {
     pyt_restore_exception(L->pending_exc);
     L->pending_exc = NULL;
@@ -1424,8 +1490,10 @@ static PyMethodDef loop_methods[] = {
      "_timer_handle_cancelled($self, handle, /)\n--\n\nTimerHandle.cancel's notice."},
     {"_set_debug_core", (PyCFunction)loop_set_debug_core, METH_O,
      "_set_debug_core($self, on, /)\n--\n\nMirrors set_debug in C."},
-    {"_run_core", (PyCFunction)loop_run_core, METH_O,
-     "_run_core($self, watch_sigint, /)\n--\n\nrun_forever's wait, without the GIL."},
+    {"_run_core", (PyCFunction)(void (*)(void))loop_run_core, METH_FASTCALL,
+     "_run_core($self, watch_sigint, wakeup_fd, /)\n--\n\nrun_forever's wait, without "
+     "the GIL; a byte on wakeup_fd (-1: none) wakes it to run Python's signal handlers "
+     "and _run_main_calls."},
     {"_close_core", (PyCFunction)loop_close_core, METH_NOARGS,
      "_close_core($self, /)\n--\n\nMarks the loop closed; drops its callbacks."},
     {"_counts", (PyCFunction)loop_counts, METH_NOARGS,
@@ -1477,6 +1545,7 @@ int pyt_loop_init(PyObject *m) {
       {&str_context, "_context"}, {&str_handle_error, "_handle_error"},
       {&str_log_slow, "_log_slow_callback"},
       {&str_slow_duration, "slow_callback_duration"},
+      {&str_run_main_calls, "_run_main_calls"},
       {&str_task_factory, "_task_factory"}, {&str_create_task_py, "_create_task_py"}};
   for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
     if ((*strs[i].s = PyUnicode_InternFromString(strs[i].v)) == NULL)

@@ -3,12 +3,14 @@
 and well-behaved load on 127.0.0.1, sampled every second. Run it through
 scripts/soak.sh, which builds what it needs first:
 
-    /usr/bin/python3 tests/soak/soak.py [--minutes N] [--servers c,python,lua,lua-http]
+    /usr/bin/python3 tests/soak/soak.py [--minutes N] [--servers c,python,lua,lua-http,...]
                                         [--out build-soak] [--valgrind]
 
 For each server (the C, Python and Lua echo examples; lua-http, the Lua
 HTTP/1.1 example, gets pipelined GET / requests instead of bytes to echo,
-and must answer each with the exact response) it starts the example under
+and must answer each with the exact response; aiohttp and aiohttp-asyncio,
+not in the default list, the aiohttp example on treadle's loop and on
+asyncio's, get the same with aiohttp's headers: see AiohttpHttp) it starts the example under
 `prlimit --nofile=1024` (so the storms reach a known limit), waits for
 "listening on HOST:PORT" (or a connection), and runs,
 all at once, from one asyncio process (its own load generator, not treadle):
@@ -69,6 +71,11 @@ SERVERS = {
     # HTTP/1.1 keep-alive, GET / answers "Hello, World!"; it says no
     # "listening on": PORT becomes a free port, and a connect says it is up
     "lua-http": ["lua5.4", "examples/lua/http_server.lua", "PORT", "current_thread"],
+    # the aiohttp example (a plain asyncio program) on treadle's loop
+    "aiohttp": ["/usr/bin/python3", "examples/python/asyncio_on_treadle.py",
+                "examples/python/aiohttp_server.py", "0"],
+    # the same on asyncio's own loop: the reference for the one above
+    "aiohttp-asyncio": ["/usr/bin/python3", "examples/python/aiohttp_server.py", "0"],
     # the soak's own check, not in the default list: it must fail
     "leaky": ["/usr/bin/python3", "tests/soak/leaky_echo.py", "0"],
 }
@@ -96,6 +103,12 @@ class Echo:
         """A slowloris exchange: (byte to send, answer due after it)."""
         return [(bytes([b]),) * 2 for b in rng.randbytes(20)]
 
+    # The server answers what was sent before the client's EOF.
+    answers_after_eof = True
+
+    def same(self, got, want):
+        return got == want
+
 
 class Http:
     """What the HTTP example is sent: pipelined GET / requests, each
@@ -113,6 +126,33 @@ class Http:
         return [(r[i:i + 1], self.RESPONSE if i == len(r) - 1 else b"")
                 for i in range(len(r))]
 
+    answers_after_eof = True
+
+    def same(self, got, want):
+        return got == want
+
+
+class AiohttpHttp(Http):
+    """The aiohttp example's answers: aiohttp's own headers, with a Date
+    (always 29 bytes) that is masked before comparing. aiohttp closes a
+    connection at the client's EOF without answering what is still
+    unanswered (asyncio's eof_received returning None; the same on
+    asyncio's own loop), so half-open clients read their answers first
+    and half-close after."""
+    DATE = re.compile(rb"Date: [^\r]{29}\r\n")
+    MASK = b"Date: " + b"?" * 29 + b"\r\n"
+
+    def __init__(self):
+        from aiohttp.http import SERVER_SOFTWARE
+        self.RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                         b"Content-Length: 13\r\n" + self.MASK + b"Server: "
+                         + SERVER_SOFTWARE.encode() + b"\r\n\r\nHello, World!")
+
+    answers_after_eof = False
+
+    def same(self, got, want):
+        return self.DATE.sub(self.MASK, got) == want
+
 
 async def finish(task):
     """Waits for a writer task that the reader beside it may have outlived:
@@ -129,7 +169,8 @@ class Soak:
 
     def __init__(self, name, addr, proc, seconds, warmup, valgrind):
         self.name, self.addr, self.proc = name, addr, proc
-        self.proto = Http() if name.endswith("http") else Echo()
+        self.proto = (AiohttpHttp() if name.startswith("aiohttp") else
+                      Http() if name.endswith("http") else Echo())
         self.seconds, self.warmup, self.valgrind = seconds, warmup, valgrind
         self.stopping = False      # SIGTERM sent: client failures no longer count
         self.open = 0              # client sockets open now
@@ -210,7 +251,7 @@ class Soak:
                         back = await self.recv_exact(s, len(want))
                     finally:
                         await finish(send)
-                    if back != want:
+                    if not self.proto.same(back, want):
                         self.error("steady: answer differs")
                         break
                     self.bytes += len(want)
@@ -234,13 +275,17 @@ class Soak:
                 async def send_then_shut():
                     await loop.sock_sendall(s, data)
                     s.shutdown(socket.SHUT_WR)
-                send = loop.create_task(send_then_shut())
+                answered_first = not self.proto.answers_after_eof
+                send = loop.create_task(loop.sock_sendall(s, data) if answered_first
+                                        else send_then_shut())
                 try:
                     back = await self.recv_exact(s, len(want))
                 finally:
                     await finish(send)
+                if answered_first:
+                    s.shutdown(socket.SHUT_WR)
                 rest = await asyncio.wait_for(loop.sock_recv(s, 1), self.op_timeout)
-                if back != want or rest:
+                if not self.proto.same(back, want) or rest:
                     self.error("half-open: answer differs or no EOF")
                 else:
                     self.bytes += len(want)
@@ -264,7 +309,7 @@ class Soak:
                     if self.stopping:
                         break
                     await loop.sock_sendall(s, b)
-                    if want and await self.recv_exact(s, len(want)) != want:
+                    if want and not self.proto.same(await self.recv_exact(s, len(want)), want):
                         self.error("slowloris: answer differs")
                         break
                     self.bytes += len(want)
@@ -284,7 +329,7 @@ class Soak:
             s = await self.connect()
             data, want = self.proto.message(random, 16)
             await asyncio.get_running_loop().sock_sendall(s, data)
-            if await self.recv_exact(s, len(want)) == want:
+            if self.proto.same(await self.recv_exact(s, len(want)), want):
                 self.probes_ok += 1
                 self.counts["probe"] += 1
             else:

@@ -388,6 +388,8 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
         self._owned = _owned
         self._watchers: dict = {}
         self._signal_watchers: dict = {}
+        self._main_calls: list = []  # (fn, args) for the main thread
+        self._wakeup_w = -1  # while run_forever runs on the main thread
         self._transports: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
         self._selector = _WatcherView(self._watchers)
         self._default_executor = BlockingPoolExecutor(runtime)
@@ -407,13 +409,33 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
         self._check_running()
         self._set_coroutine_origin_tracking(self._debug)
         old_hooks = sys.get_asyncgen_hooks()
+        in_main = threading.current_thread() is threading.main_thread()
+        wake_r = wake_w = old_wakeup = -1
         try:
             self._thread_id = threading.get_ident()
             sys.set_asyncgen_hooks(firstiter=self._asyncgen_firstiter_hook,
                                    finalizer=self._asyncgen_finalizer_hook)
             events._set_running_loop(self)
-            self._run_core(threading.current_thread() is threading.main_thread())
+            if in_main:
+                # The thread waits in the runtime, not in Python: a byte
+                # on this pipe wakes it to run Python's signal handlers
+                # (Python writes one at each signal it has a handler for,
+                # as asyncio's loops have it) and _call_in_main's calls.
+                wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+                old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+                if old_wakeup != -1:  # the program's own: it stays
+                    signal.set_wakeup_fd(old_wakeup)
+                self._wakeup_w = wake_w
+            self._run_core(in_main, wake_r)
         finally:
+            if wake_w != -1:
+                # No callback runs now: none can write to the pipe.
+                self._wakeup_w = -1
+                if old_wakeup == -1:
+                    signal.set_wakeup_fd(-1)
+                os.close(wake_r)
+                os.close(wake_w)
+                self._run_main_calls()
             self._stopping = False
             self._thread_id = None
             events._set_running_loop(None)
@@ -558,21 +580,36 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
 
     # ----------------------------------------------------------- signals
 
-    def _check_signal(self, sig: Any) -> None:
-        if not isinstance(sig, int):
-            raise TypeError(f"sig must be an int, not {sig!r}")
-        if sig not in signal.valid_signals():
-            raise ValueError(f"invalid signal number {sig}")
+    def _call_in_main(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Runs fn(*args) on the main thread: now on it, else (a callback
+        on a multi_thread worker) as soon as run_forever's wait there
+        wakes. RuntimeError when run_forever does not run there."""
+        if threading.current_thread() is threading.main_thread():
+            fn(*args)
+            return
+        if self._wakeup_w == -1:
+            raise RuntimeError("signal handlers can be set only on the main "
+                               "thread, or in a loop that runs there")
+        self._main_calls.append((fn, args))
+        try:
+            os.write(self._wakeup_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: a wake is on its way
 
-    def add_signal_handler(self, sig: int, callback: Callable[..., Any],
-                           *args: Any) -> None:
-        """Runs callback(*args) in the loop at each delivery of ``sig``
-        (main thread only, as asyncio's)."""
-        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
-            raise TypeError("coroutines cannot be used with add_signal_handler()")
-        self._check_signal(sig)
-        self._check_closed()
-        handle = events.Handle(callback, args, self, None)
+    def _run_main_calls(self) -> None:
+        """On the main thread, woken in run_forever: _call_in_main's calls."""
+        calls, self._main_calls = self._main_calls, []
+        for fn, args in calls:
+            try:
+                fn(*args)
+            except Exception as exc:
+                self.call_exception_handler({
+                    "message": f"Exception in {fn.__qualname__} on the main thread",
+                    "exception": exc})
+
+    def _take_signal(self, sig: int) -> None:
+        """Python's handler of sig becomes a no-op (asyncio's rule: the
+        loop handles it, not Python's default); main thread only."""
         try:
             signal.signal(sig, _sighandler_noop)
             signal.siginterrupt(sig, False)
@@ -582,16 +619,61 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
             if exc.errno == errno.EINVAL:
                 raise RuntimeError(f"sig {sig:d} cannot be caught") from None
             raise
+
+    def _take_signal_later(self, sig: int, w: Any, handle: events.Handle) -> None:
+        """The main thread's part of an add_signal_handler made on a
+        worker: Python's handler, then a fresh watcher, which puts
+        treadle's handler back in front of Python's."""
+        if self._signal_watchers.get(sig) is not w:
+            return  # replaced or removed since
+        self._take_signal(sig)
+        self._signal_watchers[sig] = self._watch_signal(sig, handle)
+        w.close()
+
+    def _check_signal(self, sig: Any) -> None:
+        if not isinstance(sig, int):
+            raise TypeError(f"sig must be an int, not {sig!r}")
+        if sig not in signal.valid_signals():
+            raise ValueError(f"invalid signal number {sig}")
+
+    def add_signal_handler(self, sig: int, callback: Callable[..., Any],
+                           *args: Any) -> None:
+        """Runs callback(*args) in the loop at each delivery of ``sig``.
+        As asyncio's, it works on the main thread, and also in callbacks
+        on a multi_thread worker of a loop that run_forever runs on the
+        main thread (which then sets Python's handler for it)."""
+        if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
+            raise TypeError("coroutines cannot be used with add_signal_handler()")
+        self._check_signal(sig)
+        self._check_closed()
+        handle = events.Handle(callback, args, self, None)
+        in_main = threading.current_thread() is threading.main_thread()
+        if in_main:
+            self._take_signal(sig)
+        elif self._wakeup_w == -1:
+            raise RuntimeError("add_signal_handler works only on the main "
+                               "thread, or in a loop that runs there")
         old = self._signal_watchers.pop(sig, None)
         if old is not None:
             old.close()
         try:
-            self._signal_watchers[sig] = self._watch_signal(sig, handle)
-        except BaseException:
-            self._restore_signal(sig)
+            w = self._signal_watchers[sig] = self._watch_signal(sig, handle)
+        except BaseException as exc:
+            if in_main:
+                self._restore_signal(sig)
+            elif isinstance(exc, ValueError):  # SIGKILL and the like
+                raise RuntimeError(f"sig {sig:d} cannot be caught") from None
             raise
+        if not in_main:
+            # On a multi_thread worker: Python's handler can only be set
+            # on the main thread, which run_forever wakes for it.
+            self._call_in_main(self._take_signal_later, sig, w, handle)
 
     def _restore_signal(self, sig: int) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            if self._wakeup_w != -1:
+                self._call_in_main(self._restore_signal, sig)
+            return
         handler = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
         try:
             signal.signal(sig, handler)
