@@ -20,7 +20,7 @@ Content-Length 13). --suite lua (the default):
     openresty-2          nginx, master + 2 workers (reuseport)                   shared
 
 --suite aiohttp (Debian's python3-aiohttp, /usr/bin/python3; the same app,
-unchanged, on each loop; treadle's through bench/on_treadle.py):
+unchanged, on each loop; treadle's through examples/python/asyncio_on_treadle.py):
 
     aiohttp-treadle-current  http_peers.py PORT aiohttp-asyncio on treadle, current_thread  split
     aiohttp-uvloop           http_peers.py PORT aiohttp-uvloop                      split
@@ -70,7 +70,7 @@ RELEASE_DIR = os.path.join(ROOT, "build-release", "bindings", "lua")
 EXAMPLE = os.path.join(ROOT, "examples", "lua", "http_server.lua")
 TICK = os.sysconf("SC_CLK_TCK")
 
-ON_TREADLE = os.path.join(ROOT, "bench", "on_treadle.py")
+ON_TREADLE = os.path.join(ROOT, "examples", "python", "asyncio_on_treadle.py")
 PY = "/usr/bin/python3"
 
 SERVERS = {
@@ -161,9 +161,9 @@ class Server:
         if self.kind.startswith("aiohttp"):
             peers = [os.path.join(PEERS, "http_peers.py"), str(port)]
             if self.kind == "aiohttp-treadle":
-                return [PY, ON_TREADLE, "current_thread", "1"] + peers + ["aiohttp-asyncio"]
+                return [PY, ON_TREADLE] + peers + ["aiohttp-asyncio"]
             if self.kind == "aiohttp-treadle2":
-                return [PY, ON_TREADLE, "multi_thread", "2"] + peers + ["aiohttp-asyncio"]
+                return [PY, ON_TREADLE, "--flavor", "multi_thread", "--workers", "2"] + peers + ["aiohttp-asyncio"]
             return [PY] + peers + [self.kind]
         if self.kind.startswith("treadle"):
             flavor = ["current_thread"] if self.kind == "treadle" else ["multi_thread", "2"]
@@ -184,6 +184,7 @@ class Server:
     def start(self, port):
         env = dict(os.environ)
         env["LUA_CPATH"] = os.path.join(self.cpath, "?.so") + ";;"
+        env["PYTHONPATH"] = os.path.join(ROOT, "bindings", "python")
         argv = self.argv(port)
         if self.split:
             argv = ["taskset", "-c", "0"] + argv

@@ -21,7 +21,7 @@ Echo servers (PORT is replaced by a fresh port at every start):
     uvloop-streams-shared   uvloop-streams, unpinned
     uvloop-protocol         echo_py.py PORT uvloop protocol                    split
     treadle-loop-streams    echo_py.py streams, unchanged, on treadle's asyncio
-                            loop (bench/on_treadle.py current_thread)          split
+                            loop (examples/python/asyncio_on_treadle.py)       split
     treadle-loop-protocol   the same, protocol                                 split
     treadle-loop-streams-multi2  treadle-loop-streams on multi_thread(2)       shared
     treadle-loop-protocol-multi2 treadle-loop-protocol on multi_thread(2)      shared
@@ -71,7 +71,7 @@ ECHO_PY = os.path.join(ec.SHARED, "servers", "python", "echo_py.py")
 MICRO_PY = os.path.join(ec.SHARED, "micro", "python", "micro_py.py")
 PY_MICRO = os.path.join(ROOT, "bench", "py_micro.py")
 ECHO_SERVER = "examples/python/echo_server.py"
-ON_TREADLE = os.path.join(ROOT, "bench", "on_treadle.py")
+ON_TREADLE = os.path.join(ROOT, "examples", "python", "asyncio_on_treadle.py")
 
 # name -> (command with PORT, placement)
 SERVERS = {
@@ -81,10 +81,10 @@ SERVERS = {
     "asyncio-streams": (f"{PY} {ECHO_PY} PORT asyncio streams", "split"),
     "uvloop-streams-shared": (f"{PY} {ECHO_PY} PORT uvloop streams", "shared"),
     "uvloop-protocol": (f"{PY} {ECHO_PY} PORT uvloop protocol", "split"),
-    "treadle-loop-streams": (f"{PY} {ON_TREADLE} current_thread 1 {ECHO_PY} PORT asyncio streams", "split"),
-    "treadle-loop-protocol": (f"{PY} {ON_TREADLE} current_thread 1 {ECHO_PY} PORT asyncio protocol", "split"),
-    "treadle-loop-streams-multi2": (f"{PY} {ON_TREADLE} multi_thread 2 {ECHO_PY} PORT asyncio streams", "shared"),
-    "treadle-loop-protocol-multi2": (f"{PY} {ON_TREADLE} multi_thread 2 {ECHO_PY} PORT asyncio protocol", "shared"),
+    "treadle-loop-streams": (f"{PY} {ON_TREADLE} {ECHO_PY} PORT asyncio streams", "split"),
+    "treadle-loop-protocol": (f"{PY} {ON_TREADLE} {ECHO_PY} PORT asyncio protocol", "split"),
+    "treadle-loop-streams-multi2": (f"{PY} {ON_TREADLE} --flavor multi_thread --workers 2 {ECHO_PY} PORT asyncio streams", "shared"),
+    "treadle-loop-protocol-multi2": (f"{PY} {ON_TREADLE} --flavor multi_thread --workers 2 {ECHO_PY} PORT asyncio protocol", "shared"),
 }
 DEFAULT_SERVERS = ["treadle-py-current", "treadle-py-multi2", "uvloop-streams",
                    "asyncio-streams"]
