@@ -79,7 +79,11 @@ ltask_t *lt_need_task(lua_State *L, const char *what) {
  *    then fails; a receiver takes what is left in the ring under mu
  *    (permits no longer count), and once it is empty gets "closed". A
  *    receiver that held a permit from before the close may thus find the
- *    ring empty: chan_move says so. */
+ *    ring empty: chan_move says so.
+ * A named channel holds one more reference, its own, while its ring holds
+ * values (taken by the send that fills an empty ring, dropped by the
+ * receive that empties it): a value sent on a handle that is then dropped
+ * waits, findable by name, for the next handle of that name. */
 struct lchan_s {
   _Atomic long refs;
   pthread_mutex_t mu;
@@ -98,22 +102,31 @@ static lchan_t *named;
 /* Step 1 or 2 (with a permit), or step 3's receive (without, once the
  * semaphore said closed): 0, or TREADLE_ECLOSED when a send finds the
  * channel closed or a receive finds it closed and empty. */
+static void chan_unref(lchan_t *ch);
+
 static treadle_err_t chan_move(lchan_t *ch, bool send, void **blob) {
   treadle_err_t err = 0;
+  bool emptied = false;
   pthread_mutex_lock(&ch->mu);
   if (send && !ch->closed) {
+    if (ch->len == 0 && ch->name != NULL) /* the queued values' reference */
+      /* Relaxed: the sender holds a reference, so refs is not 0. */
+      atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
     ch->items[(ch->head + ch->len++) % ch->cap] = *blob;
     *blob = NULL;
   } else if (!send && ch->len > 0) {
     *blob = ch->items[ch->head];
     ch->head = (ch->head + 1) % ch->cap;
     ch->len--;
+    emptied = ch->len == 0 && ch->name != NULL;
   } else {
     err = TREADLE_ECLOSED;
   }
   pthread_mutex_unlock(&ch->mu);
   if (err == 0)
     treadle_semaphore_release(send ? ch->filled : ch->slots, 1);
+  if (emptied) /* never the last: the receiver holds one */
+    chan_unref(ch);
   return err;
 }
 
@@ -148,8 +161,6 @@ static treadle_poll_t chan_wait(void *ud, treadle_cx_t *cx,
   *err = chan_after(ch, send, &op->u.chan.blob, *err);
   return TREADLE_READY;
 }
-
-static void chan_unref(lchan_t *ch);
 
 static void chan_forget(void *ud) {
   lop_t *op = ud;
@@ -188,8 +199,11 @@ static void chan_unref(lchan_t *ch) {
  * A bounded FIFO of plain values (nil, booleans, numbers, strings and tables
  * of those, copied) between tasks, also of different workers. capacity:
  * 1..16777216, default 1. Every call with the same name, in any worker's
- * state, gives the same channel. Waiting senders and receivers are served
- * first come, first served; each value or free place wakes one of them.
+ * state, gives the same channel; it lives while a handle to it does or a
+ * value waits in it, so values sent on a handle that was then dropped
+ * wait for the next treadle.channel of that name. Waiting senders and
+ * receivers are served first come, first served; each value or free place
+ * wakes one of them.
  * Returns: the channel (ch).
  * Errors: raises for a bad capacity, and for a name that exists with
  * another capacity than the one given.
