@@ -83,7 +83,9 @@ ltask_t *lt_need_task(lua_State *L, const char *what) {
  * A named channel holds one more reference, its own, while its ring holds
  * values (taken by the send that fills an empty ring, dropped by the
  * receive that empties it): a value sent on a handle that is then dropped
- * waits, findable by name, for the next handle of that name. */
+ * waits, findable by name, for the next handle of that name, as long as a
+ * state has the module open (`module_states`); when the last one closes,
+ * the values nobody can look up any more go (chan_drop_orphans). */
 struct lchan_s {
   _Atomic long refs;
   pthread_mutex_t mu;
@@ -98,6 +100,7 @@ struct lchan_s {
 
 static pthread_mutex_t named_mu = PTHREAD_MUTEX_INITIALIZER;
 static lchan_t *named;
+static long module_states; /* states with the module open; guarded by named_mu */
 
 /* Step 1 or 2 (with a permit), or step 3's receive (without, once the
  * semaphore said closed): 0, or TREADLE_ECLOSED when a send finds the
@@ -1094,7 +1097,56 @@ void lt_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
   lua_pop(L, 1);
 }
 
+/* The last state with the module closed: no handle is left, so the named
+ * channels still listed hold only their values' reference; each drops it
+ * (and its values). */
+static void chan_drop_orphans(void) {
+  for (;;) {
+    lchan_t *ch = NULL;
+    pthread_mutex_lock(&named_mu);
+    for (lchan_t *c = module_states == 0 ? named : NULL; c != NULL && ch == NULL;
+         c = c->next) {
+      pthread_mutex_lock(&c->mu);
+      if (c->len > 0) { /* empties it: the values' reference is ours */
+        ch = c;
+        for (; c->len > 0; c->len--) {
+          free(c->items[c->head]);
+          c->head = (c->head + 1) % c->cap;
+        }
+      }
+      pthread_mutex_unlock(&c->mu);
+    }
+    pthread_mutex_unlock(&named_mu);
+    if (ch == NULL)
+      return;
+    chan_unref(ch); /* the values' reference */
+  }
+}
+
+/* __gc of the sentinel each state's module keeps in its registry. */
+static int l_module_closed(lua_State *L) {
+  (void)L;
+  pthread_mutex_lock(&named_mu);
+  bool last = --module_states == 0;
+  pthread_mutex_unlock(&named_mu);
+  if (last)
+    chan_drop_orphans();
+  return 0;
+}
+
 void lt_open_task(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "treadle.module_open") == LUA_TNIL) {
+    lua_newuserdatauv(L, 1, 0); /* once per state: closed with it */
+    lua_newtable(L);
+    lua_pushcfunction(L, l_module_closed);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, "treadle.module_open");
+    pthread_mutex_lock(&named_mu);
+    module_states++;
+    pthread_mutex_unlock(&named_mu);
+  }
+  lua_pop(L, 1);
   /* local t <close>: the task is aborted at the end of the scope */
   lt_new_class(L, TASK_MT, task_methods, l_task_gc, l_task_abort, l_task_tostring);
   lt_new_class(L, CHAN_MT, chan_methods, l_chan_gc, l_chan_gc, l_chan_tostring);
