@@ -1124,7 +1124,7 @@ static void chan_drop_orphans(void) {
 }
 
 /* __gc of the sentinel each state's module keeps in its registry. */
-static int l_module_closed(lua_State *L) {
+static int module_closed_gc(lua_State *L) {
   (void)L;
   pthread_mutex_lock(&named_mu);
   bool last = --module_states == 0;
@@ -1138,7 +1138,7 @@ void lt_open_task(lua_State *L) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, "treadle.module_open") == LUA_TNIL) {
     lua_newuserdatauv(L, 1, 0); /* once per state: closed with it */
     lua_newtable(L);
-    lua_pushcfunction(L, l_module_closed);
+    lua_pushcfunction(L, module_closed_gc);
     lua_setfield(L, -2, "__gc");
     lua_setmetatable(L, -2);
     lua_setfield(L, LUA_REGISTRYINDEX, "treadle.module_open");
