@@ -822,6 +822,10 @@ void lt_task_drop(ltask_t *t) {
                      pthread_equal(t->home->thread, pthread_self());
   t->status = LT_CANCELLED;
   lt_op_clear(t);
+  /* Dropped while it waits (a runtime freed, SIGINT's shutdown): close
+   * its to-be-closed variables as an abort would. */
+  if (home_thread && t->co != NULL && lua_status(t->co) == LUA_YIELD)
+    lua_resetthread(t->co);
   treadle_waker_drop(t->joiner);
   t->joiner = NULL;
   treadle_waker_drop(t->waker);
