@@ -44,6 +44,11 @@ def test_treadle_allocation_failures_raise_memoryerror(flavor, name):
 
 
 def python_sweep(names, timeout=60):
+    if hasattr(sys, "gettotalrefcount"):
+        # its asserts stop the child at CPython's own slips first: under a
+        # failing allocation asyncio's os.environ.get returns NULL without
+        # an exception (the release build says SystemError)
+        pytest.skip("the interpreter's sweep needs a release interpreter")
     p = subprocess.run([sys.executable, alloc_scenarios.__file__, "python",
                         "current_thread", *names],
                        capture_output=True, text=True, timeout=timeout, env=child_env())
