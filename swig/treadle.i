@@ -102,6 +102,24 @@ static PyObject *treadle_py_error_map(void) {
   $result = SWIG_Py_Void();
 }
 
+/* A str argument is passed as its UTF-8 (None as NULL), as SWIG's own
+ * typemap does, except that a conversion that fails for want of memory
+ * raises that MemoryError instead of SWIG's TypeError. */
+%typemap(in) const char * {
+  if ($input == Py_None) {
+    $1 = NULL;
+  } else if (PyUnicode_Check($input)) {
+    $1 = (char *)PyUnicode_AsUTF8($input);
+    if ($1 == NULL)
+      SWIG_fail;
+  } else {
+    PyErr_Format(PyExc_TypeError,
+                 "in method '$symname', argument $argnum of type 'char const *'");
+    SWIG_fail;
+  }
+}
+%typemap(freearg) const char * "" /* the str keeps its UTF-8 */
+
 %typemap(in, numinputs=0) treadle_builder_t **out (treadle_builder_t *tmp = NULL) {
   $1 = &tmp;
 }

@@ -622,8 +622,9 @@ static int l_rt_tostring(lua_State *L) {
 /* lua: treadle.run(fn_or_module [, opts])
  * Builds a runtime (treadle.runtime(opts)), runs rt:block_on(fn_or_module)
  * and shuts the runtime down: the usual way in. Ctrl-C while it waits shuts
- * the runtime down and raises "interrupted", unless a task waits for SIGINT
- * itself (treadle.signal).
+ * the runtime down (every task's to-be-closed variables are closed, as an
+ * abort closes them) and raises "interrupted", unless a task waits for
+ * SIGINT itself (treadle.signal).
  * Returns: the main function's results (multi_thread: worker 0's).
  * Errors: as treadle.runtime and rt:block_on.
  * Example: print(treadle.run(function() treadle.sleep(1) return "ok" end)) */

@@ -79,7 +79,13 @@ ltask_t *lt_need_task(lua_State *L, const char *what) {
  *    then fails; a receiver takes what is left in the ring under mu
  *    (permits no longer count), and once it is empty gets "closed". A
  *    receiver that held a permit from before the close may thus find the
- *    ring empty: chan_move says so. */
+ *    ring empty: chan_move says so.
+ * A named channel holds one more reference, its own, while its ring holds
+ * values (taken by the send that fills an empty ring, dropped by the
+ * receive that empties it): a value sent on a handle that is then dropped
+ * waits, findable by name, for the next handle of that name, as long as a
+ * state has the module open (`module_states`); when the last one closes,
+ * the values nobody can look up any more go (chan_drop_orphans). */
 struct lchan_s {
   _Atomic long refs;
   pthread_mutex_t mu;
@@ -94,26 +100,36 @@ struct lchan_s {
 
 static pthread_mutex_t named_mu = PTHREAD_MUTEX_INITIALIZER;
 static lchan_t *named;
+static long module_states; /* states with the module open; guarded by named_mu */
 
 /* Step 1 or 2 (with a permit), or step 3's receive (without, once the
  * semaphore said closed): 0, or TREADLE_ECLOSED when a send finds the
  * channel closed or a receive finds it closed and empty. */
+static void chan_unref(lchan_t *ch);
+
 static treadle_err_t chan_move(lchan_t *ch, bool send, void **blob) {
   treadle_err_t err = 0;
+  bool emptied = false;
   pthread_mutex_lock(&ch->mu);
   if (send && !ch->closed) {
+    if (ch->len == 0 && ch->name != NULL) /* the queued values' reference */
+      /* Relaxed: the sender holds a reference, so refs is not 0. */
+      atomic_fetch_add_explicit(&ch->refs, 1, memory_order_relaxed);
     ch->items[(ch->head + ch->len++) % ch->cap] = *blob;
     *blob = NULL;
   } else if (!send && ch->len > 0) {
     *blob = ch->items[ch->head];
     ch->head = (ch->head + 1) % ch->cap;
     ch->len--;
+    emptied = ch->len == 0 && ch->name != NULL;
   } else {
     err = TREADLE_ECLOSED;
   }
   pthread_mutex_unlock(&ch->mu);
   if (err == 0)
     treadle_semaphore_release(send ? ch->filled : ch->slots, 1);
+  if (emptied) /* never the last: the receiver holds one */
+    chan_unref(ch);
   return err;
 }
 
@@ -148,8 +164,6 @@ static treadle_poll_t chan_wait(void *ud, treadle_cx_t *cx,
   *err = chan_after(ch, send, &op->u.chan.blob, *err);
   return TREADLE_READY;
 }
-
-static void chan_unref(lchan_t *ch);
 
 static void chan_forget(void *ud) {
   lop_t *op = ud;
@@ -188,8 +202,11 @@ static void chan_unref(lchan_t *ch) {
  * A bounded FIFO of plain values (nil, booleans, numbers, strings and tables
  * of those, copied) between tasks, also of different workers. capacity:
  * 1..16777216, default 1. Every call with the same name, in any worker's
- * state, gives the same channel. Waiting senders and receivers are served
- * first come, first served; each value or free place wakes one of them.
+ * state, gives the same channel; it lives while a handle to it does or a
+ * value waits in it, so values sent on a handle that was then dropped
+ * wait for the next treadle.channel of that name. Waiting senders and
+ * receivers are served first come, first served; each value or free place
+ * wakes one of them.
  * Returns: the channel (ch).
  * Errors: raises for a bad capacity, and for a name that exists with
  * another capacity than the one given.
@@ -805,6 +822,10 @@ void lt_task_drop(ltask_t *t) {
                      pthread_equal(t->home->thread, pthread_self());
   t->status = LT_CANCELLED;
   lt_op_clear(t);
+  /* Dropped while it waits (a runtime freed, SIGINT's shutdown): close
+   * its to-be-closed variables as an abort would. */
+  if (home_thread && t->co != NULL && lua_status(t->co) == LUA_YIELD)
+    lua_resetthread(t->co);
   treadle_waker_drop(t->joiner);
   t->joiner = NULL;
   treadle_waker_drop(t->waker);
@@ -1080,7 +1101,56 @@ void lt_new_class(lua_State *L, const char *name, const luaL_Reg *methods,
   lua_pop(L, 1);
 }
 
+/* The last state with the module closed: no handle is left, so the named
+ * channels still listed hold only their values' reference; each drops it
+ * (and its values). */
+static void chan_drop_orphans(void) {
+  for (;;) {
+    lchan_t *ch = NULL;
+    pthread_mutex_lock(&named_mu);
+    for (lchan_t *c = module_states == 0 ? named : NULL; c != NULL && ch == NULL;
+         c = c->next) {
+      pthread_mutex_lock(&c->mu);
+      if (c->len > 0) { /* empties it: the values' reference is ours */
+        ch = c;
+        for (; c->len > 0; c->len--) {
+          free(c->items[c->head]);
+          c->head = (c->head + 1) % c->cap;
+        }
+      }
+      pthread_mutex_unlock(&c->mu);
+    }
+    pthread_mutex_unlock(&named_mu);
+    if (ch == NULL)
+      return;
+    chan_unref(ch); /* the values' reference */
+  }
+}
+
+/* __gc of the sentinel each state's module keeps in its registry. */
+static int module_closed_gc(lua_State *L) {
+  (void)L;
+  pthread_mutex_lock(&named_mu);
+  bool last = --module_states == 0;
+  pthread_mutex_unlock(&named_mu);
+  if (last)
+    chan_drop_orphans();
+  return 0;
+}
+
 void lt_open_task(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, "treadle.module_open") == LUA_TNIL) {
+    lua_newuserdatauv(L, 1, 0); /* once per state: closed with it */
+    lua_newtable(L);
+    lua_pushcfunction(L, module_closed_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, LUA_REGISTRYINDEX, "treadle.module_open");
+    pthread_mutex_lock(&named_mu);
+    module_states++;
+    pthread_mutex_unlock(&named_mu);
+  }
+  lua_pop(L, 1);
   /* local t <close>: the task is aborted at the end of the scope */
   lt_new_class(L, TASK_MT, task_methods, l_task_gc, l_task_abort, l_task_tostring);
   lt_new_class(L, CHAN_MT, chan_methods, l_chan_gc, l_chan_gc, l_chan_tostring);

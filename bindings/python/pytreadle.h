@@ -237,6 +237,8 @@ static inline int pyt_as_int(PyObject *o) {
 
 int pyt_runtime_init(PyObject *module);
 int pyt_task_init(PyObject *module);
+/* Internal test hooks (testhooks.c): _core._test_fail_alloc and friends. */
+int pyt_testhooks_init(PyObject *module);
 
 /* The module's exceptions. */
 extern PyObject *pyt_Error, *pyt_ShutdownError, *pyt_ClosedError,

@@ -27,6 +27,8 @@ static PyObject *current_thread; /* threading.current_thread */
 /* ------------------------------------------------------------- errors */
 
 PyObject *pyt_error_object(treadle_err_t err) {
+  if (err == TREADLE_ENOMEM) /* Python's own word for it */
+    return PyObject_CallNoArgs(PyExc_MemoryError);
   if (err == TREADLE_ECANCELED)
     return PyObject_CallNoArgs(pyt_CancelledError);
   if (err == TREADLE_ENOHOST)
@@ -524,8 +526,8 @@ int pyt_runtime_init(PyObject *m) {
 /* Called from the SWIG module's init. */
 int treadle_py_init(PyObject *m) {
   if (pyt_runtime_init(m) < 0 || pyt_task_init(m) < 0 || pyt_net_init(m) < 0 ||
-      pyt_loop_init(m) < 0 ||
-      pyt_transport_init(m) < 0)
+      pyt_loop_init(m) < 0 || pyt_transport_init(m) < 0 ||
+      pyt_testhooks_init(m) < 0)
     return -1;
   return 0;
 }

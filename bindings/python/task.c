@@ -975,7 +975,7 @@ static PyObject *to_iterator(PyObject *aw) {
 }
 
 static joinobj_t *join_new(shared_t *sh) {
-  joinobj_t *jo = PyObject_New(joinobj_t, &join_type);
+  joinobj_t *jo = PyObject_GC_New(joinobj_t, &join_type);
   if (jo == NULL)
     return NULL;
   jo->j = NULL;
@@ -983,6 +983,7 @@ static joinobj_t *join_new(shared_t *sh) {
   jo->outcome = JOIN_PENDING;
   jo->value = NULL;
   jo->retrieved = jo->awaiting = jo->has_pending = false;
+  PyObject_GC_Track(jo);
   return jo;
 }
 
@@ -994,6 +995,10 @@ PyObject *pyt_spawn(pyrt_t *r, PyObject *aw) {
   shared_t *sh = calloc(1, sizeof *sh);
   joinobj_t *jo = sh != NULL ? join_new(sh) : NULL;
   if (ctx == NULL || jo == NULL) {
+    if (jo != NULL) { /* sh is freed below, not by jo */
+      jo->sh = NULL;
+      Py_DECREF(jo);
+    }
     Py_DECREF(it);
     Py_XDECREF(ctx);
     free(sh);
@@ -1088,14 +1093,30 @@ static void join_take(joinobj_t *jo, treadle_err_t status, void *value) {
 }
 
 static void join_dealloc(joinobj_t *jo) {
+  PyObject_GC_UnTrack(jo);
   if (jo->has_pending)
     join_take(jo, jo->pending_status, jo->pending_value);
-  if (jo->outcome == JOIN_EXCEPTION && !jo->retrieved)
+  if (jo->outcome == JOIN_EXCEPTION && !jo->retrieved && jo->value != NULL)
     report_unretrieved(jo->value);
   Py_XDECREF(jo->value);
   treadle_join_detach(jo->j); /* an output dropped here re-enters the GIL */
   shared_unref(jo->sh);
-  PyObject_Free(jo);
+  PyObject_GC_Del(jo);
+}
+
+/* A handle holds its task's exception, whose traceback holds the frames
+ * that hold the handle (`h = spawn(...); await h` raising; block_on's
+ * `main`): the collector must see that cycle. Only `value` is a Python
+ * reference the GIL guards (the pending output belongs to block_on's root
+ * until join_take). */
+static int join_traverse(joinobj_t *jo, visitproc visit, void *arg) {
+  Py_VISIT(jo->value);
+  return 0;
+}
+
+static int join_clear(joinobj_t *jo) {
+  Py_CLEAR(jo->value);
+  return 0;
 }
 
 static PyObject *join_await(joinobj_t *jo) {
@@ -1260,7 +1281,9 @@ static PyTypeObject join_type = {
     .tp_basicsize = sizeof(joinobj_t),
     .tp_dealloc = (destructor)join_dealloc,
     .tp_as_async = &join_async,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)join_traverse,
+    .tp_clear = (inquiry)join_clear,
     .tp_doc = "A spawned task. `await handle` returns its value or raises "
               "its exception (CancelledError once aborted). Dropping it "
               "detaches the task.\n\n"

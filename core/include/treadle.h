@@ -979,9 +979,10 @@ treadle_poll_t treadle_unix_recv_fds_poll(treadle_stream_t *s,
  * TREADLE_ETLS (a TLS error after the handshake, such as a corrupt
  * record), TREADLE_ECONNRESET (the peer closed the connection during the
  * handshake, or after it without close_notify, as a truncation attack
- * would). These are final: every later call on the TLS stream answers
- * the same. Errors of the stream (TREADLE_EPIPE, TREADLE_ECLOSED, ...)
- * come through as they are.
+ * would), TREADLE_ENOMEM (no memory for a record: "out of memory").
+ * These are final: every later call on the TLS stream answers the same.
+ * Errors of the stream (TREADLE_EPIPE, TREADLE_ECLOSED, ...) come through
+ * as they are.
  *
  * Built without OpenSSL, treadle still declares all of this, and every
  * function answers TREADLE_ENOTLS (the constructors take nothing). */
@@ -1075,15 +1076,15 @@ treadle_err_t treadle_tls_server_new(treadle_tls_config_t *c,
                                      treadle_stream_t *s, treadle_tls_t **out);
 /** Runs the handshake: READY with *err = 0 once it is done (again at
  * once after that), or with an error (TREADLE_ETLSVERIFY,
- * TREADLE_ETLSHANDSHAKE, TREADLE_ECONNRESET, errors of the stream). One
- * task polls it; no read or write may run meanwhile. */
+ * TREADLE_ETLSHANDSHAKE, TREADLE_ECONNRESET, TREADLE_ENOMEM, errors of the
+ * stream). One task polls it; no read or write may run meanwhile. */
 treadle_poll_t treadle_tls_handshake_poll(treadle_tls_t *t, treadle_cx_t *cx,
                                           treadle_err_t *err);
 /** Reads up to `len` bytes of plaintext: READY with *n > 0, or *n = 0 at
  * the end of the stream (the peer's close_notify) or for len 0, with *err
  * = 0; or an error (*n = 0): TREADLE_ECONNRESET (closed without
- * close_notify), TREADLE_ETLS, TREADLE_ENOTCONN (before the handshake),
- * the stream's. */
+ * close_notify), TREADLE_ETLS, TREADLE_ENOMEM, TREADLE_ENOTCONN (before
+ * the handshake), the stream's. */
 treadle_poll_t treadle_tls_read_poll(treadle_tls_t *t, treadle_cx_t *cx,
                                      void *buf, size_t len, size_t *n,
                                      treadle_err_t *err);

@@ -154,6 +154,7 @@ struct treadle_tls_s {
   treadle_err_t hs_err; /* HS_FAILING: the error to report */
   uint8_t *out;         /* ciphertext to send: [out_start, out_end) */
   size_t out_start, out_end, out_cap;
+  bool out_nomem;       /* `out` could not grow: the SSL call fails ENOMEM */
   size_t in_start, in_end;    /* ciphertext not yet taken: in[in_start..] */
   bool in_eof;                /* the stream read the end: the BIO reports it */
   bool r_parked_in;           /* the read side waits on the read slot */
@@ -246,8 +247,10 @@ static int bio_write(BIO *b, const char *data, size_t len, size_t *put) {
     while (cap - t->out_end < len)
       cap *= 2;
     uint8_t *grown = treadle__malloc(cap);
-    if (grown == NULL)
-      return 0; /* no retry: OpenSSL fails the call */
+    if (grown == NULL) {
+      t->out_nomem = true; /* ssl_failed reports it as TREADLE_ENOMEM */
+      return 0;            /* no retry: OpenSSL fails the call */
+    }
     if (t->out_end > 0)
       memcpy(grown, t->out, t->out_end);
     treadle__free(t->out);
@@ -716,6 +719,11 @@ static treadle_err_t ssl_failed(treadle_tls_t *t, int e) {
   } else if (hs && reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
     snprintf(text, sizeof text, "the peer showed no certificate");
     err = TREADLE_ETLSVERIFY;
+  } else if (t->out_nomem ||
+             ERR_GET_REASON(last) == ERR_R_MALLOC_FAILURE ||
+             ERR_GET_REASON(ERR_peek_error()) == ERR_R_MALLOC_FAILURE) {
+    snprintf(text, sizeof text, "out of memory");
+    err = TREADLE_ENOMEM;
   } else if (t->in_eof && (e == SSL_ERROR_SYSCALL ||
                            reason == SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
     snprintf(text, sizeof text,

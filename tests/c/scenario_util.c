@@ -574,3 +574,195 @@ treadle_err_t scenario_dns(treadle_runtime_t *rt) {
   return RUN(rt, &dns_vt, d);
 }
 
+
+/* ---------------------------------------------------------------- TLS */
+
+/* The files scenario_tls reads (set by its caller, tls_certs.h). */
+const char *scenario_tls_ca, *scenario_tls_cert, *scenario_tls_key;
+
+/* One task is both ends: it makes the two configurations, binds, connects
+ * and accepts, runs both handshakes, sends "ping" one way and "pong" the
+ * other, then each side sends close_notify and reads the other's end. */
+typedef struct {
+  int step;
+  treadle_tls_config_t *cc, *sc;
+  treadle_tcp_listener_t *l;
+  treadle_tcp_connect_t conn;
+  bool conn_live;
+  treadle_tcp_stream_t *cs, *ss; /* until the TLS streams take them */
+  treadle_tls_t *client, *server;
+  bool client_hs, server_hs, client_shut, server_shut, client_eof, server_eof;
+  size_t sent, got;
+  char buf[8];
+} tls_scn_t;
+
+static void tls_drop(void *st) {
+  tls_scn_t *t = st;
+  if (t->conn_live)
+    treadle_tcp_connect_drop(&t->conn);
+  treadle_tls_free(t->client);
+  treadle_tls_free(t->server);
+  treadle_stream_free(t->cs);
+  treadle_stream_free(t->ss);
+  treadle_listener_free(t->l);
+  treadle_tls_config_unref(t->cc);
+  treadle_tls_config_unref(t->sc);
+}
+
+static treadle_err_t tls_setup(tls_scn_t *t, treadle_cx_t *cx) {
+  treadle_err_t err;
+  if ((err = treadle_tls_config_new(TREADLE_TLS_SERVER, &t->sc)) != 0 ||
+      (err = treadle_tls_config_set_cert(t->sc, scenario_tls_cert,
+                                         scenario_tls_key)) != 0 ||
+      (err = treadle_tls_config_new(TREADLE_TLS_CLIENT, &t->cc)) != 0 ||
+      (err = treadle_tls_config_set_ca(t->cc, scenario_tls_ca, NULL)) != 0 ||
+      (err = treadle_tcp_bind(treadle_cx_handle(cx), "127.0.0.1", 0, NULL,
+                              &t->l)) != 0)
+    return err;
+  struct sockaddr_storage a;
+  if ((err = treadle_listener_addr(t->l, &a)) != 0)
+    return err;
+  err = treadle_tcp_connect_init(&t->conn, treadle_cx_handle(cx), "127.0.0.1",
+                                 ntohs(((struct sockaddr_in *)&a)->sin_port));
+  t->conn_live = err == 0;
+  return err;
+}
+
+/* Reads into buf; READY with the bytes so far in *got, or at the end of
+ * the stream. */
+static treadle_poll_t tls_read_exact(treadle_tls_t *s, treadle_cx_t *cx,
+                                     char *buf, size_t len, size_t *got,
+                                     bool *eof, treadle_err_t *err) {
+  while (*got < len) {
+    size_t n;
+    if (treadle_tls_read_poll(s, cx, buf + *got, len - *got, &n, err) ==
+        TREADLE_PENDING)
+      return TREADLE_PENDING;
+    if (*err != 0)
+      return TREADLE_READY;
+    if (n == 0) {
+      *eof = true;
+      return TREADLE_READY;
+    }
+    *got += n;
+  }
+  return TREADLE_READY;
+}
+
+static treadle_err_t tls_step(tls_scn_t *t, treadle_cx_t *cx, bool *pending) {
+  treadle_err_t err = 0;
+  bool eof = false;
+  *pending = true;
+  if (t->step == 0) {
+    if ((err = tls_setup(t, cx)) != 0)
+      return err;
+    t->step = 1;
+  }
+  if (t->step == 1) { /* connect and accept */
+    if (t->cs == NULL &&
+        treadle_tcp_connect_poll(&t->conn, cx, &t->cs, &err) == TREADLE_READY) {
+      if (err != 0)
+        return err;
+      treadle_tcp_connect_drop(&t->conn);
+      t->conn_live = false;
+    }
+    if (t->ss == NULL &&
+        treadle_listener_accept_poll(t->l, cx, &t->ss, NULL, &err) ==
+            TREADLE_READY &&
+        err != 0)
+      return err;
+    if (t->cs == NULL || t->ss == NULL)
+      return 0;
+    if ((err = treadle_tls_client_new(t->cc, t->cs, "localhost", &t->client)))
+      return err;
+    t->cs = NULL; /* the TLS stream's now */
+    if ((err = treadle_tls_server_new(t->sc, t->ss, &t->server)))
+      return err;
+    t->ss = NULL;
+    t->step = 2;
+  }
+  if (t->step == 2) { /* both handshakes */
+    if (!t->client_hs &&
+        treadle_tls_handshake_poll(t->client, cx, &err) == TREADLE_READY) {
+      if (err != 0)
+        return err;
+      t->client_hs = true;
+    }
+    if (!t->server_hs &&
+        treadle_tls_handshake_poll(t->server, cx, &err) == TREADLE_READY) {
+      if (err != 0)
+        return err;
+      t->server_hs = true;
+    }
+    if (!t->client_hs || !t->server_hs)
+      return 0;
+    t->step = 3;
+  }
+  while (t->step >= 3 && t->step <= 6) {
+    if (t->step == 3 || t->step == 5) { /* "ping" out, or "pong" back */
+      treadle_tls_t *from = t->step == 3 ? t->client : t->server;
+      const char *what = t->step == 3 ? "ping" : "pong";
+      if (treadle_tls_write_all_poll(from, cx, what, 4, &t->sent, &err) ==
+          TREADLE_PENDING)
+        return 0;
+      if (err != 0)
+        return err;
+      t->sent = 0;
+      t->got = 0;
+      t->step++;
+    } else { /* the other end reads it */
+      treadle_tls_t *to = t->step == 4 ? t->server : t->client;
+      if (tls_read_exact(to, cx, t->buf, 4, &t->got, &eof, &err) ==
+          TREADLE_PENDING)
+        return 0;
+      if (err != 0)
+        return err;
+      if (eof || memcmp(t->buf, t->step == 4 ? "ping" : "pong", 4) != 0)
+        return SCENARIO_LOST;
+      t->step++;
+    }
+  }
+  /* step 7: both close_notify, each side reads the other's end */
+  if (!t->client_shut &&
+      treadle_tls_shutdown_poll(t->client, cx, &err) == TREADLE_READY) {
+    if (err != 0)
+      return err;
+    t->client_shut = true;
+  }
+  if (!t->server_shut &&
+      treadle_tls_shutdown_poll(t->server, cx, &err) == TREADLE_READY) {
+    if (err != 0)
+      return err;
+    t->server_shut = true;
+  }
+  for (int side = 0; side < 2; side++) {
+    bool *done = side == 0 ? &t->client_eof : &t->server_eof;
+    size_t got = 0;
+    if (*done ||
+        tls_read_exact(side == 0 ? t->client : t->server, cx, t->buf, 1, &got,
+                       done, &err) == TREADLE_PENDING)
+      continue;
+    if (err != 0)
+      return err;
+    if (!*done)
+      return SCENARIO_LOST; /* a byte after "pong" */
+  }
+  *pending = !(t->client_shut && t->server_shut && t->client_eof &&
+               t->server_eof);
+  return 0;
+}
+
+static treadle_poll_t tls_poll(treadle_cx_t *cx, void *st) {
+  bool pending;
+  treadle_err_t err = tls_step(st, cx, &pending);
+  if (err == 0 && pending)
+    return TREADLE_PENDING;
+  treadle_cx_set_output(cx, err, NULL);
+  return TREADLE_READY;
+}
+static const treadle_task_vtable_t tls_vt = {tls_poll, tls_drop, NULL};
+
+treadle_err_t scenario_tls(treadle_runtime_t *rt) {
+  tls_scn_t t = {0};
+  return RUN(rt, &tls_vt, t);
+}

@@ -31,5 +31,12 @@ treadle_err_t scenario_udp(treadle_runtime_t *rt);
 treadle_err_t scenario_process(treadle_runtime_t *rt);
 /* Looks "localhost" up. */
 treadle_err_t scenario_dns(treadle_runtime_t *rt);
+/* TLS over loopback, both ends in one task: a server configuration with
+ * scenario_tls_cert/key, a client one trusting scenario_tls_ca (set these
+ * first: tls_certs.h makes the files), the handshake, "ping" to the server
+ * and "pong" back, close_notify both ways and each end read. Without TLS
+ * in the build: TREADLE_ENOTLS. */
+extern const char *scenario_tls_ca, *scenario_tls_cert, *scenario_tls_key;
+treadle_err_t scenario_tls(treadle_runtime_t *rt);
 
 #endif

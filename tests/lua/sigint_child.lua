@@ -1,6 +1,6 @@
 -- Child process of test_sigint.lua: runs treadle.run (FLAVOR, MODE), says
 -- "ready PID" once the run waits, and reports how the run ended.
---   lua5.4 tests/lua/sigint_child.lua current_thread|multi_thread sleep|io|tasks|block_on|after
+--   lua5.4 tests/lua/sigint_child.lua current_thread|multi_thread sleep|io|tasks|close|block_on|after
 -- "after": a run that returns, then a busy Lua loop (SIGINT must then reach
 -- lua5.4's own handler again: "interrupted!").
 local treadle = require "treadle"
@@ -29,6 +29,14 @@ local function main()
     treadle.spawn(function() return l:accept() end)   -- waits forever
     say("ready ", pid())
     return c:read()                                   -- waits forever
+  elseif mode == "close" then
+    treadle.spawn(function()
+      local _ <close> = setmetatable({}, {__close = function() say("closed task") end})
+      treadle.sleep(math.huge)
+    end)
+    local _ <close> = setmetatable({}, {__close = function() say("closed main") end})
+    say("ready ", pid())
+    treadle.sleep(math.huge)
   elseif mode == "tasks" then
     for i = 1, 1000 do treadle.spawn(treadle.sleep, i % 2 == 0 and math.huge or 3600) end
     say("ready ", pid())

@@ -230,6 +230,40 @@ T.case("a named channel is one channel in a state", function()
   H.eq(c:recv(), 1)
 end)
 
+T.case("issue 17: values queued in a named channel outlive its handles", function()
+  local name = "orphan-" .. tostring(math.random(1 << 30))
+  do
+    local h = treadle.channel(4, name)
+    h:send("kept"); h:send({n = 2})
+  end
+  collectgarbage(); collectgarbage()   -- the only handle is gone
+  local ch = treadle.channel(nil, name)
+  H.eq(#ch, 2, "the values wait for the next handle of the name")
+  H.eq(ch:recv(), "kept")
+  H.same_table(ch:recv(), {n = 2})
+  ch = nil
+  collectgarbage(); collectgarbage()   -- empty and unheld: it is gone
+  local fresh = treadle.channel(8, name)
+  H.eq(#fresh, 0)
+  H.eq(fresh:try_send(1) and fresh:try_send(2) and fresh:try_send(3), true,
+       "a new channel of capacity 8, not the old one of 4")
+end)
+
+T.case("issue 17: a handle per send, dropped, loses no value between workers", MT_ALL, function(ctx)
+  local ready = treadle.channel(1, "orphan-w2w-ready")
+  if ctx.worker == 1 then
+    for i = 1, 3 do
+      treadle.channel(4, "orphan-w2w"):send(i)
+      collectgarbage(); collectgarbage()
+    end
+    ready:send(true)
+  else
+    H.within(5, ready.recv, ready)
+    local ch = treadle.channel(4, "orphan-w2w")
+    for i = 1, 3 do H.eq(H.within(2, ch.recv, ch), i) end
+  end
+end)
+
 T.case("channels between workers: 10,000 values in order", MT_ALL, function(ctx)
   local ch = treadle.channel(16, "w2w:numbers")
   local N = 10000

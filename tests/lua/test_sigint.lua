@@ -79,6 +79,14 @@ T.case("SIGINT ends a run with 1,000 sleeping tasks", {outside = true, flavors =
   check("current_thread", "tasks")
 end)
 
+T.case("issue 17: SIGINT's shutdown closes the tasks' to-be-closed variables", {outside = true, flavors = {"current_thread"}, skip = SKIP}, function()
+  local ms, caught, out = once("current_thread", "close")
+  H.ok(caught, "no 'caught' line:\n" .. out)
+  H.has(caught, "interrupted")
+  H.has(out, "closed main", "the main task's <close> ran:\n" .. out)
+  H.has(out, "closed task", "a spawned task's <close> ran:\n" .. out)
+end)
+
 T.case("SIGINT during rt:block_on", {outside = true, flavors = {"current_thread"}, skip = SKIP}, function()
   -- treadle.run is rt:block_on in a runtime it makes: the same must hold,
   -- and the error must come out of block_on (where a pcall catches it),

@@ -1,5 +1,6 @@
 """treadle.run, treadle.Runtime and its options, block_on/spawn/handle/metrics/shutdown."""
 
+import gc
 import asyncio
 import inspect
 import re
@@ -703,3 +704,22 @@ def test_issue13_stubs_make_join_handles_generic(tmp_path, monkeypatch):
     assert re.search(r'snippet.py:13: error: Incompatible types in assignment \(expression has type '
                      r'"int", variable has type "str"\)', out), out
     assert "Found 1 error" in out, out
+
+
+def test_issue17_a_main_that_raises_leaves_no_uncollectable_cycle(flavor):
+    # block_on's frame holds the JoinHandle, which holds the exception,
+    # whose traceback holds the frame: the collector must see the handle's
+    # part, or the runtime (its memory) stays until exit
+    import weakref
+
+    async def bad():
+        raise ValueError("boom")
+
+    rt = treadle.Runtime(flavor=flavor, workers=1)
+    ref = weakref.ref(rt)
+    with pytest.raises(ValueError):
+        rt.block_on(bad())
+    rt.shutdown()
+    del rt
+    gc.collect()
+    assert ref() is None, "the runtime was kept by a cycle through a JoinHandle"

@@ -229,9 +229,15 @@ class Runtime:
             _swig.treadle_builder_free(b)
         self.flavor = flavor
         self._loop: Optional[EventLoop] = None
-        if _with_loop and enable_io and enable_time:
-            self._loop = EventLoop(self, _owned=False)
-        _live.add(self)
+        try:
+            if _with_loop and enable_io and enable_time:
+                self._loop = EventLoop(self, _owned=False)
+            _live.add(self)
+        except BaseException:
+            # (MemoryError) no Runtime to shut down later: do it now, or
+            # the runtime's threads and fds outlive the failure
+            self.shutdown()
+            raise
 
     @property
     def loop(self) -> EventLoop:

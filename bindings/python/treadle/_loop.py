@@ -382,9 +382,13 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
         if not isinstance(core, _core.RuntimeCore):
             raise TypeError("EventLoop(runtime) takes a treadle.Runtime; "
                             "treadle.new_event_loop() makes both")
+        self._runtime = runtime  # first: __repr__ reads it
         _core.LoopCore.__init__(self, core, _owned)
-        base_events.BaseEventLoop.__init__(self)
-        self._runtime = runtime
+        try:
+            base_events.BaseEventLoop.__init__(self)
+        except BaseException:
+            self._closed = True  # never made (MemoryError): nothing to close
+            raise
         self._owned = _owned
         self._watchers: dict = {}
         self._signal_watchers: dict = {}
