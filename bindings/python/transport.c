@@ -16,9 +16,14 @@
  *   BufferedProtocol; end of file and errors go to the transport's
  *   _eof_received and _fatal_error. A chunk read before pause_reading
  *   waits in the core until resume_reading.
- * - writes: write() sends at once when nothing is pending (the GIL let go
- *   for the call); the rest waits in the core's write buffer, which the
- *   task sends when the socket is writable. It queues `wr_fn` when the
+ * - writes: a small write() (under COALESCE_MAX) goes into the core's
+ *   write buffer and wakes the task, which sends what the iteration wrote
+ *   in one send once the iteration has ended (or at once on another
+ *   worker): an HTTP response's header and body writes are one system
+ *   call, as uvloop's writes queued to the end of its iteration are. A
+ *   bigger write with nothing pending is sent at once (the GIL let go for
+ *   the call); what is left waits in the buffer, which the task sends when
+ *   the socket is writable. It queues `wr_fn` when the
  *   buffer falls to the low-water mark or empties, or a send fails: the
  *   transport then resumes the protocol's writing, finishes a close, or
  *   reports the error. write_eof's shutdown comes after the buffer drains.
@@ -32,6 +37,8 @@
 #include <unistd.h>
 
 #define READ_SIZE (64 * 1024)
+/* Writes smaller than this wait for the task's send (see above). */
+#define COALESCE_MAX (16 * 1024)
 
 typedef struct strm_s {
   ready_fn_t rd_fn, wr_fn;
@@ -467,8 +474,9 @@ static PyObject *core_close(coreobj_t *o, PyObject *Py_UNUSED(u)) {
   Py_RETURN_NONE;
 }
 
-/* write(data): sends at once when nothing is pending, keeps the rest;
- * returns the write buffer's size. OSError when the send fails. */
+/* write(data): buffers a small write for the task's send; sends a bigger
+ * one at once when nothing is pending, keeping the rest; returns the
+ * write buffer's size. OSError when the send fails. */
 static PyObject *core_write(coreobj_t *o, PyObject *data) {
   if (check_live(o) < 0)
     return NULL;
@@ -487,7 +495,9 @@ static PyObject *core_write(coreobj_t *o, PyObject *data) {
   int fd = treadle_async_fd_fd(s->afd);
   if (s->closed || fd < 0 || s->werr != 0)
     len = 0; /* dropped, as the transport's lost connection drops it */
-  if (len > 0 && s->wlen == s->woff) {
+  if (len > 0 && s->wlen == s->woff && len < COALESCE_MAX)
+    w = waker_locked(s); /* buffered below; the task sends it */
+  else if (len > 0 && s->wlen == s->woff) {
     ssize_t n;
     do
       n = send(fd, p, len, MSG_NOSIGNAL);

@@ -117,13 +117,46 @@ def test_stream_sockets_get_the_c_transport_and_read_off_the_gil(loop):
         await peer.done
         server.close()
         await server.wait_closed()
-        return bytes(rec.data), recvs, p_inline, repr(tr)
+        return bytes(rec.data), recvs, p_task_sends, p_inline, repr(tr)
 
-    data, recvs, p_inline, r = loop.run_until_complete(main())
+    data, recvs, p_task_sends, p_inline, r = loop.run_until_complete(main())
     assert data == b"".join(b"%d;" % i for i in range(10))
     assert recvs >= 10  # each chunk was read by the C task, without the GIL
-    assert p_inline == 10  # each write sent at once: nothing was pending
+    # each small write went out in the C task's send, off the GIL
+    assert (p_task_sends, p_inline) == (10, 0)
     assert "closed" in r
+
+
+def test_small_writes_of_one_iteration_go_out_in_one_send(loop):
+    # An HTTP server writes a response's header, then its body: the C task
+    # sends both at once after the iteration (uvloop queues its writes to
+    # the end of the iteration too), where asyncio's transport makes a
+    # send() each. A write of COALESCE_MAX (16 KiB) or more, with nothing
+    # pending, is sent at once.
+    async def main():
+        server, tr, rec, peer = await accepted_pair(loop)
+        before = peer.transport._counts()
+        for i in range(5):
+            peer.transport.write(b"head%d;" % i)
+            peer.transport.write(b"body%d;" % i)  # the same iteration
+            await until(lambda: rec.data.endswith(b"body%d;" % i))
+        after_small = peer.transport._counts()
+        big = b"x" * (64 * 1024)
+        peer.transport.write(big)
+        await until(lambda: len(rec.data) == 60 + len(big))
+        after_big = peer.transport._counts()
+        tr.close()
+        await rec.done
+        await peer.done
+        server.close()
+        await server.wait_closed()
+        return bytes(rec.data), before, after_small, after_big
+
+    data, before, after_small, after_big = loop.run_until_complete(main())
+    assert data.startswith(b"".join(b"head%d;body%d;" % (i, i) for i in range(5)))
+    assert after_small[1] - before[1] == 5, "one task send per iteration's two writes"
+    assert after_small[2] == before[2], "no inline send for small writes"
+    assert after_big[2] == after_small[2] + 1, "a big write is sent at once"
 
 
 def test_udp_sockets_keep_the_selector_transport(loop):
