@@ -43,6 +43,10 @@ static PyObject *handle_cls, *timer_cls;     /* asyncio.events.Handle, TimerHand
 static PyObject *new_handle_fn;              /* treadle._loop._new_handle */
 static PyObject *task_cls, *future_cls;      /* asyncio.Task, asyncio.Future */
 static PyObject *str_task_factory, *str_create_task_py;
+static PyObject *kw_loop; /* ("loop",): the keyword of Task and Future */
+/* "context", interned, and the last other "context" str seen: the C
+ * Task's and Future's, not interned, at every step and callback. */
+static PyObject *str_context_kw, *context_kw_seen;
 
 /* Where asyncio's Handle and TimerHandle keep their __slots__ (member
  * descriptors' offsets), so that the hot paths make and read Handles
@@ -614,10 +618,14 @@ static int parse_callback(PyObject *const *args, Py_ssize_t n,
   *ctx = Py_None;
   Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
   for (Py_ssize_t i = 0; i < nkw; i++) {
-    if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "context") != 0) {
-      PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R",
-                   name, PyTuple_GET_ITEM(kwnames, i));
-      return -1;
+    PyObject *kw = PyTuple_GET_ITEM(kwnames, i);
+    if (kw != str_context_kw && kw != context_kw_seen) {
+      if (PyUnicode_CompareWithASCIIString(kw, "context") != 0) {
+        PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R",
+                     name, kw);
+        return -1;
+      }
+      Py_XSETREF(context_kw_seen, Py_NewRef(kw));
     }
     *ctx = args[n + i];
   }
@@ -853,19 +861,19 @@ static PyObject *loop_create_task(loopobj_t *L, PyObject *const *args,
     return NULL;
   Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
   PyObject *targs[4] = {args[0], (PyObject *)L};
+  if (nkw == 0)
+    return PyObject_Vectorcall(task_cls, targs, 1, kw_loop);
+  if (nkw > 2) {
+    PyErr_SetString(PyExc_TypeError, "create_task(coro, *, name=None, context=None)");
+    return NULL;
+  }
   PyObject *names = PyTuple_New(1 + nkw);
   if (names == NULL)
     return NULL;
-  PyTuple_SET_ITEM(names, 0, PyUnicode_FromString("loop"));
-  for (Py_ssize_t i = 0; i < nkw && i < 2; i++) { /* name=, context= */
+  PyTuple_SET_ITEM(names, 0, Py_NewRef(PyTuple_GET_ITEM(kw_loop, 0)));
+  for (Py_ssize_t i = 0; i < nkw; i++) { /* name=, context= */
     PyTuple_SET_ITEM(names, 1 + i, Py_NewRef(PyTuple_GET_ITEM(kwnames, i)));
     targs[2 + i] = args[n + i];
-  }
-  if (nkw > 2 || PyTuple_GET_ITEM(names, 0) == NULL) {
-    Py_DECREF(names);
-    if (!PyErr_Occurred())
-      PyErr_SetString(PyExc_TypeError, "create_task(coro, *, name=None, context=None)");
-    return NULL;
   }
   PyObject *task = PyObject_Vectorcall(task_cls, targs, 1, names);
   Py_DECREF(names);
@@ -874,10 +882,7 @@ static PyObject *loop_create_task(loopobj_t *L, PyObject *const *args,
 
 static PyObject *loop_create_future(loopobj_t *L, PyObject *Py_UNUSED(u)) {
   PyObject *args[1] = {(PyObject *)L};
-  PyObject *names = Py_BuildValue("(s)", "loop");
-  PyObject *fut = names != NULL ? PyObject_Vectorcall(future_cls, args, 0, names) : NULL;
-  Py_XDECREF(names);
-  return fut;
+  return PyObject_Vectorcall(future_cls, args, 0, kw_loop);
 }
 
 static PyObject *loop_time(loopobj_t *Py_UNUSED(L), PyObject *Py_UNUSED(u)) {
@@ -1588,10 +1593,13 @@ int pyt_loop_init(PyObject *m) {
       {&str_context, "_context"}, {&str_handle_error, "_handle_error"},
       {&str_log_slow, "_log_slow_callback"},
       {&str_slow_duration, "slow_callback_duration"},
-      {&str_task_factory, "_task_factory"}, {&str_create_task_py, "_create_task_py"}};
+      {&str_task_factory, "_task_factory"}, {&str_create_task_py, "_create_task_py"},
+      {&str_context_kw, "context"}};
   for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
     if ((*strs[i].s = PyUnicode_InternFromString(strs[i].v)) == NULL)
       return -1;
+  if ((kw_loop = Py_BuildValue("(s)", "loop")) == NULL)
+    return -1;
   struct { Py_ssize_t *off; PyObject *cls; const char *name; } slots[] = {
       {&off_callback, handle_cls, "_callback"}, {&off_args, handle_cls, "_args"},
       {&off_cancelled, handle_cls, "_cancelled"}, {&off_loop, handle_cls, "_loop"},
