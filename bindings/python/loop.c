@@ -293,6 +293,9 @@ static PyObject *handle_get(PyObject *h, Py_ssize_t off, PyObject *name) {
 }
 
 static int run_handle(loopobj_t *L, PyObject *h) {
+  if (Py_IS_TYPE(h, timer_type)) /* out of the heap, as asyncio's _run_once
+                                    marks it: a cancel() now is no notice */
+    Py_SETREF(SLOT(h, off_scheduled), Py_NewRef(Py_False));
   PyObject *cancelled = handle_get(h, off_cancelled, str_cancelled);
   if (cancelled == NULL)
     return -1;

@@ -140,18 +140,20 @@ def test_handles_are_asyncios_and_freed(loop):
     assert t.when() > loop.time() and "when=" in repr(t)
     t.cancel()
     assert t.cancelled() and t._callback is None
+    fired = loop.call_later(0, seen.append, 0)
     dropped = weakref.ref(loop.call_soon(seen.append, 2))
 
     class Holder:
         pass
 
     holder = Holder()
-    holder.handle = loop.call_soon(lambda: holder)  # holder -> handle -> lambda -> holder
+    holder.handle = loop.call_soon(holder.__init__)  # holder -> handle -> method -> holder
     cycle = weakref.ref(holder)
     del holder
     loop.call_soon(loop.stop)
     loop.run_forever()
-    assert seen == [1, 2]
+    assert seen == [1, 2, 0]
+    assert fired._scheduled is False  # out of the heap, as asyncio marks it
     assert kept._callback == seen.append and kept._args == (1,) and not kept.cancelled()
     assert dropped() is None
     gc.collect()
