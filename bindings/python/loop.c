@@ -43,6 +43,10 @@ static PyObject *handle_cls, *timer_cls;     /* asyncio.events.Handle, TimerHand
 static PyObject *new_handle_fn;              /* treadle._loop._new_handle */
 static PyObject *task_cls, *future_cls;      /* asyncio.Task, asyncio.Future */
 static PyObject *str_task_factory, *str_create_task_py;
+static PyObject *kw_loop; /* ("loop",): the keyword of Task and Future */
+/* "context", interned, and the last other "context" str seen: the C
+ * Task's and Future's, not interned, at every step and callback. */
+static PyObject *str_context_kw, *context_kw_seen;
 
 /* Where asyncio's Handle and TimerHandle keep their __slots__ (member
  * descriptors' offsets), so that the hot paths make and read Handles
@@ -186,10 +190,99 @@ static int push_ready(loopobj_t *L, void *p) {
 
 static bool fast_handles; /* every offset above was found */
 
+/* treadle's Handle and TimerHandle: subclasses of asyncio's, so that
+ * isinstance holds and their Python methods (cancel, repr, when) are
+ * asyncio's, with asyncio's slots as their fields, but made and freed
+ * here: a C dealloc and traverse in place of the generic ones, which walk
+ * the slots through their descriptors, and a free list of each. NULL
+ * where the slots were not found (fast_handles): asyncio's classes then. */
+static PyTypeObject *handle_type, *timer_type;
+static Py_ssize_t off_weakref; /* asyncio.Handle's __weakref__ slot */
+
+#define FREE_MAX 256
+typedef struct {
+  PyObject *v[FREE_MAX];
+  int n;
+} freelist_t;
+static freelist_t free_handles, free_timers; /* GIL */
+
+static freelist_t *handle_freelist(PyTypeObject *tp) {
+  return tp == timer_type ? &free_timers : &free_handles;
+}
+
+static bool is_ours(PyObject *h) {
+  return Py_IS_TYPE(h, handle_type) || Py_IS_TYPE(h, timer_type);
+}
+
+/* An object of our type with every slot NULL, not yet GC-tracked. */
+static PyObject *handle_alloc(PyTypeObject *tp) {
+  freelist_t *fl = handle_freelist(tp);
+  if (fl->n > 0) {
+    PyObject *h = fl->v[--fl->n];
+    return PyObject_Init(h, tp); /* a new reference to tp, refcount 1 */
+  }
+  PyObject *h = PyType_GenericAlloc(tp, 0);
+  if (h != NULL)
+    PyObject_GC_UnTrack(h); /* tracked once its slots are set */
+  return h;
+}
+
+/* Visits only the slots that may hold containers (asyncio puts a str,
+ * bools and a float in the others: _repr, _cancelled, _scheduled, _when),
+ * and not None (the _source_traceback of a loop out of debug mode). The
+ * type is not visited: it lives as long as the module, which holds it. */
+#define VISIT_SLOT(h, off)                                \
+  do {                                                    \
+    PyObject *v_ = SLOT(h, off);                          \
+    if (v_ != NULL && v_ != Py_None) {                    \
+      int rc_ = visit(v_, arg);                           \
+      if (rc_ != 0)                                       \
+        return rc_;                                       \
+    }                                                     \
+  } while (0)
+
+static int handle_traverse(PyObject *h, visitproc visit, void *arg) {
+  VISIT_SLOT(h, off_callback);
+  VISIT_SLOT(h, off_args);
+  VISIT_SLOT(h, off_context);
+  VISIT_SLOT(h, off_loop);
+  VISIT_SLOT(h, off_source_tb);
+  return 0;
+}
+
+static int handle_clear(PyObject *h) {
+  Py_CLEAR(SLOT(h, off_callback));
+  Py_CLEAR(SLOT(h, off_args));
+  Py_CLEAR(SLOT(h, off_context));
+  Py_CLEAR(SLOT(h, off_loop));
+  Py_CLEAR(SLOT(h, off_source_tb));
+  Py_CLEAR(SLOT(h, off_repr));
+  Py_CLEAR(SLOT(h, off_cancelled));
+  if (Py_IS_TYPE(h, timer_type)) {
+    Py_CLEAR(SLOT(h, off_when));
+    Py_CLEAR(SLOT(h, off_scheduled));
+  }
+  return 0;
+}
+
+static void handle_dealloc(PyObject *h) {
+  PyTypeObject *tp = Py_TYPE(h);
+  PyObject_GC_UnTrack(h);
+  if (SLOT(h, off_weakref) != NULL)
+    PyObject_ClearWeakRefs(h);
+  handle_clear(h);
+  freelist_t *fl = handle_freelist(tp);
+  if (fl->n < FREE_MAX)
+    fl->v[fl->n++] = h; /* untracked, its slots NULL */
+  else
+    tp->tp_free(h);
+  Py_DECREF(tp);
+}
+
 /* A new reference to a slot of an asyncio Handle made here, or NULL with
  * an exception. */
 static PyObject *handle_get(PyObject *h, Py_ssize_t off, PyObject *name) {
-  if (fast_handles && (Py_IS_TYPE(h, (PyTypeObject *)handle_cls) ||
+  if (fast_handles && (is_ours(h) || Py_IS_TYPE(h, (PyTypeObject *)handle_cls) ||
                        Py_IS_TYPE(h, (PyTypeObject *)timer_cls))) {
     PyObject *v = SLOT(h, off);
     if (v != NULL)
@@ -199,6 +292,9 @@ static PyObject *handle_get(PyObject *h, Py_ssize_t off, PyObject *name) {
 }
 
 static int run_handle(loopobj_t *L, PyObject *h) {
+  if (Py_IS_TYPE(h, timer_type)) /* out of the heap, as asyncio's _run_once
+                                    marks it: a cancel() now is no notice */
+    Py_SETREF(SLOT(h, off_scheduled), Py_NewRef(Py_False));
   PyObject *cancelled = handle_get(h, off_cancelled, str_cancelled);
   if (cancelled == NULL)
     return -1;
@@ -524,10 +620,14 @@ static int parse_callback(PyObject *const *args, Py_ssize_t n,
   *ctx = Py_None;
   Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
   for (Py_ssize_t i = 0; i < nkw; i++) {
-    if (PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, i), "context") != 0) {
-      PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R",
-                   name, PyTuple_GET_ITEM(kwnames, i));
-      return -1;
+    PyObject *kw = PyTuple_GET_ITEM(kwnames, i);
+    if (kw != str_context_kw && kw != context_kw_seen) {
+      if (PyUnicode_CompareWithASCIIString(kw, "context") != 0) {
+        PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument %R",
+                     name, kw);
+        return -1;
+      }
+      Py_XSETREF(context_kw_seen, Py_NewRef(kw));
     }
     *ctx = args[n + i];
   }
@@ -550,7 +650,7 @@ static PyObject *make_handle(loopobj_t *L, PyObject *cls, PyObject **args,
      * args, loop, context. */
     PyObject *const *a = cls == timer_cls ? args + 1 : args;
     PyObject *ctx = a[3] == Py_None ? PyContext_CopyCurrent() : Py_NewRef(a[3]);
-    PyObject *h = ctx != NULL ? ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0) : NULL;
+    PyObject *h = ctx != NULL ? handle_alloc(cls == timer_cls ? timer_type : handle_type) : NULL;
     if (h == NULL) {
       Py_XDECREF(ctx);
       return NULL;
@@ -566,8 +666,11 @@ static PyObject *make_handle(loopobj_t *L, PyObject *cls, PyObject **args,
       SLOT(h, off_when) = Py_NewRef(args[0]);
       SLOT(h, off_scheduled) = Py_NewRef(Py_True); /* in the heap at once */
     }
+    PyObject_GC_Track(h);
     return h;
   }
+  if (fast_handles) /* Handle.__init__ on ours */
+    cls = (PyObject *)(cls == timer_cls ? timer_type : handle_type);
   if (!L->debug || PyEval_GetFrame() != NULL)
     return PyObject_Vectorcall(cls, args, n, NULL);
   if (new_handle_fn == NULL) {
@@ -760,19 +863,19 @@ static PyObject *loop_create_task(loopobj_t *L, PyObject *const *args,
     return NULL;
   Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
   PyObject *targs[4] = {args[0], (PyObject *)L};
+  if (nkw == 0)
+    return PyObject_Vectorcall(task_cls, targs, 1, kw_loop);
+  if (nkw > 2) {
+    PyErr_SetString(PyExc_TypeError, "create_task(coro, *, name=None, context=None)");
+    return NULL;
+  }
   PyObject *names = PyTuple_New(1 + nkw);
   if (names == NULL)
     return NULL;
-  PyTuple_SET_ITEM(names, 0, PyUnicode_FromString("loop"));
-  for (Py_ssize_t i = 0; i < nkw && i < 2; i++) { /* name=, context= */
+  PyTuple_SET_ITEM(names, 0, Py_NewRef(PyTuple_GET_ITEM(kw_loop, 0)));
+  for (Py_ssize_t i = 0; i < nkw; i++) { /* name=, context= */
     PyTuple_SET_ITEM(names, 1 + i, Py_NewRef(PyTuple_GET_ITEM(kwnames, i)));
     targs[2 + i] = args[n + i];
-  }
-  if (nkw > 2 || PyTuple_GET_ITEM(names, 0) == NULL) {
-    Py_DECREF(names);
-    if (!PyErr_Occurred())
-      PyErr_SetString(PyExc_TypeError, "create_task(coro, *, name=None, context=None)");
-    return NULL;
   }
   PyObject *task = PyObject_Vectorcall(task_cls, targs, 1, names);
   Py_DECREF(names);
@@ -781,10 +884,7 @@ static PyObject *loop_create_task(loopobj_t *L, PyObject *const *args,
 
 static PyObject *loop_create_future(loopobj_t *L, PyObject *Py_UNUSED(u)) {
   PyObject *args[1] = {(PyObject *)L};
-  PyObject *names = Py_BuildValue("(s)", "loop");
-  PyObject *fut = names != NULL ? PyObject_Vectorcall(future_cls, args, 0, names) : NULL;
-  Py_XDECREF(names);
-  return fut;
+  return PyObject_Vectorcall(future_cls, args, 0, kw_loop);
 }
 
 static PyObject *loop_time(loopobj_t *Py_UNUSED(L), PyObject *Py_UNUSED(u)) {
@@ -1527,6 +1627,26 @@ static PyObject *import_attr(const char *mod, const char *name) {
   return a;
 }
 
+/* Our Handle and TimerHandle classes, asyncio's subclassed. */
+static int make_handle_types(void) {
+  PyType_Slot slots[] = {
+      {Py_tp_dealloc, handle_dealloc},
+      {Py_tp_traverse, handle_traverse},
+      {Py_tp_clear, handle_clear},
+      {Py_tp_doc, "asyncio's Handle, made by treadle.EventLoop (internal)."},
+      {0, NULL}};
+  PyType_Spec spec = {.name = "treadle._core.Handle",
+                      .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+                      .slots = slots};
+  handle_type = (PyTypeObject *)PyType_FromSpecWithBases(&spec, handle_cls);
+  if (handle_type == NULL)
+    return -1;
+  spec.name = "treadle._core.TimerHandle";
+  slots[3].pfunc = "asyncio's TimerHandle, made by treadle.EventLoop (internal).";
+  timer_type = (PyTypeObject *)PyType_FromSpecWithBases(&spec, timer_cls);
+  return timer_type != NULL ? 0 : -1;
+}
+
 int pyt_loop_init(PyObject *m) {
   handle_cls = import_attr("asyncio.events", "Handle");
   timer_cls = import_attr("asyncio.events", "TimerHandle");
@@ -1546,10 +1666,13 @@ int pyt_loop_init(PyObject *m) {
       {&str_log_slow, "_log_slow_callback"},
       {&str_slow_duration, "slow_callback_duration"},
       {&str_run_main_calls, "_run_main_calls"},
-      {&str_task_factory, "_task_factory"}, {&str_create_task_py, "_create_task_py"}};
+      {&str_task_factory, "_task_factory"}, {&str_create_task_py, "_create_task_py"},
+      {&str_context_kw, "context"}};
   for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
     if ((*strs[i].s = PyUnicode_InternFromString(strs[i].v)) == NULL)
       return -1;
+  if ((kw_loop = Py_BuildValue("(s)", "loop")) == NULL)
+    return -1;
   struct { Py_ssize_t *off; PyObject *cls; const char *name; } slots[] = {
       {&off_callback, handle_cls, "_callback"}, {&off_args, handle_cls, "_args"},
       {&off_cancelled, handle_cls, "_cancelled"}, {&off_loop, handle_cls, "_loop"},
@@ -1567,6 +1690,10 @@ int pyt_loop_init(PyObject *m) {
     Py_XDECREF(d);
     PyErr_Clear();
   }
+  off_weakref = ((PyTypeObject *)handle_cls)->tp_weaklistoffset;
+  fast_handles = fast_handles && off_weakref > 0;
+  if (fast_handles && make_handle_types() < 0)
+    return -1;
   if (PyType_Ready(&loop_type) < 0 || PyType_Ready(&watch_type) < 0)
     return -1;
   return PyModule_AddObjectRef(m, "LoopCore", (PyObject *)&loop_type);

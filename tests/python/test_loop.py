@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -123,6 +124,40 @@ def test_call_soon_order_args_and_context(loop):
     assert isinstance(h, asyncio.Handle)
     loop.run_forever()
     assert seen == [1, 5, "in ctx"]
+
+
+def test_handles_are_asyncios_and_freed(loop):
+    """call_soon and call_later return treadle's subclasses of asyncio's
+    Handle and TimerHandle (made and freed in C): asyncio's methods work on
+    them, one kept keeps its callback after it ran, one dropped is freed
+    once it ran, and a cycle through one is collected."""
+    seen = []
+    kept = loop.call_soon(seen.append, 1)
+    assert type(kept) is not asyncio.Handle and isinstance(kept, asyncio.Handle)
+    assert "append" in repr(kept)
+    t = loop.call_later(10, seen.append, "never")
+    assert type(t) is not asyncio.TimerHandle and isinstance(t, asyncio.TimerHandle)
+    assert t.when() > loop.time() and "when=" in repr(t)
+    t.cancel()
+    assert t.cancelled() and t._callback is None
+    fired = loop.call_later(0, seen.append, 0)
+    dropped = weakref.ref(loop.call_soon(seen.append, 2))
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.handle = loop.call_soon(holder.__init__)  # holder -> handle -> method -> holder
+    cycle = weakref.ref(holder)
+    del holder
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == [1, 2, 0]
+    assert fired._scheduled is False  # out of the heap, as asyncio marks it
+    assert kept._callback == seen.append and kept._args == (1,) and not kept.cancelled()
+    assert dropped() is None
+    gc.collect()
+    assert cycle() is None
 
 
 def test_call_soon_bad_input(loop):

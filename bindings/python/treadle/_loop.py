@@ -397,6 +397,10 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
         self._transports: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
         self._selector = _WatcherView(self._watchers)
         self._default_executor = BlockingPoolExecutor(runtime)
+        # asyncio's C Task and Future look call_soon up on the loop at each
+        # step and callback (loop.call_soon(step, context=...)): bound once
+        # here, the lookup finds it rather than making a bound method.
+        self.call_soon = self.call_soon
 
     def __repr__(self) -> str:
         return (f"<{self.__class__.__name__} {self._runtime.flavor} "
