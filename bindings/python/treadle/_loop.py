@@ -222,9 +222,10 @@ class _StreamTransport(transports._FlowControlMixin, transports.Transport):
     # ----------------------------------------------------------- writing
 
     def write(self, data: Any) -> None:
-        if (self._eof or self._conn_lost or self._empty_waiter is not None
-                or data.__class__ not in (bytes, bytearray, memoryview)):
-            return self._write_checked(data)
+        if ((self._eof or self._conn_lost or self._empty_waiter is not None
+             or data.__class__ not in (bytes, bytearray, memoryview))
+                and not self._write_allowed(data)):
+            return
         try:
             size = self._core.write(data)
         except OSError as exc:
@@ -233,8 +234,9 @@ class _StreamTransport(transports._FlowControlMixin, transports.Transport):
         if size > self._high_water:
             self._maybe_pause_protocol()
 
-    def _write_checked(self, data: Any) -> None:
-        """write() with asyncio's checks, in asyncio's order."""
+    def _write_allowed(self, data: Any) -> bool:
+        """asyncio's checks of write(), in asyncio's order: False when the
+        data is to be dropped (empty, or the connection is lost)."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f'data argument must be a bytes-like object, '
                             f'not {type(data).__name__!r}')
@@ -243,19 +245,13 @@ class _StreamTransport(transports._FlowControlMixin, transports.Transport):
         if self._empty_waiter is not None:
             raise RuntimeError('unable to write; sendfile is in progress')
         if not data:
-            return
+            return False
         if self._conn_lost:
             if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 base_events.logger.warning('socket.send() raised exception.')
             self._conn_lost += 1
-            return
-        try:
-            size = self._core.write(data)
-        except OSError as exc:
-            self._fatal_error(exc, 'Fatal write error on socket transport')
-            return
-        if size > self._high_water:
-            self._maybe_pause_protocol()
+            return False
+        return True
 
     def _write_event(self, err: int) -> None:
         """The C writer sent down to the low-water mark or to empty, or a
