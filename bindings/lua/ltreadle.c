@@ -40,6 +40,7 @@ typedef struct {
   treadle_runtime_t *rt;
   bool multi;
   int workers;
+  uint64_t id;              /* unique in the process: names workers share */
   lhome_t **homes;          /* one per worker (current_thread: one) */
   /* multi_thread block_on, written by workers; guarded by mu: */
   pthread_mutex_t mu;
@@ -78,6 +79,8 @@ static void state_stopped(lrt_t *r) {
 void lt_home_stopped(lhome_t *home) { state_stopped(home->rt); }
 
 int lt_home_workers(lhome_t *home) { return ((lrt_t *)home->rt)->workers; }
+
+uint64_t lt_home_runtime_id(lhome_t *home) { return ((lrt_t *)home->rt)->id; }
 
 /* Step 1: true when this call decides the outcome: `err` (taken; NULL for
  * worker 0's return) and worker 0's result count. Then step 2. */
@@ -379,6 +382,9 @@ static int l_runtime(lua_State *L) {
   treadle_runtime_metrics_t m;
   treadle_handle_metrics(treadle_runtime_handle(r->rt), &m);
   r->workers = multi ? (int)m.workers : 1;
+  static _Atomic uint64_t last_id;
+  /* Relaxed: only uniqueness matters, no other memory is published. */
+  r->id = atomic_fetch_add_explicit(&last_id, 1, memory_order_relaxed) + 1;
   r->homes = calloc((size_t)r->workers, sizeof *r->homes);
   for (int i = 0; r->homes != NULL && i < r->workers; i++) {
     lhome_t *home = r->homes[i] = calloc(1, sizeof *home);

@@ -199,6 +199,9 @@ void lt_push_re(lua_State *L);
 void lt_push_ffi(lua_State *L);
 /* ltreadle.c: how many workers the home's runtime has. */
 int lt_home_workers(lhome_t *home);
+/* A number no other runtime of this process had: for the names of shared
+ * objects that one runtime's workers meet at (tcp.server's port channel). */
+uint64_t lt_home_runtime_id(lhome_t *home);
 
 /* Net ops (ltreadle_net.c): the results of a ready accept, connect, read
  * or write leaf. */

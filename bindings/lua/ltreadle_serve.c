@@ -36,7 +36,7 @@
  * Errors: raises outside a task and for bad arguments.
  * Example: local srv = assert(treadle.tcp.server("127.0.0.1", 0, function(conn) conn:send(conn:receive("*l")) end)) */
 static const char serve_chunk[] =
-    "local treadle, tcp = ...\n"
+    "local treadle, tcp, runtime_id = ...\n"
     "local spawn, bind, channel, worker = treadle.spawn, tcp.bind, treadle.channel, treadle.worker\n"
     "local setmetatable, pcall, error, type = setmetatable, pcall, error, type\n"
     "local server = {}\n"
@@ -106,7 +106,9 @@ static const char serve_chunk[] =
     "  local portch\n"
     "  if port == 0 and workers > 1 and reuse then\n"
     "    port0 = port0 + 1\n"
-    "    portch = channel(workers, 'treadle.serve:' .. port0)\n"
+    "    -- named for this runtime: a channel of an earlier runtime may still\n"
+    "    -- hold ports its other workers never took (named channels keep values)\n"
+    "    portch = channel(workers, 'treadle.serve:' .. runtime_id() .. ':' .. port0)\n"
     "    if worker() ~= 0 then\n"
     "      port = portch:recv()\n"
     "      if not port then return nil, 'worker 0 could not listen', 'EPEER' end\n"
@@ -116,7 +118,8 @@ static const char serve_chunk[] =
     "  local l, err, ename = bind(host, port, {backlog = opts.backlog or 4096, reuse_port = reuse})\n"
     "  if portch then -- worker 0 of port 0: the others bind the port it got\n"
     "    local got = l and select(2, l:addr()) or false\n"
-    "    for _ = 2, workers do portch:send(got) end\n"
+    "    -- never waits: a worker that makes no such server takes none\n"
+    "    for _ = 2, workers do portch:try_send(got) end\n"
     "  end\n"
     "  if not l then return nil, err, ename end\n"
     "  local h, p = l:addr()\n"
@@ -184,6 +187,15 @@ static int l_workers(lua_State *L) {
  * message, errno name when it cannot listen.
  * Errors: as treadle.tcp.server.
  * Example: treadle.tcp.serve("127.0.0.1", 8080, function(conn) conn:send("hi\n") end) */
+/* The serve chunk's runtime_id(): lt_home_runtime_id of the caller's. */
+static int serve_runtime_id(lua_State *L) {
+  lhome_t *home = lt_home(L);
+  if (home == NULL)
+    return luaL_error(L, "treadle.tcp.server needs a running treadle task");
+  lua_pushinteger(L, (lua_Integer)lt_home_runtime_id(home));
+  return 1;
+}
+
 void lt_open_serve(lua_State *L) {
   /* the module table is on top, with tcp set */
   lua_pushcfunction(L, l_workers);
@@ -192,7 +204,8 @@ void lt_open_serve(lua_State *L) {
     lua_error(L);
   lua_pushvalue(L, -2);
   lua_getfield(L, -3, "tcp");
-  lua_call(L, 2, 2);
+  lua_pushcfunction(L, serve_runtime_id);
+  lua_call(L, 3, 2);
   lua_getfield(L, -3, "tcp");
   lua_insert(L, -3);
   lua_setfield(L, -3, "serve");

@@ -135,6 +135,18 @@ T.case("bad arguments raise, naming the function", function(ctx)
   H.eq(treadle.workers(), ctx.workers, "treadle.workers")
 end)
 
+-- Worker 0 of a port-0 server hands its port to the other workers through
+-- a named channel; here none takes it. Runtimes one after another in one
+-- process used the same name, so the third found the channel full of
+-- stale ports and waited forever (the harness's in-process mode, under
+-- valgrind, hung so).
+T.case("port-0 servers of worker 0 alone, runtime after runtime, never wait", {outside = true, flavors = {"multi_thread"}}, function()
+  for i = 1, 4 do
+    local port = treadle.run(H.module_name("mod_serve_port0"), {flavor = "multi_thread", workers = 2})
+    H.ok(math.type(port) == "integer" and port > 0, "runtime " .. i .. " listened")
+  end
+end)
+
 T.case("outside a task: raises", {outside = true, flavors = {"current_thread"}}, function()
   H.raises("needs a running treadle task", treadle.workers)
   H.raises("needs a running treadle task", tcp.server, "127.0.0.1", 0, line_handler)
