@@ -31,8 +31,12 @@
 /* The _sigchld cases set it before calling the plain case. */
 static bool sigchld_mode;
 
+static bool sigchld_skipped(void);
+
 #define SIGCHLD_TOO(name)                                                      \
   static void name##_sigchld(void **state) {                                   \
+    if (sigchld_skipped())                                                     \
+      skip();                                                                  \
     sigchld_mode = true;                                                       \
     name(state);                                                               \
   }
@@ -53,6 +57,19 @@ static bool sigchld_mode;
 #define UNDER_TSAN 1
 #endif
 #endif
+
+/* The SIGCHLD fallback on current_thread under TSan: the test's thread
+ * drives the runtime from epoll, yet killed_by_a_signal_sigchld.ct once
+ * waited 300 s in CI for a SIGCHLD that TSan deferred (as above; which
+ * thread held it was not found). Skipped there; the other builds run
+ * these, and multi_thread's run under TSan too. */
+static bool sigchld_skipped(void) {
+#ifdef UNDER_TSAN
+  return strcmp(test_flavor(), "ct") == 0;
+#else
+  return false;
+#endif
+}
 
 #if __has_include(<valgrind/valgrind.h>)
 #include <valgrind/valgrind.h>
