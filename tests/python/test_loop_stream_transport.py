@@ -475,51 +475,6 @@ def test_loop_closes_with_transports_open(flavor):
     assert len(os.listdir("/proc/self/fd")) <= fds_before
 
 
-def test_no_leaks_over_10000_connections(loop):
-    """10,000 connections, 100 at a time, each a round trip and a close:
-    fds and gc objects come back to where they were."""
-    class Echo(asyncio.Protocol):
-        def connection_made(self, transport):
-            self.transport = transport
-
-        def data_received(self, data):
-            self.transport.write(data)
-
-    async def one(port):
-        r, w = await asyncio.open_connection("127.0.0.1", port)
-        w.write(b"hello")
-        assert await r.readexactly(5) == b"hello"
-        w.close()
-        await w.wait_closed()
-
-    async def batch(port, n):
-        await asyncio.gather(*(one(port) for _ in range(n)))
-
-    async def main():
-        server = await loop.create_server(Echo, "127.0.0.1", 0, backlog=200)
-        port = server.sockets[0].getsockname()[1]
-        await batch(port, 100)  # warm up caches
-        await asyncio.sleep(0.05)
-        gc.collect()
-        fds, objs = len(os.listdir("/proc/self/fd")), len(gc.get_objects())
-        for _ in range(100):
-            await batch(port, 100)
-        for _ in range(200):  # the server sides' connection_lost run
-            if len(loop._transports) == 0:
-                break
-            await asyncio.sleep(0.005)
-        gc.collect()
-        after = len(os.listdir("/proc/self/fd")), len(gc.get_objects())
-        server.close()
-        await server.wait_closed()
-        return (fds, objs), after, len(loop._transports)
-
-    (fds, objs), (fds2, objs2), live = loop.run_until_complete(main())
-    assert live == 0
-    assert fds2 <= fds
-    assert objs2 - objs < 500  # not one per connection
-
-
 def test_sendfile_and_ssl_over_the_c_transport(loop):
     """loop.sendfile's native path waits for the C buffer to empty; ssl=
     is asyncio's SSL protocol over the C transport (a BufferedProtocol)."""
