@@ -33,8 +33,8 @@ master_process changed for openresty-2). "split": the server under
 `taskset -c 0`, wrk under `taskset -c 1`; "shared": neither pinned.
 wrk: `wrk -t1 -cCONNS -dDURATION` after a warm-up run of WARMUP seconds.
 Server CPU: utime + stime from /proc/PID/stat over the measured run (nginx:
-the master and its workers summed); efficiency = requests per second of
-server CPU. Every repetition starts every server once (the order reversed
+the master and its workers summed), and the user share of it; wrk's CPU from
+os.times() of the children; efficiency = requests per second of server CPU. Every repetition starts every server once (the order reversed
 every second repetition), runs wrk twice (warm-up, measured) and stops it
 with SIGINT (then SIGTERM, then SIGKILL). Ratios: of the medians, and paired (the median of the
 repetitions' own ratios: this host drifts ~30% over minutes).
@@ -131,8 +131,8 @@ def port_open(port):
 
 
 def cpu_ticks(pid):
-    """utime + stime of pid and its children processes (nginx's workers)."""
-    total = 0
+    """(utime, stime) of pid and its children processes (nginx's workers)."""
+    user = system = 0
     pids = [pid]
     try:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -143,10 +143,11 @@ def cpu_ticks(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
+            user += int(fields[11])
+            system += int(fields[12])
         except OSError:
             pass
-    return total
+    return user, system
 
 
 class Server:
@@ -238,13 +239,18 @@ def one_run(server, args):
     try:
         if args.warmup > 0:
             wrk(port, args.conns, args.warmup, server.split)
-        c0, t0 = cpu_ticks(server.proc.pid), time.monotonic()
+        (u0, s0), t0 = cpu_ticks(server.proc.pid), time.monotonic()
+        w0 = os.times()
         rps, errors = wrk(port, args.conns, args.duration, server.split)
-        c1, t1 = cpu_ticks(server.proc.pid), time.monotonic()
+        (u1, s1), t1 = cpu_ticks(server.proc.pid), time.monotonic()
+        w1 = os.times()
     finally:
         server.stop()
-    cpu_s = (c1 - c0) / TICK
+    cpu_s = (u1 - u0 + s1 - s0) / TICK
+    wrk_s = (w1.children_user - w0.children_user) + (w1.children_system - w0.children_system)
     return {"rps": rps, "cpu_pct": 100.0 * cpu_s / (t1 - t0),
+            "user_pct": 100.0 * (u1 - u0) / TICK / cpu_s if cpu_s > 0 else None,
+            "wrk_cpu_pct": 100.0 * wrk_s / (t1 - t0),
             "efficiency": rps * (t1 - t0) / cpu_s if cpu_s > 0 else None,
             "errors": errors}
 
@@ -289,12 +295,13 @@ def main():
                 + (f" ({r['errors']})" if r["errors"] else ""))
     print(f"HTTP keep-alive hello, wrk -t1 -c{args.conns} -d{args.duration}s, "
           f"medians of {args.reps} interleaved runs\n")
-    print("| server | placement | req/s | server CPU % | req per CPU-s |")
-    print("|---|---|---|---|---|")
+    print("| server | placement | req/s | server CPU % | of it user % | wrk CPU % | req per CPU-s |")
+    print("|---|---|---|---|---|---|---|")
     for n in names:
         rs = runs[n]
         print(f"| {n} | {'split' if SERVERS[n][1] else 'shared'} | "
               f"{med([r['rps'] for r in rs]):,.0f} | {med([r['cpu_pct'] for r in rs]):.0f} | "
+              f"{med([r['user_pct'] for r in rs]) or 0:.0f} | {med([r['wrk_cpu_pct'] for r in rs]):.0f} | "
               f"{med([r['efficiency'] for r in rs]) or 0:,.0f} |")
     print("\n| goal | req/s ratio (paired) | efficiency ratio (paired) |")
     print("|---|---|---|")
