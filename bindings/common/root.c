@@ -7,8 +7,12 @@
  *    and with neither it waits for the main work alone.
  * 3. A delivery ends the wait with SIGINT and the listener stays armed for
  *    the next one; a tick ends it with TICK and is armed again on the
- *    next poll. */
+ *    next poll.
+ * 4. A byte on the wake fd ends it with WAKE, the pipe drained. */
+#include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include "tbind.h"
 
@@ -25,10 +29,44 @@ static void arm(tb_root_t *r, treadle_cx_t *cx) {
   }
 }
 
+/* A byte on the wake fd: drains the pipe and says true. */
+static bool wake_poll(treadle_async_fd_t *wake, treadle_cx_t *cx) {
+  treadle_ready_t rdy;
+  treadle_err_t err;
+  if (treadle_async_fd_ready_poll(wake, cx, TREADLE_READABLE, &rdy, &err) ==
+          TREADLE_PENDING ||
+      err != 0) /* shutting down: the main work's end comes next */
+    return false;
+  char buf[256];
+  int fd = treadle_async_fd_fd(wake);
+  while (read(fd, buf, sizeof buf) > 0)
+    ;
+  treadle_async_fd_clear_ready(wake, &rdy, TREADLE_READABLE);
+  return true;
+}
+
+treadle_err_t tb_root_wake_open(treadle_handle_t *h, int fd,
+                                treadle_async_fd_t **out) {
+  *out = NULL;
+  if (fd < 0)
+    return 0;
+  int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup_fd < 0)
+    return -errno;
+  treadle_err_t err = treadle_async_fd_new(h, dup_fd, out);
+  if (err != 0)
+    close(dup_fd);
+  return err;
+}
+
 treadle_poll_t tb_root_poll(tb_root_t *r, treadle_cx_t *cx,
                             tb_root_event_t *ev) {
   if (r->main_poll(r->ud, cx) == TREADLE_READY) {
     *ev = TB_ROOT_DONE;
+    return TREADLE_READY;
+  }
+  if (r->wake != NULL && wake_poll(r->wake, cx)) {
+    *ev = TB_ROOT_WAKE;
     return TREADLE_READY;
   }
   if (!r->watch || r->unwatched)
@@ -69,8 +107,8 @@ static treadle_poll_t root_task_poll(treadle_cx_t *cx, void *state) {
   tb_root_event_t ev;
   if (tb_root_poll(state, cx, &ev) == TREADLE_PENDING)
     return TREADLE_PENDING;
-  if (ev == TB_ROOT_DONE)
-    treadle_cx_set_output(cx, 0, (void *)1);
+  if (ev == TB_ROOT_DONE || ev == TB_ROOT_WAKE)
+    treadle_cx_set_output(cx, 0, ev == TB_ROOT_DONE ? TB_ROOT_DONE_OUT : TB_ROOT_WAKE_OUT);
   return TREADLE_READY;
 }
 

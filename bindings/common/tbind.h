@@ -188,16 +188,20 @@ typedef enum {
   TB_ROOT_DONE,   /* main_poll said READY */
   TB_ROOT_SIGINT, /* a SIGINT was delivered */
   TB_ROOT_TICK,   /* 50 ms passed on a runtime that cannot watch signals */
+  TB_ROOT_WAKE,   /* a byte on the wake fd (drained) */
 } tb_root_event_t;
 
 /* The root future of a binding's block_on: waits for the main work and,
  * when `watch` is set, for SIGINT; where signals cannot be watched (no
  * enable_io) and `tick` is set it wakes every 50 ms instead, so that the
- * caller may look for signals itself. */
+ * caller may look for signals itself. A `wake` fd (the read end of a
+ * pipe, e.g. Python's signal wakeup fd; the caller's, NULL: none) ends
+ * the wait when a byte arrives. */
 typedef struct tb_root_s {
   treadle_poll_t (*main_poll)(void *ud, treadle_cx_t *cx);
   void *ud;
   bool watch, tick;
+  treadle_async_fd_t *wake;
   /* Private. */
   bool sig_armed, tick_armed;
   bool unwatched; /* neither signals nor ticks can be had: main only */
@@ -209,8 +213,15 @@ treadle_poll_t tb_root_poll(tb_root_t *r, treadle_cx_t *cx,
                             tb_root_event_t *ev);
 void tb_root_drop(tb_root_t *r);
 /* A task around a tb_root_t state, for treadle_runtime_block_on: its
- * output is (void *)1 when the main work finished (TB_ROOT_DONE), NULL
- * when a SIGINT or a tick ended the wait. */
+ * output is TB_ROOT_DONE_OUT when the main work finished, TB_ROOT_WAKE_OUT
+ * when the wake fd ended the wait, NULL when a SIGINT or a tick did. */
 extern const treadle_task_vtable_t tb_root_vt;
+#define TB_ROOT_DONE_OUT ((void *)1)
+#define TB_ROOT_WAKE_OUT ((void *)2)
+/* A wake fd for tb_root_t: registers a dup of `fd` (the caller's stays
+ * its own) with the runtime of `h`. *out is NULL for fd < 0. Free it with
+ * treadle_async_fd_free after the block_on that polled it. */
+treadle_err_t tb_root_wake_open(treadle_handle_t *h, int fd,
+                                treadle_async_fd_t **out);
 
 #endif /* TBIND_H */

@@ -946,46 +946,21 @@ static PyObject *loop_set_debug_core(loopobj_t *L, PyObject *on) {
 }
 
 /* The root of run_forever's block_on: the loop task's end. */
-/* A byte on the wakeup pipe (a signal with a Python handler, or a request
- * for the main thread): drains the pipe and says true. */
-static bool wake_poll(loopobj_t *L, treadle_cx_t *cx) {
-  treadle_ready_t rdy;
-  treadle_err_t err;
-  if (treadle_async_fd_ready_poll(L->wake_afd, cx, TREADLE_READABLE, &rdy, &err) ==
-          TREADLE_PENDING ||
-      err != 0) /* shutting down: the loop task's end comes next */
-    return false;
-  char buf[256];
-  int fd = treadle_async_fd_fd(L->wake_afd);
-  while (read(fd, buf, sizeof buf) > 0)
-    ;
-  treadle_async_fd_clear_ready(L->wake_afd, &rdy, TREADLE_READABLE);
-  return true;
-}
-
-/* The root of run_forever's block_on: the loop task's end, or a wake of
- * the main thread (L->woke). */
 static treadle_poll_t run_done(void *ud, treadle_cx_t *cx) {
   loopobj_t *L = ud;
   treadle_err_t status;
   void *value;
-  if (treadle_join_poll(L->run_join, cx, &status, &value) == TREADLE_READY)
-    return TREADLE_READY;
-  if (L->wake_afd != NULL && wake_poll(L, cx)) {
-    L->woke = true;
-    return TREADLE_READY;
-  }
-  return TREADLE_PENDING;
+  return treadle_join_poll(L->run_join, cx, &status, &value);
 }
 
 /* GIL. Blocks on the loop task until it ends (*done); else SIGINT
  * (watch) or the wakeup pipe (L->woke) ended the wait, and the caller
  * should run Python's signal handlers. */
 static int block_on_task(loopobj_t *L, bool watch, bool *done) {
-  tb_root_t st = {.main_poll = run_done, .ud = L, .watch = watch, .tick = true};
+  tb_root_t st = {.main_poll = run_done, .ud = L, .watch = watch, .tick = true,
+                  .wake = L->wake_afd};
   void *value = NULL;
   treadle_err_t err;
-  L->woke = false;
   Py_BEGIN_ALLOW_THREADS
   err = treadle_runtime_block_on(L->r->rt, &tb_root_vt, &st, sizeof st, &value);
   Py_END_ALLOW_THREADS
@@ -993,25 +968,8 @@ static int block_on_task(loopobj_t *L, bool watch, bool *done) {
     pyt_raise(err);
     return -1;
   }
-  *done = value == (void *)1 && !L->woke;
-  return 0;
-}
-
-/* Registers a dup of the wakeup pipe's read end (-1: none). */
-static int wake_open(loopobj_t *L, int fd) {
-  if (fd < 0)
-    return 0;
-  int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (dup_fd < 0) {
-    PyErr_SetFromErrno(PyExc_OSError);
-    return -1;
-  }
-  treadle_err_t err = treadle_async_fd_new(L->r->h, dup_fd, &L->wake_afd);
-  if (err != 0) {
-    close(dup_fd);
-    pyt_raise(err);
-    return -1;
-  }
+  *done = value == TB_ROOT_DONE_OUT;
+  L->woke = value == TB_ROOT_WAKE_OUT;
   return 0;
 }
 
@@ -1038,7 +996,12 @@ static PyObject *loop_run_core(loopobj_t *L, PyObject *const *args, Py_ssize_t n
     return NULL;
   bool watch = PyObject_IsTrue(args[0]) == 1; /* the main thread's */
   bool done = false;
-  int rc = wake_open(L, wake_fd);
+  int rc = 0;
+  treadle_err_t werr = tb_root_wake_open(L->r->h, wake_fd, &L->wake_afd);
+  if (werr != 0) {
+    pyt_raise(werr);
+    rc = -1;
+  }
   while (rc == 0 && !done) {
     rc = block_on_task(L, watch, &done);
     if (rc == 0 && !done && PyErr_CheckSignals() < 0)

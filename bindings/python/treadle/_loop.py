@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import errno
 import functools
 import os
@@ -24,7 +25,7 @@ import weakref
 import warnings
 from asyncio import (base_events, constants, coroutines, events, format_helpers, futures,
                      protocols, selector_events, sslproto, transports, trsock, unix_events)
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from . import _core
 
@@ -80,6 +81,39 @@ def _sighandler_noop(signum: int, frame: Any) -> None:
 
 def _fd(fileobj: Any) -> int:
     return selector_events.selectors._fileobj_to_fd(fileobj)
+
+
+@contextlib.contextmanager
+def signal_wakeup(loop: Optional["EventLoop"], in_main: bool) -> Iterator[int]:
+    """While a thread waits in the runtime (run_forever, block_on), not in
+    Python: on the main thread, a pipe is Python's signal wakeup fd (Python
+    writes a byte at each signal it has a handler for, as asyncio's loops
+    have it) and `loop`'s way to reach the main thread (_call_in_main).
+    Yields the read end for the wait to watch (-1: none); a byte ends the
+    wait so that the thread runs the handlers and the calls. A wakeup fd
+    the program set itself stays."""
+    if not in_main:
+        yield -1
+        return
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    old_wakeup = -1
+    try:
+        old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        if old_wakeup != -1:  # the program's own: it stays
+            signal.set_wakeup_fd(old_wakeup)
+        if loop is not None:
+            loop._wakeup_w = wake_w
+        yield wake_r
+    finally:
+        if loop is not None:
+            # No callback runs now: none can write to the pipe.
+            loop._wakeup_w = -1
+        if old_wakeup == -1:
+            signal.set_wakeup_fd(-1)
+        os.close(wake_r)
+        os.close(wake_w)
+        if loop is not None:
+            loop._run_main_calls()
 
 
 class _WatcherView:
@@ -389,7 +423,7 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
         self._watchers: dict = {}
         self._signal_watchers: dict = {}
         self._main_calls: list = []  # (fn, args) for the main thread
-        self._wakeup_w = -1  # while run_forever runs on the main thread
+        self._wakeup_w = -1  # while run_forever or block_on waits on the main thread
         self._transports: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
         self._selector = _WatcherView(self._watchers)
         self._default_executor = BlockingPoolExecutor(runtime)
@@ -414,32 +448,14 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
         self._set_coroutine_origin_tracking(self._debug)
         old_hooks = sys.get_asyncgen_hooks()
         in_main = threading.current_thread() is threading.main_thread()
-        wake_r = wake_w = old_wakeup = -1
         try:
             self._thread_id = threading.get_ident()
             sys.set_asyncgen_hooks(firstiter=self._asyncgen_firstiter_hook,
                                    finalizer=self._asyncgen_finalizer_hook)
             events._set_running_loop(self)
-            if in_main:
-                # The thread waits in the runtime, not in Python: a byte
-                # on this pipe wakes it to run Python's signal handlers
-                # (Python writes one at each signal it has a handler for,
-                # as asyncio's loops have it) and _call_in_main's calls.
-                wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-                old_wakeup = signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-                if old_wakeup != -1:  # the program's own: it stays
-                    signal.set_wakeup_fd(old_wakeup)
-                self._wakeup_w = wake_w
-            self._run_core(in_main, wake_r)
+            with signal_wakeup(self, in_main) as wake_r:
+                self._run_core(in_main, wake_r)
         finally:
-            if wake_w != -1:
-                # No callback runs now: none can write to the pipe.
-                self._wakeup_w = -1
-                if old_wakeup == -1:
-                    signal.set_wakeup_fd(-1)
-                os.close(wake_r)
-                os.close(wake_w)
-                self._run_main_calls()
             self._stopping = False
             self._thread_id = None
             events._set_running_loop(None)
@@ -586,8 +602,8 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
 
     def _call_in_main(self, fn: Callable[..., Any], *args: Any) -> None:
         """Runs fn(*args) on the main thread: now on it, else (a callback
-        on a multi_thread worker) as soon as run_forever's wait there
-        wakes. RuntimeError when run_forever does not run there."""
+        on a multi_thread worker) as soon as run_forever's or block_on's
+        wait there wakes. RuntimeError when neither waits there."""
         if threading.current_thread() is threading.main_thread():
             fn(*args)
             return
@@ -601,7 +617,8 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
             pass  # the pipe is full: a wake is on its way
 
     def _run_main_calls(self) -> None:
-        """On the main thread, woken in run_forever: _call_in_main's calls."""
+        """On the main thread, woken in run_forever or block_on:
+        _call_in_main's calls."""
         calls, self._main_calls = self._main_calls, []
         for fn, args in calls:
             try:
