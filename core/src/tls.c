@@ -710,16 +710,19 @@ static treadle_err_t ssl_failed(treadle_tls_t *t, int e) {
   bool hs = atomic_load_explicit(&t->phase, memory_order_relaxed) == HANDSHAKE;
   unsigned long last = ERR_peek_last_error();
   int reason = ERR_GET_LIB(last) == ERR_LIB_SSL ? ERR_GET_REASON(last) : 0;
+  /* A verification that ran out of memory is no verdict on the chain. */
+  bool verify_nomem = hs && reason == SSL_R_CERTIFICATE_VERIFY_FAILED &&
+                      SSL_get_verify_result(t->ssl) == X509_V_ERR_OUT_OF_MEM;
   char text[MSG_LEN];
   treadle_err_t err;
-  if (hs && reason == SSL_R_CERTIFICATE_VERIFY_FAILED) {
+  if (hs && reason == SSL_R_CERTIFICATE_VERIFY_FAILED && !verify_nomem) {
     snprintf(text, sizeof text, "certificate verify failed: %s",
              X509_verify_cert_error_string(SSL_get_verify_result(t->ssl)));
     err = TREADLE_ETLSVERIFY;
   } else if (hs && reason == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE) {
     snprintf(text, sizeof text, "the peer showed no certificate");
     err = TREADLE_ETLSVERIFY;
-  } else if (t->out_nomem ||
+  } else if (t->out_nomem || verify_nomem ||
              ERR_GET_REASON(last) == ERR_R_MALLOC_FAILURE ||
              ERR_GET_REASON(ERR_peek_error()) == ERR_R_MALLOC_FAILURE) {
     snprintf(text, sizeof text, "out of memory");
