@@ -131,6 +131,33 @@ static int absorb(lua_State *co, ltask_t *t) {
   return 0;
 }
 
+/* A TLS connection's readable state is OpenSSL's, not the socket's: bytes
+ * may wait decrypted inside OpenSSL while the socket has nothing, and a
+ * socket may hold half a record that decrypts to nothing yet. So the only
+ * sure answer is a read: it serves buffered plaintext at once, and waits
+ * (PENDING) until a whole record brings some. What it reads goes to the
+ * receive buffer, where the next receive finds it; the end and a peer that
+ * closed without close_notify are the end, as absorb has them. */
+treadle_poll_t lt_conn_tls_fill(lconn_t *c, treadle_cx_t *cx, treadle_err_t *err) {
+  size_t room, n;
+  char *dst = tb_rbuf_room(&c->buf, READ_ROOM, &room);
+  if (dst == NULL) {
+    *err = TREADLE_ENOMEM;
+    return TREADLE_READY;
+  }
+  if (room > TB_READ_CHUNK * 4)
+    room = TB_READ_CHUNK * 4;
+  if (treadle_tls_read_poll(c->st.tls, cx, dst, room, &n, err) == TREADLE_PENDING)
+    return TREADLE_PENDING;
+  if (*err == TREADLE_ECONNRESET)
+    *err = 0; /* n is 0: the end */
+  if (*err == 0) {
+    tb_rbuf_commit(&c->buf, n);
+    c->eof = n == 0;
+  }
+  return TREADLE_READY;
+}
+
 /* Starts the op made in t->op.tb with a deadline; true when it finished at
  * once (outcome in c->io_*), false when the caller must yield. `done` runs
  * when the op is cleared (ops--, and what else the op needs undone). */
