@@ -409,6 +409,82 @@ T.case("the keep-alive pool keeps a TLS connection and its TLS", {skip = skip}, 
   certs.cleanup()
 end)
 
+T.case("sessions resume: sslhandshake's session object passed back", {skip = skip}, function()
+  local certs = make_certs()
+  assert(treadle.tls.set_ca_file(certs.ca_pem))
+  local seen = {} -- session_reused as the server saw each handshake
+  local port, l, stats = tls_server(certs.srv_pem, certs.srv_key, function(c)
+    seen[#seen + 1] = c:sslinfo().session_reused
+    echo_lines(c)
+  end)
+  -- One connection: its session object and whether it resumed.
+  local function session(sess, name, verify)
+    local s = connect(port)
+    local got, err = s:sslhandshake(sess, name, verify)
+    H.eq(err, nil, "handshake")
+    local reused = s:sslinfo().session_reused
+    H.eq(s:send("x\n"), 2)
+    H.eq(s:receive(), "x", "an echo (TLS 1.3's tickets come before it)")
+    s:close()
+    return got, reused
+  end
+  local first, reused = session(nil, "localhost", true)
+  H.eq(type(first), "userdata", "a session object")
+  H.eq(reused, false, "the first handshake is a full one")
+  -- Each handshake returns its own connection's session: TLS 1.3 asks that
+  -- a ticket serve one resumption, so each is passed on once.
+  local second, third, fourth
+  second, reused = session(first, "localhost", true)
+  H.eq(reused, true, "passed back, it resumes")
+  third, reused = session(second, "localhost", true)
+  H.eq(reused, true, "the resumed connection's session resumes too")
+  fourth, reused = session(third, "localhost", true)
+  H.eq(reused, true)
+  H.eq(select(2, session(fourth, "127.0.0.1", true)), false,
+       "not offered for another server name: a full handshake")
+  H.eq(select(2, session(fourth, "localhost", false)), false,
+       "nor for another ssl_verify")
+  H.eq(select(2, session(fourth, "localhost", true)), true,
+       "offered to neither, it still resumes")
+  H.same_table(seen, {false, true, true, true, false, false, true},
+               "the server saw the same")
+  H.eq(stats.handshakes, 7)
+  -- false asks for no session object.
+  local s = connect(port)
+  H.eq(s:sslhandshake(false, "localhost", true), true, "false: true")
+  s:close()
+  -- A session object taken before its connection read anything fills
+  -- when it reads (TLS 1.3's tickets come after the handshake), and
+  -- outlives its connection.
+  s = connect(port)
+  local early = s:sslhandshake(nil, "localhost", true)
+  local s2 = connect(port)
+  H.eq(type(s2:sslhandshake(early, "localhost", true)), "userdata",
+       "an empty session is no error")
+  if s:sslinfo().version == "TLSv1.3" then
+    H.eq(s2:sslinfo().session_reused, false, "TLS 1.3: no ticket yet, a full handshake")
+  end
+  s2:close()
+  H.eq(s:send("y\n"), 2)
+  H.eq(s:receive(), "y")
+  s:close()
+  H.eq(select(2, session(early, "localhost", true)), true,
+       "after a read it resumes, its connection closed")
+  -- Bad input: anything but nil, false or a session object.
+  s = connect(port)
+  for _, bad in ipairs({true, "session", 1, {}, io.stdout, treadle.channel(1), s}) do
+    H.raises("bad reused_session: nil, false or a session from sslhandshake",
+             s.sslhandshake, s, bad, "localhost", true)
+  end
+  H.eq(type(s:sslhandshake(nil, "localhost", true)), "userdata", "the socket is fine")
+  s:close()
+  first, second, third, fourth, early = nil, nil, nil, nil, nil
+  collectgarbage()
+  collectgarbage() -- the objects' __gc frees the sessions (ASan, valgrind)
+  l:close()
+  certs.cleanup()
+end)
+
 T.case("closed sockets, busy sockets and bad arguments", {skip = skip}, function()
   local s = tcp.socket()
   H.same_table({s:sslhandshake(false, "localhost", true)}, {nil, "closed"}, "never connected")
