@@ -193,6 +193,11 @@ void lt_open_cosock(lua_State *L);
 void lt_pool_free(lhome_t *home);
 /* The op done hook of every conn op (ops--). */
 void lt_conn_op_done(void *conn);
+/* A TLS connection's read readiness, for treadle.select: one read of
+ * plaintext into the receive buffer (READY: bytes, the end, or an error in
+ * *err; PENDING: no whole record yet, the task's waker is in the stream's
+ * read slot). The caller holds the reader's slot. */
+treadle_poll_t lt_conn_tls_fill(lconn_t *c, treadle_cx_t *cx, treadle_err_t *err);
 /* ltreadle_re.c: pushes the ngx.re table (PCRE2). */
 void lt_push_re(lua_State *L);
 /* Pushes require "ffi"'s byte-buffer subset (ltreadle_ffi.c). */

@@ -131,6 +131,33 @@ static int absorb(lua_State *co, ltask_t *t) {
   return 0;
 }
 
+/* A TLS connection's readable state is OpenSSL's, not the socket's: bytes
+ * may wait decrypted inside OpenSSL while the socket has nothing, and a
+ * socket may hold half a record that decrypts to nothing yet. So the only
+ * sure answer is a read: it serves buffered plaintext at once, and waits
+ * (PENDING) until a whole record brings some. What it reads goes to the
+ * receive buffer, where the next receive finds it; the end and a peer that
+ * closed without close_notify are the end, as absorb has them. */
+treadle_poll_t lt_conn_tls_fill(lconn_t *c, treadle_cx_t *cx, treadle_err_t *err) {
+  size_t room, n;
+  char *dst = tb_rbuf_room(&c->buf, READ_ROOM, &room);
+  if (dst == NULL) {
+    *err = TREADLE_ENOMEM;
+    return TREADLE_READY;
+  }
+  if (room > TB_READ_CHUNK * 4)
+    room = TB_READ_CHUNK * 4;
+  if (treadle_tls_read_poll(c->st.tls, cx, dst, room, &n, err) == TREADLE_PENDING)
+    return TREADLE_PENDING;
+  if (*err == TREADLE_ECONNRESET)
+    *err = 0; /* n is 0: the end */
+  if (*err == 0) {
+    tb_rbuf_commit(&c->buf, n);
+    c->eof = n == 0;
+  }
+  return TREADLE_READY;
+}
+
 /* Starts the op made in t->op.tb with a deadline; true when it finished at
  * once (outcome in c->io_*), false when the caller must yield. `done` runs
  * when the op is cleared (ops--, and what else the op needs undone). */
@@ -1006,6 +1033,30 @@ static treadle_tls_config_t *tls_client[2];
 static char *tls_ca_file; /* NULL: the system's store */
 static int tls_users;     /* Lua states with the module open */
 
+/* The server configurations of sslhandshake_server, one per pair of files,
+ * kept as the client ones are: a configuration holds the server's session
+ * cache and ticket keys, so a client resumes a session only with a server
+ * of the configuration that gave it. */
+typedef struct srv_config_s {
+  struct srv_config_s *next;
+  treadle_tls_config_t *cfg;
+  char *cert, *key;
+} srv_config_t;
+static srv_config_t *tls_servers; /* guarded by tls_mu */
+
+/* A session object (SESSION_MT): the holder of a client connection's
+ * session, NULL when there was no memory for it (it then resumes nothing). */
+typedef struct {
+  treadle_tls_session_t *s;
+} lsession_t;
+
+static int session_gc(lua_State *L) {
+  lsession_t *ls = luaL_checkudata(L, 1, SESSION_MT);
+  treadle_tls_session_free(ls->s);
+  ls->s = NULL;
+  return 0;
+}
+
 /* The __gc of the token each state keeps in its registry. */
 static int tls_user_gc(lua_State *L) {
   (void)L;
@@ -1017,6 +1068,14 @@ static int tls_user_gc(lua_State *L) {
     }
     free(tls_ca_file);
     tls_ca_file = NULL;
+    while (tls_servers != NULL) {
+      srv_config_t *e = tls_servers;
+      tls_servers = e->next;
+      treadle_tls_config_unref(e->cfg);
+      free(e->cert);
+      free(e->key);
+      free(e);
+    }
   }
   pthread_mutex_unlock(&tls_mu);
   return 0;
@@ -1050,6 +1109,45 @@ static treadle_tls_config_t *client_config(bool verify, char *why, size_t len) {
   treadle_tls_config_t *c = tls_client[verify];
   if (c != NULL)
     treadle_tls_config_ref(c);
+  pthread_mutex_unlock(&tls_mu);
+  return c;
+}
+
+/* A reference to the server configuration of the files cert and key, made
+ * at their first use; or NULL with the reason in why. */
+static treadle_tls_config_t *server_config(const char *cert, const char *key,
+                                           char *why, size_t len) {
+  pthread_mutex_lock(&tls_mu);
+  srv_config_t *e = tls_servers;
+  while (e != NULL && (strcmp(e->cert, cert) != 0 || strcmp(e->key, key) != 0))
+    e = e->next;
+  treadle_tls_config_t *c = NULL;
+  if (e != NULL) {
+    c = treadle_tls_config_ref(e->cfg);
+  } else {
+    treadle_err_t err = treadle_tls_config_new(TREADLE_TLS_SERVER, &c);
+    if (err == 0 && (err = treadle_tls_config_set_cert(c, cert, key)) != 0) {
+      const char *m = treadle_tls_config_error_message(c);
+      snprintf(why, len, "%s", *m != '\0' ? m : treadle_strerror(err));
+      treadle_tls_config_unref(c);
+      c = NULL;
+    } else if (err != 0) {
+      snprintf(why, len, "%s", treadle_strerror(err));
+    } else if ((e = calloc(1, sizeof *e)) == NULL ||
+               (e->cert = strdup(cert)) == NULL ||
+               (e->key = strdup(key)) == NULL) {
+      snprintf(why, len, "no memory");
+      if (e != NULL)
+        free(e->cert);
+      free(e);
+      treadle_tls_config_unref(c);
+      c = NULL;
+    } else {
+      e->cfg = treadle_tls_config_ref(c);
+      e->next = tls_servers;
+      tls_servers = e;
+    }
+  }
   pthread_mutex_unlock(&tls_mu);
   return c;
 }
@@ -1102,21 +1200,22 @@ static bool handshake_done_ok(const lconn_t *c) {
 }
 
 /* What sslhandshake returns on success: true when reused_session (arg 2)
- * is false, else a session object (treadle keeps no TLS sessions to
- * resume: it is a token that a later sslhandshake accepts). */
-static int push_session(lua_State *L) {
+ * is false, else a session object, the holder of c's session. */
+static int push_session(lua_State *L, lconn_t *c) {
   if (lua_type(L, 2) == LUA_TBOOLEAN) {
     lua_pushboolean(L, 1);
     return 1;
   }
-  lua_newuserdatauv(L, 0, 0);
+  lsession_t *ls = lua_newuserdatauv(L, sizeof *ls, 0);
+  ls->s = NULL;
   luaL_setmetatable(L, SESSION_MT);
+  ls->s = treadle_tls_session(c->st.tls);
   return 1;
 }
 
 static int handshake_finish(lua_State *L, lconn_t *c) {
   if (c->io_err == 0)
-    return push_session(L);
+    return push_session(L, c);
   const char *msg;
   if (c->io_err == TREADLE_ETLSVERIFY)
     msg = treadle_tls_error_message(c->st.tls);
@@ -1136,13 +1235,17 @@ static int handshake_k(lua_State *L, int status, lua_KContext ctx) {
   return handshake_finish(L, check_sock(L));
 }
 
-/* Puts TLS of config `cfg` (a reference the call takes) over c and runs
- * the handshake within the connect timeout. */
+/* Puts TLS of config `cfg` (a reference the call takes) over c, offering
+ * the session in `resume` (a client's; may be NULL), and runs the
+ * handshake within the connect timeout. */
 static int handshake_start(lua_State *L, lconn_t *c, treadle_tls_config_t *cfg,
-                           bool server, const char *name) {
+                           bool server, const char *name,
+                           treadle_tls_session_t *resume) {
   ltask_t *t = lt_need_task(L, "sslhandshake");
   treadle_err_t err = tb_stream_start_tls(&c->st, cfg, server, name);
   treadle_tls_config_unref(cfg);
+  if (err == 0 && resume != NULL)
+    err = treadle_tls_set_session(c->st.tls, resume);
   if (err != 0)
     return fail2(L, io_message(err, false));
   tb_op_wait(&t->op.tb, handshake_poll, NULL, c);
@@ -1168,7 +1271,7 @@ static int handshake_check(lua_State *L, lconn_t *c) {
     return fail2(L, "closed");
   if (c->st.tls != NULL) {
     if (handshake_done_ok(c)) /* twice, or a pooled TLS connection */
-      return push_session(L);
+      return push_session(L, c);
     if (c->ops > 0)
       return luaL_error(L, "socket busy: another task runs the handshake");
     tb_stream_close(&c->st); /* a handshake cut short: its task was killed */
@@ -1188,23 +1291,35 @@ static int handshake_check(lua_State *L, lconn_t *c) {
  * receiveuntil, setkeepalive and close work over TLS; close sends
  * close_notify first. A connection from the pool that is already TLS returns at
  * once (as OpenResty: give TLS and plain connections to one host
- * different pool names). reused_session is accepted (nil, false or a
- * session) but sessions are not resumed; send_status_req (OCSP) is
- * ignored. Waits at most the connect timeout. A failed handshake closes
- * the socket.
+ * different pool names). reused_session is a session object that an
+ * earlier sslhandshake returned: its session is offered to the server, and
+ * if the server still knows it the handshake is an abbreviated one, with
+ * no certificate sent or verified (sslinfo().session_reused says so); a
+ * session of another server name or another ssl_verify is not offered,
+ * and a server that no longer knows it gets a full handshake. A session
+ * object follows its connection: in TLS 1.3 the server sends its tickets
+ * after the handshake, and they arrive with the connection's first
+ * receive, so pass it on once the connection was used; and each serves
+ * one resumption, so pass on the one the newest handshake returned
+ * (sess = sock:sslhandshake(sess, ...), as OpenResty's callers do). A
+ * TLS 1.2 session resumes again and again. false asks for no
+ * session object. send_status_req (OCSP) is ignored. Waits at most the
+ * connect timeout. A failed handshake closes the socket.
  * Returns: a session object (true when reused_session is false), or nil,
  * error: "handshake failed", "certificate verify failed: REASON"
  * (self-signed certificate, hostname mismatch, ...), "timeout", "closed",
  * "no server name to verify the certificate against".
- * Errors: raises for arguments of the wrong type, outside a task, and
- * while another task uses the socket.
- * Example: local sess, err = sock:sslhandshake(false, "example.com", true) */
+ * Errors: raises for arguments of the wrong type (a reused_session that is
+ * not nil, false or a session object), outside a task, and while another
+ * task uses the socket.
+ * Example: local sess, err = sock:sslhandshake(prev_sess, "example.com", true) */
 static int l_sslhandshake(lua_State *L) {
   lconn_t *c = check_sock(L);
   int ty = lua_type(L, 2);
-  luaL_argcheck(L, ty == LUA_TNONE || ty == LUA_TNIL || ty == LUA_TUSERDATA ||
+  lsession_t *resume = luaL_testudata(L, 2, SESSION_MT);
+  luaL_argcheck(L, ty == LUA_TNONE || ty == LUA_TNIL || resume != NULL ||
                        (ty == LUA_TBOOLEAN && !lua_toboolean(L, 2)),
-                2, "bad reused_session: nil, false or a session");
+                2, "bad reused_session: nil, false or a session from sslhandshake");
   ty = lua_type(L, 3);
   luaL_argcheck(L, ty == LUA_TNONE || ty == LUA_TNIL || ty == LUA_TSTRING, 3,
                 "bad server_name: a string or nil");
@@ -1221,14 +1336,18 @@ static int l_sslhandshake(lua_State *L) {
   treadle_tls_config_t *cfg = client_config(verify, why, sizeof why);
   if (cfg == NULL)
     return fail2(L, why);
-  return handshake_start(L, c, cfg, false, name);
+  return handshake_start(L, c, cfg, false, name,
+                         resume != NULL ? resume->s : NULL);
 }
 
 /* lua: sock:sslhandshake_server({cert = PATH, key = PATH})
  * Turns an accepted connection into a TLS server connection (a treadle
  * addition): shows the certificate chain in the PEM file cert, with its
  * unencrypted private key in key, asking the client for no certificate.
- * The files are read at each call (a small server's, or a test's, tool).
+ * The files are read at the first call with these two names: the
+ * configuration made from them is kept while the module is open and
+ * shared by every worker, with its session cache and ticket keys, so that
+ * clients resume their sessions (a small server's, or a test's, tool).
  * Then the cosocket methods work over TLS as after sock:sslhandshake.
  * Waits at most the connect timeout; a failed handshake closes the
  * connection.
@@ -1250,27 +1369,21 @@ static int l_sslhandshake_server(lua_State *L) {
   int r = handshake_check(L, c);
   if (r != 0)
     return r;
-  treadle_tls_config_t *cfg;
-  treadle_err_t err = treadle_tls_config_new(TREADLE_TLS_SERVER, &cfg);
-  if (err != 0)
-    return fail2(L, io_message(err, false));
-  err = treadle_tls_config_set_cert(cfg, lua_tostring(L, 3), lua_tostring(L, 4));
-  if (err != 0) {
-    const char *m = treadle_tls_config_error_message(cfg);
-    lua_pushnil(L);
-    lua_pushstring(L, *m != '\0' ? m : treadle_strerror(err));
-    treadle_tls_config_unref(cfg);
-    return 2;
-  }
-  return handshake_start(L, c, cfg, true, NULL);
+  char why[256];
+  treadle_tls_config_t *cfg =
+      server_config(lua_tostring(L, 3), lua_tostring(L, 4), why, sizeof why);
+  if (cfg == NULL)
+    return fail2(L, why);
+  return handshake_start(L, c, cfg, true, NULL, NULL);
 }
 
 /* lua: sock:sslinfo()
  * What the TLS handshake agreed on (a treadle addition): a table with
  * version ("TLSv1.2" or "TLSv1.3"), server_name (on a client, the name it
  * gave sslhandshake; on a server, the name the client sent (SNI); nil if
- * none) and peer_subject (the peer certificate's subject, "CN=localhost";
- * nil when it showed none).
+ * none), peer_subject (the peer certificate's subject, "CN=localhost";
+ * nil when it showed none) and session_reused (true when the handshake
+ * resumed a session: sslhandshake's reused_session).
  * Returns: the table, or nil, error: "closed", "not TLS".
  * Example: local info = sock:sslinfo(); print(info.version, info.server_name) */
 static int l_sslinfo(lua_State *L) {
@@ -1279,7 +1392,9 @@ static int l_sslinfo(lua_State *L) {
     return fail2(L, "closed");
   if (!handshake_done_ok(c))
     return fail2(L, "not TLS");
-  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, 4);
+  lua_pushboolean(L, treadle_tls_session_reused(c->st.tls) == 1);
+  lua_setfield(L, -2, "session_reused");
   int v = treadle_tls_version(c->st.tls);
   lua_pushstring(L, v == TREADLE_TLS_VERSION_1_3 ? "TLSv1.3" : "TLSv1.2");
   lua_setfield(L, -2, "version");
@@ -1678,6 +1793,8 @@ void lt_open_cosock(lua_State *L) {
   lt_name_table(L, "treadle.udp");
   lua_setfield(L, -2, "udp");
   luaL_newmetatable(L, SESSION_MT);
+  lua_pushcfunction(L, session_gc);
+  lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
   /* This state's token: made after package's table of loaded C libraries,
    * so that lua_close collects it before it unloads them. */

@@ -10,8 +10,11 @@
  * 2. A socket (treadle.conn): ready at once when its receive buffer holds
  *    bytes or it saw its end; else the stream's read readiness, confirmed
  *    with a MSG_PEEK recv (readiness outlives the bytes that set it) and
- *    cleared and waited for again when there is nothing. The select holds
- *    the socket's reader slot meanwhile, so no receive runs beside it.
+ *    cleared and waited for again when there is nothing. A TLS socket is
+ *    read instead, into its receive buffer (lt_conn_tls_fill): OpenSSL may
+ *    hold decrypted bytes the socket does not show, and the socket may
+ *    hold half a record that gives nothing yet. The select holds the
+ *    socket's reader slot meanwhile, so no receive runs beside it.
  * 3. A process (treadle.process): its stdout, as a socket (the pipe's
  *    readiness confirmed with poll(2); ltreadle_process.c).
  * Every item's waiter stays queued while none is ready, so each wakes the
@@ -50,6 +53,8 @@ static treadle_poll_t conn_readable(lconn_t *c, treadle_cx_t *cx,
   *err = 0;
   if (tb_rbuf_len(&c->buf) > 0 || c->eof || c->st.s == NULL || c->st.closed)
     return TREADLE_READY;
+  if (c->st.tls != NULL)
+    return lt_conn_tls_fill(c, cx, err);
   treadle__source_t *src = &c->st.s->src;
   if (!treadle__source_enter(src)) {
     *err = TREADLE_ECLOSED;
@@ -167,7 +172,9 @@ static int select_k(lua_State *L, int status, lua_KContext ctx) {
  * limit; 0 or less: only looks, never waits). items is a list of up to 64
  * channels (ready when a value can be received, or once the channel is
  * closed and drained), sockets from treadle.tcp (ready when a receive
- * would find bytes or the end of the stream, without taking any) and
+ * would find bytes or the end of the stream, without taking any; for a
+ * TLS socket, once a whole record brought plaintext, which waits in the
+ * socket's receive buffer) and
  * processes from treadle.process.spawn (their stdout, likewise). The
  * first ready item in list order wins; a channel's value is received,
  * the other channels lose nothing. While it waits, the sockets and pipes
@@ -177,8 +184,8 @@ static int select_k(lua_State *L, int status, lua_KContext ctx) {
  * "timeout".
  * Errors: raises for items that are not a list of channels, sockets and
  * processes (an empty list needs a timeout), a socket or stdout another
- * task reads, a TLS socket (not supported yet), a bad timeout, and outside
- * a task.
+ * task reads (or a TLS socket another task runs the handshake on), a bad
+ * timeout, and outside a task.
  * Example: local item, v = treadle.select({jobs, quit, sock}, 5) */
 static int l_select(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -198,12 +205,6 @@ static int l_select(lua_State *L) {
                    luaL_typename(L, -1));
       if (c->st.reading)
         luaL_error(L, "socket busy reading: another task reads item %d", (int)i);
-      /* OpenSSL may hold decrypted bytes that the socket's readiness does
-       * not show: refuse rather than wait while a receive would not. */
-      if (c->st.tls != NULL)
-        luaL_error(L, "bad argument #1 to 'treadle.select' (item %d is a TLS "
-                      "socket: not supported yet; receive from it in a task "
-                      "of its own)", (int)i);
     }
     lua_pop(L, 1);
   }

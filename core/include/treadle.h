@@ -1139,6 +1139,37 @@ const char *treadle_tls_error_message(treadle_tls_t *t);
  * peer's credentials; reading or writing it would corrupt the TLS
  * stream). NULL for NULL. */
 treadle_stream_t *treadle_tls_stream(treadle_tls_t *t);
+/** A client's TLS session, kept to resume it on a later connection. */
+typedef struct treadle_tls_session_s treadle_tls_session_t;
+/** The session of client `t`, to resume on a later connection to the same
+ * server (treadle_tls_set_session): that handshake is an abbreviated one,
+ * with no certificate sent or verified again. Returns a new reference to
+ * the connection's session holder (treadle_tls_session_free drops it), or
+ * NULL for NULL, a server, or no memory. The holder keeps the newest
+ * session the server gave this connection: in TLS 1.2 at the end of the
+ * handshake; in TLS 1.3 in the tickets the server sends after it, which
+ * the connection takes in with its reads (a holder taken right after the
+ * handshake fills once the first read ran). It goes on taking newer ones
+ * while the connection lives, and outlives it. A TLS 1.3 session serves
+ * one resumption (RFC 8446 asks clients not to use a ticket twice, and
+ * OpenSSL marks it spent): resume from the newest connection's holder.
+ * Any thread. */
+treadle_tls_session_t *treadle_tls_session(treadle_tls_t *t);
+/** Drops a reference to a session holder (NULL ignored). Any thread. */
+void treadle_tls_session_free(treadle_tls_session_t *s);
+/** Offers the session in `s` in the handshake of client `t`, which has
+ * not started. It is offered only when `s` holds a session that came from
+ * a connection of the same configuration and server name as `t` (so that
+ * resuming never skips a verification `t` would make); otherwise, and when
+ * the server no longer knows it, a full handshake runs. Errors:
+ * TREADLE_EINVAL (NULL, a server), TREADLE_EBUSY (the handshake started),
+ * TREADLE_ENOMEM. */
+treadle_err_t treadle_tls_set_session(treadle_tls_t *t,
+                                      treadle_tls_session_t *s);
+/** After the handshake, 1 when it resumed a session, 0 when it was a full
+ * one (either side); TREADLE_ENOTCONN before it (or after it failed),
+ * TREADLE_EINVAL for NULL. */
+int treadle_tls_session_reused(treadle_tls_t *t);
 /** Closes the stream underneath and wakes the TLS stream's waiters, which
  * see TREADLE_ECLOSED (idempotent, any thread). No close_notify is sent:
  * for a clean end, treadle_tls_shutdown_poll first. */

@@ -163,7 +163,22 @@ struct treadle_tls_s {
   size_t w_taken;             /* plaintext SSL_write took, not yet reported */
   bool sent_close_notify;
   bool shut_wr;
+  /* A client's newest session from the server (new_session), kept here
+   * until treadle_tls_session makes the holder, then kept there. */
+  SSL_SESSION *latest;
+  treadle_tls_session_t *holder; /* holds a reference */
+  bool reused; /* written before OPEN (step 6): the handshake resumed */
   uint8_t in[IN_CAP];
+};
+
+/* A client's session, shared by the connection it came from (which puts
+ * each newer one in) and whoever resumes it. */
+struct treadle_tls_session_s {
+  _Atomic uint32_t refs;
+  treadle_tls_config_t *cfg; /* the connection's: holds a reference */
+  char name[256];            /* the connection's server name, "" for none */
+  treadle__os_mutex_t mu;
+  SSL_SESSION *sess; /* guarded by mu; NULL until the server gave one */
 };
 
 /* ------------------------------------------------------------ messages */
@@ -341,6 +356,30 @@ static void apply_verify(treadle_tls_config_t *c) {
   SSL_CTX_set_verify(c->ctx, mode, NULL);
 }
 
+/* Keeps `sess` (a reference) as client t's newest session, in place of the
+ * one kept before. Under t's mu. */
+static void keep_session(treadle_tls_t *t, SSL_SESSION *sess) {
+  if (t->holder != NULL) {
+    treadle__os_mutex_lock(&t->holder->mu);
+    SSL_SESSION *old = t->holder->sess;
+    t->holder->sess = sess;
+    treadle__os_mutex_unlock(&t->holder->mu);
+    SSL_SESSION_free(old);
+  } else {
+    SSL_SESSION_free(t->latest);
+    t->latest = sess;
+  }
+}
+
+/* A client's server gave a session: at the end of a full TLS 1.2
+ * handshake, or in a TLS 1.3 ticket after any handshake (read by
+ * SSL_read). Runs inside an SSL call, so under the TLS stream's mu.
+ * Returns 1: the reference OpenSSL passed is ours. */
+static int new_session(SSL *ssl, SSL_SESSION *sess) {
+  keep_session(SSL_get_app_data(ssl), sess);
+  return 1;
+}
+
 treadle_err_t treadle_tls_config_new(treadle_tls_role_t role,
                                      treadle_tls_config_t **out) {
   if (out != NULL)
@@ -370,7 +409,15 @@ treadle_err_t treadle_tls_config_new(treadle_tls_role_t role,
   SSL_CTX_set_read_ahead(c->ctx, 1);
   if (c->server) {
     SSL_CTX_set_alpn_select_cb(c->ctx, alpn_select, c);
+    /* Sessions resume from the server's cache or its tickets (both on by
+     * default); a server that verifies clients needs a context name. */
+    SSL_CTX_set_session_id_context(c->ctx, (const unsigned char *)"treadle", 7);
   } else {
+    /* Each session the server gives comes to new_session, not to a cache
+     * of OpenSSL's: treadle_tls_session hands it on. */
+    SSL_CTX_set_session_cache_mode(c->ctx, SSL_SESS_CACHE_CLIENT |
+                                               SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(c->ctx, new_session);
     c->verify = true;
     /* A machine without a system store still gets a configuration: its
      * handshakes then fail verification, which says why. */
@@ -641,6 +688,7 @@ static treadle_err_t tls_new(treadle_tls_config_t *c, treadle_stream_t *s,
     BIO_set_data(rb, t);
     BIO_set_data(wb, t);
     SSL_set_bio(t->ssl, rb, wb); /* the SSL owns them */
+    SSL_set_app_data(t->ssl, t); /* for new_session */
     if (server) {
       SSL_set_accept_state(t->ssl);
     } else {
@@ -854,6 +902,17 @@ static void opened(treadle_tls_t *t) {
   }
   t->version = SSL_version(t->ssl);
   t->verify = SSL_get_verify_result(t->ssl);
+  t->reused = SSL_session_reused(t->ssl) == 1;
+  if (t->reused && !t->server) {
+    /* A resumed TLS 1.2 handshake brings no new session (new_session is
+     * not called): the one it resumed serves again. TLS 1.3's is spent,
+     * and its tickets come later. */
+    SSL_SESSION *sess = SSL_get1_session(t->ssl);
+    if (sess != NULL && SSL_SESSION_is_resumable(sess))
+      keep_session(t, sess);
+    else
+      SSL_SESSION_free(sess);
+  }
   const char *sni = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
   if (t->server && sni != NULL)
     snprintf(t->sni, sizeof t->sni, "%s", sni);
@@ -1233,11 +1292,83 @@ void treadle_tls_free(treadle_tls_t *t) {
     return;
   treadle_stream_free(t->stream);
   SSL_free(t->ssl); /* and its BIO */
+  SSL_SESSION_free(t->latest);
+  treadle_tls_session_free(t->holder);
   treadle__free(t->out);
   treadle_waker_drop(t->w_wait_in);
   treadle_tls_config_unref(t->cfg);
   treadle__os_mutex_destroy(&t->mu);
   treadle__free(t);
+}
+
+treadle_tls_session_t *treadle_tls_session(treadle_tls_t *t) {
+  if (t == NULL || t->server)
+    return NULL;
+  treadle__os_mutex_lock(&t->mu);
+  treadle_tls_session_t *h = t->holder;
+  if (h == NULL && (h = treadle__calloc(1, sizeof *h)) != NULL) {
+    atomic_init(&h->refs, 1); /* the connection's */
+    h->cfg = treadle_tls_config_ref(t->cfg);
+    memcpy(h->name, t->name, sizeof h->name);
+    treadle__os_mutex_init(&h->mu);
+    h->sess = t->latest; /* new_session puts the next ones in h */
+    t->latest = NULL;
+    t->holder = h;
+  }
+  /* Relaxed: taking a reference needs one already held (the connection's,
+   * under mu). */
+  if (h != NULL)
+    atomic_fetch_add_explicit(&h->refs, 1, memory_order_relaxed);
+  treadle__os_mutex_unlock(&t->mu);
+  return h;
+}
+
+void treadle_tls_session_free(treadle_tls_session_t *s) {
+  /* acq_rel: whoever frees has seen every other holder's use. */
+  if (s == NULL ||
+      atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+    return;
+  SSL_SESSION_free(s->sess);
+  treadle_tls_config_unref(s->cfg);
+  treadle__os_mutex_destroy(&s->mu);
+  treadle__free(s);
+}
+
+treadle_err_t treadle_tls_set_session(treadle_tls_t *t,
+                                      treadle_tls_session_t *s) {
+  if (t == NULL || s == NULL || t->server)
+    return TREADLE_EINVAL;
+  treadle_err_t err = 0;
+  treadle__os_mutex_lock(&t->mu);
+  if (!SSL_in_before(t->ssl) || phase_of(t) != HANDSHAKE) {
+    err = TREADLE_EBUSY;
+  } else if (s->cfg == t->cfg && strcmp(s->name, t->name) == 0) {
+    /* Only where this connection would verify the same way: a session
+     * skips the certificate, so one of a configuration that does not
+     * verify, or of another name, must not stand in for it. */
+    treadle__os_mutex_lock(&s->mu);
+    SSL_SESSION *sess = s->sess;
+    if (sess != NULL && SSL_SESSION_is_resumable(sess))
+      SSL_SESSION_up_ref(sess);
+    else
+      sess = NULL;
+    treadle__os_mutex_unlock(&s->mu);
+    if (sess != NULL) {
+      clear_errors();
+      if (!SSL_set_session(t->ssl, sess))
+        err = TREADLE_ENOMEM;
+      ERR_clear_error();
+      SSL_SESSION_free(sess); /* the SSL took its own reference */
+    }
+  }
+  treadle__os_mutex_unlock(&t->mu);
+  return err;
+}
+
+int treadle_tls_session_reused(treadle_tls_t *t) {
+  if (t == NULL)
+    return TREADLE_EINVAL;
+  return phase_of(t) == OPEN ? t->reused : TREADLE_ENOTCONN;
 }
 
 void *treadle__tls_ssl(treadle_tls_t *t) { return t->ssl; }
@@ -1416,5 +1547,24 @@ treadle_stream_t *treadle_tls_stream(treadle_tls_t *t) {
 void treadle_tls_close(treadle_tls_t *t) { (void)t; }
 
 void treadle_tls_free(treadle_tls_t *t) { (void)t; }
+
+treadle_tls_session_t *treadle_tls_session(treadle_tls_t *t) {
+  (void)t;
+  return NULL;
+}
+
+void treadle_tls_session_free(treadle_tls_session_t *s) { (void)s; }
+
+treadle_err_t treadle_tls_set_session(treadle_tls_t *t,
+                                      treadle_tls_session_t *s) {
+  (void)t;
+  (void)s;
+  return TREADLE_ENOTLS;
+}
+
+int treadle_tls_session_reused(treadle_tls_t *t) {
+  (void)t;
+  return TREADLE_ENOTLS;
+}
 
 #endif /* TREADLE_HAVE_OPENSSL */

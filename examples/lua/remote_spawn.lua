@@ -61,9 +61,10 @@ local function main(worker)
   end
   treadle.spawn(spawner, worker, results)
   local names = {"fib", "sum", "nap"}
-  -- one handle per worker's channel, kept: a named channel lives while a
-  -- handle does, so a handle made per send and collected before the
-  -- worker's spawner opened its own would take the jobs queued in it along
+  -- one handle per worker's channel, made once instead of a lookup per
+  -- send; a handle per send would lose nothing either: jobs queued on a
+  -- named channel keep it, findable by name, until the worker's spawner
+  -- takes them, even after every handle that sent them was collected
   local jobch = {}
   for w = 0, workers - 1 do jobch[w] = treadle.channel(16, "jobs:" .. w) end
   for i = 1, njobs do

@@ -10,7 +10,8 @@
 -- commands costs one read and one write. A command costs a few
 -- string.find and string.sub calls and no new table: its arguments go into
 -- one table per connection, reused. Another command gets "-ERR unknown
--- command"; a request that is not RESP gets "-ERR Protocol error" and the
+-- command"; a request that is not RESP (a bulk string whose length is
+-- not followed by CRLF included) gets "-ERR Protocol error" and the
 -- connection closes. current_thread (the store is one worker's table);
 -- SIGINT or SIGTERM stops it.
 local treadle = require "treadle"
@@ -78,6 +79,8 @@ local function parse(buf, pos, args)
     end
     len = tonumber(len)
     if hend + len + 2 > size then return nil end
+    local cr, lf = byte(buf, hend + len + 1, hend + len + 2)
+    if cr ~= 13 or lf ~= 10 then return false end -- the payload's CRLF
     args[i] = sub(buf, hend + 1, hend + len)
     pos = hend + len + 3
   end

@@ -67,6 +67,10 @@ static void every_function_says_enotls(void **state) {
   assert_int_equal(treadle_tls_verify_result(NULL), TREADLE_ENOTLS);
   assert_non_null(treadle_tls_error_message(NULL));
   assert_null(treadle_tls_stream(NULL));
+  assert_null(treadle_tls_session(NULL));
+  treadle_tls_session_free(NULL);
+  assert_int_equal(treadle_tls_set_session(NULL, NULL), TREADLE_ENOTLS);
+  assert_int_equal(treadle_tls_session_reused(NULL), TREADLE_ENOTLS);
   treadle_tls_close(NULL);
   treadle_tls_free(NULL);
   treadle_stream_free(a);

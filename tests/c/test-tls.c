@@ -319,6 +319,92 @@ static void echo(treadle_runtime_t *rt, tls_pair_t *p, size_t len) {
   assert_true(res[2].eof);
 }
 
+/* ------------------------------------------------------------ sessions */
+
+/* One connection of client config cc to server config sc for `name`,
+ * capped at TLS version `max`, offering the session in `resume` (NULL:
+ * none): both handshakes, an echo (whose reads bring TLS 1.3's tickets)
+ * and close_notify both ways. *out (if out) gets the client's session,
+ * taken right after the handshake. Returns whether the handshake resumed,
+ * which both ends must agree on. */
+static int one_connection(treadle_runtime_t *rt, treadle_tls_config_t *cc,
+                          treadle_tls_config_t *sc, const char *name, int max,
+                          treadle_tls_session_t *resume,
+                          treadle_tls_session_t **out) {
+  treadle_stream_t *c, *s;
+  tcp_streams(rt, &c, &s);
+  tls_pair_t p = wrap(cc, sc, name, c, s);
+  assert_int_equal(SSL_set_max_proto_version(treadle__tls_ssl(p.client), max),
+                   1);
+  assert_int_equal(treadle_tls_session_reused(p.client), TREADLE_ENOTCONN);
+  if (resume != NULL)
+    assert_int_equal(treadle_tls_set_session(p.client, resume), 0);
+  handshake_ok(rt, &p);
+  assert_int_equal(treadle_tls_version(p.client), max);
+  if (out != NULL)
+    assert_non_null(*out = treadle_tls_session(p.client));
+  assert_null(treadle_tls_session(p.server));
+  echo(rt, &p, 1000);
+  int reused = treadle_tls_session_reused(p.client);
+  assert_true(reused == 0 || reused == 1);
+  assert_int_equal(treadle_tls_session_reused(p.server), reused);
+  if (resume != NULL) /* too late once the handshake ran */
+    assert_int_equal(treadle_tls_set_session(p.client, resume), TREADLE_EBUSY);
+  pair_free(&p);
+  return reused;
+}
+
+static void sessions_resume(void **state) {
+  (void)state;
+  tls_certs_make(&C);
+  treadle_runtime_t *rt = test_runtime();
+  treadle_tls_config_t *sc = server_config(C.server, C.server_key);
+  treadle_tls_config_t *sc2 = server_config(C.server, C.server_key);
+  treadle_tls_config_t *cc = client_config(C.ca);
+  treadle_tls_config_t *cc2 = client_config(C.ca);
+  const int versions[] = {TREADLE_TLS_VERSION_1_2, TREADLE_TLS_VERSION_1_3};
+  for (int i = 0; i < 2; i++) {
+    int v = versions[i];
+    treadle_tls_session_t *s1, *s2, *s3;
+    assert_int_equal(one_connection(rt, cc, sc, "localhost", v, NULL, &s1), 0);
+    /* s1 was taken before the echo: in TLS 1.3 it filled afterwards. */
+    assert_int_equal(one_connection(rt, cc, sc, "localhost", v, s1, &s2), 1);
+    /* Not offered from another configuration or for another name (a full
+     * handshake), so s2 stays unspent for the next one. */
+    assert_int_equal(one_connection(rt, cc2, sc, "localhost", v, s2, NULL), 0);
+    assert_int_equal(one_connection(rt, cc, sc, "127.0.0.1", v, s2, NULL), 0);
+    assert_int_equal(one_connection(rt, cc, sc, "localhost", v, s2, &s3), 1);
+    /* A server of another configuration knows no session of sc's. */
+    assert_int_equal(one_connection(rt, cc, sc2, "localhost", v, s3, NULL), 0);
+    treadle_tls_session_free(s1);
+    treadle_tls_session_free(s2);
+    treadle_tls_session_free(s3);
+  }
+  /* Bad input. */
+  treadle_stream_t *c, *s;
+  unix_streams(rt, &c, &s);
+  tls_pair_t p = wrap(cc, sc, "localhost", c, s);
+  treadle_tls_session_t *none = treadle_tls_session(p.client);
+  assert_non_null(none); /* empty until a handshake: offering it does nothing */
+  assert_null(treadle_tls_session(NULL));
+  assert_null(treadle_tls_session(p.server));
+  assert_int_equal(treadle_tls_set_session(NULL, none), TREADLE_EINVAL);
+  assert_int_equal(treadle_tls_set_session(p.client, NULL), TREADLE_EINVAL);
+  assert_int_equal(treadle_tls_set_session(p.server, none), TREADLE_EINVAL);
+  assert_int_equal(treadle_tls_set_session(p.client, none), 0);
+  assert_int_equal(treadle_tls_session_reused(NULL), TREADLE_EINVAL);
+  assert_int_equal(treadle_tls_session_reused(p.server), TREADLE_ENOTCONN);
+  treadle_tls_session_free(NULL);
+  pair_free(&p);
+  treadle_tls_session_free(none); /* outlives its connection */
+  treadle_tls_config_unref(cc);
+  treadle_tls_config_unref(cc2);
+  treadle_tls_config_unref(sc);
+  treadle_tls_config_unref(sc2);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+  tls_certs_remove(&C);
+}
+
 /* ------------------------------------------------- handshakes, SNI, ALPN */
 
 static void tcp_handshake_sni_alpn_echo(void **state) {
@@ -1505,6 +1591,7 @@ static const struct CMUnitTest tests[] = {
     RT_TEST(renegotiation_pumps_both_ways),
     TEST(configs_refuse_bad_input),
     RT_TEST(streams_refuse_bad_input),
+    RT_TEST(sessions_resume),
 };
 
 TEST_MAIN(tests)

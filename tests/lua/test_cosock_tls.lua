@@ -112,7 +112,6 @@ T.case("handshake, then an echo with every receive pattern", {skip = skip}, func
   H.eq(err, nil, "no error")
   H.eq(type(sess), "userdata", "a session for reused_session nil")
   H.eq(s:sslhandshake(false, "localhost", true), true, "twice: true at once")
-  H.raises("TLS socket", treadle.select, {s}, 0)
   local info = s:sslinfo()
   H.ok(info.version == "TLSv1.3" or info.version == "TLSv1.2", "a version")
   H.eq(info.server_name, "localhost")
@@ -154,6 +153,111 @@ T.case("handshake, then an echo with every receive pattern", {skip = skip}, func
   H.eq(herr, nil, "an IP server name")
   H.eq(ok, true)
   s:close()
+  l:close()
+  certs.cleanup()
+end)
+
+-- A plain TCP proxy in front of port, for one client: bytes go both ways
+-- as they come, except that while hold.on each piece from the server is
+-- cut after 3 bytes (half a TLS record's header): it sends true on
+-- hold.sent and forwards the rest once hold.go has a value.
+local function proxy(port, hold)
+  local l = assert(tcp.bind("127.0.0.1", 0))
+  local _, pport = l:addr()
+  treadle.spawn(function()
+    local c = l:accept()
+    l:close()
+    local up = assert(tcp.connect("127.0.0.1", port))
+    treadle.spawn(function()
+      while true do
+        local d = c:receiveany(65536)
+        if not d or not up:send(d) then up:close() return end
+      end
+    end)
+    while true do
+      local d = up:receiveany(65536)
+      if not d then c:close() return end
+      if hold.on and #d > 3 then
+        c:send(d:sub(1, 3))
+        hold.sent:send(true)
+        hold.go:recv()
+        d = d:sub(4)
+      end
+      c:send(d)
+    end
+  end)
+  return pport
+end
+
+T.case("select on a TLS socket: records, plaintext OpenSSL holds, half a record, the end",
+       {skip = skip}, function()
+  local certs = make_certs()
+  assert(treadle.tls.set_ca_file(certs.ca_pem))
+  -- Echoes lines; "big N" answers N bytes in one send, "quit" closes.
+  local port, l = tls_server(certs.srv_pem, certs.srv_key, function(c)
+    while true do
+      local line = c:receive("*l")
+      if not line or line == "quit" then c:close() return end
+      local n = tonumber(line:match("^big (%d+)$"))
+      c:send(n and string.rep("y", n) or line .. "\n")
+    end
+  end)
+  local hold = {on = false, sent = treadle.channel(1), go = treadle.channel(1)}
+  local s = connect(proxy(port, hold))
+  H.eq(s:sslhandshake(false, "localhost", true), true)
+  local ch = treadle.channel(1)
+  H.same_table(H.pack(treadle.select({ch, s}, 0)), {n = 2, nil, "timeout"}, "nothing yet")
+  local t = treadle.spawn(function() return table.pack(treadle.select({ch, s})) end)
+  H.settle()
+  H.eq(t:done(), false, "select waits")
+  H.raises("busy", s.receive, s, 1)
+  H.eq(s:send("hello\n"), 6)
+  H.same_table(H.within(5, t.join, t), {n = 2, s, true}, "a record wakes it")
+  H.eq(s:receive("*l"), "hello", "the bytes wait for receive")
+  -- One record of 16000 bytes: a read takes the buffer's room of it and
+  -- OpenSSL keeps the rest decrypted, with nothing left on the socket.
+  H.eq(s:send("big 16000\n"), 10)
+  H.eq(s:receive(100), string.rep("y", 100))
+  local got = 100 + #s:receiveany(20000)
+  H.ok(got < 16000, "the first read took part of the record: " .. got)
+  H.same_table(H.pack(treadle.select({ch, s}, 10)), {n = 2, s, true},
+               "plaintext inside OpenSSL is readable")
+  H.eq(s:receive(16000 - got), string.rep("y", 16000 - got), "the rest of the record")
+  H.same_table(H.pack(treadle.select({s}, 0)), {n = 2, nil, "timeout"}, "and then nothing")
+  -- Half a record on the socket: readable for the socket, not for TLS.
+  hold.on = true
+  H.eq(s:send("half\n"), 5)
+  hold.sent:recv() -- 3 bytes of the answer's record are in s's socket
+  H.same_table(H.pack(treadle.select({ch, s}, 0.2)), {n = 2, nil, "timeout"},
+               "half a record is not readable")
+  hold.on = false
+  hold.go:send(true)
+  H.same_table(H.pack(treadle.select({ch, s}, 10)), {n = 2, s, true}, "the rest of it is")
+  H.eq(s:receive("*l"), "half")
+  -- The peer's close_notify is the end, readable, and receive says closed.
+  H.eq(s:send("quit\n"), 5)
+  H.same_table(H.pack(treadle.select({s}, 10)), {n = 2, s, true}, "the end")
+  H.same_table(H.pack(s:receive()), {n = 3, nil, "closed", ""})
+  s:close()
+  H.same_table(H.pack(treadle.select({s}, 0)), {n = 2, s, true}, "closed: at once")
+  -- Bad input: listed twice, read by another task, during the handshake.
+  s = connect(port)
+  H.eq(s:sslhandshake(false, "localhost", true), true)
+  H.raises("a socket is listed twice", treadle.select, {s, s}, 0)
+  H.same_table(H.pack(treadle.select({s}, 0)), {n = 2, nil, "timeout"}, "free again")
+  local reader = treadle.spawn(function() return s:receive(1) end)
+  H.settle()
+  H.raises("socket busy reading", treadle.select, {s}, 0)
+  reader:abort()
+  s:close()
+  local plain_port, pl = plain_server(function(c) c:receive("*a") end)
+  s = connect(plain_port)
+  local shaking = treadle.spawn(function() return s:sslhandshake(false, nil, false) end)
+  H.settle()
+  H.raises("socket busy reading", treadle.select, {s}, 0)
+  s:close()
+  H.eq(select(2, shaking:join()), "closed")
+  pl:close()
   l:close()
   certs.cleanup()
 end)
@@ -301,6 +405,82 @@ T.case("the keep-alive pool keeps a TLS connection and its TLS", {skip = skip}, 
   end
   H.eq(stats.handshakes, 1, "one TLS handshake for three sessions")
   H.eq(stats.accepted, 1, "one connection")
+  l:close()
+  certs.cleanup()
+end)
+
+T.case("sessions resume: sslhandshake's session object passed back", {skip = skip}, function()
+  local certs = make_certs()
+  assert(treadle.tls.set_ca_file(certs.ca_pem))
+  local seen = {} -- session_reused as the server saw each handshake
+  local port, l, stats = tls_server(certs.srv_pem, certs.srv_key, function(c)
+    seen[#seen + 1] = c:sslinfo().session_reused
+    echo_lines(c)
+  end)
+  -- One connection: its session object and whether it resumed.
+  local function session(sess, name, verify)
+    local s = connect(port)
+    local got, err = s:sslhandshake(sess, name, verify)
+    H.eq(err, nil, "handshake")
+    local reused = s:sslinfo().session_reused
+    H.eq(s:send("x\n"), 2)
+    H.eq(s:receive(), "x", "an echo (TLS 1.3's tickets come before it)")
+    s:close()
+    return got, reused
+  end
+  local first, reused = session(nil, "localhost", true)
+  H.eq(type(first), "userdata", "a session object")
+  H.eq(reused, false, "the first handshake is a full one")
+  -- Each handshake returns its own connection's session: TLS 1.3 asks that
+  -- a ticket serve one resumption, so each is passed on once.
+  local second, third, fourth
+  second, reused = session(first, "localhost", true)
+  H.eq(reused, true, "passed back, it resumes")
+  third, reused = session(second, "localhost", true)
+  H.eq(reused, true, "the resumed connection's session resumes too")
+  fourth, reused = session(third, "localhost", true)
+  H.eq(reused, true)
+  H.eq(select(2, session(fourth, "127.0.0.1", true)), false,
+       "not offered for another server name: a full handshake")
+  H.eq(select(2, session(fourth, "localhost", false)), false,
+       "nor for another ssl_verify")
+  H.eq(select(2, session(fourth, "localhost", true)), true,
+       "offered to neither, it still resumes")
+  H.same_table(seen, {false, true, true, true, false, false, true},
+               "the server saw the same")
+  H.eq(stats.handshakes, 7)
+  -- false asks for no session object.
+  local s = connect(port)
+  H.eq(s:sslhandshake(false, "localhost", true), true, "false: true")
+  s:close()
+  -- A session object taken before its connection read anything fills
+  -- when it reads (TLS 1.3's tickets come after the handshake), and
+  -- outlives its connection.
+  s = connect(port)
+  local early = s:sslhandshake(nil, "localhost", true)
+  local s2 = connect(port)
+  H.eq(type(s2:sslhandshake(early, "localhost", true)), "userdata",
+       "an empty session is no error")
+  if s:sslinfo().version == "TLSv1.3" then
+    H.eq(s2:sslinfo().session_reused, false, "TLS 1.3: no ticket yet, a full handshake")
+  end
+  s2:close()
+  H.eq(s:send("y\n"), 2)
+  H.eq(s:receive(), "y")
+  s:close()
+  H.eq(select(2, session(early, "localhost", true)), true,
+       "after a read it resumes, its connection closed")
+  -- Bad input: anything but nil, false or a session object.
+  s = connect(port)
+  for _, bad in ipairs({true, "session", 1, {}, io.stdout, treadle.channel(1), s}) do
+    H.raises("bad reused_session: nil, false or a session from sslhandshake",
+             s.sslhandshake, s, bad, "localhost", true)
+  end
+  H.eq(type(s:sslhandshake(nil, "localhost", true)), "userdata", "the socket is fine")
+  s:close()
+  first, second, third, fourth, early = nil, nil, nil, nil, nil
+  collectgarbage()
+  collectgarbage() -- the objects' __gc frees the sessions (ASan, valgrind)
   l:close()
   certs.cleanup()
 end)

@@ -315,6 +315,20 @@ T.case("resp_server.lua: PING, SET, GET, DEL, pipelined, errors", {flavors = {"c
     s:send("*1\r\n#bad\r\n")
     H.eq(s:receive("*l"), "-ERR Protocol error")
     H.eq(H.pack(s:receive("*l"))[2], "closed", "closed after a protocol error")
+    -- A bulk string whose declared length is not followed by CRLF: the
+    -- commands before it are answered, then the error, then the close.
+    for _, case in ipairs({
+      {"*1\r\n$3\r\nPINGG\r\n", {}},
+      {"*2\r\n$3\r\nGET\r\n$1\r\nkXY\r\n", {}},
+      {"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nPING\r\n$1\r\nx\n\r", {"+PONG"}},
+    }) do
+      s = connect(port)
+      s:send(case[1])
+      for _, line in ipairs(case[2]) do H.eq(s:receive("*l"), line) end
+      H.eq(s:receive("*l"), "-ERR Protocol error", "no CRLF after the payload: " .. case[1])
+      H.eq(H.pack(s:receive("*l"))[2], "closed", "closed after it")
+      s:close()
+    end
   end)
   os.execute("kill -TERM " .. tonumber(read("pid")) .. " 2>/dev/null")
   H.wait_until(function() return read("rc") ~= nil end, 20, "the server exits")
