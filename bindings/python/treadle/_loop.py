@@ -113,8 +113,9 @@ class _CoreTransport:
     """What treadle's C transports share, over ``_core.StreamCore``
     (bindings/python/transport.c): the runtime's threads read and write
     without the GIL, and the protocol's callbacks run in the loop's
-    iterations. The C core calls ``_eof_received``, ``_fatal_error`` and
-    (a writer) ``_write_event``. ``_fileobj`` is the socket or pipe."""
+    iterations. The C core calls ``_eof_received``, ``_fatal_error``,
+    ``_protocol_error`` and (a writer) ``_write_event``. ``_fileobj`` is
+    the socket or pipe."""
 
     _fileobj = None  # read by __del__ even when __init__ failed
     _core = None
