@@ -13,10 +13,12 @@
  *
  * A C task of the runtime (one a transport) waits on a dup of the socket,
  * registered as a treadle async fd, and without the GIL:
- * - reads: while reading is on, recv()s up to 64 KiB into the core's
- *   buffer and queues `rd_fn` in the loop's ready queue; it reads again
- *   only once that chunk was handed over. rd_fn runs in an iteration
- *   (GIL, the runtime's Python lane) and gives the chunk to the protocol:
+ * - reads: while reading is on, recv()s up to 64 KiB (a pipe: read()s up
+ *   to 256 KiB) into the core's buffer and queues `rd_fn` in the loop's
+ *   ready queue; it reads again only once that chunk was handed over (a
+ *   short read drained the fd, but on a terminal). rd_fn runs in an
+ *   iteration (GIL, the runtime's Python lane) and gives the chunk to the
+ *   protocol:
  *   data_received(bytes), or get_buffer/buffer_updated for a
  *   BufferedProtocol; end of file and errors go to the transport's
  *   _eof_received and _fatal_error. A chunk read before pause_reading
@@ -24,14 +26,15 @@
  * - writes: a small write() to a socket (under COALESCE_MAX) goes into
  *   the core's write buffer and wakes the task, which sends what the
  *   iteration wrote in one send once the iteration has ended (or at once
- *   on another worker): an HTTP response's header and body writes are one system
- *   call, as uvloop's writes queued to the end of its iteration are. A
- *   bigger write with nothing pending is sent at once (the GIL let go for
- *   the call); what is left waits in the buffer, which the task sends when
- *   the socket is writable. It queues `wr_fn` when the
- *   buffer falls to the low-water mark or empties, or a send fails: the
- *   transport then resumes the protocol's writing, finishes a close, or
- *   reports the error. write_eof's shutdown comes after the buffer drains.
+ *   on another worker): an HTTP response's header and body writes are one
+ *   system call, as uvloop's writes queued to the end of its iteration
+ *   are. A bigger write, or any to a pipe, with nothing pending is sent at
+ *   once (the GIL let go for the call); what is left waits in the buffer,
+ *   which the task sends when the fd is writable (a short send says it is
+ *   full). It queues `wr_fn` when the buffer falls to the low-water mark
+ *   or empties, or a send fails: the transport then resumes the
+ *   protocol's writing, finishes a close, or reports the error.
+ *   write_eof's shutdown comes after the buffer drains.
  * The system calls run under the core's mutex, which close() takes before
  * it closes the dup: no call uses an fd number that was closed. */
 #include "pytreadle.h"
@@ -43,6 +46,10 @@
 #include <unistd.h>
 
 #define READ_SIZE (64 * 1024)
+/* A pipe's reads, asyncio's max_size for pipes: bigger than a pipe's
+ * 64 KiB, so that reading a full pipe is a short read, which clears the
+ * readiness (no read that answers EAGAIN after it). */
+#define PIPE_READ_SIZE (256 * 1024)
 /* Writes to a socket smaller than this wait for the task's send (see
  * above). A pipe's are written at once, as asyncio's are: a program that
  * writes to a child and then reads its answer without the loop (a
@@ -82,7 +89,8 @@ typedef struct strm_s {
   bool wr_queued;         /* wr_fn is in the ready queue */
   int werr;               /* errno of a failed send: the buffer is dropped */
   uint64_t task_recvs, task_sends, inline_sends; /* counts, for tests */
-  char *rbuf;             /* READ_SIZE bytes, malloc'd apart: calloc would
+  size_t rsize;           /* READ_SIZE, or PIPE_READ_SIZE for a pipe */
+  char *rbuf;             /* rsize bytes, malloc'd apart: calloc would
                              touch every page, and small reads touch one */
 } strm_t;
 
@@ -168,6 +176,10 @@ static void task_send(strm_t *s, int fd, const treadle_ready_t *rdy) {
       break;
     }
     s->woff += (size_t)n;
+    if (s->woff < s->wlen) { /* a short write: the kernel's buffer is full */
+      treadle_async_fd_clear_ready(s->afd, rdy, TREADLE_WRITABLE);
+      break;
+    }
   }
   size_t after = s->wlen - s->woff;
   if (after == 0) {
@@ -192,7 +204,7 @@ static void task_recv(strm_t *s, int fd, const treadle_ready_t *rdy) {
   ssize_t n = 0;
   if (s->pipe != PIPE_WRITE) {
     do
-      n = s->pipe ? read(fd, s->rbuf, READ_SIZE) : recv(fd, s->rbuf, READ_SIZE, 0);
+      n = s->pipe ? read(fd, s->rbuf, s->rsize) : recv(fd, s->rbuf, s->rsize, 0);
     while (n < 0 && errno == EINTR);
   }
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
@@ -200,7 +212,7 @@ static void task_recv(strm_t *s, int fd, const treadle_ready_t *rdy) {
     return;
   }
   s->task_recvs += s->pipe != PIPE_WRITE; /* a read was made */
-  if (n > 0 && n < READ_SIZE && s->short_drains) /* the next edge is a new event */
+  if (n > 0 && (size_t)n < s->rsize && s->short_drains) /* the next edge is new */
     treadle_async_fd_clear_ready(s->afd, rdy, TREADLE_READABLE);
   s->rlen = n < 0 ? -errno : n;
   s->roff = 0;
@@ -448,7 +460,8 @@ static int core_init(coreobj_t *o, PyObject *args, PyObject *kw) {
     return -1;
   }
   strm_t *s = calloc(1, sizeof *s);
-  char *rbuf = s != NULL ? malloc(READ_SIZE) : NULL;
+  size_t rsize = kind != 0 ? PIPE_READ_SIZE : READ_SIZE;
+  char *rbuf = s != NULL ? malloc(rsize) : NULL;
   if (rbuf == NULL) {
     free(s);
     close(dup_fd);
@@ -456,6 +469,7 @@ static int core_init(coreobj_t *o, PyObject *args, PyObject *kw) {
     return -1;
   }
   s->rbuf = rbuf;
+  s->rsize = rsize;
   s->pipe = kind;
   struct stat st;
   s->short_drains = fstat(dup_fd, &st) == 0 && !S_ISCHR(st.st_mode);
