@@ -1,32 +1,40 @@
-/* The C core of treadle.EventLoop's stream transport (TCP and Unix stream
- * sockets; ARCHITECTURE.md "asyncio loop", item 7).
+/* The C core of treadle.EventLoop's stream and pipe transports (TCP and
+ * Unix stream sockets, pipes; ARCHITECTURE.md "asyncio loop", item 7).
  *
- * StreamCore does the socket's system calls; the Python class around it
- * (treadle._loop._StreamTransport) keeps asyncio's transport semantics
- * (close, abort, flow control, the protocol's connection_made/lost), as
- * asyncio's _SelectorSocketTransport has them.
+ * StreamCore does the socket's or pipe's system calls; the Python class
+ * around it (treadle._loop._StreamTransport, _ReadPipeTransport,
+ * _WritePipeTransport) keeps asyncio's transport semantics (close, abort,
+ * flow control, the protocol's connection_made/lost), as asyncio's
+ * _SelectorSocketTransport and _UnixRead/WritePipeTransport have them.
+ * A pipe's core (pipe=PIPE_READ or PIPE_WRITE) read()s and write()s where
+ * a socket's recv()s and send()s; a write pipe's task reads nothing but
+ * waits for readiness to read, which there is the reader's close, handed
+ * to rd_fn as end of file.
  *
  * A C task of the runtime (one a transport) waits on a dup of the socket,
  * registered as a treadle async fd, and without the GIL:
- * - reads: while reading is on, recv()s up to 64 KiB into the core's
- *   buffer and queues `rd_fn` in the loop's ready queue; it reads again
- *   only once that chunk was handed over. rd_fn runs in an iteration
- *   (GIL, the runtime's Python lane) and gives the chunk to the protocol:
+ * - reads: while reading is on, recv()s up to 64 KiB (a pipe: read()s up
+ *   to 256 KiB) into the core's buffer and queues `rd_fn` in the loop's
+ *   ready queue; it reads again only once that chunk was handed over (a
+ *   short read drained the fd, but on a terminal). rd_fn runs in an
+ *   iteration (GIL, the runtime's Python lane) and gives the chunk to the
+ *   protocol:
  *   data_received(bytes), or get_buffer/buffer_updated for a
  *   BufferedProtocol; end of file and errors go to the transport's
  *   _eof_received and _fatal_error. A chunk read before pause_reading
  *   waits in the core until resume_reading.
- * - writes: a small write() (under COALESCE_MAX) goes into the core's
- *   write buffer and wakes the task, which sends what the iteration wrote
- *   in one send once the iteration has ended (or at once on another
- *   worker): an HTTP response's header and body writes are one system
- *   call, as uvloop's writes queued to the end of its iteration are. A
- *   bigger write with nothing pending is sent at once (the GIL let go for
- *   the call); what is left waits in the buffer, which the task sends when
- *   the socket is writable. It queues `wr_fn` when the
- *   buffer falls to the low-water mark or empties, or a send fails: the
- *   transport then resumes the protocol's writing, finishes a close, or
- *   reports the error. write_eof's shutdown comes after the buffer drains.
+ * - writes: a small write() to a socket (under COALESCE_MAX) goes into
+ *   the core's write buffer and wakes the task, which sends what the
+ *   iteration wrote in one send once the iteration has ended (or at once
+ *   on another worker): an HTTP response's header and body writes are one
+ *   system call, as uvloop's writes queued to the end of its iteration
+ *   are. A bigger write, or any to a pipe, with nothing pending is sent at
+ *   once (the GIL let go for the call); what is left waits in the buffer,
+ *   which the task sends when the fd is writable (a short send says it is
+ *   full). It queues `wr_fn` when the buffer falls to the low-water mark
+ *   or empties, or a send fails: the transport then resumes the
+ *   protocol's writing, finishes a close, or reports the error.
+ *   write_eof's shutdown comes after the buffer drains.
  * The system calls run under the core's mutex, which close() takes before
  * it closes the dup: no call uses an fd number that was closed. */
 #include "pytreadle.h"
@@ -34,11 +42,23 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define READ_SIZE (64 * 1024)
-/* Writes smaller than this wait for the task's send (see above). */
+/* A pipe's reads, asyncio's max_size for pipes: bigger than a pipe's
+ * 64 KiB, so that reading a full pipe is a short read, which clears the
+ * readiness (no read that answers EAGAIN after it). */
+#define PIPE_READ_SIZE (256 * 1024)
+/* Writes to a socket smaller than this wait for the task's send (see
+ * above). A pipe's are written at once, as asyncio's are: a program that
+ * writes to a child and then reads its answer without the loop (a
+ * blocking read) must find the bytes in the pipe. */
 #define COALESCE_MAX (16 * 1024)
+/* StreamCore(pipe=...): a read pipe's core read()s; a write pipe's
+ * write()s and only watches for readiness to read, which on the write end
+ * of a pipe (an error event) or a socket means that the reader closed. */
+enum { PIPE_READ = 1, PIPE_WRITE = 2 };
 
 typedef struct strm_s {
   ready_fn_t rd_fn, wr_fn;
@@ -47,6 +67,9 @@ typedef struct strm_s {
   PyObject *transport;    /* GIL; the Python transport, until close */
   PyObject *protocol;     /* GIL; what rd_fn gives data to */
   bool buffered;          /* GIL; protocol is a BufferedProtocol */
+  int pipe;               /* PIPE_READ or PIPE_WRITE, else 0; set at init */
+  bool short_drains;      /* a short read drained the fd (not a terminal,
+                             which hands out a line a read); set at init */
   treadle_async_fd_t *afd;
   treadle_join_t *join;   /* GIL */
   pthread_mutex_t mu;
@@ -66,7 +89,8 @@ typedef struct strm_s {
   bool wr_queued;         /* wr_fn is in the ready queue */
   int werr;               /* errno of a failed send: the buffer is dropped */
   uint64_t task_recvs, task_sends, inline_sends; /* counts, for tests */
-  char *rbuf;             /* READ_SIZE bytes, malloc'd apart: calloc would
+  size_t rsize;           /* READ_SIZE, or PIPE_READ_SIZE for a pipe */
+  char *rbuf;             /* rsize bytes, malloc'd apart: calloc would
                              touch every page, and small reads touch one */
 } strm_t;
 
@@ -77,7 +101,7 @@ typedef struct {
 
 static PyTypeObject core_type;
 static PyObject *str_data_received, *str_get_buffer, *str_buffer_updated,
-    *str_eof_received, *str_fatal_error, *str_write_event;
+    *str_eof_received, *str_fatal_error, *str_protocol_error, *str_write_event;
 
 static strm_t *strm_ref(strm_t *s) {
   /* Relaxed: a new reference from one held. */
@@ -126,13 +150,21 @@ static void queue_fn(strm_t *s, ready_fn_t *f, bool *flag) {
 
 /* ----------------------------------------------------------- the task */
 
+/* A socket's send, without SIGPIPE; a pipe's write (SIGPIPE is Python's
+ * to ignore, as for asyncio's os.write). EINTR is retried. */
+static ssize_t put(const strm_t *s, int fd, const char *p, size_t len) {
+  ssize_t n;
+  do
+    n = s->pipe ? write(fd, p, len) : send(fd, p, len, MSG_NOSIGNAL);
+  while (n < 0 && errno == EINTR);
+  return n;
+}
+
 /* mu held, no GIL: sends what is pending. */
 static void task_send(strm_t *s, int fd, const treadle_ready_t *rdy) {
   size_t before = s->wlen - s->woff;
   while (s->woff < s->wlen) {
-    ssize_t n = send(fd, s->wbuf + s->woff, s->wlen - s->woff, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR)
-      continue;
+    ssize_t n = put(s, fd, s->wbuf + s->woff, s->wlen - s->woff);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
       treadle_async_fd_clear_ready(s->afd, rdy, TREADLE_WRITABLE);
       break;
@@ -144,6 +176,10 @@ static void task_send(strm_t *s, int fd, const treadle_ready_t *rdy) {
       break;
     }
     s->woff += (size_t)n;
+    if (s->woff < s->wlen) { /* a short write: the kernel's buffer is full */
+      treadle_async_fd_clear_ready(s->afd, rdy, TREADLE_WRITABLE);
+      break;
+    }
   }
   size_t after = s->wlen - s->woff;
   if (after == 0) {
@@ -161,18 +197,22 @@ static void task_send(strm_t *s, int fd, const treadle_ready_t *rdy) {
   }
 }
 
-/* mu held, no GIL: reads one chunk and queues rd_fn. */
+/* mu held, no GIL: reads one chunk and queues rd_fn. A write pipe reads
+ * nothing: its readiness is the reader's close, handed over as end of
+ * file. */
 static void task_recv(strm_t *s, int fd, const treadle_ready_t *rdy) {
-  ssize_t n;
-  do
-    n = recv(fd, s->rbuf, READ_SIZE, 0);
-  while (n < 0 && errno == EINTR);
+  ssize_t n = 0;
+  if (s->pipe != PIPE_WRITE) {
+    do
+      n = s->pipe ? read(fd, s->rbuf, s->rsize) : recv(fd, s->rbuf, s->rsize, 0);
+    while (n < 0 && errno == EINTR);
+  }
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
     treadle_async_fd_clear_ready(s->afd, rdy, TREADLE_READABLE);
     return;
   }
-  s->task_recvs++;
-  if (n > 0 && n < READ_SIZE) /* drained: the next edge is a new event */
+  s->task_recvs += s->pipe != PIPE_WRITE; /* a read was made */
+  if (n > 0 && (size_t)n < s->rsize && s->short_drains) /* the next edge is new */
     treadle_async_fd_clear_ready(s->afd, rdy, TREADLE_READABLE);
   s->rlen = n < 0 ? -errno : n;
   s->roff = 0;
@@ -224,24 +264,26 @@ static const treadle_task_vtable_t task_vt = {.poll = task_poll, .drop = task_dr
 
 /* ------------------------------------------------- in the loop (GIL) */
 
-/* GIL: the transport method `name` with (exc, message): _fatal_error. */
-static void fatal(strm_t *s, PyObject *exc, const char *message) {
+/* GIL: the transport method `name` with (exc, message): _fatal_error or
+ * _protocol_error. */
+static void fatal(strm_t *s, PyObject *name, PyObject *exc, const char *message) {
   PyObject *msg = PyUnicode_FromString(message);
   PyObject *res = msg != NULL && s->transport != NULL
-                      ? PyObject_CallMethodObjArgs(s->transport, str_fatal_error, exc, msg, NULL)
+                      ? PyObject_CallMethodObjArgs(s->transport, name, exc, msg, NULL)
                       : NULL;
   Py_XDECREF(res);
   Py_XDECREF(msg);
 }
 
 /* GIL: a protocol callback raised: SystemExit and KeyboardInterrupt stay
- * set for the loop; anything else is the transport's fatal error. */
+ * set for the loop; anything else goes to the transport's _protocol_error
+ * (a socket's fatal error; a read pipe's loop exception handler). */
 static bool callback_failed(strm_t *s, const char *message) {
   if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
       PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
     return true;
   PyObject *exc = pyt_fetch_exception();
-  fatal(s, exc, message);
+  fatal(s, str_protocol_error, exc, message);
   Py_DECREF(exc);
   return true;
 }
@@ -305,7 +347,8 @@ static void deliver(strm_t *s) {
         errno = (int)-n;
         PyErr_SetFromErrno(PyExc_OSError);
         PyObject *exc = pyt_fetch_exception();
-        fatal(s, exc, "Fatal read error on socket transport");
+        fatal(s, str_fatal_error, exc, s->pipe ? "Fatal read error on pipe transport"
+                              : "Fatal read error on socket transport");
         Py_XDECREF(exc);
       }
       Py_DECREF(tr);
@@ -379,13 +422,19 @@ static int check_live(coreobj_t *o) {
   return 0;
 }
 
-/* StreamCore(loop, fd, transport): dups fd and starts the task. */
+/* StreamCore(loop, fd, transport, pipe=0): dups fd and starts the task;
+ * pipe is PIPE_READ or PIPE_WRITE for a pipe transport's core. */
 static int core_init(coreobj_t *o, PyObject *args, PyObject *kw) {
-  static char *names[] = {"loop", "fd", "transport", NULL};
+  static char *names[] = {"loop", "fd", "transport", "pipe", NULL};
   PyObject *loop, *transport;
-  int fd;
-  if (!PyArg_ParseTupleAndKeywords(args, kw, "OiO", names, &loop, &fd, &transport))
+  int fd, kind = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kw, "OiO|$i", names, &loop, &fd, &transport, &kind))
     return -1;
+  if (kind != 0 && kind != PIPE_READ && kind != PIPE_WRITE) {
+    PyErr_Format(PyExc_ValueError, "StreamCore: pipe must be 0, %d (read) or %d (write)",
+                 PIPE_READ, PIPE_WRITE);
+    return -1;
+  }
   if (o->s != NULL) {
     PyErr_SetString(PyExc_RuntimeError, "StreamCore is initialised already");
     return -1;
@@ -411,7 +460,8 @@ static int core_init(coreobj_t *o, PyObject *args, PyObject *kw) {
     return -1;
   }
   strm_t *s = calloc(1, sizeof *s);
-  char *rbuf = s != NULL ? malloc(READ_SIZE) : NULL;
+  size_t rsize = kind != 0 ? PIPE_READ_SIZE : READ_SIZE;
+  char *rbuf = s != NULL ? malloc(rsize) : NULL;
   if (rbuf == NULL) {
     free(s);
     close(dup_fd);
@@ -419,6 +469,10 @@ static int core_init(coreobj_t *o, PyObject *args, PyObject *kw) {
     return -1;
   }
   s->rbuf = rbuf;
+  s->rsize = rsize;
+  s->pipe = kind;
+  struct stat st;
+  s->short_drains = fstat(dup_fd, &st) == 0 && !S_ISCHR(st.st_mode);
   s->rd_fn.fn = rd_fn;
   s->wr_fn.fn = wr_fn;
   atomic_init(&s->refs, 1);
@@ -495,13 +549,10 @@ static PyObject *core_write(coreobj_t *o, PyObject *data) {
   int fd = treadle_async_fd_fd(s->afd);
   if (s->closed || fd < 0 || s->werr != 0)
     len = 0; /* dropped, as the transport's lost connection drops it */
-  if (len > 0 && s->wlen == s->woff && len < COALESCE_MAX)
+  if (len > 0 && s->wlen == s->woff && len < COALESCE_MAX && !s->pipe)
     w = waker_locked(s); /* buffered below; the task sends it */
   else if (len > 0 && s->wlen == s->woff) {
-    ssize_t n;
-    do
-      n = send(fd, p, len, MSG_NOSIGNAL);
-    while (n < 0 && errno == EINTR);
+    ssize_t n = put(s, fd, p, len);
     s->inline_sends++;
     if (n >= 0) {
       p += n;
@@ -633,6 +684,11 @@ static PyObject *core_shutdown(coreobj_t *o, PyObject *Py_UNUSED(u)) {
   int err = 0;
   pthread_mutex_lock(&s->mu);
   int fd = treadle_async_fd_fd(s->afd);
+  if (s->pipe) {
+    PyErr_SetString(PyExc_ValueError, "shutdown_after_drain() is for sockets");
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+  }
   if (!s->closed && fd >= 0) {
     if (s->wlen == s->woff) {
       if (shutdown(fd, SHUT_WR) < 0)
@@ -649,7 +705,8 @@ static PyObject *core_shutdown(coreobj_t *o, PyObject *Py_UNUSED(u)) {
   Py_RETURN_NONE;
 }
 
-/* counts(): (recvs by the task, sends by the task, sends in write()):
+/* counts(): (recvs by the task, sends by the task, sends in write();
+ * a pipe's reads and writes):
  * the task's calls ran on the runtime's threads without the GIL. */
 static PyObject *core_counts(coreobj_t *o, PyObject *Py_UNUSED(u)) {
   if (check_live(o) < 0)
@@ -709,11 +766,22 @@ int pyt_transport_init(PyObject *m) {
   struct { PyObject **s; const char *v; } strs[] = {
       {&str_data_received, "data_received"}, {&str_get_buffer, "get_buffer"},
       {&str_buffer_updated, "buffer_updated"}, {&str_eof_received, "_eof_received"},
-      {&str_fatal_error, "_fatal_error"}, {&str_write_event, "_write_event"}};
+      {&str_fatal_error, "_fatal_error"}, {&str_protocol_error, "_protocol_error"},
+      {&str_write_event, "_write_event"}};
   for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
     if ((*strs[i].s = PyUnicode_InternFromString(strs[i].v)) == NULL)
       return -1;
   if (PyType_Ready(&core_type) < 0)
     return -1;
+  struct { const char *name; long v; } consts[] = {{"PIPE_READ", PIPE_READ},
+                                                   {"PIPE_WRITE", PIPE_WRITE}};
+  for (size_t i = 0; i < sizeof consts / sizeof consts[0]; i++) {
+    PyObject *v = PyLong_FromLong(consts[i].v);
+    int rc = v != NULL ? PyDict_SetItemString(core_type.tp_dict, consts[i].name, v) : -1;
+    Py_XDECREF(v);
+    if (rc < 0)
+      return -1;
+  }
+  PyType_Modified(&core_type);
   return PyModule_AddObjectRef(m, "StreamCore", (PyObject *)&core_type);
 }

@@ -19,6 +19,7 @@ import functools
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import weakref
@@ -133,75 +134,31 @@ class _WatcherView:
         return selector_events.selectors.SelectorKey(fd, fd, events, (reader, writer))
 
 
-class _StreamTransport(transports._FlowControlMixin, transports.Transport):
-    """The transport of TCP and Unix stream sockets: asyncio's
-    _SelectorSocketTransport, method for method, whose reads and writes
-    are C's (``_core.StreamCore``, bindings/python/transport.c): the
-    runtime's threads read and send without the GIL, and the protocol's
-    callbacks run in the loop's iterations."""
+def _set_fileobj(self: "_CoreTransport", f: Any) -> None:
+    self._fileobj = f
 
-    _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
 
-    _sock = None  # read by __del__ even when __init__ failed
+# A C transport's socket or pipe under asyncio's name for it (_sock,
+# _pipe), which some code reads and asyncio's tests set.
+_fileobj_alias = property(lambda self: self._fileobj, _set_fileobj)
+
+
+class _CoreTransport:
+    """What treadle's C transports share, over ``_core.StreamCore``
+    (bindings/python/transport.c): the runtime's threads read and write
+    without the GIL, and the protocol's callbacks run in the loop's
+    iterations. The C core calls ``_eof_received``, ``_fatal_error``,
+    ``_protocol_error`` and (a writer) ``_write_event``. ``_fileobj`` is
+    the socket or pipe."""
+
+    _fileobj = None  # read by __del__ even when __init__ failed
     _core = None
 
-    def __init__(self, loop: "EventLoop", sock: socket.socket, protocol: Any,
-                 waiter: Optional[asyncio.Future] = None, extra: Optional[dict] = None,
-                 server: Any = None) -> None:
-        super().__init__(extra, loop)
-        self._extra['socket'] = trsock.TransportSocket(sock)
-        try:
-            self._extra['sockname'] = sock.getsockname()
-        except OSError:
-            self._extra['sockname'] = None
-        if 'peername' not in self._extra:
-            try:
-                self._extra['peername'] = sock.getpeername()
-            except OSError:
-                self._extra['peername'] = None
-        self._sock_fd = sock.fileno()
-        self._core = _core.StreamCore(loop, self._sock_fd, self)
-        self._sock = sock
-        self._core.set_low(self._low_water)
-        self._protocol_connected = False
-        self.set_protocol(protocol)
-        self._server = server
-        self._conn_lost = 0  # set when connection_lost is scheduled
-        self._closing = False  # set by close()
-        self._eof = False
-        self._paused = False
-        self._empty_waiter: Optional[asyncio.Future] = None
-        if server is not None:
-            server._attach()
-        loop._transports[self._sock_fd] = self
-        base_events._set_nodelay(sock)
-        loop.call_soon(self._protocol.connection_made, self)
-        # only start reading when connection_made() has been called
-        loop.call_soon(self._start_reading)
-        if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
-
-    def __repr__(self) -> str:
-        info = [self.__class__.__name__]
-        if self._sock is None:
-            info.append('closed')
-        elif self._closing:
-            info.append('closing')
-        info.append(f'fd={self._sock_fd}')
-        if self._loop is not None and not self._loop.is_closed():
-            info.append('read=polling' if self.is_reading() else 'read=idle')
-            size = self.get_write_buffer_size()
-            info.append(f"write=<{'polling' if size else 'idle'}, bufsize={size}>")
-        return '<{}>'.format(' '.join(info))
-
     def __del__(self, _warn: Callable[..., Any] = warnings.warn) -> None:
-        if self._sock is not None:
+        if self._fileobj is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
             self._core.close()
-            self._sock.close()
-
-    # ---------------------------------------------------------- protocol
+            self._fileobj.close()
 
     def set_protocol(self, protocol: Any) -> None:
         self._protocol = protocol
@@ -211,7 +168,60 @@ class _StreamTransport(transports._FlowControlMixin, transports.Transport):
     def get_protocol(self) -> Any:
         return self._protocol
 
-    # ----------------------------------------------------------- reading
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def _quiet_error(self, exc: BaseException) -> bool:
+        """An error that _fatal_error only logs in debug mode, rather than
+        giving it to the loop's exception handler."""
+        return isinstance(exc, OSError)
+
+    def _fatal_error(self, exc: BaseException, message: str = 'Fatal error on transport') -> None:
+        if self._quiet_error(exc):
+            if self._loop.get_debug():
+                base_events.logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self,
+                'protocol': self._protocol,
+            })
+        self._force_close(exc)
+
+    def _protocol_error(self, exc: BaseException, message: str) -> None:
+        """A protocol callback that the C core made raised exc."""
+        self._fatal_error(exc, message)
+
+    def _force_close(self, exc: Optional[BaseException]) -> None:
+        if self._conn_lost:
+            return
+        self._core.drop_buffer()
+        if not self._closing:
+            self._closing = True
+            self._core.reading(False)
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
+        try:
+            if self._protocol_connected:
+                self._protocol.connection_lost(exc)
+        finally:
+            self._core.close()  # closes the C side's dup first: the peer sees the close
+            self._fileobj.close()
+            self._fileobj = None
+            self._protocol = None
+            self._loop = None
+
+    def _counts(self) -> tuple:
+        """(read calls, write calls) of the C task, without the GIL, and
+        write calls made by write() itself: for tests."""
+        return self._core.counts()
+
+
+class _CoreReading:
+    """The reading half of a C transport: pause_reading, resume_reading."""
 
     def _start_reading(self) -> None:
         if not self._closing and not self._paused:
@@ -235,6 +245,107 @@ class _StreamTransport(transports._FlowControlMixin, transports.Transport):
         self._core.reading(True)
         if self._loop.get_debug():
             base_events.logger.debug("%r resumes reading", self)
+
+
+class _CoreWriting:
+    """The writing half of a C transport: the buffer the C task sends,
+    flow control (with transports._FlowControlMixin), abort."""
+
+    _empty_waiter: Optional[asyncio.Future] = None  # sendfile's (sockets)
+    _write_error_message = 'Fatal write error on socket transport'
+
+    def _write_event(self, err: int) -> None:
+        """The C writer sent down to the low-water mark or to empty, or a
+        write failed (err, an errno): asyncio's _write_ready's ending."""
+        if self._conn_lost:
+            return
+        if err:
+            exc = OSError(err, os.strerror(err))
+            self._fatal_error(exc, self._write_error_message)
+            if self._empty_waiter is not None:
+                self._empty_waiter.set_exception(exc)
+            return
+        self._maybe_resume_protocol()  # may write more
+        if not self._core.get_write_buffer_size():
+            if self._empty_waiter is not None:
+                self._empty_waiter.set_result(None)
+            if self._closing:
+                self._call_connection_lost(None)
+            # a socket's write_eof shutdown: done by the C writer
+
+    def get_write_buffer_size(self) -> int:
+        return self._core.get_write_buffer_size()
+
+    def _set_write_buffer_limits(self, high: Optional[int] = None,
+                                 low: Optional[int] = None) -> None:
+        super()._set_write_buffer_limits(high, low)
+        if self._core is not None:
+            self._core.set_low(self._low_water)
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+
+class _StreamTransport(_CoreTransport, _CoreReading, _CoreWriting,
+                       transports._FlowControlMixin, transports.Transport):
+    """The transport of TCP and Unix stream sockets: asyncio's
+    _SelectorSocketTransport, method for method, on the C core."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(self, loop: "EventLoop", sock: socket.socket, protocol: Any,
+                 waiter: Optional[asyncio.Future] = None, extra: Optional[dict] = None,
+                 server: Any = None) -> None:
+        super().__init__(extra, loop)
+        self._extra['socket'] = trsock.TransportSocket(sock)
+        try:
+            self._extra['sockname'] = sock.getsockname()
+        except OSError:
+            self._extra['sockname'] = None
+        if 'peername' not in self._extra:
+            try:
+                self._extra['peername'] = sock.getpeername()
+            except OSError:
+                self._extra['peername'] = None
+        self._sock_fd = sock.fileno()
+        self._core = _core.StreamCore(loop, self._sock_fd, self)
+        self._fileobj = sock
+        self._core.set_low(self._low_water)
+        self._protocol_connected = False
+        self.set_protocol(protocol)
+        self._server = server
+        self._conn_lost = 0  # set when connection_lost is scheduled
+        self._closing = False  # set by close()
+        self._eof = False
+        self._paused = False
+        self._empty_waiter = None
+        if server is not None:
+            server._attach()
+        loop._transports[self._sock_fd] = self
+        base_events._set_nodelay(sock)
+        loop.call_soon(self._protocol.connection_made, self)
+        # only start reading when connection_made() has been called
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    _sock = _fileobj_alias
+
+    def __repr__(self) -> str:
+        info = [self.__class__.__name__]
+        if self._fileobj is None:
+            info.append('closed')
+        elif self._closing:
+            info.append('closing')
+        info.append(f'fd={self._sock_fd}')
+        if self._loop is not None and not self._loop.is_closed():
+            info.append('read=polling' if self.is_reading() else 'read=idle')
+            size = self.get_write_buffer_size()
+            info.append(f"write=<{'polling' if size else 'idle'}, bufsize={size}>")
+        return '<{}>'.format(' '.join(info))
+
+    # ----------------------------------------------------------- reading
 
     def _eof_received(self) -> None:
         """The C reader read end of file (asyncio's _read_ready__on_eof)."""
@@ -287,34 +398,6 @@ class _StreamTransport(transports._FlowControlMixin, transports.Transport):
             return False
         return True
 
-    def _write_event(self, err: int) -> None:
-        """The C writer sent down to the low-water mark or to empty, or a
-        send failed (err, an errno): asyncio's _write_ready's ending."""
-        if self._conn_lost:
-            return
-        if err:
-            exc = OSError(err, os.strerror(err))
-            self._fatal_error(exc, 'Fatal write error on socket transport')
-            if self._empty_waiter is not None:
-                self._empty_waiter.set_exception(exc)
-            return
-        self._maybe_resume_protocol()  # may write more
-        if not self._core.get_write_buffer_size():
-            if self._empty_waiter is not None:
-                self._empty_waiter.set_result(None)
-            if self._closing:
-                self._call_connection_lost(None)
-            # write_eof's shutdown: done by the C writer
-
-    def get_write_buffer_size(self) -> int:
-        return self._core.get_write_buffer_size()
-
-    def _set_write_buffer_limits(self, high: Optional[int] = None,
-                                 low: Optional[int] = None) -> None:
-        super()._set_write_buffer_limits(high, low)
-        if self._core is not None:
-            self._core.set_low(self._low_water)
-
     def write_eof(self) -> None:
         if self._closing or self._eof:
             return
@@ -337,9 +420,6 @@ class _StreamTransport(transports._FlowControlMixin, transports.Transport):
 
     # ----------------------------------------------------------- closing
 
-    def is_closing(self) -> bool:
-        return self._closing
-
     def close(self) -> None:
         if self._closing:
             return
@@ -349,42 +429,10 @@ class _StreamTransport(transports._FlowControlMixin, transports.Transport):
             self._conn_lost += 1
             self._loop.call_soon(self._call_connection_lost, None)
 
-    def abort(self) -> None:
-        self._force_close(None)
-
-    def _fatal_error(self, exc: BaseException, message: str = 'Fatal error on transport') -> None:
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                base_events.logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler({
-                'message': message,
-                'exception': exc,
-                'transport': self,
-                'protocol': self._protocol,
-            })
-        self._force_close(exc)
-
-    def _force_close(self, exc: Optional[BaseException]) -> None:
-        if self._conn_lost:
-            return
-        self._core.drop_buffer()
-        if not self._closing:
-            self._closing = True
-            self._core.reading(False)
-        self._conn_lost += 1
-        self._loop.call_soon(self._call_connection_lost, exc)
-
     def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
         try:
-            if self._protocol_connected:
-                self._protocol.connection_lost(exc)
+            super()._call_connection_lost(exc)
         finally:
-            self._core.close()  # closes the C side's dup first: the peer sees the close
-            self._sock.close()
-            self._sock = None
-            self._protocol = None
-            self._loop = None
             server = self._server
             if server is not None:
                 server._detach()
@@ -393,10 +441,183 @@ class _StreamTransport(transports._FlowControlMixin, transports.Transport):
             self._empty_waiter.set_exception(
                 ConnectionError("Connection is closed by peer"))
 
-    def _counts(self) -> tuple:
-        """(recv calls, send calls) of the C task, without the GIL, and
-        send calls made by write() itself: for tests."""
-        return self._core.counts()
+
+def _pipe_kind(pipe: Any, what: str) -> int:
+    """The st_mode of a pipe transport's fd: ValueError unless it is a
+    pipe, a socket or a character device (asyncio's rule)."""
+    mode = os.fstat(pipe.fileno()).st_mode
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)):
+        raise ValueError(what)
+    return mode
+
+
+class _ReadPipeTransport(_CoreTransport, _CoreReading, transports.ReadTransport):
+    """connect_read_pipe's transport (and a subprocess's stdout and
+    stderr): asyncio's _UnixReadPipeTransport on the C core, which read()s
+    the pipe on the runtime's threads."""
+
+    def __init__(self, loop: "EventLoop", pipe: Any, protocol: Any,
+                 waiter: Optional[asyncio.Future] = None,
+                 extra: Optional[dict] = None) -> None:
+        super().__init__(extra)
+        self._extra['pipe'] = pipe
+        self._loop = loop
+        self._fileno = pipe.fileno()
+        _pipe_kind(pipe, "Pipe transport is for pipes/sockets only.")
+        os.set_blocking(self._fileno, False)
+        self._core = _core.StreamCore(loop, self._fileno, self, pipe=_core.StreamCore.PIPE_READ)
+        self._fileobj = pipe
+        self._closing = False
+        self._paused = False
+        self._conn_lost = 0
+        self.set_protocol(protocol)
+        loop._pipe_transports.add(self)
+        loop.call_soon(self._protocol.connection_made, self)
+        # only start reading when connection_made() has been called
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    _pipe = _fileobj_alias
+
+    def __repr__(self) -> str:
+        info = [self.__class__.__name__]
+        if self._fileobj is None:
+            info.append('closed')
+        elif self._closing:
+            info.append('closing')
+        info.append(f'fd={self._fileno}')
+        if self._fileobj is not None and self._loop is not None and not self._loop.is_closed():
+            info.append('polling' if self.is_reading() else 'idle')
+        else:
+            info.append('open' if self._fileobj is not None else 'closed')
+        return '<{}>'.format(' '.join(info))
+
+    def _quiet_error(self, exc: BaseException) -> bool:
+        # EIO: the other end of a pty closed.
+        return isinstance(exc, OSError) and exc.errno == errno.EIO
+
+    def _protocol_error(self, exc: BaseException, message: str) -> None:
+        """data_received raised: the loop's exception handler hears of it
+        and the pipe is read on, as asyncio's read pipe, whose _read_ready
+        callback raises into the loop."""
+        self._loop.call_exception_handler({
+            'message': message,
+            'exception': exc,
+            'transport': self,
+            'protocol': self._protocol,
+        })
+
+    def _eof_received(self) -> None:
+        """The C reader read end of file: eof_received, then
+        connection_lost(None), as asyncio's read pipe has it."""
+        if self._loop.get_debug():
+            base_events.logger.info("%r was closed by peer", self)
+        self._closing = True
+        self._core.reading(False)
+        self._conn_lost += 1
+        self._loop.call_soon(self._protocol.eof_received)
+        self._loop.call_soon(self._call_connection_lost, None)
+
+    def close(self) -> None:
+        if not self._closing:
+            self._force_close(None)
+
+
+class _WritePipeTransport(_CoreTransport, _CoreWriting, transports._FlowControlMixin,
+                          transports.WriteTransport):
+    """connect_write_pipe's transport (and a subprocess's stdin): asyncio's
+    _UnixWritePipeTransport on the C core, which write()s the pipe on the
+    runtime's threads and learns there that the reader closed."""
+
+    _write_error_message = 'Fatal write error on pipe transport'
+
+    def __init__(self, loop: "EventLoop", pipe: Any, protocol: Any,
+                 waiter: Optional[asyncio.Future] = None,
+                 extra: Optional[dict] = None) -> None:
+        super().__init__(extra, loop)
+        self._extra['pipe'] = pipe
+        self._fileno = pipe.fileno()
+        mode = _pipe_kind(pipe, "Pipe transport is only for pipes, sockets and "
+                                "character devices")
+        os.set_blocking(self._fileno, False)
+        self._core = _core.StreamCore(loop, self._fileno, self, pipe=_core.StreamCore.PIPE_WRITE)
+        self._fileobj = pipe
+        self._core.set_low(self._low_water)
+        self._closing = False  # set by close() or write_eof()
+        self._conn_lost = 0  # set when connection_lost is scheduled
+        self._writes_dropped = 0  # writes after close or loss
+        self.set_protocol(protocol)
+        loop._pipe_transports.add(self)
+        loop.call_soon(self._protocol.connection_made, self)
+        # The reader's close shows as readiness to read on a pipe's write
+        # end or a socket (not on a character device, a pty).
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            loop.call_soon(self._core.reading, True)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    _pipe = _fileobj_alias
+
+    def __repr__(self) -> str:
+        info = [self.__class__.__name__]
+        if self._fileobj is None:
+            info.append('closed')
+        elif self._closing:
+            info.append('closing')
+        info.append(f'fd={self._fileno}')
+        if self._fileobj is not None and self._loop is not None and not self._loop.is_closed():
+            size = self.get_write_buffer_size()
+            info.append('polling' if size else 'idle')
+            info.append(f'bufsize={size}')
+        else:
+            info.append('open' if self._fileobj is not None else 'closed')
+        return '<{}>'.format(' '.join(info))
+
+    def _eof_received(self) -> None:
+        """The C task saw the reader close (asyncio's _read_ready)."""
+        if self._loop.get_debug():
+            base_events.logger.info("%r was closed by peer", self)
+        self._force_close(BrokenPipeError() if self.get_write_buffer_size() else None)
+
+    def write(self, data: Any) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f'data argument must be a bytes-like object, '
+                            f'not {type(data).__name__!r}')
+        if not data:
+            return
+        if self._conn_lost or self._closing:
+            # Counted apart from _conn_lost, which says connection_lost is
+            # on its way: after close() the buffer still drains.
+            if self._writes_dropped >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                base_events.logger.warning('pipe closed by peer or '
+                                           'os.write(pipe, data) raised exception.')
+            self._writes_dropped += 1
+            return
+        try:
+            size = self._core.write(data)
+        except OSError as exc:
+            self._fatal_error(exc, self._write_error_message)
+            return
+        if size > self._high_water:
+            self._maybe_pause_protocol()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        """Closes the pipe once the buffer is written."""
+        if self._closing:
+            return
+        self._closing = True
+        if not self.get_write_buffer_size():
+            self._core.reading(False)
+            self._conn_lost += 1
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def close(self) -> None:
+        if self._fileobj is not None and not self._closing:
+            self.write_eof()
 
 
 class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
@@ -425,6 +646,7 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
         self._main_calls: list = []  # (fn, args) for the main thread
         self._wakeup_w = -1  # while run_forever or block_on waits on the main thread
         self._transports: "weakref.WeakValueDictionary[int, Any]" = weakref.WeakValueDictionary()
+        self._pipe_transports: "weakref.WeakSet[_CoreTransport]" = weakref.WeakSet()
         self._selector = _WatcherView(self._watchers)
         self._default_executor = BlockingPoolExecutor(runtime)
         # asyncio's C Task and Future look call_soon up on the loop at each
@@ -469,8 +691,8 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
             raise RuntimeError("Cannot close a running event loop")
         if self._closed:
             return
-        for tr in list(self._transports.values()):
-            if isinstance(tr, _StreamTransport):
+        for tr in [*self._transports.values(), *self._pipe_transports]:
+            if isinstance(tr, _CoreTransport):
                 tr._core.close()  # its task ends; no callback comes
         for w in list(self._watchers.values()):
             w.close()
@@ -571,6 +793,27 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
             return _StreamTransport(self, sock, protocol, waiter, extra, server)
         return selector_events._SelectorSocketTransport(self, sock, protocol, waiter,
                                                         extra, server)
+
+    def _make_read_pipe_transport(self, pipe: Any, protocol: Any,
+                                  waiter: Optional[asyncio.Future] = None,
+                                  extra: Optional[dict] = None) -> Any:
+        """The C read pipe transport; asyncio's for an fd that epoll cannot
+        watch (EPERM: /dev/null, say), which fails there as it fails on
+        asyncio's loop."""
+        try:
+            return _ReadPipeTransport(self, pipe, protocol, waiter, extra)
+        except PermissionError:
+            return unix_events._UnixReadPipeTransport(self, pipe, protocol, waiter, extra)
+
+    def _make_write_pipe_transport(self, pipe: Any, protocol: Any,
+                                   waiter: Optional[asyncio.Future] = None,
+                                   extra: Optional[dict] = None) -> Any:
+        """The C write pipe transport; asyncio's for an fd that epoll
+        cannot watch (EPERM: /dev/null, whose writes never wait)."""
+        try:
+            return _WritePipeTransport(self, pipe, protocol, waiter, extra)
+        except PermissionError:
+            return unix_events._UnixWritePipeTransport(self, pipe, protocol, waiter, extra)
 
     def _make_ssl_transport(self, rawsock: socket.socket, protocol: Any, sslcontext: Any,
                             waiter: Optional[asyncio.Future] = None, *,
@@ -729,9 +972,9 @@ for _name in ("add_reader", "remove_reader", "add_writer", "remove_writer",
               "_accept_connection", "_accept_connection2",
               "_sendfile_native"):
     setattr(EventLoop, _name, getattr(selector_events.BaseSelectorEventLoop, _name))
-# Unix sockets, pipes and subprocesses: the Unix selector loop's own.
+# Unix sockets and subprocesses (whose pipes are _ReadPipeTransport and
+# _WritePipeTransport): the Unix selector loop's own.
 for _name in ("create_unix_connection", "create_unix_server",
-              "_make_read_pipe_transport", "_make_write_pipe_transport",
               "_make_subprocess_transport", "_child_watcher_callback",
               "_sock_sendfile_native", "_sock_sendfile_native_impl",
               "_sock_sendfile_update_filepos", "_sock_add_cancellation_callback"):
