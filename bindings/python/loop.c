@@ -355,17 +355,21 @@ static PyObject *task_of_step(PyObject *cb, bool *wakeup) {
 }
 
 /* GIL. Whether the task whose step or wakeup `cb` raised MemoryError was
- * left pending and waiting on no future: CPython's Task is when memory
- * runs out between its coroutine's yield of a future and the wakeup it
- * adds to that future (3.11's task_step_impl), or in its wakeup before
- * the step, and nothing would ever step it again. */
+ * left pending and waiting on no future, or on one that is done (whose
+ * wakeup this was): nothing would ever step it again. CPython's Task is
+ * when memory runs out between its coroutine's yield of a future and the
+ * wakeup it adds to that future (3.11's task_step_impl), or before the
+ * step begins (enter_task, in the step or the wakeup). */
 static bool task_stranded(PyObject *cb, bool *wakeup) {
   PyObject *task = task_of_step(cb, wakeup);
   if (task == NULL)
     return false;
   PyObject *done = PyObject_CallMethodNoArgs(task, str_done);
   PyObject *waiter = done == Py_False ? PyObject_GetAttr(task, str_fut_waiter) : NULL;
-  bool stranded = waiter == Py_None;
+  PyObject *waiter_done = waiter != NULL && waiter != Py_None
+                              ? PyObject_CallMethodNoArgs(waiter, str_done) : NULL;
+  bool stranded = waiter == Py_None || waiter_done == Py_True;
+  Py_XDECREF(waiter_done);
   Py_XDECREF(waiter);
   Py_XDECREF(done);
   Py_DECREF(task);
@@ -377,7 +381,8 @@ static bool task_stranded(PyObject *cb, bool *wakeup) {
  * the next iteration: a step without an exception, which resumes the
  * coroutine where it waits. At a future's yield that future, unmarked by
  * the failed step, is yielded again; at an await of a future that is
- * done, the await returns its result or raises its exception. A step
+ * done (the step did not begin), the await returns its result or raises
+ * its exception. A step
  * wrapper's handle runs again as it is (it steps without an exception,
  * except after a bad yield); a wakeup is given a future done with None in
  * place of the one it had, whose exception the coroutine may have been
