@@ -817,7 +817,8 @@ static void add_asyncio_note(PyObject *exc) {
  * (false) or finishes (true, output set). False with *again set: memory
  * ran out before the coroutine could run (the runtime's loop could not
  * become asyncio's running one, where the coroutine would find no loop);
- * nothing changed, and the step is tried again at the next poll. */
+ * nothing changed, and the step is tried again at the next poll. Another
+ * error there is reported, and the step runs without the loop. */
 static bool step(pytask_t *t, treadle_cx_t *cx, bool *again) {
   pytask_t *saved = pyt_current;
   treadle_cx_t *saved_cx = pyt_current_cx;
@@ -827,14 +828,18 @@ static bool step(pytask_t *t, treadle_cx_t *cx, bool *again) {
     PyErr_WriteUnraisable(t->ctx);
   PyObject *loop = Py_XNewRef(t->r->loop), *prev_loop = NULL;
   if (loop != NULL && (prev_loop = step_enter_loop(t, loop)) == NULL) {
-    PyErr_Clear();
-    Py_DECREF(loop);
-    if (PyContext_Exit(t->ctx) < 0)
+    if (!PyErr_ExceptionMatches(PyExc_MemoryError)) {
+      PyErr_WriteUnraisable(loop);
+    } else {
       PyErr_Clear();
-    pyt_current = saved;
-    pyt_current_cx = saved_cx;
-    *again = true;
-    return false;
+      Py_DECREF(loop);
+      if (PyContext_Exit(t->ctx) < 0)
+        PyErr_Clear();
+      pyt_current = saved;
+      pyt_current_cx = saved_cx;
+      *again = true;
+      return false;
+    }
   }
   PyObject *val = NULL, *exc = NULL;
   /* seq_cst: pairs with abort's store. */
