@@ -216,32 +216,35 @@ static bool is_ours(PyObject *h) {
   return Py_IS_TYPE(h, handle_type) || Py_IS_TYPE(h, timer_type);
 }
 
-/* What call_soon keeps back for when memory runs out: RESERVE Handles of
- * each free list, and RESERVE 1-tuples for their args. CPython's Future
- * drops every callback it has not yet scheduled when the loop's call_soon
- * raises (3.11's future_schedule_callbacks), and a task that awaited it
- * would never wake; with these the call_soon of a Future's callbacks
- * (one argument, the context given) does not fail. */
+/* What call_soon keeps back for when memory runs out: RESERVE Handles
+ * (freed ones, as in a free list) and RESERVE 1-tuples for their args.
+ * CPython's Future drops every callback it has not yet scheduled when the
+ * loop's call_soon raises (3.11's future_schedule_callbacks), and a task
+ * that awaited it would never wake; with these the call_soon of a
+ * Future's callbacks (one argument, the context given) does not fail. A
+ * freed Handle refills the reserve before the free list. */
 #define RESERVE 8
+static PyObject *handle_reserve[RESERVE]; /* GIL */
+static int handle_reserve_n;
 static PyObject *args_reserve[RESERVE]; /* GIL; (None,) */
 static int args_reserve_n;
 
-/* An object of our type with every slot NULL, not yet GC-tracked. The
- * free list's last RESERVE go only when an allocation fails. */
+/* An object of our type with every slot NULL, not yet GC-tracked. */
 static PyObject *handle_alloc(PyTypeObject *tp) {
   freelist_t *fl = handle_freelist(tp);
-  if (fl->n <= RESERVE) {
-    PyObject *h = PyType_GenericAlloc(tp, 0);
-    if (h != NULL) {
-      PyObject_GC_UnTrack(h); /* tracked once its slots are set */
-      return h;
-    }
-    if (fl->n == 0)
-      return NULL;
-    PyErr_Clear();
+  if (fl->n > 0) {
+    PyObject *h = fl->v[--fl->n];
+    return PyObject_Init(h, tp); /* a new reference to tp, refcount 1 */
   }
-  PyObject *h = fl->v[--fl->n];
-  return PyObject_Init(h, tp); /* a new reference to tp, refcount 1 */
+  PyObject *h = PyType_GenericAlloc(tp, 0);
+  if (h != NULL) {
+    PyObject_GC_UnTrack(h); /* tracked once its slots are set */
+    return h;
+  }
+  if (tp != handle_type || handle_reserve_n == 0)
+    return NULL;
+  PyErr_Clear();
+  return PyObject_Init(handle_reserve[--handle_reserve_n], tp);
 }
 
 /* The args tuple of a callback: a reserved one when there is one
@@ -315,8 +318,10 @@ static void handle_dealloc(PyObject *h) {
     PyObject_ClearWeakRefs(h);
   handle_clear(h);
   freelist_t *fl = handle_freelist(tp);
-  if (fl->n < FREE_MAX)
-    fl->v[fl->n++] = h; /* untracked, its slots NULL */
+  if (tp == handle_type && handle_reserve_n < RESERVE)
+    handle_reserve[handle_reserve_n++] = h; /* untracked, its slots NULL */
+  else if (fl->n < FREE_MAX)
+    fl->v[fl->n++] = h;
   else
     tp->tp_free(h);
   Py_DECREF(tp);
@@ -1852,14 +1857,12 @@ static int make_handle_types(void) {
   timer_type = (PyTypeObject *)PyType_FromSpecWithBases(&spec, timer_cls);
   if (timer_type == NULL)
     return -1;
-  /* call_soon's reserve (RESERVE): made and freed, into the free lists */
+  /* call_soon's reserve (RESERVE): Handles made and freed, into it */
   for (int i = 0; i < RESERVE; i++) {
     PyObject *h = PyType_GenericAlloc(handle_type, 0);
-    PyObject *t = PyType_GenericAlloc(timer_type, 0);
-    Py_XDECREF(h);
-    Py_XDECREF(t);
-    if (h == NULL || t == NULL)
+    if (h == NULL)
       return -1;
+    Py_DECREF(h);
   }
   args_refill();
   if (args_reserve_n < RESERVE) {
