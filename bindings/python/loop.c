@@ -57,7 +57,8 @@ static Py_ssize_t off_callback, off_args, off_cancelled, off_loop,
 static PyObject *set_running, *get_running;  /* asyncio.events._set/_get_running_loop */
 static PyObject *str_run, *str_cancelled, *str_callback, *str_args,
     *str_context, *str_handle_error, *str_log_slow, *str_slow_duration,
-    *str_run_main_calls;
+    *str_run_main_calls, *str_self, *str_done, *str_fut_waiter,
+    *str_create_future, *str_set_result, *str_cancelled_m, *str_exception;
 
 #define FN_TAG ((uintptr_t)1)
 
@@ -96,6 +97,7 @@ typedef struct loopobj_s {
   treadle_async_fd_t *wake_afd;
   bool woke;
   PyObject *pending_exc;    /* SystemExit or KeyboardInterrupt of a callback */
+  PyObject *resolved_args;  /* (a Future of this loop done with None,), lazily */
   PyObject *weakreflist;
 } loopobj_t;
 
@@ -214,6 +216,19 @@ static bool is_ours(PyObject *h) {
   return Py_IS_TYPE(h, handle_type) || Py_IS_TYPE(h, timer_type);
 }
 
+/* What call_soon keeps back for when memory runs out: RESERVE Handles
+ * (freed ones, as in a free list) and RESERVE 1-tuples for their args.
+ * CPython's Future drops every callback it has not yet scheduled when the
+ * loop's call_soon raises (3.11's future_schedule_callbacks), and a task
+ * that awaited it would never wake; with these the call_soon of a
+ * Future's callbacks (one argument, the context given) does not fail. A
+ * freed Handle refills the reserve before the free list. */
+#define RESERVE 8
+static PyObject *handle_reserve[RESERVE]; /* GIL */
+static int handle_reserve_n;
+static PyObject *args_reserve[RESERVE]; /* GIL; (None,) */
+static int args_reserve_n;
+
 /* An object of our type with every slot NULL, not yet GC-tracked. */
 static PyObject *handle_alloc(PyTypeObject *tp) {
   freelist_t *fl = handle_freelist(tp);
@@ -222,9 +237,40 @@ static PyObject *handle_alloc(PyTypeObject *tp) {
     return PyObject_Init(h, tp); /* a new reference to tp, refcount 1 */
   }
   PyObject *h = PyType_GenericAlloc(tp, 0);
-  if (h != NULL)
+  if (h != NULL) {
     PyObject_GC_UnTrack(h); /* tracked once its slots are set */
-  return h;
+    return h;
+  }
+  if (tp != handle_type || handle_reserve_n == 0)
+    return NULL;
+  PyErr_Clear();
+  return PyObject_Init(handle_reserve[--handle_reserve_n], tp);
+}
+
+/* The args tuple of a callback: a reserved one when there is one
+ * argument and memory ran out. */
+static PyObject *args_tuple(PyObject *const *v, Py_ssize_t n) {
+  PyObject *t = pyt_tuple_from_array(v, n);
+  if (t != NULL || n != 1 || args_reserve_n == 0)
+    return t;
+  PyErr_Clear();
+  t = args_reserve[--args_reserve_n];
+  Py_SETREF(PyTuple_GET_ITEM(t, 0), Py_NewRef(v[0]));
+  if (!PyObject_GC_IsTracked(t)) /* the collector untracks a (None,) */
+    PyObject_GC_Track(t);
+  return t;
+}
+
+/* Tops the args reserve up, as far as memory allows. */
+static void args_refill(void) {
+  while (args_reserve_n < RESERVE) {
+    PyObject *t = PyTuple_Pack(1, Py_None);
+    if (t == NULL) {
+      PyErr_Clear();
+      return;
+    }
+    args_reserve[args_reserve_n++] = t;
+  }
 }
 
 /* Visits only the slots that may hold containers (asyncio puts a str,
@@ -272,8 +318,10 @@ static void handle_dealloc(PyObject *h) {
     PyObject_ClearWeakRefs(h);
   handle_clear(h);
   freelist_t *fl = handle_freelist(tp);
-  if (fl->n < FREE_MAX)
-    fl->v[fl->n++] = h; /* untracked, its slots NULL */
+  if (tp == handle_type && handle_reserve_n < RESERVE)
+    handle_reserve[handle_reserve_n++] = h; /* untracked, its slots NULL */
+  else if (fl->n < FREE_MAX)
+    fl->v[fl->n++] = h;
   else
     tp->tp_free(h);
   Py_DECREF(tp);
@@ -289,6 +337,82 @@ static PyObject *handle_get(PyObject *h, Py_ssize_t off, PyObject *name) {
       return Py_NewRef(v);
   }
   return PyObject_GetAttr(h, name);
+}
+
+/* GIL. The asyncio Task (new reference) whose own step or wakeup `cb`
+ * is: what a C Task schedules on its loop, a TaskStepMethWrapper or its
+ * bound task_wakeup (CPython's _asyncio names them so). Else NULL. */
+static PyObject *task_of_step(PyObject *cb, bool *wakeup) {
+  PyObject *task = NULL;
+  *wakeup = PyCFunction_Check(cb);
+  if (*wakeup) {
+    PyObject *self = PyCFunction_GET_SELF(cb);
+    if (self != NULL &&
+        strcmp(((PyCFunctionObject *)cb)->m_ml->ml_name, "task_wakeup") == 0)
+      task = Py_NewRef(self);
+  } else if (strcmp(Py_TYPE(cb)->tp_name, "TaskStepMethWrapper") == 0) {
+    task = PyObject_GetAttr(cb, str_self);
+    PyErr_Clear();
+  }
+  if (task != NULL && !PyObject_TypeCheck(task, (PyTypeObject *)task_cls))
+    Py_CLEAR(task);
+  return task;
+}
+
+/* GIL. Whether the task whose step or wakeup `cb` raised MemoryError was
+ * left pending and waiting on no future, or on one that is done (whose
+ * wakeup this was): nothing would ever step it again. CPython's Task is
+ * when memory runs out between its coroutine's yield of a future and the
+ * wakeup it adds to that future (3.11's task_step_impl), or before the
+ * step begins (enter_task, in the step or the wakeup). */
+static bool task_stranded(PyObject *cb, bool *wakeup) {
+  PyObject *task = task_of_step(cb, wakeup);
+  if (task == NULL)
+    return false;
+  PyObject *done = PyObject_CallMethodNoArgs(task, str_done);
+  PyObject *waiter = done == Py_False ? PyObject_GetAttr(task, str_fut_waiter) : NULL;
+  PyObject *waiter_done = waiter != NULL && waiter != Py_None
+                              ? PyObject_CallMethodNoArgs(waiter, str_done) : NULL;
+  bool stranded = waiter == Py_None || waiter_done == Py_True;
+  Py_XDECREF(waiter_done);
+  Py_XDECREF(waiter);
+  Py_XDECREF(done);
+  Py_DECREF(task);
+  PyErr_Clear();
+  return stranded;
+}
+
+/* GIL. Queues the step of a stranded task (see task_stranded) again, for
+ * the next iteration: a step without an exception, which resumes the
+ * coroutine where it waits. At a future's yield that future, unmarked by
+ * the failed step, is yielded again; at an await of a future that is
+ * done (the step did not begin), the await returns its result or raises
+ * its exception. A step
+ * wrapper's handle runs again as it is (it steps without an exception,
+ * except after a bad yield); a wakeup is given a future done with None in
+ * place of the one it had, whose exception the coroutine may have been
+ * thrown already. -1: no memory to queue it (the task stays stranded). */
+static int step_again(loopobj_t *L, PyObject *h, bool wakeup) {
+  if (wakeup && is_ours(h)) {
+    if (L->resolved_args == NULL) {
+      PyObject *fut = PyObject_VectorcallMethod(str_create_future,
+                                                (PyObject *[]){(PyObject *)L}, 1, NULL);
+      PyObject *res = fut != NULL ? PyObject_CallMethodOneArg(fut, str_set_result, Py_None)
+                                  : NULL;
+      if (res != NULL)
+        L->resolved_args = PyTuple_Pack(1, fut);
+      Py_XDECREF(res);
+      Py_XDECREF(fut);
+      PyErr_Clear();
+    }
+    if (L->resolved_args != NULL)
+      Py_SETREF(SLOT(h, off_args), Py_NewRef(L->resolved_args));
+  }
+  if (push_ready(L, Py_NewRef(h)) < 0) {
+    Py_DECREF(h);
+    return -1;
+  }
+  return 0;
 }
 
 static int run_handle(loopobj_t *L, PyObject *h) {
@@ -315,17 +439,27 @@ static int run_handle(loopobj_t *L, PyObject *h) {
   } else if (ctx != NULL) {
     res = PyObject_CallMethodNoArgs(h, str_run); /* a Handle of another make */
   }
-  Py_XDECREF(cb);
   Py_XDECREF(args);
   Py_XDECREF(ctx);
   if (res != NULL) {
     Py_DECREF(res);
+    Py_DECREF(cb);
     return 0;
   }
   if (PyErr_ExceptionMatches(PyExc_SystemExit) ||
-      PyErr_ExceptionMatches(PyExc_KeyboardInterrupt))
+      PyErr_ExceptionMatches(PyExc_KeyboardInterrupt)) {
+    Py_XDECREF(cb);
     return -1;
+  }
   PyObject *exc = pyt_fetch_exception();
+  bool wakeup = false;
+  bool again = cb != NULL && PyErr_GivenExceptionMatches(exc, PyExc_MemoryError) &&
+               task_stranded(cb, &wakeup) && step_again(L, h, wakeup) == 0;
+  Py_XDECREF(cb);
+  if (again) { /* not lost: the task steps again next iteration */
+    Py_DECREF(exc);
+    return 0;
+  }
   res = PyObject_CallMethodObjArgs((PyObject *)L, str_handle_error, h, exc, NULL);
   Py_DECREF(exc);
   if (res == NULL) {
@@ -357,9 +491,27 @@ static int run_entry(loopobj_t *L, void *p) {
   return rc;
 }
 
+/* What asyncio's running loop should be on this thread (a reference)
+ * when putting it back failed (3.11's _set_running_loop allocates), or
+ * NULL. The thread's next entry tries again. */
+static __thread PyObject *restore_due;
+
+int pyt_loop_restore_due(void) {
+  if (restore_due == NULL)
+    return 0;
+  PyObject *res = PyObject_CallOneArg(set_running, restore_due);
+  if (res == NULL)
+    return -1;
+  Py_DECREF(res);
+  Py_CLEAR(restore_due);
+  return 0;
+}
+
 /* GIL: makes `loop` asyncio's running loop on this thread; returns the
  * one it replaces (new reference, or NULL with an exception set). */
 PyObject *pyt_loop_enter(PyObject *loop) {
+  if (pyt_loop_restore_due() < 0)
+    return NULL;
   PyObject *prev = PyObject_CallNoArgs(get_running);
   if (prev == NULL)
     return NULL;
@@ -400,16 +552,48 @@ void pyt_loop_thread_hooks(PyObject *loop) {
   Py_XDECREF(sys);
 }
 
-/* GIL: puts back what pyt_loop_enter replaced (steals prev). */
-void pyt_loop_leave(PyObject *loop, PyObject *prev) {
-  if (prev != loop) {
-    PyObject *res = PyObject_CallOneArg(set_running, prev);
-    if (res == NULL)
-      PyErr_WriteUnraisable(set_running);
-    Py_XDECREF(res);
+int pyt_loop_leave(PyObject *loop, PyObject *prev) {
+  if (prev == loop) {
+    Py_DECREF(prev);
+    return 0;
   }
+  PyObject *res = PyObject_CallOneArg(set_running, prev);
+  if (res == NULL) {
+    Py_XSETREF(restore_due, prev); /* an inner level's is out of date */
+    return -1;
+  }
+  Py_DECREF(res);
   Py_DECREF(prev);
+  Py_CLEAR(restore_due);
+  return 0;
 }
+
+void pyt_loop_thread_end(void) { Py_CLEAR(restore_due); }
+
+/* _core._leave_running(prev): pyt_loop_leave for run_forever. */
+static PyObject *leave_running(PyObject *Py_UNUSED(m), PyObject *prev) {
+  if (pyt_loop_leave(NULL, Py_NewRef(prev)) < 0)
+    return NULL;
+  Py_RETURN_NONE;
+}
+
+/* _core._restore_due(): pyt_loop_restore_due for run_forever's check. */
+static PyObject *restore_due_m(PyObject *Py_UNUSED(m), PyObject *Py_UNUSED(a)) {
+  if (pyt_loop_restore_due() < 0)
+    return NULL;
+  Py_RETURN_NONE;
+}
+
+static PyMethodDef loop_functions[] = {
+    {"_leave_running", leave_running, METH_O,
+     "_leave_running($module, prev, /)\n--\n\n"
+     "Internal: makes prev asyncio's running loop of this thread again; "
+     "MemoryError when that fails, and the thread's next entry puts it back."},
+    {"_restore_due", restore_due_m, METH_NOARGS,
+     "_restore_due($module, /)\n--\n\n"
+     "Internal: puts back the running loop that a failed _leave_running or "
+     "step could not (MemoryError when that fails again)."},
+    {NULL}};
 
 /* GIL, lane. One iteration: runs the entries that are ready now. */
 static void iterate(loopobj_t *L) {
@@ -465,7 +649,7 @@ static void iterate(loopobj_t *L) {
   }
   pyt_loop_running = saved_running;
   if (prev != NULL)
-    pyt_loop_leave((PyObject *)L, prev);
+    pyt_loop_leave((PyObject *)L, prev); /* a failure: put back at the next entry */
   PyErr_Clear();
   if (saved_exc != NULL)
     pyt_restore_exception(saved_exc);
@@ -636,7 +820,7 @@ static int parse_callback(PyObject *const *args, Py_ssize_t n,
     return -1;
   }
   *cb = args[first];
-  *cbargs = pyt_tuple_from_array(args + first + 1, n - first - 1);
+  *cbargs = args_tuple(args + first + 1, n - first - 1);
   return *cbargs != NULL ? 0 : -1;
 }
 
@@ -723,6 +907,8 @@ static PyObject *soon(loopobj_t *L, PyObject *const *args, size_t nargsf,
     Py_DECREF(h);
     return PyErr_NoMemory();
   }
+  if (args_reserve_n < RESERVE) /* one was used */
+    args_refill();
   return h;
 }
 
@@ -929,6 +1115,26 @@ static PyObject *loop_stop(loopobj_t *L, PyObject *Py_UNUSED(u)) {
   if (w != NULL)
     treadle_wake(w);
   Py_RETURN_NONE;
+}
+
+/* run_until_complete's done callback, asyncio's _run_until_complete_cb
+ * without its allocations (a bound fut.get_loop): when that one fails
+ * for want of memory, nothing stops the loop and run_until_complete
+ * never returns. The loop stops unless the future ended in SystemExit or
+ * KeyboardInterrupt (run_forever ended already); it stops too when the
+ * future cannot say. */
+static PyObject *loop_stop_when_done(loopobj_t *L, PyObject *fut) {
+  PyObject *cancelled = PyObject_CallMethodNoArgs(fut, str_cancelled_m);
+  PyObject *exc = cancelled == Py_False ? PyObject_CallMethodNoArgs(fut, str_exception)
+                                        : NULL;
+  bool ended = exc != NULL && (PyErr_GivenExceptionMatches(exc, PyExc_SystemExit) ||
+                               PyErr_GivenExceptionMatches(exc, PyExc_KeyboardInterrupt));
+  Py_XDECREF(exc);
+  Py_XDECREF(cancelled);
+  PyErr_Clear();
+  if (ended)
+    Py_RETURN_NONE;
+  return loop_stop(L, NULL);
 }
 
 static PyObject *loop_is_running(loopobj_t *L, PyObject *Py_UNUSED(u)) {
@@ -1490,6 +1696,7 @@ static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
 
 static int loop_traverse(loopobj_t *L, visitproc visit, void *arg) {
   Py_VISIT(L->pending_exc); /* subtype_traverse visits the type */
+  Py_VISIT(L->resolved_args);
   pthread_mutex_lock(&L->mu);
   int rc = 0;
   for (size_t i = 0; rc == 0 && i < L->ready.len; i++)
@@ -1504,6 +1711,7 @@ static int loop_traverse(loopobj_t *L, visitproc visit, void *arg) {
 static int loop_clear(loopobj_t *L) {
   clear_queues(L);
   Py_CLEAR(L->pending_exc);
+  Py_CLEAR(L->resolved_args);
   return 0;
 }
 
@@ -1546,6 +1754,9 @@ static PyMethodDef loop_methods[] = {
      "time($self, /)\n--\n\nThe loop's clock: treadle's monotonic clock, in seconds."},
     {"stop", (PyCFunction)loop_stop, METH_NOARGS,
      "stop($self, /)\n--\n\nEnds run_forever after the current iteration."},
+    {"_stop_when_done", (PyCFunction)loop_stop_when_done, METH_O,
+     "_stop_when_done($self, future, /)\n--\n\nrun_until_complete's done callback: "
+     "stop(), unless the future ended in SystemExit or KeyboardInterrupt."},
     {"is_running", (PyCFunction)loop_is_running, METH_NOARGS,
      "is_running($self, /)\n--\n\nTrue inside run_forever (a runtime's own "
      "loop: while its runtime runs)."},
@@ -1607,7 +1818,21 @@ static int make_handle_types(void) {
   spec.name = "treadle._core.TimerHandle";
   slots[3].pfunc = "asyncio's TimerHandle, made by treadle.EventLoop (internal).";
   timer_type = (PyTypeObject *)PyType_FromSpecWithBases(&spec, timer_cls);
-  return timer_type != NULL ? 0 : -1;
+  if (timer_type == NULL)
+    return -1;
+  /* call_soon's reserve (RESERVE): Handles made and freed, into it */
+  for (int i = 0; i < RESERVE; i++) {
+    PyObject *h = PyType_GenericAlloc(handle_type, 0);
+    if (h == NULL)
+      return -1;
+    Py_DECREF(h);
+  }
+  args_refill();
+  if (args_reserve_n < RESERVE) {
+    PyErr_NoMemory();
+    return -1;
+  }
+  return 0;
 }
 
 int pyt_loop_init(PyObject *m) {
@@ -1628,7 +1853,10 @@ int pyt_loop_init(PyObject *m) {
       {&str_context, "_context"}, {&str_handle_error, "_handle_error"},
       {&str_log_slow, "_log_slow_callback"},
       {&str_slow_duration, "slow_callback_duration"},
-      {&str_run_main_calls, "_run_main_calls"},
+      {&str_run_main_calls, "_run_main_calls"}, {&str_self, "__self__"},
+      {&str_done, "done"}, {&str_fut_waiter, "_fut_waiter"},
+      {&str_create_future, "create_future"}, {&str_set_result, "set_result"},
+      {&str_cancelled_m, "cancelled"}, {&str_exception, "exception"},
       {&str_task_factory, "_task_factory"}, {&str_create_task_py, "_create_task_py"},
       {&str_context_kw, "context"}};
   for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
@@ -1657,7 +1885,8 @@ int pyt_loop_init(PyObject *m) {
   fast_handles = fast_handles && off_weakref > 0;
   if (fast_handles && make_handle_types() < 0)
     return -1;
-  if (PyType_Ready(&loop_type) < 0 || PyType_Ready(&watch_type) < 0)
+  if (PyType_Ready(&loop_type) < 0 || PyType_Ready(&watch_type) < 0 ||
+      PyModule_AddFunctions(m, loop_functions) < 0)
     return -1;
   return PyModule_AddObjectRef(m, "LoopCore", (PyObject *)&loop_type);
 }

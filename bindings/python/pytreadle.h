@@ -158,8 +158,16 @@ extern __thread PyObject *pyt_loop_running;
 /* Makes `loop` asyncio's running loop on this thread: returns the one it
  * replaced (new reference), or NULL with an exception set. */
 PyObject *pyt_loop_enter(PyObject *loop);
-/* Puts back what pyt_loop_enter replaced (steals prev). */
-void pyt_loop_leave(PyObject *loop, PyObject *prev);
+/* Puts back what pyt_loop_enter replaced (steals prev). -1 with
+ * MemoryError when that fails: prev is then put back at this thread's
+ * next pyt_loop_enter or pyt_loop_restore_due. */
+int pyt_loop_leave(PyObject *loop, PyObject *prev);
+/* Puts back what a failed pyt_loop_leave could not: 0 when nothing is
+ * due (any more), -1 with MemoryError when it fails again. */
+int pyt_loop_restore_due(void);
+/* A runtime thread ends: drops what a failed pyt_loop_leave kept to put
+ * back (the thread's running loop ends with it). */
+void pyt_loop_thread_end(void);
 /* On a thread of the loop's runtime: its asyncgen hooks become the
  * thread's (once). */
 void pyt_loop_thread_hooks(PyObject *loop);

@@ -234,6 +234,7 @@ static void thread_stop(void *ud) {
   pyrt_t *r = ud;
   PyEval_RestoreThread(hook_ts);
   call_hook(r->on_stop);
+  pyt_loop_thread_end();
   forget_thread();
   PyGILState_Release(hook_gil);
   pyt_thread_rt = NULL;

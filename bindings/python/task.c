@@ -691,7 +691,10 @@ static PyObject *step_enter_loop(pytask_t *t, PyObject *loop) {
   pyt_loop_thread_hooks(loop);
   PyObject *res = PyObject_CallFunctionObjArgs(enter_task_fn, loop, t->tref, NULL);
   if (res == NULL) {
-    pyt_loop_leave(loop, prev);
+    PyObject *exc = pyt_fetch_exception();
+    if (pyt_loop_leave(loop, prev) < 0)
+      PyErr_Clear(); /* not lost: put back at the next entry */
+    pyt_restore_exception(exc);
     return NULL;
   }
   Py_DECREF(res);
@@ -703,7 +706,8 @@ static void step_leave_loop(pytask_t *t, PyObject *loop, PyObject *prev) {
   if (res == NULL)
     PyErr_WriteUnraisable(leave_task_fn);
   Py_XDECREF(res);
-  pyt_loop_leave(loop, prev);
+  if (pyt_loop_leave(loop, prev) < 0)
+    PyErr_Clear(); /* not lost: put back at the next entry or block_on's end */
 }
 
 /* GIL. The op of an asyncio future `fut` that the coroutine yielded (as
@@ -810,8 +814,12 @@ static void add_asyncio_note(PyObject *exc) {
 }
 
 /* GIL, lane. Runs the coroutine until it awaits an op that is not ready
- * (false) or finishes (true, output set). */
-static bool step(pytask_t *t, treadle_cx_t *cx) {
+ * (false) or finishes (true, output set). False with *again set: memory
+ * ran out before the coroutine could run (the runtime's loop could not
+ * become asyncio's running one, where the coroutine would find no loop);
+ * nothing changed, and the step is tried again at the next poll. Another
+ * error there is reported, and the step runs without the loop. */
+static bool step(pytask_t *t, treadle_cx_t *cx, bool *again) {
   pytask_t *saved = pyt_current;
   treadle_cx_t *saved_cx = pyt_current_cx;
   pyt_current = t;
@@ -819,8 +827,20 @@ static bool step(pytask_t *t, treadle_cx_t *cx) {
   if (PyContext_Enter(t->ctx) < 0)
     PyErr_WriteUnraisable(t->ctx);
   PyObject *loop = Py_XNewRef(t->r->loop), *prev_loop = NULL;
-  if (loop != NULL && (prev_loop = step_enter_loop(t, loop)) == NULL)
-    PyErr_WriteUnraisable(loop);
+  if (loop != NULL && (prev_loop = step_enter_loop(t, loop)) == NULL) {
+    if (!PyErr_ExceptionMatches(PyExc_MemoryError)) {
+      PyErr_WriteUnraisable(loop);
+    } else {
+      PyErr_Clear();
+      Py_DECREF(loop);
+      if (PyContext_Exit(t->ctx) < 0)
+        PyErr_Clear();
+      pyt_current = saved;
+      pyt_current_cx = saved_cx;
+      *again = true;
+      return false;
+    }
+  }
   PyObject *val = NULL, *exc = NULL;
   /* seq_cst: pairs with abort's store. */
   if (atomic_load_explicit(&t->sh->cancel, memory_order_seq_cst) &&
@@ -918,11 +938,16 @@ static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
       return TREADLE_PENDING;
     }
     PyGILState_STATE g = PyGILState_Ensure();
-    bool done = step(t, cx);
+    bool again = false;
+    bool done = step(t, cx, &again);
     PyGILState_Release(g);
     pyrt_lane_leave(t->r);
     if (done)
       return TREADLE_READY;
+    if (again) { /* the other tasks go first */
+      treadle_wake_by_ref(treadle_cx_waker(cx));
+      return TREADLE_PENDING;
+    }
   }
 }
 
@@ -1061,6 +1086,8 @@ PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch, int wake_fd) {
   Py_END_ALLOW_THREADS
   jo->awaiting = false;
   treadle_async_fd_free(st.wake); /* its last poll was block_on's */
+  if (pyt_loop_restore_due() < 0) /* a step's failed: due again next entry */
+    PyErr_Clear();
   if (err != 0)
     return pyt_raise(err);
   return PyBool_FromLong(value == TB_ROOT_DONE_OUT);

@@ -75,12 +75,6 @@ def test_python_allocation_failures_raise_memoryerror():
 
 
 @pytest.mark.subprocess
-@pytest.mark.xfail(strict=True, raises=(AssertionError, subprocess.TimeoutExpired), reason=(
-    "loop.c: when asyncio._set_running_loop(prev) fails in pyt_loop_leave "
-    "(it allocates), the loop stays this thread's running loop and later "
-    "runs raise 'another loop is running'; and one failure (k=162, "
-    "TREADLE_SWEEP_TRACE=1 shows it) leaves run_until_complete waiting "
-    "forever, wait_for's timeout included"))
 def test_python_allocation_failures_in_the_event_loop():
     pytest.importorskip("_testcapi")
     report = python_sweep(["event_loop"], timeout=15)

@@ -25,7 +25,7 @@ import threading
 import weakref
 import warnings
 from asyncio import (base_events, constants, coroutines, events, format_helpers, futures,
-                     protocols, selector_events, sslproto, transports, trsock, unix_events)
+                     protocols, selector_events, sslproto, tasks, transports, trsock, unix_events)
 from typing import Any, Callable, Iterator, Optional
 
 from . import _core
@@ -109,12 +109,14 @@ def signal_wakeup(loop: Optional["EventLoop"], in_main: bool) -> Iterator[int]:
         if loop is not None:
             # No callback runs now: none can write to the pipe.
             loop._wakeup_w = -1
-        if old_wakeup == -1:
-            signal.set_wakeup_fd(-1)
-        os.close(wake_r)
-        os.close(wake_w)
-        if loop is not None:
-            loop._run_main_calls()
+        try:
+            if old_wakeup == -1:
+                signal.set_wakeup_fd(-1)
+        finally:
+            os.close(wake_r)
+            os.close(wake_w)
+            if loop is not None:
+                loop._run_main_calls()
 
 
 class _WatcherView:
@@ -678,11 +680,47 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
             with signal_wakeup(self, in_main) as wake_r:
                 self._run_core(in_main, wake_r)
         finally:
+            # Each step runs when one before it ran out of memory, and the
+            # running loop is put back last: its MemoryError, if any, is
+            # the one raised, and the next run puts it back then.
             self._stopping = False
             self._thread_id = None
-            events._set_running_loop(None)
-            self._set_coroutine_origin_tracking(False)
-            sys.set_asyncgen_hooks(*old_hooks)
+            try:
+                self._set_coroutine_origin_tracking(False)
+                sys.set_asyncgen_hooks(*old_hooks)
+            finally:
+                _core._leave_running(None)
+
+    def _check_running(self) -> None:
+        # A running loop that a failed run or step could not put back (no
+        # memory) is put back first: it does not look like another loop.
+        _core._restore_due()
+        super()._check_running()
+
+    def run_until_complete(self, future: Any) -> Any:
+        """asyncio's run_until_complete, whose done callback that stops the
+        loop (_stop_when_done) allocates nothing: asyncio's own can fail
+        for want of memory, and the loop would then never stop."""
+        self._check_closed()
+        self._check_running()
+        new_task = not futures.isfuture(future)
+        future = tasks.ensure_future(future, loop=self)
+        if new_task:
+            # it raises below if the future is not done: no "destroyed
+            # pending" message
+            future._log_destroy_pending = False
+        future.add_done_callback(self._stop_when_done)
+        try:
+            self.run_forever()
+        except BaseException:
+            if new_task and future.done() and not future.cancelled():
+                future.exception()  # the caller cannot see the task: marks it retrieved
+            raise
+        finally:
+            future.remove_done_callback(self._stop_when_done)
+        if not future.done():
+            raise RuntimeError('Event loop stopped before Future completed.')
+        return future.result()
 
     def close(self) -> None:
         """Closes the loop: drops its callbacks and watchers and, for a loop
