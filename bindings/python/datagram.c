@@ -1,5 +1,5 @@
 /* The C core of treadle.EventLoop's datagram transport (UDP over IPv4 and
- * IPv6, Unix datagram sockets; ARCHITECTURE.md "asyncio loop", item 8).
+ * IPv6, Unix datagram sockets; ARCHITECTURE.md "asyncio loop", item 7).
  *
  * DatagramCore does the socket's system calls; the Python class around it
  * (treadle._loop._DatagramTransport) keeps asyncio's semantics (sendto's
