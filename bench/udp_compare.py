@@ -15,6 +15,12 @@ Servers (PORT is replaced by a fresh port at every start):
     tokio-current    build-bench/rust-target/release/udp_echo_tokio PORT current
     tokio-multi2     build-bench/rust-target/release/udp_echo_tokio PORT multi 2
 
+    py-treadle-current  examples/python/udp_echo_server.py PORT on treadle's
+                        asyncio loop (asyncio_on_treadle.py), current_thread
+    py-treadle-multi2   the same, multi_thread with 2 workers
+    py-asyncio          the same on asyncio's own loop
+    py-uvloop           the same on uvloop's (uvloop.install())
+
 (udp_echo has a current_thread mode only.) Placement as
 bench/echo_compare.py: the server under `taskset -c 0`, udpload under
 `taskset -c 1` with --server-pid. Every repetition starts every server once
@@ -59,16 +65,34 @@ TARGET = os.path.join(ROOT, "build-bench", "rust-target")
 TOKIO = os.path.join(TARGET, "release", "udp_echo_tokio")
 INSTRUCTIONS = os.path.join(SHARED, "tools", "instructions.sh")
 
+PY = "/usr/bin/python3"
+PY_ECHO = os.path.join(ROOT, "examples", "python", "udp_echo_server.py")
+ON_TREADLE = os.path.join(ROOT, "examples", "python", "asyncio_on_treadle.py")
+ON_UVLOOP = ["-c", "import runpy, sys, uvloop; uvloop.install(); "
+             "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"]
 SERVERS = {
     "treadle-current": [UDP_ECHO, "PORT"],
     "tokio-current": [TOKIO, "PORT", "current"],
     "tokio-multi2": [TOKIO, "PORT", "multi", "2"],
+    # examples/python/udp_echo_server.py (create_datagram_endpoint, sendto
+    # in datagram_received) on treadle's loop, asyncio's and uvloop's.
+    "py-treadle-current": [PY, ON_TREADLE, PY_ECHO, "PORT"],
+    "py-treadle-multi2": [PY, ON_TREADLE, "--flavor", "multi_thread", "--workers", "2",
+                          PY_ECHO, "PORT"],
+    "py-asyncio": [PY, PY_ECHO, "PORT"],
+    "py-uvloop": [PY] + ON_UVLOOP + [PY_ECHO, "PORT"],
 }
 RATIOS = [  # (numerator, denominator, field)
     ("treadle-current", "tokio-current", "eff"),
     ("treadle-current", "tokio-current", "rps"),
     ("treadle-current", "tokio-multi2", "eff"),
     ("treadle-current", "tokio-multi2", "rps"),
+    ("py-treadle-current", "py-uvloop", "eff"),
+    ("py-treadle-current", "py-uvloop", "rps"),
+    ("py-treadle-current", "py-asyncio", "eff"),
+    ("py-treadle-current", "py-asyncio", "rps"),
+    ("py-treadle-multi2", "py-uvloop", "eff"),
+    ("py-treadle-multi2", "py-uvloop", "rps"),
 ]
 SERVER_CPU, CLIENT_CPU = "0", "1"
 
@@ -77,9 +101,13 @@ def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def build():
+def build(servers):
     """Brings the programs up to date (cmake and cargo rebuild only what
-    changed), so a run always measures the tree as it is."""
+    changed; the Python extension in place, for the py- servers), so a run
+    always measures the tree as it is."""
+    if any(s.startswith("py-") for s in servers):
+        subprocess.run(["scripts/build_python.sh"], cwd=ROOT, check=True,
+                       stdout=subprocess.DEVNULL)
     if not os.path.exists(os.path.join(ROOT, "build-release",
                                        "CMakeCache.txt")):
         log("configuring treadle's release preset")
@@ -89,6 +117,8 @@ def build():
                     str(min(os.cpu_count() or 2, 2)), "--target", "udp_echo",
                     "udpload"],
                    cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    if not any(s.startswith("tokio-") for s in servers):
+        return
     cargo = os.environ.get("CARGO", "cargo")
     subprocess.run([cargo, "build", "--quiet", "--release", "--offline",
                     "--bin", "udp_echo_tokio"],
@@ -126,7 +156,9 @@ class Server:
         self.out = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdout=self.out,
                                      stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL,
+                                     env=dict(os.environ, PYTHONPATH=os.path.join(
+                                         ROOT, "bindings", "python")))
         self.port = port
 
     def stop(self):
@@ -144,7 +176,7 @@ class Server:
 
 
 def echoed(text):
-    m = re.search(r"echoed (\d+) datagrams", text)
+    m = re.search(r"(?:echoed|stopped after) (\d+) datagrams", text)
     return int(m.group(1)) if m else None
 
 
@@ -408,7 +440,7 @@ def main():
         if s not in SERVERS:
             sys.exit(f"unknown server {s}; known: {', '.join(SERVERS)}")
     conns_list = [int(c) for c in args.conns.split()]
-    build()
+    build(servers)
     log(f"uptime: {os.popen('uptime').read().strip()}")
     runs = measure(args, servers, conns_list) if args.reps > 0 else []
     if runs:

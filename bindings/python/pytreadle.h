@@ -6,6 +6,8 @@
  *            awaitable Op type, JoinHandle, sleep/yield/spawn/signals
  * net.c      TcpListener and TcpStream, whose methods return Ops
  * loop.c     LoopCore, the C base of treadle.EventLoop (asyncio's loop)
+ * transport.c StreamCore, the C core of its stream transport
+ * datagram.c DatagramCore, the C core of its datagram transport
  *
  * Every function here is called with the GIL held unless its comment says
  * "no GIL". */
@@ -195,6 +197,9 @@ int pyt_loop_push_fn(PyObject *loop, ready_fn_t *f);
 
 /* The C stream transport's type, treadle._core.StreamCore (transport.c). */
 int pyt_transport_init(PyObject *module);
+/* The C datagram transport's type, treadle._core.DatagramCore
+ * (datagram.c). */
+int pyt_datagram_init(PyObject *module);
 
 /* ------------------------------------------------------------ compat */
 

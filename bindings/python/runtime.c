@@ -528,7 +528,7 @@ int pyt_runtime_init(PyObject *m) {
 /* Called from the SWIG module's init. */
 int treadle_py_init(PyObject *m) {
   if (pyt_runtime_init(m) < 0 || pyt_task_init(m) < 0 || pyt_net_init(m) < 0 ||
-      pyt_loop_init(m) < 0 || pyt_transport_init(m) < 0 ||
+      pyt_loop_init(m) < 0 || pyt_transport_init(m) < 0 || pyt_datagram_init(m) < 0 ||
       pyt_testhooks_init(m) < 0)
     return -1;
   return 0;

@@ -217,8 +217,10 @@ class _CoreTransport:
             self._loop = None
 
     def _counts(self) -> tuple:
-        """(read calls, write calls) of the C task, without the GIL, and
-        write calls made by write() itself: for tests."""
+        """The C core's counts of its system calls, for tests: (read calls,
+        write calls of the task, write calls of write() itself) for a
+        stream or pipe; (recvfrom calls and batches of the task, its sends,
+        sendto()'s own sends) for a datagram socket."""
         return self._core.counts()
 
 
@@ -288,18 +290,15 @@ class _CoreWriting:
         self._force_close(None)
 
 
-class _StreamTransport(_CoreTransport, _CoreReading, _CoreWriting,
-                       transports._FlowControlMixin, transports.Transport):
-    """The transport of TCP and Unix stream sockets: asyncio's
-    _SelectorSocketTransport, method for method, on the C core."""
+class _CoreSocket(_CoreWriting):
+    """What the socket transports share (_StreamTransport,
+    _DatagramTransport): asyncio's _SelectorTransport's set-up, repr and
+    close over the C core."""
 
-    _start_tls_compatible = True
-    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
-
-    def __init__(self, loop: "EventLoop", sock: socket.socket, protocol: Any,
-                 waiter: Optional[asyncio.Future] = None, extra: Optional[dict] = None,
-                 server: Any = None) -> None:
-        super().__init__(extra, loop)
+    def _init_socket(self, loop: "EventLoop", sock: socket.socket, protocol: Any,
+                     server: Any, make_core: Callable[..., Any]) -> None:
+        """asyncio's _SelectorTransport.__init__ after the extra dict;
+        make_core(loop, fd, self) makes the core before the protocol is set."""
         self._extra['socket'] = trsock.TransportSocket(sock)
         try:
             self._extra['sockname'] = sock.getsockname()
@@ -311,7 +310,7 @@ class _StreamTransport(_CoreTransport, _CoreReading, _CoreWriting,
             except OSError:
                 self._extra['peername'] = None
         self._sock_fd = sock.fileno()
-        self._core = _core.StreamCore(loop, self._sock_fd, self)
+        self._core = make_core(loop, self._sock_fd, self)
         self._fileobj = sock
         self._core.set_low(self._low_water)
         self._protocol_connected = False
@@ -319,20 +318,12 @@ class _StreamTransport(_CoreTransport, _CoreReading, _CoreWriting,
         self._server = server
         self._conn_lost = 0  # set when connection_lost is scheduled
         self._closing = False  # set by close()
-        self._eof = False
-        self._paused = False
-        self._empty_waiter = None
         if server is not None:
             server._attach()
         loop._transports[self._sock_fd] = self
-        base_events._set_nodelay(sock)
-        loop.call_soon(self._protocol.connection_made, self)
-        # only start reading when connection_made() has been called
-        loop.call_soon(self._start_reading)
-        if waiter is not None:
-            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
 
-    _sock = _fileobj_alias
+    def _read_polling(self) -> bool:
+        return not self._closing
 
     def __repr__(self) -> str:
         info = [self.__class__.__name__]
@@ -342,10 +333,48 @@ class _StreamTransport(_CoreTransport, _CoreReading, _CoreWriting,
             info.append('closing')
         info.append(f'fd={self._sock_fd}')
         if self._loop is not None and not self._loop.is_closed():
-            info.append('read=polling' if self.is_reading() else 'read=idle')
+            info.append('read=polling' if self._read_polling() else 'read=idle')
             size = self.get_write_buffer_size()
             info.append(f"write=<{'polling' if size else 'idle'}, bufsize={size}>")
         return '<{}>'.format(' '.join(info))
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._core.reading(False)
+        if not self.get_write_buffer_size():
+            self._conn_lost += 1
+            self._loop.call_soon(self._call_connection_lost, None)
+
+
+class _StreamTransport(_CoreTransport, _CoreReading, _CoreSocket,
+                       transports._FlowControlMixin, transports.Transport):
+    """The transport of TCP and Unix stream sockets: asyncio's
+    _SelectorSocketTransport, method for method, on the C core."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    def __init__(self, loop: "EventLoop", sock: socket.socket, protocol: Any,
+                 waiter: Optional[asyncio.Future] = None, extra: Optional[dict] = None,
+                 server: Any = None) -> None:
+        super().__init__(extra, loop)
+        self._init_socket(loop, sock, protocol, server, _core.StreamCore)
+        self._eof = False
+        self._paused = False
+        self._empty_waiter = None
+        base_events._set_nodelay(sock)
+        loop.call_soon(self._protocol.connection_made, self)
+        # only start reading when connection_made() has been called
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    _sock = _fileobj_alias
+
+    def _read_polling(self) -> bool:
+        return self.is_reading()
 
     # ----------------------------------------------------------- reading
 
@@ -422,15 +451,6 @@ class _StreamTransport(_CoreTransport, _CoreReading, _CoreWriting,
 
     # ----------------------------------------------------------- closing
 
-    def close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        self._core.reading(False)
-        if not self.get_write_buffer_size():
-            self._conn_lost += 1
-            self._loop.call_soon(self._call_connection_lost, None)
-
     def _call_connection_lost(self, exc: Optional[BaseException]) -> None:
         try:
             super()._call_connection_lost(exc)
@@ -442,6 +462,99 @@ class _StreamTransport(_CoreTransport, _CoreReading, _CoreWriting,
         if self._empty_waiter is not None:
             self._empty_waiter.set_exception(
                 ConnectionError("Connection is closed by peer"))
+
+
+def _datagram_core(loop: "EventLoop", fd: int, transport: Any) -> Any:
+    """The C core of a datagram transport: a connected socket sends
+    without an address (asyncio's sendto sends so when there is a peer)."""
+    return _core.DatagramCore(loop, fd, transport, bool(transport._extra['peername']))
+
+
+class _DatagramTransport(_CoreTransport, _CoreSocket, transports._FlowControlMixin,
+                         transports.DatagramTransport):
+    """The transport of UDP (IPv4, IPv6) and Unix datagram sockets:
+    asyncio's _SelectorDatagramTransport, method for method, whose
+    recvfrom and sendto calls are C's (``_core.DatagramCore``,
+    bindings/python/datagram.c): the runtime's threads read batches of
+    datagrams and send the queued ones without the GIL; the protocol's
+    callbacks run in the loop's iterations."""
+
+    def __init__(self, loop: "EventLoop", sock: socket.socket, protocol: Any,
+                 address: Any = None, waiter: Optional[asyncio.Future] = None,
+                 extra: Optional[dict] = None) -> None:
+        super().__init__(extra, loop)
+        self._address = address
+        self._init_socket(loop, sock, protocol, None, _datagram_core)
+        loop.call_soon(self._protocol.connection_made, self)
+        # only start reading when connection_made() has been called
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(futures._set_result_unless_cancelled, waiter, None)
+
+    _sock = _fileobj_alias
+
+    def set_protocol(self, protocol: Any) -> None:
+        self._protocol = protocol
+        self._protocol_connected = True
+        self._core.set_protocol(protocol)
+
+    def _start_reading(self) -> None:
+        if not self._closing:
+            self._core.reading(True)
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f'data argument must be a bytes-like object, '
+                            f'not {type(data).__name__!r}')
+        if not data:
+            return
+        if self._address:
+            if addr not in (None, self._address):
+                raise ValueError(f'Invalid address: must be None or {self._address}')
+            addr = self._address
+        # asyncio drops what a connected transport sends once its
+        # connection is lost; an unconnected one sends on until
+        # connection_lost closed the socket (where asyncio's then fails on
+        # its None socket, this one drops the datagram too).
+        if self._conn_lost and (self._address or self._sock is None):
+            if self._conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                base_events.logger.warning('socket.send() raised exception.')
+            self._conn_lost += 1
+            return
+        try:
+            size = self._core.sendto(data, None if self._extra['peername'] else addr)
+        except OSError as exc:
+            self._protocol.error_received(exc)
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, 'Fatal write error on datagram transport')
+            return
+        if size > self._high_water:
+            self._maybe_pause_protocol()
+
+    def _write_event(self, err: int) -> None:
+        """The C task's send failed (err, an errno: the datagram is
+        dropped), or the queue fell to the low-water mark or emptied:
+        asyncio's _sendto_ready's ending."""
+        if self._conn_lost:
+            return  # aborted: the queue is dropped
+        if err:
+            self._protocol.error_received(OSError(err, os.strerror(err)))
+        self._maybe_resume_protocol()  # may send more
+        if self._closing and not self._core.get_write_buffer_size():
+            self._call_connection_lost(None)
+
+    def _callback_error(self, exc: BaseException, where: str) -> None:
+        """A protocol callback the C core called raised: the loop's
+        exception handler hears of it, as of an asyncio callback's."""
+        self._loop.call_exception_handler({
+            'message': f'Exception in callback {where}',
+            'exception': exc,
+            'transport': self,
+            'protocol': self._protocol,
+        })
 
 
 def _pipe_kind(pipe: Any, what: str) -> int:
@@ -832,6 +945,17 @@ class EventLoop(_core.LoopCore, base_events.BaseEventLoop):
         return selector_events._SelectorSocketTransport(self, sock, protocol, waiter,
                                                         extra, server)
 
+    def _make_datagram_transport(self, sock: socket.socket, protocol: Any,
+                                 address: Any = None, waiter: Optional[asyncio.Future] = None,
+                                 extra: Optional[dict] = None) -> Any:
+        """UDP and Unix datagram sockets get the C transport; anything
+        else asyncio's selector one."""
+        if sock.type == socket.SOCK_DGRAM and sock.family in (
+                socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
+            return _DatagramTransport(self, sock, protocol, address, waiter, extra)
+        return selector_events._SelectorDatagramTransport(self, sock, protocol, address,
+                                                          waiter, extra)
+
     def _make_read_pipe_transport(self, pipe: Any, protocol: Any,
                                   waiter: Optional[asyncio.Future] = None,
                                   extra: Optional[dict] = None) -> Any:
@@ -1003,10 +1127,10 @@ for _name in ("add_reader", "remove_reader", "add_writer", "remove_writer",
               "sock_sendto", "_sock_sendto", "sock_connect", "_sock_connect",
               "_sock_write_done", "_sock_connect_cb", "sock_accept",
               "_sock_accept",
-              # The selector loop's datagram transport, its
-              # servers' accept path, waiting through _add_reader/_add_writer
-              # here (stream sockets: _StreamTransport, in C).
-              "_make_datagram_transport", "_start_serving",
+              # The selector loop's servers' accept path, waiting through
+              # _add_reader here (stream sockets: _StreamTransport, and
+              # datagram ones: _DatagramTransport, in C).
+              "_start_serving",
               "_accept_connection", "_accept_connection2",
               "_sendfile_native"):
     setattr(EventLoop, _name, getattr(selector_events.BaseSelectorEventLoop, _name))
