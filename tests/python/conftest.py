@@ -8,6 +8,7 @@ The leak tests carry the ``leak`` marker (deselect with ``-m "not leak"``);
 the subprocess tests carry ``subprocess``.
 """
 
+import asyncio
 import faulthandler
 import os
 import subprocess
@@ -67,6 +68,22 @@ async def guarded(awaitable, limit=30.0):
 
 async def forever():
     await treadle.sleep(float("inf"))
+
+
+@pytest.fixture
+def loop(flavor):
+    """A treadle.EventLoop of the parametrized flavor (multi_thread: two
+    workers), closed after the test once the callbacks that a last close()
+    queued (connection_lost) have run."""
+    lp = treadle.new_event_loop(flavor=flavor, workers=2 if flavor == "multi_thread" else None)
+    try:
+        yield lp
+    finally:
+        if not lp.is_closed():
+            try:
+                lp.run_until_complete(asyncio.sleep(0.01))
+            finally:
+                lp.close()
 
 
 @pytest.fixture

@@ -22,16 +22,6 @@ from conftest import run_on
 VAR = contextvars.ContextVar("loop_test_var", default="unset")
 
 
-@pytest.fixture
-def loop(flavor):
-    lp = treadle.new_event_loop(flavor=flavor, workers=2 if flavor == "multi_thread" else None)
-    try:
-        yield lp
-    finally:
-        if not lp.is_closed():
-            lp.close()
-
-
 # ------------------------------------------------------------- factories
 
 

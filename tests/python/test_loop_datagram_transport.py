@@ -17,6 +17,7 @@ import pytest
 import treadle
 from treadle import _core
 from treadle._loop import _DatagramTransport
+from transport_util import until
 
 LOOPS = ("current_thread", "multi_thread", "asyncio")
 
@@ -25,16 +26,6 @@ def new_loop(kind):
     if kind == "asyncio":
         return asyncio.SelectorEventLoop(selectors.EpollSelector())
     return treadle.new_event_loop(flavor=kind, workers=2 if kind == "multi_thread" else None)
-
-
-@pytest.fixture
-def loop(flavor):
-    lp = new_loop(flavor)
-    try:
-        yield lp
-    finally:
-        lp.run_until_complete(asyncio.sleep(0.01))  # the last connection_lost
-        lp.close()
 
 
 @pytest.fixture(params=LOOPS)
@@ -91,14 +82,6 @@ class Recorder(asyncio.DatagramProtocol):
         self.lost_exc = exc
         if not self.done.done():
             self.done.set_result(None)
-
-
-async def until(cond, limit=20000):
-    for _ in range(limit):
-        if cond():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("condition never held")
 
 
 def recv_all(sock, n):

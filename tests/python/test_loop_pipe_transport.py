@@ -19,63 +19,7 @@ import pytest
 import treadle
 from treadle import _core
 from treadle._loop import _ReadPipeTransport, _WritePipeTransport
-
-
-@pytest.fixture
-def loop(flavor):
-    lp = treadle.new_event_loop(flavor=flavor, workers=2 if flavor == "multi_thread" else None)
-    try:
-        yield lp
-    finally:
-        if not lp.is_closed():
-            lp.run_until_complete(asyncio.sleep(0.01))
-            lp.close()
-
-
-class Recorder(asyncio.Protocol):
-    """Records every callback, in order; `done` resolves at connection_lost."""
-
-    def __init__(self, loop):
-        self.calls = []
-        self.data = bytearray()
-        self.transport = None
-        self.done = loop.create_future()
-        self.lost_exc = "unset"
-        self.sizes = []  # the write buffer's size at pause and resume
-
-    def connection_made(self, transport):
-        self.calls.append("made")
-        self.transport = transport
-
-    def data_received(self, data):
-        if not self.calls or self.calls[-1] != "data":
-            self.calls.append("data")
-        self.data += data
-
-    def eof_received(self):
-        self.calls.append("eof")
-
-    def pause_writing(self):
-        self.calls.append("pause")
-        self.sizes.append(self.transport.get_write_buffer_size())
-
-    def resume_writing(self):
-        self.calls.append("resume")
-        self.sizes.append(self.transport.get_write_buffer_size())
-
-    def connection_lost(self, exc):
-        self.calls.append("lost")
-        self.lost_exc = exc
-        if not self.done.done():
-            self.done.set_result(None)
-
-
-async def until(cond, limit=20000):
-    for _ in range(limit):
-        if cond():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("condition never held")
+from transport_util import Recorder, until
 
 
 def fd_is_open(fd):

@@ -9,53 +9,7 @@ import struct
 
 import pytest
 
-import treadle
-
-
-@pytest.fixture
-def loop(flavor):
-    lp = treadle.new_event_loop(flavor=flavor, workers=2 if flavor == "multi_thread" else None)
-    try:
-        yield lp
-    finally:
-        if not lp.is_closed():
-            lp.close()
-
-
-class Recorder(asyncio.Protocol):
-    """Records every callback, in order; `done` resolves at connection_lost."""
-
-    def __init__(self, loop):
-        self.calls = []
-        self.data = bytearray()
-        self.transport = None
-        self.done = loop.create_future()
-        self.lost_exc = "unset"
-
-    def connection_made(self, transport):
-        self.calls.append("made")
-        self.transport = transport
-
-    def data_received(self, data):
-        if not self.calls or self.calls[-1] != "data":
-            self.calls.append("data")
-        self.data += data
-
-    def eof_received(self):
-        self.calls.append("eof")
-        return False  # the transport closes itself
-
-    def pause_writing(self):
-        self.calls.append("pause")
-
-    def resume_writing(self):
-        self.calls.append("resume")
-
-    def connection_lost(self, exc):
-        self.calls.append("lost")
-        self.lost_exc = exc
-        if not self.done.done():
-            self.done.set_result(None)
+from transport_util import Recorder
 
 
 class Echo(asyncio.Protocol):
