@@ -1076,8 +1076,10 @@ PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch, int wake_fd) {
   }
   tb_root_t st = {
       .main_poll = main_done, .ud = jo, .watch = watch != 0, .tick = true};
+  /* Without an I/O driver no fd is watched: the root's 50 ms tick lets
+   * the caller run Python's signal handlers instead. */
   treadle_err_t err = tb_root_wake_open(r->h, wake_fd, &st.wake);
-  if (err != 0)
+  if (err != 0 && err != TREADLE_ENOIO)
     return pyt_raise(err);
   void *value = NULL;
   jo->awaiting = true;
