@@ -27,7 +27,6 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, List,
 from . import _core
 from . import core as _swig
 from ._loop import BlockingPoolExecutor, EventLoop, EventLoopPolicy
-from ._loop import signal_wakeup as _signal_wakeup
 
 __all__ = [
     "run", "Runtime", "Handle", "JoinHandle", "Metrics", "WorkerMetrics",
@@ -254,9 +253,7 @@ class Runtime:
         """Runs ``coro`` as the main task until it finishes and returns its
         result (or raises its exception). The GIL is released while it
         waits. Ctrl-C (in the main thread) cancels the main task and then
-        raises KeyboardInterrupt; a second Ctrl-C raises at once. On the
-        main thread, Python's signal handlers (``signal.signal``) run while
-        it waits, as they do in asyncio's run."""
+        raises KeyboardInterrupt; a second Ctrl-C raises at once."""
         core = self._core
         _core.check_not_in_task()  # before the spawn: a refusal runs nothing
         main = core.spawn(coro)
@@ -264,13 +261,9 @@ class Runtime:
         state = _Interrupt(main) if in_main else None
         old = _install_sigint(state) if state is not None else None
         try:
-            # Python runs the signal handlers when block_on_step returns
-            with _signal_wakeup(self._loop, in_main) as wake_r:
-                while not core.block_on_step(main, old is not None, wake_r):
-                    if self._loop is not None:
-                        self._loop._run_main_calls()
-                    if state is not None and state.count > 1:
-                        raise KeyboardInterrupt
+            while not core.block_on_step(main, old is not None):
+                if state is not None and state.count > 1:
+                    raise KeyboardInterrupt
         finally:
             if old is not None:
                 _signal.signal(_signal.SIGINT, old)
