@@ -91,7 +91,7 @@ PyObject *pyt_spawn_blocking(pyrt_t *r, PyObject *args, PyObject *kw);
  * (watch_sigint) or 50 ms pass (when the runtime cannot watch signals),
  * so that the caller may run Python's signal handlers. Returns True when
  * the task finished, False on such a return early. */
-PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch_sigint, int wake_fd);
+PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch_sigint);
 
 /* ---------------------------------------------------------------- ops */
 

@@ -366,12 +366,12 @@ static PyObject *core_spawn(coreobj_t *self, PyObject *coro) {
 
 static PyObject *core_block_on_step(coreobj_t *self, PyObject *args) {
   PyObject *join;
-  int watch, wake_fd = -1;
-  if (!PyArg_ParseTuple(args, "Op|i", &join, &watch, &wake_fd))
+  int watch;
+  if (!PyArg_ParseTuple(args, "Op", &join, &watch))
     return NULL;
   if (self->r->rt == NULL)
     return pyt_raise(TREADLE_ESHUTDOWN);
-  return pyt_block_on_step(self->r, join, watch, wake_fd);
+  return pyt_block_on_step(self->r, join, watch);
 }
 
 static PyObject *core_spawn_blocking(coreobj_t *self, PyObject *args, PyObject *kw) {
@@ -405,10 +405,9 @@ static PyMethodDef core_methods[] = {
      "spawn($self, coro, /)\n--\n\n"
      "Runs coro as a task of this runtime: a JoinHandle."},
     {"block_on_step", (PyCFunction)core_block_on_step, METH_VARARGS,
-     "block_on_step($self, join, watch_sigint, wake_fd=-1, /)\n--\n\n"
+     "block_on_step($self, join, watch_sigint, /)\n--\n\n"
      "Drives the runtime until the task of `join` finishes (True) or a "
-     "signal needs Python (False): SIGINT, or a byte on wake_fd (Python's "
-     "signal wakeup fd's read end)."},
+     "signal needs Python (False)."},
     {"shutdown", (PyCFunction)core_shutdown, METH_O,
      "shutdown($self, timeout, /)\n--\n\n"
      "Cancels every task and joins every thread; False if blocking jobs "

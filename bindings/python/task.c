@@ -1048,8 +1048,7 @@ PyObject *pyt_spawn(pyrt_t *r, PyObject *aw) {
 
 /* The root future of block_on (bindings/common's): waits for the main
  * task, and for SIGINT (or a 50 ms tick where signals cannot be watched)
- * and a byte on Python's signal wakeup fd, so that the thread calling
- * block_on may run Python's signal handlers.
+ * so that the thread calling block_on may run Python's signal handlers.
  * Its output is 1 once the main task finished. */
 static treadle_poll_t main_done(void *ud, treadle_cx_t *cx) {
   joinobj_t *jo = ud;
@@ -1060,7 +1059,7 @@ static treadle_poll_t main_done(void *ud, treadle_cx_t *cx) {
   return TREADLE_READY;
 }
 
-PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch, int wake_fd) {
+PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch) {
   if (!Py_IS_TYPE(join, &join_type)) {
     PyErr_SetString(PyExc_TypeError, "expected a JoinHandle");
     return NULL;
@@ -1076,18 +1075,13 @@ PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch, int wake_fd) {
   }
   tb_root_t st = {
       .main_poll = main_done, .ud = jo, .watch = watch != 0, .tick = true};
-  /* Without an I/O driver no fd is watched: the root's 50 ms tick lets
-   * the caller run Python's signal handlers instead. */
-  treadle_err_t err = tb_root_wake_open(r->h, wake_fd, &st.wake);
-  if (err != 0 && err != TREADLE_ENOIO)
-    return pyt_raise(err);
+  treadle_err_t err;
   void *value = NULL;
   jo->awaiting = true;
   Py_BEGIN_ALLOW_THREADS
   err = treadle_runtime_block_on(r->rt, &tb_root_vt, &st, sizeof st, &value);
   Py_END_ALLOW_THREADS
   jo->awaiting = false;
-  treadle_async_fd_free(st.wake); /* its last poll was block_on's */
   if (pyt_loop_restore_due() < 0) /* a step's failed: due again next entry */
     PyErr_Clear();
   if (err != 0)
