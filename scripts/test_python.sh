@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-plain}"
 scripts/setup.sh swig python3-dev python3-setuptools python3-pytest python3-dbg python3-pexpect libssl-dev \
-  libpython3.11-testsuite python3-uvloop python3-aiohttp
+  libpython3.11-testsuite python3-uvloop python3-aiohttp python3-websockets python3-httpx python3-anyio python3-aiosqlite
 py=/usr/bin/python3
 export TREADLE_WERROR=1
 env=()
@@ -27,7 +27,7 @@ asan)
 tsan)
   export CFLAGS="-fsanitize=thread" LDFLAGS="-fsanitize=thread"
   env=(LD_PRELOAD="$(gcc -print-file-name=libtsan.so)"
-       TSAN_OPTIONS="halt_on_error=1:report_signal_unsafe=0" TREADLE_SANITIZER=tsan)
+       TSAN_OPTIONS="halt_on_error=1:report_signal_unsafe=0:suppressions=$PWD/tests/tsan.supp" TREADLE_SANITIZER=tsan)
   ;;
 *) echo "unknown mode $mode" >&2; exit 2 ;;
 esac

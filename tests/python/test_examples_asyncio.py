@@ -1,5 +1,5 @@
 """The asyncio examples (examples/python: aiohttp, streams chat, UDP echo,
-subprocess pipeline), plain asyncio programs run unchanged on treadle's
+WebSocket broadcast, subprocess pipeline), plain asyncio programs run unchanged on treadle's
 loop through examples/python/asyncio_on_treadle.py, on both flavors. Each
 server listens on 127.0.0.1 on a free port, is exercised, and is stopped
 with SIGTERM (its add_signal_handler, called in its main() on a worker
@@ -160,6 +160,18 @@ def test_udp_echo(flavor):
         assert out == "echo: hello\necho: two words\necho: ünï\n"
     assert srv.rc == 0, srv.err
     assert srv.out == "stopped after 3 datagrams\n"
+
+
+def test_websocket_server_and_client(flavor):
+    skip_multi_thread_under_tsan(flavor)
+    pytest.importorskip("websockets")
+    with Server(flavor, "websocket_server.py") as srv:
+        client = launch(flavor, "websocket_client.py", srv.port, "hello", "two words", "ünï")
+        rc, out, err = finish(client)
+        assert rc == 0, err
+        assert out == "got: hello\ngot: two words\ngot: ünï\n"
+    assert srv.rc == 0, srv.err
+    assert srv.out == "stopped after 3 messages\n"
 
 
 def test_subprocess_pipeline(flavor):
