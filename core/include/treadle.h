@@ -1236,7 +1236,8 @@ typedef struct treadle_ready_s {
 
 /** Registers `fd` with h's I/O driver and takes it over: from then on it
  * is closed by treadle_async_fd_close or _free (dup() it first to keep
- * one). On failure the fd stays open and the caller's. Any thread.
+ * one, or take it back with treadle_async_fd_detach). On failure the fd
+ * stays open and the caller's. Any thread.
  * Errors: TREADLE_EINVAL (NULL handle or out, a negative fd, an fd
  * without O_NONBLOCK), TREADLE_ENOIO, TREADLE_ESHUTDOWN, TREADLE_ENOMEM,
  * -EPERM (epoll cannot watch it: a regular file or a directory), -EBADF,
@@ -1277,6 +1278,14 @@ treadle_poll_t treadle_async_fd_write_poll(treadle_async_fd_t *a,
 /** Wakes the waiting tasks and closes the fd once no call uses it
  * (idempotent, any thread). */
 void treadle_async_fd_close(treadle_async_fd_t *a);
+/** As treadle_async_fd_close, but the fd stays open and is the caller's
+ * again (tokio's AsyncFd::into_inner): wakes the waiting tasks and returns
+ * the fd once the I/O driver no longer watches it (a system call in
+ * progress on another thread is waited for), so that the caller may close
+ * it at once. -1 for NULL or an async fd closed or detached before. Not
+ * concurrently with _close or another _detach of `a`. Free `a` with
+ * treadle_async_fd_free as usual. Any thread. */
+int treadle_async_fd_detach(treadle_async_fd_t *a);
 /** Closes (if needed) and frees (NULL ignored). No task may be polling it. */
 void treadle_async_fd_free(treadle_async_fd_t *a);
 

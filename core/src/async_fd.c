@@ -137,6 +137,10 @@ void treadle_async_fd_close(treadle_async_fd_t *a) {
     treadle__source_close(&a->src);
 }
 
+int treadle_async_fd_detach(treadle_async_fd_t *a) {
+  return a != NULL ? treadle__source_detach(&a->src) : -1;
+}
+
 void treadle_async_fd_free(treadle_async_fd_t *a) {
   if (a == NULL)
     return;

@@ -293,19 +293,22 @@ treadle_err_t treadle__source_open(treadle__source_t *src, treadle_handle_t *h,
     return err;
   src->fd = fd;
   atomic_init(&src->users, 0);
+  src->keep_fd = false;
   src->reg = r;
   src->h = treadle_handle_ref(h);
   return 0;
 }
 
-/* The fd's last user is gone: deregister, close, give the slot back. */
+/* The fd's last user is gone: deregister, close (unless detached), give
+ * the slot back. */
 static void source_finish_close(treadle__source_t *src) {
   treadle__io_t *io = &src->h->driver.io;
   treadle__io_reg_t *r = src->reg;
   treadle__os_mutex_lock(&io->mu);
   if (io->epfd >= 0)
     epoll_ctl(io->epfd, EPOLL_CTL_DEL, src->fd, NULL);
-  close(src->fd);
+  if (!src->keep_fd)
+    close(src->fd);
   src->fd = -1;
   treadle_waker_t *reader, *writer;
   reg_lock(r);
@@ -337,7 +340,7 @@ static void source_close_in_child(treadle__source_t *src) {
   uint32_t old = atomic_fetch_or_explicit(
       &src->users, TREADLE__SRC_CLOSED | TREADLE__SRC_FINISHED,
       memory_order_relaxed);
-  if (!(old & TREADLE__SRC_FINISHED))
+  if (!(old & TREADLE__SRC_FINISHED) && !src->keep_fd)
     close(src->fd);
 }
 
@@ -361,6 +364,25 @@ void treadle__source_close(treadle__source_t *src) {
   wake_both(reader, writer);
   if (old == 0)
     treadle__source_try_finish(src, TREADLE__SRC_CLOSED);
+}
+
+int treadle__source_detach(treadle__source_t *src) {
+  /* Relaxed: a close that came before this call is seen (its caller
+   * ordered the two); one racing with it is the caller's error. */
+  if (src->reg == NULL ||
+      atomic_load_explicit(&src->users, memory_order_relaxed) & TREADLE__SRC_CLOSED)
+    return -1;
+  int fd = src->fd;
+  src->keep_fd = true; /* published by close's acq_rel fetch_or */
+  treadle__source_close(src);
+  /* An operation still inside (a system call on another thread, which
+   * does not block: the fd is non-blocking) finishes it when it leaves;
+   * the caller may close the fd only after the epoll_ctl DEL.
+   * acquire: pairs with the finisher's CAS. */
+  while (!(atomic_load_explicit(&src->users, memory_order_acquire) &
+           TREADLE__SRC_FINISHED))
+    sched_yield();
+  return fd;
 }
 
 void treadle__source_free(treadle__source_t *src) {

@@ -47,6 +47,8 @@ struct treadle__io_reg_s {
 typedef struct treadle__source_s {
   int fd;
   _Atomic uint32_t users; /* CLOSED | FINISHED | operations in progress */
+  bool keep_fd; /* detach: the finish deregisters but does not close; set
+                   before CLOSED, read by whoever finishes */
   treadle__io_reg_t *reg;
   treadle_handle_t *h; /* holds a reference */
 } treadle__source_t;
@@ -58,6 +60,10 @@ treadle_err_t treadle__source_open(treadle__source_t *src, treadle_handle_t *h,
 /* Wakes the waiters and closes the fd (now, or when the last operation
  * leaves); idempotent. */
 void treadle__source_close(treadle__source_t *src);
+/* As close, but the fd stays open: returns it once the driver no longer
+ * watches it (after the last operation left), or -1 when src was closed
+ * already. Not concurrently with close or another detach. */
+int treadle__source_detach(treadle__source_t *src);
 /* Closes if needed and drops the handle reference. Nothing may use src. */
 void treadle__source_free(treadle__source_t *src);
 /* poll_ready's slow path: stores the task's waker, or finds it ready. */

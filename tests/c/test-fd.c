@@ -7,7 +7,8 @@
  * TREADLE_EFORKED at once, and what it closes leaves the parent's
  * registrations alone; and a close while a dup of the fd keeps its file
  * description open (the epoll set must drop the fd before it is closed); a
- * wait for either side (READABLE | WRITABLE) that only a write edge ends. The
+ * wait for either side (READABLE | WRITABLE) that only a write edge ends;
+ * a detach, which hands the fd back open and unwatched. The
  * harness checks after every case that every fd was closed. */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -554,6 +555,74 @@ static void close_with_a_dup_open(void **state) {
   assert_int_equal(treadle_runtime_free(rt), 0);
 }
 
+/* ------------------------------------------------------------- detach */
+
+typedef struct {
+  treadle_async_fd_t *a;
+  int fd; /* what the detach returned */
+} detach_t;
+
+static void *detach_later(void *arg) {
+  detach_t *d = arg;
+  test_sleep_ms(20);
+  d->fd = treadle_async_fd_detach(d->a);
+  return NULL;
+}
+
+/* treadle_async_fd_detach ends the reader's wait as a close does, but
+ * hands the fd back open and no longer watched: the caller reads from it,
+ * registers it again, and closes it. A second detach, a detach after a
+ * close and a NULL answer -1. */
+static void detach_gives_the_fd_back(void **state) {
+  (void)state;
+  treadle_runtime_t *rt = test_runtime();
+  treadle_handle_t *h = treadle_runtime_handle(rt);
+  int epfd = h->driver.io.epfd;
+  int fds[2];
+  pipe_pair(fds, O_NONBLOCK);
+  treadle_err_t got = 1;
+  waiter_t w = {.fd = register_fd(h, fds[0]), .got = &got};
+  detach_t arg = {.a = w.fd, .fd = -2};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, detach_later, &arg), 0);
+  assert_int_equal(RUN(rt, &waiter_vt, w), 0); /* nothing written: the detach ends it */
+  pthread_join(th, NULL);
+  assert_int_equal(got, TREADLE_ECLOSED);
+  assert_int_equal(arg.fd, fds[0]);
+  assert_int_equal(treadle_async_fd_fd(w.fd), -1);
+  assert_false(epoll_watches(epfd, fds[0]));
+  assert_int_equal(treadle_async_fd_detach(w.fd), -1);
+  treadle_async_fd_free(w.fd); /* frees; the fd stays open */
+  assert_int_equal(write(fds[1], "z", 1), 1);
+  char b = 0;
+  assert_int_equal(read(fds[0], &b, 1), 1);
+  assert_int_equal(b, 'z');
+  /* Registered again, read through the driver, detached at once. */
+  assert_int_equal(write(fds[1], "q", 1), 1);
+  treadle_async_fd_t *again = register_fd(h, fds[0]);
+  got = 1;
+  waiter_t w2 = {.fd = again, .got = &got};
+  assert_int_equal(RUN(rt, &waiter_vt, w2), 0);
+  assert_int_equal(got, 0);
+  assert_int_equal(treadle_async_fd_detach(again), fds[0]);
+  assert_false(epoll_watches(epfd, fds[0]));
+  treadle_async_fd_free(again);
+  /* After a close, detach has nothing to give back. */
+  int other[2];
+  pipe_pair(other, O_NONBLOCK);
+  treadle_async_fd_t *closed = register_fd(h, other[0]);
+  treadle_async_fd_close(closed);
+  assert_int_equal(treadle_async_fd_detach(closed), -1);
+  treadle_async_fd_free(closed);
+  assert_int_equal(treadle_async_fd_detach(NULL), -1);
+  assert_int_equal(fcntl(other[0], F_GETFD), -1); /* the close closed it */
+  close(other[1]);
+  assert_true(fcntl(fds[0], F_GETFD) >= 0);       /* still the caller's */
+  close(fds[0]);
+  close(fds[1]);
+  assert_int_equal(treadle_runtime_free(rt), 0);
+}
+
 static const struct CMUnitTest tests[] = {
     RT_TEST(pipe_round_trip),
     RT_TEST(eventfd_ready_and_clear),
@@ -564,6 +633,7 @@ static const struct CMUnitTest tests[] = {
     RT_TEST(outlives_runtime),
     RT_TEST(forked_child_gets_eforked),
     RT_TEST(close_with_a_dup_open),
+    RT_TEST(detach_gives_the_fd_back),
 };
 
 TEST_MAIN(tests)
