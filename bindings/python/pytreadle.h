@@ -86,12 +86,16 @@ PyObject *pyt_spawn(pyrt_t *r, PyObject *awaitable);
 /* Runs fn(*args[1:], **kw) (args[0] is fn) on r's blocking pool: a new
  * JoinHandle. */
 PyObject *pyt_spawn_blocking(pyrt_t *r, PyObject *args, PyObject *kw);
-/* The main task of block_on: spawns it and drives the runtime on this
- * thread (releasing the GIL) until it finishes, or until SIGINT arrives
- * (watch_sigint) or 50 ms pass (when the runtime cannot watch signals),
- * so that the caller may run Python's signal handlers. Returns True when
- * the task finished, False on such a return early. */
-PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch_sigint);
+/* A WakeWatch: `fd` (a pipe's non-blocking read end; -1: none) registered
+ * with r's I/O driver for pyt_block_on_step, until its close(). */
+PyObject *pyt_wake_watch(pyrt_t *r, int fd);
+/* One wait of block_on for the main task `join`: drives the runtime on
+ * this thread (releasing the GIL) until the task finishes, or until SIGINT
+ * arrives (watch_sigint), 50 ms pass (when the runtime cannot watch
+ * signals) or a byte arrives on `wake` (a WakeWatch, or None), so that
+ * the caller may run Python's signal handlers. Returns True when the task
+ * finished, False on such a return early. */
+PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch_sigint, PyObject *wake);
 
 /* ---------------------------------------------------------------- ops */
 

@@ -365,13 +365,26 @@ static PyObject *core_spawn(coreobj_t *self, PyObject *coro) {
 }
 
 static PyObject *core_block_on_step(coreobj_t *self, PyObject *args) {
-  PyObject *join;
+  PyObject *join, *wake = Py_None;
   int watch;
-  if (!PyArg_ParseTuple(args, "Op", &join, &watch))
+  if (!PyArg_ParseTuple(args, "Op|O", &join, &watch, &wake))
     return NULL;
   if (self->r->rt == NULL)
     return pyt_raise(TREADLE_ESHUTDOWN);
-  return pyt_block_on_step(self->r, join, watch);
+  return pyt_block_on_step(self->r, join, watch, wake);
+}
+
+static PyObject *core_watch_wake(coreobj_t *self, PyObject *arg) {
+  int fd = pyt_as_int(arg);
+  if (fd == -1 && PyErr_Occurred())
+    return NULL;
+  if (fd < -1) {
+    PyErr_SetString(PyExc_ValueError, "fd must be an open fd or -1 (none)");
+    return NULL;
+  }
+  if (self->r->rt == NULL)
+    return pyt_raise(TREADLE_ESHUTDOWN);
+  return pyt_wake_watch(self->r, fd);
 }
 
 static PyObject *core_spawn_blocking(coreobj_t *self, PyObject *args, PyObject *kw) {
@@ -405,9 +418,14 @@ static PyMethodDef core_methods[] = {
      "spawn($self, coro, /)\n--\n\n"
      "Runs coro as a task of this runtime: a JoinHandle."},
     {"block_on_step", (PyCFunction)core_block_on_step, METH_VARARGS,
-     "block_on_step($self, join, watch_sigint, /)\n--\n\n"
+     "block_on_step($self, join, watch_sigint, wake=None, /)\n--\n\n"
      "Drives the runtime until the task of `join` finishes (True) or a "
-     "signal needs Python (False)."},
+     "signal needs Python (False): SIGINT, or a byte on the fd of `wake` "
+     "(a WakeWatch of Python's signal wakeup fd's read end)."},
+    {"watch_wake", (PyCFunction)core_watch_wake, METH_O,
+     "watch_wake($self, fd, /)\n--\n\n"
+     "A WakeWatch: fd (a pipe's non-blocking read end, which stays the "
+     "caller's; -1: none) registered for block_on_step until its close()."},
     {"shutdown", (PyCFunction)core_shutdown, METH_O,
      "shutdown($self, timeout, /)\n--\n\n"
      "Cancels every task and joins every thread; False if blocking jobs "

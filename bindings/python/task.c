@@ -1046,9 +1046,89 @@ PyObject *pyt_spawn(pyrt_t *r, PyObject *aw) {
 
 /* ------------------------------------------------------------ block_on */
 
+/* A WakeWatch: the read end of a wake pipe (Python's signal wakeup fd)
+ * registered once with the runtime's I/O driver, for every block_on_step
+ * of one block_on (a registration per step made a failure possible on
+ * each). `afd` is NULL when nothing is watched: fd -1, or a runtime
+ * without I/O, where the root's 50 ms tick stands in. */
+typedef struct {
+  PyObject_HEAD
+  pyrt_t *r;               /* a reference: the runtime it is registered with */
+  treadle_async_fd_t *afd; /* freed by close() */
+  bool closed;
+  bool busy; /* a block_on_step polls it (the GIL is released meanwhile) */
+} wakeobj_t;
+
+static PyTypeObject wake_type;
+
+PyObject *pyt_wake_watch(pyrt_t *r, int fd) {
+  wakeobj_t *w = PyObject_New(wakeobj_t, &wake_type);
+  if (w == NULL)
+    return NULL;
+  w->r = pyrt_ref(r);
+  w->afd = NULL;
+  w->closed = w->busy = false;
+  treadle_err_t err = tb_root_wake_open(r->h, fd, &w->afd);
+  if (err != 0 && err != TREADLE_ENOIO) {
+    Py_DECREF(w);
+    return pyt_raise(err);
+  }
+  return (PyObject *)w;
+}
+
+static PyObject *wake_close(wakeobj_t *w, PyObject *Py_UNUSED(unused)) {
+  if (w->busy) {
+    PyErr_SetString(PyExc_RuntimeError, "a block_on_step is watching it");
+    return NULL;
+  }
+  treadle_async_fd_free(w->afd); /* its last poll was a block_on's */
+  w->afd = NULL;
+  w->closed = true;
+  Py_RETURN_NONE;
+}
+
+static PyObject *wake_enter(PyObject *w, PyObject *Py_UNUSED(unused)) {
+  return Py_NewRef(w);
+}
+
+static PyObject *wake_exit(wakeobj_t *w, PyObject *Py_UNUSED(args)) {
+  PyObject *r = wake_close(w, NULL);
+  if (r == NULL)
+    return NULL;
+  Py_DECREF(r);
+  Py_RETURN_FALSE;
+}
+
+static void wake_dealloc(wakeobj_t *w) {
+  treadle_async_fd_free(w->afd); /* not busy: a step holds a reference */
+  pyrt_unref(w->r);
+  PyObject_Free(w);
+}
+
+static PyMethodDef wake_methods[] = {
+    {"close", (PyCFunction)wake_close, METH_NOARGS,
+     "close($self, /)\n--\n\nEnds the registration (idempotent)."},
+    {"__enter__", (PyCFunction)wake_enter, METH_NOARGS,
+     "__enter__($self, /)\n--\n\nReturns self."},
+    {"__exit__", (PyCFunction)wake_exit, METH_VARARGS,
+     "__exit__($self, /, *exc)\n--\n\nCloses it."},
+    {NULL}};
+
+static PyTypeObject wake_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "treadle._core.WakeWatch",
+    .tp_basicsize = sizeof(wakeobj_t),
+    .tp_dealloc = (destructor)wake_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "A wake fd registered for RuntimeCore.block_on_step "
+              "(RuntimeCore.watch_wake); close() or `with` ends it.",
+    .tp_methods = wake_methods,
+};
+
 /* The root future of block_on (bindings/common's): waits for the main
  * task, and for SIGINT (or a 50 ms tick where signals cannot be watched)
- * so that the thread calling block_on may run Python's signal handlers.
+ * and a byte on Python's signal wakeup fd, so that the thread calling
+ * block_on may run Python's signal handlers.
  * Its output is 1 once the main task finished. */
 static treadle_poll_t main_done(void *ud, treadle_cx_t *cx) {
   joinobj_t *jo = ud;
@@ -1059,10 +1139,27 @@ static treadle_poll_t main_done(void *ud, treadle_cx_t *cx) {
   return TREADLE_READY;
 }
 
-PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch) {
+PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch, PyObject *wake) {
   if (!Py_IS_TYPE(join, &join_type)) {
     PyErr_SetString(PyExc_TypeError, "expected a JoinHandle");
     return NULL;
+  }
+  wakeobj_t *w = NULL;
+  if (wake != Py_None) {
+    if (!Py_IS_TYPE(wake, &wake_type)) {
+      PyErr_SetString(PyExc_TypeError, "expected a WakeWatch or None");
+      return NULL;
+    }
+    w = (wakeobj_t *)wake;
+    if (w->r != r || w->closed) {
+      PyErr_SetString(PyExc_ValueError, w->closed ? "the WakeWatch is closed"
+                                                  : "a WakeWatch of another runtime");
+      return NULL;
+    }
+    if (w->busy) {
+      PyErr_SetString(PyExc_RuntimeError, "another block_on_step is watching it");
+      return NULL;
+    }
   }
   joinobj_t *jo = (joinobj_t *)join;
   if (pyt_current != NULL)
@@ -1073,15 +1170,21 @@ PyObject *pyt_block_on_step(pyrt_t *r, PyObject *join, int watch) {
     PyErr_SetString(PyExc_RuntimeError, "this JoinHandle is awaited elsewhere");
     return NULL;
   }
-  tb_root_t st = {
-      .main_poll = main_done, .ud = jo, .watch = watch != 0, .tick = true};
+  /* block_on returns only once the root completed (or before it ran), so
+   * that the wake fd is no longer polled when the step returns. */
+  tb_root_t st = {.main_poll = main_done, .ud = jo, .watch = watch != 0,
+                  .tick = true, .wake = w != NULL ? w->afd : NULL};
   treadle_err_t err;
   void *value = NULL;
   jo->awaiting = true;
+  if (w != NULL)
+    w->busy = true;
   Py_BEGIN_ALLOW_THREADS
   err = treadle_runtime_block_on(r->rt, &tb_root_vt, &st, sizeof st, &value);
   Py_END_ALLOW_THREADS
   jo->awaiting = false;
+  if (w != NULL)
+    w->busy = false;
   if (pyt_loop_restore_due() < 0) /* a step's failed: due again next entry */
     PyErr_Clear();
   if (err != 0)
@@ -1562,7 +1665,7 @@ static int register_exiting(void) {
 int pyt_task_init(PyObject *m) {
   if (PyType_Ready(&pyt_op_type) < 0 || PyType_Ready(&join_type) < 0 ||
       PyType_Ready(&futwaker_type) < 0 || PyType_Ready(&taskref_type) < 0 ||
-      register_exiting() < 0)
+      PyType_Ready(&wake_type) < 0 || register_exiting() < 0)
     return -1;
   PyObject *tasks = PyImport_ImportModule("asyncio.tasks");
   enter_task_fn = tasks != NULL ? PyObject_GetAttrString(tasks, "_enter_task") : NULL;
@@ -1571,7 +1674,8 @@ int pyt_task_init(PyObject *m) {
   if (enter_task_fn == NULL || leave_task_fn == NULL)
     return -1;
   if (PyModule_AddObjectRef(m, "JoinHandle", (PyObject *)&join_type) < 0 ||
-      PyModule_AddObjectRef(m, "Op", (PyObject *)&pyt_op_type) < 0)
+      PyModule_AddObjectRef(m, "Op", (PyObject *)&pyt_op_type) < 0 ||
+      PyModule_AddObjectRef(m, "WakeWatch", (PyObject *)&wake_type) < 0)
     return -1;
   return PyModule_AddFunctions(m, task_functions);
 }

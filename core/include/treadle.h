@@ -199,7 +199,9 @@ treadle_handle_t *treadle_runtime_handle(treadle_runtime_t *rt);
  * calling thread until it completes; on a current_thread runtime the caller
  * runs the scheduler meanwhile. Returns the task's status and stores its
  * output value in *value (may be NULL; the value then goes to the vtable's
- * drop_output). From a thread that is running this or another runtime's
+ * drop_output). It returns only once the task completed, or with an error
+ * before spawning it (then nothing ran), so its state may point into the
+ * caller's memory. From a thread that is running this or another runtime's
  * tasks it returns TREADLE_EINRUNTIME at once: nested block_on would
  * deadlock. */
 treadle_err_t treadle_runtime_block_on(treadle_runtime_t *rt,

@@ -143,14 +143,28 @@ treadle_err_t treadle_handle_block_on(treadle_handle_t *h,
     return TREADLE_EFORKED;
   if (treadle__ctx.sched != NULL)
     return TREADLE_EINRUNTIME; /* running tasks: waiting would deadlock */
+  /* Once spawned, the task may use memory of the caller's (a binding's
+   * root future does), so nothing may end the wait before it completes:
+   * on multi_thread, where this thread parks while a worker runs it, the
+   * parker is made first. current_thread's block_on returns once main
+   * completed. */
+  treadle__parker_t *p = NULL;
+  if (h->sched->vt->block_on == NULL && (p = treadle__parker_new()) == NULL)
+    return TREADLE_ENOMEM;
   treadle_join_t *j;
   treadle_err_t err = treadle_spawn(h, vt, state, state_size, &j);
-  if (err != 0)
-    return err;
-  if (h->sched->vt->block_on != NULL)
-    h->sched->vt->block_on(h->sched, (treadle__task_t *)j);
-  err = treadle_join_wait(j, value);
-  treadle_join_detach(j);
+  if (err == 0) {
+    treadle__task_t *main = (treadle__task_t *)j;
+    if (p == NULL)
+      h->sched->vt->block_on(h->sched, main);
+    else
+      while (treadle__task_join_register(main, &p->waker))
+        treadle__parker_park(p);
+    err = treadle_join_try(j, value);
+    treadle_join_detach(j);
+  }
+  if (p != NULL)
+    treadle_waker_drop(&p->waker);
   return err;
 }
 

@@ -513,6 +513,75 @@ static void out_of_memory_while_building(void **state) {
   assert_int_equal(treadle_runtime_free(rt), 0);
 }
 
+/* block_on returns only once its task completed, or before the task ran:
+ * a binding's root future points into the caller's memory (Python's
+ * block_on freed a wake fd the root still polled on a worker, issue 15).
+ * Each allocation in turn fails while the task sleeps 20 ms; its polls
+ * and its drop count those that came after block_on returned. */
+typedef struct {
+  _Atomic int returned; /* block_on returned */
+  _Atomic int late;     /* polls and drops after that */
+  _Atomic int live;     /* polled, not yet dropped */
+} late_probe_t;
+
+typedef struct {
+  late_probe_t *p;
+  treadle_sleep_t sleep;
+  bool armed;
+} late_task_t;
+
+static treadle_poll_t late_poll(treadle_cx_t *cx, void *st) {
+  late_task_t *t = st;
+  if (atomic_load(&t->p->returned))
+    atomic_fetch_add(&t->p->late, 1);
+  if (!t->armed) {
+    treadle_sleep_init(&t->sleep, 20 * TREADLE_NSEC_PER_MSEC);
+    t->armed = true;
+    atomic_fetch_add(&t->p->live, 1);
+  }
+  treadle_err_t err;
+  if (treadle_sleep_poll(&t->sleep, cx, &err) == TREADLE_PENDING)
+    return TREADLE_PENDING;
+  treadle_cx_set_output(cx, err, NULL);
+  return TREADLE_READY;
+}
+
+static void late_drop(void *st) {
+  late_task_t *t = st;
+  if (atomic_load(&t->p->returned))
+    atomic_fetch_add(&t->p->late, 1);
+  if (t->armed) {
+    treadle_sleep_drop(&t->sleep);
+    atomic_fetch_sub(&t->p->live, 1);
+  }
+}
+
+static const treadle_task_vtable_t late_vt = {.poll = late_poll,
+                                              .drop = late_drop};
+
+static void out_of_memory_in_block_on(void **state) {
+  (void)state;
+  long k = 0, enomem = 0;
+  for (bool fired = true; fired; k++) {
+    treadle_runtime_t *rt = test_runtime();
+    late_probe_t probe = {0};
+    late_task_t task = {.p = &probe};
+    treadle__alloc_fail_after(k);
+    treadle_err_t err =
+        treadle_runtime_block_on(rt, &late_vt, &task, sizeof task, NULL);
+    atomic_store(&probe.returned, 1);
+    fired = treadle__alloc_fail_after(-1) < 0;
+    assert_int_equal(atomic_load(&probe.live), 0);
+    assert_int_equal(treadle_runtime_free(rt), 0); /* drops a task left */
+    assert_int_equal(atomic_load(&probe.late), 0);
+    if (err == TREADLE_ENOMEM)
+      enomem++;
+    else
+      assert_int_equal(err, 0);
+  }
+  assert_true(enomem >= 1);
+}
+
 static const struct CMUnitTest tests[] = {
     TEST(builder_rejects_bad_values),
     RT_TEST(block_on_returns_the_output),
@@ -526,6 +595,7 @@ static const struct CMUnitTest tests[] = {
     RT_TEST(free_while_another_thread_drives_is_busy),
     RT_TEST(create_destroy_cycles),
     RT_TEST(out_of_memory_while_building),
+    RT_TEST(out_of_memory_in_block_on),
 };
 
 TEST_MAIN(tests)

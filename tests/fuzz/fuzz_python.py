@@ -66,6 +66,7 @@ def entry_points(core, builder):
         ("Handle.current", _core.Handle.current, ()),
         ("core.spawn", core.spawn, ()), ("core.spawn_blocking", core.spawn_blocking, ()),
         ("core.block_on_step", core.block_on_step, ()), ("handle.spawn", handle.spawn, ()),
+        ("core.watch_wake", core.watch_wake, ()), ("WakeWatch()", _core.WakeWatch, ()),
     ]
     return out
 

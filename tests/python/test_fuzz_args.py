@@ -112,6 +112,8 @@ def drop(value):
         value.shutdown(None)
     elif isinstance(value, _core.LoopCore):
         value._close_core()
+    elif isinstance(value, _core.WakeWatch):
+        value.close()
     elif type(value).__name__ == "SwigPyObject" and "treadle_builder_s *" in repr(value):
         # treadle_builder_new's: its caller frees it (it leaked, which the
         # fuzz target's LeakSanitizer found)
@@ -164,6 +166,7 @@ def test_types_take_bad_arguments():
                 ("Handle.current", _core.Handle.current),
                 ("core.spawn", core.spawn), ("core.spawn_blocking", core.spawn_blocking),
                 ("core.block_on_step", core.block_on_step), ("core.handle", core.handle),
+                ("core.watch_wake", core.watch_wake), ("WakeWatch()", _core.WakeWatch),
                 ("handle.spawn", handle.spawn),
             ):
                 drop(sweep.call(name, fn))

@@ -71,6 +71,47 @@ def test_python_handler_runs_during_run_forever(tmp_path, flavor, sender):
     assert out.splitlines()[-1] == f"handler ran [({int(signal.SIGTERM)}, True)]"
 
 
+# treadle.run's main task waits for something only the SIGTERM handler
+# gives (a blocking-pool job waits for a threading.Event), so the main
+# thread, in block_on, must wake to run the handler; or the handler raises.
+BLOCK_ON_SCRIPT = """
+import signal, sys, threading
+import treadle
+
+flavor, action = sys.argv[1], sys.argv[2]
+done, ran = threading.Event(), []
+
+def on_term(signum, frame):
+    ran.append(threading.current_thread() is threading.main_thread())
+    done.set()  # (the runtime's shutdown waits for the blocking job)
+    if action == "raise":
+        raise SystemExit(7)
+
+async def main():
+    print("running", flush=True)
+    return await treadle.spawn_blocking(done.wait, 60)
+
+signal.signal(signal.SIGTERM, on_term)
+try:
+    print("waited:", treadle.run(main(), flavor=flavor, workers=2), flush=True)
+finally:
+    print("handler ran", ran, flush=True)
+"""
+
+
+@pytest.mark.parametrize("action", ["return", "raise"])
+def test_python_handler_runs_during_treadle_run(tmp_path, flavor, action):
+    script = write_script(tmp_path, "block_on.py", BLOCK_ON_SCRIPT)
+    rc, out, err = run_child(script, flavor, action, send_term=True)
+    if action == "return":
+        assert rc == 0, err
+        assert out.splitlines()[-2:] == ["waited: True", "handler ran [True]"]
+    else:  # the handler's SystemExit ends treadle.run, the runtime shut down
+        assert rc == 7, err
+        assert out.splitlines()[-1] == "handler ran [True]"
+        assert "Traceback" not in err, err
+
+
 RAISING_SCRIPT = """
 import signal, sys
 import treadle
@@ -124,20 +165,24 @@ async def main():
     assert loop.remove_signal_handler(signal.SIGUSR1)
     return len(where)
 
-with asyncio.Runner(loop_factory=lambda: treadle.new_event_loop(
-        flavor="multi_thread", workers=2)) as runner:
-    seen = runner.run(main())
+if sys.argv[1] == "asyncio.Runner":
+    with asyncio.Runner(loop_factory=lambda: treadle.new_event_loop(
+            flavor="multi_thread", workers=2)) as runner:
+        seen = runner.run(main())
+else:
+    seen = treadle.run(main(), flavor="multi_thread", workers=2)
 print("deliveries seen:", seen >= 2, flush=True)
 print("after run:", signal.getsignal(signal.SIGUSR1), flush=True)
 """
 
 
-def test_add_signal_handler_on_a_worker(tmp_path):
+@pytest.mark.parametrize("runner", ["asyncio.Runner", "treadle.run"])
+def test_add_signal_handler_on_a_worker(tmp_path, runner):
     # main() runs on a multi_thread worker, as aiohttp's web.run_app's
     # add_signal_handler calls do; Python's part is done on the main thread,
-    # which waits in run_forever.
+    # which waits in run_forever (asyncio.Runner) or block_on (treadle.run).
     script = write_script(tmp_path, "worker_add.py", WORKER_ADD_SCRIPT)
-    rc, out, err = run_child(script)
+    rc, out, err = run_child(script, runner)
     assert rc == 0, err
     assert out.splitlines() == ["python handler: _sighandler_noop",
                                 "deliveries seen: True",

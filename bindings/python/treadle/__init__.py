@@ -27,6 +27,7 @@ from typing import (TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, List,
 from . import _core
 from . import core as _swig
 from ._loop import BlockingPoolExecutor, EventLoop, EventLoopPolicy
+from ._loop import signal_wakeup as _signal_wakeup
 
 __all__ = [
     "run", "Runtime", "Handle", "JoinHandle", "Metrics", "WorkerMetrics",
@@ -253,20 +254,29 @@ class Runtime:
         """Runs ``coro`` as the main task until it finishes and returns its
         result (or raises its exception). The GIL is released while it
         waits. Ctrl-C (in the main thread) cancels the main task and then
-        raises KeyboardInterrupt; a second Ctrl-C raises at once."""
+        raises KeyboardInterrupt; a second Ctrl-C raises at once. On the
+        main thread, Python's signal handlers (``signal.signal``) run while
+        it waits, as they do in asyncio's run."""
         core = self._core
         _core.check_not_in_task()  # before the spawn: a refusal runs nothing
-        main = core.spawn(coro)
         in_main = _threading.current_thread() is _threading.main_thread()
-        state = _Interrupt(main) if in_main else None
-        old = _install_sigint(state) if state is not None else None
-        try:
-            while not core.block_on_step(main, old is not None):
-                if state is not None and state.count > 1:
-                    raise KeyboardInterrupt
-        finally:
-            if old is not None:
-                _signal.signal(_signal.SIGINT, old)
+        # The wake pipe is registered once, before the spawn (a failure
+        # runs nothing); Python runs the signal handlers when block_on_step
+        # returns.
+        with _signal_wakeup(self._loop, in_main) as wake_r, \
+                core.watch_wake(wake_r) as wake:
+            main = core.spawn(coro)
+            state = _Interrupt(main) if in_main else None
+            old = _install_sigint(state) if state is not None else None
+            try:
+                while not core.block_on_step(main, old is not None, wake):
+                    if self._loop is not None:
+                        self._loop._run_main_calls()
+                    if state is not None and state.count > 1:
+                        raise KeyboardInterrupt
+            finally:
+                if old is not None:
+                    _signal.signal(_signal.SIGINT, old)
         if state is not None and state.count:
             try:
                 main.result()
