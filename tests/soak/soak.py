@@ -23,7 +23,7 @@ all at once, from one asyncio process (its own load generator, not treadle):
   reset      4 clients: send, maybe read, close with SO_LINGER 0 (RST) at a
              random point
   never-read 2 clients: write until the server's writes back up, hold,
-             then reset
+             then reset (none for aiohttp: see AiohttpHttp)
   storm      every 20 s (first at warm-up/2): open connections until the
              server holds 1024 fds (or 1124 were tried), hold 2 s, close
              (half with RST); under valgrind up to 960 fds (see storm_to)
@@ -96,6 +96,7 @@ def payload(rng, size):
 
 class Echo:
     """What the echo servers are sent, and must answer: the same bytes."""
+    never_read_clients = 2
 
     def message(self, rng, size):
         data = payload(rng, size)
@@ -115,6 +116,7 @@ class Echo:
 class Http:
     """What the HTTP example is sent: pipelined GET / requests, each
     answered with the exact bytes of RESPONSE."""
+    never_read_clients = 2
     REQUEST = b"GET / HTTP/1.1\r\nHost: soak\r\n\r\n"
     RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
                 b"Content-Length: 13\r\n\r\nHello, World!")
@@ -151,6 +153,13 @@ class AiohttpHttp(Http):
                          + SERVER_SOFTWARE.encode() + b"\r\n\r\nHello, World!")
 
     answers_after_eof = False
+    # aiohttp 3.8 parses and queues every pipelined request it reads
+    # (web_protocol.py's data_received) and never pauses reading while its
+    # answers wait to drain, so a client that sends without reading grows
+    # the server without bound on any loop (2.2 GiB in 15 s with one such
+    # client on asyncio's own loop): that is aiohttp's to fix, and these
+    # servers get no never-read clients.
+    never_read_clients = 0
 
     def same(self, got, want):
         return self.DATE.sub(self.MASK, got) == want
@@ -442,7 +451,7 @@ class Soak:
     async def run(self):
         rng = random.Random(self.name)
         kinds = ([self.steady] * 8 + [self.half_open] * 2 + [self.slowloris] * 4
-                 + [self.reset] * 4 + [self.never_read] * 2)
+                 + [self.reset] * 4 + [self.never_read] * self.proto.never_read_clients)
         self.base_fds = self.fds()
         tasks = [asyncio.get_running_loop().create_task(k(rng.random()))
                  for k in kinds]
