@@ -6,7 +6,7 @@
  * checks, close, abort, flow control, connection_made/lost), as asyncio's
  * _SelectorDatagramTransport has them.
  *
- * A C task of the runtime (one a transport) waits on a dup of the socket,
+ * Its C task (one a transport, corebase.c) waits on a dup of the socket,
  * registered as a treadle async fd, and without the GIL:
  * - reads: while reading is on, recvfrom()s a batch of up to BATCH
  *   datagrams into the core's buffer, packed one after another while the
@@ -27,19 +27,19 @@
  *   a close.
  * The last address read or sent is kept with its Python object (GIL), so
  * an echo converts neither way. The system calls run under the core's
- * mutex, which close() takes before it closes the dup. */
+ * mutex, which close() takes before it closes the dup. The task, the
+ * set-up, close and the record's head are the ones StreamCore has too
+ * (corebase.c); this file has what is a datagram socket's own. */
 #include "pytreadle.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netdb.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <stddef.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <unistd.h>
 
 #define BATCH 16
 /* The biggest datagram read: 64 KiB for UDP (its length field); asyncio's
@@ -63,51 +63,24 @@ typedef struct {
 } slot_t;
 
 typedef struct dgram_s {
-  ready_fn_t rd_fn, wr_fn;
-  _Atomic long refs;
-  PyObject *loop;       /* GIL; a reference, dropped at free */
-  PyObject *transport;  /* GIL; the Python transport, until close */
-  PyObject *protocol;   /* GIL; what rd_fn gives datagrams to */
+  corebase_t c;         /* first: the shared head (corebase.c) */
   PyObject *last_addr;  /* GIL; the Python form of last_sa, or NULL */
   struct sockaddr_storage last_sa; /* GIL */
   socklen_t last_len;   /* GIL */
-  int family;
-  bool connected;       /* send() without an address */
-  size_t max;           /* the biggest datagram read */
-  treadle_async_fd_t *afd;
-  treadle_join_t *join; /* GIL */
-  pthread_mutex_t mu;
-  /* mu: */
-  treadle_waker_t *waker; /* the task's */
-  bool closed;          /* close(): the task ends */
-  bool reading;         /* the transport reads */
-  bool rd_held;         /* a batch waits for rd_fn */
-  bool rd_queued;       /* rd_fn is in the ready queue */
+  int family;           /* set at init */
+  bool connected;       /* send() without an address; set at init */
+  size_t max;           /* the biggest datagram read (c.rbuf holds two) */
+  /* c.mu: */
   int nslots, next;     /* the batch: slots[next, nslots) not given yet */
   slot_t slots[BATCH];
   qent_t *qhead, *qtail; /* the send queue */
   size_t qbytes;        /* its datagrams' bytes */
-  size_t low;           /* the low-water mark: wr_fn when reached */
-  bool wr_queued;       /* wr_fn is in the ready queue */
-  int werr;             /* errno of a failed send, until wr_fn reports it */
   uint64_t task_recvs, batches, task_sends, inline_sends; /* for tests */
-  char *rbuf;           /* 2 * max bytes, malloc'd: pages touched as used */
 } dgram_t;
-
-typedef struct {
-  PyObject_HEAD
-  dgram_t *s;
-} coreobj_t;
 
 static PyTypeObject core_type;
 static PyObject *str_datagram_received, *str_error_received, *str_write_event,
     *str_callback_error, *gaierror;
-
-static dgram_t *dg_ref(dgram_t *s) {
-  /* Relaxed: a new reference from one held. */
-  atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
-  return s;
-}
 
 static void queue_clear(dgram_t *s) {
   while (s->qhead != NULL) {
@@ -117,46 +90,6 @@ static void queue_clear(dgram_t *s) {
   }
   s->qtail = NULL;
   s->qbytes = 0;
-}
-
-/* Any thread, GIL or not. */
-static void dg_unref(dgram_t *s) {
-  /* acq_rel: the last owner sees the others' writes before freeing. */
-  if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
-    return;
-  treadle_async_fd_free(s->afd);
-  treadle_waker_drop(s->waker);
-  PyGILState_STATE g = PyGILState_Ensure();
-  Py_CLEAR(s->transport);
-  Py_CLEAR(s->protocol);
-  Py_CLEAR(s->last_addr);
-  Py_CLEAR(s->loop);
-  PyGILState_Release(g);
-  pthread_mutex_destroy(&s->mu);
-  queue_clear(s);
-  free(s->rbuf);
-  free(s);
-}
-
-/* mu held: a clone of the task's waker, to wake after unlocking. */
-static treadle_waker_t *waker_locked(dgram_t *s) {
-  return s->waker != NULL ? treadle_waker_clone(s->waker) : NULL;
-}
-
-static void wake(treadle_waker_t *w) {
-  if (w != NULL)
-    treadle_wake(w);
-}
-
-/* mu held: queues rd_fn or wr_fn (a reference for the queue); the flag is
- * already set. */
-static void queue_fn(dgram_t *s, ready_fn_t *f, bool *flag) {
-  dg_ref(s);
-  if (pyt_loop_push_fn(s->loop, f) < 0) { /* no memory: tried at the next wake */
-    *flag = false;
-    /* The queue's reference: never the last, the task holds one. */
-    atomic_fetch_sub_explicit(&s->refs, 1, memory_order_relaxed);
-  }
 }
 
 /* No GIL: one sendto (or send, without an address); -1 with errno. */
@@ -172,19 +105,28 @@ static ssize_t send_one(int fd, const char *p, size_t len,
 
 /* ----------------------------------------------------------- the task */
 
-/* mu held, no GIL: sends the queue until EAGAIN or a failure. */
-static void task_send(dgram_t *s, int fd, const treadle_ready_t *rdy) {
+/* c.mu held: the task reads while reading is on and no batch waits for
+ * rd_fn; it sends the queue unless a failed send waits for wr_fn. */
+static unsigned task_want(corebase_t *c) {
+  dgram_t *s = (dgram_t *)c;
+  return (c->reading && !c->rd_held ? TREADLE_READABLE : 0) |
+         (s->qhead != NULL && c->werr == 0 ? TREADLE_WRITABLE : 0);
+}
+
+/* c.mu held, no GIL: sends the queue until EAGAIN or a failure. */
+static void task_send(corebase_t *c, int fd, const treadle_ready_t *rdy) {
+  dgram_t *s = (dgram_t *)c;
   size_t before = s->qbytes;
   while (s->qhead != NULL) {
     qent_t *e = s->qhead;
     ssize_t n = send_one(fd, e->data, e->len, &e->addr, e->alen);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      treadle_async_fd_clear_ready(s->afd, rdy, TREADLE_WRITABLE);
+      treadle_async_fd_clear_ready(c->afd, rdy, TREADLE_WRITABLE);
       break;
     }
     s->task_sends++;
     if (n < 0)
-      s->werr = errno; /* the datagram is dropped, as asyncio drops it */
+      c->werr = errno; /* the datagram is dropped, as asyncio drops it */
     s->qhead = e->next;
     if (s->qhead == NULL)
       s->qtail = NULL;
@@ -194,16 +136,12 @@ static void task_send(dgram_t *s, int fd, const treadle_ready_t *rdy) {
       break; /* reported before the rest is sent */
   }
   size_t after = s->qbytes;
-  bool tell = s->werr != 0 ||
-              (after != before && (after == 0 || (before > s->low && after <= s->low)));
-  if (tell && !s->wr_queued) {
-    s->wr_queued = true;
-    queue_fn(s, &s->wr_fn, &s->wr_queued);
-  }
+  corebase_sent(c, before, after);
 }
 
-/* mu held, no GIL: reads a batch and queues rd_fn. */
-static void task_recv(dgram_t *s, int fd, const treadle_ready_t *rdy) {
+/* c.mu held, no GIL: reads a batch and queues rd_fn. */
+static void task_recv(corebase_t *c, int fd, const treadle_ready_t *rdy) {
+  dgram_t *s = (dgram_t *)c;
   size_t used = 0;
   int n = 0;
   while (n < BATCH && 2 * s->max - used >= s->max) {
@@ -211,10 +149,10 @@ static void task_recv(dgram_t *s, int fd, const treadle_ready_t *rdy) {
     sl->alen = sizeof sl->addr;
     ssize_t got;
     do
-      got = recvfrom(fd, s->rbuf + used, s->max, 0, (struct sockaddr *)&sl->addr, &sl->alen);
+      got = recvfrom(fd, c->rbuf + used, s->max, 0, (struct sockaddr *)&sl->addr, &sl->alen);
     while (got < 0 && errno == EINTR);
     if (got < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      treadle_async_fd_clear_ready(s->afd, rdy, TREADLE_READABLE);
+      treadle_async_fd_clear_ready(c->afd, rdy, TREADLE_READABLE);
       break;
     }
     s->task_recvs++;
@@ -230,50 +168,10 @@ static void task_recv(dgram_t *s, int fd, const treadle_ready_t *rdy) {
   s->batches++;
   s->nslots = n;
   s->next = 0;
-  s->rd_held = true;
-  s->rd_queued = true;
-  queue_fn(s, &s->rd_fn, &s->rd_queued);
+  c->rd_held = true;
+  c->rd_queued = true;
+  corebase_queue(c, &c->rd_fn, &c->rd_queued);
 }
-
-static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
-  dgram_t *s = *(dgram_t **)state;
-  pthread_mutex_lock(&s->mu);
-  if (s->waker == NULL)
-    s->waker = treadle_waker_clone(treadle_cx_waker(cx));
-  for (;;) {
-    if (s->closed) {
-      pthread_mutex_unlock(&s->mu);
-      return TREADLE_READY;
-    }
-    unsigned want = (s->reading && !s->rd_held ? TREADLE_READABLE : 0) |
-                    (s->qhead != NULL && s->werr == 0 ? TREADLE_WRITABLE : 0);
-    pthread_mutex_unlock(&s->mu);
-    if (want == 0)
-      return TREADLE_PENDING; /* woken by a sendto, a hand-over or wr_fn */
-    treadle_ready_t rdy;
-    treadle_err_t err;
-    if (treadle_async_fd_ready_poll(s->afd, cx, want, &rdy, &err) == TREADLE_PENDING)
-      return TREADLE_PENDING;
-    if (err != 0)
-      return TREADLE_READY; /* closed, or the runtime shuts down */
-    unsigned any_rd = TREADLE_READABLE | TREADLE_READ_CLOSED | TREADLE_FD_ERROR;
-    unsigned any_wr = TREADLE_WRITABLE | TREADLE_WRITE_CLOSED | TREADLE_FD_ERROR;
-    pthread_mutex_lock(&s->mu);
-    int fd = treadle_async_fd_fd(s->afd);
-    if (s->closed || fd < 0) {
-      pthread_mutex_unlock(&s->mu);
-      return TREADLE_READY;
-    }
-    if ((rdy.bits & any_wr) && s->qhead != NULL && s->werr == 0)
-      task_send(s, fd, &rdy);
-    if ((rdy.bits & any_rd) && s->reading && !s->rd_held)
-      task_recv(s, fd, &rdy);
-  }
-}
-
-static void task_drop(void *state) { dg_unref(*(dgram_t **)state); }
-
-static const treadle_task_vtable_t task_vt = {.poll = task_poll, .drop = task_drop};
 
 /* ------------------------------------------------------- addresses */
 
@@ -459,8 +357,8 @@ static bool callback_failed(dgram_t *s, const char *where) {
     return true;
   PyObject *exc = pyt_fetch_exception();
   PyObject *w = PyUnicode_FromString(where);
-  PyObject *res = w != NULL && s->transport != NULL
-                      ? PyObject_CallMethodObjArgs(s->transport, str_callback_error, exc, w, NULL)
+  PyObject *res = w != NULL && s->c.transport != NULL
+                      ? PyObject_CallMethodObjArgs(s->c.transport, str_callback_error, exc, w, NULL)
                       : NULL;
   Py_XDECREF(res);
   Py_XDECREF(w);
@@ -473,7 +371,7 @@ static void give_error(dgram_t *s, int err) {
   errno = err;
   PyErr_SetFromErrno(PyExc_OSError);
   PyObject *exc = pyt_fetch_exception();
-  PyObject *proto = Py_NewRef(s->protocol);
+  PyObject *proto = Py_NewRef(s->c.protocol);
   PyObject *res = exc != NULL ? PyObject_CallMethodOneArg(proto, str_error_received, exc) : NULL;
   Py_DECREF(proto);
   Py_XDECREF(exc);
@@ -486,12 +384,12 @@ static void give_error(dgram_t *s, int err) {
  * an exception (SystemExit, KeyboardInterrupt) stopped it midway. */
 static bool deliver(dgram_t *s) {
   for (;;) {
-    pthread_mutex_lock(&s->mu);
-    bool go = s->rd_held && s->reading && !s->closed && s->transport != NULL &&
+    pthread_mutex_lock(&s->c.mu);
+    bool go = s->c.rd_held && s->c.reading && !s->c.closed && s->c.transport != NULL &&
               s->next < s->nslots;
     slot_t *sl = go ? &s->slots[s->next++] : NULL;
-    pthread_mutex_unlock(&s->mu);
-    if (!go || pyt_loop_closed(s->loop))
+    pthread_mutex_unlock(&s->c.mu);
+    if (!go || pyt_loop_closed(s->c.loop))
       return true;
     if (sl->len < 0) {
       give_error(s, (int)-sl->len);
@@ -502,12 +400,12 @@ static bool deliver(dgram_t *s) {
         addr = Py_NewRef(s->last_addr);
       else if ((addr = addr_to_py(&sl->addr, sl->alen)) != NULL && sl->alen > 0)
         remember(s, &sl->addr, sl->alen, addr);
-      PyObject *data = addr != NULL ? PyBytes_FromStringAndSize(s->rbuf + sl->off, sl->len) : NULL;
+      PyObject *data = addr != NULL ? PyBytes_FromStringAndSize(s->c.rbuf + sl->off, sl->len) : NULL;
       if (data == NULL) { /* no memory: this one is lost */
         Py_XDECREF(addr);
         return false;
       }
-      PyObject *args[] = {Py_NewRef(s->protocol), data, addr};
+      PyObject *args[] = {Py_NewRef(s->c.protocol), data, addr};
       PyObject *res = PyObject_VectorcallMethod(str_datagram_received, args,
                                                 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
       Py_DECREF(args[0]);
@@ -524,35 +422,35 @@ static bool deliver(dgram_t *s) {
 
 static void rd_fn(ready_fn_t *f) {
   dgram_t *s = (dgram_t *)f;
-  pthread_mutex_lock(&s->mu);
-  s->rd_queued = false;
-  pthread_mutex_unlock(&s->mu);
+  pthread_mutex_lock(&s->c.mu);
+  s->c.rd_queued = false;
+  pthread_mutex_unlock(&s->c.mu);
   bool whole = deliver(s);
-  pthread_mutex_lock(&s->mu);
+  pthread_mutex_lock(&s->c.mu);
   treadle_waker_t *w = NULL;
   if (whole || s->next >= s->nslots) { /* the batch is done: read on */
-    s->rd_held = false;
-    w = waker_locked(s);
-  } else if (!s->rd_queued) { /* the rest in the next iteration */
-    s->rd_queued = true;
-    queue_fn(s, &s->rd_fn, &s->rd_queued);
+    s->c.rd_held = false;
+    w = corebase_waker(&s->c);
+  } else if (!s->c.rd_queued) { /* the rest in the next iteration */
+    s->c.rd_queued = true;
+    corebase_queue(&s->c, &s->c.rd_fn, &s->c.rd_queued);
   }
-  pthread_mutex_unlock(&s->mu);
-  wake(w);
-  dg_unref(s);
+  pthread_mutex_unlock(&s->c.mu);
+  corebase_wake(w);
+  corebase_unref(&s->c);
 }
 
 static void wr_fn(ready_fn_t *f) {
-  dgram_t *s = (dgram_t *)((char *)f - offsetof(dgram_t, wr_fn));
-  pthread_mutex_lock(&s->mu);
-  s->wr_queued = false;
-  int err = s->werr;
-  s->werr = 0;
-  treadle_waker_t *w = err != 0 ? waker_locked(s) : NULL; /* sends on */
-  pthread_mutex_unlock(&s->mu);
-  wake(w);
-  if (s->transport != NULL && !pyt_loop_closed(s->loop)) {
-    PyObject *tr = Py_NewRef(s->transport);
+  dgram_t *s = (dgram_t *)((char *)f - offsetof(corebase_t, wr_fn));
+  pthread_mutex_lock(&s->c.mu);
+  s->c.wr_queued = false;
+  int err = s->c.werr;
+  s->c.werr = 0;
+  treadle_waker_t *w = err != 0 ? corebase_waker(&s->c) : NULL; /* sends on */
+  pthread_mutex_unlock(&s->c.mu);
+  corebase_wake(w);
+  if (s->c.transport != NULL && !pyt_loop_closed(s->c.loop)) {
+    PyObject *tr = Py_NewRef(s->c.transport);
     PyObject *e = PyLong_FromLong(err);
     PyObject *res = e != NULL ? PyObject_CallMethodOneArg(tr, str_write_event, e) : NULL;
     if (res == NULL && e != NULL)
@@ -561,41 +459,37 @@ static void wr_fn(ready_fn_t *f) {
     Py_XDECREF(e);
     Py_DECREF(tr);
   }
-  dg_unref(s);
+  corebase_unref(&s->c);
 }
+
+/* GIL. */
+static void free_rest(corebase_t *c) {
+  dgram_t *s = (dgram_t *)c;
+  Py_CLEAR(s->last_addr);
+  queue_clear(s);
+}
+
+static size_t pending(corebase_t *c) { return ((dgram_t *)c)->qbytes; }
+
+static void drop_pending(corebase_t *c) { queue_clear((dgram_t *)c); }
+
+static const corebase_ops_t dgram_ops = {
+    .want = task_want, .send = task_send, .recv = task_recv, .rd_fn = rd_fn, .wr_fn = wr_fn,
+    .pending = pending, .drop_pending = drop_pending, .free_rest = free_rest};
 
 /* -------------------------------------------------------- the methods */
 
-static int check_live(coreobj_t *o) {
-  if (o->s == NULL) {
-    PyErr_SetString(PyExc_RuntimeError, "DatagramCore is not initialised");
-    return -1;
-  }
-  return 0;
-}
-
 /* DatagramCore(loop, fd, transport, connected): dups fd and starts the
  * task. */
-static int core_init(coreobj_t *o, PyObject *args, PyObject *kw) {
+static int core_init(corebase_obj_t *o, PyObject *args, PyObject *kw) {
   static char *names[] = {"loop", "fd", "transport", "connected", NULL};
   PyObject *loop, *transport;
   int fd, connected;
   if (!PyArg_ParseTupleAndKeywords(args, kw, "OiOp", names, &loop, &fd, &transport, &connected))
     return -1;
-  if (o->s != NULL) {
-    PyErr_SetString(PyExc_RuntimeError, "DatagramCore is initialised already");
+  pyrt_t *r = corebase_runtime(o, loop, "DatagramCore(loop, fd, transport, connected)");
+  if (r == NULL)
     return -1;
-  }
-  if (!pyt_is_loop(loop)) {
-    PyErr_SetString(PyExc_TypeError,
-                    "DatagramCore(loop, fd, transport, connected) takes a treadle.EventLoop");
-    return -1;
-  }
-  pyrt_t *r = pyt_loop_runtime(loop);
-  if (r->rt == NULL) {
-    pyt_raise(TREADLE_ESHUTDOWN);
-    return -1;
-  }
   struct sockaddr_storage sa;
   socklen_t salen = sizeof sa;
   int type = 0;
@@ -611,97 +505,28 @@ static int core_init(coreobj_t *o, PyObject *args, PyObject *kw) {
                     "DatagramCore takes an AF_INET, AF_INET6 or AF_UNIX SOCK_DGRAM socket");
     return -1;
   }
-  int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (dup_fd < 0) {
-    PyErr_SetFromErrno(PyExc_OSError);
-    return -1;
-  }
-  int fl = fcntl(dup_fd, F_GETFL);
-  if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(dup_fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
-    PyErr_SetFromErrno(PyExc_OSError);
-    close(dup_fd);
-    return -1;
-  }
   size_t max = sa.ss_family == AF_UNIX ? UNIX_MAX : INET_MAX;
-  dgram_t *s = calloc(1, sizeof *s);
-  char *rbuf = s != NULL ? malloc(2 * max) : NULL;
-  if (rbuf == NULL) {
-    free(s);
-    close(dup_fd);
-    PyErr_NoMemory();
+  dgram_t *s = (dgram_t *)corebase_new(sizeof *s, &dgram_ops, r, loop, fd, transport, 2 * max);
+  if (s == NULL)
     return -1;
-  }
-  s->rbuf = rbuf;
   s->max = max;
   s->family = sa.ss_family;
   s->connected = connected;
-  s->rd_fn.fn = rd_fn;
-  s->wr_fn.fn = wr_fn;
-  atomic_init(&s->refs, 1);
-  pthread_mutex_init(&s->mu, NULL);
-  s->loop = Py_NewRef(loop);
-  s->transport = Py_NewRef(transport);
-  s->protocol = Py_NewRef(Py_None);
-  s->low = 16 * 1024;
-  treadle_err_t err = treadle_async_fd_new(r->h, dup_fd, &s->afd);
-  if (err != 0) {
-    close(dup_fd);
-    dg_unref(s);
-    pyt_raise(err);
-    return -1;
-  }
-  dgram_t *task_ref = dg_ref(s);
-  err = treadle_spawn(r->h, &task_vt, &task_ref, sizeof task_ref, &s->join);
-  if (err != 0) {
-    dg_unref(s);
-    dg_unref(s);
-    pyt_raise(err);
-    return -1;
-  }
-  o->s = s;
-  return 0;
-}
-
-/* Ends the task and closes the dup; drops the transport and protocol. */
-static void core_close_s(dgram_t *s) {
-  pthread_mutex_lock(&s->mu);
-  bool was = s->closed;
-  s->closed = true;
-  s->reading = false;
-  treadle_waker_t *w = waker_locked(s);
-  pthread_mutex_unlock(&s->mu); /* no system call runs on the dup now */
-  wake(w);
-  if (was)
-    return;
-  treadle_async_fd_close(s->afd);
-  if (s->join != NULL) {
-    treadle_join_abort(s->join); /* ends a wait that no wake reaches */
-    treadle_join_detach(s->join);
-    s->join = NULL;
-  }
-  Py_CLEAR(s->transport);
-  Py_CLEAR(s->protocol);
-}
-
-static PyObject *core_close(coreobj_t *o, PyObject *Py_UNUSED(u)) {
-  if (check_live(o) < 0)
-    return NULL;
-  core_close_s(o->s);
-  Py_RETURN_NONE;
+  return corebase_start(o, &s->c, r);
 }
 
 /* sendto(data, addr): sends at once when nothing is queued, else (or on
  * EAGAIN) queues a copy; returns the queue's size. addr is None on a
  * connected socket. OSError when the send fails; the socket module's
  * errors for a bad address. Nothing is sent once closed. */
-static PyObject *core_sendto(coreobj_t *o, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *core_sendto(corebase_obj_t *o, PyObject *const *args, Py_ssize_t nargs) {
   if (nargs != 2) {
     PyErr_SetString(PyExc_TypeError, "sendto(data, addr)");
     return NULL;
   }
-  if (check_live(o) < 0)
+  dgram_t *s = (dgram_t *)corebase_live(o);
+  if (s == NULL)
     return NULL;
-  dgram_t *s = o->s;
   PyObject *addr = args[1];
   struct sockaddr_storage sa;
   socklen_t alen = 0;
@@ -724,9 +549,9 @@ static PyObject *core_sendto(coreobj_t *o, PyObject *const *args, Py_ssize_t nar
   size_t size;
   treadle_waker_t *w = NULL;
   Py_BEGIN_ALLOW_THREADS
-  pthread_mutex_lock(&s->mu);
-  int fd = treadle_async_fd_fd(s->afd);
-  bool queue = !s->closed && fd >= 0;
+  pthread_mutex_lock(&s->c.mu);
+  int fd = treadle_async_fd_fd(s->c.afd);
+  bool queue = !s->c.closed && fd >= 0;
   if (queue && s->qhead == NULL) {
     ssize_t n = send_one(fd, view.buf, (size_t)view.len, &sa, alen);
     s->inline_sends++;
@@ -752,17 +577,17 @@ static PyObject *core_sendto(coreobj_t *o, PyObject *const *args, Py_ssize_t nar
         s->qtail->next = e;
       else {
         s->qhead = e;
-        w = waker_locked(s); /* the task now waits for writability */
+        w = corebase_waker(&s->c); /* the task now waits for writability */
       }
       s->qtail = e;
       s->qbytes += e->len;
     }
   }
   size = s->qbytes;
-  pthread_mutex_unlock(&s->mu);
+  pthread_mutex_unlock(&s->c.mu);
   Py_END_ALLOW_THREADS
   PyBuffer_Release(&view);
-  wake(w);
+  corebase_wake(w);
   if (nomem)
     return PyErr_NoMemory();
   if (err != 0) {
@@ -772,106 +597,56 @@ static PyObject *core_sendto(coreobj_t *o, PyObject *const *args, Py_ssize_t nar
   return PyLong_FromSize_t(size);
 }
 
-static PyObject *core_buffer_size(coreobj_t *o, PyObject *Py_UNUSED(u)) {
-  if (check_live(o) < 0)
-    return NULL;
-  pthread_mutex_lock(&o->s->mu);
-  size_t n = o->s->qbytes;
-  pthread_mutex_unlock(&o->s->mu);
-  return PyLong_FromSize_t(n);
-}
-
-/* drop_buffer(): forgets the queued datagrams (abort). */
-static PyObject *core_drop_buffer(coreobj_t *o, PyObject *Py_UNUSED(u)) {
-  if (check_live(o) < 0)
-    return NULL;
-  pthread_mutex_lock(&o->s->mu);
-  queue_clear(o->s);
-  pthread_mutex_unlock(&o->s->mu);
-  Py_RETURN_NONE;
-}
-
-static PyObject *core_set_low(coreobj_t *o, PyObject *arg) {
-  if (check_live(o) < 0)
-    return NULL;
-  Py_ssize_t low = PyLong_AsSsize_t(arg);
-  if (low == -1 && PyErr_Occurred())
-    return NULL;
-  pthread_mutex_lock(&o->s->mu);
-  o->s->low = low < 0 ? 0 : (size_t)low;
-  pthread_mutex_unlock(&o->s->mu);
-  Py_RETURN_NONE;
-}
-
 /* set_protocol(protocol). */
-static PyObject *core_set_protocol(coreobj_t *o, PyObject *protocol) {
-  if (check_live(o) < 0)
+static PyObject *core_set_protocol(corebase_obj_t *o, PyObject *protocol) {
+  dgram_t *s = (dgram_t *)corebase_live(o);
+  if (s == NULL)
     return NULL;
-  if (!o->s->closed)
-    Py_XSETREF(o->s->protocol, Py_NewRef(protocol));
+  if (!s->c.closed)
+    Py_XSETREF(s->c.protocol, Py_NewRef(protocol));
   Py_RETURN_NONE;
 }
 
 /* reading(on): starts or stops reading. */
-static PyObject *core_reading(coreobj_t *o, PyObject *arg) {
-  if (check_live(o) < 0)
+static PyObject *core_reading(corebase_obj_t *o, PyObject *arg) {
+  dgram_t *s = (dgram_t *)corebase_live(o);
+  if (s == NULL)
     return NULL;
   int on = PyObject_IsTrue(arg);
   if (on < 0)
     return NULL;
-  dgram_t *s = o->s;
-  pthread_mutex_lock(&s->mu);
+  pthread_mutex_lock(&s->c.mu);
   treadle_waker_t *w = NULL;
-  if (!s->closed) {
-    s->reading = on;
+  if (!s->c.closed) {
+    s->c.reading = on;
     if (on)
-      w = waker_locked(s);
+      w = corebase_waker(&s->c);
   }
-  pthread_mutex_unlock(&s->mu);
-  wake(w);
+  pthread_mutex_unlock(&s->c.mu);
+  corebase_wake(w);
   Py_RETURN_NONE;
 }
 
 /* counts(): (recvfroms by the task, batches it handed over, sends by the
  * task, sends in sendto()): the task's ran without the GIL. */
-static PyObject *core_counts(coreobj_t *o, PyObject *Py_UNUSED(u)) {
-  if (check_live(o) < 0)
+static PyObject *core_counts(corebase_obj_t *o, PyObject *Py_UNUSED(u)) {
+  dgram_t *s = (dgram_t *)corebase_live(o);
+  if (s == NULL)
     return NULL;
-  pthread_mutex_lock(&o->s->mu);
-  dgram_t *s = o->s;
+  pthread_mutex_lock(&s->c.mu);
   unsigned long long r = s->task_recvs, b = s->batches, ts = s->task_sends,
                      is = s->inline_sends;
-  pthread_mutex_unlock(&o->s->mu);
+  pthread_mutex_unlock(&s->c.mu);
   return Py_BuildValue("KKKK", r, b, ts, is);
-}
-
-static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-  return PyType_GenericNew(type, args, kw);
-}
-
-static void core_dealloc(coreobj_t *o) {
-  if (o->s != NULL) {
-    core_close_s(o->s);
-    dg_unref(o->s);
-  }
-  Py_TYPE(o)->tp_free(o);
 }
 
 static PyMethodDef core_methods[] = {
     {"sendto", (PyCFunction)(void (*)(void))core_sendto, METH_FASTCALL,
      "sendto($self, data, addr, /)\n--\n\nSends or queues a datagram; the queue's size."},
-    {"get_write_buffer_size", (PyCFunction)core_buffer_size, METH_NOARGS,
-     "get_write_buffer_size($self, /)\n--\n\nBytes of the queued datagrams."},
-    {"drop_buffer", (PyCFunction)core_drop_buffer, METH_NOARGS,
-     "drop_buffer($self, /)\n--\n\nForgets the queued datagrams."},
-    {"set_low", (PyCFunction)core_set_low, METH_O,
-     "set_low($self, low, /)\n--\n\nThe low-water mark the task reports."},
     {"set_protocol", (PyCFunction)core_set_protocol, METH_O,
      "set_protocol($self, protocol, /)\n--\n\nWho gets the datagrams."},
     {"reading", (PyCFunction)core_reading, METH_O,
      "reading($self, on, /)\n--\n\nStarts or stops reading."},
-    {"close", (PyCFunction)core_close, METH_NOARGS,
-     "close($self, /)\n--\n\nEnds the task and closes its dup of the socket."},
     {"counts", (PyCFunction)core_counts, METH_NOARGS,
      "counts($self, /)\n--\n\n(task recvfroms, batches, task sends, sendto() sends)."},
     {NULL}};
@@ -879,13 +654,12 @@ static PyMethodDef core_methods[] = {
 static PyTypeObject core_type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "treadle._core.DatagramCore",
-    .tp_basicsize = sizeof(coreobj_t),
-    .tp_dealloc = (destructor)core_dealloc,
+    .tp_base = &corebase_type, /* dealloc, the methods both cores have */
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "The C core of treadle.EventLoop's datagram transport (internal).",
     .tp_methods = core_methods,
     .tp_init = (initproc)core_init,
-    .tp_new = core_new,
+    .tp_new = PyType_GenericNew,
 };
 
 int pyt_datagram_init(PyObject *m) {

@@ -6,6 +6,7 @@
  *            awaitable Op type, JoinHandle, sleep/yield/spawn/signals
  * net.c      TcpListener and TcpStream, whose methods return Ops
  * loop.c     LoopCore, the C base of treadle.EventLoop (asyncio's loop)
+ * corebase.c what the C cores of its transports share (their task)
  * transport.c StreamCore, the C core of its stream transport
  * datagram.c DatagramCore, the C core of its datagram transport
  *
@@ -198,6 +199,96 @@ typedef struct ready_fn_s {
 int pyt_loop_push_fn(PyObject *loop, ready_fn_t *f);
 
 /* ----------------------------------------------------------- transport */
+
+/* What the two transport cores, StreamCore and DatagramCore, share
+ * (corebase.c): the head of their record, its task, set-up and close.
+ * Each core's record starts with a corebase_t; its ops say what differs. */
+typedef struct corebase_s corebase_t;
+typedef struct {
+  /* mu held: what the task waits for now (TREADLE_READABLE and/or
+   * TREADLE_WRITABLE), 0 for nothing: a wake asks again. */
+  unsigned (*want)(corebase_t *c);
+  /* mu held, no GIL: sends what waits; reads and queues rd_fn. */
+  void (*send)(corebase_t *c, int fd, const treadle_ready_t *rdy);
+  void (*recv)(corebase_t *c, int fd, const treadle_ready_t *rdy);
+  /* The core's C callbacks in the loop's ready queue (GIL): hand over
+   * what was read; report writes (flow control, errors, close). */
+  void (*rd_fn)(ready_fn_t *f);
+  void (*wr_fn)(ready_fn_t *f);
+  /* mu held: the bytes waiting to be sent; forgets them (abort). */
+  size_t (*pending)(corebase_t *c);
+  void (*drop_pending)(corebase_t *c);
+  /* GIL, at the last reference: frees what the record holds past its head. */
+  void (*free_rest)(corebase_t *c);
+} corebase_ops_t;
+
+struct corebase_s {
+  ready_fn_t rd_fn;       /* first: rd_fn's address is the record's */
+  ready_fn_t wr_fn;       /* its record: (char *)f - offsetof(corebase_t, wr_fn) */
+  const corebase_ops_t *ops;
+  _Atomic long refs;      /* the Python object, the task, each queued fn */
+  PyObject *loop;         /* GIL; a reference, dropped at free */
+  PyObject *transport;    /* GIL; the Python transport, until close */
+  PyObject *protocol;     /* GIL; what rd_fn gives data to */
+  treadle_async_fd_t *afd; /* the dup of the fd */
+  treadle_join_t *join;   /* GIL */
+  char *rbuf;             /* the read buffer, malloc'd apart from the record */
+  pthread_mutex_t mu;
+  /* mu: */
+  treadle_waker_t *waker; /* the task's */
+  bool closed;            /* close(): the task ends */
+  bool reading;           /* the transport reads */
+  bool rd_held;           /* what was read waits for rd_fn */
+  bool rd_queued;         /* rd_fn is in the ready queue */
+  bool wr_queued;         /* wr_fn is in the ready queue */
+  int werr;               /* errno of a failed send: StreamCore sends no more;
+                             DatagramCore sends on once wr_fn reported it */
+  size_t low;             /* the low-water mark: wr_fn when reached */
+};
+
+/* A core's Python object; c is NULL until __init__ succeeds. */
+typedef struct {
+  PyObject_HEAD
+  corebase_t *c;
+} corebase_obj_t;
+
+corebase_t *corebase_ref(corebase_t *c);
+/* Any thread, GIL or not. */
+void corebase_unref(corebase_t *c);
+/* mu held: a clone of the task's waker (or NULL), to wake after unlocking. */
+treadle_waker_t *corebase_waker(corebase_t *c);
+/* Wakes and drops w; NULL is nothing. */
+void corebase_wake(treadle_waker_t *w);
+/* Any thread, mu held: queues f, rd_fn or wr_fn, with a reference for the
+ * queue; *flag (rd_queued or wr_queued) is set already, and cleared again
+ * when there is no memory (tried at the next wake). */
+void corebase_queue(corebase_t *c, ready_fn_t *f, bool *flag);
+/* mu held, no GIL: the task's send took what waits to be sent from
+ * `before` bytes to `after`; queues wr_fn when the transport must hear of
+ * it (a failed send, the low-water mark reached, nothing left). */
+void corebase_sent(corebase_t *c, size_t before, size_t after);
+/* o's core, or NULL with RuntimeError when __init__ has not run. */
+corebase_t *corebase_live(corebase_obj_t *o);
+/* __init__'s first checks: o is not initialised, loop is a treadle.EventLoop
+ * (`usage` names the call in the TypeError), its runtime runs. The loop's
+ * runtime, or NULL with an exception set. */
+pyrt_t *corebase_runtime(corebase_obj_t *o, PyObject *loop, const char *usage);
+/* A record of `size` bytes (zeroed; a corebase_t at its head) with an
+ * rsize-byte read buffer, over a non-blocking close-on-exec dup of fd
+ * registered on r's I/O driver; NULL with an exception set. The caller
+ * fills in its own fields, then calls corebase_start. */
+corebase_t *corebase_new(size_t size, const corebase_ops_t *ops, pyrt_t *r, PyObject *loop,
+                         int fd, PyObject *transport, size_t rsize);
+/* Spawns c's task on r and gives c to o: 0; -1 with an exception set, c
+ * freed. */
+int corebase_start(corebase_obj_t *o, corebase_t *c, pyrt_t *r);
+/* Ends the task and closes the dup (once); drops the transport and the
+ * protocol. */
+void corebase_close(corebase_t *c);
+/* The cores' base type, treadle._core._CoreBase: their dealloc and the
+ * methods they share: close(), set_low(low), get_write_buffer_size() and
+ * drop_buffer(). Not instantiable. */
+extern PyTypeObject corebase_type;
 
 /* The C stream transport's type, treadle._core.StreamCore (transport.c). */
 int pyt_transport_init(PyObject *module);

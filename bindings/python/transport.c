@@ -11,8 +11,8 @@
  * waits for readiness to read, which there is the reader's close, handed
  * to rd_fn as end of file.
  *
- * A C task of the runtime (one a transport) waits on a dup of the socket,
- * registered as a treadle async fd, and without the GIL:
+ * Its C task (one a transport, corebase.c) waits on a dup of the socket
+ * or pipe, registered as a treadle async fd, and without the GIL:
  * - reads: while reading is on, recv()s up to 64 KiB (a pipe: read()s up
  *   to 256 KiB) into the core's buffer and queues `rd_fn` in the loop's
  *   ready queue; it reads again only once that chunk was handed over (a
@@ -36,11 +36,12 @@
  *   protocol's writing, finishes a close, or reports the error.
  *   write_eof's shutdown comes after the buffer drains.
  * The system calls run under the core's mutex, which close() takes before
- * it closes the dup: no call uses an fd number that was closed. */
+ * it closes the dup: no call uses an fd number that was closed. The task,
+ * the set-up, close and the record's head are the ones DatagramCore has
+ * too (corebase.c); this file has what is a stream's own. */
 #include "pytreadle.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -61,92 +62,26 @@
 enum { PIPE_READ = 1, PIPE_WRITE = 2 };
 
 typedef struct strm_s {
-  ready_fn_t rd_fn, wr_fn;
-  _Atomic long refs;
-  PyObject *loop;         /* GIL; a reference, dropped at free */
-  PyObject *transport;    /* GIL; the Python transport, until close */
-  PyObject *protocol;     /* GIL; what rd_fn gives data to */
+  corebase_t c;           /* first: the shared head (corebase.c) */
   bool buffered;          /* GIL; protocol is a BufferedProtocol */
   int pipe;               /* PIPE_READ or PIPE_WRITE, else 0; set at init */
   bool short_drains;      /* a short read drained the fd (not a terminal,
                              which hands out a line a read); set at init */
-  treadle_async_fd_t *afd;
-  treadle_join_t *join;   /* GIL */
-  pthread_mutex_t mu;
-  /* mu: */
-  treadle_waker_t *waker; /* the task's */
-  bool closed;            /* close(): the task ends */
-  bool reading;           /* the transport reads */
-  bool rd_held;           /* a chunk (or end of file, or error) waits for rd_fn */
-  bool rd_queued;         /* rd_fn is in the ready queue */
+  size_t rsize;           /* c.rbuf's size: READ_SIZE, or PIPE_READ_SIZE
+                             for a pipe; set at init */
+  /* c.mu: */
   bool rd_done;           /* end of file or an error was read: no more */
   ssize_t rlen;           /* the chunk: bytes, 0 end of file, -errno */
   size_t roff;            /* what a BufferedProtocol took of it */
   char *wbuf;             /* pending bytes: wbuf[woff, wlen) */
   size_t woff, wlen, wcap;
-  size_t low;             /* the low-water mark: wr_fn when reached */
   bool shut_wr;           /* write_eof: shutdown(SHUT_WR) once drained */
-  bool wr_queued;         /* wr_fn is in the ready queue */
-  int werr;               /* errno of a failed send: the buffer is dropped */
   uint64_t task_recvs, task_sends, inline_sends; /* counts, for tests */
-  size_t rsize;           /* READ_SIZE, or PIPE_READ_SIZE for a pipe */
-  char *rbuf;             /* rsize bytes, malloc'd apart: calloc would
-                             touch every page, and small reads touch one */
 } strm_t;
-
-typedef struct {
-  PyObject_HEAD
-  strm_t *s;
-} coreobj_t;
 
 static PyTypeObject core_type;
 static PyObject *str_data_received, *str_get_buffer, *str_buffer_updated,
     *str_eof_received, *str_fatal_error, *str_protocol_error, *str_write_event;
-
-static strm_t *strm_ref(strm_t *s) {
-  /* Relaxed: a new reference from one held. */
-  atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
-  return s;
-}
-
-/* Any thread, GIL or not. */
-static void strm_unref(strm_t *s) {
-  /* acq_rel: the last owner sees the others' writes before freeing. */
-  if (atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
-    return;
-  treadle_async_fd_free(s->afd);
-  treadle_waker_drop(s->waker);
-  PyGILState_STATE g = PyGILState_Ensure();
-  Py_CLEAR(s->transport);
-  Py_CLEAR(s->protocol);
-  Py_CLEAR(s->loop);
-  PyGILState_Release(g);
-  pthread_mutex_destroy(&s->mu);
-  free(s->wbuf);
-  free(s->rbuf);
-  free(s);
-}
-
-/* mu held: a clone of the task's waker, to wake after unlocking. */
-static treadle_waker_t *waker_locked(strm_t *s) {
-  return s->waker != NULL ? treadle_waker_clone(s->waker) : NULL;
-}
-
-static void wake(treadle_waker_t *w) {
-  if (w != NULL)
-    treadle_wake(w);
-}
-
-/* No GIL. Queues rd_fn or wr_fn (a reference for the queue); mu held, the
- * flag is already set. */
-static void queue_fn(strm_t *s, ready_fn_t *f, bool *flag) {
-  strm_ref(s);
-  if (pyt_loop_push_fn(s->loop, f) < 0) { /* no memory: tried at the next wake */
-    *flag = false;
-    /* The queue's reference: never the last, the task holds one. */
-    atomic_fetch_sub_explicit(&s->refs, 1, memory_order_relaxed);
-  }
-}
 
 /* ----------------------------------------------------------- the task */
 
@@ -160,107 +95,70 @@ static ssize_t put(const strm_t *s, int fd, const char *p, size_t len) {
   return n;
 }
 
-/* mu held, no GIL: sends what is pending. */
-static void task_send(strm_t *s, int fd, const treadle_ready_t *rdy) {
+/* c.mu held: the task reads while reading is on and nothing waits for
+ * rd_fn, until end of file; it sends what is pending until a send fails. */
+static unsigned task_want(corebase_t *c) {
+  strm_t *s = (strm_t *)c;
+  return (c->reading && !c->rd_held && !s->rd_done ? TREADLE_READABLE : 0) |
+         (s->wlen > s->woff && c->werr == 0 ? TREADLE_WRITABLE : 0);
+}
+
+/* c.mu held, no GIL: sends what is pending. */
+static void task_send(corebase_t *c, int fd, const treadle_ready_t *rdy) {
+  strm_t *s = (strm_t *)c;
   size_t before = s->wlen - s->woff;
   while (s->woff < s->wlen) {
     ssize_t n = put(s, fd, s->wbuf + s->woff, s->wlen - s->woff);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      treadle_async_fd_clear_ready(s->afd, rdy, TREADLE_WRITABLE);
+      treadle_async_fd_clear_ready(c->afd, rdy, TREADLE_WRITABLE);
       break;
     }
     s->task_sends++;
     if (n < 0) {
-      s->werr = errno;
+      c->werr = errno;
       s->woff = s->wlen = 0;
       break;
     }
     s->woff += (size_t)n;
     if (s->woff < s->wlen) { /* a short write: the kernel's buffer is full */
-      treadle_async_fd_clear_ready(s->afd, rdy, TREADLE_WRITABLE);
+      treadle_async_fd_clear_ready(c->afd, rdy, TREADLE_WRITABLE);
       break;
     }
   }
   size_t after = s->wlen - s->woff;
   if (after == 0) {
     s->woff = s->wlen = 0;
-    if (s->shut_wr && s->werr == 0)
+    if (s->shut_wr && c->werr == 0)
       (void)shutdown(fd, SHUT_WR); /* a failure shows on the next read */
   }
-  /* The transport hears of an error, of the low-water mark reached and
-   * of an empty buffer (resume_writing, close, sendfile's wait). */
-  bool tell = s->werr != 0 ||
-              (after != before && (after == 0 || (before > s->low && after <= s->low)));
-  if (tell && !s->wr_queued) {
-    s->wr_queued = true;
-    queue_fn(s, &s->wr_fn, &s->wr_queued);
-  }
+  corebase_sent(c, before, after);
 }
 
-/* mu held, no GIL: reads one chunk and queues rd_fn. A write pipe reads
- * nothing: its readiness is the reader's close, handed over as end of
- * file. */
-static void task_recv(strm_t *s, int fd, const treadle_ready_t *rdy) {
+/* c.mu held, no GIL: reads one chunk and queues rd_fn. A write pipe
+ * reads nothing: its readiness is the reader's close, handed over as end
+ * of file. */
+static void task_recv(corebase_t *c, int fd, const treadle_ready_t *rdy) {
+  strm_t *s = (strm_t *)c;
   ssize_t n = 0;
   if (s->pipe != PIPE_WRITE) {
     do
-      n = s->pipe ? read(fd, s->rbuf, s->rsize) : recv(fd, s->rbuf, s->rsize, 0);
+      n = s->pipe ? read(fd, c->rbuf, s->rsize) : recv(fd, c->rbuf, s->rsize, 0);
     while (n < 0 && errno == EINTR);
   }
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-    treadle_async_fd_clear_ready(s->afd, rdy, TREADLE_READABLE);
+    treadle_async_fd_clear_ready(c->afd, rdy, TREADLE_READABLE);
     return;
   }
   s->task_recvs += s->pipe != PIPE_WRITE; /* a read was made */
   if (n > 0 && (size_t)n < s->rsize && s->short_drains) /* the next edge is new */
-    treadle_async_fd_clear_ready(s->afd, rdy, TREADLE_READABLE);
+    treadle_async_fd_clear_ready(c->afd, rdy, TREADLE_READABLE);
   s->rlen = n < 0 ? -errno : n;
   s->roff = 0;
   s->rd_done = n <= 0;
-  s->rd_held = true;
-  s->rd_queued = true;
-  queue_fn(s, &s->rd_fn, &s->rd_queued);
+  c->rd_held = true;
+  c->rd_queued = true;
+  corebase_queue(c, &c->rd_fn, &c->rd_queued);
 }
-
-static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
-  strm_t *s = *(strm_t **)state;
-  pthread_mutex_lock(&s->mu);
-  if (s->waker == NULL)
-    s->waker = treadle_waker_clone(treadle_cx_waker(cx));
-  for (;;) {
-    if (s->closed) {
-      pthread_mutex_unlock(&s->mu);
-      return TREADLE_READY;
-    }
-    unsigned want = (s->reading && !s->rd_held && !s->rd_done ? TREADLE_READABLE : 0) |
-                    (s->wlen > s->woff && s->werr == 0 ? TREADLE_WRITABLE : 0);
-    pthread_mutex_unlock(&s->mu);
-    if (want == 0)
-      return TREADLE_PENDING; /* woken by a write, resume or hand-over */
-    treadle_ready_t rdy;
-    treadle_err_t err;
-    if (treadle_async_fd_ready_poll(s->afd, cx, want, &rdy, &err) == TREADLE_PENDING)
-      return TREADLE_PENDING;
-    if (err != 0)
-      return TREADLE_READY; /* closed, or the runtime shuts down */
-    unsigned any_rd = TREADLE_READABLE | TREADLE_READ_CLOSED | TREADLE_FD_ERROR;
-    unsigned any_wr = TREADLE_WRITABLE | TREADLE_WRITE_CLOSED | TREADLE_FD_ERROR;
-    pthread_mutex_lock(&s->mu);
-    int fd = treadle_async_fd_fd(s->afd);
-    if (s->closed || fd < 0) {
-      pthread_mutex_unlock(&s->mu);
-      return TREADLE_READY;
-    }
-    if ((rdy.bits & any_wr) && s->wlen > s->woff && s->werr == 0)
-      task_send(s, fd, &rdy);
-    if ((rdy.bits & any_rd) && s->reading && !s->rd_held && !s->rd_done)
-      task_recv(s, fd, &rdy);
-  }
-}
-
-static void task_drop(void *state) { strm_unref(*(strm_t **)state); }
-
-static const treadle_task_vtable_t task_vt = {.poll = task_poll, .drop = task_drop};
 
 /* ------------------------------------------------- in the loop (GIL) */
 
@@ -268,8 +166,8 @@ static const treadle_task_vtable_t task_vt = {.poll = task_poll, .drop = task_dr
  * _protocol_error. */
 static void fatal(strm_t *s, PyObject *name, PyObject *exc, const char *message) {
   PyObject *msg = PyUnicode_FromString(message);
-  PyObject *res = msg != NULL && s->transport != NULL
-                      ? PyObject_CallMethodObjArgs(s->transport, name, exc, msg, NULL)
+  PyObject *res = msg != NULL && s->c.transport != NULL
+                      ? PyObject_CallMethodObjArgs(s->c.transport, name, exc, msg, NULL)
                       : NULL;
   Py_XDECREF(res);
   Py_XDECREF(msg);
@@ -291,7 +189,7 @@ static bool callback_failed(strm_t *s, const char *message) {
 /* GIL: gives bytes to a BufferedProtocol; false when it stopped midway. */
 static bool give_buffered(strm_t *s, const char *data, size_t len, size_t *took) {
   *took = 0;
-  PyObject *proto = Py_NewRef(s->protocol);
+  PyObject *proto = Py_NewRef(s->c.protocol);
   PyObject *arg = PyLong_FromLong(-1);
   PyObject *buf = arg != NULL ? PyObject_CallMethodOneArg(proto, str_get_buffer, arg) : NULL;
   Py_XDECREF(arg);
@@ -328,18 +226,18 @@ static bool give_buffered(strm_t *s, const char *data, size_t len, size_t *took)
 /* GIL: a chunk hands over while the transport still reads it. */
 static void deliver(strm_t *s) {
   for (;;) {
-    pthread_mutex_lock(&s->mu);
-    bool go = s->rd_held && s->reading && !s->closed && s->transport != NULL;
+    pthread_mutex_lock(&s->c.mu);
+    bool go = s->c.rd_held && s->c.reading && !s->c.closed && s->c.transport != NULL;
     ssize_t n = s->rlen;
     size_t off = s->roff;
-    pthread_mutex_unlock(&s->mu);
-    if (!go || pyt_loop_closed(s->loop))
+    pthread_mutex_unlock(&s->c.mu);
+    if (!go || pyt_loop_closed(s->c.loop))
       return;
     if (n <= 0) { /* end of file or an error: once */
-      pthread_mutex_lock(&s->mu);
-      s->rd_held = false;
-      pthread_mutex_unlock(&s->mu);
-      PyObject *tr = Py_NewRef(s->transport);
+      pthread_mutex_lock(&s->c.mu);
+      s->c.rd_held = false;
+      pthread_mutex_unlock(&s->c.mu);
+      PyObject *tr = Py_NewRef(s->c.transport);
       if (n == 0) {
         PyObject *res = PyObject_CallMethodNoArgs(tr, str_eof_received);
         Py_XDECREF(res);
@@ -355,13 +253,13 @@ static void deliver(strm_t *s) {
       return;
     }
     if (!s->buffered) {
-      PyObject *data = PyBytes_FromStringAndSize(s->rbuf + off, n - (ssize_t)off);
-      pthread_mutex_lock(&s->mu);
-      s->rd_held = data == NULL; /* kept for later on no memory */
-      pthread_mutex_unlock(&s->mu);
+      PyObject *data = PyBytes_FromStringAndSize(s->c.rbuf + off, n - (ssize_t)off);
+      pthread_mutex_lock(&s->c.mu);
+      s->c.rd_held = data == NULL; /* kept for later on no memory */
+      pthread_mutex_unlock(&s->c.mu);
       if (data == NULL)
         return;
-      PyObject *proto = Py_NewRef(s->protocol);
+      PyObject *proto = Py_NewRef(s->c.protocol);
       PyObject *res = PyObject_CallMethodOneArg(proto, str_data_received, data);
       Py_DECREF(proto);
       Py_DECREF(data);
@@ -371,12 +269,12 @@ static void deliver(strm_t *s) {
       return;
     }
     size_t took;
-    bool ok = give_buffered(s, s->rbuf + off, (size_t)n - off, &took);
-    pthread_mutex_lock(&s->mu);
+    bool ok = give_buffered(s, s->c.rbuf + off, (size_t)n - off, &took);
+    pthread_mutex_lock(&s->c.mu);
     s->roff += took;
     if (!ok || s->roff >= (size_t)s->rlen)
-      s->rd_held = false;
-    pthread_mutex_unlock(&s->mu);
+      s->c.rd_held = false;
+    pthread_mutex_unlock(&s->c.mu);
     if (!ok || PyErr_Occurred())
       return;
   }
@@ -384,47 +282,49 @@ static void deliver(strm_t *s) {
 
 static void rd_fn(ready_fn_t *f) {
   strm_t *s = (strm_t *)f;
-  pthread_mutex_lock(&s->mu);
-  s->rd_queued = false;
-  pthread_mutex_unlock(&s->mu);
+  pthread_mutex_lock(&s->c.mu);
+  s->c.rd_queued = false;
+  pthread_mutex_unlock(&s->c.mu);
   deliver(s);
-  pthread_mutex_lock(&s->mu);
-  treadle_waker_t *w = s->rd_held ? NULL : waker_locked(s); /* read on */
-  pthread_mutex_unlock(&s->mu);
-  wake(w);
-  strm_unref(s);
+  pthread_mutex_lock(&s->c.mu);
+  treadle_waker_t *w = s->c.rd_held ? NULL : corebase_waker(&s->c); /* read on */
+  pthread_mutex_unlock(&s->c.mu);
+  corebase_wake(w);
+  corebase_unref(&s->c);
 }
 
 static void wr_fn(ready_fn_t *f) {
-  strm_t *s = (strm_t *)((char *)f - offsetof(strm_t, wr_fn));
-  pthread_mutex_lock(&s->mu);
-  s->wr_queued = false;
-  int err = s->werr;
-  pthread_mutex_unlock(&s->mu);
-  if (s->transport != NULL && !pyt_loop_closed(s->loop)) {
-    PyObject *tr = Py_NewRef(s->transport);
+  strm_t *s = (strm_t *)((char *)f - offsetof(corebase_t, wr_fn));
+  pthread_mutex_lock(&s->c.mu);
+  s->c.wr_queued = false;
+  int err = s->c.werr;
+  pthread_mutex_unlock(&s->c.mu);
+  if (s->c.transport != NULL && !pyt_loop_closed(s->c.loop)) {
+    PyObject *tr = Py_NewRef(s->c.transport);
     PyObject *e = PyLong_FromLong(err);
     PyObject *res = e != NULL ? PyObject_CallMethodOneArg(tr, str_write_event, e) : NULL;
     Py_XDECREF(res);
     Py_XDECREF(e);
     Py_DECREF(tr);
   }
-  strm_unref(s);
+  corebase_unref(&s->c);
 }
+
+static size_t pending(corebase_t *c) { return ((strm_t *)c)->wlen - ((strm_t *)c)->woff; }
+
+static void drop_pending(corebase_t *c) { ((strm_t *)c)->woff = ((strm_t *)c)->wlen = 0; }
+
+static void free_rest(corebase_t *c) { free(((strm_t *)c)->wbuf); }
+
+static const corebase_ops_t strm_ops = {
+    .want = task_want, .send = task_send, .recv = task_recv, .rd_fn = rd_fn, .wr_fn = wr_fn,
+    .pending = pending, .drop_pending = drop_pending, .free_rest = free_rest};
 
 /* -------------------------------------------------------- the methods */
 
-static int check_live(coreobj_t *o) {
-  if (o->s == NULL) {
-    PyErr_SetString(PyExc_RuntimeError, "StreamCore is not initialised");
-    return -1;
-  }
-  return 0;
-}
-
 /* StreamCore(loop, fd, transport, pipe=0): dups fd and starts the task;
  * pipe is PIPE_READ or PIPE_WRITE for a pipe transport's core. */
-static int core_init(coreobj_t *o, PyObject *args, PyObject *kw) {
+static int core_init(corebase_obj_t *o, PyObject *args, PyObject *kw) {
   static char *names[] = {"loop", "fd", "transport", "pipe", NULL};
   PyObject *loop, *transport;
   int fd, kind = 0;
@@ -435,106 +335,27 @@ static int core_init(coreobj_t *o, PyObject *args, PyObject *kw) {
                  PIPE_READ, PIPE_WRITE);
     return -1;
   }
-  if (o->s != NULL) {
-    PyErr_SetString(PyExc_RuntimeError, "StreamCore is initialised already");
+  pyrt_t *r = corebase_runtime(o, loop, "StreamCore(loop, fd, transport)");
+  if (r == NULL)
     return -1;
-  }
-  if (!pyt_is_loop(loop)) {
-    PyErr_SetString(PyExc_TypeError, "StreamCore(loop, fd, transport) takes a treadle.EventLoop");
-    return -1;
-  }
-  pyrt_t *r = pyt_loop_runtime(loop);
-  if (r->rt == NULL) {
-    pyt_raise(TREADLE_ESHUTDOWN);
-    return -1;
-  }
-  int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (dup_fd < 0) {
-    PyErr_SetFromErrno(PyExc_OSError);
-    return -1;
-  }
-  int fl = fcntl(dup_fd, F_GETFL);
-  if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(dup_fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
-    PyErr_SetFromErrno(PyExc_OSError);
-    close(dup_fd);
-    return -1;
-  }
-  strm_t *s = calloc(1, sizeof *s);
   size_t rsize = kind != 0 ? PIPE_READ_SIZE : READ_SIZE;
-  char *rbuf = s != NULL ? malloc(rsize) : NULL;
-  if (rbuf == NULL) {
-    free(s);
-    close(dup_fd);
-    PyErr_NoMemory();
+  strm_t *s = (strm_t *)corebase_new(sizeof *s, &strm_ops, r, loop, fd, transport, rsize);
+  if (s == NULL)
     return -1;
-  }
-  s->rbuf = rbuf;
   s->rsize = rsize;
   s->pipe = kind;
   struct stat st;
-  s->short_drains = fstat(dup_fd, &st) == 0 && !S_ISCHR(st.st_mode);
-  s->rd_fn.fn = rd_fn;
-  s->wr_fn.fn = wr_fn;
-  atomic_init(&s->refs, 1);
-  pthread_mutex_init(&s->mu, NULL);
-  s->loop = Py_NewRef(loop);
-  s->transport = Py_NewRef(transport);
-  s->protocol = Py_NewRef(Py_None);
-  s->low = 16 * 1024;
-  treadle_err_t err = treadle_async_fd_new(r->h, dup_fd, &s->afd);
-  if (err != 0) {
-    close(dup_fd);
-    strm_unref(s);
-    pyt_raise(err);
-    return -1;
-  }
-  strm_t *task_ref = strm_ref(s);
-  err = treadle_spawn(r->h, &task_vt, &task_ref, sizeof task_ref, &s->join);
-  if (err != 0) {
-    strm_unref(s);
-    strm_unref(s);
-    pyt_raise(err);
-    return -1;
-  }
-  o->s = s;
-  return 0;
-}
-
-/* Ends the task and closes the dup; drops the transport and protocol. */
-static void core_close_s(strm_t *s) {
-  pthread_mutex_lock(&s->mu);
-  bool was = s->closed;
-  s->closed = true;
-  s->reading = false;
-  treadle_waker_t *w = waker_locked(s);
-  pthread_mutex_unlock(&s->mu); /* no system call runs on the dup now */
-  wake(w);
-  if (was)
-    return;
-  treadle_async_fd_close(s->afd);
-  if (s->join != NULL) {
-    treadle_join_abort(s->join); /* ends a wait that no wake reaches */
-    treadle_join_detach(s->join);
-    s->join = NULL;
-  }
-  Py_CLEAR(s->transport);
-  Py_CLEAR(s->protocol);
-}
-
-static PyObject *core_close(coreobj_t *o, PyObject *Py_UNUSED(u)) {
-  if (check_live(o) < 0)
-    return NULL;
-  core_close_s(o->s);
-  Py_RETURN_NONE;
+  s->short_drains = fstat(treadle_async_fd_fd(s->c.afd), &st) == 0 && !S_ISCHR(st.st_mode);
+  return corebase_start(o, &s->c, r);
 }
 
 /* write(data): buffers a small write for the task's send; sends a bigger
  * one at once when nothing is pending, keeping the rest; returns the
  * write buffer's size. OSError when the send fails. */
-static PyObject *core_write(coreobj_t *o, PyObject *data) {
-  if (check_live(o) < 0)
+static PyObject *core_write(corebase_obj_t *o, PyObject *data) {
+  strm_t *s = (strm_t *)corebase_live(o);
+  if (s == NULL)
     return NULL;
-  strm_t *s = o->s;
   Py_buffer view;
   if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0)
     return NULL;
@@ -545,12 +366,12 @@ static PyObject *core_write(coreobj_t *o, PyObject *data) {
   size_t size;
   treadle_waker_t *w = NULL;
   Py_BEGIN_ALLOW_THREADS
-  pthread_mutex_lock(&s->mu);
-  int fd = treadle_async_fd_fd(s->afd);
-  if (s->closed || fd < 0 || s->werr != 0)
+  pthread_mutex_lock(&s->c.mu);
+  int fd = treadle_async_fd_fd(s->c.afd);
+  if (s->c.closed || fd < 0 || s->c.werr != 0)
     len = 0; /* dropped, as the transport's lost connection drops it */
   if (len > 0 && s->wlen == s->woff && len < COALESCE_MAX && !s->pipe)
-    w = waker_locked(s); /* buffered below; the task sends it */
+    w = corebase_waker(&s->c); /* buffered below; the task sends it */
   else if (len > 0 && s->wlen == s->woff) {
     ssize_t n = put(s, fd, p, len);
     s->inline_sends++;
@@ -562,7 +383,7 @@ static PyObject *core_write(coreobj_t *o, PyObject *data) {
       len = 0;
     }
     if (len > 0)
-      w = waker_locked(s); /* the task now waits for writability */
+      w = corebase_waker(&s->c); /* the task now waits for writability */
   }
   if (len > 0) {
     if (s->woff > 0 && s->wlen + len > s->wcap) { /* compact first */
@@ -588,10 +409,10 @@ static PyObject *core_write(coreobj_t *o, PyObject *data) {
     }
   }
   size = s->wlen - s->woff;
-  pthread_mutex_unlock(&s->mu);
+  pthread_mutex_unlock(&s->c.mu);
   Py_END_ALLOW_THREADS
   PyBuffer_Release(&view);
-  wake(w);
+  corebase_wake(w);
   if (nomem)
     return PyErr_NoMemory();
   if (err != 0) {
@@ -601,95 +422,65 @@ static PyObject *core_write(coreobj_t *o, PyObject *data) {
   return PyLong_FromSize_t(size);
 }
 
-static PyObject *core_buffer_size(coreobj_t *o, PyObject *Py_UNUSED(u)) {
-  if (check_live(o) < 0)
-    return NULL;
-  pthread_mutex_lock(&o->s->mu);
-  size_t n = o->s->wlen - o->s->woff;
-  pthread_mutex_unlock(&o->s->mu);
-  return PyLong_FromSize_t(n);
-}
-
-/* drop_buffer(): forgets the pending bytes (abort). */
-static PyObject *core_drop_buffer(coreobj_t *o, PyObject *Py_UNUSED(u)) {
-  if (check_live(o) < 0)
-    return NULL;
-  pthread_mutex_lock(&o->s->mu);
-  o->s->woff = o->s->wlen = 0;
-  pthread_mutex_unlock(&o->s->mu);
-  Py_RETURN_NONE;
-}
-
-static PyObject *core_set_low(coreobj_t *o, PyObject *arg) {
-  if (check_live(o) < 0)
-    return NULL;
-  Py_ssize_t low = PyLong_AsSsize_t(arg);
-  if (low == -1 && PyErr_Occurred())
-    return NULL;
-  pthread_mutex_lock(&o->s->mu);
-  o->s->low = low < 0 ? 0 : (size_t)low;
-  pthread_mutex_unlock(&o->s->mu);
-  Py_RETURN_NONE;
-}
-
 /* set_protocol(protocol, buffered). */
-static PyObject *core_set_protocol(coreobj_t *o, PyObject *const *args, Py_ssize_t n) {
+static PyObject *core_set_protocol(corebase_obj_t *o, PyObject *const *args, Py_ssize_t n) {
   if (n != 2) {
     PyErr_SetString(PyExc_TypeError, "set_protocol(protocol, buffered)");
     return NULL;
   }
-  if (check_live(o) < 0)
+  strm_t *s = (strm_t *)corebase_live(o);
+  if (s == NULL)
     return NULL;
   int b = PyObject_IsTrue(args[1]);
   if (b < 0)
     return NULL;
-  if (o->s->closed)
+  if (s->c.closed)
     Py_RETURN_NONE;
-  Py_XSETREF(o->s->protocol, Py_NewRef(args[0]));
-  o->s->buffered = b;
+  Py_XSETREF(s->c.protocol, Py_NewRef(args[0]));
+  s->buffered = b;
   Py_RETURN_NONE;
 }
 
 /* reading(on): starts or stops reading; a chunk held while stopped is
  * handed over (in the loop) once on again. */
-static PyObject *core_reading(coreobj_t *o, PyObject *arg) {
-  if (check_live(o) < 0)
+static PyObject *core_reading(corebase_obj_t *o, PyObject *arg) {
+  strm_t *s = (strm_t *)corebase_live(o);
+  if (s == NULL)
     return NULL;
   int on = PyObject_IsTrue(arg);
   if (on < 0)
     return NULL;
-  strm_t *s = o->s;
-  pthread_mutex_lock(&s->mu);
+  pthread_mutex_lock(&s->c.mu);
   treadle_waker_t *w = NULL;
-  if (!s->closed) {
-    s->reading = on;
-    if (on && s->rd_held && !s->rd_queued) {
-      s->rd_queued = true;
-      queue_fn(s, &s->rd_fn, &s->rd_queued);
+  if (!s->c.closed) {
+    s->c.reading = on;
+    if (on && s->c.rd_held && !s->c.rd_queued) {
+      s->c.rd_queued = true;
+      corebase_queue(&s->c, &s->c.rd_fn, &s->c.rd_queued);
     } else if (on) {
-      w = waker_locked(s);
+      w = corebase_waker(&s->c);
     }
   }
-  pthread_mutex_unlock(&s->mu);
-  wake(w);
+  pthread_mutex_unlock(&s->c.mu);
+  corebase_wake(w);
   Py_RETURN_NONE;
 }
 
 /* shutdown_after_drain(): write_eof's SHUT_WR, now when nothing is
  * pending, else once the task drained the buffer. */
-static PyObject *core_shutdown(coreobj_t *o, PyObject *Py_UNUSED(u)) {
-  if (check_live(o) < 0)
+static PyObject *core_shutdown(corebase_obj_t *o, PyObject *Py_UNUSED(u)) {
+  strm_t *s = (strm_t *)corebase_live(o);
+  if (s == NULL)
     return NULL;
-  strm_t *s = o->s;
   int err = 0;
-  pthread_mutex_lock(&s->mu);
-  int fd = treadle_async_fd_fd(s->afd);
+  pthread_mutex_lock(&s->c.mu);
+  int fd = treadle_async_fd_fd(s->c.afd);
   if (s->pipe) {
     PyErr_SetString(PyExc_ValueError, "shutdown_after_drain() is for sockets");
-    pthread_mutex_unlock(&s->mu);
+    pthread_mutex_unlock(&s->c.mu);
     return NULL;
   }
-  if (!s->closed && fd >= 0) {
+  if (!s->c.closed && fd >= 0) {
     if (s->wlen == s->woff) {
       if (shutdown(fd, SHUT_WR) < 0)
         err = errno;
@@ -697,7 +488,7 @@ static PyObject *core_shutdown(coreobj_t *o, PyObject *Py_UNUSED(u)) {
       s->shut_wr = true;
     }
   }
-  pthread_mutex_unlock(&s->mu);
+  pthread_mutex_unlock(&s->c.mu);
   if (err != 0) {
     errno = err;
     return PyErr_SetFromErrno(PyExc_OSError);
@@ -708,44 +499,25 @@ static PyObject *core_shutdown(coreobj_t *o, PyObject *Py_UNUSED(u)) {
 /* counts(): (recvs by the task, sends by the task, sends in write();
  * a pipe's reads and writes):
  * the task's calls ran on the runtime's threads without the GIL. */
-static PyObject *core_counts(coreobj_t *o, PyObject *Py_UNUSED(u)) {
-  if (check_live(o) < 0)
+static PyObject *core_counts(corebase_obj_t *o, PyObject *Py_UNUSED(u)) {
+  strm_t *s = (strm_t *)corebase_live(o);
+  if (s == NULL)
     return NULL;
-  pthread_mutex_lock(&o->s->mu);
-  unsigned long long r = o->s->task_recvs, ts = o->s->task_sends, is = o->s->inline_sends;
-  pthread_mutex_unlock(&o->s->mu);
+  pthread_mutex_lock(&s->c.mu);
+  unsigned long long r = s->task_recvs, ts = s->task_sends, is = s->inline_sends;
+  pthread_mutex_unlock(&s->c.mu);
   return Py_BuildValue("KKK", r, ts, is);
-}
-
-static PyObject *core_new(PyTypeObject *type, PyObject *args, PyObject *kw) {
-  return PyType_GenericNew(type, args, kw);
-}
-
-static void core_dealloc(coreobj_t *o) {
-  if (o->s != NULL) {
-    core_close_s(o->s);
-    strm_unref(o->s);
-  }
-  Py_TYPE(o)->tp_free(o);
 }
 
 static PyMethodDef core_methods[] = {
     {"write", (PyCFunction)core_write, METH_O,
      "write($self, data, /)\n--\n\nSends or buffers data; the buffer's size."},
-    {"get_write_buffer_size", (PyCFunction)core_buffer_size, METH_NOARGS,
-     "get_write_buffer_size($self, /)\n--\n\nBytes waiting to be sent."},
-    {"drop_buffer", (PyCFunction)core_drop_buffer, METH_NOARGS,
-     "drop_buffer($self, /)\n--\n\nForgets the bytes waiting to be sent."},
-    {"set_low", (PyCFunction)core_set_low, METH_O,
-     "set_low($self, low, /)\n--\n\nThe low-water mark the task reports."},
     {"set_protocol", (PyCFunction)(void (*)(void))core_set_protocol, METH_FASTCALL,
      "set_protocol($self, protocol, buffered, /)\n--\n\nWho gets the data."},
     {"reading", (PyCFunction)core_reading, METH_O,
      "reading($self, on, /)\n--\n\nStarts or stops reading."},
     {"shutdown_after_drain", (PyCFunction)core_shutdown, METH_NOARGS,
      "shutdown_after_drain($self, /)\n--\n\nwrite_eof's shutdown(SHUT_WR)."},
-    {"close", (PyCFunction)core_close, METH_NOARGS,
-     "close($self, /)\n--\n\nEnds the task and closes its dup of the socket."},
     {"counts", (PyCFunction)core_counts, METH_NOARGS,
      "counts($self, /)\n--\n\n(task recvs, task sends, write() sends)."},
     {NULL}};
@@ -753,13 +525,12 @@ static PyMethodDef core_methods[] = {
 static PyTypeObject core_type = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "treadle._core.StreamCore",
-    .tp_basicsize = sizeof(coreobj_t),
-    .tp_dealloc = (destructor)core_dealloc,
+    .tp_base = &corebase_type, /* dealloc, the methods both cores have */
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "The C core of treadle.EventLoop's stream transport (internal).",
     .tp_methods = core_methods,
     .tp_init = (initproc)core_init,
-    .tp_new = core_new,
+    .tp_new = PyType_GenericNew,
 };
 
 int pyt_transport_init(PyObject *m) {
