@@ -2,19 +2,22 @@
  * (transport.c) and DatagramCore (datagram.c); ARCHITECTURE.md "asyncio
  * loop", item 7.
  *
- * A core's record starts with a corebase_t. Its set-up dups the fd (made
- * non-blocking), registers the dup as a treadle async fd and spawns the
- * core's C task (one a transport), which waits for what the core's
- * ops->want asks and calls ops->send and ops->recv without the GIL, under
- * the record's mutex. The record is counted: the Python object, the task
- * and each C callback in the loop's ready queue (rd_fn, wr_fn) hold a
- * reference. close() takes the mutex before it closes the dup, so that no
- * system call uses an fd number that was closed, and ends the task. */
+ * A core's record starts with a corebase_t. Its set-up registers the
+ * transport's own fd (made non-blocking) as a treadle async fd, one fd a
+ * connection as on asyncio's loops, and spawns the core's C task (one a
+ * transport), which waits for what the core's ops->want asks and calls
+ * ops->send and ops->recv without the GIL, under the record's mutex. The
+ * record is counted: the Python object, the task and each C callback in
+ * the loop's ready queue (rd_fn, wr_fn) hold a reference. The fd stays the
+ * Python socket's or pipe's: close() takes the mutex, so that no system
+ * call is under way, ends the task and detaches the fd (the driver stops
+ * watching it) before it returns, and only then does the transport close
+ * its socket: no call, and no epoll_ctl, uses an fd number that was
+ * closed. */
 #include "pytreadle.h"
 
 #include <errno.h>
 #include <fcntl.h>
-#include <unistd.h>
 
 corebase_t *corebase_ref(corebase_t *c) {
   /* Relaxed: a new reference from one held. */
@@ -26,6 +29,7 @@ void corebase_unref(corebase_t *c) {
   /* acq_rel: the last owner sees the others' writes before freeing. */
   if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
     return;
+  (void)treadle_async_fd_detach(c->afd); /* the fd is Python's: never closed here */
   treadle_async_fd_free(c->afd);
   treadle_waker_drop(c->waker);
   PyGILState_STATE g = PyGILState_Ensure();
@@ -48,13 +52,32 @@ void corebase_wake(treadle_waker_t *w) {
     treadle_wake(w);
 }
 
-void corebase_queue(corebase_t *c, ready_fn_t *f, bool *flag) {
+bool corebase_queue(corebase_t *c, ready_fn_t *f, bool *flag) {
   corebase_ref(c);
-  if (pyt_loop_push_fn(c->loop, f) < 0) { /* no memory: tried at the next wake */
-    *flag = false;
-    /* The queue's reference: never the last, the task holds one. */
-    atomic_fetch_sub_explicit(&c->refs, 1, memory_order_relaxed);
+  if (pyt_loop_push_fn(c->loop, f) == 0)
+    return true;
+  *flag = false;
+  c->requeue |= f == &c->rd_fn ? COREBASE_RD_FN : COREBASE_WR_FN;
+  /* The queue's reference: never the last, the task holds one. */
+  atomic_fetch_sub_explicit(&c->refs, 1, memory_order_relaxed);
+  return false;
+}
+
+/* mu held: queues again what could not be queued; false while there is
+ * still no memory for it. A callback queued when it is no longer owed
+ * finds nothing to do. */
+static bool requeue(corebase_t *c) {
+  uint8_t owed = c->requeue;
+  c->requeue = 0;
+  if ((owed & COREBASE_RD_FN) && !c->rd_queued) {
+    c->rd_queued = true;
+    corebase_queue(c, &c->rd_fn, &c->rd_queued);
   }
+  if ((owed & COREBASE_WR_FN) && !c->wr_queued) {
+    c->wr_queued = true;
+    corebase_queue(c, &c->wr_fn, &c->wr_queued);
+  }
+  return c->requeue == 0;
 }
 
 /* ----------------------------------------------------------- the task */
@@ -79,6 +102,11 @@ static treadle_poll_t task_poll(treadle_cx_t *cx, void *state) {
     if (c->closed) {
       pthread_mutex_unlock(&c->mu);
       return TREADLE_READY;
+    }
+    if (c->requeue != 0 && !requeue(c)) {
+      pthread_mutex_unlock(&c->mu);
+      treadle_cx_yield(cx); /* polled again soon: tried until memory comes back */
+      return TREADLE_PENDING;
     }
     unsigned want = c->ops->want(c);
     pthread_mutex_unlock(&c->mu);
@@ -143,15 +171,9 @@ pyrt_t *corebase_runtime(corebase_obj_t *o, PyObject *loop, const char *usage) {
 
 corebase_t *corebase_new(size_t size, const corebase_ops_t *ops, pyrt_t *r, PyObject *loop,
                          int fd, PyObject *transport, size_t rsize) {
-  int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (dup_fd < 0) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
     PyErr_SetFromErrno(PyExc_OSError);
-    return NULL;
-  }
-  int fl = fcntl(dup_fd, F_GETFL);
-  if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(dup_fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
-    PyErr_SetFromErrno(PyExc_OSError);
-    close(dup_fd);
     return NULL;
   }
   corebase_t *c = calloc(1, size);
@@ -159,7 +181,6 @@ corebase_t *corebase_new(size_t size, const corebase_ops_t *ops, pyrt_t *r, PyOb
   char *rbuf = c != NULL ? malloc(rsize) : NULL;
   if (rbuf == NULL) {
     free(c);
-    close(dup_fd);
     PyErr_NoMemory();
     return NULL;
   }
@@ -173,9 +194,8 @@ corebase_t *corebase_new(size_t size, const corebase_ops_t *ops, pyrt_t *r, PyOb
   c->transport = Py_NewRef(transport);
   c->protocol = Py_NewRef(Py_None);
   c->low = 16 * 1024;
-  treadle_err_t err = treadle_async_fd_new(r->h, dup_fd, &c->afd);
+  treadle_err_t err = treadle_async_fd_new(r->h, fd, &c->afd);
   if (err != 0) {
-    close(dup_fd);
     corebase_unref(c);
     pyt_raise(err);
     return NULL;
@@ -202,11 +222,11 @@ void corebase_close(corebase_t *c) {
   c->closed = true;
   c->reading = false;
   treadle_waker_t *w = corebase_waker(c);
-  pthread_mutex_unlock(&c->mu); /* no system call runs on the dup now */
+  pthread_mutex_unlock(&c->mu); /* no system call runs on the fd now */
   corebase_wake(w);
   if (was)
     return;
-  treadle_async_fd_close(c->afd);
+  (void)treadle_async_fd_detach(c->afd); /* returns once epoll let the fd go */
   if (c->join != NULL) {
     treadle_join_abort(c->join); /* ends a wait that no wake reaches */
     treadle_join_detach(c->join);
@@ -272,7 +292,7 @@ static PyMethodDef methods[] = {
     {"set_low", (PyCFunction)set_low_method, METH_O,
      "set_low($self, low, /)\n--\n\nThe low-water mark the task reports."},
     {"close", (PyCFunction)close_method, METH_NOARGS,
-     "close($self, /)\n--\n\nEnds the task and closes its dup of the socket."},
+     "close($self, /)\n--\n\nEnds the task and stops watching the fd (the caller closes it after)."},
     {NULL}};
 
 PyTypeObject corebase_type = {

@@ -6,7 +6,7 @@
  * checks, close, abort, flow control, connection_made/lost), as asyncio's
  * _SelectorDatagramTransport has them.
  *
- * Its C task (one a transport, corebase.c) waits on a dup of the socket,
+ * Its C task (one a transport, corebase.c) waits on the socket,
  * registered as a treadle async fd, and without the GIL:
  * - reads: while reading is on, recvfrom()s a batch of up to BATCH
  *   datagrams into the core's buffer, packed one after another while the
@@ -27,7 +27,7 @@
  *   a close.
  * The last address read or sent is kept with its Python object (GIL), so
  * an echo converts neither way. The system calls run under the core's
- * mutex, which close() takes before it closes the dup. The task, the
+ * mutex, which close() takes before it detaches the fd. The task, the
  * set-up, close and the record's head are the ones StreamCore has too
  * (corebase.c); this file has what is a datagram socket's own. */
 #include "pytreadle.h"
@@ -433,7 +433,8 @@ static void rd_fn(ready_fn_t *f) {
     w = corebase_waker(&s->c);
   } else if (!s->c.rd_queued) { /* the rest in the next iteration */
     s->c.rd_queued = true;
-    corebase_queue(&s->c, &s->c.rd_fn, &s->c.rd_queued);
+    if (!corebase_queue(&s->c, &s->c.rd_fn, &s->c.rd_queued))
+      w = corebase_waker(&s->c); /* the task queues it */
   }
   pthread_mutex_unlock(&s->c.mu);
   corebase_wake(w);
@@ -479,8 +480,8 @@ static const corebase_ops_t dgram_ops = {
 
 /* -------------------------------------------------------- the methods */
 
-/* DatagramCore(loop, fd, transport, connected): dups fd and starts the
- * task. */
+/* DatagramCore(loop, fd, transport, connected): registers fd and starts
+ * the task. */
 static int core_init(corebase_obj_t *o, PyObject *args, PyObject *kw) {
   static char *names[] = {"loop", "fd", "transport", "connected", NULL};
   PyObject *loop, *transport;

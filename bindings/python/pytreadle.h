@@ -230,7 +230,7 @@ struct corebase_s {
   PyObject *loop;         /* GIL; a reference, dropped at free */
   PyObject *transport;    /* GIL; the Python transport, until close */
   PyObject *protocol;     /* GIL; what rd_fn gives data to */
-  treadle_async_fd_t *afd; /* the dup of the fd */
+  treadle_async_fd_t *afd; /* the transport's fd, registered; never closed here */
   treadle_join_t *join;   /* GIL */
   char *rbuf;             /* the read buffer, malloc'd apart from the record */
   pthread_mutex_t mu;
@@ -241,6 +241,8 @@ struct corebase_s {
   bool rd_held;           /* what was read waits for rd_fn */
   bool rd_queued;         /* rd_fn is in the ready queue */
   bool wr_queued;         /* wr_fn is in the ready queue */
+  uint8_t requeue;        /* COREBASE_RD_FN / _WR_FN: owed, but its queueing
+                             found no memory; the task queues it again */
   int werr;               /* errno of a failed send: StreamCore sends no more;
                              DatagramCore sends on once wr_fn reported it */
   size_t low;             /* the low-water mark: wr_fn when reached */
@@ -259,10 +261,12 @@ void corebase_unref(corebase_t *c);
 treadle_waker_t *corebase_waker(corebase_t *c);
 /* Wakes and drops w; NULL is nothing. */
 void corebase_wake(treadle_waker_t *w);
+enum { COREBASE_RD_FN = 1, COREBASE_WR_FN = 2 };
 /* Any thread, mu held: queues f, rd_fn or wr_fn, with a reference for the
- * queue; *flag (rd_queued or wr_queued) is set already, and cleared again
- * when there is no memory (tried at the next wake). */
-void corebase_queue(corebase_t *c, ready_fn_t *f, bool *flag);
+ * queue; *flag (rd_queued or wr_queued) is set already. False when there
+ * is no memory: *flag is cleared again and the task queues f at its next
+ * poll (a caller outside the task wakes it), every poll until it can. */
+bool corebase_queue(corebase_t *c, ready_fn_t *f, bool *flag);
 /* mu held, no GIL: the task's send took what waits to be sent from
  * `before` bytes to `after`; queues wr_fn when the transport must hear of
  * it (a failed send, the low-water mark reached, nothing left). */
@@ -274,16 +278,17 @@ corebase_t *corebase_live(corebase_obj_t *o);
  * runtime, or NULL with an exception set. */
 pyrt_t *corebase_runtime(corebase_obj_t *o, PyObject *loop, const char *usage);
 /* A record of `size` bytes (zeroed; a corebase_t at its head) with an
- * rsize-byte read buffer, over a non-blocking close-on-exec dup of fd
- * registered on r's I/O driver; NULL with an exception set. The caller
+ * rsize-byte read buffer, over fd (made non-blocking; it stays the
+ * caller's) registered on r's I/O driver; NULL with an exception set. The caller
  * fills in its own fields, then calls corebase_start. */
 corebase_t *corebase_new(size_t size, const corebase_ops_t *ops, pyrt_t *r, PyObject *loop,
                          int fd, PyObject *transport, size_t rsize);
 /* Spawns c's task on r and gives c to o: 0; -1 with an exception set, c
  * freed. */
 int corebase_start(corebase_obj_t *o, corebase_t *c, pyrt_t *r);
-/* Ends the task and closes the dup (once); drops the transport and the
- * protocol. */
+/* Ends the task and detaches the fd (once: the driver no longer watches it
+ * when this returns, and the caller may close it); drops the transport and
+ * the protocol. */
 void corebase_close(corebase_t *c);
 /* The cores' base type, treadle._core._CoreBase: their dealloc and the
  * methods they share: close(), set_low(low), get_write_buffer_size() and

@@ -11,8 +11,8 @@
  * waits for readiness to read, which there is the reader's close, handed
  * to rd_fn as end of file.
  *
- * Its C task (one a transport, corebase.c) waits on a dup of the socket
- * or pipe, registered as a treadle async fd, and without the GIL:
+ * Its C task (one a transport, corebase.c) waits on the socket or pipe,
+ * registered as a treadle async fd, and without the GIL:
  * - reads: while reading is on, recv()s up to 64 KiB (a pipe: read()s up
  *   to 256 KiB) into the core's buffer and queues `rd_fn` in the loop's
  *   ready queue; it reads again only once that chunk was handed over (a
@@ -36,7 +36,8 @@
  *   protocol's writing, finishes a close, or reports the error.
  *   write_eof's shutdown comes after the buffer drains.
  * The system calls run under the core's mutex, which close() takes before
- * it closes the dup: no call uses an fd number that was closed. The task,
+ * it detaches the fd, which the transport closes after: no call uses an fd
+ * number that was closed. The task,
  * the set-up, close and the record's head are the ones DatagramCore has
  * too (corebase.c); this file has what is a stream's own. */
 #include "pytreadle.h"
@@ -287,7 +288,16 @@ static void rd_fn(ready_fn_t *f) {
   pthread_mutex_unlock(&s->c.mu);
   deliver(s);
   pthread_mutex_lock(&s->c.mu);
-  treadle_waker_t *w = s->c.rd_held ? NULL : corebase_waker(&s->c); /* read on */
+  treadle_waker_t *w = NULL;
+  if (!s->c.rd_held) {
+    w = corebase_waker(&s->c); /* read on */
+  } else if (s->c.reading && !s->c.closed && PyErr_ExceptionMatches(PyExc_MemoryError)) {
+    /* No memory for the bytes: the chunk waits, and the task queues rd_fn
+     * again (the next iteration tries once more). */
+    PyErr_Clear();
+    s->c.requeue |= COREBASE_RD_FN;
+    w = corebase_waker(&s->c);
+  }
   pthread_mutex_unlock(&s->c.mu);
   corebase_wake(w);
   corebase_unref(&s->c);
@@ -322,7 +332,7 @@ static const corebase_ops_t strm_ops = {
 
 /* -------------------------------------------------------- the methods */
 
-/* StreamCore(loop, fd, transport, pipe=0): dups fd and starts the task;
+/* StreamCore(loop, fd, transport, pipe=0): registers fd and starts the task;
  * pipe is PIPE_READ or PIPE_WRITE for a pipe transport's core. */
 static int core_init(corebase_obj_t *o, PyObject *args, PyObject *kw) {
   static char *names[] = {"loop", "fd", "transport", "pipe", NULL};
@@ -456,7 +466,8 @@ static PyObject *core_reading(corebase_obj_t *o, PyObject *arg) {
     s->c.reading = on;
     if (on && s->c.rd_held && !s->c.rd_queued) {
       s->c.rd_queued = true;
-      corebase_queue(&s->c, &s->c.rd_fn, &s->c.rd_queued);
+      if (!corebase_queue(&s->c, &s->c.rd_fn, &s->c.rd_queued))
+        w = corebase_waker(&s->c); /* the task queues it */
     } else if (on) {
       w = corebase_waker(&s->c);
     }

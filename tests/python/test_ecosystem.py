@@ -7,6 +7,7 @@ fails the test; servers listen on 127.0.0.1 on a free port."""
 import asyncio
 import os
 import sys
+import threading
 
 import pytest
 
@@ -20,6 +21,18 @@ web = pytest.importorskip("aiohttp.web")
 test_utils = pytest.importorskip("test.test_asyncio.utils")  # its TLS certificates
 
 LIMIT_S = 30
+
+
+@pytest.fixture(autouse=True)
+def threads_joined():
+    """The libraries' own threads (anyio's workers, aiosqlite's) end with
+    the test: one still ending later would drop the last reference to a
+    closed loop inside another test's counts."""
+    before = set(threading.enumerate())
+    yield
+    for t in set(threading.enumerate()) - before:
+        t.join(LIMIT_S)
+        assert not t.is_alive(), f"{t!r} did not end"
 
 
 def run(loop, coro):

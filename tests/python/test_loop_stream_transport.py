@@ -394,6 +394,51 @@ def test_unix_and_ipv6_streams(loop):
     assert out[2:] in ([], [True, b"six"])
 
 
+def test_a_connection_holds_one_fd_per_end(loop):
+    """The C transports watch the socket itself, not a dup of it: 50
+    connections made on the loop (both ends here) open 100 fds, as on
+    asyncio's loops; the peer of a closed transport reads its end of file
+    (the socket really closed), and every fd comes back."""
+    def fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    async def main():
+        accepted = []
+
+        def make():
+            p = Recorder(loop)
+            accepted.append(p)
+            return p
+
+        server = await loop.create_server(make, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        async def round_of(n):
+            """n connections: the fds they opened, once all are up; then
+            closed, and every fd back."""
+            before = fds()
+            clients = [(await loop.create_connection(lambda: Recorder(loop),
+                                                     "127.0.0.1", port))[0]
+                       for _ in range(n)]
+            await until(lambda: len(accepted) == n and all(p.transport for p in accepted))
+            opened = fds() - before
+            for tr in clients:
+                tr.close()
+            # each accepted side reads the end of file and closes (Recorder)
+            await until(lambda: all("eof" in p.calls and p.done.done() for p in accepted))
+            await until(lambda: fds() == before)
+            accepted.clear()
+            return opened
+
+        await round_of(1)  # what the runtime opens at its first use is open now
+        opened = await round_of(50)
+        server.close()
+        await server.wait_closed()
+        return opened
+
+    assert loop.run_until_complete(main()) == 100
+
+
 def test_loop_closes_with_transports_open(flavor):
     lp = treadle.new_event_loop(flavor=flavor, workers=2 if flavor == "multi_thread" else None)
     fds_before = len(os.listdir("/proc/self/fd"))

@@ -210,7 +210,7 @@ class _CoreTransport:
             if self._protocol_connected:
                 self._protocol.connection_lost(exc)
         finally:
-            self._core.close()  # closes the C side's dup first: the peer sees the close
+            self._core.close()  # the fd leaves the I/O driver before it closes
             self._fileobj.close()
             self._fileobj = None
             self._protocol = None
