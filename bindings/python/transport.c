@@ -378,8 +378,16 @@ static PyObject *core_write(corebase_obj_t *o, PyObject *data) {
   Py_BEGIN_ALLOW_THREADS
   pthread_mutex_lock(&s->c.mu);
   int fd = treadle_async_fd_fd(s->c.afd);
-  if (s->c.closed || fd < 0 || s->c.werr != 0)
+  if (s->c.closed || fd < 0) {
     len = 0; /* dropped, as the transport's lost connection drops it */
+  } else if (s->c.werr != 0) {
+    /* The task's send failed and wr_fn has not told the transport yet:
+     * this write says it, as asyncio's own send would have failed here
+     * (a writer that never yields, "write; await drain()" while not
+     * paused, would else write into nothing forever). */
+    err = s->c.werr;
+    len = 0;
+  }
   if (len > 0 && s->wlen == s->woff && len < COALESCE_MAX && !s->pipe)
     w = corebase_waker(&s->c); /* buffered below; the task sends it */
   else if (len > 0 && s->wlen == s->woff) {
