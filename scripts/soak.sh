@@ -8,8 +8,8 @@
 # (echo_server, the Lua module) and the Python extension, as bench/ does.
 # Usage: scripts/soak.sh [--minutes N] [--servers c,python,lua,lua-http,aiohttp] [--out DIR]
 #                        [--valgrind]
-# (default 10 minutes, every server but aiohttp and aiohttp-asyncio,
-# build-soak/; --valgrind: only the C
+# (default 10 minutes, every server but aiohttp-asyncio, the aiohttp
+# example on asyncio's own loop, and leaky; build-soak/; --valgrind: only the C
 # server, under valgrind memcheck, no leak allowed at the SIGTERM exit.)
 set -euo pipefail
 cd "$(dirname "$0")/.."

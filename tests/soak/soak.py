@@ -8,9 +8,10 @@ scripts/soak.sh, which builds what it needs first:
 
 For each server (the C, Python and Lua echo examples; lua-http, the Lua
 HTTP/1.1 example, gets pipelined GET / requests instead of bytes to echo,
-and must answer each with the exact response; aiohttp and aiohttp-asyncio,
-not in the default list, the aiohttp example on treadle's loop and on
-asyncio's, get the same with aiohttp's headers: see AiohttpHttp) it starts the example under
+and must answer each with the exact response; aiohttp, the aiohttp example
+on treadle's loop, and aiohttp-asyncio, the same on asyncio's own loop (not
+in the default list: the reference), get the same with aiohttp's headers:
+see AiohttpHttp) it starts the example under
 `prlimit --nofile=1024` (so the storms reach a known limit), waits for
 "listening on HOST:PORT" (or a connection), and runs,
 all at once, from one asyncio process (its own load generator, not treadle):
@@ -606,7 +607,7 @@ def start(name, valgrind, outdir):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--minutes", type=float, default=10)
-    ap.add_argument("--servers", default="c,python,lua,lua-http")
+    ap.add_argument("--servers", default="c,python,lua,lua-http,aiohttp")
     ap.add_argument("--out", default=os.path.join(ROOT, "build-soak"))
     ap.add_argument("--valgrind", action="store_true",
                     help="only the C server, under valgrind memcheck")
