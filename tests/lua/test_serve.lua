@@ -179,6 +179,8 @@ local function start_http(flavor, workers)
   local cmd = string.format("%s %s %s %d %s %d", H.child_env(), H.q(H.lua()),
     H.q(H.root .. "examples/lua/http_server.lua"), port, flavor, workers)
   -- the shell waits for it and leaves its exit code
+  -- rc: the shell creates the file before it writes the status, so a
+  -- reader waits for a number, not for the file
   os.execute(string.format("(%s >%s/log 2>&1 & echo $! >%s/pid; wait $!; echo $? >%s/rc) >/dev/null 2>&1 &",
     cmd, H.q(dir), H.q(dir), H.q(dir)))
   local function read(name)
@@ -194,11 +196,11 @@ local function start_http(flavor, workers)
     local s = tcp.socket()
     s:settimeout(200)
     if s:connect("127.0.0.1", port) then s:close() return true end
-    return read("rc") ~= nil
+    return tonumber(read("rc")) ~= nil
   end, 20, "the server listens")
   local function stop()
     os.execute("kill -TERM " .. pid .. " 2>/dev/null")
-    H.wait_until(function() return read("rc") ~= nil end, 20, "the server exits")
+    H.wait_until(function() return tonumber(read("rc")) ~= nil end, 20, "the server exits")
     local rc, log = tonumber(read("rc")), read("log")
     os.execute("rm -rf " .. H.q(dir))
     return rc, log
@@ -331,7 +333,7 @@ T.case("resp_server.lua: PING, SET, GET, DEL, pipelined, errors", {flavors = {"c
     end
   end)
   os.execute("kill -TERM " .. tonumber(read("pid")) .. " 2>/dev/null")
-  H.wait_until(function() return read("rc") ~= nil end, 20, "the server exits")
+  H.wait_until(function() return tonumber(read("rc")) ~= nil end, 20, "the server exits")
   local rc, log = tonumber(read("rc")), read("log")
   os.execute("rm -rf " .. H.q(dir))
   if not ok then error(err, 0) end
